@@ -1,0 +1,367 @@
+//! Types and pure functions shared by the XDP program and userspace.
+//!
+//! Everything that crosses the kernel boundary is defined once here: `#[repr(C)]`, no implicit
+//! padding (explicit `_pad` fields), sizes asserted at compile time. Addresses and ports are
+//! stored in network byte order exactly as they appear on the wire; IPv4 addresses occupy the
+//! first 4 bytes of a 16-byte address field, the rest zero, and `family` tells which it is.
+#![no_std]
+
+pub mod hash;
+
+pub use hash::{bucket_of, client_hash, flow_hash, murmur3_words, slot_of, Selection};
+
+/// Weights are in basis points: 0 = no canary, 10 000 = all new flows to the canary group.
+pub const BUCKETS: u32 = 10_000;
+/// Services the data plane holds at once.
+pub const MAX_SERVICES: u32 = 64;
+/// Backends over all services (index into the `BACKENDS` array).
+pub const MAX_BACKENDS: u32 = 4096;
+/// Maglev lookup table size per (service, group): a prime, 100x above 163 backends.
+pub const MAGLEV_TABLE_SIZE: u32 = 16_381;
+/// Largest group for which the table stays at least 100x the number of backends.
+pub const MAX_BACKENDS_PER_GROUP: u32 = MAGLEV_TABLE_SIZE / 100;
+/// Maglev slot value meaning "this group has no backend".
+pub const NO_BACKEND: u32 = u32::MAX;
+/// Default LRU flow table size.
+pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 20;
+
+/// Backend groups. Index into per-service group arrays.
+pub const GROUP_STABLE: u32 = 0;
+pub const GROUP_CANARY: u32 = 1;
+pub const GROUPS: usize = 2;
+
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Names of the maps in the object (one definition for kernel and userspace).
+pub mod maps {
+    pub const CONFIG: &str = "CONFIG";
+    pub const SERVICES: &str = "SERVICES";
+    pub const VIPS: &str = "VIPS";
+    pub const CONTROL: &str = "CONTROL";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const MAGLEV: &str = "MAGLEV";
+    pub const FLOWS: &str = "FLOWS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const SERVICE_STATS: &str = "SERVICE_STATS";
+    /// Name of the XDP program in the object.
+    pub const PROGRAM: &str = "canary";
+    /// A do-nothing XDP_PASS program in the same object (veth peers, benchmark floor).
+    pub const PASS_PROGRAM: &str = "canary_pass";
+}
+
+/// Key of the `SERVICES` hash map: a VIP, port and protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServiceKey {
+    /// VIP, network byte order; IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+    /// Port, network byte order.
+    pub port: u16,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub protocol: u8,
+    /// `FAMILY_IPV4` or `FAMILY_IPV6`.
+    pub family: u8,
+}
+
+/// Key of the `VIPS` hash map (any service on this address): lets the program tell a fragment
+/// or an unconfigured port to a VIP from unrelated traffic.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct VipKey {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of the `SERVICES` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceEntry {
+    /// Index into `CONTROL`, `SERVICE_STATS` and the `MAGLEV` table (< `MAX_SERVICES`).
+    pub index: u32,
+    /// `SERVICE_FLAG_*`.
+    pub flags: u32,
+}
+
+/// Affinity by client address only (all ports of a client get the same group and backend).
+pub const SERVICE_FLAG_CLIENT_IP: u32 = 1;
+
+/// Per-service control entry (`CONTROL` array, indexed by `ServiceEntry::index`), written by
+/// userspace, read by the program for every new flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceControl {
+    /// Canary weight in basis points, `0..=BUCKETS`.
+    pub canary_weight: u32,
+    pub _pad: u32,
+    /// Rollback "reset" epoch (CLOCK_MONOTONIC ns): canary flows created before it are re-chosen.
+    /// 0 = none.
+    pub reset_epoch_ns: u64,
+    /// Last daemon heartbeat, CLOCK_MONOTONIC ns (the clock of `bpf_ktime_get_ns`).
+    pub heartbeat_ns: u64,
+    /// Dead-man switch: when `now - heartbeat_ns > heartbeat_timeout_ns`, new flows go to
+    /// stable only. 0 disables the switch.
+    pub heartbeat_timeout_ns: u64,
+}
+
+/// Global settings (`CONFIG` array, one entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct GlobalConfig {
+    /// Seed of the flow hash: the same on every balancer node so they agree on every flow.
+    pub hash_seed: u32,
+    /// `CONFIG_FLAG_*`.
+    pub flags: u32,
+    /// Source MAC written into forwarded frames (the interface's). All zero: keep the frame's
+    /// destination MAC (which was ours) as the new source.
+    pub lb_mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Do not read or write the flow table (benchmarks: shows what the flow table buys).
+pub const CONFIG_FLAG_NO_FLOW_TABLE: u32 = 1;
+
+/// A backend (`BACKENDS` array, global index).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    /// Destination MAC for direct server return.
+    pub mac: [u8; 6],
+    /// `BACKEND_FLAG_*`.
+    pub flags: u16,
+    pub service_index: u32,
+    /// `GROUP_STABLE` or `GROUP_CANARY`.
+    pub group: u32,
+}
+
+/// Backend may receive traffic. Flows pinned to a backend without it are re-chosen.
+pub const BACKEND_FLAG_UP: u16 = 1;
+
+/// Key of the LRU `FLOWS` map: the 5-tuple as seen on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Network byte order.
+    pub src_port: u16,
+    /// Network byte order.
+    pub dst_port: u16,
+    pub protocol: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of the `FLOWS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowEntry {
+    pub backend: u32,
+    pub group: u32,
+    /// When the flow was first seen (CLOCK_MONOTONIC ns).
+    pub created_ns: u64,
+}
+
+/// Per-backend counters (`BACKEND_STATS`, per-CPU array indexed by backend).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BackendStats {
+    pub packets: u64,
+    /// Bytes of whole frames forwarded.
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+/// Per-service counters (`SERVICE_STATS`, per-CPU array indexed by service).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceStats {
+    /// New flows per group (`GROUP_STABLE`, `GROUP_CANARY`).
+    pub new_flows: [u64; GROUPS],
+    /// New flows sent to stable because the daemon's heartbeat was stale.
+    pub deadman_fallback: u64,
+    /// New flows sent to the other group because theirs had no backend.
+    pub group_fallback: u64,
+}
+
+/// Global counters (`COUNTERS`, per-CPU array). The first `OUTCOMES` entries are terminal
+/// outcomes: every packet increments exactly one of them. The rest count events on the way.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Forwarded to a backend (`XDP_TX`).
+    Tx = 0,
+    /// Not IPv4/IPv6 (ARP, VLAN-tagged, other ethertypes): `XDP_PASS`.
+    PassNotIp,
+    /// IP, but not to a configured service (address, port or protocol): `XDP_PASS`.
+    PassNotService,
+    /// To a VIP address with a protocol other than TCP/UDP (ICMP, ...): `XDP_PASS`.
+    PassOtherProtocol,
+    /// IPv6 with more extension headers than the program walks: `XDP_PASS`.
+    PassIpv6Extensions,
+    /// Truncated or inconsistent headers: `XDP_DROP`.
+    DropMalformed,
+    /// IP fragment to a VIP address (ports unknowable for non-first fragments): `XDP_DROP`.
+    DropFragment,
+    /// Service has no backend up in either group: `XDP_DROP`.
+    DropNoBackend,
+    // ---- events, not outcomes ----
+    FlowHit,
+    FlowMiss,
+    /// Flow pinned to a backend that is down (or gone): re-chosen.
+    FlowRechosenDown,
+    /// Canary flow older than the service's reset epoch: re-chosen.
+    FlowRechosenReset,
+    DeadmanFallback,
+    GroupFallback,
+    /// Flow table insert failed; the packet was still forwarded.
+    FlowInsertFailed,
+}
+
+/// Number of terminal outcomes (they sum to the packets seen).
+pub const OUTCOMES: u32 = Counter::DropNoBackend as u32 + 1;
+/// Number of entries in `COUNTERS`.
+pub const COUNTERS: u32 = Counter::FlowInsertFailed as u32 + 1;
+
+impl Counter {
+    pub const ALL: [Counter; COUNTERS as usize] = [
+        Counter::Tx,
+        Counter::PassNotIp,
+        Counter::PassNotService,
+        Counter::PassOtherProtocol,
+        Counter::PassIpv6Extensions,
+        Counter::DropMalformed,
+        Counter::DropFragment,
+        Counter::DropNoBackend,
+        Counter::FlowHit,
+        Counter::FlowMiss,
+        Counter::FlowRechosenDown,
+        Counter::FlowRechosenReset,
+        Counter::DeadmanFallback,
+        Counter::GroupFallback,
+        Counter::FlowInsertFailed,
+    ];
+
+    /// Snake-case name used in metrics (`canary_xdp_packets_total{outcome=...}`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Tx => "tx",
+            Counter::PassNotIp => "pass_not_ip",
+            Counter::PassNotService => "pass_not_service",
+            Counter::PassOtherProtocol => "pass_other_protocol",
+            Counter::PassIpv6Extensions => "pass_ipv6_extensions",
+            Counter::DropMalformed => "drop_malformed",
+            Counter::DropFragment => "drop_fragment",
+            Counter::DropNoBackend => "drop_no_backend",
+            Counter::FlowHit => "flow_table_hit",
+            Counter::FlowMiss => "flow_table_miss",
+            Counter::FlowRechosenDown => "flow_rechosen_backend_down",
+            Counter::FlowRechosenReset => "flow_rechosen_reset",
+            Counter::DeadmanFallback => "deadman_fallback",
+            Counter::GroupFallback => "group_fallback",
+            Counter::FlowInsertFailed => "flow_insert_failed",
+        }
+    }
+
+    pub const fn is_outcome(self) -> bool {
+        (self as u32) < OUTCOMES
+    }
+}
+
+/// Index of a slot in the flat `MAGLEV` array.
+#[inline(always)]
+pub const fn maglev_index(service_index: u32, group: u32, slot: u32) -> u32 {
+    (service_index * GROUPS as u32 + group) * MAGLEV_TABLE_SIZE + slot
+}
+
+/// Entries of the flat `MAGLEV` array.
+pub const MAGLEV_ENTRIES: u32 = MAX_SERVICES * GROUPS as u32 * MAGLEV_TABLE_SIZE;
+
+/// The group a new flow goes to, by the bucket rule: buckets below the weight are canary.
+/// Raising the weight only ever moves buckets from stable to canary.
+#[inline(always)]
+pub const fn group_for_bucket(bucket: u32, canary_weight: u32) -> u32 {
+    if bucket < canary_weight {
+        GROUP_CANARY
+    } else {
+        GROUP_STABLE
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
+const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
+const _: () = assert!(core::mem::size_of::<ServiceEntry>() == 8);
+const _: () = assert!(core::mem::size_of::<ServiceControl>() == 32);
+const _: () = assert!(core::mem::size_of::<GlobalConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<Backend>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<BackendStats>() == 24);
+const _: () = assert!(core::mem::size_of::<ServiceStats>() == 32);
+const _: () = assert!(MAGLEV_TABLE_SIZE >= 100 * MAX_BACKENDS_PER_GROUP);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::{
+        Backend, BackendStats, FlowEntry, FlowKey, GlobalConfig, ServiceControl, ServiceEntry,
+        ServiceKey, ServiceStats, VipKey,
+    };
+    // SAFETY: all are `#[repr(C)]`, `Copy`, made only of integers and byte arrays, with no
+    // implicit padding (sizes asserted above), so every bit pattern is valid.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for ServiceEntry {}
+    unsafe impl aya::Pod for ServiceControl {}
+    unsafe impl aya::Pod for GlobalConfig {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowEntry {}
+    unsafe impl aya::Pod for BackendStats {}
+    unsafe impl aya::Pod for ServiceStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_rule_is_monotone_in_weight() {
+        for bucket in 0..BUCKETS {
+            let mut was_canary = false;
+            for weight in [0, 100, 1000, 2500, 5000, 7500, BUCKETS] {
+                let canary = group_for_bucket(bucket, weight) == GROUP_CANARY;
+                assert!(
+                    !was_canary || canary,
+                    "bucket {bucket} left canary at weight {weight}"
+                );
+                was_canary = canary;
+            }
+        }
+        assert_eq!(group_for_bucket(0, 0), GROUP_STABLE);
+        assert_eq!(group_for_bucket(BUCKETS - 1, BUCKETS), GROUP_CANARY);
+    }
+
+    #[test]
+    fn maglev_indices_do_not_overlap() {
+        let last = maglev_index(MAX_SERVICES - 1, GROUP_CANARY, MAGLEV_TABLE_SIZE - 1);
+        assert_eq!(last + 1, MAGLEV_ENTRIES);
+        assert_eq!(maglev_index(0, GROUP_CANARY, 0), MAGLEV_TABLE_SIZE);
+        assert_eq!(maglev_index(1, GROUP_STABLE, 0), 2 * MAGLEV_TABLE_SIZE);
+    }
+
+    #[test]
+    fn counters_are_dense_and_named() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+            assert!(!c.name().is_empty());
+        }
+        assert_eq!(
+            Counter::ALL.iter().filter(|c| c.is_outcome()).count(),
+            OUTCOMES as usize
+        );
+    }
+}
