@@ -1,0 +1,212 @@
+//! Service lookup, flow table, group and backend choice, and the forwarding rewrite.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use canary_common::{
+    group_for_bucket, maglev_index, Backend, Counter, FlowEntry, FlowKey, GlobalConfig,
+    Selection, ServiceControl, ServiceEntry, ServiceKey, VipKey, BACKEND_FLAG_UP, BUCKETS,
+    CONFIG_FLAG_NO_FLOW_TABLE, GROUP_CANARY, GROUP_STABLE, MAX_BACKENDS, NO_BACKEND,
+    SERVICE_FLAG_CLIENT_IP,
+};
+
+use crate::{
+    maps::{
+        self, count, BACKENDS, CONFIG, CONTROL, FLOWS, MAGLEV, SERVICES, VIPS,
+    },
+    packet::{self, Packet},
+};
+
+/// `BPF_ANY`: create or replace.
+const BPF_ANY: u64 = 0;
+
+/// Forwards the packet (`Ok`) or says which pass/drop outcome it gets (`Err`).
+#[inline(always)]
+pub fn try_canary(pkt: &Packet) -> Result<(), Counter> {
+    let ip = packet::parse(pkt)?;
+    let key = ip.key;
+    if let Err(outcome) = ip.transport {
+        // Fragments, bad or unknown L4 headers matter only when addressed to us.
+        return Err(if is_vip(&key) {
+            outcome
+        } else {
+            Counter::PassNotService
+        });
+    }
+    // Every service's address is in VIPS, so a service match needs no VIPS lookup, and a miss
+    // is PassNotService whether or not the address is a VIP.
+    let service = service_of(&key).ok_or(Counter::PassNotService)?;
+    let config = CONFIG.get(0).copied().unwrap_or_default();
+    let (backend_index, backend) = choose_backend(&key, &service, &config)?;
+    rewrite_macs(pkt, &backend, &config)?;
+    maps::count_backend_packet(backend_index, pkt.len() as u64);
+    Ok(())
+}
+
+#[inline(always)]
+fn is_vip(key: &FlowKey) -> bool {
+    let vip = VipKey {
+        addr: key.dst,
+        family: key.family,
+        _pad: [0; 3],
+    };
+    VIPS.get_ptr(&vip).is_some()
+}
+
+#[inline(always)]
+fn service_of(key: &FlowKey) -> Option<ServiceEntry> {
+    let service = ServiceKey {
+        addr: key.dst,
+        port: key.dst_port,
+        protocol: key.protocol,
+        family: key.family,
+    };
+    // SAFETY: copied out at once; service entries are only replaced whole by userspace.
+    unsafe { SERVICES.get(&service) }.copied()
+}
+
+/// The backend of an established flow, or of a new one (recorded in the flow table).
+#[inline(always)]
+fn choose_backend(
+    key: &FlowKey,
+    service: &ServiceEntry,
+    config: &GlobalConfig,
+) -> Result<(u32, Backend), Counter> {
+    // An index outside CONTROL is a userspace bug; such a service has no usable backend.
+    let control = CONTROL
+        .get(service.index)
+        .copied()
+        .ok_or(Counter::DropNoBackend)?;
+    let use_flow_table = config.flags & CONFIG_FLAG_NO_FLOW_TABLE == 0;
+    if use_flow_table {
+        // SAFETY: copied out at once. An LRU entry recycled meanwhile can only yield another
+        // flow's backend, which is validated below like any pinned backend.
+        match unsafe { FLOWS.get(key) }.copied() {
+            Some(flow) => {
+                count(Counter::FlowHit);
+                match pinned_backend(&flow, service.index) {
+                    None => count(Counter::FlowRechosenDown),
+                    Some(_) if reset_applies(&flow, &control) => {
+                        count(Counter::FlowRechosenReset);
+                    }
+                    Some(backend) => return Ok((flow.backend, backend)),
+                }
+            }
+            None => count(Counter::FlowMiss),
+        }
+    }
+    new_flow(key, service, &control, config, use_flow_table)
+}
+
+/// The backend a flow is pinned to, if it is still up and still serves this service.
+#[inline(always)]
+fn pinned_backend(flow: &FlowEntry, service_index: u32) -> Option<Backend> {
+    let backend = BACKENDS.get(flow.backend).copied()?;
+    (backend.flags & BACKEND_FLAG_UP != 0 && backend.service_index == service_index)
+        .then_some(backend)
+}
+
+/// Rollback in "reset" mode: canary flows created before the epoch are re-chosen.
+#[inline(always)]
+fn reset_applies(flow: &FlowEntry, control: &ServiceControl) -> bool {
+    flow.group == GROUP_CANARY
+        && control.reset_epoch_ns != 0
+        && flow.created_ns < control.reset_epoch_ns
+}
+
+#[inline(always)]
+fn new_flow(
+    key: &FlowKey,
+    service: &ServiceEntry,
+    control: &ServiceControl,
+    config: &GlobalConfig,
+    use_flow_table: bool,
+) -> Result<(u32, Backend), Counter> {
+    let selection = Selection::of(
+        key,
+        service.flags & SERVICE_FLAG_CLIENT_IP != 0,
+        config.hash_seed,
+    );
+    let weight = if control.canary_weight > BUCKETS {
+        BUCKETS
+    } else {
+        control.canary_weight
+    };
+    let mut group = group_for_bucket(selection.bucket, weight);
+
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // A stale heartbeat means the controller is gone: stable only. A heartbeat in the future
+    // (clock set by a peer) counts as fresh.
+    let stable_only = control.heartbeat_timeout_ns != 0
+        && now.saturating_sub(control.heartbeat_ns) > control.heartbeat_timeout_ns;
+    if stable_only && group == GROUP_CANARY {
+        group = GROUP_STABLE;
+        count(Counter::DeadmanFallback);
+        maps::count_service_deadman_fallback(service.index);
+    }
+
+    let (group, backend_index, backend) =
+        if let Some((index, backend)) = usable_backend(service.index, group, selection.slot) {
+            (group, index, backend)
+        } else {
+            let other = if group == GROUP_CANARY {
+                GROUP_STABLE
+            } else {
+                GROUP_CANARY
+            };
+            if stable_only && other == GROUP_CANARY {
+                return Err(Counter::DropNoBackend);
+            }
+            let (index, backend) =
+                usable_backend(service.index, other, selection.slot).ok_or(Counter::DropNoBackend)?;
+            count(Counter::GroupFallback);
+            maps::count_service_group_fallback(service.index);
+            (other, index, backend)
+        };
+
+    if use_flow_table {
+        let entry = FlowEntry {
+            backend: backend_index,
+            group,
+            created_ns: now,
+        };
+        if FLOWS.insert(key, &entry, BPF_ANY).is_err() {
+            count(Counter::FlowInsertFailed);
+        }
+    }
+    maps::count_service_new_flow(service.index, group);
+    maps::count_backend_new_flow(backend_index);
+    Ok((backend_index, backend))
+}
+
+/// The backend in a group's Maglev slot, if the slot has one and it is up.
+#[inline(always)]
+fn usable_backend(service_index: u32, group: u32, slot: u32) -> Option<(u32, Backend)> {
+    let index = *MAGLEV.get(maglev_index(service_index, group, slot))?;
+    if index == NO_BACKEND || index >= MAX_BACKENDS {
+        return None;
+    }
+    let backend = BACKENDS.get(index).copied()?;
+    (backend.flags & BACKEND_FLAG_UP != 0).then_some((index, backend))
+}
+
+/// Direct server return: destination MAC = the backend's; source MAC = ours (the configured
+/// one, or the frame's destination MAC, which was ours). Nothing else changes.
+#[inline(always)]
+fn rewrite_macs(pkt: &Packet, backend: &Backend, config: &GlobalConfig) -> Result<(), Counter> {
+    let eth = pkt.bytes_mut::<12>(0).ok_or(Counter::DropMalformed)?;
+    // SAFETY: `eth` covers 12 bytes inside the frame (checked by `bytes_mut`).
+    let eth = unsafe { &mut *eth };
+    // Byte-wise test: a slice comparison would need `bcmp`, which BPF does not have.
+    let lb_mac_unset = config.lb_mac.iter().fold(0, |acc, b| acc | b) == 0;
+    let mut source = config.lb_mac;
+    if lb_mac_unset {
+        for i in 0..6 {
+            source[i] = eth[i];
+        }
+    }
+    for i in 0..6 {
+        eth[i] = backend.mac[i];
+        eth[6 + i] = source[i];
+    }
+    Ok(())
+}

@@ -1,0 +1,248 @@
+//! Bounds-checked packet access and header parsing (Ethernet, IPv4, IPv6 with extension headers,
+//! TCP, UDP).
+//!
+//! Headers are read as byte arrays at fixed offsets rather than through `network-types`: its
+//! API changes between releases, and byte offsets from the RFCs are easy to check against a
+//! capture. Every access goes through [`Packet::bytes`], which compares against `data_end`
+//! right before the pointer is formed, the shape the verifier can follow.
+
+use aya_ebpf::programs::XdpContext;
+use canary_common::{Counter, FlowKey, FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP};
+
+pub const ETH_HEADER_LEN: usize = 14;
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_IPV6: u16 = 0x86DD;
+
+const IPV4_MIN_HEADER_LEN: usize = 20;
+/// More-fragments flag and fragment offset of the IPv4 flags/offset field.
+const IPV4_FRAGMENT_MASK: u16 = 0x3fff;
+
+const IPV6_HEADER_LEN: usize = 40;
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DEST_OPTIONS: u8 = 60;
+/// Extension headers walked before giving up (keeps the program small for the verifier).
+const MAX_IPV6_EXTENSIONS: usize = 4;
+
+const TCP_MIN_HEADER_LEN: usize = 20;
+const UDP_HEADER_LEN: usize = 8;
+
+/// The frame of one XDP invocation.
+pub struct Packet {
+    start: usize,
+    end: usize,
+}
+
+impl Packet {
+    #[inline(always)]
+    pub fn new(ctx: &XdpContext) -> Self {
+        Packet {
+            start: ctx.data(),
+            end: ctx.data_end(),
+        }
+    }
+
+    /// Length of the whole frame in bytes.
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// `N` bytes at `offset`, or `None` if the frame is shorter.
+    #[inline(always)]
+    pub fn bytes<const N: usize>(&self, offset: usize) -> Option<&[u8; N]> {
+        let at = self.start + offset;
+        if at + N > self.end {
+            return None;
+        }
+        // SAFETY: `at..at + N` lies inside the frame (checked above); `[u8; N]` has alignment 1.
+        Some(unsafe { &*(at as *const [u8; N]) })
+    }
+
+    /// Writable `N` bytes at `offset`, or `None` if the frame is shorter.
+    #[inline(always)]
+    pub fn bytes_mut<const N: usize>(&self, offset: usize) -> Option<*mut [u8; N]> {
+        let at = self.start + offset;
+        if at + N > self.end {
+            return None;
+        }
+        Some(at as *mut [u8; N])
+    }
+}
+
+/// A packet with a valid IP header.
+pub struct IpPacket {
+    /// Addresses and family always; ports and protocol when `transport` is `Ok`.
+    pub key: FlowKey,
+    /// `Ok` when the packet carries a complete TCP or UDP header (ports in `key`). Otherwise the
+    /// outcome it gets if it is addressed to a VIP: `DropFragment`, `DropMalformed`,
+    /// `PassIpv6Extensions` or `PassOtherProtocol`.
+    pub transport: Result<(), Counter>,
+}
+
+/// Parses Ethernet and IP, and the TCP/UDP header when there is one to read. `Err` is an
+/// outcome that does not depend on the destination (`PassNotIp`, `DropMalformed`).
+#[inline(always)]
+pub fn parse(pkt: &Packet) -> Result<IpPacket, Counter> {
+    let eth = pkt
+        .bytes::<ETH_HEADER_LEN>(0)
+        .ok_or(Counter::DropMalformed)?;
+    // VLAN-tagged frames (0x8100, 0x88a8) are passed untouched like any other non-IP ethertype.
+    match u16::from_be_bytes([eth[12], eth[13]]) {
+        ETHERTYPE_IPV4 => parse_ipv4(pkt),
+        ETHERTYPE_IPV6 => parse_ipv6(pkt),
+        _ => Err(Counter::PassNotIp),
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(pkt: &Packet) -> Result<IpPacket, Counter> {
+    let ip = pkt
+        .bytes::<IPV4_MIN_HEADER_LEN>(ETH_HEADER_LEN)
+        .ok_or(Counter::DropMalformed)?;
+    if ip[0] >> 4 != 4 {
+        return Err(Counter::DropMalformed);
+    }
+    let header_len = usize::from(ip[0] & 0x0f) * 4;
+    let available = pkt.len() - ETH_HEADER_LEN;
+    let total_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    if header_len < IPV4_MIN_HEADER_LEN
+        || header_len > available
+        || total_len < header_len
+        || total_len > available
+    {
+        return Err(Counter::DropMalformed);
+    }
+
+    let mut key = FlowKey {
+        family: FAMILY_IPV4,
+        ..FlowKey::default()
+    };
+    for i in 0..4 {
+        key.src[i] = ip[12 + i];
+        key.dst[i] = ip[16 + i];
+    }
+
+    // Ports are never read from a fragment: a non-first fragment has none, and a first
+    // fragment alone would pin a flow whose other fragments cannot follow it.
+    let transport = if u16::from_be_bytes([ip[6], ip[7]]) & IPV4_FRAGMENT_MASK != 0 {
+        Err(Counter::DropFragment)
+    } else {
+        // Options (ihl > 5) are skipped, never modified.
+        parse_transport(
+            pkt,
+            &mut key,
+            ip[9],
+            ETH_HEADER_LEN + header_len,
+            ETH_HEADER_LEN + total_len,
+        )
+    };
+    Ok(IpPacket { key, transport })
+}
+
+#[inline(always)]
+fn parse_ipv6(pkt: &Packet) -> Result<IpPacket, Counter> {
+    let ip = pkt
+        .bytes::<IPV6_HEADER_LEN>(ETH_HEADER_LEN)
+        .ok_or(Counter::DropMalformed)?;
+    if ip[0] >> 4 != 6 {
+        return Err(Counter::DropMalformed);
+    }
+    let payload_len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    if payload_len + IPV6_HEADER_LEN > pkt.len() - ETH_HEADER_LEN {
+        return Err(Counter::DropMalformed);
+    }
+
+    let mut key = FlowKey {
+        family: FAMILY_IPV6,
+        ..FlowKey::default()
+    };
+    for i in 0..16 {
+        key.src[i] = ip[8 + i];
+        key.dst[i] = ip[24 + i];
+    }
+
+    let end = ETH_HEADER_LEN + IPV6_HEADER_LEN + payload_len;
+    let transport = match skip_ipv6_extensions(pkt, ip[6], ETH_HEADER_LEN + IPV6_HEADER_LEN, end)
+    {
+        Ok((protocol, offset)) => parse_transport(pkt, &mut key, protocol, offset, end),
+        Err(outcome) => Err(outcome),
+    };
+    Ok(IpPacket { key, transport })
+}
+
+/// Walks Hop-by-Hop, Routing and Destination Options headers from `offset` (the first one's
+/// type is `next`), up to `MAX_IPV6_EXTENSIONS`. Returns the upper-layer protocol and its offset.
+#[inline(always)]
+fn skip_ipv6_extensions(
+    pkt: &Packet,
+    mut next: u8,
+    mut offset: usize,
+    end: usize,
+) -> Result<(u8, usize), Counter> {
+    for _ in 0..MAX_IPV6_EXTENSIONS {
+        match next {
+            IPV6_FRAGMENT => return Err(Counter::DropFragment),
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTIONS => {}
+            _ => return Ok((next, offset)),
+        }
+        if offset + 2 > end {
+            return Err(Counter::DropMalformed);
+        }
+        let ext = pkt.bytes::<2>(offset).ok_or(Counter::DropMalformed)?;
+        let len = (usize::from(ext[1]) + 1) * 8;
+        if offset + len > end {
+            return Err(Counter::DropMalformed);
+        }
+        next = ext[0];
+        offset += len;
+    }
+    match next {
+        IPV6_FRAGMENT => Err(Counter::DropFragment),
+        IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTIONS => Err(Counter::PassIpv6Extensions),
+        _ => Ok((next, offset)),
+    }
+}
+
+/// Reads the ports of a TCP or UDP header at `offset`; the header must end by `end` (the end of
+/// the IP packet, which is inside the frame).
+#[inline(always)]
+fn parse_transport(
+    pkt: &Packet,
+    key: &mut FlowKey,
+    protocol: u8,
+    offset: usize,
+    end: usize,
+) -> Result<(), Counter> {
+    let ports = match protocol {
+        PROTO_TCP => {
+            if offset + TCP_MIN_HEADER_LEN > end {
+                return Err(Counter::DropMalformed);
+            }
+            let tcp = pkt
+                .bytes::<TCP_MIN_HEADER_LEN>(offset)
+                .ok_or(Counter::DropMalformed)?;
+            let header_len = usize::from(tcp[12] >> 4) * 4;
+            if header_len < TCP_MIN_HEADER_LEN || offset + header_len > end {
+                return Err(Counter::DropMalformed);
+            }
+            [tcp[0], tcp[1], tcp[2], tcp[3]]
+        }
+        PROTO_UDP => {
+            if offset + UDP_HEADER_LEN > end {
+                return Err(Counter::DropMalformed);
+            }
+            let udp = pkt
+                .bytes::<UDP_HEADER_LEN>(offset)
+                .ok_or(Counter::DropMalformed)?;
+            [udp[0], udp[1], udp[2], udp[3]]
+        }
+        _ => return Err(Counter::PassOtherProtocol),
+    };
+    key.protocol = protocol;
+    // Kept in network byte order: the in-memory bytes equal the wire bytes.
+    key.src_port = u16::from_ne_bytes([ports[0], ports[1]]);
+    key.dst_port = u16::from_ne_bytes([ports[2], ports[3]]);
+    Ok(())
+}
