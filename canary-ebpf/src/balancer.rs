@@ -43,11 +43,9 @@ pub fn try_canary(pkt: &Packet) -> Result<(), Counter> {
 
 #[inline(always)]
 fn is_vip(key: &FlowKey) -> bool {
-    let vip = VipKey {
-        addr: key.dst,
-        family: key.family,
-        _pad: [0; 3],
-    };
+    let mut vip = VipKey::default();
+    vip.addr = key.dst;
+    vip.family = key.family;
     VIPS.get_ptr(&vip).is_some()
 }
 

@@ -6,7 +6,9 @@
 //! capture. Every access goes through [`Packet::bytes`], which compares against `data_end`
 //! right before the pointer is formed, the shape the verifier can follow.
 
-use aya_ebpf::programs::XdpContext;
+use core::ptr::{addr_of, read_volatile};
+
+use aya_ebpf::{bindings::xdp_md, programs::XdpContext};
 use canary_common::{Counter, FlowKey, FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP};
 
 pub const ETH_HEADER_LEN: usize = 14;
@@ -30,6 +32,7 @@ const UDP_HEADER_LEN: usize = 8;
 
 /// The frame of one XDP invocation.
 pub struct Packet {
+    ctx: *const xdp_md,
     start: usize,
     end: usize,
 }
@@ -38,9 +41,20 @@ impl Packet {
     #[inline(always)]
     pub fn new(ctx: &XdpContext) -> Self {
         Packet {
+            ctx: ctx.ctx,
             start: ctx.data(),
             end: ctx.data_end(),
         }
+    }
+
+    /// `data_end`, re-read for each access check. LLVM would otherwise drop a pointer check
+    /// that the length checks on header fields already imply (for example "TCP header inside
+    /// the IP total length, which is inside the frame"), and the verifier cannot follow that
+    /// arithmetic: it only trusts a direct comparison of the packet pointer with `data_end`.
+    #[inline(always)]
+    fn fresh_end(&self) -> usize {
+        // SAFETY: `ctx` is the program's context, valid for the whole invocation.
+        unsafe { read_volatile(addr_of!((*self.ctx).data_end)) as usize }
     }
 
     /// Length of the whole frame in bytes.
@@ -53,7 +67,7 @@ impl Packet {
     #[inline(always)]
     pub fn bytes<const N: usize>(&self, offset: usize) -> Option<&[u8; N]> {
         let at = self.start + offset;
-        if at + N > self.end {
+        if at + N > self.fresh_end() {
             return None;
         }
         // SAFETY: `at..at + N` lies inside the frame (checked above); `[u8; N]` has alignment 1.
@@ -64,7 +78,7 @@ impl Packet {
     #[inline(always)]
     pub fn bytes_mut<const N: usize>(&self, offset: usize) -> Option<*mut [u8; N]> {
         let at = self.start + offset;
-        if at + N > self.end {
+        if at + N > self.fresh_end() {
             return None;
         }
         Some(at as *mut [u8; N])
