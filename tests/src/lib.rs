@@ -1,1 +1,8 @@
-//! Integration and end-to-end tests.
+//! Integration and end-to-end tests, and the support code they share: loading the XDP object
+//! and running it on test frames, building frames, a data-plane configuration model, and the
+//! per-packet benchmark.
+pub mod bench_xdp;
+pub mod model;
+pub mod packet;
+pub mod scenario;
+pub mod xdp;

@@ -1,0 +1,164 @@
+//! The data-plane contract's parsing steps (1-6) as a plain function: what outcome a frame
+//! must get, independently of the kernel program. The fuzz test compares the program with it
+//! on every frame.
+
+use canary_common::{Counter, FlowKey, VipKey, PROTO_TCP, PROTO_UDP};
+
+use crate::packet::{
+    ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_LEN, IPV6_DEST_OPTS, IPV6_FRAGMENT, IPV6_HOP_BY_HOP,
+    IPV6_LEN, IPV6_ROUTING,
+};
+use crate::scenario::Scenario;
+use crate::xdp::{XDP_DROP, XDP_PASS, XDP_TX};
+
+/// IPv6 extension headers the program walks before giving up (`PassIpv6Extensions`).
+pub const MAX_IPV6_EXTENSIONS: usize = 4;
+
+/// Where the contract's parsing steps leave a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// A terminal outcome reached before the flow steps.
+    Outcome(Counter),
+    /// A TCP/UDP packet to a configured service (index), with its flow key.
+    Service { service: u32, key: FlowKey },
+}
+
+/// The XDP action that goes with a terminal outcome.
+pub fn action_of(outcome: Counter) -> u32 {
+    match outcome {
+        Counter::Tx => XDP_TX,
+        Counter::PassNotIp
+        | Counter::PassNotService
+        | Counter::PassOtherProtocol
+        | Counter::PassIpv6Extensions => XDP_PASS,
+        _ => XDP_DROP,
+    }
+}
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+/// Steps 1-6 of the contract for one frame.
+pub fn classify(frame: &[u8], scenario: &Scenario) -> Verdict {
+    use Verdict::Outcome;
+    if frame.len() < ETH_LEN {
+        return Outcome(Counter::DropMalformed);
+    }
+    let ip = &frame[ETH_LEN..];
+    let (family, src, dst, protocol, l4_start, ip_end) = match be16(frame, 12) {
+        ETHERTYPE_IPV4 => {
+            if ip.len() < 20 || ip[0] >> 4 != 4 {
+                return Outcome(Counter::DropMalformed);
+            }
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            let total = usize::from(be16(ip, 2));
+            if ihl < 20 || ihl > ip.len() || total < ihl || total > ip.len() {
+                return Outcome(Counter::DropMalformed);
+            }
+            // L4 headers must lie inside the IP packet, not merely inside the frame.
+            let ip = &ip[..total];
+            let mut src = [0u8; 16];
+            let mut dst = [0u8; 16];
+            src[..4].copy_from_slice(&ip[12..16]);
+            dst[..4].copy_from_slice(&ip[16..20]);
+            if !scenario.is_vip(&vip(dst, 4)) {
+                return Outcome(Counter::PassNotService);
+            }
+            let fragment = be16(ip, 6);
+            if fragment & 0x2000 != 0 || fragment & 0x1fff != 0 {
+                return Outcome(Counter::DropFragment);
+            }
+            (4u8, src, dst, ip[9], ihl, total)
+        }
+        ETHERTYPE_IPV6 => {
+            if ip.len() < IPV6_LEN || ip[0] >> 4 != 6 {
+                return Outcome(Counter::DropMalformed);
+            }
+            if usize::from(be16(ip, 4)) + IPV6_LEN > ip.len() {
+                return Outcome(Counter::DropMalformed);
+            }
+            let ip = &ip[..IPV6_LEN + usize::from(be16(ip, 4))];
+            let src: [u8; 16] = ip[8..24].try_into().expect("16 bytes");
+            let dst: [u8; 16] = ip[24..40].try_into().expect("16 bytes");
+            if !scenario.is_vip(&vip(dst, 6)) {
+                return Outcome(Counter::PassNotService);
+            }
+            let mut next = ip[6];
+            let mut at = IPV6_LEN;
+            let mut walked = 0;
+            loop {
+                match next {
+                    IPV6_FRAGMENT => return Outcome(Counter::DropFragment),
+                    IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
+                        if walked == MAX_IPV6_EXTENSIONS {
+                            return Outcome(Counter::PassIpv6Extensions);
+                        }
+                        if at + 2 > ip.len() {
+                            return Outcome(Counter::DropMalformed);
+                        }
+                        let len = (usize::from(ip[at + 1]) + 1) * 8;
+                        if at + len > ip.len() {
+                            return Outcome(Counter::DropMalformed);
+                        }
+                        next = ip[at];
+                        at += len;
+                        walked += 1;
+                    }
+                    _ => break,
+                }
+            }
+            (6u8, src, dst, next, at, ip.len())
+        }
+        _ => return Outcome(Counter::PassNotIp),
+    };
+    let l4 = &ip[l4_start..ip_end];
+    let (src_port, dst_port) = match protocol {
+        PROTO_TCP => {
+            if l4.len() < 20 {
+                return Outcome(Counter::DropMalformed);
+            }
+            let offset = usize::from(l4[12] >> 4) * 4;
+            if offset < 20 || offset > l4.len() {
+                return Outcome(Counter::DropMalformed);
+            }
+            (be16(l4, 0), be16(l4, 2))
+        }
+        PROTO_UDP => {
+            if l4.len() < 8 {
+                return Outcome(Counter::DropMalformed);
+            }
+            (be16(l4, 0), be16(l4, 2))
+        }
+        _ => return Outcome(Counter::PassOtherProtocol),
+    };
+    let service_key = canary_common::ServiceKey {
+        addr: dst,
+        port: dst_port.to_be(),
+        protocol,
+        family,
+    };
+    let Some(service) = scenario.service_by_key(&service_key) else {
+        return Outcome(Counter::PassNotService);
+    };
+    Verdict::Service {
+        service: service.index,
+        key: FlowKey {
+            src,
+            dst,
+            src_port: src_port.to_be(),
+            dst_port: dst_port.to_be(),
+            protocol,
+            family,
+            _pad: [0; 2],
+        },
+    }
+}
+
+fn vip(addr: [u8; 16], family: u8) -> VipKey {
+    VipKey {
+        addr,
+        family,
+        _pad: [0; 3],
+    }
+}

@@ -1,0 +1,444 @@
+//! Loads the XDP object, writes its maps and runs its programs with `BPF_PROG_TEST_RUN`.
+//!
+//! Every packet test and the per-packet benchmark go through [`Dataplane`]: one loaded copy of
+//! the object with fresh (empty) maps, so tests do not see each other's flows or counters.
+
+use std::path::PathBuf;
+
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
+use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
+use aya::{Ebpf, EbpfError, EbpfLoader};
+use canary_common::{
+    maglev_index, maps, Backend, BackendStats, FlowEntry, FlowKey, GlobalConfig, ServiceControl,
+    ServiceEntry, ServiceKey, ServiceStats, VipKey, COUNTERS, MAGLEV_TABLE_SIZE,
+};
+
+/// Environment variable naming the object to load instead of the default build output.
+pub const OBJECT_ENV: &str = "CANARY_BPF_OBJECT";
+
+/// XDP return codes (uapi `enum xdp_action`).
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+/// Readable name of an XDP action, for failure messages.
+pub fn action_name(action: u32) -> &'static str {
+    match action {
+        XDP_ABORTED => "XDP_ABORTED",
+        XDP_DROP => "XDP_DROP",
+        XDP_PASS => "XDP_PASS",
+        XDP_TX => "XDP_TX",
+        XDP_REDIRECT => "XDP_REDIRECT",
+        _ => "unknown XDP action",
+    }
+}
+
+/// Frames are tested with at least this much room for output (the program never grows them).
+const OUT_SLACK: usize = 256;
+/// The kernel's test runner refuses frames shorter than an Ethernet header (EINVAL), even
+/// behind XDP metadata (checked on kernel 6.18), so shorter frames cannot be tested this way.
+pub const MIN_TEST_FRAME: usize = 14;
+
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    /// Loading BPF programs needs root (CAP_BPF + CAP_NET_ADMIN).
+    #[error("the XDP packet tests load BPF programs and must run as root (try `sudo -E cargo test -p canary-tests -- --test-threads=1`)")]
+    NotRoot,
+    /// The object has not been built.
+    #[error("XDP object not found at {path}: build it with `cargo xtask build-ebpf --release` or point {OBJECT_ENV} at it")]
+    ObjectMissing { path: PathBuf },
+    /// The kernel or aya refused the object.
+    #[error("loading the XDP object {path} failed")]
+    Load {
+        path: PathBuf,
+        #[source]
+        source: EbpfError,
+    },
+    /// The object lacks a map this code expects (object and canary-common out of step).
+    #[error("map {0} is missing from the XDP object: rebuild it from the current canary-common")]
+    MissingMap(&'static str),
+    /// The object lacks a program this code expects.
+    #[error(
+        "program {0} is missing from the XDP object: rebuild it from the current canary-common"
+    )]
+    MissingProgram(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    /// `BPF_PROG_TEST_RUN` cannot run a frame this short.
+    #[error(
+        "a {0}-byte frame cannot be test-run: the kernel needs at least {MIN_TEST_FRAME} bytes"
+    )]
+    FrameTooShort(usize),
+    /// A Maglev table given to [`Dataplane::set_maglev_table`] has the wrong size.
+    #[error("a Maglev table has {0} slots, expected MAGLEV_TABLE_SIZE")]
+    TableSize(usize),
+}
+
+/// Where the object is: `$CANARY_BPF_OBJECT`, or the release build of `canary-ebpf`.
+pub fn object_path() -> PathBuf {
+    if let Some(path) = std::env::var_os(OBJECT_ENV) {
+        return PathBuf::from(path);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../canary-ebpf/target/bpfel-unknown-none/release/canary-ebpf")
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Result of one run of a program on one frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Run {
+    pub action: u32,
+    /// The frame as the program left it.
+    pub output: Vec<u8>,
+}
+
+/// Options for [`Dataplane::load`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    /// `FLOWS` max entries; `None` keeps the object's default.
+    pub flow_table_size: Option<u32>,
+}
+
+/// A loaded copy of the object with both programs loaded (not attached anywhere).
+pub struct Dataplane {
+    ebpf: Ebpf,
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> XdpError {
+    move |source| XdpError::Map { name, source }
+}
+
+fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> XdpError {
+    move |source| XdpError::Program { name, source }
+}
+
+impl Dataplane {
+    /// Loads the object at [`object_path`] with empty maps.
+    pub fn load(options: LoadOptions) -> Result<Self, XdpError> {
+        if !is_root() {
+            return Err(XdpError::NotRoot);
+        }
+        let path = object_path();
+        if !path.is_file() {
+            return Err(XdpError::ObjectMissing { path });
+        }
+        let mut loader = EbpfLoader::new();
+        if let Some(size) = options.flow_table_size {
+            loader.map_max_entries(maps::FLOWS, size);
+        }
+        let mut ebpf = loader
+            .load_file(&path)
+            .map_err(|source| XdpError::Load { path, source })?;
+        for name in [maps::PROGRAM, maps::PASS_PROGRAM] {
+            let program: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or(XdpError::MissingProgram(name))?
+                .try_into()
+                .map_err(prog_err(name))?;
+            program.load().map_err(prog_err(name))?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    /// Loads the object, panicking with the reason (for tests: a panic names its location).
+    pub fn load_or_panic(options: LoadOptions) -> Self {
+        match Self::load(options) {
+            Ok(dataplane) => dataplane,
+            Err(e) => panic!("{}", error_chain(&e)),
+        }
+    }
+
+    fn array<V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<Array<&mut MapData, V>, XdpError> {
+        let map = self.ebpf.map_mut(name).ok_or(XdpError::MissingMap(name))?;
+        Array::try_from(map).map_err(map_err(name))
+    }
+
+    fn hash<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<&mut MapData, K, V>, XdpError> {
+        let map = self.ebpf.map_mut(name).ok_or(XdpError::MissingMap(name))?;
+        HashMap::try_from(map).map_err(map_err(name))
+    }
+
+    fn per_cpu<V: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<PerCpuArray<&MapData, V>, XdpError> {
+        let map = self.ebpf.map(name).ok_or(XdpError::MissingMap(name))?;
+        PerCpuArray::try_from(map).map_err(map_err(name))
+    }
+
+    pub fn set_config(&mut self, config: &GlobalConfig) -> Result<(), XdpError> {
+        self.array::<GlobalConfig>(maps::CONFIG)?
+            .set(0, config, 0)
+            .map_err(map_err(maps::CONFIG))
+    }
+
+    pub fn set_service(&mut self, key: &ServiceKey, entry: &ServiceEntry) -> Result<(), XdpError> {
+        self.hash::<ServiceKey, ServiceEntry>(maps::SERVICES)?
+            .insert(key, entry, 0)
+            .map_err(map_err(maps::SERVICES))
+    }
+
+    pub fn remove_service(&mut self, key: &ServiceKey) -> Result<(), XdpError> {
+        self.hash::<ServiceKey, ServiceEntry>(maps::SERVICES)?
+            .remove(key)
+            .map_err(map_err(maps::SERVICES))
+    }
+
+    /// Sets the number of services on an address (0 removes the address).
+    pub fn set_vip(&mut self, key: &VipKey, services: u32) -> Result<(), XdpError> {
+        let mut vips = self.hash::<VipKey, u32>(maps::VIPS)?;
+        if services == 0 {
+            vips.remove(key).map_err(map_err(maps::VIPS))
+        } else {
+            vips.insert(key, services, 0).map_err(map_err(maps::VIPS))
+        }
+    }
+
+    pub fn vip(&mut self, key: &VipKey) -> Result<u32, XdpError> {
+        match self.hash::<VipKey, u32>(maps::VIPS)?.get(key, 0) {
+            Ok(n) => Ok(n),
+            Err(MapError::KeyNotFound) => Ok(0),
+            Err(e) => Err(map_err(maps::VIPS)(e)),
+        }
+    }
+
+    pub fn set_control(&mut self, service: u32, control: &ServiceControl) -> Result<(), XdpError> {
+        self.array::<ServiceControl>(maps::CONTROL)?
+            .set(service, control, 0)
+            .map_err(map_err(maps::CONTROL))
+    }
+
+    pub fn set_backend(&mut self, index: u32, backend: &Backend) -> Result<(), XdpError> {
+        self.array::<Backend>(maps::BACKENDS)?
+            .set(index, backend, 0)
+            .map_err(map_err(maps::BACKENDS))
+    }
+
+    /// Writes a whole (service, group) lookup table (`MAGLEV_TABLE_SIZE` backend indices).
+    pub fn set_maglev_table(
+        &mut self,
+        service: u32,
+        group: u32,
+        table: &[u32],
+    ) -> Result<(), XdpError> {
+        if table.len() != MAGLEV_TABLE_SIZE as usize {
+            return Err(XdpError::TableSize(table.len()));
+        }
+        let mut maglev = self.array::<u32>(maps::MAGLEV)?;
+        for (slot, backend) in (0..MAGLEV_TABLE_SIZE).zip(table) {
+            maglev
+                .set(maglev_index(service, group, slot), backend, 0)
+                .map_err(map_err(maps::MAGLEV))?;
+        }
+        Ok(())
+    }
+
+    /// Global counters, per-CPU values summed, indexed by `Counter as usize`.
+    pub fn counters(&self) -> Result<[u64; COUNTERS as usize], XdpError> {
+        let counters = self.per_cpu::<u64>(maps::COUNTERS)?;
+        let mut sums = [0u64; COUNTERS as usize];
+        for (index, sum) in (0u32..).zip(sums.iter_mut()) {
+            *sum = counters
+                .get(&index, 0)
+                .map_err(map_err(maps::COUNTERS))?
+                .iter()
+                .sum();
+        }
+        Ok(sums)
+    }
+
+    /// Counters of one backend, summed over CPUs.
+    pub fn backend_stats(&self, index: u32) -> Result<BackendStats, XdpError> {
+        let stats = self
+            .per_cpu::<BackendStats>(maps::BACKEND_STATS)?
+            .get(&index, 0)
+            .map_err(map_err(maps::BACKEND_STATS))?;
+        Ok(stats
+            .iter()
+            .fold(BackendStats::default(), |a, s| BackendStats {
+                packets: a.packets + s.packets,
+                bytes: a.bytes + s.bytes,
+                new_flows: a.new_flows + s.new_flows,
+            }))
+    }
+
+    /// Counters of one service, summed over CPUs.
+    pub fn service_stats(&self, index: u32) -> Result<ServiceStats, XdpError> {
+        let stats = self
+            .per_cpu::<ServiceStats>(maps::SERVICE_STATS)?
+            .get(&index, 0)
+            .map_err(map_err(maps::SERVICE_STATS))?;
+        Ok(stats
+            .iter()
+            .fold(ServiceStats::default(), |a, s| ServiceStats {
+                new_flows: [
+                    a.new_flows[0] + s.new_flows[0],
+                    a.new_flows[1] + s.new_flows[1],
+                ],
+                deadman_fallback: a.deadman_fallback + s.deadman_fallback,
+                group_fallback: a.group_fallback + s.group_fallback,
+            }))
+    }
+
+    /// The flow table entry of a flow, if any.
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowEntry>, XdpError> {
+        let map = self
+            .ebpf
+            .map(maps::FLOWS)
+            .ok_or(XdpError::MissingMap(maps::FLOWS))?;
+        let flows: HashMap<&MapData, FlowKey, FlowEntry> =
+            HashMap::try_from(map).map_err(map_err(maps::FLOWS))?;
+        match flows.get(key, 0) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(maps::FLOWS)(e)),
+        }
+    }
+
+    /// Number of entries in the flow table.
+    pub fn flow_count(&self) -> Result<usize, XdpError> {
+        let map = self
+            .ebpf
+            .map(maps::FLOWS)
+            .ok_or(XdpError::MissingMap(maps::FLOWS))?;
+        let flows: HashMap<&MapData, FlowKey, FlowEntry> =
+            HashMap::try_from(map).map_err(map_err(maps::FLOWS))?;
+        Ok(flows.keys().filter(Result::is_ok).count())
+    }
+
+    /// Deletes every flow table entry.
+    pub fn clear_flows(&mut self) -> Result<(), XdpError> {
+        let mut flows = self.hash::<FlowKey, FlowEntry>(maps::FLOWS)?;
+        let keys: Vec<FlowKey> = flows.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            match flows.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(maps::FLOWS)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn program(&self, name: &'static str) -> Result<&Xdp, XdpError> {
+        self.ebpf
+            .program(name)
+            .ok_or(XdpError::MissingProgram(name))?
+            .try_into()
+            .map_err(prog_err(name))
+    }
+
+    /// Runs `canary` once on `frame`; the output is written into `out` (resized to fit).
+    /// Reuses `out` so that loops of many runs do not allocate.
+    pub fn run_into(&self, frame: &[u8], out: &mut Vec<u8>) -> Result<u32, XdpError> {
+        self.run_program_into(maps::PROGRAM, frame, out)
+    }
+
+    /// Runs `canary` once on `frame`.
+    pub fn run(&self, frame: &[u8]) -> Result<Run, XdpError> {
+        let mut output = Vec::new();
+        let action = self.run_into(frame, &mut output)?;
+        Ok(Run { action, output })
+    }
+
+    /// Runs `canary` once, panicking with the reason on a syscall failure.
+    pub fn run_or_panic(&self, frame: &[u8]) -> Run {
+        self.run(frame)
+            .unwrap_or_else(|e| panic!("test run failed: {}", error_chain(&e)))
+    }
+
+    /// Runs the named program once on `frame`.
+    pub fn run_program_into(
+        &self,
+        name: &'static str,
+        frame: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<u32, XdpError> {
+        if frame.len() < MIN_TEST_FRAME {
+            return Err(XdpError::FrameTooShort(frame.len()));
+        }
+        let program = self.program(name)?;
+        out.resize(frame.len() + OUT_SLACK, 0);
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(out.as_mut_slice()),
+                ..TestRunOptions::default()
+            })
+            .map_err(prog_err(name))?;
+        out.truncate(result.data_size_out as usize);
+        Ok(result.return_value)
+    }
+
+    /// Runs the named program `repeat` times on `frame` (the kernel re-runs the same buffer)
+    /// and returns the kernel's mean ns per iteration and the last action.
+    pub fn time_program(
+        &self,
+        name: &'static str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, u32), XdpError> {
+        let program = self.program(name)?;
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .map_err(prog_err(name))?;
+        Ok((result.duration.as_nanos() as u32, result.return_value))
+    }
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Pins the calling thread to one CPU, so per-CPU state and timing stay on one core.
+pub fn pin_to_cpu(cpu: usize) -> Result<(), nix::Error> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+}
+
+/// CLOCK_MONOTONIC now in ns: the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC) failed");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
