@@ -1,0 +1,1 @@
+//! The only module that uses aya: loads, attaches, pins and re-opens the XDP program.

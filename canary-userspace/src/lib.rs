@@ -1,0 +1,6 @@
+//! The `canary` library: the data-plane layer and the controller's modules.
+
+pub mod aya_dataplane;
+pub mod config;
+pub mod dataplane;
+pub mod maglev;
