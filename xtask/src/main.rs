@@ -1,1 +1,44 @@
-fn main() {}
+//! Project tasks: `cargo xtask <command>`. Each command lives in its own module; this file only
+//! parses the command line and dispatches.
+
+mod build_ebpf;
+mod setup;
+mod test;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "canary project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what is missing to build the eBPF object (idempotent; Debian packages need root).
+    Setup,
+    /// Build the XDP object for bpfel-unknown-none and print its path.
+    BuildEbpf(build_ebpf::Options),
+    /// Set up, build the eBPF object (release) and run all workspace tests one at a time.
+    Test(test::Options),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::ensure().map(drop),
+        Command::BuildEbpf(options) => build_ebpf::run(options),
+        Command::Test(options) => test::run(&options),
+    }
+}
+
+/// The workspace root (the parent of this crate), independent of the current directory.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}

@@ -1,0 +1,98 @@
+//! `cargo xtask build-ebpf [--release]`: builds the XDP object for `bpfel-unknown-none`.
+//!
+//! The object always lands in `canary-ebpf/target/` (whatever `CARGO_TARGET_DIR` says), so
+//! everything that loads or embeds it can rely on [`object_path`].
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::setup::{self, CompilerRoute, Toolchain};
+
+/// The eBPF crate, relative to the workspace root.
+pub const EBPF_CRATE_DIR: &str = "canary-ebpf";
+pub const BPF_TARGET: &str = "bpfel-unknown-none";
+/// Name of the object file (the eBPF crate's binary).
+pub const OBJECT_NAME: &str = "canary-ebpf";
+
+#[derive(Args, Debug, Clone, Copy)]
+pub struct Options {
+    /// Optimised build (the one tests, benchmarks and the embedded object use).
+    #[arg(long)]
+    pub release: bool,
+}
+
+/// Path of the built object: `<root>/canary-ebpf/target/bpfel-unknown-none/{release,debug}/canary-ebpf`.
+pub fn object_path(workspace_root: &Path, release: bool) -> PathBuf {
+    workspace_root
+        .join(EBPF_CRATE_DIR)
+        .join("target")
+        .join(BPF_TARGET)
+        .join(if release { "release" } else { "debug" })
+        .join(OBJECT_NAME)
+}
+
+pub fn run(options: Options) -> Result<()> {
+    let toolchain = setup::ensure()?;
+    let object = build(&crate::workspace_root(), options.release, &toolchain)?;
+    println!("{}", object.display());
+    Ok(())
+}
+
+/// Builds the object with the installed toolchain and returns its path.
+pub fn build(workspace_root: &Path, release: bool, toolchain: &Toolchain) -> Result<PathBuf> {
+    let crate_dir = workspace_root.join(EBPF_CRATE_DIR);
+    let mut cargo = match toolchain.route {
+        CompilerRoute::RustupNightly => {
+            let mut cmd = Command::new("rustup");
+            cmd.args(["run", "nightly", "cargo", "build", "-Z", "build-std=core"])
+                .env_remove("RUSTC")
+                .env_remove("RUSTC_BOOTSTRAP");
+            cmd
+        }
+        CompilerRoute::DebianRustc => {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            // aya-ebpf enables `asm_experimental_arch`; Debian's core for BPF is prebuilt.
+            cmd.arg("build")
+                .env("RUSTC", "/usr/bin/rustc")
+                .env("RUSTC_BOOTSTRAP", "1");
+            cmd
+        }
+    };
+    cargo
+        .args(["--locked", "--target", BPF_TARGET])
+        .arg("--target-dir")
+        .arg(crate_dir.join("target"))
+        .current_dir(&crate_dir)
+        // The outer `cargo run` sets these for the host toolchain; they must not steer this build.
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env(
+            "PATH",
+            setup::path_with(&[toolchain.linker_dir.clone(), PathBuf::from(setup::LLVM_BIN)]),
+        );
+    if release {
+        cargo.arg("--release");
+    }
+    let status = cargo
+        .status()
+        .with_context(|| format!("cannot start the eBPF build {cargo:?}"))?;
+    if !status.success() {
+        bail!("building the eBPF object failed ({status}); command: {cargo:?}");
+    }
+    let object = object_path(workspace_root, release);
+    if !object.is_file() {
+        bail!(
+            "the eBPF build succeeded but {} is missing",
+            object.display()
+        );
+    }
+    Ok(object)
+}

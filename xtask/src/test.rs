@@ -1,0 +1,38 @@
+//! `cargo xtask test`: the project's test command (also what CI runs).
+//!
+//! Sets up the toolchain, builds the release eBPF object the packet tests load, then runs every
+//! workspace test one at a time (privileged tests share kernel state).
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::{build_ebpf, setup};
+
+#[derive(Args, Debug, Clone)]
+pub struct Options {
+    /// Extra arguments for the test binaries (e.g. a test name filter).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub test_args: Vec<String>,
+}
+
+pub fn run(options: &Options) -> Result<()> {
+    let root = crate::workspace_root();
+    let toolchain = setup::ensure()?;
+    let object = build_ebpf::build(&root, true, &toolchain)?;
+    println!("test: eBPF object {}", object.display());
+
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut test = Command::new(cargo);
+    test.args(["test", "--workspace", "--", "--test-threads=1"])
+        .args(&options.test_args)
+        .current_dir(&root);
+    let status = test
+        .status()
+        .with_context(|| format!("cannot start {test:?}"))?;
+    if !status.success() {
+        bail!("tests failed ({status})");
+    }
+    Ok(())
+}
