@@ -1,1 +1,852 @@
-//! The only module that uses aya: loads, attaches, pins and re-opens the XDP program.
+//! The only module that uses aya: loads the XDP object, attaches `canary` to an interface, pins
+//! its maps and link under a bpffs directory, and re-opens them after a restart.
+//!
+//! Pins (under `bpffs`, default `/sys/fs/bpf/canary`): one file per map, named as in
+//! `canary_common::maps`, and `link` (the XDP `bpf_link`). The pinned link keeps the program
+//! attached after the daemon exits, so a restart re-opens the pins instead of loading anew: no
+//! detach, no packet lost, no flow table reset. [`detach`] removes the link and the pins.
+
+use std::ffi::CString;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{ProgramError, Xdp, XdpMode};
+use aya::{Ebpf, EbpfLoader};
+use canary_common::{
+    maps, Backend, BackendStats, FlowEntry, FlowKey, GlobalConfig, ServiceControl, ServiceEntry,
+    ServiceKey, ServiceStats, VipKey, COUNTERS, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
+};
+
+use crate::dataplane::{Counters, DataPlane, DataPlaneError, MapWrite, WrittenState};
+
+/// Where `cargo xtask build-ebpf --release` puts the object (relative to the workspace).
+pub const OBJECT_BUILD_PATH: &str = "canary-ebpf/target/bpfel-unknown-none/release/canary-ebpf";
+
+/// Name of the pinned XDP link in the bpffs directory.
+pub const LINK_PIN: &str = "link";
+
+/// Every map the program has, all pinned.
+pub const ALL_MAPS: [&str; 10] = [
+    maps::CONFIG,
+    maps::SERVICES,
+    maps::VIPS,
+    maps::CONTROL,
+    maps::BACKENDS,
+    maps::MAGLEV,
+    maps::FLOWS,
+    maps::COUNTERS,
+    maps::BACKEND_STATS,
+    maps::SERVICE_STATS,
+];
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The eBPF object embedded at build time, if it had been built then.
+pub fn embedded_object() -> Option<&'static [u8]> {
+    #[cfg(canary_embedded_object)]
+    {
+        static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("CANARY_EBPF_OBJECT"));
+        Some(OBJECT)
+    }
+    #[cfg(not(canary_embedded_object))]
+    {
+        None
+    }
+}
+
+/// The object to load: the file given with `--bpf-object`, else the embedded one.
+pub fn object_bytes(override_path: Option<&Path>) -> Result<Vec<u8>, AyaError> {
+    match override_path {
+        Some(path) => std::fs::read(path).map_err(|source| AyaError::ReadObject {
+            path: path.to_owned(),
+            source,
+        }),
+        None => embedded_object()
+            .map(<[u8]>::to_vec)
+            .ok_or(AyaError::NoObject),
+    }
+}
+
+/// `dataplane.xdp_mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum XdpAttachMode {
+    /// Native (driver) mode, else generic (skb) mode.
+    #[default]
+    Auto,
+    Native,
+    Skb,
+}
+
+impl std::str::FromStr for XdpAttachMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(XdpAttachMode::Auto),
+            "native" => Ok(XdpAttachMode::Native),
+            "skb" => Ok(XdpAttachMode::Skb),
+            other => Err(format!(
+                "unknown xdp_mode {other:?}: use auto, native or skb"
+            )),
+        }
+    }
+}
+
+/// The mode the program was attached in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachedMode {
+    Native,
+    Skb,
+}
+
+/// How to open the data plane (from the `[dataplane]` config section).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    pub interface: String,
+    pub xdp_mode: XdpAttachMode,
+    /// Entries of the LRU flow table (used when the maps are created; pinned maps keep theirs).
+    pub flow_table_size: u32,
+    /// Pin directory, e.g. `/sys/fs/bpf/canary`.
+    pub bpffs: PathBuf,
+    /// `--bpf-object PATH`: load this file instead of the embedded object.
+    pub object: Option<PathBuf>,
+}
+
+/// What [`AyaDataPlane::open`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opened {
+    /// Loaded the object, attached it in this mode, pinned maps and link. `maps_reused`: some
+    /// pinned maps already existed (an earlier run died before pinning its link) and were
+    /// reused, flow table included.
+    Attached {
+        mode: AttachedMode,
+        maps_reused: bool,
+    },
+    /// Re-opened the pinned maps and link of a running program (after a restart): nothing was
+    /// detached or reset.
+    Reopened,
+}
+
+/// Errors of loading, attaching, pinning and map access.
+#[derive(Debug, thiserror::Error)]
+pub enum AyaError {
+    /// Built without the object and no `--bpf-object` given.
+    #[error("no eBPF object: this binary was built without it; run `cargo xtask build-ebpf --release` and rebuild, or pass --bpf-object PATH")]
+    NoObject,
+    #[error("cannot read the eBPF object {path}: {source}")]
+    ReadObject {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The pin directory could not be prepared.
+    #[error("cannot prepare the bpffs pin directory {path}: {source} (run as root; the parent must be a bpffs or a directory where one can be mounted)")]
+    Bpffs {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("loading the eBPF object failed: {0} (is it built for this version of canary? run `cargo xtask build-ebpf --release`; a stale pin directory can be cleared with `canary detach`)")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("the eBPF object has no XDP program {0:?}; rebuild it with `cargo xtask build-ebpf --release`")]
+    ProgramMissing(&'static str),
+    #[error("loading XDP program {program:?} into the kernel failed: {source}")]
+    ProgramLoad {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("attaching XDP to interface {interface:?} in {mode} mode failed: {source} (check the interface exists in this network namespace; another XDP program may be attached: `ip link set dev {interface} xdp off`; try xdp_mode = \"skb\")")]
+    Attach {
+        interface: String,
+        mode: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("the kernel attached XDP without a bpf_link (netlink fallback), which cannot be pinned; a kernel >= 5.9 is needed")]
+    NoLink,
+    #[error("pinning {path} failed: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("the XDP link is pinned in {dir} but map pin {path} is missing; run `canary detach` and start again")]
+    PinnedMapMissing { dir: PathBuf, path: PathBuf },
+    #[error("opening pin {path} failed: {message}")]
+    OpenPin { path: PathBuf, message: String },
+    #[error("map {map} in the object or pin has an unexpected type or layout: {source} (object and binary are from different versions; rebuild, or `canary detach` to drop old pins)")]
+    MapType {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("the pinned XDP link is attached to interface index {pinned}, but {interface:?} has index {configured}; run `canary detach` first to move the data plane")]
+    OtherInterface {
+        interface: String,
+        pinned: u32,
+        configured: u32,
+    },
+    #[error("removing pin {path} failed: {source}")]
+    Unpin {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    DataPlane(#[from] DataPlaneError),
+}
+
+/// Makes sure `dir` exists on a bpffs: when its parent is not a bpffs, one is mounted there.
+pub fn ensure_bpffs(dir: &Path) -> Result<(), AyaError> {
+    let err = |source| AyaError::Bpffs {
+        path: dir.to_owned(),
+        source,
+    };
+    if dir.is_dir() && is_bpffs(dir).map_err(err)? {
+        return Ok(());
+    }
+    let parent = dir
+        .parent()
+        .ok_or_else(|| err(io::Error::other("the pin directory needs a parent")))?;
+    std::fs::create_dir_all(parent).map_err(err)?;
+    if !is_bpffs(parent).map_err(err)? {
+        mount_bpffs(parent).map_err(err)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(err(e)),
+    }
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    use std::os::unix::ffi::OsStrExt as _;
+    CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)
+}
+
+/// Whether `path` is on a bpffs.
+pub fn is_bpffs(path: &Path) -> io::Result<bool> {
+    let c = c_path(path)?;
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statfs.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(c.as_ptr(), &raw mut st) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "f_type's integer type differs between libc targets"
+    )]
+    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+}
+
+/// `mount -t bpf bpf <path>`.
+pub fn mount_bpffs(path: &Path) -> io::Result<()> {
+    let target = c_path(path)?;
+    let fstype = c"bpf";
+    // SAFETY: all pointers are valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn interface_index(interface: &str) -> Option<u32> {
+    let c = CString::new(interface).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// `BPF_OBJ_GET` of a pin, for reading the link's `fdinfo` (aya does not expose the fd).
+fn bpf_obj_get(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    #[repr(C)]
+    struct ObjAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+    }
+    const BPF_OBJ_GET: libc::c_long = 7;
+    let c = c_path(path)?;
+    let attr = ObjAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+    };
+    // SAFETY: `attr` is a valid bpf_attr prefix for BPF_OBJ_GET that outlives the call, and
+    // `c` outlives it too.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &raw const attr,
+            std::mem::size_of::<ObjAttr>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new file descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Interface index a pinned XDP link is attached to (0 when its interface is gone).
+fn pinned_link_ifindex(path: &Path) -> io::Result<u32> {
+    use std::os::fd::AsRawFd as _;
+    let fd = bpf_obj_get(path)?;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("ifindex:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| io::Error::other("pinned link is not an XDP link (no ifindex in fdinfo)"))
+}
+
+fn map_err(map: &'static str, operation: &'static str, e: MapError) -> DataPlaneError {
+    DataPlaneError::Map {
+        map,
+        operation,
+        source: Box::new(e),
+    }
+}
+
+fn is_not_found(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound | MapError::ElementNotFound => true,
+        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+/// The data plane over the real maps.
+pub struct AyaDataPlane {
+    config: Array<MapData, GlobalConfig>,
+    services: HashMap<MapData, ServiceKey, ServiceEntry>,
+    vips: HashMap<MapData, VipKey, u32>,
+    control: Array<MapData, ServiceControl>,
+    backends: Array<MapData, Backend>,
+    maglev: Array<MapData, u32>,
+    flows: HashMap<MapData, FlowKey, FlowEntry>,
+    counters: PerCpuArray<MapData, u64>,
+    backend_stats: PerCpuArray<MapData, BackendStats>,
+    service_stats: PerCpuArray<MapData, ServiceStats>,
+    flow_table_capacity: u32,
+    bpffs: PathBuf,
+    /// Holding it keeps nothing alive that the pin does not; kept for symmetry with `detach`.
+    _link: PinnedLink,
+}
+
+impl std::fmt::Debug for AyaDataPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AyaDataPlane")
+            .field("bpffs", &self.bpffs)
+            .field("flow_table_capacity", &self.flow_table_capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+fn typed<T>(name: &'static str, map: Map) -> Result<T, AyaError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    T::try_from(map).map_err(|source| AyaError::MapType { map: name, source })
+}
+
+fn capacity(name: &'static str, map: &Map) -> Result<u32, AyaError> {
+    match map {
+        Map::LruHashMap(data) => data
+            .info()
+            .map(|i| i.max_entries())
+            .map_err(|source| AyaError::MapType { map: name, source }),
+        _ => Err(AyaError::MapType {
+            map: name,
+            source: MapError::InvalidMapType { map_type: 0 },
+        }),
+    }
+}
+
+impl AyaDataPlane {
+    /// Opens the data plane: re-opens the pins when the link is pinned in `options.bpffs`
+    /// (after a restart), otherwise loads the object, attaches `canary` to the interface and
+    /// pins maps and link. Mounts a bpffs at the pin directory's parent when none is there.
+    pub fn open(options: &Options) -> Result<(AyaDataPlane, Opened), AyaError> {
+        ensure_bpffs(&options.bpffs)?;
+        let link_path = options.bpffs.join(LINK_PIN);
+        if link_path.exists() {
+            let configured = interface_index(&options.interface).unwrap_or(0);
+            let pinned = pinned_link_ifindex(&link_path).map_err(|e| AyaError::OpenPin {
+                path: link_path.clone(),
+                message: e.to_string(),
+            })?;
+            if pinned != 0 {
+                if pinned != configured {
+                    return Err(AyaError::OtherInterface {
+                        interface: options.interface.clone(),
+                        pinned,
+                        configured,
+                    });
+                }
+                return Ok((Self::reopen(&options.bpffs)?, Opened::Reopened));
+            }
+            // Its interface was deleted: the link is dead; attach anew, keeping the maps.
+            std::fs::remove_file(&link_path).map_err(|source| AyaError::Unpin {
+                path: link_path.clone(),
+                source,
+            })?;
+        }
+        Self::load_and_attach(options)
+    }
+
+    fn reopen(bpffs: &Path) -> Result<AyaDataPlane, AyaError> {
+        let open = |name: &'static str| -> Result<Map, AyaError> {
+            let path = bpffs.join(name);
+            if !path.exists() {
+                return Err(AyaError::PinnedMapMissing {
+                    dir: bpffs.to_owned(),
+                    path,
+                });
+            }
+            let data = MapData::from_pin(&path).map_err(|e| AyaError::OpenPin {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            Map::from_map_data(data).map_err(|source| AyaError::MapType { map: name, source })
+        };
+        let link_path = bpffs.join(LINK_PIN);
+        let link = PinnedLink::from_pin(&link_path).map_err(|e| AyaError::OpenPin {
+            path: link_path.clone(),
+            message: e.to_string(),
+        })?;
+        let flows = open(maps::FLOWS)?;
+        let flow_table_capacity = capacity(maps::FLOWS, &flows)?;
+        Ok(AyaDataPlane {
+            config: typed(maps::CONFIG, open(maps::CONFIG)?)?,
+            services: typed(maps::SERVICES, open(maps::SERVICES)?)?,
+            vips: typed(maps::VIPS, open(maps::VIPS)?)?,
+            control: typed(maps::CONTROL, open(maps::CONTROL)?)?,
+            backends: typed(maps::BACKENDS, open(maps::BACKENDS)?)?,
+            maglev: typed(maps::MAGLEV, open(maps::MAGLEV)?)?,
+            flows: typed(maps::FLOWS, flows)?,
+            counters: typed(maps::COUNTERS, open(maps::COUNTERS)?)?,
+            backend_stats: typed(maps::BACKEND_STATS, open(maps::BACKEND_STATS)?)?,
+            service_stats: typed(maps::SERVICE_STATS, open(maps::SERVICE_STATS)?)?,
+            flow_table_capacity,
+            bpffs: bpffs.to_owned(),
+            _link: link,
+        })
+    }
+
+    fn load_and_attach(options: &Options) -> Result<(AyaDataPlane, Opened), AyaError> {
+        let bytes = object_bytes(options.object.as_deref())?;
+        let bpffs = &options.bpffs;
+        let maps_reused = ALL_MAPS.iter().any(|m| bpffs.join(m).exists());
+        let pin_paths: Vec<(&'static str, PathBuf)> =
+            ALL_MAPS.iter().map(|m| (*m, bpffs.join(m))).collect();
+        let mut loader = EbpfLoader::new();
+        // Existing pins are opened and reused, missing ones created and pinned.
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(*name, path.as_path());
+        }
+        loader.map_max_entries(maps::FLOWS, options.flow_table_size);
+        let mut ebpf = loader
+            .load(&bytes)
+            .map_err(|e| AyaError::Load(Box::new(e)))?;
+        let program: &mut Xdp = ebpf
+            .program_mut(maps::PROGRAM)
+            .ok_or(AyaError::ProgramMissing(maps::PROGRAM))?
+            .try_into()
+            .map_err(|_| AyaError::ProgramMissing(maps::PROGRAM))?;
+        program.load().map_err(|source| AyaError::ProgramLoad {
+            program: maps::PROGRAM,
+            source,
+        })?;
+        let (link_id, mode) = attach(program, &options.interface, options.xdp_mode)?;
+        let link = program
+            .take_link(link_id)
+            .map_err(|source| AyaError::Attach {
+                interface: options.interface.clone(),
+                mode: "any",
+                source,
+            })?;
+        let link: FdLink = link.try_into().map_err(|_| AyaError::NoLink)?;
+        let link_path = bpffs.join(LINK_PIN);
+        let link = link.pin(&link_path).map_err(|source| AyaError::Pin {
+            path: link_path,
+            source,
+        })?;
+        let mut take = |name: &'static str| {
+            ebpf.take_map(name).ok_or(AyaError::MapType {
+                map: name,
+                source: MapError::InvalidName {
+                    name: name.to_owned(),
+                },
+            })
+        };
+        let flows = take(maps::FLOWS)?;
+        let flow_table_capacity = capacity(maps::FLOWS, &flows)?;
+        let dp = AyaDataPlane {
+            config: typed(maps::CONFIG, take(maps::CONFIG)?)?,
+            services: typed(maps::SERVICES, take(maps::SERVICES)?)?,
+            vips: typed(maps::VIPS, take(maps::VIPS)?)?,
+            control: typed(maps::CONTROL, take(maps::CONTROL)?)?,
+            backends: typed(maps::BACKENDS, take(maps::BACKENDS)?)?,
+            maglev: typed(maps::MAGLEV, take(maps::MAGLEV)?)?,
+            flows: typed(maps::FLOWS, flows)?,
+            counters: typed(maps::COUNTERS, take(maps::COUNTERS)?)?,
+            backend_stats: typed(maps::BACKEND_STATS, take(maps::BACKEND_STATS)?)?,
+            service_stats: typed(maps::SERVICE_STATS, take(maps::SERVICE_STATS)?)?,
+            flow_table_capacity,
+            bpffs: bpffs.clone(),
+            _link: link,
+        };
+        Ok((dp, Opened::Attached { mode, maps_reused }))
+    }
+
+    /// Entries of the flow table in the kernel (a pinned table keeps the size it was created
+    /// with; compare with `dataplane.flow_table_size`).
+    pub fn flow_table_capacity(&self) -> u32 {
+        self.flow_table_capacity
+    }
+
+    pub fn bpffs(&self) -> &Path {
+        &self.bpffs
+    }
+
+    /// A flow's entry in the flow table.
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowEntry>, DataPlaneError> {
+        match self.flows.get(key, 0) {
+            Ok(e) => Ok(Some(e)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(map_err(maps::FLOWS, "lookup", e)),
+        }
+    }
+
+    /// Number of flows in the table (walks it: for diagnostics, not for every poll).
+    pub fn flow_count(&self) -> usize {
+        self.flows.keys().filter(Result::is_ok).count()
+    }
+
+    /// Writes a flow entry as the kernel would (tests and tools: pre-seeding, restart checks).
+    pub fn insert_flow(&mut self, key: &FlowKey, entry: &FlowEntry) -> Result<(), DataPlaneError> {
+        self.flows
+            .insert(key, entry, 0)
+            .map_err(|e| map_err(maps::FLOWS, "update", e))
+    }
+
+    /// The Maglev table of a (service, group) as the map holds it.
+    pub fn maglev_table(&self, service_index: u32, group: u32) -> Result<Vec<u32>, DataPlaneError> {
+        (0..MAGLEV_TABLE_SIZE)
+            .map(|slot| {
+                self.maglev
+                    .get(&canary_common::maglev_index(service_index, group, slot), 0)
+                    .map_err(|e| map_err(maps::MAGLEV, "lookup", e))
+            })
+            .collect()
+    }
+
+    fn zeroed<V: aya::Pod + Default>(map: &'static str) -> Result<PerCpuValues<V>, DataPlaneError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataPlaneError::Map {
+            map,
+            operation: "count CPUs",
+            source: Box::new(e),
+        })?;
+        PerCpuValues::try_from(vec![V::default(); cpus]).map_err(|e| DataPlaneError::Map {
+            map,
+            operation: "build per-CPU values",
+            source: Box::new(e),
+        })
+    }
+}
+
+fn attach(
+    program: &mut Xdp,
+    interface: &str,
+    mode: XdpAttachMode,
+) -> Result<(aya::programs::xdp::XdpLinkId, AttachedMode), AyaError> {
+    let try_mode = |program: &mut Xdp, m: AttachedMode| {
+        let (xdp_mode, name) = match m {
+            AttachedMode::Native => (XdpMode::Driver, "native"),
+            AttachedMode::Skb => (XdpMode::Skb, "skb"),
+        };
+        program
+            .attach(interface, xdp_mode)
+            .map(|id| (id, m))
+            .map_err(|source| AyaError::Attach {
+                interface: interface.to_owned(),
+                mode: name,
+                source,
+            })
+    };
+    match mode {
+        XdpAttachMode::Native => try_mode(program, AttachedMode::Native),
+        XdpAttachMode::Skb => try_mode(program, AttachedMode::Skb),
+        XdpAttachMode::Auto => try_mode(program, AttachedMode::Native)
+            .or_else(|_| try_mode(program, AttachedMode::Skb)),
+    }
+}
+
+impl DataPlane for AyaDataPlane {
+    fn apply(&mut self, writes: &[MapWrite]) -> Result<(), DataPlaneError> {
+        for w in writes {
+            match w {
+                MapWrite::ResetServiceStats { index } => {
+                    let zero = Self::zeroed::<ServiceStats>(maps::SERVICE_STATS)?;
+                    self.service_stats
+                        .set(*index, zero, 0)
+                        .map_err(|e| map_err(maps::SERVICE_STATS, "update", e))?;
+                }
+                MapWrite::ResetBackendStats { index } => {
+                    let zero = Self::zeroed::<BackendStats>(maps::BACKEND_STATS)?;
+                    self.backend_stats
+                        .set(*index, zero, 0)
+                        .map_err(|e| map_err(maps::BACKEND_STATS, "update", e))?;
+                }
+                MapWrite::Backend { index, backend } => self
+                    .backends
+                    .set(*index, backend, 0)
+                    .map_err(|e| map_err(maps::BACKENDS, "update", e))?,
+                MapWrite::MaglevSlots {
+                    service_index,
+                    group,
+                    slots,
+                } => {
+                    for &(slot, backend) in slots {
+                        if slot >= MAGLEV_TABLE_SIZE || *service_index >= MAX_SERVICES {
+                            return Err(DataPlaneError::IndexOutOfRange {
+                                map: maps::MAGLEV,
+                                index: slot,
+                                size: MAGLEV_TABLE_SIZE,
+                            });
+                        }
+                        let index = canary_common::maglev_index(*service_index, *group, slot);
+                        self.maglev
+                            .set(index, backend, 0)
+                            .map_err(|e| map_err(maps::MAGLEV, "update", e))?;
+                    }
+                }
+                MapWrite::Control { index, control } => self.set_control(*index, control)?,
+                MapWrite::ServiceInsert { key, entry } => self
+                    .services
+                    .insert(key, entry, 0)
+                    .map_err(|e| map_err(maps::SERVICES, "update", e))?,
+                MapWrite::ServiceRemove { key } => match self.services.remove(key) {
+                    Ok(()) => {}
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => return Err(map_err(maps::SERVICES, "delete", e)),
+                },
+                MapWrite::VipSet { key, services } => self
+                    .vips
+                    .insert(key, services, 0)
+                    .map_err(|e| map_err(maps::VIPS, "update", e))?,
+                MapWrite::VipRemove { key } => match self.vips.remove(key) {
+                    Ok(()) => {}
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => return Err(map_err(maps::VIPS, "delete", e)),
+                },
+            }
+        }
+        Ok(())
+    }
+
+    fn set_control(
+        &mut self,
+        service_index: u32,
+        control: &ServiceControl,
+    ) -> Result<(), DataPlaneError> {
+        self.control
+            .set(service_index, control, 0)
+            .map_err(|e| map_err(maps::CONTROL, "update", e))
+    }
+
+    fn control(&self, service_index: u32) -> Result<ServiceControl, DataPlaneError> {
+        self.control
+            .get(&service_index, 0)
+            .map_err(|e| map_err(maps::CONTROL, "lookup", e))
+    }
+
+    fn set_global_config(&mut self, config: &GlobalConfig) -> Result<(), DataPlaneError> {
+        self.config
+            .set(0, config, 0)
+            .map_err(|e| map_err(maps::CONFIG, "update", e))
+    }
+
+    fn global_config(&self) -> Result<GlobalConfig, DataPlaneError> {
+        self.config
+            .get(&0, 0)
+            .map_err(|e| map_err(maps::CONFIG, "lookup", e))
+    }
+
+    fn counters(&self) -> Result<Counters, DataPlaneError> {
+        let mut out = Counters::default();
+        for i in 0..COUNTERS {
+            let values = self
+                .counters
+                .get(&i, 0)
+                .map_err(|e| map_err(maps::COUNTERS, "lookup", e))?;
+            out.0[i as usize] = values.iter().copied().fold(0u64, u64::wrapping_add);
+        }
+        Ok(out)
+    }
+
+    fn backend_stats(&self, backend_index: u32) -> Result<BackendStats, DataPlaneError> {
+        let values = self
+            .backend_stats
+            .get(&backend_index, 0)
+            .map_err(|e| map_err(maps::BACKEND_STATS, "lookup", e))?;
+        Ok(values
+            .iter()
+            .fold(BackendStats::default(), |a, v| BackendStats {
+                packets: a.packets.wrapping_add(v.packets),
+                bytes: a.bytes.wrapping_add(v.bytes),
+                new_flows: a.new_flows.wrapping_add(v.new_flows),
+            }))
+    }
+
+    fn service_stats(&self, service_index: u32) -> Result<ServiceStats, DataPlaneError> {
+        let values = self
+            .service_stats
+            .get(&service_index, 0)
+            .map_err(|e| map_err(maps::SERVICE_STATS, "lookup", e))?;
+        Ok(values
+            .iter()
+            .fold(ServiceStats::default(), |a, v| ServiceStats {
+                new_flows: [
+                    a.new_flows[0].wrapping_add(v.new_flows[0]),
+                    a.new_flows[1].wrapping_add(v.new_flows[1]),
+                ],
+                deadman_fallback: a.deadman_fallback.wrapping_add(v.deadman_fallback),
+                group_fallback: a.group_fallback.wrapping_add(v.group_fallback),
+            }))
+    }
+
+    fn written_state(&self) -> Result<WrittenState, DataPlaneError> {
+        let services = self
+            .services
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| map_err(maps::SERVICES, "iterate", e))?;
+        let vips = self
+            .vips
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| map_err(maps::VIPS, "iterate", e))?;
+        let mut backends = Vec::new();
+        for i in 0..MAX_BACKENDS {
+            let b = self
+                .backends
+                .get(&i, 0)
+                .map_err(|e| map_err(maps::BACKENDS, "lookup", e))?;
+            if b != Backend::default() {
+                backends.push((i, b));
+            }
+        }
+        Ok(WrittenState {
+            services,
+            vips,
+            backends,
+        })
+    }
+}
+
+/// What [`detach`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Detached {
+    pub link: bool,
+    pub maps: Vec<&'static str>,
+}
+
+/// Removes the pinned link (the program detaches once no process holds it) and the map pins
+/// (the maps, flow table included, are freed), then the pin directory if empty. Nothing pinned:
+/// nothing to do.
+pub fn detach(bpffs: &Path) -> Result<Detached, AyaError> {
+    let mut done = Detached::default();
+    let remove = |path: PathBuf| -> Result<bool, AyaError> {
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(AyaError::Unpin { path, source }),
+        }
+    };
+    done.link = remove(bpffs.join(LINK_PIN))?;
+    for m in ALL_MAPS {
+        if remove(bpffs.join(m))? {
+            done.maps.push(m);
+        }
+    }
+    // Not empty (someone else's pins) or absent: leave it.
+    let _ = std::fs::remove_dir(bpffs);
+    Ok(done)
+}
+
+/// `canary_pass` attached to an interface (the peer of a veth that receives `XDP_TX` frames
+/// needs a native XDP program). Detached when dropped unless pinned with [`PassProgram::pin`].
+#[derive(Debug)]
+pub struct PassProgram {
+    ebpf: Ebpf,
+    link: Option<aya::programs::xdp::XdpLinkId>,
+    pub mode: AttachedMode,
+}
+
+impl PassProgram {
+    /// Loads `canary_pass` from the object (`--bpf-object` file or embedded) and attaches it.
+    pub fn attach(
+        object: Option<&Path>,
+        interface: &str,
+        mode: XdpAttachMode,
+    ) -> Result<PassProgram, AyaError> {
+        let bytes = object_bytes(object)?;
+        let mut ebpf = Ebpf::load(&bytes).map_err(|e| AyaError::Load(Box::new(e)))?;
+        let program: &mut Xdp = ebpf
+            .program_mut(maps::PASS_PROGRAM)
+            .ok_or(AyaError::ProgramMissing(maps::PASS_PROGRAM))?
+            .try_into()
+            .map_err(|_| AyaError::ProgramMissing(maps::PASS_PROGRAM))?;
+        program.load().map_err(|source| AyaError::ProgramLoad {
+            program: maps::PASS_PROGRAM,
+            source,
+        })?;
+        let (id, mode) = attach(program, interface, mode)?;
+        Ok(PassProgram {
+            ebpf,
+            link: Some(id),
+            mode,
+        })
+    }
+
+    /// Pins the attachment at `path` (on a bpffs) so it outlives this process; remove the file
+    /// to detach.
+    pub fn pin(mut self, path: &Path) -> Result<(), AyaError> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(maps::PASS_PROGRAM)
+            .ok_or(AyaError::ProgramMissing(maps::PASS_PROGRAM))?
+            .try_into()
+            .map_err(|_| AyaError::ProgramMissing(maps::PASS_PROGRAM))?;
+        let id = self.link.take().ok_or(AyaError::NoLink)?;
+        let link = program.take_link(id).map_err(|source| AyaError::Attach {
+            interface: String::new(),
+            mode: "any",
+            source,
+        })?;
+        let link: FdLink = link.try_into().map_err(|_| AyaError::NoLink)?;
+        link.pin(path).map_err(|source| AyaError::Pin {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(())
+    }
+}
