@@ -1,1 +1,7 @@
-//! Lab.
+//! Test and demo infrastructure for canary: a lab of network namespaces wired for direct server
+//! return ([`lab`]), a load generator that reports where every request landed ([`loadgen`]),
+//! and lookup of the workspace's binaries ([`bins`]).
+
+pub mod bins;
+pub mod lab;
+pub mod loadgen;
