@@ -2,16 +2,14 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use canary_common::{
-    group_for_bucket, maglev_index, Backend, Counter, FlowEntry, FlowKey, GlobalConfig,
-    Selection, ServiceControl, ServiceEntry, ServiceKey, VipKey, BACKEND_FLAG_UP, BUCKETS,
+    group_for_bucket, maglev_index, Backend, Counter, FlowEntry, FlowKey, GlobalConfig, Selection,
+    ServiceControl, ServiceEntry, ServiceKey, VipKey, BACKEND_FLAG_UP, BUCKETS,
     CONFIG_FLAG_NO_FLOW_TABLE, GROUP_CANARY, GROUP_STABLE, MAX_BACKENDS, NO_BACKEND,
     SERVICE_FLAG_CLIENT_IP,
 };
 
 use crate::{
-    maps::{
-        self, count, BACKENDS, CONFIG, CONTROL, FLOWS, MAGLEV, SERVICES, VIPS,
-    },
+    maps::{self, count, BACKENDS, CONFIG, CONTROL, FLOWS, MAGLEV, SERVICES, VIPS},
     packet::{self, Packet},
 };
 
@@ -43,10 +41,12 @@ pub fn try_canary(pkt: &Packet) -> Result<(), Counter> {
 
 #[inline(always)]
 fn is_vip(key: &FlowKey) -> bool {
-    let mut vip = VipKey::default();
-    vip.addr = key.dst;
-    vip.family = key.family;
-    VIPS.get_ptr(&vip).is_some()
+    let vip = VipKey {
+        addr: key.dst,
+        family: key.family,
+        ..VipKey::default()
+    };
+    VIPS.get_ptr(vip).is_some()
 }
 
 #[inline(always)]
@@ -58,7 +58,7 @@ fn service_of(key: &FlowKey) -> Option<ServiceEntry> {
         family: key.family,
     };
     // SAFETY: copied out at once; service entries are only replaced whole by userspace.
-    unsafe { SERVICES.get(&service) }.copied()
+    unsafe { SERVICES.get(service) }.copied()
 }
 
 /// The backend of an established flow, or of a new one (recorded in the flow table).
@@ -132,11 +132,12 @@ fn new_flow(
 
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    // A stale heartbeat means the controller is gone: stable only. A heartbeat in the future
-    // (clock set by a peer) counts as fresh.
-    let stable_only = control.heartbeat_timeout_ns != 0
+    // A stale heartbeat means the controller is gone: no new canary flows. A heartbeat in the
+    // future (written just after `now` was read) counts as fresh.
+    let stale = control.heartbeat_timeout_ns != 0
         && now.saturating_sub(control.heartbeat_ns) > control.heartbeat_timeout_ns;
-    if stable_only && group == GROUP_CANARY {
+    let deadman = stale && group == GROUP_CANARY;
+    if deadman {
         group = GROUP_STABLE;
         count(Counter::DeadmanFallback);
         maps::count_service_deadman_fallback(service.index);
@@ -151,11 +152,12 @@ fn new_flow(
             } else {
                 GROUP_CANARY
             };
-            if stable_only && other == GROUP_CANARY {
+            // A flow the dead-man switch moved off the canary must not fall back into it.
+            if deadman && other == GROUP_CANARY {
                 return Err(Counter::DropNoBackend);
             }
-            let (index, backend) =
-                usable_backend(service.index, other, selection.slot).ok_or(Counter::DropNoBackend)?;
+            let (index, backend) = usable_backend(service.index, other, selection.slot)
+                .ok_or(Counter::DropNoBackend)?;
             count(Counter::GroupFallback);
             maps::count_service_group_fallback(service.index);
             (other, index, backend)
@@ -167,7 +169,7 @@ fn new_flow(
             group,
             created_ns: now,
         };
-        if FLOWS.insert(key, &entry, BPF_ANY).is_err() {
+        if FLOWS.insert(key, entry, BPF_ANY).is_err() {
             count(Counter::FlowInsertFailed);
         }
     }
@@ -198,13 +200,9 @@ fn rewrite_macs(pkt: &Packet, backend: &Backend, config: &GlobalConfig) -> Resul
     let lb_mac_unset = config.lb_mac.iter().fold(0, |acc, b| acc | b) == 0;
     let mut source = config.lb_mac;
     if lb_mac_unset {
-        for i in 0..6 {
-            source[i] = eth[i];
-        }
+        source.copy_from_slice(&eth[..6]);
     }
-    for i in 0..6 {
-        eth[i] = backend.mac[i];
-        eth[6 + i] = source[i];
-    }
+    eth[..6].copy_from_slice(&backend.mac);
+    eth[6..].copy_from_slice(&source);
     Ok(())
 }

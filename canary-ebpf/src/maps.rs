@@ -17,8 +17,7 @@ use canary_common::{
 pub static CONFIG: Array<GlobalConfig> = Array::with_max_entries(1, 0);
 
 #[map]
-pub static SERVICES: HashMap<ServiceKey, ServiceEntry> =
-    HashMap::with_max_entries(MAX_SERVICES, 0);
+pub static SERVICES: HashMap<ServiceKey, ServiceEntry> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
 /// Value: number of services on the address (only presence matters here).
 #[map]

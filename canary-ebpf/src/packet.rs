@@ -133,10 +133,8 @@ fn parse_ipv4(pkt: &Packet) -> Result<IpPacket, Counter> {
         family: FAMILY_IPV4,
         ..FlowKey::default()
     };
-    for i in 0..4 {
-        key.src[i] = ip[12 + i];
-        key.dst[i] = ip[16 + i];
-    }
+    key.src[..4].copy_from_slice(&ip[12..16]);
+    key.dst[..4].copy_from_slice(&ip[16..20]);
 
     // Ports are never read from a fragment: a non-first fragment has none, and a first
     // fragment alone would pin a flow whose other fragments cannot follow it.
@@ -172,14 +170,11 @@ fn parse_ipv6(pkt: &Packet) -> Result<IpPacket, Counter> {
         family: FAMILY_IPV6,
         ..FlowKey::default()
     };
-    for i in 0..16 {
-        key.src[i] = ip[8 + i];
-        key.dst[i] = ip[24 + i];
-    }
+    key.src.copy_from_slice(&ip[8..24]);
+    key.dst.copy_from_slice(&ip[24..40]);
 
     let end = ETH_HEADER_LEN + IPV6_HEADER_LEN + payload_len;
-    let transport = match skip_ipv6_extensions(pkt, ip[6], ETH_HEADER_LEN + IPV6_HEADER_LEN, end)
-    {
+    let transport = match skip_ipv6_extensions(pkt, ip[6], ETH_HEADER_LEN + IPV6_HEADER_LEN, end) {
         Ok((protocol, offset)) => parse_transport(pkt, &mut key, protocol, offset, end),
         Err(outcome) => Err(outcome),
     };
