@@ -459,7 +459,7 @@ impl AyaDataPlane {
         let mut loader = EbpfLoader::new();
         // Existing pins are opened and reused, missing ones created and pinned.
         for (name, path) in &pin_paths {
-            loader.map_pin_path(*name, path.as_path());
+            loader.map_pin_path(name, path.as_path());
         }
         loader.map_max_entries(maps::FLOWS, options.flow_table_size);
         let mut ebpf = loader
@@ -537,7 +537,7 @@ impl AyaDataPlane {
 
     /// Number of flows in the table (walks it: for diagnostics, not for every poll).
     pub fn flow_count(&self) -> usize {
-        self.flows.keys().filter(Result::is_ok).count()
+        self.flows.keys().flatten().count()
     }
 
     /// Writes a flow entry as the kernel would (tests and tools: pre-seeding, restart checks).

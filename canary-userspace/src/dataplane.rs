@@ -86,6 +86,7 @@ impl Group {
         }
     }
 
+    #[must_use]
     pub const fn other(self) -> Group {
         match self {
             Group::Stable => Group::Canary,
@@ -248,7 +249,7 @@ pub trait DataPlane {
     fn written_state(&self) -> Result<WrittenState, DataPlaneError>;
 }
 
-/// CLOCK_MONOTONIC now, in ns: the clock of `bpf_ktime_get_ns`, for `ServiceControl`'s
+/// `CLOCK_MONOTONIC` now, in ns: the clock of `bpf_ktime_get_ns`, for `ServiceControl`'s
 /// heartbeat and reset epoch.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -780,14 +781,13 @@ impl Programmer {
             let mut backends = Vec::with_capacity(spec.backends.len());
             for b in &spec.backends {
                 let old = s.backends.iter().find(|p| p.name == b.name).cloned();
-                let (index, fresh, old_entry) = match old {
-                    Some(p) => (p.index, false, s.known.then(|| p.entry(s.index))),
-                    None => {
-                        let (i, reused) = next
-                            .allocate_backend(&s.name, &b.name)
-                            .expect("capacity checked above");
-                        (i, reused, None)
-                    }
+                let (index, fresh, old_entry) = if let Some(p) = old {
+                    (p.index, false, s.known.then(|| p.entry(s.index)))
+                } else {
+                    let (i, reused) = next
+                        .allocate_backend(&s.name, &b.name)
+                        .expect("capacity checked above");
+                    (i, reused, None)
                 };
                 if fresh {
                     writes.push(MapWrite::ResetBackendStats { index });
@@ -918,7 +918,7 @@ impl Programmer {
     /// Which group and backend a new flow from `src` to `dst` would get now, by the kernel's
     /// rule (spec: bucket, weight, dead-man switch, group fallback), from the tables as
     /// programmed. `control` is the service's control entry in force; `now_ns` is
-    /// CLOCK_MONOTONIC (for the dead-man switch).
+    /// `CLOCK_MONOTONIC` (for the dead-man switch).
     pub fn route(
         &self,
         src: SocketAddr,
@@ -1245,6 +1245,10 @@ impl DataPlane for FakeDataPlane {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::many_single_char_names,
+    reason = "short names for programmers and planes in tests"
+)]
 mod tests {
     use super::*;
 

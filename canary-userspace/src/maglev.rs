@@ -13,7 +13,7 @@ use canary_common::{MAGLEV_TABLE_SIZE, NO_BACKEND};
 const OFFSET_SEED: u32 = 0x6d61_676c; // "magl"
 const SKIP_SEED: u32 = 0x6576_3031; // "ev01"
 
-/// MurmurHash3 x86_32 over bytes (the same function as `canary_common::murmur3_words`, with the
+/// `MurmurHash3` `x86_32` over bytes (the same function as `canary_common::murmur3_words`, with the
 /// tail handling needed for names of any length).
 pub fn murmur3_bytes(data: &[u8], seed: u32) -> u32 {
     const C1: u32 = 0xcc9e_2d51;

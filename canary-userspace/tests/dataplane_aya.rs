@@ -242,7 +242,7 @@ fn send_frame(interface: &str, frame: &[u8]) {
         );
         let mut addr: libc::sockaddr_ll = std::mem::zeroed();
         addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_ifindex = libc::if_nametoindex(ifname.as_ptr()) as i32;
+        addr.sll_ifindex = i32::try_from(libc::if_nametoindex(ifname.as_ptr())).unwrap();
         addr.sll_halen = 6;
         addr.sll_addr[..6].copy_from_slice(&LB_MAC);
         let sent = libc::sendto(
@@ -255,7 +255,11 @@ fn send_frame(interface: &str, frame: &[u8]) {
         );
         let err = std::io::Error::last_os_error();
         libc::close(fd);
-        assert_eq!(sent, frame.len() as isize, "sendto: {err}");
+        assert_eq!(
+            usize::try_from(sent).ok(),
+            Some(frame.len()),
+            "sendto: {err}"
+        );
     }
 }
 
