@@ -51,6 +51,8 @@ struct ObjPinAttr {
     bpf_fd: u32,
     file_flags: u32,
     path_fd: i32,
+    /// Explicit, zeroed tail padding: the kernel rejects non-zero bytes past the last field.
+    _pad: u32,
 }
 
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
@@ -88,7 +90,7 @@ pub fn attach(ifname: &str, pin: &Path) -> io::Result<()> {
     // SAFETY: a valid NUL-terminated string.
     let ifindex = unsafe { libc::if_nametoindex(c_ifname.as_ptr()) };
     if ifindex == 0 {
-        return Err(io::Error::last_os_error());
+        return Err(context("find interface", io::Error::last_os_error()));
     }
     let insns = instructions();
     let license = c"GPL";
@@ -103,14 +105,14 @@ pub fn attach(ifname: &str, pin: &Path) -> io::Result<()> {
         expected_attach_type: BPF_XDP,
         ..ProgLoadAttr::default()
     };
-    let prog = bpf(BPF_PROG_LOAD, &mut load)?;
+    let prog = bpf(BPF_PROG_LOAD, &mut load).map_err(|e| context("load program", e))?;
     let mut link = LinkCreateAttr {
         prog_fd: prog.as_raw_fd().cast_unsigned(),
         target_ifindex: ifindex,
         attach_type: BPF_XDP,
         flags: XDP_FLAGS_DRV_MODE,
     };
-    let link = bpf(BPF_LINK_CREATE, &mut link)?;
+    let link = bpf(BPF_LINK_CREATE, &mut link).map_err(|e| context("create XDP link", e))?;
     let c_pin = CString::new(pin.as_os_str().as_bytes()).map_err(io::Error::other)?;
     let mut pin_attr = ObjPinAttr {
         pathname: c_pin.as_ptr() as u64,
@@ -128,9 +130,16 @@ pub fn attach(ifname: &str, pin: &Path) -> io::Result<()> {
         )
     };
     if ret < 0 {
-        return Err(io::Error::last_os_error());
+        return Err(context(
+            &format!("pin link at {}", pin.display()),
+            io::Error::last_os_error(),
+        ));
     }
     Ok(())
+}
+
+fn context(step: &str, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{step}: {e}"))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{CONNECTION, CONTENT_TYPE, HOST};
-use hyper::{Request, StatusCode};
+use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpSocket;
 use tokio::task::JoinHandle;
@@ -115,9 +115,14 @@ impl Connection {
         close: bool,
     ) -> Result<Answer, Failure> {
         self.sender.ready().await.map_err(|e| self.failed(&e))?;
-        let mut req = Request::post(spec.path.as_str())
-            .header(HOST, self.host.as_str())
-            .header(CONTENT_TYPE, "application/json");
+        let get = spec.method.eq_ignore_ascii_case("GET");
+        let mut req = Request::builder()
+            .method(if get { Method::GET } else { Method::POST })
+            .uri(spec.path.as_str())
+            .header(HOST, self.host.as_str());
+        if !get {
+            req = req.header(CONTENT_TYPE, "application/json");
+        }
         if close {
             req = req.header(CONNECTION, "close");
         }
@@ -125,7 +130,11 @@ impl Connection {
             req = req.header(spec.user_header.as_str(), u);
         }
         let req = req
-            .body(Full::new(Bytes::from(body.to_owned())))
+            .body(Full::new(if get {
+                Bytes::new()
+            } else {
+                Bytes::from(body.to_owned())
+            }))
             .map_err(|e| failure(FailureKind::Other, e))?;
         let resp = self
             .sender

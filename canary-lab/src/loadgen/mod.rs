@@ -44,6 +44,9 @@ pub struct LoadSpec {
     /// Request path.
     #[arg(long, default_value = "/predict")]
     pub path: String,
+    /// HTTP method: POST sends a JSON `{"text": ...}` body, GET none.
+    #[arg(long, default_value = "POST")]
+    pub method: String,
     /// Stop after this many requests in total (default: only the duration bounds the run).
     #[arg(long)]
     pub requests: Option<u64>,
@@ -111,6 +114,7 @@ impl LoadSpec {
         Self {
             target,
             path: "/predict".into(),
+            method: "POST".into(),
             requests: None,
             duration: Duration::from_secs(10),
             new_conns: 8,
@@ -135,6 +139,8 @@ impl LoadSpec {
             self.target.to_string(),
             "--path".into(),
             self.path.clone(),
+            "--method".into(),
+            self.method.clone(),
             "--duration".into(),
             d(self.duration),
             "--new-conns".into(),
@@ -248,8 +254,11 @@ async fn new_connection_worker(shared: Arc<Shared>, worker: usize) -> Recorder {
         let user = user_for(spec, rng.gen_range(0..spec.users.max(1)));
         let body = shared.body(&mut rng);
         let t = Instant::now();
+        // The address actually used, also when the kernel picked it.
+        let mut local = source;
         let result = tokio::time::timeout(spec.timeout, async {
             let mut conn = http::Connection::open(spec.target, source).await?;
+            local = Some(conn.local().ip());
             let answer = conn.request(spec, &body, user.as_deref(), true).await;
             conn.close().await;
             answer
@@ -258,7 +267,7 @@ async fn new_connection_worker(shared: Arc<Shared>, worker: usize) -> Recorder {
         .unwrap_or_else(|_| Err(http::timeout_failure(spec.timeout)));
         rec.record(&Outcome {
             mode: Mode::NewConnection,
-            source,
+            source: local,
             user,
             latency: t.elapsed(),
             result,
@@ -329,7 +338,7 @@ async fn keepalive_worker(shared: Arc<Shared>, index: usize) -> Recorder {
             let failed = result.is_err();
             rec.record(&Outcome {
                 mode: Mode::KeepAlive,
-                source,
+                source: Some(conn.local().ip()),
                 user: user.clone(),
                 latency: t.elapsed(),
                 result,

@@ -59,6 +59,7 @@ pub struct Answer {
 #[derive(Clone, Debug)]
 pub struct Outcome {
     pub mode: Mode,
+    /// Local address the request left from (when connected, or bound).
     pub source: Option<IpAddr>,
     pub user: Option<String>,
     pub latency: Duration,
