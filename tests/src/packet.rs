@@ -128,7 +128,7 @@ pub fn v4(a: u8, b: u8, c: u8, d: u8) -> Addr {
     Addr::V4([a, b, c, d])
 }
 
-/// An address in 2001:2::/48 (RFC 5180 benchmarking range) ending in `suffix`.
+/// An address in `2001:2::/48` (RFC 5180 benchmarking range) ending in `suffix`.
 pub fn v6(suffix: u16) -> Addr {
     let mut a = [0u8; 16];
     a[..4].copy_from_slice(&[0x20, 0x01, 0x00, 0x02]);
@@ -136,7 +136,7 @@ pub fn v6(suffix: u16) -> Addr {
     Addr::V6(a)
 }
 
-/// ICMP echo request (IPv4) or ICMPv6 echo request between two addresses.
+/// ICMP echo request (IPv4) or `ICMPv6` echo request between two addresses.
 pub fn icmp_echo(src: Addr, dst: Addr) -> Vec<u8> {
     let eth = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
     let mut out = Vec::new();

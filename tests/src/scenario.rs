@@ -264,7 +264,7 @@ impl Scenario {
     }
 
     /// The choice the contract prescribes for a new flow of `service` (step 8), given whether
-    /// the dead-man switch is tripped. `None`: no backend (DropNoBackend).
+    /// the dead-man switch is tripped. `None`: no backend (`DropNoBackend`).
     pub fn choose(
         &self,
         service: &ServiceSpec,

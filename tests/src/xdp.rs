@@ -43,7 +43,7 @@ pub const MIN_TEST_FRAME: usize = 14;
 
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
-    /// Loading BPF programs needs root (CAP_BPF + CAP_NET_ADMIN).
+    /// Loading BPF programs needs root (`CAP_BPF` + `CAP_NET_ADMIN`).
     #[error("the XDP packet tests load BPF programs and must run as root (try `sudo -E cargo test -p canary-tests -- --test-threads=1`)")]
     NotRoot,
     /// The object has not been built.
@@ -54,7 +54,7 @@ pub enum XdpError {
     Load {
         path: PathBuf,
         #[source]
-        source: EbpfError,
+        source: Box<EbpfError>,
     },
     /// The object lacks a map this code expects (object and canary-common out of step).
     #[error("map {0} is missing from the XDP object: rebuild it from the current canary-common")]
@@ -68,13 +68,13 @@ pub enum XdpError {
     Map {
         name: &'static str,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error("program {name}: {source}")]
     Program {
         name: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     /// `BPF_PROG_TEST_RUN` cannot run a frame this short.
     #[error(
@@ -122,11 +122,17 @@ pub struct Dataplane {
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> XdpError {
-    move |source| XdpError::Map { name, source }
+    move |source| XdpError::Map {
+        name,
+        source: Box::new(source),
+    }
 }
 
 fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> XdpError {
-    move |source| XdpError::Program { name, source }
+    move |source| XdpError::Program {
+        name,
+        source: Box::new(source),
+    }
 }
 
 impl Dataplane {
@@ -143,9 +149,10 @@ impl Dataplane {
         if let Some(size) = options.flow_table_size {
             loader.map_max_entries(maps::FLOWS, size);
         }
-        let mut ebpf = loader
-            .load_file(&path)
-            .map_err(|source| XdpError::Load { path, source })?;
+        let mut ebpf = loader.load_file(&path).map_err(|source| XdpError::Load {
+            path,
+            source: Box::new(source),
+        })?;
         for name in [maps::PROGRAM, maps::PASS_PROGRAM] {
             let program: &mut Xdp = ebpf
                 .program_mut(name)
@@ -326,7 +333,7 @@ impl Dataplane {
             .ok_or(XdpError::MissingMap(maps::FLOWS))?;
         let flows: HashMap<&MapData, FlowKey, FlowEntry> =
             HashMap::try_from(map).map_err(map_err(maps::FLOWS))?;
-        Ok(flows.keys().filter(Result::is_ok).count())
+        Ok(flows.keys().flatten().count())
     }
 
     /// Deletes every flow table entry.
@@ -431,7 +438,7 @@ pub fn pin_to_cpu(cpu: usize) -> Result<(), nix::Error> {
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
 }
 
-/// CLOCK_MONOTONIC now in ns: the clock `bpf_ktime_get_ns` reads.
+/// `CLOCK_MONOTONIC` now in ns: the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,

@@ -2,6 +2,11 @@
 //! fixture is an input frame, the expected action, the expected output frame and the expected
 //! change of every global counter. Needs root; run with `--test-threads=1`.
 
+use canary_common::Counter::{
+    DeadmanFallback, DropFragment, DropMalformed, DropNoBackend, FlowHit, FlowMiss,
+    FlowRechosenDown, FlowRechosenReset, GroupFallback, PassIpv6Extensions, PassNotIp,
+    PassNotService, PassOtherProtocol, Tx,
+};
 use canary_common::{
     Counter, ServiceControl, BACKEND_FLAG_UP, BUCKETS, COUNTERS, GROUP_CANARY, GROUP_STABLE,
     PROTO_TCP, PROTO_UDP,
@@ -109,7 +114,7 @@ impl Lab {
 enum Output {
     /// Output frame equals the input.
     Unchanged,
-    /// XDP_TX with MACs rewritten to this backend (and the configured LB MAC).
+    /// `XDP_TX` with MACs rewritten to this backend (and the configured LB MAC).
     ToBackend(u32),
 }
 
@@ -205,10 +210,6 @@ fn bad_and_unrelated_input_has_a_defined_outcome() {
     let good = tcp4(1, 40_000, 80).frame();
     let good6 = Tuple::tcp(v6(0x1), 40_000, vip6(), 443).frame();
     let udp = Tuple::udp(client4(1), 40_000, vip4(), 53).frame();
-    use Counter::{
-        DropFragment, DropMalformed, PassIpv6Extensions, PassNotIp, PassNotService,
-        PassOtherProtocol,
-    };
     let ipv4_end = ETH_LEN + IPV4_LEN;
     let ipv6_end = ETH_LEN + IPV6_LEN;
     let mut bad_version4 = good.clone();
@@ -535,14 +536,18 @@ fn bad_and_unrelated_input_has_a_defined_outcome() {
         let stats = lab.dataplane.service_stats(service.index).unwrap();
         assert_eq!(
             stats,
-            Default::default(),
+            canary_common::ServiceStats::default(),
             "service {} stats moved",
             service.index
         );
     }
     for &backend in lab.scenario.backends.keys() {
         let stats = lab.dataplane.backend_stats(backend).unwrap();
-        assert_eq!(stats, Default::default(), "backend {backend} stats moved");
+        assert_eq!(
+            stats,
+            canary_common::BackendStats::default(),
+            "backend {backend} stats moved"
+        );
     }
     assert_eq!(
         lab.dataplane.flow_count().unwrap(),
@@ -572,7 +577,6 @@ fn frames_shorter_than_ethernet_cannot_be_test_run() {
 #[test]
 fn service_traffic_is_forwarded_with_only_macs_rewritten() {
     let mut lab = Lab::new();
-    use Counter::{FlowHit, FlowMiss, Tx};
     let tcp = tcp4(1, 40_000, 80);
     let udp = Tuple::udp(client4(2), 5353, vip4(), 53);
     let tcp6 = Tuple::tcp(v6(0x1), 40_001, vip6(), 443);
@@ -676,7 +680,6 @@ fn service_traffic_is_forwarded_with_only_macs_rewritten() {
 #[test]
 fn empty_groups_and_extreme_weights() {
     let lab = Lab::new();
-    use Counter::{DropNoBackend, FlowMiss, GroupFallback, Tx};
     let vip_b = v4(198, 18, 0, 101);
     let to = |port: u16, client: u8, sport: u16| Tuple::tcp(client4(client), sport, vip_b, port);
     // Many flows each, so both buckets ranges are hit.
@@ -825,7 +828,6 @@ fn flow_on_a_down_backend_is_rechosen() {
                 .is_some_and(|c| c.backend == 1)
         })
         .expect("some flow lands on backend 1");
-    use Counter::{FlowHit, FlowMiss, FlowRechosenDown, GroupFallback, Tx};
     check(
         &lab,
         &fixture(
@@ -929,7 +931,6 @@ fn reset_epoch_rechooses_old_canary_flows_only() {
     control.canary_weight = 0;
     control.reset_epoch_ns = monotonic_ns();
     lab.scenario.update_control(&mut lab.dataplane, TCP4_SVC);
-    use Counter::{FlowHit, FlowRechosenReset, Tx};
     for t in &canary {
         let b = expected_backend(&lab, TCP4_SVC, t);
         assert!(lab.scenario.service(TCP4_SVC).stable.contains(&b));
@@ -1018,7 +1019,6 @@ fn deadman_switch_sends_new_flows_to_stable() {
         ..ServiceControl::default()
     };
     let mut lab = Lab::with(s, LoadOptions::default());
-    use Counter::{DeadmanFallback, DropNoBackend, FlowMiss, Tx};
     for i in 0..100u16 {
         let t = tcp4((i % 100) as u8 + 1, 40_000 + i, 80);
         let choice = lab
