@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Clients send to the VIP; the load balancer's XDP program rewrites the destination MAC and
-//! bounces the frame back out (XDP_TX) to a backend, which answers the client straight over the
+//! bounces the frame back out (`XDP_TX`) to a backend, which answers the client straight over the
 //! bridge. Everything the lab creates is written to `/run/canary-lab/<tag>/lab.json` before it is
 //! created, so `down` removes exactly that, even after a crash mid-`up`.
 
@@ -891,6 +891,10 @@ pub struct ProcessStatus {
 
 /// What exists of a lab (`lab status`); `Display` is a readable table.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "independent facts about what exists, reported as such"
+)]
 pub struct LabStatus {
     pub tag: String,
     /// A record exists.

@@ -54,13 +54,13 @@ impl fmt::Display for Role {
     }
 }
 
-/// Whether the lab attaches its own XDP_PASS program to the load balancer's bridge-side veth.
+/// Whether the lab attaches its own `XDP_PASS` program to the load balancer's bridge-side veth.
 ///
-/// XDP_TX out of a veth only delivers when the peer veth runs a native XDP program.
+/// `XDP_TX` out of a veth only delivers when the peer veth runs a native XDP program.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PeerXdp {
-    /// Load a two-instruction XDP_PASS program and pin its link in the lab's bpffs.
+    /// Load a two-instruction `XDP_PASS` program and pin its link in the lab's bpffs.
     #[default]
     Builtin,
     /// Attach nothing; call `Lab::attach_peer_xdp_with` / `attach_peer_xdp_command` instead.

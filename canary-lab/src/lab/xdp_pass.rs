@@ -1,6 +1,6 @@
-//! A native XDP_PASS program for the load balancer's bridge-side veth, loaded with raw `bpf(2)`.
+//! A native `XDP_PASS` program for the load balancer's bridge-side veth, loaded with raw `bpf(2)`.
 //!
-//! XDP_TX out of a veth reaches its peer only when the peer runs a native XDP program. The program
+//! `XDP_TX` out of a veth reaches its peer only when the peer runs a native XDP program. The program
 //! here is two instructions (`r0 = XDP_PASS; exit`), so the lab needs no eBPF toolchain. Its link
 //! is pinned in the lab's bpffs: it lives until the pin is removed, the bpffs is unmounted, or the
 //! veth is deleted.
@@ -90,7 +90,7 @@ pub fn attach(ifname: &str, pin: &Path) -> io::Result<()> {
     // SAFETY: a valid NUL-terminated string.
     let ifindex = unsafe { libc::if_nametoindex(c_ifname.as_ptr()) };
     if ifindex == 0 {
-        return Err(context("find interface", io::Error::last_os_error()));
+        return Err(context("find interface", &io::Error::last_os_error()));
     }
     let insns = instructions();
     let license = c"GPL";
@@ -105,14 +105,14 @@ pub fn attach(ifname: &str, pin: &Path) -> io::Result<()> {
         expected_attach_type: BPF_XDP,
         ..ProgLoadAttr::default()
     };
-    let prog = bpf(BPF_PROG_LOAD, &mut load).map_err(|e| context("load program", e))?;
+    let prog = bpf(BPF_PROG_LOAD, &mut load).map_err(|e| context("load program", &e))?;
     let mut link = LinkCreateAttr {
         prog_fd: prog.as_raw_fd().cast_unsigned(),
         target_ifindex: ifindex,
         attach_type: BPF_XDP,
         flags: XDP_FLAGS_DRV_MODE,
     };
-    let link = bpf(BPF_LINK_CREATE, &mut link).map_err(|e| context("create XDP link", e))?;
+    let link = bpf(BPF_LINK_CREATE, &mut link).map_err(|e| context("create XDP link", &e))?;
     let c_pin = CString::new(pin.as_os_str().as_bytes()).map_err(io::Error::other)?;
     let mut pin_attr = ObjPinAttr {
         pathname: c_pin.as_ptr() as u64,
@@ -132,13 +132,13 @@ pub fn attach(ifname: &str, pin: &Path) -> io::Result<()> {
     if ret < 0 {
         return Err(context(
             &format!("pin link at {}", pin.display()),
-            io::Error::last_os_error(),
+            &io::Error::last_os_error(),
         ));
     }
     Ok(())
 }
 
-fn context(step: &str, e: io::Error) -> io::Error {
+fn context(step: &str, e: &io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{step}: {e}"))
 }
 

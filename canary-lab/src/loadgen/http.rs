@@ -114,7 +114,10 @@ impl Connection {
         user: Option<&str>,
         close: bool,
     ) -> Result<Answer, Failure> {
-        self.sender.ready().await.map_err(|e| self.failed(&e))?;
+        self.sender
+            .ready()
+            .await
+            .map_err(|e| failure(classify(&e), e))?;
         let get = spec.method.eq_ignore_ascii_case("GET");
         let mut req = Request::builder()
             .method(if get { Method::GET } else { Method::POST })
@@ -140,13 +143,13 @@ impl Connection {
             .sender
             .send_request(req)
             .await
-            .map_err(|e| self.failed(&e))?;
+            .map_err(|e| failure(classify(&e), e))?;
         let status = resp.status();
         let bytes = resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| self.failed(&e))?
+            .map_err(|e| failure(classify(&e), e))?
             .to_bytes();
         if status != StatusCode::OK {
             return Err(Failure {
@@ -161,10 +164,6 @@ impl Connection {
                 format!("{e}: {}", String::from_utf8_lossy(&bytes)),
             )
         })
-    }
-
-    fn failed(&self, e: &hyper::Error) -> Failure {
-        failure(classify(e), e)
     }
 
     /// Close our side and wait for the connection to finish.
