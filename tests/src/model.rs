@@ -162,3 +162,48 @@ fn vip(addr: [u8; 16], family: u8) -> VipKey {
         _pad: [0; 3],
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::{ipv4_fragment, ipv4_set_ihl, v4, Tuple};
+    use crate::scenario::ServiceSpec;
+
+    fn scenario() -> Scenario {
+        let mut s = Scenario::new();
+        s.add_service(ServiceSpec::new(v4(198, 18, 0, 100), 80, PROTO_TCP, 0).groups(&[1], &[]));
+        s
+    }
+
+    #[test]
+    fn classifies_by_the_contract_steps() {
+        let s = scenario();
+        let t = Tuple::tcp(v4(198, 18, 1, 1), 40_000, v4(198, 18, 0, 100), 80);
+        let frame = t.frame();
+        assert_eq!(
+            classify(&frame, &s),
+            Verdict::Service {
+                service: 0,
+                key: t.flow_key()
+            }
+        );
+        let outcome = |f: &[u8]| match classify(f, &s) {
+            Verdict::Outcome(c) => c,
+            Verdict::Service { .. } => Counter::Tx,
+        };
+        assert_eq!(outcome(&frame[..13]), Counter::DropMalformed);
+        assert_eq!(outcome(&ipv4_set_ihl(&frame, 4)), Counter::DropMalformed);
+        assert_eq!(
+            outcome(&ipv4_fragment(&frame, true, 0)),
+            Counter::DropFragment
+        );
+        let other = Tuple::tcp(v4(198, 18, 1, 1), 40_000, v4(198, 18, 0, 100), 81);
+        assert_eq!(outcome(&other.frame()), Counter::PassNotService);
+        // A TCP header that ends past the IP total length (trailing frame padding does not
+        // count as IP payload).
+        let mut short = frame.clone();
+        short[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&30u16.to_be_bytes());
+        assert_eq!(outcome(&short), Counter::DropMalformed);
+        assert_eq!(action_of(Counter::Tx), XDP_TX);
+    }
+}
