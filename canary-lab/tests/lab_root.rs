@@ -198,6 +198,12 @@ fn up_is_idempotent_and_down_ends_detached_processes() {
         "200 with a plain-text body: {r:?}"
     );
 
+    // The lab's bpffs (and the builtin pin) is visible to processes under `ip netns exec`.
+    let pins = lab
+        .exec_in(&lb.netns, &["ls", lab.bpffs().to_str().unwrap()])
+        .unwrap();
+    assert!(pins.contains(canary_lab::lab::PEER_XDP_PIN), "{pins}");
+
     // Hooks for another XDP program on the peer.
     let mut seen = String::new();
     lab.attach_peer_xdp_with(|ifname| {
