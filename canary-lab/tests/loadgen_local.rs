@@ -107,3 +107,19 @@ async fn time_bound_stops_the_run() {
     assert_eq!(r.failed, 0, "{:?}", r.failure_samples);
     assert!(r.latency_ms.min >= 20.0, "{:?}", r.latency_ms);
 }
+
+#[test]
+fn default_texts_are_sixty_forty_for_both_versions() {
+    use canary_model::classifier::{Classifier, Sentiment};
+    let v1 = Classifier::new(ModelVersion::V1);
+    let v2 = Classifier::new(ModelVersion::V2);
+    let positive = loadgen::DEFAULT_TEXTS
+        .iter()
+        .filter(|t| {
+            let (a, b) = (v1.predict(t).class, v2.predict(t).class);
+            assert_eq!(a, b, "versions disagree on `{t}`");
+            a == Sentiment::Positive
+        })
+        .count();
+    assert_eq!((positive, loadgen::DEFAULT_TEXTS.len()), (6, 10));
+}

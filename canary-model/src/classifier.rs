@@ -197,15 +197,18 @@ impl Classifier {
     /// The linear score (log-odds of the positive class) of a text.
     pub fn score(&self, text: &str) -> f64 {
         let mut score = self.bias;
-        let mut negated_for = 0usize;
-        for word in tokens(text) {
-            if NEGATIONS.contains(&word.as_str()) || word.ends_with("n't") {
-                negated_for = NEGATION_SPAN;
-                continue;
+        // A negation's scope ends at punctuation: "not good, disappointing" stays negative.
+        for clause in text.split(['.', ',', ';', ':', '!', '?']) {
+            let mut negated_for = 0usize;
+            for word in tokens(clause) {
+                if NEGATIONS.contains(&word.as_str()) || word.ends_with("n't") {
+                    negated_for = NEGATION_SPAN;
+                    continue;
+                }
+                let w = self.weight(&word);
+                score += if negated_for > 0 { -w } else { w };
+                negated_for = negated_for.saturating_sub(1);
             }
-            let w = self.weight(&word);
-            score += if negated_for > 0 { -w } else { w };
-            negated_for = negated_for.saturating_sub(1);
         }
         score
     }
@@ -259,6 +262,11 @@ mod tests {
         assert_eq!(model.predict("good").class, Sentiment::Positive);
         assert_eq!(model.predict("not good").class, Sentiment::Negative);
         assert_eq!(model.predict("it isn't bad").class, Sentiment::Positive);
+        // Punctuation ends the negation.
+        assert_eq!(
+            model.predict("not good, disappointing").class,
+            Sentiment::Negative
+        );
         // The negation reaches two words only.
         let far = model.score("not a b good");
         assert!((far - (V1_BIAS + 1.2)).abs() < 1e-9, "{far}");

@@ -21,18 +21,19 @@ pub use report::{
     LatencySummary, Mode, ModeSummary, Outcome, Recorder, Report,
 };
 
-/// Texts sent when none are given: a mix the model classifies about 60/40 positive/negative.
+/// Texts sent when none are given: both model versions classify them 60/40 positive/negative,
+/// so a healthy canary shows no prediction shift (the skew fault creates one).
 pub const DEFAULT_TEXTS: &[&str] = &[
     "great product, works perfectly",
     "I love it, fast and helpful",
     "excellent support, would recommend",
     "nice and simple, does the job",
     "best purchase this year",
-    "it is fine but expensive",
+    "solid and reliable, works fine",
     "terrible, it crashes all the time",
     "slow and buggy, I want a refund",
     "not good, disappointing",
-    "okay I guess",
+    "meh, slow and expensive",
 ];
 
 /// What load to generate (also the `canary-loadgen` command line).
