@@ -1,5 +1,10 @@
 //! Service lookup, flow table, group and backend choice, and the forwarding rewrite.
 
+use core::{
+    mem::{size_of, MaybeUninit},
+    ptr::write_volatile,
+};
+
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use canary_common::{
     group_for_bucket, maglev_index, Backend, Counter, FlowEntry, FlowKey, GlobalConfig, Selection,
@@ -16,14 +21,38 @@ use crate::{
 /// `BPF_ANY`: create or replace.
 const BPF_ANY: u64 = 0;
 
+/// A flow key on an 8-byte aligned stack slot, zeroed by five 8-byte stores.
+#[repr(C, align(8))]
+struct AlignedFlowKey(FlowKey);
+
+impl AlignedFlowKey {
+    /// Zeroes `slot` in place and returns it as a key. `FlowKey::default()` compiles to a call
+    /// of a byte-wise `memset` loop (LLVM's BPF backend does not inline it here); volatile
+    /// stores cannot be merged into one.
+    #[inline(always)]
+    fn zeroed_in(slot: &mut MaybeUninit<AlignedFlowKey>) -> &mut FlowKey {
+        let words = slot.as_mut_ptr().cast::<u64>();
+        for i in 0..size_of::<AlignedFlowKey>() / 8 {
+            // SAFETY: `i` words of 8 bytes stay inside the 8-aligned, 40-byte slot.
+            unsafe { write_volatile(words.add(i), 0) };
+        }
+        // SAFETY: every byte is written, and all-zero is a valid FlowKey (integers only).
+        unsafe { &mut slot.assume_init_mut().0 }
+    }
+}
+
+const _: () = assert!(size_of::<AlignedFlowKey>() == size_of::<FlowKey>());
+
 /// Forwards the packet (`Ok`) or says which pass/drop outcome it gets (`Err`).
 #[inline(always)]
 pub fn try_canary(pkt: &Packet) -> Result<(), Counter> {
-    let ip = packet::parse(pkt)?;
-    let key = ip.key;
-    if let Err(outcome) = ip.transport {
+    let mut slot = MaybeUninit::uninit();
+    let key = AlignedFlowKey::zeroed_in(&mut slot);
+    let transport = packet::parse(pkt, key)?;
+    let key = &*key;
+    if let Err(outcome) = transport {
         // Fragments, bad or unknown L4 headers matter only when addressed to us.
-        return Err(if is_vip(&key) {
+        return Err(if is_vip(key) {
             outcome
         } else {
             Counter::PassNotService
@@ -31,9 +60,9 @@ pub fn try_canary(pkt: &Packet) -> Result<(), Counter> {
     }
     // Every service's address is in VIPS, so a service match needs no VIPS lookup, and a miss
     // is PassNotService whether or not the address is a VIP.
-    let service = service_of(&key).ok_or(Counter::PassNotService)?;
+    let service = service_of(key).ok_or(Counter::PassNotService)?;
     let config = CONFIG.get(0).copied().unwrap_or_default();
-    let (backend_index, backend) = choose_backend(&key, &service, &config)?;
+    let (backend_index, backend) = choose_backend(key, &service, &config)?;
     rewrite_macs(pkt, &backend, &config)?;
     maps::count_backend_packet(backend_index, pkt.len() as u64);
     Ok(())

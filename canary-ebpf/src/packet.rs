@@ -85,33 +85,32 @@ impl Packet {
     }
 }
 
-/// A packet with a valid IP header.
-pub struct IpPacket {
-    /// Addresses and family always; ports and protocol when `transport` is `Ok`.
-    pub key: FlowKey,
-    /// `Ok` when the packet carries a complete TCP or UDP header (ports in `key`). Otherwise the
-    /// outcome it gets if it is addressed to a VIP: `DropFragment`, `DropMalformed`,
-    /// `PassIpv6Extensions` or `PassOtherProtocol`.
-    pub transport: Result<(), Counter>,
-}
+/// What a packet with a valid IP header carries: `Ok` when it has a complete TCP or UDP header
+/// (ports in the flow key). Otherwise the outcome it gets if it is addressed to a VIP:
+/// `DropFragment`, `DropMalformed`, `PassIpv6Extensions` or `PassOtherProtocol`.
+pub type Transport = Result<(), Counter>;
 
-/// Parses Ethernet and IP, and the TCP/UDP header when there is one to read. `Err` is an
-/// outcome that does not depend on the destination (`PassNotIp`, `DropMalformed`).
+/// Parses Ethernet and IP into `key` (addresses and family; ports and protocol when the
+/// transport is `Ok`), and the TCP/UDP header when there is one to read. `Err` is an outcome
+/// that does not depend on the destination (`PassNotIp`, `DropMalformed`).
+///
+/// `key` is written in place (not returned) so that LLVM keeps it in one stack slot instead
+/// of splitting it into 40 byte-sized values merged from the IPv4 and IPv6 paths and spilled.
 #[inline(always)]
-pub fn parse(pkt: &Packet) -> Result<IpPacket, Counter> {
+pub fn parse(pkt: &Packet, key: &mut FlowKey) -> Result<Transport, Counter> {
     let eth = pkt
         .bytes::<ETH_HEADER_LEN>(0)
         .ok_or(Counter::DropMalformed)?;
     // VLAN-tagged frames (0x8100, 0x88a8) are passed untouched like any other non-IP ethertype.
     match u16::from_be_bytes([eth[12], eth[13]]) {
-        ETHERTYPE_IPV4 => parse_ipv4(pkt),
-        ETHERTYPE_IPV6 => parse_ipv6(pkt),
+        ETHERTYPE_IPV4 => parse_ipv4(pkt, key),
+        ETHERTYPE_IPV6 => parse_ipv6(pkt, key),
         _ => Err(Counter::PassNotIp),
     }
 }
 
 #[inline(always)]
-fn parse_ipv4(pkt: &Packet) -> Result<IpPacket, Counter> {
+fn parse_ipv4(pkt: &Packet, key: &mut FlowKey) -> Result<Transport, Counter> {
     let ip = pkt
         .bytes::<IPV4_MIN_HEADER_LEN>(ETH_HEADER_LEN)
         .ok_or(Counter::DropMalformed)?;
@@ -129,10 +128,7 @@ fn parse_ipv4(pkt: &Packet) -> Result<IpPacket, Counter> {
         return Err(Counter::DropMalformed);
     }
 
-    let mut key = FlowKey {
-        family: FAMILY_IPV4,
-        ..FlowKey::default()
-    };
+    key.family = FAMILY_IPV4;
     key.src[..4].copy_from_slice(&ip[12..16]);
     key.dst[..4].copy_from_slice(&ip[16..20]);
 
@@ -144,17 +140,17 @@ fn parse_ipv4(pkt: &Packet) -> Result<IpPacket, Counter> {
         // Options (ihl > 5) are skipped, never modified.
         parse_transport(
             pkt,
-            &mut key,
+            key,
             ip[9],
             ETH_HEADER_LEN + header_len,
             ETH_HEADER_LEN + total_len,
         )
     };
-    Ok(IpPacket { key, transport })
+    Ok(transport)
 }
 
 #[inline(always)]
-fn parse_ipv6(pkt: &Packet) -> Result<IpPacket, Counter> {
+fn parse_ipv6(pkt: &Packet, key: &mut FlowKey) -> Result<Transport, Counter> {
     let ip = pkt
         .bytes::<IPV6_HEADER_LEN>(ETH_HEADER_LEN)
         .ok_or(Counter::DropMalformed)?;
@@ -166,19 +162,16 @@ fn parse_ipv6(pkt: &Packet) -> Result<IpPacket, Counter> {
         return Err(Counter::DropMalformed);
     }
 
-    let mut key = FlowKey {
-        family: FAMILY_IPV6,
-        ..FlowKey::default()
-    };
+    key.family = FAMILY_IPV6;
     key.src.copy_from_slice(&ip[8..24]);
     key.dst.copy_from_slice(&ip[24..40]);
 
     let end = ETH_HEADER_LEN + IPV6_HEADER_LEN + payload_len;
     let transport = match skip_ipv6_extensions(pkt, ip[6], ETH_HEADER_LEN + IPV6_HEADER_LEN, end) {
-        Ok((protocol, offset)) => parse_transport(pkt, &mut key, protocol, offset, end),
+        Ok((protocol, offset)) => parse_transport(pkt, key, protocol, offset, end),
         Err(outcome) => Err(outcome),
     };
-    Ok(IpPacket { key, transport })
+    Ok(transport)
 }
 
 /// Walks Hop-by-Hop, Routing and Destination Options headers from `offset` (the first one's
