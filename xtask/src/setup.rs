@@ -206,10 +206,13 @@ impl Setup {
         if let Some(dir) = bpf_linker_dir() {
             return Ok(dir);
         }
+        let cargo = find_cargo().context(
+            "bpf-linker is missing and cargo was not found to install it: put cargo on PATH \
+             (`. \"$HOME/.cargo/env\"`) or install Rust with rustup",
+        )?;
         step(&format!(
             "cargo install bpf-linker@{BPF_LINKER_VERSION} --no-default-features --features llvm-22 (takes a few minutes)"
         ));
-        let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut install = Command::new(cargo);
         install
             .args([
@@ -360,6 +363,15 @@ fn bpf_linker_dir() -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// The cargo running this command, else the one on PATH, else cargo's own bin directory.
+fn find_cargo() -> Option<PathBuf> {
+    env::var_os("CARGO")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .or_else(|| find_in_path("cargo"))
+        .or_else(|| Some(cargo_home().join("bin/cargo")).filter(|p| p.is_file()))
 }
 
 fn find_in_path(program: &str) -> Option<PathBuf> {
