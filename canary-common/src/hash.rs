@@ -1,6 +1,6 @@
 //! The flow hash and the bucket/slot rule, identical in the kernel and in userspace.
 //!
-//! MurmurHash3 (x86, 32-bit) over fixed-size keys: deterministic across restarts and machines
+//! `MurmurHash3` (x86, 32-bit) over fixed-size keys: deterministic across restarts and machines
 //! for a given seed, so every balancer node with the same seed sends a flow to the same bucket.
 //! Loops are over constant-length arrays, which the verifier accepts (and LLVM unrolls).
 
@@ -31,7 +31,7 @@ fn finish(mut h: u32, len_bytes: u32) -> u32 {
     h ^ (h >> 16)
 }
 
-/// MurmurHash3 x86_32 of `words` read as little-endian bytes (equal to the byte-wise hash).
+/// `MurmurHash3` `x86_32` of `words` read as little-endian bytes (equal to the byte-wise hash).
 #[inline(always)]
 pub fn murmur3_words<const N: usize>(words: &[u32; N], seed: u32) -> u32 {
     let mut h = seed;

@@ -5,6 +5,14 @@
 //! stored in network byte order exactly as they appear on the wire; IPv4 addresses occupy the
 //! first 4 bytes of a 16-byte address field, the rest zero, and `family` tells which it is.
 #![no_std]
+#![allow(
+    clippy::inline_always,
+    reason = "BPF programs need these small functions inlined into the XDP program"
+)]
+#![allow(
+    clippy::pub_underscore_fields,
+    reason = "explicit padding fields must be public so both sides can build the structs"
+)]
 
 pub mod hash;
 
@@ -49,7 +57,7 @@ pub mod maps {
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     /// Name of the XDP program in the object.
     pub const PROGRAM: &str = "canary";
-    /// A do-nothing XDP_PASS program in the same object (veth peers, benchmark floor).
+    /// A do-nothing `XDP_PASS` program in the same object (veth peers, benchmark floor).
     pub const PASS_PROGRAM: &str = "canary_pass";
 }
 
@@ -98,10 +106,10 @@ pub struct ServiceControl {
     /// Canary weight in basis points, `0..=BUCKETS`.
     pub canary_weight: u32,
     pub _pad: u32,
-    /// Rollback "reset" epoch (CLOCK_MONOTONIC ns): canary flows created before it are re-chosen.
+    /// Rollback "reset" epoch (`CLOCK_MONOTONIC` ns): canary flows created before it are re-chosen.
     /// 0 = none.
     pub reset_epoch_ns: u64,
-    /// Last daemon heartbeat, CLOCK_MONOTONIC ns (the clock of `bpf_ktime_get_ns`).
+    /// Last daemon heartbeat, `CLOCK_MONOTONIC` ns (the clock of `bpf_ktime_get_ns`).
     pub heartbeat_ns: u64,
     /// Dead-man switch: when `now - heartbeat_ns > heartbeat_timeout_ns`, new flows go to
     /// stable only. 0 disables the switch.
@@ -162,7 +170,7 @@ pub struct FlowKey {
 pub struct FlowEntry {
     pub backend: u32,
     pub group: u32,
-    /// When the flow was first seen (CLOCK_MONOTONIC ns).
+    /// When the flow was first seen (`CLOCK_MONOTONIC` ns).
     pub created_ns: u64,
 }
 

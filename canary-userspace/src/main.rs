@@ -1,1 +1,280 @@
-fn main() {}
+//! `canary`: the daemon (`canary run`) and its command-line interface.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use canary_userspace::admin::OperatorCommand;
+use canary_userspace::client::{self, Endpoint};
+use canary_userspace::config::{self, Config};
+use canary_userspace::daemon::{self, RunOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "canary",
+    version,
+    about = "XDP load balancer and canary controller for network services"
+)]
+struct Cli {
+    /// Log format of the daemon.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+/// How the CLI finds the daemon.
+#[derive(clap::Args, Clone)]
+struct Target {
+    /// Config file: its `admin.listen` and `admin.token_file` locate the daemon.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Admin API base URL (default http://127.0.0.1:9100).
+    #[arg(long, env = "CANARY_ADMIN")]
+    admin: Option<String>,
+    /// File holding the admin token (mutating verbs need it when the daemon has one).
+    #[arg(long, env = "CANARY_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Service to act on (needed when several are configured).
+    #[arg(long, short)]
+    service: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (root): attach the XDP program and drive the rollouts.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Load this eBPF object instead of the embedded one.
+        #[arg(long)]
+        bpf_object: Option<PathBuf>,
+    },
+    /// Check a config file (no root needed); prints every problem with its key.
+    Validate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Show phase, step, split, per-group figures and the last decision.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Print the raw JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a rollout of the current canary group.
+    Start {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Move to the next step (or to 100% with --full).
+    Promote {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        full: bool,
+    },
+    /// Roll back now: no new flows to the canary.
+    Rollback {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Stop the judge from moving the weight.
+    Pause {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Let the judge move the weight again.
+    Resume {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Set the canary weight by hand (percent of new flows, 0.01 steps); pauses the rollout.
+    SetWeight {
+        #[command(flatten)]
+        target: Target,
+        percent: f64,
+    },
+    /// Which group and backend a new flow would get now.
+    Route {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        src: SocketAddr,
+        #[arg(long)]
+        dst: SocketAddr,
+        #[arg(long, default_value = "tcp")]
+        proto: String,
+    },
+    /// Re-read the daemon's config file (same as SIGHUP).
+    Reload {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove the XDP program and its pinned maps (root). Traffic to the VIPs stops being balanced.
+    Detach {
+        /// Config file whose `dataplane.bpffs` to clean.
+        #[arg(long, short, conflicts_with = "bpffs")]
+        config: Option<PathBuf>,
+        /// Pin directory (default /sys/fs/bpf/canary).
+        #[arg(long)]
+        bpffs: Option<PathBuf>,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn endpoint(t: &Target) -> Result<Endpoint> {
+    let from_config = match &t.config {
+        Some(path) => {
+            let c = Config::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            Some((c.admin.listen.to_string(), c.admin.token_file.clone()))
+        }
+        None => None,
+    };
+    Endpoint::resolve(t.admin.as_deref(), t.token_file.as_deref(), from_config)
+}
+
+async fn verb(t: &Target, command: OperatorCommand) -> Result<()> {
+    let reply = client::command(&endpoint(t)?, t.service.as_deref(), &command).await?;
+    println!("{}", reply.message);
+    Ok(())
+}
+
+fn validate(path: &Path) -> Result<()> {
+    let config = Config::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    config::check_interface(&config.dataplane.interface)?;
+    println!(
+        "{}: ok ({} service{})",
+        path.display(),
+        config.services.len(),
+        if config.services.len() == 1 { "" } else { "s" }
+    );
+    for s in &config.services {
+        println!(
+            "  {} {} {}: {} stable, {} canary backends; steps {}",
+            s.name,
+            s.protocol.as_str(),
+            s.vip,
+            s.group(config::Group::Stable).count(),
+            s.group(config::Group::Canary).count(),
+            s.rollout
+                .steps
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" -> ")
+        );
+    }
+    Ok(())
+}
+
+async fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run { config, bpf_object } => daemon::run(RunOptions { config, bpf_object }).await,
+        Command::Validate { config } => validate(&config),
+        Command::Status { target, json } => {
+            let status = client::status(&endpoint(&target)?).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else if let Some(name) = &target.service {
+                let s = status.service(Some(name)).map_err(anyhow::Error::msg)?;
+                print!("{}", s.render());
+            } else {
+                for s in &status.services {
+                    print!("{}", s.render());
+                }
+            }
+            Ok(())
+        }
+        Command::Start { target } => verb(&target, OperatorCommand::Start).await,
+        Command::Promote { target, full } => verb(&target, OperatorCommand::Promote { full }).await,
+        Command::Rollback { target } => verb(&target, OperatorCommand::Rollback).await,
+        Command::Pause { target } => verb(&target, OperatorCommand::Pause).await,
+        Command::Resume { target } => verb(&target, OperatorCommand::Resume).await,
+        Command::SetWeight { target, percent } => {
+            verb(&target, OperatorCommand::SetWeight { percent }).await
+        }
+        Command::Route {
+            target,
+            src,
+            dst,
+            proto,
+        } => {
+            verb(
+                &target,
+                OperatorCommand::Route {
+                    src,
+                    dst,
+                    protocol: proto,
+                },
+            )
+            .await
+        }
+        Command::Reload { target } => verb(&target, OperatorCommand::Reload).await,
+        Command::Detach { config, bpffs } => {
+            let dir = match (config, bpffs) {
+                (Some(path), _) => {
+                    Config::load(&path)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+                        .dataplane
+                        .bpffs
+                }
+                (None, Some(dir)) => dir,
+                (None, None) => PathBuf::from("/sys/fs/bpf/canary"),
+            };
+            let detached = canary_userspace::aya_dataplane::detach(&dir)
+                .with_context(|| format!("cannot detach from {}", dir.display()))?;
+            println!(
+                "detached: link {}, {} pinned maps removed from {}",
+                if detached.link {
+                    "removed"
+                } else {
+                    "was not pinned"
+                },
+                detached.maps.len(),
+                dir.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

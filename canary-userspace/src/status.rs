@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::rollout::Decision;
+
 /// The whole `/status` document.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Status {
@@ -34,9 +36,9 @@ pub struct ServiceStatus {
     /// Stable then canary.
     pub groups: Vec<GroupStatus>,
     pub backends: Vec<BackendStatus>,
-    pub last_decision: Option<DecisionRecord>,
+    pub last_decision: Option<Decision>,
     /// The most recent decisions and operator actions, newest last.
-    pub events: Vec<DecisionRecord>,
+    pub events: Vec<Decision>,
 }
 
 /// One group's figures over the current evaluation window.
@@ -68,40 +70,6 @@ pub struct BackendStatus {
     /// Requests the backend itself reports (its `requests` series), if scraped.
     pub reported_requests: Option<f64>,
     pub metrics_ok: bool,
-}
-
-/// A decision of the judge or an operator action, with its explanation.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct DecisionRecord {
-    /// Unix time, milliseconds.
-    pub at_unix_ms: u64,
-    /// `hold`, `promote`, `rollback`, `pause`, `resume`, `set_weight`, `start`, ...
-    pub action: String,
-    /// A short machine-friendly reason (`healthy`, `error_rate`, `error_spike`, `operator`, ...).
-    pub reason: String,
-    /// Weight after the decision, percent.
-    pub weight_percent: f64,
-    /// One line for humans.
-    pub summary: String,
-    /// Per-signal evidence.
-    pub signals: Vec<SignalReport>,
-}
-
-/// The evidence one signal gave for a decision.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct SignalReport {
-    pub signal: String,
-    pub test: String,
-    pub n_stable: u64,
-    pub n_canary: u64,
-    pub stable_value: Option<f64>,
-    pub canary_value: Option<f64>,
-    pub statistic: Option<f64>,
-    pub p_value: Option<f64>,
-    /// Confidence bound on (canary - stable), in the signal's unit.
-    pub bound: Option<f64>,
-    pub threshold: Option<f64>,
-    pub verdict: String,
 }
 
 fn opt(v: Option<f64>, scale: f64, digits: usize) -> String {
@@ -174,43 +142,9 @@ impl ServiceStatus {
             );
         }
         if let Some(d) = &self.last_decision {
-            let _ = writeln!(
-                out,
-                "  last decision: {} ({}): {}",
-                d.action, d.reason, d.summary
-            );
-            for s in &d.signals {
-                let _ = writeln!(out, "    {}", s.render());
-            }
+            let _ = writeln!(out, "  last decision: {d}");
         }
         out
-    }
-}
-
-impl SignalReport {
-    /// One line: signal, test, n per group, values, statistic, p or bound, threshold, verdict.
-    pub fn render(&self) -> String {
-        let mut s = format!(
-            "{:<18} {:<26} n={}/{}",
-            self.signal, self.test, self.n_stable, self.n_canary
-        );
-        if let (Some(a), Some(b)) = (self.stable_value, self.canary_value) {
-            let _ = write!(s, " stable={a:.4} canary={b:.4}");
-        }
-        if let Some(x) = self.statistic {
-            let _ = write!(s, " stat={x:.3}");
-        }
-        if let Some(p) = self.p_value {
-            let _ = write!(s, " p={p:.4}");
-        }
-        if let Some(b) = self.bound {
-            let _ = write!(s, " bound={b:.4}");
-        }
-        if let Some(t) = self.threshold {
-            let _ = write!(s, " threshold={t:.4}");
-        }
-        let _ = write!(s, " -> {}", self.verdict);
-        s
     }
 }
 
@@ -285,18 +219,6 @@ mod tests {
                 down_reason: Some("health check failed 3 times".into()),
                 ..BackendStatus::default()
             }],
-            last_decision: Some(DecisionRecord {
-                action: "hold".into(),
-                reason: "min_samples".into(),
-                summary: "canary has 10 of 1000 requests".into(),
-                signals: vec![SignalReport {
-                    signal: "error_rate".into(),
-                    test: "two-proportion z".into(),
-                    verdict: "insufficient".into(),
-                    ..SignalReport::default()
-                }],
-                ..DecisionRecord::default()
-            }),
             ..ServiceStatus::default()
         };
         let text = s.render();
@@ -306,8 +228,6 @@ mod tests {
             "25.12%",
             "1.00",
             "health check failed",
-            "min_samples",
-            "two-proportion z",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

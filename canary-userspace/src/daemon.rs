@@ -1,0 +1,238 @@
+//! `canary run`: the daemon's event loop. Opens (or re-opens) the data plane, serves the admin
+//! API, and every poll interval probes and scrapes the backends and hands the results to the
+//! [`Controller`]. SIGHUP reloads the config; SIGTERM/SIGINT stop the daemon and leave the
+//! program attached, so traffic keeps flowing (the dead-man switch sends new flows to stable
+//! once the heartbeat is older than `heartbeat_timeout`).
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::admin::{self, AdminState, OperatorCommand, OperatorReply, OperatorRequest};
+use crate::aya_dataplane::{AyaDataPlane, Opened, Options, XdpAttachMode};
+use crate::client::read_token;
+use crate::config::{self, Config, XdpMode};
+use crate::controller::{Controller, Observation, StateStore, Target, WarmUp};
+use crate::dataplane::monotonic_ns;
+use crate::metrics::Metrics;
+use crate::neighbour::KernelNeighbours;
+use crate::scrape::BackendClient;
+use crate::status::Status;
+
+/// Default flow hash seed (`dataplane.hash_seed`): the same on every node.
+pub const DEFAULT_HASH_SEED: u32 = 0x6361_6e61;
+
+/// `canary run` options.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub config: PathBuf,
+    pub bpf_object: Option<PathBuf>,
+}
+
+/// Wall-clock milliseconds: rollout times survive restarts.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn load_config(path: &std::path::Path) -> Result<Config> {
+    let config = Config::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    config::check_interface(&config.dataplane.interface)?;
+    Ok(config)
+}
+
+/// Probes and scrapes every backend at once; each call is bounded by the client's timeout.
+async fn observe(client: &BackendClient, targets: Vec<Target>) -> Vec<Observation> {
+    let mut set = JoinSet::new();
+    for t in targets {
+        let client = client.clone();
+        set.spawn(async move {
+            let (health, metrics) =
+                tokio::join!(client.probe(&t.health_url), client.scrape(&t.metrics_url));
+            Observation {
+                service: t.service,
+                backend: t.backend,
+                health,
+                metrics,
+            }
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(r) = set.join_next().await {
+        if let Ok(o) = r {
+            out.push(o);
+        }
+    }
+    out
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(options: RunOptions) -> Result<()> {
+    let config = load_config(&options.config)?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("canary run needs root (to load and attach the XDP program): run it with sudo");
+    }
+    let token = match &config.admin.token_file {
+        Some(path) => Some(read_token(path)?),
+        None => None,
+    };
+    let mode = match config.dataplane.xdp_mode {
+        XdpMode::Auto => XdpAttachMode::Auto,
+        XdpMode::Native => XdpAttachMode::Native,
+        XdpMode::Skb => XdpAttachMode::Skb,
+    };
+    let (dp, opened) = AyaDataPlane::open(&Options {
+        interface: config.dataplane.interface.clone(),
+        xdp_mode: mode,
+        flow_table_size: config.dataplane.flow_table_size,
+        bpffs: config.dataplane.bpffs.clone(),
+        object: options.bpf_object.clone(),
+    })
+    .context("cannot set up the data plane")?;
+    match opened {
+        Opened::Attached { mode, maps_reused } => tracing::info!(
+            interface = %config.dataplane.interface,
+            ?mode,
+            maps_reused,
+            bpffs = %config.dataplane.bpffs.display(),
+            "XDP program attached"
+        ),
+        Opened::Reopened => tracing::info!(
+            interface = %config.dataplane.interface,
+            bpffs = %config.dataplane.bpffs.display(),
+            "re-attached to the running XDP program (pinned maps and link)"
+        ),
+    }
+    if dp.flow_table_capacity() != config.dataplane.flow_table_size {
+        tracing::warn!(
+            pinned = dp.flow_table_capacity(),
+            configured = config.dataplane.flow_table_size,
+            "the pinned flow table keeps its size; `canary detach` and restart to resize it"
+        );
+    }
+
+    let metrics = Metrics::new().context("cannot register metrics")?;
+    let status = Arc::new(RwLock::new(Status::default()));
+    let store = StateStore::new(&config.dataplane.state_dir);
+    let hash_seed = DEFAULT_HASH_SEED;
+    let mut controller = Controller::new(
+        config.clone(),
+        dp,
+        opened == Opened::Reopened,
+        store,
+        metrics.clone(),
+        status.clone(),
+        hash_seed,
+        &KernelNeighbours,
+        now_ms(),
+        monotonic_ns(),
+    )?;
+
+    let poll = controller.poll_interval();
+    let client = BackendClient::new(poll.mul_f64(0.8).min(Duration::from_secs(2)))
+        .context("cannot build the HTTP client")?;
+
+    let (requests_tx, mut requests) = mpsc::channel::<OperatorRequest>(32);
+    let (warm_tx, mut warm_done) = mpsc::channel::<String>(8);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let admin_state = AdminState {
+        status: status.clone(),
+        registry: metrics.registry.clone(),
+        requests: requests_tx,
+        token: token.map(Arc::from),
+    };
+    let listen = config.admin.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| {
+            format!("cannot listen on admin.listen = {listen}; choose a free address")
+        })?;
+    let server = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stop_rx.await;
+        };
+        if let Err(e) = axum::serve(listener, admin::router(admin_state))
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "admin API stopped");
+        }
+    });
+    tracing::info!(%listen, poll_ms = poll.as_millis() as u64, "canary daemon running");
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut ticker = tokio::time::interval(poll);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let observations = observe(&client, controller.targets()).await;
+                if let Err(e) = controller.on_poll(now_ms(), monotonic_ns(), &observations, &KernelNeighbours) {
+                    tracing::error!(error = %e, "poll failed");
+                }
+                for job in controller.take_warmups() {
+                    spawn_warm_up(&client, job, warm_tx.clone());
+                }
+            }
+            Some(service) = warm_done.recv() => {
+                controller.warm_up_done(&service, now_ms(), monotonic_ns());
+            }
+            Some(req) = requests.recv() => {
+                let reply = match &req.command {
+                    OperatorCommand::Reload => reload(&mut controller, &options),
+                    command => controller.on_operator(now_ms(), monotonic_ns(), req.service.as_deref(), command),
+                };
+                tracing::info!(target: "canary::operator", service = req.service.as_deref().unwrap_or(""), command = ?req.command, ok = reply.ok, "{}", reply.message);
+                let _ = req.reply.send(reply);
+                for job in controller.take_warmups() {
+                    spawn_warm_up(&client, job, warm_tx.clone());
+                }
+            }
+            _ = hup.recv() => {
+                let reply = reload(&mut controller, &options);
+                tracing::info!(ok = reply.ok, "SIGHUP: {}", reply.message);
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    tracing::info!(
+        "stopped; the XDP program stays attached and traffic keeps flowing (`canary detach` removes it)"
+    );
+    Ok(())
+}
+
+fn reload(controller: &mut Controller<AyaDataPlane>, options: &RunOptions) -> OperatorReply {
+    match load_config(&options.config) {
+        Ok(new) => match controller.reload(new, now_ms(), monotonic_ns()) {
+            Ok(msg) => OperatorReply::ok(msg),
+            Err(e) => OperatorReply::refused(format!("{e}; the running configuration stays")),
+        },
+        Err(e) => OperatorReply::refused(format!(
+            "new configuration rejected, the running configuration stays:\n{e:#}"
+        )),
+    }
+}
+
+fn spawn_warm_up(client: &BackendClient, job: WarmUp, done: mpsc::Sender<String>) {
+    let client = client.clone();
+    tokio::spawn(async move {
+        for url in &job.urls {
+            let (ok, took) = client.warm_up(url, job.requests).await;
+            tracing::info!(service = %job.service, url, ok, sent = job.requests, took_ms = took.as_millis() as u64, "warm-up");
+        }
+        let _ = done.send(job.service).await;
+    });
+}
