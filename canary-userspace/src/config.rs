@@ -723,7 +723,7 @@ impl Config {
                 return Err(ConfigError::Invalid { problems });
             }
         };
-        match validate(raw) {
+        match validate(&raw) {
             Ok(config) if problems.is_empty() => Ok(config),
             Ok(_) => Err(ConfigError::Invalid { problems }),
             Err(more) => {
@@ -999,7 +999,7 @@ fn validate_steps(c: &mut Checker, key: &str, steps: &[f64]) -> Vec<Weight> {
                     if w <= *prev {
                         c.bad(
                             k,
-                            format!("{s} does not increase on the step before ({}); steps must be strictly increasing", prev),
+                            format!("{s} does not increase on the step before ({prev}); steps must be strictly increasing"),
                         );
                         ok = false;
                     }
@@ -1023,7 +1023,11 @@ fn validate_steps(c: &mut Checker, key: &str, steps: &[f64]) -> Vec<Weight> {
 
 /// Checks every value of a raw config and builds the typed [`Config`], or returns all
 /// problems found.
-fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
+#[allow(
+    clippy::many_single_char_names,
+    reason = "one-letter names for the table being checked keep the long list of checks readable"
+)]
+fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
     let mut c = Checker {
         problems: Vec::new(),
     };
@@ -1072,19 +1076,16 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     }
 
     // [admin]
-    let listen = match raw.admin.listen.parse::<SocketAddr>() {
-        Ok(a) => Some(a),
-        Err(_) => {
-            c.bad(
-                "admin.listen",
-                format!(
-                    "\"{}\" is not an address with port; write \"127.0.0.1:9100\"",
-                    raw.admin.listen
-                ),
-            );
-            None
-        }
-    };
+    let listen = raw.admin.listen.parse::<SocketAddr>().ok();
+    if listen.is_none() {
+        c.bad(
+            "admin.listen",
+            format!(
+                "\"{}\" is not an address with port; write \"127.0.0.1:9100\"",
+                raw.admin.listen
+            ),
+        );
+    }
     let token_file =
         (!raw.admin.token_file.is_empty()).then(|| PathBuf::from(&raw.admin.token_file));
     if let Some(listen) = listen {

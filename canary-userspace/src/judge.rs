@@ -267,7 +267,13 @@ fn finite(v: f64) -> Option<f64> {
 }
 
 impl SignalReport {
-    fn new(signal: Signal, test: &str, n_stable: u64, n_canary: u64, threshold: f64) -> SignalReport {
+    fn new(
+        signal: Signal,
+        test: &str,
+        n_stable: u64,
+        n_canary: u64,
+        threshold: f64,
+    ) -> SignalReport {
         SignalReport {
             signal,
             test: test.to_string(),
@@ -301,7 +307,12 @@ impl fmt::Display for SignalReport {
             self.n_canary
         )?;
         if self.stable.is_some() || self.canary.is_some() {
-            write!(f, "; stable {} canary {}", show(self.stable), show(self.canary))?;
+            write!(
+                f,
+                "; stable {} canary {}",
+                show(self.stable),
+                show(self.canary)
+            )?;
         }
         if let Some(e) = self.estimate {
             write!(f, "; estimate {}", u.show(e))?;
@@ -406,7 +417,13 @@ fn newcombe(x1: u64, n1: u64, x2: u64, n2: u64, z: f64) -> (f64, f64) {
 }
 
 /// The shared decision rule (see the module documentation).
-fn decide(report: &mut SignalReport, estimate: f64, lower_rollback: f64, upper_promote: f64, significant: bool) {
+fn decide(
+    report: &mut SignalReport,
+    estimate: f64,
+    lower_rollback: f64,
+    upper_promote: f64,
+    significant: bool,
+) {
     let t = report.threshold;
     report.estimate = finite(estimate);
     report.lower = finite(lower_rollback);
@@ -420,7 +437,13 @@ fn decide(report: &mut SignalReport, estimate: f64, lower_rollback: f64, upper_p
     };
 }
 
-fn error_rate(stable: (u64, u64), canary: (u64, u64), t: &Thresholds, z_r: f64, z_p: f64) -> SignalReport {
+fn error_rate(
+    stable: (u64, u64),
+    canary: (u64, u64),
+    t: &Thresholds,
+    z_r: f64,
+    z_p: f64,
+) -> SignalReport {
     let (n_s, x_s) = (stable.0, stable.1.min(stable.0));
     let (n_c, x_c) = (canary.0, canary.1.min(canary.0));
     let mut r = SignalReport::new(
@@ -460,7 +483,7 @@ fn midpoints(h: &Histogram) -> Vec<(f64, f64)> {
     let mut lo = 0.0;
     let mut finite_sum = 0.0;
     for (i, &hi) in h.bounds.iter().enumerate() {
-        let m = (lo + hi) / 2.0;
+        let m = f64::midpoint(lo, hi);
         out.push((m, counts[i]));
         finite_sum += m * counts[i];
         lo = hi;
@@ -484,11 +507,21 @@ fn moments_ms(h: &Histogram) -> Option<(f64, f64, u64)> {
     let mids = midpoints(h);
     let total: f64 = mids.iter().map(|m| m.1).sum();
     let mid_mean: f64 = mids.iter().map(|(m, c)| m * c).sum::<f64>() / total;
-    let var: f64 = mids.iter().map(|(m, c)| c * (m - mid_mean).powi(2)).sum::<f64>() / (total - 1.0);
+    let var: f64 = mids
+        .iter()
+        .map(|(m, c)| c * (m - mid_mean).powi(2))
+        .sum::<f64>()
+        / (total - 1.0);
     Some((mean, var * 1e6, n as u64))
 }
 
-fn latency_mean(stable: &Histogram, canary: &Histogram, t: &Thresholds, z_r: f64, z_p: f64) -> SignalReport {
+fn latency_mean(
+    stable: &Histogram,
+    canary: &Histogram,
+    t: &Thresholds,
+    z_r: f64,
+    z_p: f64,
+) -> SignalReport {
     let mut r = SignalReport::new(
         Signal::LatencyMean,
         "difference of means, Welch normal bounds (variance from buckets)",
@@ -496,7 +529,8 @@ fn latency_mean(stable: &Histogram, canary: &Histogram, t: &Thresholds, z_r: f64
         canary.count.round() as u64,
         t.max_latency_increase_ms,
     );
-    let (Some((m_s, v_s, n_s)), Some((m_c, v_c, n_c))) = (moments_ms(stable), moments_ms(canary)) else {
+    let (Some((m_s, v_s, n_s)), Some((m_c, v_c, n_c))) = (moments_ms(stable), moments_ms(canary))
+    else {
         r.verdict = SignalVerdict::Skipped;
         r.note = "fewer than 2 observations in a group".into();
         return r;
@@ -552,7 +586,13 @@ fn quantile_ms(h: &Histogram, q: f64, z: f64) -> (Option<f64>, f64, Option<f64>)
     (est, low, high)
 }
 
-fn latency_p95(stable: &Histogram, canary: &Histogram, t: &Thresholds, a_r: f64, a_p: f64) -> SignalReport {
+fn latency_p95(
+    stable: &Histogram,
+    canary: &Histogram,
+    t: &Thresholds,
+    a_r: f64,
+    a_p: f64,
+) -> SignalReport {
     const Q: f64 = 0.95;
     let mut r = SignalReport::new(
         Signal::LatencyP95,
@@ -576,7 +616,8 @@ fn latency_p95(stable: &Histogram, canary: &Histogram, t: &Thresholds, a_r: f64,
     r.canary = est_c;
     let (Some(est_s), Some(est_c)) = (est_s, est_c) else {
         r.verdict = SignalVerdict::Inconclusive;
-        r.note = "p95 lies in the +Inf bucket; add larger buckets to the backend's histogram".into();
+        r.note =
+            "p95 lies in the +Inf bucket; add larger buckets to the backend's histogram".into();
         return r;
     };
     let low = high_s_r.map_or(f64::NEG_INFINITY, |h| low_c_r - h);
@@ -596,7 +637,8 @@ fn predictions(
     a_p: f64,
 ) -> SignalReport {
     let classes: BTreeSet<&String> = stable.keys().chain(canary.keys()).collect();
-    let count = |m: &std::collections::BTreeMap<String, u64>, k: &String| m.get(k).copied().unwrap_or(0);
+    let count =
+        |m: &std::collections::BTreeMap<String, u64>, k: &String| m.get(k).copied().unwrap_or(0);
     let n_s: u64 = stable.values().sum();
     let n_c: u64 = canary.values().sum();
     let mut r = SignalReport::new(
@@ -630,7 +672,11 @@ fn predictions(
     let mut spread = 0.0;
     let k = live.len() as f64;
     // With two classes both rows are the same event; otherwise a two-sided interval per class.
-    let z_p = if live.len() == 2 { z_upper(a_p / 2.0) } else { z_upper(a_p / (2.0 * k)) };
+    let z_p = if live.len() == 2 {
+        z_upper(a_p / 2.0)
+    } else {
+        z_upper(a_p / (2.0 * k))
+    };
     for class in &live {
         let (o_s, o_c) = (count(stable, class) as f64, count(canary, class) as f64);
         let col = o_s + o_c;
@@ -646,10 +692,18 @@ fn predictions(
     r.statistic = Some(chi2);
     r.p_value = Some(p);
     decide(&mut r, tvd, f64::NAN, upper, p < a_r);
-    r.note = format!("{} classes, {} degrees of freedom", live.len(), live.len() - 1);
+    r.note = format!(
+        "{} classes, {} degrees of freedom",
+        live.len(),
+        live.len() - 1
+    );
     r
 }
 
+#[allow(
+    clippy::many_single_char_names,
+    reason = "n, w, r, z, p are the usual statistical names"
+)]
 fn flow_share(flows: FlowCounts, weight: Weight, alpha: f64) -> SignalReport {
     let n = flows.stable + flows.canary;
     let w = weight.ratio();
@@ -689,11 +743,18 @@ fn flow_share(flows: FlowCounts, weight: Weight, alpha: f64) -> SignalReport {
 
 /// Which signals are configured (an empty series name switches one off).
 fn enabled(upstream: &UpstreamConfig) -> (bool, bool) {
-    (!upstream.latency.is_empty(), !upstream.predictions.is_empty())
+    (
+        !upstream.latency.is_empty(),
+        !upstream.predictions.is_empty(),
+    )
 }
 
 /// Judges one window. Pure: the same input gives the same judgement.
-pub fn judge(input: &JudgeInput<'_>, rollout: &RolloutConfig, upstream: &UpstreamConfig) -> Judgement {
+pub fn judge(
+    input: &JudgeInput<'_>,
+    rollout: &RolloutConfig,
+    upstream: &UpstreamConfig,
+) -> Judgement {
     let t = &rollout.thresholds;
     let alpha = 1.0 - t.confidence;
     let (latency_on, predictions_on) = enabled(upstream);
@@ -722,7 +783,13 @@ pub fn judge(input: &JudgeInput<'_>, rollout: &RolloutConfig, upstream: &Upstrea
         }
     }
     if !missing.is_empty() {
-        let mut r = SignalReport::new(Signal::Metrics, "series present in the backends' expositions", 0, 0, 0.0);
+        let mut r = SignalReport::new(
+            Signal::Metrics,
+            "series present in the backends' expositions",
+            0,
+            0,
+            0.0,
+        );
         r.verdict = SignalVerdict::Missing;
         r.note = format!("missing: {}", missing.join(", "));
         signals.push(r);
@@ -732,7 +799,13 @@ pub fn judge(input: &JudgeInput<'_>, rollout: &RolloutConfig, upstream: &Upstrea
     let (n_s, n_c) = (get(&input.stable.requests), get(&input.canary.requests));
     let (x_s, x_c) = (get(&input.stable.errors), get(&input.canary.errors));
 
-    let mut samples = SignalReport::new(Signal::Samples, "requests per group against min_samples", n_s, n_c, rollout.min_samples as f64);
+    let mut samples = SignalReport::new(
+        Signal::Samples,
+        "requests per group against min_samples",
+        n_s,
+        n_c,
+        rollout.min_samples as f64,
+    );
     samples.stable = Some(n_s as f64);
     samples.canary = Some(n_c as f64);
     if n_s < rollout.min_samples || n_c < rollout.min_samples {
@@ -753,14 +826,20 @@ pub fn judge(input: &JudgeInput<'_>, rollout: &RolloutConfig, upstream: &Upstrea
 
     signals.push(error_rate((n_s, x_s), (n_c, x_c), t, z_r, z_p));
     if latency_on {
-        let (Some(hs), Some(hc)) = (input.stable.latency.present(), input.canary.latency.present()) else {
+        let (Some(hs), Some(hc)) = (
+            input.stable.latency.present(),
+            input.canary.latency.present(),
+        ) else {
             unreachable!("missing latency was handled above");
         };
         signals.push(latency_mean(hs, hc, t, z_r, z_p));
         signals.push(latency_p95(hs, hc, t, a_r, a_k));
     }
     if predictions_on {
-        let (Some(ps), Some(pc)) = (input.stable.predictions.present(), input.canary.predictions.present()) else {
+        let (Some(ps), Some(pc)) = (
+            input.stable.predictions.present(),
+            input.canary.predictions.present(),
+        ) else {
             unreachable!("missing predictions were handled above");
         };
         signals.push(predictions(ps, pc, t, a_r, a_k));
@@ -768,9 +847,17 @@ pub fn judge(input: &JudgeInput<'_>, rollout: &RolloutConfig, upstream: &Upstrea
     signals.push(flow_share(input.flows, input.weight, alpha));
 
     let judged = |s: &&SignalReport| !matches!(s.signal, Signal::Samples | Signal::FlowShare);
-    let (verdict, reason) = if let Some(fail) = signals.iter().filter(judged).find(|s| s.verdict == SignalVerdict::Fail) {
+    let (verdict, reason) = if let Some(fail) = signals
+        .iter()
+        .filter(judged)
+        .find(|s| s.verdict == SignalVerdict::Fail)
+    {
         (Verdict::Rollback, fail.signal.reason())
-    } else if signals.iter().filter(judged).all(|s| s.verdict == SignalVerdict::Pass) {
+    } else if signals
+        .iter()
+        .filter(judged)
+        .all(|s| s.verdict == SignalVerdict::Pass)
+    {
         (Verdict::Promote, Reason::Healthy)
     } else {
         (Verdict::Hold, Reason::Inconclusive)
@@ -809,7 +896,8 @@ pub fn error_spike(canary_poll: &Window, thresholds: &Thresholds) -> Option<Sign
     } else {
         SignalVerdict::Ok
     };
-    r.note = format!("{x} errors of {n} requests (a spike needs at least {SPIKE_MIN_ERRORS} errors)");
+    r.note =
+        format!("{x} errors of {n} requests (a spike needs at least {SPIKE_MIN_ERRORS} errors)");
     Some(r)
 }
 
@@ -820,11 +908,18 @@ pub(crate) mod tests {
     use super::*;
 
     /// Latency buckets (seconds) used by the tests and the simulation.
-    pub(crate) const BOUNDS: [f64; 14] = [0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 1.0, 2.5];
+    pub(crate) const BOUNDS: [f64; 14] = [
+        0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 1.0, 2.5,
+    ];
 
     /// Histogram of `n` deterministic log-normal latencies (median `median_ms`, shape
     /// `sigma`), shifted by `shift_ms`.
-    pub(crate) fn lognormal_histogram(n: u64, median_ms: f64, sigma: f64, shift_ms: f64) -> Histogram {
+    pub(crate) fn lognormal_histogram(
+        n: u64,
+        median_ms: f64,
+        sigma: f64,
+        shift_ms: f64,
+    ) -> Histogram {
         let normal = Normal::standard();
         let mut h = Histogram::empty(BOUNDS.to_vec());
         for i in 0..n {
@@ -859,9 +954,22 @@ pub(crate) mod tests {
     }
 
     fn run(stable: &Window, canary: &Window, look: u32) -> Judgement {
-        let flows = FlowCounts { stable: 9000, canary: 1000 };
-        let input = JudgeInput { stable, canary, flows, weight: Weight::from_basis_points(1000), look };
-        judge(&input, &RolloutConfig::default(), &UpstreamConfig::default())
+        let flows = FlowCounts {
+            stable: 9000,
+            canary: 1000,
+        };
+        let input = JudgeInput {
+            stable,
+            canary,
+            flows,
+            weight: Weight::from_basis_points(1000),
+            look,
+        };
+        judge(
+            &input,
+            &RolloutConfig::default(),
+            &UpstreamConfig::default(),
+        )
     }
 
     #[test]
@@ -888,10 +996,18 @@ pub(crate) mod tests {
         assert_eq!(j.reason, Reason::Healthy);
         assert_eq!(j.look, Some(1));
         assert_eq!(j.rollback_signals, 4);
-        for s in [Signal::ErrorRate, Signal::LatencyMean, Signal::LatencyP95, Signal::Predictions] {
+        for s in [
+            Signal::ErrorRate,
+            Signal::LatencyMean,
+            Signal::LatencyP95,
+            Signal::Predictions,
+        ] {
             assert_eq!(j.signal(s).unwrap().verdict, SignalVerdict::Pass, "{j}");
         }
-        assert_eq!(j.signal(Signal::FlowShare).unwrap().verdict, SignalVerdict::Ok);
+        assert_eq!(
+            j.signal(Signal::FlowShare).unwrap().verdict,
+            SignalVerdict::Ok
+        );
     }
 
     #[test]
@@ -899,7 +1015,11 @@ pub(crate) mod tests {
         let mut canary = healthy(4000);
         canary.errors = Series::Present(240); // 6% against 1%
         let j = run(&healthy(20_000), &canary, 1);
-        assert_eq!((j.verdict, j.reason), (Verdict::Rollback, Reason::ErrorRate), "{j}");
+        assert_eq!(
+            (j.verdict, j.reason),
+            (Verdict::Rollback, Reason::ErrorRate),
+            "{j}"
+        );
         let e = j.signal(Signal::ErrorRate).unwrap();
         assert!(e.lower.unwrap() > 0.0 && e.p_value.unwrap() < 1e-6, "{e}");
         assert!((e.canary.unwrap() - 0.06).abs() < 1e-12);
@@ -911,7 +1031,11 @@ pub(crate) mod tests {
         let j = run(&healthy(20_000), &canary, 1);
         assert_eq!(j.verdict, Verdict::Rollback, "{j}");
         assert_eq!(j.reason, Reason::LatencyMean, "{j}");
-        assert_eq!(j.signal(Signal::LatencyP95).unwrap().verdict, SignalVerdict::Fail, "{j}");
+        assert_eq!(
+            j.signal(Signal::LatencyP95).unwrap().verdict,
+            SignalVerdict::Fail,
+            "{j}"
+        );
     }
 
     #[test]
@@ -929,16 +1053,27 @@ pub(crate) mod tests {
     fn prediction_shift_rolls_back() {
         let canary = window(4000, 40, lognormal_histogram(4000, 100.0, 0.5, 0.0), 0.8);
         let j = run(&healthy(20_000), &canary, 1);
-        assert_eq!((j.verdict, j.reason), (Verdict::Rollback, Reason::PredictionShift), "{j}");
+        assert_eq!(
+            (j.verdict, j.reason),
+            (Verdict::Rollback, Reason::PredictionShift),
+            "{j}"
+        );
         let p = j.signal(Signal::Predictions).unwrap();
         assert!((p.estimate.unwrap() - 0.2).abs() < 1e-3, "{p}");
-        assert!(p.statistic.unwrap() > 100.0 && p.p_value.unwrap() < 1e-10, "{p}");
+        assert!(
+            p.statistic.unwrap() > 100.0 && p.p_value.unwrap() < 1e-10,
+            "{p}"
+        );
     }
 
     #[test]
     fn holds_below_min_samples_without_spending_a_look() {
         let j = run(&healthy(20_000), &healthy(999), 3);
-        assert_eq!((j.verdict, j.reason), (Verdict::Hold, Reason::InsufficientSamples), "{j}");
+        assert_eq!(
+            (j.verdict, j.reason),
+            (Verdict::Hold, Reason::InsufficientSamples),
+            "{j}"
+        );
         assert_eq!(j.look, None);
         // Even an obviously bad canary is not judged below min_samples (the spike guards it).
         let mut bad = healthy(999);
@@ -951,12 +1086,25 @@ pub(crate) mod tests {
         let mut canary = healthy(4000);
         canary.latency = Series::Missing;
         let j = run(&healthy(20_000), &canary, 1);
-        assert_eq!((j.verdict, j.reason), (Verdict::Hold, Reason::MetricsMissing), "{j}");
+        assert_eq!(
+            (j.verdict, j.reason),
+            (Verdict::Hold, Reason::MetricsMissing),
+            "{j}"
+        );
         assert_eq!(j.signals[0].note, "missing: canary.latency");
         // A switched-off signal is not required.
-        let upstream = UpstreamConfig { latency: String::new(), ..UpstreamConfig::default() };
+        let upstream = UpstreamConfig {
+            latency: String::new(),
+            ..UpstreamConfig::default()
+        };
         let stable = healthy(20_000);
-        let input = JudgeInput { stable: &stable, canary: &canary, flows: FlowCounts::default(), weight: Weight::from_basis_points(1000), look: 1 };
+        let input = JudgeInput {
+            stable: &stable,
+            canary: &canary,
+            flows: FlowCounts::default(),
+            weight: Weight::from_basis_points(1000),
+            look: 1,
+        };
         let j = judge(&input, &RolloutConfig::default(), &upstream);
         assert_eq!(j.verdict, Verdict::Promote, "{j}");
         assert_eq!(j.rollback_signals, 2);
@@ -968,8 +1116,15 @@ pub(crate) mod tests {
         let mut canary = healthy(1000);
         canary.errors = Series::Present(19); // 1.9% against 1%: not yet clear either way
         let j = run(&healthy(9000), &canary, 1);
-        assert_eq!((j.verdict, j.reason), (Verdict::Hold, Reason::Inconclusive), "{j}");
-        assert_eq!(j.signal(Signal::ErrorRate).unwrap().verdict, SignalVerdict::Inconclusive);
+        assert_eq!(
+            (j.verdict, j.reason),
+            (Verdict::Hold, Reason::Inconclusive),
+            "{j}"
+        );
+        assert_eq!(
+            j.signal(Signal::ErrorRate).unwrap().verdict,
+            SignalVerdict::Inconclusive
+        );
     }
 
     #[test]
@@ -978,7 +1133,10 @@ pub(crate) mod tests {
         canary.errors = Series::Present(30);
         let early = run(&healthy(9000), &canary, 1);
         let late = run(&healthy(9000), &canary, 50);
-        let (e, l) = (early.signal(Signal::ErrorRate).unwrap(), late.signal(Signal::ErrorRate).unwrap());
+        let (e, l) = (
+            early.signal(Signal::ErrorRate).unwrap(),
+            late.signal(Signal::ErrorRate).unwrap(),
+        );
         assert!(l.lower.unwrap() < e.lower.unwrap() && l.upper.unwrap() > e.upper.unwrap());
         assert!(late.alpha < early.alpha / 1000.0);
     }
@@ -986,8 +1144,21 @@ pub(crate) mod tests {
     #[test]
     fn flow_share_far_from_weight_is_flagged_not_decisive() {
         let (s, c) = (healthy(20_000), healthy(4000));
-        let input = JudgeInput { stable: &s, canary: &c, flows: FlowCounts { stable: 5000, canary: 5000 }, weight: Weight::from_basis_points(1000), look: 1 };
-        let j = judge(&input, &RolloutConfig::default(), &UpstreamConfig::default());
+        let input = JudgeInput {
+            stable: &s,
+            canary: &c,
+            flows: FlowCounts {
+                stable: 5000,
+                canary: 5000,
+            },
+            weight: Weight::from_basis_points(1000),
+            look: 1,
+        };
+        let j = judge(
+            &input,
+            &RolloutConfig::default(),
+            &UpstreamConfig::default(),
+        );
         let f = j.signal(Signal::FlowShare).unwrap();
         assert_eq!(f.verdict, SignalVerdict::Warn, "{f}");
         assert!((f.canary.unwrap() - 0.5).abs() < 1e-12);
@@ -997,10 +1168,24 @@ pub(crate) mod tests {
     #[test]
     fn spike_needs_rate_and_a_minimum_count() {
         let t = Thresholds::default();
-        let poll = |n, x| Window { requests: Series::Present(n), errors: Series::Present(x), ..Window::missing() };
-        assert_eq!(error_spike(&poll(50, 10), &t).unwrap().verdict, SignalVerdict::Fail);
-        assert_eq!(error_spike(&poll(10, 3), &t).unwrap().verdict, SignalVerdict::Ok, "3 errors are too few");
-        assert_eq!(error_spike(&poll(100, 9), &t).unwrap().verdict, SignalVerdict::Ok);
+        let poll = |n, x| Window {
+            requests: Series::Present(n),
+            errors: Series::Present(x),
+            ..Window::missing()
+        };
+        assert_eq!(
+            error_spike(&poll(50, 10), &t).unwrap().verdict,
+            SignalVerdict::Fail
+        );
+        assert_eq!(
+            error_spike(&poll(10, 3), &t).unwrap().verdict,
+            SignalVerdict::Ok,
+            "3 errors are too few"
+        );
+        assert_eq!(
+            error_spike(&poll(100, 9), &t).unwrap().verdict,
+            SignalVerdict::Ok
+        );
         assert!(error_spike(&poll(0, 0), &t).is_none());
         assert!(error_spike(&Window::missing(), &t).is_none());
     }
@@ -1012,22 +1197,43 @@ pub(crate) mod tests {
         let j = run(&healthy(20_000), &canary, 2);
         let json = serde_json::to_string(&j).unwrap();
         let back: Judgement = serde_json::from_str(&json).unwrap();
-        assert_eq!((back.verdict, back.reason, back.look), (j.verdict, j.reason, j.look));
-        let verdicts = |j: &Judgement| j.signals.iter().map(|s| (s.signal, s.verdict)).collect::<Vec<_>>();
+        assert_eq!(
+            (back.verdict, back.reason, back.look),
+            (j.verdict, j.reason, j.look)
+        );
+        let verdicts = |j: &Judgement| {
+            j.signals
+                .iter()
+                .map(|s| (s.signal, s.verdict))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(verdicts(&back), verdicts(&j));
         let text = j.to_string();
-        assert!(text.starts_with("rollback (error_rate) at look 2"), "{text}");
+        assert!(
+            text.starts_with("rollback (error_rate) at look 2"),
+            "{text}"
+        );
         assert!(text.contains("error_rate    FAIL"), "{text}");
         assert!(json.contains("\"reason\":\"error_rate\""), "{json}");
     }
 
     #[test]
     fn quantile_interpolation_matches_prometheus() {
-        let h = Histogram { bounds: vec![0.1, 0.2], cumulative: vec![50.0, 100.0], count: 100.0, sum: 10.0 };
+        let h = Histogram {
+            bounds: vec![0.1, 0.2],
+            cumulative: vec![50.0, 100.0],
+            count: 100.0,
+            sum: 10.0,
+        };
         // rank 95 of 100 lies 90% into the (0.1, 0.2] bucket.
         assert!((value_at_rank(&h, 95.0).unwrap() - 0.19).abs() < 1e-12);
         assert!((value_at_rank(&h, 25.0).unwrap() - 0.05).abs() < 1e-12);
-        let over = Histogram { bounds: vec![0.1], cumulative: vec![50.0], count: 100.0, sum: 10.0 };
+        let over = Histogram {
+            bounds: vec![0.1],
+            cumulative: vec![50.0],
+            count: 100.0,
+            sum: 10.0,
+        };
         assert!(value_at_rank(&over, 95.0).is_none());
     }
 }

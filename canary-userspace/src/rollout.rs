@@ -15,7 +15,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{MissingPolicy, RollbackMode, RolloutConfig, StartMode, UpstreamConfig, Weight};
+use crate::config::{
+    MissingPolicy, RollbackMode, RolloutConfig, StartMode, UpstreamConfig, Weight,
+};
 use crate::judge::{self, FlowCounts, JudgeInput, Judgement, Reason, SignalVerdict, Verdict};
 use crate::upstream::Window;
 
@@ -36,7 +38,13 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 5] = [Phase::Idle, Phase::Pending, Phase::Stepping, Phase::Promoted, Phase::RolledBack];
+    pub const ALL: [Phase; 5] = [
+        Phase::Idle,
+        Phase::Pending,
+        Phase::Stepping,
+        Phase::Promoted,
+        Phase::RolledBack,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -66,6 +74,10 @@ pub struct Poll {
 
 /// What the controller reports.
 #[derive(Clone, Debug, PartialEq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one event per poll, moved once; boxing would only add an allocation"
+)]
 pub enum Event {
     /// Every canary backend got its warm-up requests.
     WarmupDone,
@@ -334,7 +346,15 @@ impl Rollout {
         }
     }
 
-    fn record(&mut self, at_ms: u64, action: DecisionAction, reason: Reason, from: Weight, message: String, judgement: Option<Judgement>) -> Option<Decision> {
+    fn record(
+        &mut self,
+        at_ms: u64,
+        action: DecisionAction,
+        reason: Reason,
+        from: Weight,
+        message: String,
+        judgement: Option<Judgement>,
+    ) -> Decision {
         let d = Decision {
             at_ms,
             action,
@@ -346,13 +366,17 @@ impl Rollout {
             judgement,
         };
         self.last_decision = Some(d.clone());
-        Some(d)
+        d
     }
 
     /// Moves to `weight` as a new step: fresh window; 100 % is the promotion.
     fn enter_weight(&mut self, at_ms: u64, weight: Weight) {
         self.weight = weight;
-        self.phase = if weight == Weight::FULL { Phase::Promoted } else { Phase::Stepping };
+        self.phase = if weight == Weight::FULL {
+            Phase::Promoted
+        } else {
+            Phase::Stepping
+        };
         self.step_started_at_ms = at_ms;
         self.last_evaluation_ms = at_ms;
         self.missing_intervals = 0;
@@ -371,16 +395,34 @@ impl Rollout {
     }
 
     /// Steps up (or promotes at 100 %).
-    fn step_up(&mut self, at_ms: u64, cfg: &RolloutConfig, reason: Reason, message: String, judgement: Option<Judgement>) -> Output {
+    fn step_up(
+        &mut self,
+        at_ms: u64,
+        cfg: &RolloutConfig,
+        reason: Reason,
+        message: String,
+        judgement: Option<Judgement>,
+    ) -> Output {
         let from = self.weight;
         let next = self.next_weight(cfg);
         self.enter_weight(at_ms, next);
-        let action = if self.phase == Phase::Promoted { DecisionAction::Promote } else { DecisionAction::Step };
+        let action = if self.phase == Phase::Promoted {
+            DecisionAction::Promote
+        } else {
+            DecisionAction::Step
+        };
         let d = self.record(at_ms, action, reason, from, message, judgement);
-        self.output(d)
+        self.output(Some(d))
     }
 
-    fn roll_back(&mut self, at_ms: u64, cfg: &RolloutConfig, reason: Reason, message: String, judgement: Option<Judgement>) -> Output {
+    fn roll_back(
+        &mut self,
+        at_ms: u64,
+        cfg: &RolloutConfig,
+        reason: Reason,
+        message: &str,
+        judgement: Option<Judgement>,
+    ) -> Output {
         let from = self.weight;
         self.weight = Weight::ZERO;
         self.phase = Phase::RolledBack;
@@ -391,14 +433,26 @@ impl Rollout {
         } else {
             format!("{message}; established canary flows drain")
         };
-        let d = self.record(at_ms, DecisionAction::Rollback, reason, from, message, judgement);
+        let d = self.record(
+            at_ms,
+            DecisionAction::Rollback,
+            reason,
+            from,
+            message,
+            judgement,
+        );
         Output {
             reset_epoch: reset,
-            ..self.output(d)
+            ..self.output(Some(d))
         }
     }
 
-    fn change_canary(&mut self, at_ms: u64, fingerprint: Vec<String>, cfg: &RolloutConfig) -> Output {
+    fn change_canary(
+        &mut self,
+        at_ms: u64,
+        fingerprint: Vec<String>,
+        cfg: &RolloutConfig,
+    ) -> Output {
         let from = self.weight;
         self.canary = fingerprint;
         self.looks = 0;
@@ -412,35 +466,76 @@ impl Rollout {
         if self.canary.is_empty() {
             self.phase = Phase::Idle;
             self.paused = false;
-            let d = self.record(at_ms, DecisionAction::Idle, Reason::CanaryChanged, from, "no canary backends: all new flows go to stable".into(), None);
-            return self.output(d);
+            let d = self.record(
+                at_ms,
+                DecisionAction::Idle,
+                Reason::CanaryChanged,
+                from,
+                "no canary backends: all new flows go to stable".into(),
+                None,
+            );
+            return self.output(Some(d));
         }
         self.phase = Phase::Pending;
         self.paused = cfg.start == StartMode::Paused;
         let message = format!(
             "new canary group ({}): warming up{}",
             self.canary.join(", "),
-            if self.paused { "; paused until `canary resume` (start = paused)" } else { "" }
+            if self.paused {
+                "; paused until `canary resume` (start = paused)"
+            } else {
+                ""
+            }
         );
-        let d = self.record(at_ms, DecisionAction::Start, Reason::CanaryChanged, from, message, None);
+        let d = self.record(
+            at_ms,
+            DecisionAction::Start,
+            Reason::CanaryChanged,
+            from,
+            message,
+            None,
+        );
         Output {
             warm_up: true,
-            ..self.output(d)
+            ..self.output(Some(d))
         }
     }
 
-    fn first_step(&mut self, at_ms: u64, cfg: &RolloutConfig, reason: Reason, message: &str) -> Output {
+    fn first_step(
+        &mut self,
+        at_ms: u64,
+        cfg: &RolloutConfig,
+        reason: Reason,
+        message: &str,
+    ) -> Output {
         let first = cfg.steps.first().copied().unwrap_or(Weight::FULL);
         let from = self.weight;
         self.enter_weight(at_ms, first);
         self.window.after_warmup = true;
-        let action = if self.phase == Phase::Promoted { DecisionAction::Promote } else { DecisionAction::Step };
-        let d = self.record(at_ms, action, reason, from, format!("{message}: first step {first}"), None);
-        self.output(d)
+        let action = if self.phase == Phase::Promoted {
+            DecisionAction::Promote
+        } else {
+            DecisionAction::Step
+        };
+        let d = self.record(
+            at_ms,
+            action,
+            reason,
+            from,
+            format!("{message}: first step {first}"),
+            None,
+        );
+        self.output(Some(d))
     }
 
     /// Handles an event from the controller.
-    pub fn on_event(&mut self, at_ms: u64, event: Event, cfg: &RolloutConfig, upstream: &UpstreamConfig) -> Output {
+    pub fn on_event(
+        &mut self,
+        at_ms: u64,
+        event: Event,
+        cfg: &RolloutConfig,
+        upstream: &UpstreamConfig,
+    ) -> Output {
         match event {
             Event::CanaryChanged { fingerprint } => {
                 if fingerprint == self.canary {
@@ -455,8 +550,15 @@ impl Rollout {
                 }
                 self.warmed_up = true;
                 if self.paused {
-                    let d = self.record(at_ms, DecisionAction::Hold, Reason::Paused, self.weight, "warm-up done; paused: `canary resume` starts the first step".into(), None);
-                    return self.output(d);
+                    let d = self.record(
+                        at_ms,
+                        DecisionAction::Hold,
+                        Reason::Paused,
+                        self.weight,
+                        "warm-up done; paused: `canary resume` starts the first step".into(),
+                        None,
+                    );
+                    return self.output(Some(d));
                 }
                 self.first_step(at_ms, cfg, Reason::WarmupDone, "warm-up done")
             }
@@ -465,7 +567,13 @@ impl Rollout {
         }
     }
 
-    fn on_poll(&mut self, at_ms: u64, poll: &Poll, cfg: &RolloutConfig, upstream: &UpstreamConfig) -> Output {
+    fn on_poll(
+        &mut self,
+        at_ms: u64,
+        poll: &Poll,
+        cfg: &RolloutConfig,
+        upstream: &UpstreamConfig,
+    ) -> Output {
         if self.phase != Phase::Stepping {
             return self.output(None);
         }
@@ -497,13 +605,18 @@ impl Rollout {
                     rollback_signals: 0,
                     signals: vec![report],
                 };
-                return self.roll_back(at_ms, cfg, Reason::ErrorSpike, message, Some(judgement));
+                return self.roll_back(at_ms, cfg, Reason::ErrorSpike, &message, Some(judgement));
             }
         }
         self.output(None)
     }
 
-    fn on_evaluate(&mut self, at_ms: u64, cfg: &RolloutConfig, upstream: &UpstreamConfig) -> Output {
+    fn on_evaluate(
+        &mut self,
+        at_ms: u64,
+        cfg: &RolloutConfig,
+        upstream: &UpstreamConfig,
+    ) -> Output {
         if self.phase != Phase::Stepping || self.paused {
             return self.output(None);
         }
@@ -516,7 +629,7 @@ impl Rollout {
             } else {
                 format!("missing in the latest poll: {}", missing_now.join(", "))
             };
-            return self.on_missing(at_ms, cfg, what, None);
+            return self.on_missing(at_ms, cfg, &what, None);
         }
         let input = JudgeInput {
             stable: &self.window.stable,
@@ -530,8 +643,11 @@ impl Rollout {
             self.looks += 1;
         }
         if j.reason == Reason::MetricsMissing {
-            let what = j.signals.first().map_or_else(String::new, |s| s.note.clone());
-            return self.on_missing(at_ms, cfg, what, Some(j));
+            let what = j
+                .signals
+                .first()
+                .map_or_else(String::new, |s| s.note.clone());
+            return self.on_missing(at_ms, cfg, &what, Some(j));
         }
         self.missing_intervals = 0;
         match j.verdict {
@@ -542,7 +658,7 @@ impl Rollout {
             Verdict::Rollback => {
                 let message = format!("canary is worse on {} at look {}", j.reason, self.looks);
                 let reason = j.reason;
-                self.roll_back(at_ms, cfg, reason, message, Some(j))
+                self.roll_back(at_ms, cfg, reason, &message, Some(j))
             }
             Verdict::Hold => {
                 let message = match j.reason {
@@ -550,34 +666,66 @@ impl Rollout {
                         "fewer than {} requests in a group so far; holding {}",
                         cfg.min_samples, self.weight
                     ),
-                    _ => format!("not conclusive yet at look {}; holding {}", self.looks, self.weight),
+                    _ => format!(
+                        "not conclusive yet at look {}; holding {}",
+                        self.looks, self.weight
+                    ),
                 };
                 let reason = j.reason;
-                let d = self.record(at_ms, DecisionAction::Hold, reason, self.weight, message, Some(j));
-                self.output(d)
+                let d = self.record(
+                    at_ms,
+                    DecisionAction::Hold,
+                    reason,
+                    self.weight,
+                    message,
+                    Some(j),
+                );
+                self.output(Some(d))
             }
         }
     }
 
-    fn on_missing(&mut self, at_ms: u64, cfg: &RolloutConfig, what: String, judgement: Option<Judgement>) -> Output {
+    fn on_missing(
+        &mut self,
+        at_ms: u64,
+        cfg: &RolloutConfig,
+        what: &str,
+        judgement: Option<Judgement>,
+    ) -> Output {
         self.missing_intervals += 1;
         let n = self.missing_intervals;
         let limit = cfg.metrics_missing_intervals;
         if cfg.metrics_missing == MissingPolicy::Rollback && n >= limit {
-            let message = format!("metrics missing for {n} evaluations ({what}); metrics_missing = rollback");
-            return self.roll_back(at_ms, cfg, Reason::MetricsMissing, message, judgement);
+            let message =
+                format!("metrics missing for {n} evaluations ({what}); metrics_missing = rollback");
+            return self.roll_back(at_ms, cfg, Reason::MetricsMissing, &message, judgement);
         }
         let policy = match cfg.metrics_missing {
             MissingPolicy::Hold => "metrics_missing = hold".to_string(),
             MissingPolicy::Rollback => format!("rollback after {limit}"),
         };
-        let message = format!("metrics missing for {n} evaluation(s) ({what}); holding {} ({policy})", self.weight);
-        let d = self.record(at_ms, DecisionAction::Hold, Reason::MetricsMissing, self.weight, message, judgement);
-        self.output(d)
+        let message = format!(
+            "metrics missing for {n} evaluation(s) ({what}); holding {} ({policy})",
+            self.weight
+        );
+        let d = self.record(
+            at_ms,
+            DecisionAction::Hold,
+            Reason::MetricsMissing,
+            self.weight,
+            message,
+            judgement,
+        );
+        self.output(Some(d))
     }
 
     /// Handles an operator action.
-    pub fn on_action(&mut self, at_ms: u64, action: Action, cfg: &RolloutConfig) -> Result<Output, RolloutError> {
+    pub fn on_action(
+        &mut self,
+        at_ms: u64,
+        action: Action,
+        cfg: &RolloutConfig,
+    ) -> Result<Output, RolloutError> {
         let not = |hint| {
             Err(RolloutError::NotApplicable {
                 action: action.as_str(),
@@ -592,8 +740,15 @@ impl Rollout {
                     return not("only a running rollout can be paused");
                 }
                 self.paused = true;
-                let d = self.record(at_ms, DecisionAction::Pause, Reason::Operator, from, format!("paused by the operator at {}", self.weight), None);
-                Ok(self.output(d))
+                let d = self.record(
+                    at_ms,
+                    DecisionAction::Pause,
+                    Reason::Operator,
+                    from,
+                    format!("paused by the operator at {}", self.weight),
+                    None,
+                );
+                Ok(self.output(Some(d)))
             }
             Action::Resume => {
                 if !matches!(self.phase, Phase::Pending | Phase::Stepping) {
@@ -601,19 +756,37 @@ impl Rollout {
                 }
                 self.paused = false;
                 if self.phase == Phase::Pending && self.warmed_up {
-                    return Ok(self.first_step(at_ms, cfg, Reason::Operator, "resumed by the operator"));
+                    return Ok(self.first_step(
+                        at_ms,
+                        cfg,
+                        Reason::Operator,
+                        "resumed by the operator",
+                    ));
                 }
                 // The interval restarts so the first automatic decision has a full interval.
                 self.last_evaluation_ms = at_ms;
-                let d = self.record(at_ms, DecisionAction::Resume, Reason::Operator, from, format!("resumed by the operator at {}", self.weight), None);
-                Ok(self.output(d))
+                let d = self.record(
+                    at_ms,
+                    DecisionAction::Resume,
+                    Reason::Operator,
+                    from,
+                    format!("resumed by the operator at {}", self.weight),
+                    None,
+                );
+                Ok(self.output(Some(d)))
             }
             Action::Promote => match self.phase {
                 Phase::Pending => {
                     self.warmed_up = true;
                     Ok(self.first_step(at_ms, cfg, Reason::Operator, "promoted by the operator"))
                 }
-                Phase::Stepping => Ok(self.step_up(at_ms, cfg, Reason::Operator, "promoted by the operator".into(), None)),
+                Phase::Stepping => Ok(self.step_up(
+                    at_ms,
+                    cfg,
+                    Reason::Operator,
+                    "promoted by the operator".into(),
+                    None,
+                )),
                 _ => not(HINT_NEW),
             },
             Action::PromoteFull => {
@@ -623,14 +796,30 @@ impl Rollout {
                 self.warmed_up = true;
                 self.paused = false;
                 self.enter_weight(at_ms, Weight::FULL);
-                let d = self.record(at_ms, DecisionAction::Promote, Reason::Operator, from, "promoted to 100% by the operator".into(), None);
-                Ok(self.output(d))
+                let d = self.record(
+                    at_ms,
+                    DecisionAction::Promote,
+                    Reason::Operator,
+                    from,
+                    "promoted to 100% by the operator".into(),
+                    None,
+                );
+                Ok(self.output(Some(d)))
             }
             Action::Rollback => {
-                if !matches!(self.phase, Phase::Pending | Phase::Stepping | Phase::Promoted) {
+                if !matches!(
+                    self.phase,
+                    Phase::Pending | Phase::Stepping | Phase::Promoted
+                ) {
                     return not("there is no canary traffic to roll back");
                 }
-                Ok(self.roll_back(at_ms, cfg, Reason::Operator, "rolled back by the operator".into(), None))
+                Ok(self.roll_back(
+                    at_ms,
+                    cfg,
+                    Reason::Operator,
+                    "rolled back by the operator",
+                    None,
+                ))
             }
             Action::SetWeight(weight) => {
                 if self.phase == Phase::Idle {
@@ -644,8 +833,15 @@ impl Rollout {
                     self.paused = true;
                     format!("set to {weight} by the operator; paused (resume continues from the next step above)")
                 };
-                let d = self.record(at_ms, DecisionAction::SetWeight, Reason::Operator, from, message, None);
-                Ok(self.output(d))
+                let d = self.record(
+                    at_ms,
+                    DecisionAction::SetWeight,
+                    Reason::Operator,
+                    from,
+                    message,
+                    None,
+                );
+                Ok(self.output(Some(d)))
             }
             Action::Start => {
                 if matches!(self.phase, Phase::Pending | Phase::Stepping) {
@@ -709,7 +905,11 @@ mod tests {
         first_share: f64,
     }
 
-    const HEALTHY: Canary = Canary { error_rate: 0.01, shift_ms: 0.0, first_share: 0.6 };
+    const HEALTHY: Canary = Canary {
+        error_rate: 0.01,
+        shift_ms: 0.0,
+        first_share: 0.6,
+    };
 
     /// One poll of `total` requests split by the rollout's weight.
     fn poll(r: &Rollout, total: u64, canary: Canary) -> Poll {
@@ -717,9 +917,22 @@ mod tests {
         let n_s = total - n_c;
         let errors = |n: u64, rate: f64| (n as f64 * rate).round() as u64;
         Poll {
-            stable: window(n_s, errors(n_s, 0.01), lognormal_histogram(n_s, 100.0, 0.5, 0.0), 0.6),
-            canary: window(n_c, errors(n_c, canary.error_rate), lognormal_histogram(n_c, 100.0, 0.5, canary.shift_ms), canary.first_share),
-            flows: FlowCounts { stable: n_s, canary: n_c },
+            stable: window(
+                n_s,
+                errors(n_s, 0.01),
+                lognormal_histogram(n_s, 100.0, 0.5, 0.0),
+                0.6,
+            ),
+            canary: window(
+                n_c,
+                errors(n_c, canary.error_rate),
+                lognormal_histogram(n_c, 100.0, 0.5, canary.shift_ms),
+                canary.first_share,
+            ),
+            flows: FlowCounts {
+                stable: n_s,
+                canary: n_c,
+            },
         }
     }
 
@@ -728,13 +941,23 @@ mod tests {
         assert!(out.warm_up);
         assert_eq!((r.phase(), out.weight), (Phase::Pending, Weight::ZERO));
         let out = r.on_event(0, Event::WarmupDone, cfg, &up());
-        assert_eq!((r.phase(), out.weight.basis_points()), (Phase::Stepping, 1000));
+        assert_eq!(
+            (r.phase(), out.weight.basis_points()),
+            (Phase::Stepping, 1000)
+        );
         r
     }
 
     /// Polls every second (evaluating when due) until a decision that is not a hold, or
     /// `seconds` pass. Returns the time and that output.
-    fn drive(r: &mut Rollout, cfg: &RolloutConfig, from: u64, seconds: u64, total: u64, canary: Canary) -> (u64, Option<Output>) {
+    fn drive(
+        r: &mut Rollout,
+        cfg: &RolloutConfig,
+        from: u64,
+        seconds: u64,
+        total: u64,
+        canary: Canary,
+    ) -> (u64, Option<Output>) {
         for s in 1..=seconds {
             let t = from + s * SECOND;
             let p = poll(r, total, canary);
@@ -744,7 +967,11 @@ mod tests {
             }
             if r.evaluation_due(t, cfg) {
                 let out = r.on_event(t, Event::Evaluate, cfg, &up());
-                if out.decision.as_ref().is_some_and(|d| d.action != DecisionAction::Hold) {
+                if out
+                    .decision
+                    .as_ref()
+                    .is_some_and(|d| d.action != DecisionAction::Hold)
+                {
                     return (t, Some(out));
                 }
             }
@@ -782,29 +1009,53 @@ mod tests {
         let d = out.decision.unwrap();
         assert_eq!(d.action, DecisionAction::Rollback, "{d}");
         assert!(expected.contains(&d.reason), "{d}");
-        assert_eq!((out.weight, r.phase(), out.reset_epoch), (Weight::ZERO, Phase::RolledBack, false));
+        assert_eq!(
+            (out.weight, r.phase(), out.reset_epoch),
+            (Weight::ZERO, Phase::RolledBack, false)
+        );
         assert_eq!(d.from.basis_points(), 1000, "caught at the first step");
         assert!(d.judgement.is_some());
     }
 
     #[test]
     fn rolls_back_on_error_rate() {
-        rolls_back_on(Canary { error_rate: 0.04, ..HEALTHY }, &[Reason::ErrorRate]);
+        rolls_back_on(
+            Canary {
+                error_rate: 0.04,
+                ..HEALTHY
+            },
+            &[Reason::ErrorRate],
+        );
     }
 
     #[test]
     fn rolls_back_on_latency() {
-        rolls_back_on(Canary { shift_ms: 100.0, ..HEALTHY }, &[Reason::LatencyMean, Reason::LatencyP95]);
+        rolls_back_on(
+            Canary {
+                shift_ms: 100.0,
+                ..HEALTHY
+            },
+            &[Reason::LatencyMean, Reason::LatencyP95],
+        );
     }
 
     #[test]
     fn rolls_back_on_prediction_shift() {
-        rolls_back_on(Canary { first_share: 0.8, ..HEALTHY }, &[Reason::PredictionShift]);
+        rolls_back_on(
+            Canary {
+                first_share: 0.8,
+                ..HEALTHY
+            },
+            &[Reason::PredictionShift],
+        );
     }
 
     #[test]
     fn reset_mode_asks_for_a_new_epoch() {
-        let cfg = RolloutConfig { rollback: RollbackMode::Reset, ..cfg() };
+        let cfg = RolloutConfig {
+            rollback: RollbackMode::Reset,
+            ..cfg()
+        };
         let mut r = started(&cfg);
         let out = r.on_action(5 * SECOND, Action::Rollback, &cfg).unwrap();
         assert!(out.reset_epoch);
@@ -817,12 +1068,33 @@ mod tests {
         let mut r = started(&cfg);
         // First poll after the warm-up is left out; the next healthy poll is fine.
         for s in 1..=2 {
-            let out = r.on_event(s * SECOND, Event::Poll(poll(&r, 2000, HEALTHY)), &cfg, &up());
+            let out = r.on_event(
+                s * SECOND,
+                Event::Poll(poll(&r, 2000, HEALTHY)),
+                &cfg,
+                &up(),
+            );
             assert!(out.decision.is_none());
         }
-        let out = r.on_event(3 * SECOND, Event::Poll(poll(&r, 2000, Canary { error_rate: 0.3, ..HEALTHY })), &cfg, &up());
+        let out = r.on_event(
+            3 * SECOND,
+            Event::Poll(poll(
+                &r,
+                2000,
+                Canary {
+                    error_rate: 0.3,
+                    ..HEALTHY
+                },
+            )),
+            &cfg,
+            &up(),
+        );
         let d = out.decision.expect("rolled back on this poll");
-        assert_eq!((d.action, d.reason, out.weight), (DecisionAction::Rollback, Reason::ErrorSpike, Weight::ZERO), "{d}");
+        assert_eq!(
+            (d.action, d.reason, out.weight),
+            (DecisionAction::Rollback, Reason::ErrorSpike, Weight::ZERO),
+            "{d}"
+        );
         assert!(d.message.contains("60 errors of 200 requests"), "{d}");
     }
 
@@ -831,10 +1103,24 @@ mod tests {
         let cfg = cfg();
         let mut r = started(&cfg);
         // 100 requests a second: the canary gets 10, far below 1000 per step in 60 s.
-        let (_, out) = drive(&mut r, &cfg, 0, 60, 100, Canary { error_rate: 0.05, ..HEALTHY });
+        let (_, out) = drive(
+            &mut r,
+            &cfg,
+            0,
+            60,
+            100,
+            Canary {
+                error_rate: 0.05,
+                ..HEALTHY
+            },
+        );
         assert!(out.is_none(), "no decision but holds");
         let d = r.last_decision().unwrap();
-        assert_eq!((d.action, d.reason), (DecisionAction::Hold, Reason::InsufficientSamples), "{d}");
+        assert_eq!(
+            (d.action, d.reason),
+            (DecisionAction::Hold, Reason::InsufficientSamples),
+            "{d}"
+        );
         assert_eq!(r.weight().basis_points(), 1000);
         assert_eq!(r.looks(), 0, "no look spent below min_samples");
     }
@@ -856,16 +1142,28 @@ mod tests {
             if r.evaluation_due(t, &cfg) {
                 let out = r.on_event(t, Event::Evaluate, &cfg, &up());
                 let d = out.decision.unwrap();
-                assert_eq!((d.action, d.reason), (DecisionAction::Hold, Reason::MetricsMissing), "{d}");
+                assert_eq!(
+                    (d.action, d.reason),
+                    (DecisionAction::Hold, Reason::MetricsMissing),
+                    "{d}"
+                );
                 assert!(d.message.contains("canary.errors"), "{d}");
             }
         }
-        assert_eq!((r.phase(), r.weight().basis_points()), (Phase::Stepping, 1000), "never promoted");
+        assert_eq!(
+            (r.phase(), r.weight().basis_points()),
+            (Phase::Stepping, 1000),
+            "never promoted"
+        );
     }
 
     #[test]
     fn missing_metrics_roll_back_when_configured() {
-        let cfg = RolloutConfig { metrics_missing: MissingPolicy::Rollback, metrics_missing_intervals: 2, ..cfg() };
+        let cfg = RolloutConfig {
+            metrics_missing: MissingPolicy::Rollback,
+            metrics_missing_intervals: 2,
+            ..cfg()
+        };
         let mut r = started(&cfg);
         let mut rollback_at = None;
         for s in 1..=60 {
@@ -902,34 +1200,83 @@ mod tests {
         assert_eq!(r.weight().basis_points(), 1000);
         r.on_action(301 * SECOND, Action::Resume, &cfg).unwrap();
         let (_, out) = drive(&mut r, &cfg, 301 * SECOND, 60, 2000, HEALTHY);
-        assert_eq!(out.unwrap().weight.basis_points(), 2500, "data gathered while paused counts");
+        assert_eq!(
+            out.unwrap().weight.basis_points(),
+            2500,
+            "data gathered while paused counts"
+        );
         // A spike still rolls back a paused rollout.
         r.on_action(400 * SECOND, Action::Pause, &cfg).unwrap();
-        r.on_event(401 * SECOND, Event::Poll(poll(&r, 2000, HEALTHY)), &cfg, &up());
-        let out = r.on_event(402 * SECOND, Event::Poll(poll(&r, 2000, Canary { error_rate: 0.5, ..HEALTHY })), &cfg, &up());
+        r.on_event(
+            401 * SECOND,
+            Event::Poll(poll(&r, 2000, HEALTHY)),
+            &cfg,
+            &up(),
+        );
+        let out = r.on_event(
+            402 * SECOND,
+            Event::Poll(poll(
+                &r,
+                2000,
+                Canary {
+                    error_rate: 0.5,
+                    ..HEALTHY
+                },
+            )),
+            &cfg,
+            &up(),
+        );
         assert_eq!(out.decision.unwrap().reason, Reason::ErrorSpike);
     }
 
     #[test]
     fn start_paused_waits_for_resume() {
-        let cfg = RolloutConfig { start: StartMode::Paused, ..cfg() };
+        let cfg = RolloutConfig {
+            start: StartMode::Paused,
+            ..cfg()
+        };
         let (mut r, _) = Rollout::new(0, vec!["c".into()], &cfg);
         assert!(r.paused());
         let out = r.on_event(SECOND, Event::WarmupDone, &cfg, &up());
         assert_eq!((r.phase(), out.weight), (Phase::Pending, Weight::ZERO));
         let out = r.on_action(2 * SECOND, Action::Resume, &cfg).unwrap();
-        assert_eq!((r.phase(), out.weight.basis_points()), (Phase::Stepping, 1000));
+        assert_eq!(
+            (r.phase(), out.weight.basis_points()),
+            (Phase::Stepping, 1000)
+        );
     }
 
     #[test]
     fn operator_actions() {
         let cfg = cfg();
         let mut r = started(&cfg);
-        assert_eq!(r.on_action(SECOND, Action::Promote, &cfg).unwrap().weight.basis_points(), 2500);
+        assert_eq!(
+            r.on_action(SECOND, Action::Promote, &cfg)
+                .unwrap()
+                .weight
+                .basis_points(),
+            2500
+        );
         assert_eq!(r.step(&cfg), Some(1));
-        let out = r.on_action(2 * SECOND, Action::SetWeight(Weight::from_basis_points(3300)), &cfg).unwrap();
-        assert_eq!((out.weight.basis_points(), r.paused(), r.step(&cfg)), (3300, true, None));
-        assert_eq!(r.on_action(3 * SECOND, Action::Promote, &cfg).unwrap().weight.basis_points(), 5000, "next step above");
+        let out = r
+            .on_action(
+                2 * SECOND,
+                Action::SetWeight(Weight::from_basis_points(3300)),
+                &cfg,
+            )
+            .unwrap();
+        assert_eq!(
+            (out.weight.basis_points(), r.paused(), r.step(&cfg)),
+            (3300, true, None)
+        );
+        assert_eq!(
+            r.on_action(3 * SECOND, Action::Promote, &cfg)
+                .unwrap()
+                .weight
+                .basis_points(),
+            5000,
+            "next step above"
+        );
         let out = r.on_action(4 * SECOND, Action::PromoteFull, &cfg).unwrap();
         assert_eq!((out.weight, r.phase()), (Weight::FULL, Phase::Promoted));
         let e = r.on_action(5 * SECOND, Action::Promote, &cfg).unwrap_err();
@@ -940,11 +1287,21 @@ mod tests {
         assert!(r.on_action(7 * SECOND, Action::Pause, &cfg).is_err());
         let out = r.on_action(8 * SECOND, Action::Start, &cfg).unwrap();
         assert!(out.warm_up);
-        assert_eq!((r.phase(), out.decision.unwrap().reason), (Phase::Pending, Reason::Operator));
+        assert_eq!(
+            (r.phase(), out.decision.unwrap().reason),
+            (Phase::Pending, Reason::Operator)
+        );
         assert!(r.on_action(9 * SECOND, Action::Start, &cfg).is_err());
         // Promote during warm-up skips the rest of it; set-weight 100 promotes.
-        assert_eq!(r.on_action(10 * SECOND, Action::Promote, &cfg).unwrap().weight.basis_points(), 1000);
-        r.on_action(11 * SECOND, Action::SetWeight(Weight::FULL), &cfg).unwrap();
+        assert_eq!(
+            r.on_action(10 * SECOND, Action::Promote, &cfg)
+                .unwrap()
+                .weight
+                .basis_points(),
+            1000
+        );
+        r.on_action(11 * SECOND, Action::SetWeight(Weight::FULL), &cfg)
+            .unwrap();
         assert_eq!(r.phase(), Phase::Promoted);
     }
 
@@ -953,13 +1310,37 @@ mod tests {
         let cfg = cfg();
         let mut r = started(&cfg);
         r.on_action(SECOND, Action::Promote, &cfg).unwrap();
-        let same = r.on_event(2 * SECOND, Event::CanaryChanged { fingerprint: vec!["v2-a@198.18.0.21".into()] }, &cfg, &up());
+        let same = r.on_event(
+            2 * SECOND,
+            Event::CanaryChanged {
+                fingerprint: vec!["v2-a@198.18.0.21".into()],
+            },
+            &cfg,
+            &up(),
+        );
         assert!(same.decision.is_none());
         assert_eq!(r.weight().basis_points(), 2500);
-        let out = r.on_event(3 * SECOND, Event::CanaryChanged { fingerprint: vec!["v3-a@198.18.0.31".into()] }, &cfg, &up());
+        let out = r.on_event(
+            3 * SECOND,
+            Event::CanaryChanged {
+                fingerprint: vec!["v3-a@198.18.0.31".into()],
+            },
+            &cfg,
+            &up(),
+        );
         assert!(out.warm_up);
-        assert_eq!((r.phase(), out.weight, r.looks()), (Phase::Pending, Weight::ZERO, 0));
-        let out = r.on_event(4 * SECOND, Event::CanaryChanged { fingerprint: vec![] }, &cfg, &up());
+        assert_eq!(
+            (r.phase(), out.weight, r.looks()),
+            (Phase::Pending, Weight::ZERO, 0)
+        );
+        let out = r.on_event(
+            4 * SECOND,
+            Event::CanaryChanged {
+                fingerprint: vec![],
+            },
+            &cfg,
+            &up(),
+        );
         assert_eq!((r.phase(), out.weight), (Phase::Idle, Weight::ZERO));
         assert!(r.on_action(5 * SECOND, Action::Start, &cfg).is_err());
     }
@@ -972,27 +1353,46 @@ mod tests {
         let (t, _) = drive(&mut r, &cfg, SECOND, 10, 2000, HEALTHY);
         let saved = r.to_json();
         let mut restored = Rollout::from_json(&saved).expect("state reads back");
-        assert_eq!((restored.phase(), restored.weight(), restored.step(&cfg)), (Phase::Stepping, Weight::from_basis_points(2500), Some(1)));
+        assert_eq!(
+            (restored.phase(), restored.weight(), restored.step(&cfg)),
+            (Phase::Stepping, Weight::from_basis_points(2500), Some(1))
+        );
         assert_eq!(restored.window().polls, r.window().polls);
         assert_eq!(restored.looks(), r.looks());
         // Both continue identically.
         let (a, out_a) = drive(&mut r, &cfg, t, 120, 2000, HEALTHY);
         let (b, out_b) = drive(&mut restored, &cfg, t, 120, 2000, HEALTHY);
         assert_eq!((a, out_a.map(|o| o.weight)), (b, out_b.map(|o| o.weight)));
-        assert!(matches!(Rollout::from_json("{"), Err(RolloutError::State(_))));
+        assert!(matches!(
+            Rollout::from_json("{"),
+            Err(RolloutError::State(_))
+        ));
     }
 
     #[test]
     fn decisions_display_and_serialize() {
         let cfg = cfg();
         let mut r = started(&cfg);
-        let (_, out) = drive(&mut r, &cfg, 0, 600, 2000, Canary { error_rate: 0.05, ..HEALTHY });
+        let (_, out) = drive(
+            &mut r,
+            &cfg,
+            0,
+            600,
+            2000,
+            Canary {
+                error_rate: 0.05,
+                ..HEALTHY
+            },
+        );
         let d = out.unwrap().decision.unwrap();
         let text = d.to_string();
         assert!(text.starts_with("rollback (error_rate): 10% -> 0%, phase rolled_back: canary is worse on error_rate"), "{text}");
         assert!(text.contains("error_rate    FAIL"), "{text}");
         let json = serde_json::to_string(&d).unwrap();
         let back: Decision = serde_json::from_str(&json).unwrap();
-        assert_eq!((back.action, back.reason, back.to), (d.action, d.reason, d.to));
+        assert_eq!(
+            (back.action, back.reason, back.to),
+            (d.action, d.reason, d.to)
+        );
     }
 }

@@ -95,6 +95,7 @@ impl Histogram {
     }
 
     /// Sum of two histograms over their shared bounds.
+    #[must_use]
     pub fn plus(&self, other: &Histogram) -> Histogram {
         let shared: Vec<f64> = self
             .bounds
@@ -105,7 +106,12 @@ impl Histogram {
         let a = self.restricted_to(&shared);
         let b = other.restricted_to(&shared);
         Histogram {
-            cumulative: a.cumulative.iter().zip(&b.cumulative).map(|(x, y)| x + y).collect(),
+            cumulative: a
+                .cumulative
+                .iter()
+                .zip(&b.cumulative)
+                .map(|(x, y)| x + y)
+                .collect(),
             bounds: shared,
             count: a.count + b.count,
             sum: a.sum + b.sum,
@@ -180,16 +186,18 @@ pub struct Delta {
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// The text is not a Prometheus text exposition.
-    #[error("metrics are not in the Prometheus text format ({0}); check the backend's metrics_url")]
+    #[error(
+        "metrics are not in the Prometheus text format ({0}); check the backend's metrics_url"
+    )]
     Format(#[source] std::io::Error),
 }
 
 fn sum_counter(samples: &[prometheus_parse::Sample], name: &str) -> Option<f64> {
     let mut total = None;
     for s in samples.iter().filter(|s| s.metric == name) {
-        let v = match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
-            _ => continue,
+        let (prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v)) = s.value
+        else {
+            continue;
         };
         if v.is_finite() {
             *total.get_or_insert(0.0) += v;
@@ -221,12 +229,16 @@ fn histogram_buckets(samples: &[prometheus_parse::Sample], name: &str) -> Vec<Ve
         else {
             continue;
         };
-        let Some(le) = s.labels.get("le").and_then(|le| parse_float(le)) else {
+        let Some(le) = s.labels.get("le").and_then(parse_float) else {
             continue;
         };
-        let mut rest: Vec<(&String, &String)> = s.labels.iter().filter(|(k, _)| *k != "le").collect();
+        let mut rest: Vec<(&String, &String)> =
+            s.labels.iter().filter(|(k, _)| *k != "le").collect();
         rest.sort();
-        by_labels.entry(format!("{rest:?}")).or_default().push((le, v));
+        by_labels
+            .entry(format!("{rest:?}"))
+            .or_default()
+            .push((le, v));
     }
     by_labels.into_values().collect()
 }
@@ -258,9 +270,7 @@ fn build_histogram(
             return None;
         }
         let finite = &buckets[..buckets.len() - 1];
-        let monotone = finite
-            .windows(2)
-            .all(|w| w[0].1 <= w[1].1)
+        let monotone = finite.windows(2).all(|w| w[0].1 <= w[1].1)
             && finite.last().is_none_or(|b| b.1 <= inf_count);
         if !monotone || buckets.iter().any(|b| !b.1.is_finite() || b.1 < 0.0) {
             problems.push(format!("{name}: histogram buckets are not cumulative"));
@@ -278,13 +288,11 @@ fn build_histogram(
         });
     }
     let mut h = total?;
-    match sum_counter(samples, &format!("{name}_sum")) {
-        Some(sum) => h.sum = sum,
-        None => {
-            problems.push(format!("{name}: histogram has no {name}_sum"));
-            return None;
-        }
-    }
+    let Some(sum) = sum_counter(samples, &format!("{name}_sum")) else {
+        problems.push(format!("{name}: histogram has no {name}_sum"));
+        return None;
+    };
+    h.sum = sum;
     Some(h)
 }
 
@@ -326,7 +334,12 @@ pub fn parse_exposition(text: &str, series: &UpstreamConfig) -> Result<Snapshot,
         None
     };
     let preds = if enabled(&series.predictions) {
-        predictions(samples, &series.predictions, &series.prediction_label, &mut problems)
+        predictions(
+            samples,
+            &series.predictions,
+            &series.prediction_label,
+            &mut problems,
+        )
     } else {
         None
     };
@@ -373,11 +386,15 @@ impl Snapshot {
         let errors = counter_delta(&self.errors, &earlier.errors, &mut reset);
         let latency = match (&self.latency, &earlier.latency) {
             (Series::Missing, _) => Series::Missing,
-            (Series::Present(n), Series::Missing) => Series::Present(Histogram::empty(n.bounds.clone())),
-            (Series::Present(n), Series::Present(e)) => Series::Present(n.minus(e).unwrap_or_else(|| {
-                reset = true;
-                n.clone()
-            })),
+            (Series::Present(n), Series::Missing) => {
+                Series::Present(Histogram::empty(n.bounds.clone()))
+            }
+            (Series::Present(n), Series::Present(e)) => {
+                Series::Present(n.minus(e).unwrap_or_else(|| {
+                    reset = true;
+                    n.clone()
+                }))
+            }
         };
         let predictions = match (&self.predictions, &earlier.predictions) {
             (Series::Missing, _) => Series::Missing,
@@ -392,7 +409,11 @@ impl Snapshot {
                 Series::Present(
                     n.iter()
                         .map(|(k, v)| {
-                            let base = if went_back { 0.0 } else { e.get(k).copied().unwrap_or(0.0) };
+                            let base = if went_back {
+                                0.0
+                            } else {
+                                e.get(k).copied().unwrap_or(0.0)
+                            };
                             (k.clone(), (v - base).round() as u64)
                         })
                         .collect(),
@@ -522,6 +543,11 @@ pub fn aggregate<'a>(windows: impl IntoIterator<Item = &'a Window>) -> Window {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::float_cmp,
+    clippy::many_single_char_names,
+    reason = "test values are exact small integers and halves"
+)]
 mod tests {
     use super::*;
 
@@ -631,7 +657,12 @@ predictions_total{class="negative"} 390
 
     #[test]
     fn delta_between_snapshots() {
-        let d = snapshot(150.0, 3.0, [120.0, 150.0], 90.0).delta_since(&snapshot(100.0, 1.0, [80.0, 100.0], 60.0));
+        let d = snapshot(150.0, 3.0, [120.0, 150.0], 90.0).delta_since(&snapshot(
+            100.0,
+            1.0,
+            [80.0, 100.0],
+            60.0,
+        ));
         assert!(!d.reset);
         assert_eq!(d.window.requests, Series::Present(50));
         assert_eq!(d.window.errors, Series::Present(2));
@@ -644,7 +675,12 @@ predictions_total{class="negative"} 390
     #[test]
     fn counter_reset_counts_from_zero() {
         // The backend restarted between scrapes: its counters start again.
-        let d = snapshot(20.0, 1.0, [15.0, 20.0], 12.0).delta_since(&snapshot(100.0, 5.0, [80.0, 100.0], 60.0));
+        let d = snapshot(20.0, 1.0, [15.0, 20.0], 12.0).delta_since(&snapshot(
+            100.0,
+            5.0,
+            [80.0, 100.0],
+            60.0,
+        ));
         assert!(d.reset);
         assert_eq!(d.window.requests, Series::Present(20));
         assert_eq!(d.window.errors, Series::Present(1));
@@ -677,13 +713,23 @@ predictions_total{class="negative"} 390
         let a = Window {
             requests: Series::Present(10),
             errors: Series::Present(1),
-            latency: Series::Present(Histogram { bounds: vec![0.1, 0.2], cumulative: vec![4.0, 8.0], count: 10.0, sum: 1.0 }),
+            latency: Series::Present(Histogram {
+                bounds: vec![0.1, 0.2],
+                cumulative: vec![4.0, 8.0],
+                count: 10.0,
+                sum: 1.0,
+            }),
             predictions: Series::Present([("x".to_string(), 3)].into()),
         };
         let b = Window {
             requests: Series::Present(5),
             errors: Series::Present(0),
-            latency: Series::Present(Histogram { bounds: vec![0.2, 0.5], cumulative: vec![3.0, 4.0], count: 5.0, sum: 0.7 }),
+            latency: Series::Present(Histogram {
+                bounds: vec![0.2, 0.5],
+                cumulative: vec![3.0, 4.0],
+                count: 5.0,
+                sum: 0.7,
+            }),
             predictions: Series::Present([("x".to_string(), 1), ("y".to_string(), 4)].into()),
         };
         let g = aggregate([&a, &b]);
@@ -697,7 +743,11 @@ predictions_total{class="negative"} 390
         let mut c = b.clone();
         c.errors = Series::Missing;
         let g = aggregate([&a, &c]);
-        assert_eq!(g.errors, Series::Missing, "one silent backend makes the group missing");
+        assert_eq!(
+            g.errors,
+            Series::Missing,
+            "one silent backend makes the group missing"
+        );
         assert_eq!(g.requests, Series::Present(15));
         assert_eq!(aggregate([]), Window::missing());
     }
@@ -713,6 +763,9 @@ predictions_total{class="negative"} 390
         assert_eq!(w.requests, Series::Present(7));
         assert_eq!(w.errors, Series::Present(0));
         assert!(w.missing_series().is_empty());
-        assert_eq!(Window::missing().missing_series(), ["requests", "errors", "latency", "predictions"]);
+        assert_eq!(
+            Window::missing().missing_series(),
+            ["requests", "errors", "latency", "predictions"]
+        );
     }
 }
