@@ -3,5 +3,6 @@
 //! and lookup of the workspace's binaries ([`bins`]).
 
 pub mod bins;
+pub mod deployment;
 pub mod lab;
 pub mod loadgen;

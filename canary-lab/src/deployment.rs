@@ -1,0 +1,397 @@
+//! A whole deployment in a lab: model servers on every backend, the `canary` daemon on the
+//! load balancer with a generated config, and helpers to drive load and read the daemon's
+//! status through its own CLI. Used by the end-to-end tests, the demo and the benchmarks.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::bins;
+use crate::lab::{Lab, LabError, LabProcess, LabSpec, Node, SERVICE_PORT};
+use crate::loadgen::{LoadSpec, Report};
+
+/// Port of the daemon's admin API inside the load balancer's namespace.
+pub const ADMIN_PORT: u16 = 9100;
+
+/// Errors of setting up or driving a deployment.
+#[derive(Debug, thiserror::Error)]
+pub enum DeploymentError {
+    #[error(transparent)]
+    Lab(#[from] LabError),
+    #[error(transparent)]
+    Bin(#[from] bins::BinError),
+    #[error("{0}")]
+    Io(String),
+    #[error("the canary daemon did not become ready in {waited:?}; its log ends with:\n{log}")]
+    NotReady { waited: Duration, log: String },
+    #[error("{what} timed out after {waited:?}; last seen: {last}")]
+    Timeout {
+        what: String,
+        waited: Duration,
+        last: String,
+    },
+    #[error("cannot parse {what}: {message}")]
+    Parse { what: String, message: String },
+}
+
+/// Rollout and data-plane settings written into the daemon's config.
+#[derive(Clone, Debug)]
+pub struct DeploymentSpec {
+    pub lab: LabSpec,
+    /// `flow` or `client-ip`.
+    pub affinity: String,
+    /// Percent steps, e.g. `[10.0, 25.0, 50.0, 75.0, 100.0]`.
+    pub steps: Vec<f64>,
+    pub interval: String,
+    pub poll_interval: String,
+    pub min_samples: u64,
+    pub warmup_requests: u32,
+    /// `drain` or `reset`.
+    pub rollback: String,
+    /// `auto` or `paused`.
+    pub start: String,
+    /// `hold` or `rollback`.
+    pub metrics_missing: String,
+    pub metrics_missing_intervals: u32,
+    pub heartbeat_timeout: String,
+    pub flow_table_size: u32,
+    pub error_spike: f64,
+    pub max_error_rate_increase: f64,
+    pub max_latency_increase_ms: f64,
+    pub max_prediction_shift: f64,
+    pub confidence: f64,
+    /// Admin token; `None` = no token file.
+    pub token: Option<String>,
+    /// Extra `canary-model` flags per backend node.
+    pub model_args: fn(&Node) -> Vec<String>,
+}
+
+fn no_args(_: &Node) -> Vec<String> {
+    Vec::new()
+}
+
+impl DeploymentSpec {
+    /// Short intervals suited to tests: 1 s polls, 3 s steps.
+    pub fn new(tag: impl Into<String>) -> Self {
+        DeploymentSpec {
+            lab: LabSpec::new(tag),
+            affinity: "flow".into(),
+            steps: vec![10.0, 25.0, 50.0, 75.0, 100.0],
+            interval: "3s".into(),
+            poll_interval: "1s".into(),
+            min_samples: 200,
+            warmup_requests: 5,
+            rollback: "drain".into(),
+            start: "auto".into(),
+            metrics_missing: "hold".into(),
+            metrics_missing_intervals: 3,
+            heartbeat_timeout: "30s".into(),
+            flow_table_size: 65_536,
+            error_spike: 0.10,
+            max_error_rate_increase: 0.02,
+            max_latency_increase_ms: 50.0,
+            max_prediction_shift: 0.10,
+            confidence: 0.99,
+            token: None,
+            model_args: no_args,
+        }
+    }
+}
+
+/// A running deployment; everything is torn down on drop (the lab ends its processes).
+pub struct Deployment {
+    pub spec: DeploymentSpec,
+    pub lab: Lab,
+    pub canary_bin: PathBuf,
+    pub loadgen_bin: PathBuf,
+    pub config_path: PathBuf,
+    pub token_path: Option<PathBuf>,
+    pub models: Vec<LabProcess>,
+    pub daemon: Option<LabProcess>,
+}
+
+fn io(what: &str) -> impl Fn(std::io::Error) -> DeploymentError + '_ {
+    move |e| DeploymentError::Io(format!("{what}: {e}"))
+}
+
+impl Deployment {
+    /// Lab up, model servers started, config written, daemon started and ready.
+    pub fn start(spec: DeploymentSpec) -> Result<Self, DeploymentError> {
+        let canary_bin = bins::locate("canary", "canary-userspace")?;
+        let model_bin = bins::locate("canary-model", "canary-model")?;
+        let loadgen_bin = bins::locate("canary-loadgen", "canary-lab")?;
+        let lab = Lab::up(&spec.lab)?;
+        let args = spec.model_args;
+        let models = lab.start_models(&model_bin, args)?;
+        let token_path = match &spec.token {
+            Some(t) => {
+                let p = lab.state_dir().join("admin.token");
+                std::fs::write(&p, t).map_err(io("write token file"))?;
+                Some(p)
+            }
+            None => None,
+        };
+        let config_path = lab.state_dir().join("canary.toml");
+        std::fs::write(
+            &config_path,
+            config_text(&spec, &lab, token_path.as_deref()),
+        )
+        .map_err(io("write config"))?;
+        let mut d = Deployment {
+            spec,
+            lab,
+            canary_bin,
+            loadgen_bin,
+            config_path,
+            token_path,
+            models,
+            daemon: None,
+        };
+        d.start_daemon()?;
+        Ok(d)
+    }
+
+    /// Starts `canary run` in the load balancer and waits until its admin API answers and
+    /// every backend has been probed.
+    pub fn start_daemon(&mut self) -> Result<(), DeploymentError> {
+        let lb = self.lab.load_balancer()?.netns.clone();
+        let argv = [
+            self.canary_bin.to_string_lossy().into_owned(),
+            "run".into(),
+            "--config".into(),
+            self.config_path.to_string_lossy().into_owned(),
+        ];
+        let proc = self.lab.spawn_in_env(&lb, &argv, &[("RUST_LOG", "info")])?;
+        self.daemon = Some(proc);
+        let start = Instant::now();
+        let waited = Duration::from_secs(20);
+        while start.elapsed() < waited {
+            if let Ok(status) = self.status() {
+                let probed = status["services"].as_array().is_some_and(|s| {
+                    s.iter().all(|svc| {
+                        svc["backends"].as_array().is_some_and(|b| {
+                            b.iter()
+                                .all(|b| b["down_reason"].as_str() != Some("not probed yet"))
+                        })
+                    })
+                });
+                if probed {
+                    return Ok(());
+                }
+            }
+            if let Some(d) = &mut self.daemon {
+                if !d.is_running() {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err(DeploymentError::NotReady {
+            waited,
+            log: self.daemon_log_tail(),
+        })
+    }
+
+    /// The last lines of the daemon's log.
+    pub fn daemon_log_tail(&self) -> String {
+        self.daemon
+            .as_ref()
+            .map(|d| d.log_tail(40))
+            .unwrap_or_default()
+    }
+
+    /// The whole daemon log.
+    pub fn daemon_log(&self) -> String {
+        self.daemon
+            .as_ref()
+            .map(LabProcess::log_text)
+            .unwrap_or_default()
+    }
+
+    fn lb(&self) -> Result<String, DeploymentError> {
+        Ok(self.lab.load_balancer()?.netns.clone())
+    }
+
+    /// Runs the `canary` CLI in the load balancer's namespace (where the admin API listens).
+    pub fn cli(&self, args: &[&str]) -> Result<std::process::Output, DeploymentError> {
+        let mut argv: Vec<String> = vec![self.canary_bin.to_string_lossy().into_owned()];
+        argv.extend(args.iter().map(|s| (*s).to_string()));
+        argv.push("--config".into());
+        argv.push(self.config_path.to_string_lossy().into_owned());
+        Ok(self.lab.output_in(&self.lb()?, &argv)?)
+    }
+
+    /// `canary status --json`, parsed.
+    pub fn status(&self) -> Result<serde_json::Value, DeploymentError> {
+        let out = self.cli(&["status", "--json"])?;
+        if !out.status.success() {
+            return Err(DeploymentError::Io(format!(
+                "canary status failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| DeploymentError::Parse {
+            what: "canary status --json".into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The first service's status.
+    pub fn service_status(&self) -> Result<serde_json::Value, DeploymentError> {
+        Ok(self.status()?["services"][0].clone())
+    }
+
+    /// Polls the status until `pred` holds.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value, DeploymentError> {
+        let start = Instant::now();
+        let mut last = String::new();
+        while start.elapsed() < timeout {
+            if let Ok(s) = self.service_status() {
+                if pred(&s) {
+                    return Ok(s);
+                }
+                last = format!(
+                    "phase {} weight {} decision {}",
+                    s["phase"], s["weight_percent"], s["last_decision"]["message"]
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Err(DeploymentError::Timeout {
+            what: what.into(),
+            waited: timeout,
+            last,
+        })
+    }
+
+    /// Runs the load generator in client `client` with the given arguments; returns its report.
+    pub fn load(&self, client: usize, spec: &LoadSpec) -> Result<Report, DeploymentError> {
+        let node = &self.lab.clients()[client];
+        let mut argv: Vec<String> = vec![self.loadgen_bin.to_string_lossy().into_owned()];
+        argv.extend(spec.to_args());
+        let out = self.lab.output_in(&node.netns, &argv)?;
+        if !out.status.success() {
+            return Err(DeploymentError::Io(format!(
+                "canary-loadgen failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| DeploymentError::Parse {
+            what: "canary-loadgen report".into(),
+            message: format!("{e}: {}", String::from_utf8_lossy(&out.stdout)),
+        })
+    }
+
+    /// Starts the load generator in the background in client `client`.
+    pub fn spawn_load(
+        &self,
+        client: usize,
+        spec: &LoadSpec,
+    ) -> Result<LabProcess, DeploymentError> {
+        let node = &self.lab.clients()[client];
+        let mut argv: Vec<String> = vec![self.loadgen_bin.to_string_lossy().into_owned()];
+        argv.extend(spec.to_args());
+        Ok(self.lab.spawn_in(&node.netns, &argv)?)
+    }
+
+    /// `POST /fault` on a backend (from its own namespace).
+    pub fn fault(&self, node: &Node, json: &str) -> Result<(), DeploymentError> {
+        let out = self.lab.output_in(
+            &node.netns,
+            &[
+                "curl",
+                "-sf",
+                "-m",
+                "5",
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/json",
+                "-d",
+                json,
+                &format!("http://127.0.0.1:{SERVICE_PORT}/fault"),
+            ],
+        )?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(DeploymentError::Io(format!(
+                "POST /fault {json} on {} failed: {}",
+                node.name,
+                String::from_utf8_lossy(&out.stderr)
+            )))
+        }
+    }
+}
+
+/// The daemon config for this lab.
+pub fn config_text(spec: &DeploymentSpec, lab: &Lab, token_file: Option<&Path>) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "[dataplane]");
+    let _ = writeln!(t, "interface = \"eth0\"");
+    let _ = writeln!(t, "xdp_mode = \"auto\"");
+    let _ = writeln!(t, "flow_table_size = {}", spec.flow_table_size);
+    let _ = writeln!(t, "heartbeat_timeout = \"{}\"", spec.heartbeat_timeout);
+    let _ = writeln!(
+        t,
+        "state_dir = \"{}\"",
+        lab.state_dir().join("canary-state").display()
+    );
+    let _ = writeln!(t, "bpffs = \"{}\"", lab.bpffs().join("canary").display());
+    let _ = writeln!(t, "\n[admin]");
+    let _ = writeln!(t, "listen = \"127.0.0.1:{ADMIN_PORT}\"");
+    if let Some(p) = token_file {
+        let _ = writeln!(t, "token_file = \"{}\"", p.display());
+    }
+    let _ = writeln!(t, "\n[[services]]");
+    let _ = writeln!(t, "name = \"sentiment\"");
+    let _ = writeln!(t, "vip = \"{}:{SERVICE_PORT}\"", lab.vip());
+    let _ = writeln!(t, "protocol = \"tcp\"");
+    let _ = writeln!(t, "affinity = \"{}\"", spec.affinity);
+    for (group, nodes) in [("stable", lab.stable()), ("canary", lab.canary())] {
+        for n in nodes {
+            let _ = writeln!(t, "\n  [[services.backends]]");
+            let _ = writeln!(t, "  name = \"{}\"", n.name);
+            let _ = writeln!(t, "  group = \"{group}\"");
+            let _ = writeln!(t, "  address = \"{}\"", n.address);
+            let _ = writeln!(t, "  mac = \"{}\"", n.mac);
+            let _ = writeln!(t, "  health_url = \"{}\"", n.url("/healthz"));
+            let _ = writeln!(t, "  metrics_url = \"{}\"", n.url("/metrics"));
+        }
+    }
+    let steps: Vec<String> = spec.steps.iter().map(|s| format!("{s}")).collect();
+    let _ = writeln!(t, "\n  [services.rollout]");
+    let _ = writeln!(t, "  steps = [{}]", steps.join(", "));
+    let _ = writeln!(t, "  interval = \"{}\"", spec.interval);
+    let _ = writeln!(t, "  poll_interval = \"{}\"", spec.poll_interval);
+    let _ = writeln!(t, "  min_samples = {}", spec.min_samples);
+    let _ = writeln!(t, "  warmup_requests = {}", spec.warmup_requests);
+    let _ = writeln!(t, "  rollback = \"{}\"", spec.rollback);
+    let _ = writeln!(t, "  start = \"{}\"", spec.start);
+    let _ = writeln!(t, "  metrics_missing = \"{}\"", spec.metrics_missing);
+    let _ = writeln!(
+        t,
+        "  metrics_missing_intervals = {}",
+        spec.metrics_missing_intervals
+    );
+    let _ = writeln!(t, "\n  [services.rollout.thresholds]");
+    let _ = writeln!(
+        t,
+        "  max_error_rate_increase = {}",
+        spec.max_error_rate_increase
+    );
+    let _ = writeln!(
+        t,
+        "  max_latency_increase_ms = {}",
+        spec.max_latency_increase_ms
+    );
+    let _ = writeln!(t, "  error_spike = {}", spec.error_spike);
+    let _ = writeln!(t, "  max_prediction_shift = {}", spec.max_prediction_shift);
+    let _ = writeln!(t, "  confidence = {}", spec.confidence);
+    t
+}
