@@ -1083,3 +1083,7 @@ fn histogram_quantile(h: &upstream::Histogram, q: f64) -> Option<f64> {
     }
     Some(lower_bound)
 }
+
+#[cfg(test)]
+#[path = "controller_tests.rs"]
+mod tests;

@@ -1,0 +1,507 @@
+//! The controller against the fake data plane and simulated backends, with a controllable
+//! clock: no sleeps, no network.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, RwLock};
+
+use canary_common::{BACKEND_FLAG_UP, GROUP_CANARY, GROUP_STABLE};
+
+use super::*;
+use crate::config::Config;
+use crate::dataplane::FakeDataPlane;
+use crate::metrics::Metrics;
+use crate::rollout::Phase;
+use crate::scrape::Probe;
+use crate::status::Status;
+
+const BOUNDS: [f64; 8] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+/// A model server's counters, advanced by `serve`, exposed as Prometheus text.
+#[derive(Clone, Debug, Default)]
+struct FakeBackend {
+    requests: u64,
+    errors: u64,
+    buckets: [u64; BOUNDS.len()],
+    sum: f64,
+    positive: u64,
+    negative: u64,
+    healthy: bool,
+    metrics_up: bool,
+}
+
+/// How a version behaves.
+#[derive(Clone, Copy, Debug)]
+struct Behaviour {
+    error_rate: f64,
+    latency_s: f64,
+    positive_share: f64,
+}
+
+const GOOD: Behaviour = Behaviour {
+    error_rate: 0.01,
+    latency_s: 0.02,
+    positive_share: 0.6,
+};
+
+impl FakeBackend {
+    fn new() -> Self {
+        FakeBackend {
+            healthy: true,
+            metrics_up: true,
+            ..FakeBackend::default()
+        }
+    }
+
+    /// Serves `n` requests deterministically (error and class counts by rounding).
+    fn serve(&mut self, n: u64, b: Behaviour) {
+        self.requests += n;
+        self.errors += (n as f64 * b.error_rate).round() as u64;
+        let positive = (n as f64 * b.positive_share).round() as u64;
+        self.positive += positive;
+        self.negative += n - positive;
+        // Spread latencies over the bucket holding `latency_s` and the next one.
+        let i = BOUNDS
+            .iter()
+            .position(|u| *u >= b.latency_s)
+            .unwrap_or(BOUNDS.len() - 1);
+        let half = n / 2;
+        self.buckets[i] += half;
+        self.buckets[(i + 1).min(BOUNDS.len() - 1)] += n - half;
+        self.sum += n as f64 * b.latency_s;
+    }
+
+    fn exposition(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "# TYPE requests_total counter\nrequests_total {}",
+            self.requests
+        );
+        let _ = writeln!(
+            t,
+            "# TYPE request_errors_total counter\nrequest_errors_total {}",
+            self.errors
+        );
+        let _ = writeln!(t, "# TYPE request_duration_seconds histogram");
+        let mut cumulative = 0;
+        for (bound, n) in BOUNDS.iter().zip(self.buckets) {
+            cumulative += n;
+            let _ = writeln!(
+                t,
+                "request_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            t,
+            "request_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+        );
+        let _ = writeln!(t, "request_duration_seconds_sum {}", self.sum);
+        let _ = writeln!(t, "request_duration_seconds_count {cumulative}");
+        let _ = writeln!(t, "# TYPE predictions_total counter");
+        let _ = writeln!(
+            t,
+            "predictions_total{{class=\"positive\"}} {}",
+            self.positive
+        );
+        let _ = writeln!(
+            t,
+            "predictions_total{{class=\"negative\"}} {}",
+            self.negative
+        );
+        t
+    }
+}
+
+fn config_text(extra_rollout: &str) -> String {
+    format!(
+        r#"
+[dataplane]
+interface = "lo"
+heartbeat_timeout = "30s"
+
+[[services]]
+name = "sentiment"
+vip = "198.18.0.100:8080"
+
+  [[services.backends]]
+  name = "s0"
+  group = "stable"
+  address = "198.18.0.11"
+  mac = "02:00:00:00:00:11"
+  health_url = "http://198.18.0.11:8080/healthz"
+  metrics_url = "http://198.18.0.11:8080/metrics"
+
+  [[services.backends]]
+  name = "s1"
+  group = "stable"
+  address = "198.18.0.12"
+  mac = "02:00:00:00:00:12"
+  health_url = "http://198.18.0.12:8080/healthz"
+  metrics_url = "http://198.18.0.12:8080/metrics"
+
+  [[services.backends]]
+  name = "k0"
+  group = "canary"
+  address = "198.18.0.31"
+  mac = "02:00:00:00:00:31"
+  health_url = "http://198.18.0.31:8080/healthz"
+  metrics_url = "http://198.18.0.31:8080/metrics"
+
+  [services.rollout]
+  steps = [10, 50, 100]
+  interval = "10s"
+  poll_interval = "1s"
+  min_samples = 300
+  warmup_requests = 5
+{extra_rollout}
+"#
+    )
+}
+
+/// The controller, its backends and a clock in whole seconds.
+struct Sim {
+    c: Controller<FakeDataPlane>,
+    backends: BTreeMap<String, FakeBackend>,
+    stable: Behaviour,
+    canary: Behaviour,
+    t: u64,
+    /// New requests (and flows) per second.
+    rate: u64,
+    store_dir: std::path::PathBuf,
+}
+
+fn store_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("canary-ctl-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+impl Sim {
+    fn new(name: &str, extra_rollout: &str) -> Sim {
+        let dir = store_dir(name);
+        Sim::with_store(dir, FakeDataPlane::new(), false, extra_rollout)
+    }
+
+    fn with_store(
+        dir: std::path::PathBuf,
+        dp: FakeDataPlane,
+        recovered: bool,
+        extra_rollout: &str,
+    ) -> Sim {
+        let config = Config::from_toml_str(&config_text(extra_rollout)).expect("valid test config");
+        let c = Controller::new(
+            config,
+            dp,
+            recovered,
+            StateStore::new(&dir),
+            Metrics::new().unwrap(),
+            Arc::new(RwLock::new(Status::default())),
+            7,
+            &BTreeMap::new(),
+            0,
+            1,
+        )
+        .expect("controller starts");
+        let backends = ["s0", "s1", "k0"]
+            .iter()
+            .map(|n| ((*n).to_string(), FakeBackend::new()))
+            .collect();
+        Sim {
+            c,
+            backends,
+            stable: GOOD,
+            canary: GOOD,
+            t: 0,
+            rate: 400,
+            store_dir: dir,
+        }
+    }
+
+    fn weight_bp(&self) -> u32 {
+        self.c.rollout("sentiment").unwrap().weight().basis_points()
+    }
+
+    fn phase(&self) -> Phase {
+        self.c.phase("sentiment").unwrap()
+    }
+
+    /// One second: traffic split by the current weight, then a poll; warm-ups complete at once.
+    fn tick(&mut self) {
+        self.t += 1;
+        let w = f64::from(self.weight_bp()) / 10_000.0;
+        let canary_n = (self.rate as f64 * w).round() as u64;
+        let stable_n = self.rate - canary_n;
+        let (s, k) = (self.stable, self.canary);
+        let healthy_stable: Vec<String> = ["s0", "s1"]
+            .iter()
+            .filter(|n| self.backends[**n].healthy)
+            .map(|n| (*n).to_string())
+            .collect();
+        for name in &healthy_stable {
+            let b = self.backends.get_mut(name).unwrap();
+            b.serve(stable_n / healthy_stable.len() as u64, s);
+        }
+        if self.backends["k0"].healthy {
+            self.backends.get_mut("k0").unwrap().serve(canary_n, k);
+        }
+        // The kernel's per-service new-flow counters.
+        if let Some(index) = self.c.programmer.service_index("sentiment") {
+            let stats = &mut self.c.dataplane_mut().service_stats[index as usize];
+            stats.new_flows[GROUP_STABLE as usize] += stable_n;
+            stats.new_flows[GROUP_CANARY as usize] += canary_n;
+        }
+        let observations: Vec<Observation> = self
+            .backends
+            .iter()
+            .map(|(name, b)| Observation {
+                service: "sentiment".into(),
+                backend: name.clone(),
+                health: if b.healthy {
+                    Probe::Healthy
+                } else {
+                    Probe::Unhealthy("connection refused".into())
+                },
+                metrics: if b.metrics_up {
+                    Ok(b.exposition())
+                } else {
+                    Err("metrics endpoint answered 500".into())
+                },
+            })
+            .collect();
+        let now_ms = self.t * 1000;
+        let now_ns = self.t * 1_000_000_000;
+        self.c
+            .on_poll(now_ms, now_ns, &observations, &BTreeMap::new())
+            .expect("poll");
+        for w in self.c.take_warmups() {
+            assert_eq!(w.urls, vec!["http://198.18.0.31:8080/healthz".to_string()]);
+            self.c.warm_up_done(&w.service, now_ms, now_ns);
+        }
+    }
+
+    /// Ticks until `pred` or `limit` seconds; returns the weights seen, in order, deduplicated.
+    fn run_until(&mut self, limit: u64, pred: impl Fn(&Sim) -> bool) -> Vec<u32> {
+        let mut seen = vec![self.weight_bp()];
+        for _ in 0..limit {
+            if pred(self) {
+                break;
+            }
+            self.tick();
+            let w = self.weight_bp();
+            if seen.last() != Some(&w) {
+                seen.push(w);
+            }
+        }
+        seen
+    }
+
+    fn kernel_weight(&self) -> u32 {
+        let i = self.c.programmer.service_index("sentiment").unwrap();
+        self.c.dataplane().control[i as usize].canary_weight
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.store_dir);
+    }
+}
+
+#[test]
+fn healthy_canary_is_promoted_through_every_step() {
+    let mut sim = Sim::new("promote", "");
+    let seen = sim.run_until(200, |s| s.phase() == Phase::Promoted);
+    assert_eq!(sim.phase(), Phase::Promoted, "weights seen {seen:?}");
+    assert_eq!(seen, vec![0, 1000, 5000, 10_000]);
+    assert_eq!(sim.kernel_weight(), 10_000);
+    // Each step lasted at least the evaluation interval.
+    assert!(sim.t >= 20, "promoted after {} s", sim.t);
+    let status = sim.c.status.read().unwrap().clone();
+    let svc = &status.services[0];
+    assert_eq!(svc.phase, "promoted");
+    assert!(
+        svc.events.iter().any(|d| d.judgement.is_some()),
+        "decisions carry evidence"
+    );
+}
+
+#[test]
+fn error_spike_rolls_back_within_one_poll() {
+    let mut sim = Sim::new("spike", "");
+    sim.run_until(100, |s| s.weight_bp() == 5000);
+    assert_eq!(sim.weight_bp(), 5000);
+    sim.canary.error_rate = 0.3;
+    sim.tick();
+    assert_eq!(
+        sim.weight_bp(),
+        0,
+        "spike must roll back at the first poll that sees it"
+    );
+    assert_eq!(sim.phase(), Phase::RolledBack);
+    assert_eq!(sim.kernel_weight(), 0);
+    let d = sim
+        .c
+        .rollout("sentiment")
+        .unwrap()
+        .last_decision()
+        .unwrap()
+        .clone();
+    assert_eq!(d.reason.as_str(), "error_spike", "{d}");
+}
+
+#[test]
+fn slower_canary_is_rolled_back_by_the_judge() {
+    let mut sim = Sim::new("slow", "");
+    sim.canary.latency_s = 0.25;
+    let seen = sim.run_until(200, |s| s.phase() == Phase::RolledBack);
+    assert_eq!(sim.phase(), Phase::RolledBack, "weights {seen:?}");
+    assert!(!seen.contains(&10_000), "never promoted: {seen:?}");
+}
+
+#[test]
+fn restart_resumes_the_same_phase_step_and_weight() {
+    let mut sim = Sim::new("restart", "");
+    sim.run_until(100, |s| s.weight_bp() == 5000);
+    let before = sim.c.rollout("sentiment").unwrap().clone();
+    let dir = sim.store_dir.clone();
+    // The daemon dies; the pinned maps (here: the fake) survive.
+    let dp = std::mem::take(sim.c.dataplane_mut());
+    sim.store_dir = std::env::temp_dir().join("canary-ctl-unused");
+    drop(sim);
+    let mut again = Sim::with_store(dir, dp, true, "");
+    let after = again.c.rollout("sentiment").unwrap();
+    assert_eq!(after.phase(), before.phase());
+    assert_eq!(after.weight(), before.weight());
+    // Indices were recovered from the maps, and the next poll keeps going to promotion.
+    assert!(again.c.programmer.service_index("sentiment").is_some());
+    again.run_until(200, |s| s.phase() == Phase::Promoted);
+    assert_eq!(again.phase(), Phase::Promoted);
+}
+
+#[test]
+fn failing_health_checks_take_a_backend_out_and_back_with_hysteresis() {
+    let mut sim = Sim::new("health", "");
+    sim.tick();
+    let idx = sim.c.programmer.backend_index("sentiment", "s1").unwrap() as usize;
+    assert_eq!(
+        sim.c.dataplane().backends[idx].flags & BACKEND_FLAG_UP,
+        BACKEND_FLAG_UP
+    );
+    sim.backends.get_mut("s1").unwrap().healthy = false;
+    sim.tick();
+    assert_eq!(
+        sim.c.dataplane().backends[idx].flags & BACKEND_FLAG_UP,
+        BACKEND_FLAG_UP,
+        "one failure is not enough"
+    );
+    sim.tick();
+    assert_eq!(
+        sim.c.dataplane().backends[idx].flags & BACKEND_FLAG_UP,
+        0,
+        "two failures take it out"
+    );
+    sim.backends.get_mut("s1").unwrap().healthy = true;
+    sim.tick();
+    assert_eq!(
+        sim.c.dataplane().backends[idx].flags & BACKEND_FLAG_UP,
+        0,
+        "one pass is not enough"
+    );
+    sim.tick();
+    assert_eq!(
+        sim.c.dataplane().backends[idx].flags & BACKEND_FLAG_UP,
+        BACKEND_FLAG_UP
+    );
+}
+
+#[test]
+fn pause_holds_and_operator_rollback_is_immediate() {
+    let mut sim = Sim::new("operator", "");
+    sim.run_until(100, |s| s.weight_bp() == 1000);
+    let reply = sim.c.on_operator(
+        sim.t * 1000,
+        sim.t * 1_000_000_000,
+        None,
+        &OperatorCommand::Pause,
+    );
+    assert!(reply.ok, "{}", reply.message);
+    let seen = sim.run_until(60, |_| false);
+    assert_eq!(seen, vec![1000], "paused rollout moved");
+    let reply = sim.c.on_operator(
+        sim.t * 1000,
+        sim.t * 1_000_000_000,
+        Some("sentiment"),
+        &OperatorCommand::Rollback,
+    );
+    assert!(reply.ok, "{}", reply.message);
+    assert_eq!(sim.kernel_weight(), 0);
+    assert_eq!(sim.phase(), Phase::RolledBack);
+    let reply = sim
+        .c
+        .on_operator(sim.t * 1000, 0, Some("nope"), &OperatorCommand::Pause);
+    assert!(
+        !reply.ok && reply.message.contains("sentiment"),
+        "{}",
+        reply.message
+    );
+}
+
+#[test]
+fn missing_metrics_hold_and_never_promote() {
+    let mut sim = Sim::new("missing-hold", "");
+    sim.run_until(100, |s| s.weight_bp() == 1000);
+    sim.backends.get_mut("k0").unwrap().metrics_up = false;
+    let seen = sim.run_until(120, |_| false);
+    assert_eq!(seen, vec![1000], "moved without canary metrics: {seen:?}");
+    assert_eq!(sim.phase(), Phase::Stepping);
+}
+
+#[test]
+fn missing_metrics_roll_back_when_configured() {
+    let mut sim = Sim::new(
+        "missing-rollback",
+        "  metrics_missing = \"rollback\"\n  metrics_missing_intervals = 2",
+    );
+    sim.run_until(100, |s| s.weight_bp() == 1000);
+    sim.backends.get_mut("k0").unwrap().metrics_up = false;
+    let seen = sim.run_until(120, |s| s.phase() == Phase::RolledBack);
+    assert_eq!(sim.phase(), Phase::RolledBack, "weights {seen:?}");
+    assert!(!seen.contains(&5000));
+}
+
+#[test]
+fn reset_rollback_bumps_the_epoch_drain_does_not() {
+    let mut drain = Sim::new("drain", "");
+    drain.run_until(100, |s| s.weight_bp() == 1000);
+    drain.c.on_operator(
+        drain.t * 1000,
+        5_000_000_000,
+        None,
+        &OperatorCommand::Rollback,
+    );
+    let i = drain.c.programmer.service_index("sentiment").unwrap() as usize;
+    assert_eq!(drain.c.dataplane().control[i].reset_epoch_ns, 0);
+
+    let mut reset = Sim::new("reset", "  rollback = \"reset\"");
+    reset.run_until(100, |s| s.weight_bp() == 1000);
+    reset.c.on_operator(
+        reset.t * 1000,
+        5_000_000_000,
+        None,
+        &OperatorCommand::Rollback,
+    );
+    let i = reset.c.programmer.service_index("sentiment").unwrap() as usize;
+    assert_eq!(reset.c.dataplane().control[i].reset_epoch_ns, 5_000_000_000);
+}
+
+#[test]
+fn heartbeat_is_written_every_poll() {
+    let mut sim = Sim::new("heartbeat", "");
+    sim.tick();
+    sim.tick();
+    let i = sim.c.programmer.service_index("sentiment").unwrap() as usize;
+    let control = sim.c.dataplane().control[i];
+    assert_eq!(control.heartbeat_ns, 2_000_000_000);
+    assert_eq!(control.heartbeat_timeout_ns, 30_000_000_000);
+}
