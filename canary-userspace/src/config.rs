@@ -222,7 +222,12 @@ pub struct DataplaneConfig {
     pub heartbeat_timeout: Duration,
     pub state_dir: PathBuf,
     pub bpffs: PathBuf,
+    /// Seed of the flow hash; nodes that share traffic must share it.
+    pub hash_seed: u32,
 }
+
+/// Default `dataplane.hash_seed`.
+pub const DEFAULT_HASH_SEED: u32 = 0x6361_6e61;
 
 /// `[admin]`
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -387,6 +392,7 @@ struct RawDataplane {
     heartbeat_timeout: String,
     state_dir: String,
     bpffs: String,
+    hash_seed: u32,
 }
 
 impl Default for RawDataplane {
@@ -398,6 +404,7 @@ impl Default for RawDataplane {
             heartbeat_timeout: "30s".into(),
             state_dir: "/var/lib/canary".into(),
             bpffs: "/sys/fs/bpf/canary".into(),
+            hash_seed: DEFAULT_HASH_SEED,
         }
     }
 }
@@ -549,6 +556,7 @@ const DATAPLANE_KEYS: &[&str] = &[
     "heartbeat_timeout",
     "state_dir",
     "bpffs",
+    "hash_seed",
 ];
 const ADMIN_KEYS: &[&str] = &["listen", "token_file"];
 const SERVICE_KEYS: &[&str] = &[
@@ -1425,6 +1433,7 @@ fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
             heartbeat_timeout,
             state_dir: PathBuf::from(&d.state_dir),
             bpffs: PathBuf::from(&d.bpffs),
+            hash_seed: d.hash_seed,
         },
         admin: AdminConfig { listen, token_file },
         services,
@@ -1444,6 +1453,7 @@ flow_table_size = 1048576
 heartbeat_timeout = "30s"
 state_dir = "/var/lib/canary"
 bpffs = "/sys/fs/bpf/canary"
+hash_seed = 1667329633
 
 [admin]
 listen = "127.0.0.1:9100"

@@ -24,9 +24,6 @@ use crate::neighbour::KernelNeighbours;
 use crate::scrape::BackendClient;
 use crate::status::Status;
 
-/// Default flow hash seed (`dataplane.hash_seed`): the same on every node.
-pub const DEFAULT_HASH_SEED: u32 = 0x6361_6e61;
-
 /// `canary run` options.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -121,7 +118,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let metrics = Metrics::new().context("cannot register metrics")?;
     let status = Arc::new(RwLock::new(Status::default()));
     let store = StateStore::new(&config.dataplane.state_dir);
-    let hash_seed = DEFAULT_HASH_SEED;
+    let hash_seed = config.dataplane.hash_seed;
     let mut controller = Controller::new(
         config.clone(),
         dp,
