@@ -24,6 +24,18 @@ pub fn run(options: &Options) -> Result<()> {
     println!("test: eBPF object {}", object.display());
 
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // The end-to-end tests run the workspace's binaries (daemon, model server, load generator)
+    // from the same target directory: build them all first.
+    let mut build = Command::new(&cargo);
+    build
+        .args(["build", "--workspace", "--bins"])
+        .current_dir(&root);
+    let status = build
+        .status()
+        .with_context(|| format!("cannot start {build:?}"))?;
+    if !status.success() {
+        bail!("building the workspace binaries failed ({status})");
+    }
     let mut test = Command::new(cargo);
     test.args(["test", "--workspace", "--", "--test-threads=1"])
         .args(&options.test_args)
