@@ -143,21 +143,21 @@ fn default_protocol() -> String {
 async fn route(State(state): State<AdminState>, Query(q): Query<RouteQuery>) -> Response {
     let parse = |what: &str, v: &str| {
         v.parse::<SocketAddr>().map_err(|_| {
-            reply(
+            Box::new(reply(
                 StatusCode::BAD_REQUEST,
                 OperatorReply::refused(format!(
                     "{what} {v:?} is not IP:PORT (IPv6 as [addr]:port)"
                 )),
-            )
+            ))
         })
     };
     let src = match parse("src", &q.src) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let dst = match parse("dst", &q.dst) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let command = OperatorCommand::Route {
         src,
@@ -169,7 +169,7 @@ async fn route(State(state): State<AdminState>, Query(q): Query<RouteQuery>) -> 
 
 async fn reload(State(state): State<AdminState>, headers: HeaderMap) -> Response {
     if let Err(r) = authorize(&state, &headers) {
-        return r;
+        return *r;
     }
     forward(&state, None, OperatorCommand::Reload).await
 }
@@ -188,7 +188,7 @@ async fn service_verb(
     body: Option<Json<VerbBody>>,
 ) -> Response {
     if let Err(r) = authorize(&state, &headers) {
-        return r;
+        return *r;
     }
     let body = body.map(|Json(b)| b).unwrap_or_default();
     let command = match verb.as_str() {
@@ -206,19 +206,21 @@ async fn service_verb(
                 )
             }
         },
-        other => return reply(
-            StatusCode::NOT_FOUND,
-            OperatorReply::refused(format!(
+        other => {
+            return reply(
+                StatusCode::NOT_FOUND,
+                OperatorReply::refused(format!(
                 "unknown verb {other:?}; use start, pause, resume, promote, rollback or set-weight"
             )),
-        ),
+            )
+        }
     };
     // `_` stands for "the only service", so the CLI works without --service.
     let service = (service != "_").then_some(service);
     forward(&state, service, command).await
 }
 
-fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
+fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let Some(token) = &state.token else {
         return Ok(());
     };
@@ -230,12 +232,12 @@ fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
     if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
         Ok(())
     } else {
-        Err(reply(
+        Err(Box::new(reply(
             StatusCode::UNAUTHORIZED,
             OperatorReply::refused(
                 "missing or wrong token: send `Authorization: Bearer <token>` with the token from admin.token_file (canary CLI: --token-file)",
             ),
-        ))
+        )))
     }
 }
 

@@ -98,7 +98,8 @@ pub async fn command(
                 endpoint.url
             );
             if let Some(s) = service {
-                url.push_str(&format!("&service={s}"));
+                url.push_str("&service=");
+                url.push_str(s);
             }
             client.get(url)
         }

@@ -829,9 +829,7 @@ impl<D: DataPlane> Controller<D> {
             self.services.remove(&name);
             changes.push(format!("{name}: removed"));
         }
-        if let Err(e) = self.program(now_ns) {
-            return Err(e);
-        }
+        self.program(now_ns)?;
         for svc in &services {
             self.write_control(svc, now_ns)?;
             self.persist(&svc.name);
@@ -879,7 +877,7 @@ impl<D: DataPlane> Controller<D> {
             self.metrics
                 .rollout_step
                 .with_label_values(&[name])
-                .set(step.map_or(0, |s| s as i64 + 1));
+                .set(step.map_or(0, |s| i64::try_from(s + 1).unwrap_or(i64::MAX)));
             self.metrics
                 .rollout_paused
                 .with_label_values(&[name])

@@ -38,7 +38,7 @@ struct Target {
     /// Config file: its `admin.listen` and `admin.token_file` locate the daemon.
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// Admin API base URL (default http://127.0.0.1:9100).
+    /// Admin API base URL (default `http://127.0.0.1:9100`).
     #[arg(long, env = "CANARY_ADMIN")]
     admin: Option<String>,
     /// File holding the admin token (mutating verbs need it when the daemon has one).
