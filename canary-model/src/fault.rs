@@ -28,6 +28,8 @@ pub struct FaultConfig {
     pub crash_after: Option<u64>,
     /// Make `/healthz` answer 503.
     pub health_failing: bool,
+    /// Make `/metrics` answer 500 (a broken exporter while requests are still served).
+    pub metrics_failing: bool,
 }
 
 impl Default for FaultConfig {
@@ -41,6 +43,7 @@ impl Default for FaultConfig {
             cold_latency_ms: 200,
             crash_after: None,
             health_failing: false,
+            metrics_failing: false,
         }
     }
 }
@@ -85,6 +88,7 @@ pub struct FaultUpdate {
     /// Cancel a pending `crash_after`.
     pub clear_crash: Option<bool>,
     pub health_failing: Option<bool>,
+    pub metrics_failing: Option<bool>,
     /// Exit the process right after answering this request.
     pub crash: Option<bool>,
     /// Reset every fault to its default before applying the other fields.
@@ -125,6 +129,9 @@ impl FaultUpdate {
         }
         if let Some(v) = self.health_failing {
             next.health_failing = v;
+        }
+        if let Some(v) = self.metrics_failing {
+            next.metrics_failing = v;
         }
         next.validate()?;
         Ok(next)
@@ -174,6 +181,10 @@ impl FaultState {
 
     pub fn health_failing(&self) -> bool {
         self.config.health_failing
+    }
+
+    pub fn metrics_failing(&self) -> bool {
+        self.config.metrics_failing
     }
 
     /// Decide the fate of the next request and run the counters down.
@@ -291,6 +302,7 @@ mod tests {
             .update(&FaultUpdate {
                 error_rate: Some(0.25),
                 health_failing: Some(true),
+                metrics_failing: Some(true),
                 ..FaultUpdate::default()
             })
             .unwrap()
@@ -298,6 +310,7 @@ mod tests {
         assert!((cfg.error_rate - 0.25).abs() < f64::EPSILON);
         assert_eq!(cfg.latency_ms, 7, "untouched field keeps its value");
         assert!(s.health_failing());
+        assert!(s.metrics_failing());
 
         let err = s
             .update(&FaultUpdate {

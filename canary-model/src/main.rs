@@ -47,6 +47,9 @@ struct Args {
     /// Start with /healthz failing.
     #[arg(long)]
     health_failing: bool,
+    /// Start with /metrics answering 500.
+    #[arg(long)]
+    metrics_failing: bool,
     /// Seed of the fault draws, for reproducible runs.
     #[arg(long)]
     seed: Option<u64>,
@@ -71,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
         cold_latency_ms: args.cold_latency_ms,
         crash_after: args.crash_after,
         health_failing: args.health_failing,
+        metrics_failing: args.metrics_failing,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

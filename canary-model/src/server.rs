@@ -147,6 +147,13 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    if state.faults().metrics_failing() {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics failing (injected)\n",
+        )
+            .into_response();
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

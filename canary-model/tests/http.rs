@@ -121,10 +121,11 @@ async fn runtime_faults_change_answers() {
         &mut conn,
         "POST",
         "/fault",
-        r#"{"error_rate":1.0,"health_failing":true,"latency_ms":30}"#,
+        r#"{"error_rate":1.0,"health_failing":true,"metrics_failing":true,"latency_ms":30}"#,
     )
     .await;
     assert_eq!(status, 200, "{body}");
+    assert_eq!(exchange(&mut conn, "GET", "/metrics", "").await.0, 500);
     let t = Instant::now();
     let (status, _) = exchange(&mut conn, "POST", "/predict", r#"{"text":"good"}"#).await;
     assert_eq!(status, 500);
