@@ -894,13 +894,20 @@ impl<D: DataPlane> Controller<D> {
                 (config::Group::Stable, &window.stable, window.flows.stable),
                 (config::Group::Canary, &window.canary, window.flows.canary),
             ] {
-                let gs = group_status(g.as_str(), w, flows);
-                if let Series::Present(h) = &w.latency {
+                groups.push(group_status(g.as_str(), w, flows));
+                // The exported histogram is cumulative (Prometheus semantics): the sum of the
+                // group's backends' own histograms, not the step window.
+                let cumulative = svc
+                    .group(g)
+                    .filter_map(|b| rt.backends[&b.name].baseline.latency.present())
+                    .fold(None::<upstream::Histogram>, |acc, h| {
+                        Some(acc.map_or_else(|| h.clone(), |a| a.plus(h)))
+                    });
+                if let Some(h) = cumulative {
                     self.metrics
                         .latency
-                        .set(name, g.as_str(), latency_histogram(h));
+                        .set(name, g.as_str(), latency_histogram(&h));
                 }
-                groups.push(gs);
             }
             let mut backends = Vec::new();
             let mut reported: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
@@ -940,6 +947,7 @@ impl<D: DataPlane> Controller<D> {
                         .set(ratio);
                     let e = reported.entry(b.group.as_str()).or_default();
                     e.0 += r as u64;
+                    e.1 += br.baseline.errors.present().copied().unwrap_or(0.0) as u64;
                 }
                 let down_reason = if br.mac.is_none() {
                     Some(format!(
@@ -966,10 +974,14 @@ impl<D: DataPlane> Controller<D> {
                     metrics_ok: br.metrics_error.is_none(),
                 });
             }
-            for (g, (requests, _)) in reported {
+            for (g, (requests, errors)) in reported {
                 set_counter(
                     &self.metrics.upstream_requests.with_label_values(&[name, g]),
                     requests,
+                );
+                set_counter(
+                    &self.metrics.upstream_errors.with_label_values(&[name, g]),
+                    errors,
                 );
             }
             status.services.push(ServiceStatus {

@@ -505,3 +505,31 @@ fn heartbeat_is_written_every_poll() {
     assert_eq!(control.heartbeat_ns, 2_000_000_000);
     assert_eq!(control.heartbeat_timeout_ns, 30_000_000_000);
 }
+
+#[test]
+fn metrics_follow_the_rollout_the_kernel_and_the_backends() {
+    let mut sim = Sim::new("metrics", "");
+    sim.run_until(100, |s| s.weight_bp() == 1000);
+    let idx = sim.c.programmer.backend_index("sentiment", "k0").unwrap() as usize;
+    sim.c.dataplane_mut().backend_stats[idx].packets = 42;
+    sim.c.dataplane_mut().backend_stats[idx].new_flows = 7;
+    sim.tick();
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&sim.c.metrics.registry.gather())
+        .unwrap();
+    for needle in [
+        "canary_weight_ratio{service=\"sentiment\"} 0.1",
+        "canary_rollout_phase{phase=\"stepping\",service=\"sentiment\"} 1",
+        "canary_rollout_step{service=\"sentiment\"} 1",
+        "canary_backend_packets_total{backend=\"k0\",group=\"canary\",service=\"sentiment\"} 42",
+        "canary_backend_flows_total{backend=\"k0\",group=\"canary\",service=\"sentiment\"} 7",
+        "canary_backend_up{backend=\"s0\",group=\"stable\",service=\"sentiment\"} 1",
+        "canary_upstream_requests_total{group=\"stable\",service=\"sentiment\"}",
+        "canary_upstream_errors_total{group=\"canary\",service=\"sentiment\"}",
+        "canary_upstream_latency_seconds_bucket{group=\"canary\",service=\"sentiment\",le=\"0.025\"}",
+        "canary_decisions_total{action=\"step\",reason=",
+        "canary_upstream_requests_per_flow_ratio{backend=\"k0\"",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+}
