@@ -22,6 +22,7 @@ const APT_PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "iproute2",
     "ethtool",
+    "curl",
 ];
 /// Debian's packaged compiler with a prebuilt `core` for the BPF targets (route 2).
 const DEBIAN_RUSTC_PACKAGES: &[&str] = &["rustc-web", "libstd-rust-web-dev-bpf"];
@@ -302,7 +303,7 @@ fn missing_apt_packages(packages: &[&str]) -> Result<Vec<String>> {
         .output()
         .context(
             "dpkg-query not found: `cargo xtask setup` supports Debian and Ubuntu; elsewhere \
-             install LLVM 22 (with Polly), zstd and zlib headers, iproute2 and ethtool by hand",
+             install LLVM 22 (with Polly), zstd and zlib headers, iproute2, ethtool and curl by hand",
         )?;
     let listing = String::from_utf8_lossy(&output.stdout);
     let installed: Vec<&str> = listing
