@@ -2,6 +2,7 @@
 //! load balancer with a generated config, and helpers to drive load and read the daemon's
 //! status through its own CLI. Used by the end-to-end tests, the demo and the benchmarks.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -192,6 +193,97 @@ impl Deployment {
         })
     }
 
+    /// `SIGKILL` to the daemon by PID (no clean-up runs: pins, link and state stay as they were)
+    /// and reap it. Returns the dead process, whose log stays readable.
+    pub fn kill_daemon(&mut self) -> Option<LabProcess> {
+        let mut d = self.daemon.take()?;
+        d.kill();
+        Some(d)
+    }
+
+    /// `SIGTERM` to the daemon (it stops and leaves the program attached); waits up to 10 s.
+    pub fn stop_daemon(&mut self) -> Option<LabProcess> {
+        let mut d = self.daemon.take()?;
+        d.terminate(Duration::from_secs(10));
+        Some(d)
+    }
+
+    /// An HTTP request to the admin API from inside the load balancer's namespace, with the
+    /// bearer `token` when given. Returns the status code and the body.
+    pub fn admin_http(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        json_body: Option<&str>,
+    ) -> Result<(u16, String), DeploymentError> {
+        const MARK: &str = "\n--canary-http-status:";
+        let url = format!("http://127.0.0.1:{ADMIN_PORT}{path}");
+        let mut argv: Vec<String> = [
+            "curl",
+            "-sS",
+            "-m",
+            "5",
+            "-X",
+            method,
+            "-w",
+            &format!("{MARK}%{{http_code}}"),
+        ]
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect();
+        if let Some(t) = token {
+            argv.extend(["-H".into(), format!("authorization: Bearer {t}")]);
+        }
+        if let Some(b) = json_body {
+            argv.extend([
+                "-H".into(),
+                "content-type: application/json".into(),
+                "-d".into(),
+                b.into(),
+            ]);
+        }
+        argv.push(url.clone());
+        let out = self.lab.output_in(&self.lb()?, &argv)?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let parsed = text
+            .rsplit_once(MARK)
+            .and_then(|(body, code)| Some((code.trim().parse::<u16>().ok()?, body.to_string())));
+        match parsed {
+            Some((code, body)) if out.status.success() => Ok((code, body)),
+            _ => Err(DeploymentError::Io(format!(
+                "{method} {url} failed: {} {}",
+                text,
+                String::from_utf8_lossy(&out.stderr)
+            ))),
+        }
+    }
+
+    /// The daemon's Prometheus exposition (`GET /metrics` on the admin API).
+    pub fn daemon_metrics(&self) -> Result<String, DeploymentError> {
+        match self.admin_http("GET", "/metrics", None, None)? {
+            (200, body) => Ok(body),
+            (code, body) => Err(DeploymentError::Io(format!(
+                "GET /metrics answered {code}: {body}"
+            ))),
+        }
+    }
+
+    /// Cumulative new flows the kernel counted per backend (from the status), by name.
+    pub fn backend_new_flows(&self) -> Result<BTreeMap<String, u64>, DeploymentError> {
+        let s = self.service_status()?;
+        Ok(s["backends"]
+            .as_array()
+            .map(|bs| {
+                bs.iter()
+                    .filter_map(|b| {
+                        Some((b["name"].as_str()?.to_string(), b["new_flows"].as_u64()?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     /// The last lines of the daemon's log.
     pub fn daemon_log_tail(&self) -> String {
         self.daemon
@@ -299,6 +391,46 @@ impl Deployment {
         Ok(self.lab.spawn_in(&node.netns, &argv)?)
     }
 
+    /// Waits for a load generator started with `spawn_load` to finish and returns its report.
+    pub fn wait_load(
+        &self,
+        mut proc: LabProcess,
+        timeout: Duration,
+    ) -> Result<Report, DeploymentError> {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = proc.try_wait() {
+                break status;
+            }
+            if start.elapsed() > timeout {
+                proc.kill();
+                return Err(DeploymentError::Timeout {
+                    what: "canary-loadgen".into(),
+                    waited: timeout,
+                    last: proc.log_tail(5),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let log = proc.log_text();
+        if !status.success() {
+            return Err(DeploymentError::Io(format!(
+                "canary-loadgen exited {status}: {}",
+                proc.log_tail(10)
+            )));
+        }
+        // The report is the one JSON line on stdout (the log also holds stderr).
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or_default();
+        serde_json::from_str(line).map_err(|e| DeploymentError::Parse {
+            what: "canary-loadgen report".into(),
+            message: format!("{e}: {}", proc.log_tail(5)),
+        })
+    }
+
     /// `POST /fault` on a backend (from its own namespace).
     pub fn fault(&self, node: &Node, json: &str) -> Result<(), DeploymentError> {
         let out = self.lab.output_in(
@@ -394,4 +526,56 @@ pub fn config_text(spec: &DeploymentSpec, lab: &Lab, token_file: Option<&Path>) 
     let _ = writeln!(t, "  max_prediction_shift = {}", spec.max_prediction_shift);
     let _ = writeln!(t, "  confidence = {}", spec.confidence);
     t
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text exposition: every given label
+/// must match; other labels are ignored. `None` when no sample matches.
+pub fn metric_value(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let all = labels.iter().all(|(k, v)| {
+                label_text
+                    .split(',')
+                    .any(|kv| kv.trim() == format!("{k}=\"{v}\""))
+            });
+            all.then(|| value.parse().ok()).flatten()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric_value;
+
+    #[test]
+    fn metric_values_are_found_by_name_and_labels() {
+        let text = "# TYPE canary_weight_ratio gauge\n\
+                    canary_weight_ratio{service=\"sentiment\"} 0.25\n\
+                    canary_rollout_phase{phase=\"stepping\",service=\"sentiment\"} 1\n\
+                    canary_rollout_phase{phase=\"promoted\",service=\"sentiment\"} 0\n\
+                    canary_up 1\n";
+        assert_eq!(
+            metric_value(text, "canary_weight_ratio", &[("service", "sentiment")]),
+            Some(0.25)
+        );
+        assert_eq!(
+            metric_value(text, "canary_rollout_phase", &[("phase", "promoted")]),
+            Some(0.0)
+        );
+        assert_eq!(metric_value(text, "canary_up", &[]), Some(1.0));
+        assert_eq!(metric_value(text, "canary_weight", &[]), None);
+        assert_eq!(
+            metric_value(text, "canary_weight_ratio", &[("service", "other")]),
+            None
+        );
+    }
 }
