@@ -1,0 +1,119 @@
+//! With an admin token configured, every mutating call without it (or with a wrong one) is
+//! refused with 401 and changes nothing; with the token the same calls work.
+
+mod e2e_support;
+
+use canary_lab::deployment::DeploymentSpec;
+use canary_lab::lab::LabSpec;
+use e2e_support::{cli_ok, start};
+
+const TOKEN: &str = "e2e-admin-token-5f1c";
+
+#[test]
+fn mutations_need_the_token() {
+    let mut spec = DeploymentSpec::new(LabSpec::unique_tag('a'));
+    spec.lab.clients = 1;
+    spec.lab.stable = 1;
+    spec.lab.canary = 1;
+    spec.start = "paused".into();
+    spec.token = Some(TOKEN.into());
+    let d = start(spec);
+    cli_ok(&d, &["set-weight", "20"]);
+    let snapshot = |d: &canary_lab::deployment::Deployment| {
+        let s = d.service_status().expect("status");
+        (
+            s["phase"].clone(),
+            s["weight_percent"].clone(),
+            s["paused"].clone(),
+            s["events"].as_array().map_or(0, Vec::len),
+        )
+    };
+    let before = snapshot(&d);
+    println!("before: {before:?}");
+
+    let svc = "/v1/services/sentiment";
+    let calls: Vec<(String, Option<&str>)> = vec![
+        (format!("{svc}/start"), None),
+        (format!("{svc}/pause"), None),
+        (format!("{svc}/resume"), None),
+        (format!("{svc}/promote"), Some(r#"{"full":true}"#)),
+        (format!("{svc}/rollback"), None),
+        (format!("{svc}/set-weight"), Some(r#"{"percent":90}"#)),
+        ("/v1/reload".to_string(), None),
+    ];
+    for (path, body) in &calls {
+        for token in [None, Some("wrong-token"), Some("")] {
+            let (code, answer) = d
+                .admin_http("POST", path, token, *body)
+                .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+            println!("POST {path} token {token:?}: {code} {}", answer.trim());
+            assert_eq!(
+                code, 401,
+                "POST {path} with token {token:?} answered {code}"
+            );
+        }
+    }
+    let after = snapshot(&d);
+    println!("after refused calls: {after:?}");
+    assert_eq!(before, after, "a refused call changed the rollout");
+
+    // Reads need no token.
+    for path in [
+        "/status",
+        "/metrics",
+        "/v1/route?src=198.18.0.51:40000&dst=198.18.0.100:8080",
+    ] {
+        let (code, _) = d.admin_http("GET", path, None, None).unwrap();
+        println!("GET {path} without token: {code}");
+        assert_eq!(code, 200, "GET {path}");
+    }
+
+    // The CLI without the token file is refused too.
+    let out = d
+        .lab
+        .output_in(
+            &d.lab.load_balancer().unwrap().netns,
+            &[
+                d.canary_bin.to_string_lossy().as_ref(),
+                "set-weight",
+                "70",
+                "--admin",
+                "http://127.0.0.1:9100",
+            ],
+        )
+        .unwrap();
+    println!(
+        "CLI without token: exit {} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    assert!(!out.status.success());
+    assert_eq!(snapshot(&d), before);
+
+    // With the token: the same calls work.
+    let (code, answer) = d
+        .admin_http(
+            "POST",
+            &format!("{svc}/set-weight"),
+            Some(TOKEN),
+            Some(r#"{"percent":35}"#),
+        )
+        .unwrap();
+    println!("set-weight 35 with token: {code} {}", answer.trim());
+    assert_eq!(code, 200);
+    assert_eq!(d.service_status().unwrap()["weight_percent"], 35.0);
+    let (code, _) = d
+        .admin_http("POST", &format!("{svc}/rollback"), Some(TOKEN), None)
+        .unwrap();
+    assert_eq!(code, 200);
+    let s = d.service_status().unwrap();
+    println!(
+        "rollback with token: {code}, phase {} weight {}",
+        s["phase"], s["weight_percent"]
+    );
+    assert_eq!(s["phase"], "rolled_back");
+    assert_eq!(s["weight_percent"], 0.0);
+    // The CLI finds the token through the config's token_file.
+    cli_ok(&d, &["start"]);
+    assert_ne!(d.service_status().unwrap()["phase"], "rolled_back");
+}

@@ -1,0 +1,86 @@
+//! A healthy canary is promoted step by step to 100%, after which the stable group receives
+//! no new flows (kernel counters) and every answer comes from the new version.
+
+mod e2e_support;
+
+use std::time::{Duration, Instant};
+
+use canary_lab::deployment::DeploymentSpec;
+use canary_lab::lab::LabSpec;
+use e2e_support::{
+    cli_ok, flow_delta, flows, group_sum, load_all_clients, new_conn_load, settle_counters, start,
+    totals, wait_status, Background,
+};
+
+#[test]
+fn healthy_canary_reaches_100_percent_and_stable_gets_no_new_flows() {
+    let mut spec = DeploymentSpec::new(LabSpec::unique_tag('p'));
+    spec.lab.clients = 2;
+    spec.lab.stable = 3;
+    spec.lab.canary = 2;
+    // Many client addresses, as real traffic has: each address opens only a few hundred
+    // connections, so no 5-tuple is reused (see e2e_port_reuse.rs for what reuse does).
+    spec.lab.client_extra_addresses = 40;
+    let d = start(spec);
+    let t0 = Instant::now();
+
+    // One worker per source address (a worker keeps its address).
+    let mut load = new_conn_load(&d, &d.lab.clients()[0], 0, 41);
+    load.interval = Duration::from_millis(40);
+    let (promoted, background) = std::thread::scope(|scope| {
+        let bg = Background::start(scope, &d, &load, Duration::from_secs(2));
+        let (s, _) = wait_status(&d, "promotion to 100%", Duration::from_secs(120), |s| {
+            s["phase"] == "promoted" || s["phase"] == "rolled_back"
+        });
+        (s, bg.finish())
+    });
+    let took = t0.elapsed();
+    let events = e2e_support::decisions(&promoted);
+    println!("phase {} after {took:.1?}; decisions:", promoted["phase"]);
+    for e in &events {
+        println!("  {e}");
+    }
+    let (requests, ok, failed, transport, status) = totals(&background);
+    println!(
+        "load during the rollout: {requests} requests, {ok} ok, {failed} failed \
+         ({transport} transport, {status} HTTP status)"
+    );
+    assert_eq!(promoted["phase"], "promoted", "{events:#?}");
+    assert!((promoted["weight_percent"].as_f64().unwrap() - 100.0).abs() < 1e-9);
+    let weights: Vec<f64> = promoted["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "promote")
+        .filter_map(|e| e["to"].as_f64().or_else(|| e["to"]["percent"].as_f64()))
+        .collect();
+    println!("promote decisions to: {weights:?}");
+    assert_eq!(failed, 0, "no request fails during a healthy rollout");
+
+    // After the promotion: stable gets no new flows at all.
+    settle_counters();
+    let before = flows(&d);
+    let reports = load_all_clients(&d, &new_conn_load(&d, &d.lab.clients()[0], 2500, 41));
+    settle_counters();
+    let delta = flow_delta(&before, &flows(&d));
+    let versions = e2e_support::merge_versions(&reports);
+    let (requests, ok, failed, _, _) = totals(&reports);
+    println!(
+        "after promotion: {requests} requests, {ok} ok, {failed} failed; versions {versions:?}; \
+         kernel new flows per backend {delta:?}"
+    );
+    println!("{}", cli_ok(&d, &["status"]));
+    assert_eq!(failed, 0);
+    assert_eq!(
+        group_sum(&delta, "s"),
+        0,
+        "stable received new flows: {delta:?}"
+    );
+    assert_eq!(versions.get("v1"), None, "answers from v1 after promotion");
+    assert!(
+        group_sum(&delta, "k") >= ok,
+        "canary counted {} new flows for {ok} answered connections",
+        group_sum(&delta, "k")
+    );
+    assert_eq!(versions.get("v2").copied(), Some(ok));
+}
