@@ -2,6 +2,8 @@
 //! parses the command line and dispatches.
 
 mod build_ebpf;
+mod demo;
+mod lab;
 mod setup;
 mod test;
 
@@ -25,6 +27,10 @@ enum Command {
     BuildEbpf(build_ebpf::Options),
     /// Set up, build the eBPF object (release) and run all workspace tests one at a time.
     Test(test::Options),
+    /// Bring the network-namespace lab up, down, or show its status (root).
+    Lab(lab::Options),
+    /// Build everything and play a promotion and a rollback in a lab, with a live view (root).
+    Demo(demo::Options),
 }
 
 fn main() -> Result<()> {
@@ -32,6 +38,8 @@ fn main() -> Result<()> {
         Command::Setup => setup::ensure().map(drop),
         Command::BuildEbpf(options) => build_ebpf::run(options),
         Command::Test(options) => test::run(&options),
+        Command::Lab(options) => lab::run(&options),
+        Command::Demo(options) => demo::run(&options),
     }
 }
 

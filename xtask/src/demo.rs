@@ -1,0 +1,633 @@
+//! `cargo xtask demo`: the whole system in one command, on one machine, as root.
+//!
+//! Sets up the toolchain, builds the XDP object and the workspace binaries, then plays two
+//! canary rollouts in a lab of network namespaces with real TCP load through the XDP balancer:
+//!
+//! 1. a healthy v2 is stepped 10 -> 25 -> 50 -> 75 -> 100 % and promoted;
+//! 2. a v2 that starts answering 30 % errors once it serves 25 % is rolled back; the demo
+//!    measures how long that took.
+//!
+//! While a rollout moves, a block refreshed about every second shows the configured against
+//! the measured split, each group's error rate, latency and prediction mix, and every decision
+//! of the controller with its reason. Exit code 0 only when both outcomes happened. The labs
+//! are removed at the end, on error, and on Ctrl-C.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use canary_lab::deployment::{Deployment, DeploymentSpec};
+use canary_lab::lab::{Lab, LabProcess, SERVICE_PORT};
+use canary_lab::loadgen::LoadSpec;
+use clap::Args;
+use serde_json::Value;
+
+use crate::{build_ebpf, lab::require_root, setup};
+
+/// Lab tags of the two scenarios (each gets a fresh lab, so no state carries over).
+const TAGS: [&str; 2] = ["demo1", "demo2"];
+/// The fault of scenario 2, sent to every canary backend once the weight reaches [`FAULT_AT`].
+const FAULT: &str = r#"{"error_rate": 0.3}"#;
+/// Canary weight (percent) at which scenario 2 injects its fault.
+const FAULT_AT: f64 = 25.0;
+/// The steps of both rollouts, percent of new flows.
+const STEPS: [f64; 5] = [10.0, 25.0, 50.0, 75.0, 100.0];
+/// How often the live view is printed.
+const VIEW_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Args, Debug, Clone)]
+pub struct Options {
+    /// Skip set-up and builds: use the binaries already built (CANARY_BIN_DIR or next to xtask).
+    #[arg(long)]
+    pub no_build: bool,
+    /// Give up on a scenario after this many seconds.
+    #[arg(long, default_value_t = 80)]
+    pub scenario_timeout: u64,
+}
+
+/// One rollout to play.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scenario {
+    Healthy,
+    Faulty,
+}
+
+impl Scenario {
+    fn title(self) -> &'static str {
+        match self {
+            Scenario::Healthy => "scenario 1: a healthy v2 is promoted",
+            Scenario::Faulty => "scenario 2: a v2 that fails at 25% is rolled back",
+        }
+    }
+
+    fn tag(self) -> &'static str {
+        match self {
+            Scenario::Healthy => TAGS[0],
+            Scenario::Faulty => TAGS[1],
+        }
+    }
+}
+
+/// What a scenario ended with.
+#[derive(Clone, Debug, Default)]
+struct Outcome {
+    /// Final phase (`promoted`, `rolled_back`, ...) or what stopped the scenario.
+    phase: String,
+    /// Canary weights seen, in order, without repeats (percent).
+    weights: Vec<f64>,
+    /// From the first step to the end.
+    elapsed: Duration,
+    /// Scenario 2: when the fault was in force on every canary backend (Unix ms).
+    fault_at_ms: Option<u64>,
+    /// Scenario 2: the rollback decision, milliseconds after the fault.
+    rollback_after_ms: Option<u64>,
+    /// Scenario 2: weight 0 seen by polling, after the fault.
+    weight_zero_seen_after: Option<Duration>,
+    /// Reason of the final decision.
+    reason: String,
+    /// Requests the backends answered over the scenario, per group.
+    requests: BTreeMap<String, u64>,
+}
+
+impl Outcome {
+    /// Scenario 1 passed: promoted through every step, never rolled back.
+    fn promoted_through_all_steps(&self) -> bool {
+        self.phase == "promoted" && self.weights == STEPS
+    }
+
+    /// Scenario 2 passed: rolled back after the fault, from the fault's weight.
+    fn rolled_back_after_fault(&self) -> bool {
+        self.phase == "rolled_back"
+            && self.rollback_after_ms.is_some()
+            && self.weights.last() == Some(&0.0)
+    }
+
+    fn passed(&self, scenario: Scenario) -> bool {
+        match scenario {
+            Scenario::Healthy => self.promoted_through_all_steps(),
+            Scenario::Faulty => self.rolled_back_after_fault(),
+        }
+    }
+}
+
+pub fn run(options: &Options) -> Result<()> {
+    require_root("demo")?;
+    let started = Instant::now();
+    install_interrupt_handler()?;
+    if !options.no_build {
+        build()?;
+    }
+    // A previous run that was killed hard may have left a lab (and a persisted rollout) behind.
+    for tag in TAGS {
+        Lab::down_tag(tag).with_context(|| format!("removing the leftover lab {tag}"))?;
+    }
+
+    let timeout = Duration::from_secs(options.scenario_timeout);
+    let mut results = Vec::new();
+    for scenario in [Scenario::Healthy, Scenario::Faulty] {
+        println!("\n=== {} ===", scenario.title());
+        let outcome = play(scenario, timeout)
+            .with_context(|| format!("{} failed to run", scenario.title()))?;
+        println!(
+            "--- {}: {} ---",
+            scenario.title(),
+            if outcome.passed(scenario) {
+                "done"
+            } else {
+                "NOT as expected"
+            }
+        );
+        results.push((scenario, outcome));
+    }
+
+    println!("\n=== summary ===");
+    for (scenario, o) in &results {
+        println!("{}", summary_line(*scenario, o));
+    }
+    let total = started.elapsed();
+    println!(
+        "demo finished in {:.0} s; labs removed",
+        total.as_secs_f64()
+    );
+    if results.iter().all(|(s, o)| o.passed(*s)) {
+        Ok(())
+    } else {
+        bail!("the demo did not show both outcomes (see the summary above)")
+    }
+}
+
+/// Ctrl-C removes both labs (with their daemons, models and load) before exiting: a Drop guard
+/// would not run on SIGINT.
+fn install_interrupt_handler() -> Result<()> {
+    ctrlc::set_handler(|| {
+        eprintln!("\ninterrupted: removing the demo labs");
+        for tag in TAGS {
+            if let Err(e) = Lab::down_tag(tag) {
+                eprintln!("lab {tag}: {e}");
+            }
+        }
+        std::process::exit(130);
+    })
+    .context("cannot install the Ctrl-C handler")
+}
+
+/// Set-up, release XDP object (embedded by the daemon's build), then the workspace binaries in
+/// the profile of this executable (so they land next to it, where `bins::locate` looks).
+fn build() -> Result<()> {
+    let root = crate::workspace_root();
+    let toolchain = setup::ensure()?;
+    let object = build_ebpf::build(&root, true, &toolchain)?;
+    println!("demo: eBPF object {}", object.display());
+    let release = std::env::current_exe()
+        .ok()
+        .is_some_and(|e| e.components().any(|c| c.as_os_str() == "release"));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut c = Command::new(cargo);
+    c.args(["build", "--workspace", "--bins"]).current_dir(&root);
+    if release {
+        c.arg("--release");
+    }
+    println!("demo: building the workspace binaries");
+    let status = c.status().with_context(|| format!("cannot start {c:?}"))?;
+    if !status.success() {
+        bail!("building the workspace binaries failed ({status}); command: {c:?}");
+    }
+    Ok(())
+}
+
+/// The daemon config of the demo: short steps, enough samples for the judge to decide at the
+/// load below (about 1,000 requests per second in total).
+fn deployment_spec(tag: &str) -> DeploymentSpec {
+    let mut spec = DeploymentSpec::new(tag);
+    spec.lab.clients = 2;
+    spec.lab.stable = 3;
+    spec.lab.canary = 2;
+    spec.steps = STEPS.to_vec();
+    spec.interval = "2s".into();
+    spec.poll_interval = "1s".into();
+    spec.min_samples = 300;
+    spec.warmup_requests = 5;
+    spec.rollback = "drain".into();
+    spec
+}
+
+/// Continuous load from every client: new connections only, so every request is a fresh
+/// choice by the balancer and the split follows the weight.
+fn load_spec(vip: SocketAddr, client: usize, duration: Duration) -> LoadSpec {
+    let mut load = LoadSpec::new(vip);
+    load.duration = duration;
+    load.new_conns = 6;
+    load.interval = Duration::from_millis(5);
+    load.timeout = Duration::from_secs(2);
+    load.seed = client as u64 + 1;
+    load
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn play(scenario: Scenario, timeout: Duration) -> Result<Outcome> {
+    let t0 = Instant::now();
+    println!(
+        "bringing up lab {} (3 stable v1, 2 canary v2, 2 clients), model servers and `canary run`",
+        scenario.tag()
+    );
+    let d = Deployment::start(deployment_spec(scenario.tag()))?;
+    println!(
+        "ready in {:.1} s; VIP {}:{SERVICE_PORT}; config {}",
+        t0.elapsed().as_secs_f64(),
+        d.lab.vip(),
+        d.config_path.display()
+    );
+    let vip = SocketAddr::from((d.lab.vip(), SERVICE_PORT));
+    // Bounded so that nothing outlives a demo that is killed hard; ended when the scenario is.
+    let load_for = timeout + Duration::from_secs(30);
+    let mut loads: Vec<LabProcess> = (0..d.lab.clients().len())
+        .map(|c| d.spawn_load(c, &load_spec(vip, c, load_for)))
+        .collect::<Result<_, _>>()?;
+    println!(
+        "load: {} clients x {} new-connection workers, continuous",
+        loads.len(),
+        load_spec(vip, 0, load_for).new_conns
+    );
+    let outcome = watch(&d, scenario, timeout);
+    for l in &mut loads {
+        l.kill();
+    }
+    let outcome = outcome?;
+    drop(d);
+    Ok(outcome)
+}
+
+/// Follows the rollout until it ends (or `timeout`), printing the live view; in scenario 2
+/// injects the fault at 25 % and times the rollback.
+fn watch(d: &Deployment, scenario: Scenario, timeout: Duration) -> Result<Outcome> {
+    let start = Instant::now();
+    let mut out = Outcome::default();
+    let mut seen = HashSet::new();
+    let mut last_view: Option<Instant> = None;
+    let mut first_step: Option<Instant> = None;
+    let mut fault_sent: Option<Instant> = None;
+    let mut requests = BTreeMap::<String, u64>::new();
+    loop {
+        let status = match d.service_status() {
+            Ok(s) => s,
+            Err(e) => {
+                if start.elapsed() > timeout {
+                    bail!("the daemon stopped answering: {e}\n{}", d.daemon_log_tail());
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+        };
+        let t = start.elapsed();
+        let weight = status["weight_percent"].as_f64().unwrap_or(0.0);
+        let phase = status["phase"].as_str().unwrap_or("?").to_string();
+        if phase == "stepping" || phase == "promoted" || phase == "rolled_back" {
+            first_step.get_or_insert_with(Instant::now);
+            if out.weights.last() != Some(&weight) {
+                out.weights.push(weight);
+            }
+        }
+        // Per-group requests over each step's window: keep the largest seen per step.
+        for g in status["groups"].as_array().into_iter().flatten() {
+            let name = g["group"].as_str().unwrap_or("?");
+            let n = g["requests"].as_u64().unwrap_or(0);
+            let key = format!("{name}@{weight}");
+            let e = requests.entry(key).or_default();
+            *e = (*e).max(n);
+        }
+        for line in new_decisions(&status, &mut seen, out.fault_at_ms) {
+            println!("{line}");
+        }
+        if last_view.is_none_or(|v| v.elapsed() >= VIEW_EVERY) {
+            print!("{}", render_view(t, scenario, &status));
+            last_view = Some(Instant::now());
+        }
+
+        if scenario == Scenario::Faulty && fault_sent.is_none() && phase == "stepping" {
+            if weight >= FAULT_AT {
+                for node in d.lab.canary() {
+                    d.fault(node, FAULT)?;
+                }
+                fault_sent = Some(Instant::now());
+                out.fault_at_ms = Some(unix_ms());
+                println!(
+                    "[{:>5.1}s] !! fault injected: every canary backend now answers 30% of requests with HTTP 500 (POST /fault {FAULT})",
+                    start.elapsed().as_secs_f64()
+                );
+            }
+        }
+        if let Some(f) = fault_sent {
+            if weight == 0.0 && out.weight_zero_seen_after.is_none() {
+                out.weight_zero_seen_after = Some(f.elapsed());
+            }
+        }
+
+        let ended = phase == "promoted" || phase == "rolled_back";
+        if ended || t > timeout {
+            if !ended {
+                println!(
+                    "[{:>5.1}s] giving up after {} s in phase {phase}",
+                    t.as_secs_f64(),
+                    timeout.as_secs()
+                );
+            }
+            print!("{}", render_view(t, scenario, &status));
+            out.phase = if ended { phase } else { format!("{phase} (timed out)") };
+            out.elapsed = first_step.map_or(t, |f| f.elapsed());
+            out.reason = status["last_decision"]["reason"]
+                .as_str()
+                .unwrap_or("-")
+                .to_string();
+            if let (Some(fault), Some(at)) = (
+                out.fault_at_ms,
+                status["last_decision"]["at_ms"].as_u64(),
+            ) {
+                if out.phase == "rolled_back" {
+                    out.rollback_after_ms = Some(at.saturating_sub(fault));
+                }
+            }
+            for (key, n) in requests {
+                let group = key.split('@').next().unwrap_or("?").to_string();
+                *out.requests.entry(group).or_default() += n;
+            }
+            return Ok(out);
+        }
+        // After the fault, poll faster to time the rollback closely.
+        std::thread::sleep(if fault_sent.is_some() {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_millis(250)
+        });
+    }
+}
+
+/// Decisions in `status.events` not printed yet, one line each, oldest first. After the fault,
+/// each line also says how long after it the decision came.
+fn new_decisions(
+    status: &Value,
+    seen: &mut HashSet<String>,
+    fault_at_ms: Option<u64>,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    for e in status["events"].as_array().into_iter().flatten() {
+        let key = format!(
+            "{}/{}/{}/{}",
+            e["at_ms"], e["action"], e["reason"], e["to"]
+        );
+        if !seen.insert(key) {
+            continue;
+        }
+        let since_fault = match (fault_at_ms, e["at_ms"].as_u64()) {
+            (Some(f), Some(at)) if at >= f => {
+                format!(" [{:.2} s after the fault]", (at - f) as f64 / 1000.0)
+            }
+            _ => String::new(),
+        };
+        lines.push(format!(
+            "  >> decision {} ({}): {} -> {}, phase {}: {}{}{}",
+            e["action"].as_str().unwrap_or("?"),
+            e["reason"].as_str().unwrap_or("?"),
+            basis_points(&e["from"]),
+            basis_points(&e["to"]),
+            e["phase"].as_str().unwrap_or("?"),
+            e["message"].as_str().unwrap_or(""),
+            signals(&e["judgement"]),
+            since_fault,
+        ));
+    }
+    lines
+}
+
+/// A weight as the daemon serialises it (basis points), in percent.
+fn basis_points(v: &Value) -> String {
+    v.as_u64()
+        .map_or_else(|| "?".into(), |bp| format!("{}%", bp as f64 / 100.0))
+}
+
+/// The judge's per-signal verdicts, compactly: ` [error_rate pass, latency_mean pass, ...]`.
+fn signals(judgement: &Value) -> String {
+    let parts: Vec<String> = judgement["signals"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            let verdict = s["verdict"].as_str()?;
+            let signal = s["signal"].as_str()?;
+            (verdict != "skipped").then(|| format!("{signal} {verdict}"))
+        })
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", parts.join(", "))
+    }
+}
+
+fn percent(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{:.2}%", v * 100.0))
+}
+
+fn millis(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{:.1}", v * 1000.0))
+}
+
+/// The live view of one service status: phase and split, then one line per group.
+fn render_view(t: Duration, scenario: Scenario, s: &Value) -> String {
+    let mut out = String::new();
+    let step = match (s["step"].as_u64(), s["steps"].as_array()) {
+        (Some(i), Some(steps)) => format!("{}/{}", i + 1, steps.len()),
+        _ => "-".into(),
+    };
+    let flows: Vec<String> = s["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|g| {
+            format!(
+                "{} {}",
+                g["group"].as_str().unwrap_or("?"),
+                g["new_flows"].as_u64().unwrap_or(0)
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "[{:>5.1}s] {} | phase {:<11} step {:<3} | canary weight {:>6.2}% configured, {:>7} measured (new flows: {})",
+        t.as_secs_f64(),
+        scenario.tag(),
+        s["phase"].as_str().unwrap_or("?"),
+        step,
+        s["weight_percent"].as_f64().unwrap_or(0.0),
+        percent(s["measured_canary_share"].as_f64()),
+        flows.join(", "),
+    );
+    for g in s["groups"].as_array().into_iter().flatten() {
+        let preds = g["predictions"].as_object();
+        let total: u64 = preds
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, v)| v.as_u64())
+            .sum();
+        let mix: Vec<String> = preds
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| {
+                let n = v.as_u64().unwrap_or(0);
+                if total == 0 {
+                    format!("{k} -")
+                } else {
+                    format!("{k} {:.0}%", n as f64 * 100.0 / total as f64)
+                }
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "         {:<6} requests {:>6}  errors {:>7}  latency mean {:>6} ms  p95 {:>6} ms  predictions {}",
+            g["group"].as_str().unwrap_or("?"),
+            g["requests"].as_u64().unwrap_or(0),
+            percent(g["error_rate"].as_f64()),
+            millis(g["latency_mean_seconds"].as_f64()),
+            millis(g["latency_p95_seconds"].as_f64()),
+            if mix.is_empty() { "-".into() } else { mix.join(" ") },
+        );
+    }
+    out
+}
+
+fn summary_line(scenario: Scenario, o: &Outcome) -> String {
+    let path: Vec<String> = o.weights.iter().map(|w| format!("{w}")).collect();
+    let requests: Vec<String> = o
+        .requests
+        .iter()
+        .map(|(g, n)| format!("{g} {n}"))
+        .collect();
+    let verdict = if o.passed(scenario) { "OK  " } else { "FAIL" };
+    match scenario {
+        Scenario::Healthy => format!(
+            "{verdict} {}: phase {}, weights {} in {:.1} s (requests judged: {})",
+            scenario.title(),
+            o.phase,
+            path.join(" -> "),
+            o.elapsed.as_secs_f64(),
+            requests.join(", ")
+        ),
+        Scenario::Faulty => format!(
+            "{verdict} {}: phase {} (reason {}), weights {}; rollback decision {} after the fault, weight 0 seen {} after it",
+            scenario.title(),
+            o.phase,
+            o.reason,
+            path.join(" -> "),
+            o.rollback_after_ms
+                .map_or_else(|| "never".into(), |ms| format!("{:.2} s", ms as f64 / 1000.0)),
+            o.weight_zero_seen_after
+                .map_or_else(|| "never".into(), |d| format!("{:.2} s", d.as_secs_f64())),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status() -> Value {
+        serde_json::json!({
+            "phase": "stepping", "step": 1, "steps": [10.0, 25.0, 50.0, 75.0, 100.0],
+            "weight_percent": 25.0, "measured_canary_share": 0.2481,
+            "groups": [
+                {"group": "stable", "requests": 900, "errors": 0, "error_rate": 0.0,
+                 "latency_mean_seconds": 0.0012, "latency_p95_seconds": 0.004,
+                 "predictions": {"negative": 360, "positive": 540}, "new_flows": 901},
+                {"group": "canary", "requests": 300, "errors": 3, "error_rate": 0.01,
+                 "latency_mean_seconds": null, "latency_p95_seconds": null,
+                 "predictions": {}, "new_flows": 297}
+            ],
+            "events": [
+                {"at_ms": 1000, "action": "step", "reason": "warmup_done", "phase": "stepping",
+                 "from": 0, "to": 1000, "message": "warm-up done: first step 10%", "judgement": null},
+                {"at_ms": 4000, "action": "step", "reason": "healthy", "phase": "stepping",
+                 "from": 1000, "to": 2500, "message": "every signal passed at look 1",
+                 "judgement": {"signals": [
+                     {"signal": "error_rate", "verdict": "pass"},
+                     {"signal": "latency_p95", "verdict": "skipped"}]}}
+            ]
+        })
+    }
+
+    #[test]
+    fn view_shows_split_groups_and_prediction_mix() {
+        let v = render_view(Duration::from_millis(12_300), Scenario::Healthy, &status());
+        for needle in [
+            " 12.3s",
+            "step 2/5",
+            " 25.00% configured",
+            "24.81% measured",
+            "new flows: stable 901, canary 297",
+            "requests    900",
+            "errors   1.00%",
+            "mean    1.2 ms",
+            "p95    4.0 ms",
+            "negative 40% positive 60%",
+            "p95      - ms  predictions -",
+        ] {
+            assert!(v.contains(needle), "missing {needle:?} in\n{v}");
+        }
+    }
+
+    #[test]
+    fn decisions_are_printed_once_with_reason_weights_and_signals() {
+        let mut seen = HashSet::new();
+        let lines = new_decisions(&status(), &mut seen, None);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].contains("step (warmup_done): 0% -> 10%"), "{}", lines[0]);
+        assert!(
+            lines[1].ends_with("every signal passed at look 1 [error_rate pass]"),
+            "{}",
+            lines[1]
+        );
+        assert!(new_decisions(&status(), &mut seen, None).is_empty());
+    }
+
+    #[test]
+    fn decisions_after_the_fault_say_how_long_after() {
+        let mut seen = HashSet::new();
+        let lines = new_decisions(&status(), &mut seen, Some(2_500));
+        assert!(!lines[0].contains("after the fault"), "{}", lines[0]);
+        assert!(lines[1].contains("[1.50 s after the fault]"), "{}", lines[1]);
+    }
+
+    #[test]
+    fn outcomes_pass_only_when_the_scenario_happened() {
+        let promoted = Outcome {
+            phase: "promoted".into(),
+            weights: STEPS.to_vec(),
+            ..Outcome::default()
+        };
+        assert!(promoted.passed(Scenario::Healthy));
+        let skipped_a_step = Outcome {
+            weights: vec![10.0, 50.0, 75.0, 100.0],
+            ..promoted.clone()
+        };
+        assert!(!skipped_a_step.passed(Scenario::Healthy));
+        let rolled_back = Outcome {
+            phase: "rolled_back".into(),
+            weights: vec![10.0, 25.0, 0.0],
+            rollback_after_ms: Some(1200),
+            ..Outcome::default()
+        };
+        assert!(rolled_back.passed(Scenario::Faulty));
+        assert!(!rolled_back.passed(Scenario::Healthy));
+        let before_fault = Outcome {
+            rollback_after_ms: None,
+            ..rolled_back
+        };
+        assert!(!before_fault.passed(Scenario::Faulty));
+    }
+}

@@ -1,0 +1,97 @@
+//! `cargo xtask lab up|down|status`: the network-namespace lab of [`canary_lab::lab`], kept
+//! running between commands (the end-to-end tests and the demo build the same lab as a library).
+
+use anyhow::{bail, Result};
+use canary_lab::lab::{Lab, LabSpec};
+use clap::{Args, Subcommand};
+
+/// Tag of the lab when none is given (names are `cnry-<tag>-...`).
+pub const DEFAULT_TAG: &str = "lab";
+
+#[derive(Args, Debug, Clone)]
+pub struct Options {
+    #[command(subcommand)]
+    pub command: LabCommand,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum LabCommand {
+    /// Create the lab, or complete it when it partly exists (re-running is harmless).
+    Up(UpOptions),
+    /// Remove the lab: processes, pins, mounts, links, namespaces, state; fails naming leftovers.
+    Down(TagOption),
+    /// Show what exists of the lab.
+    Status(TagOption),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct UpOptions {
+    /// Stable backend namespaces.
+    #[arg(long, default_value_t = 3)]
+    pub stable: usize,
+    /// Canary backend namespaces.
+    #[arg(long, default_value_t = 2)]
+    pub canary: usize,
+    /// Client namespaces.
+    #[arg(long, default_value_t = 2)]
+    pub clients: usize,
+    #[command(flatten)]
+    pub tag: TagOption,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TagOption {
+    /// Lab tag, 1 to 6 characters of a-z and 0-9; separates labs that run side by side.
+    #[arg(long, default_value = DEFAULT_TAG)]
+    pub tag: String,
+}
+
+pub fn run(options: &Options) -> Result<()> {
+    match &options.command {
+        LabCommand::Up(up) => {
+            require_root("lab up")?;
+            let spec = LabSpec {
+                stable: up.stable,
+                canary: up.canary,
+                clients: up.clients,
+                ..LabSpec::new(up.tag.tag.clone())
+            };
+            // Keep it: `lab down` (or `Lab::down_tag`) removes it later.
+            Lab::up(&spec)?.keep();
+            print!("{}", Lab::status_of(&spec.tag)?);
+            Ok(())
+        }
+        LabCommand::Down(t) => {
+            require_root("lab down")?;
+            Lab::down_tag(&t.tag)?;
+            println!("lab {}: down, nothing left behind", t.tag);
+            Ok(())
+        }
+        LabCommand::Status(t) => {
+            let status = Lab::status_of(&t.tag)?;
+            print!("{status}");
+            if status.recorded && !status.is_up() {
+                bail!(
+                    "lab {} is incomplete: run `cargo xtask lab up --tag {}` to complete it \
+                     or `cargo xtask lab down --tag {}` to remove it",
+                    t.tag,
+                    t.tag,
+                    t.tag
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Fails with the command to run instead when not root.
+pub fn require_root(what: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "`cargo xtask {what}` needs root (it creates network namespaces, links, mounts and \
+             loads XDP programs): run `sudo -E env PATH=\"$PATH\" cargo xtask {what}`"
+        );
+    }
+    Ok(())
+}
