@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask <command>`. Each command lives in its own module; this file only
 //! parses the command line and dispatches.
 
+mod bench;
 mod build_ebpf;
 mod demo;
 mod lab;
@@ -27,6 +28,8 @@ enum Command {
     BuildEbpf(build_ebpf::Options),
     /// Set up, build the eBPF object (release) and run all workspace tests one at a time.
     Test(test::Options),
+    /// Run benchmarks (root): xdp, e2e, rollout, judge, scale or all; writes target/bench and BENCHMARKS.md.
+    Bench(bench::Options),
     /// Bring the network-namespace lab up, down, or show its status (root).
     Lab(lab::Options),
     /// Build everything and play a promotion and a rollback in a lab, with a live view (root).
@@ -38,6 +41,7 @@ fn main() -> Result<()> {
         Command::Setup => setup::ensure().map(drop),
         Command::BuildEbpf(options) => build_ebpf::run(options),
         Command::Test(options) => test::run(&options),
+        Command::Bench(options) => bench::run(&options),
         Command::Lab(options) => lab::run(&options),
         Command::Demo(options) => demo::run(&options),
     }

@@ -1,0 +1,428 @@
+//! `bench e2e`: the request path through each balancer, same lab, backends and load.
+//!
+//! Paths: (a) client straight to one backend (the ceiling), (b) the canary XDP balancer (DSR,
+//! canary weight 10 %), (c) nginx `stream`, (d) HAProxy TCP mode, (e) a FastAPI + uvicorn
+//! router with httpx. (c)-(e) split 90/10 by weight like (b) and run in the load balancer's
+//! namespace on its own address (ports 8081-8083); only (b) uses the VIP. Load: `wrk`, one
+//! thread, POST /predict, keep-alive and one request per connection, rounds interleaved.
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use canary_lab::deployment::{Deployment, DeploymentSpec};
+use canary_lab::lab::{LabProcess, LabSpec, Node, SERVICE_PORT};
+use serde::Serialize;
+
+use super::install;
+use super::labkit::{self, BpfStats, WrkResult};
+use super::measure::heading;
+use super::procstat;
+use super::proxies::{self, Upstream};
+use super::report::{bench_dir, table, Machine, Section};
+use super::stats::{median, verdict};
+
+const ROUNDS: usize = 3;
+const SECONDS: u32 = 5;
+const CONNECTIONS: u32 = 32;
+const CANARY_PERCENT: u32 = 10;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+enum Mode {
+    KeepAlive,
+    Close,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::KeepAlive => "keep-alive",
+            Mode::Close => "new connection per request",
+        }
+    }
+}
+
+/// Where a path's balancer CPU figure comes from.
+enum Cpu {
+    None,
+    Xdp(u64),
+    Process(u32),
+}
+
+struct PathDef {
+    key: &'static str,
+    name: &'static str,
+    target: SocketAddr,
+    cpu: Cpu,
+}
+
+#[derive(Clone, Debug, Serialize)]
+struct Sample {
+    round: usize,
+    wrk: WrkResult,
+    /// Balancer CPU time during the run, ns (`None` for the direct path).
+    balancer_cpu_ns: Option<u64>,
+    /// All model servers' CPU time during the run, seconds.
+    backends_cpu_seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+struct Row {
+    path: String,
+    mode: Mode,
+    samples: Vec<Sample>,
+    requests_per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    balancer_cpu_ms_per_1000: Option<f64>,
+    generator_cpu_percent: f64,
+    backends_cpu_percent: f64,
+    errors: u64,
+}
+
+fn upstreams(d: &Deployment) -> Vec<Upstream> {
+    let stable = d.lab.stable();
+    let canary = d.lab.canary();
+    let (ws, wc) = proxies::weights(stable.len(), canary.len(), CANARY_PERCENT);
+    let mk = |n: &Node, canary: bool, weight| Upstream {
+        name: n.name.clone(),
+        address: SocketAddrV4::new(n.address, SERVICE_PORT),
+        canary,
+        weight,
+    };
+    stable
+        .iter()
+        .map(|n| mk(n, false, ws))
+        .chain(canary.iter().map(|n| mk(n, true, wc)))
+        .collect()
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("write {}", path.display()))
+}
+
+fn start_peers(
+    d: &Deployment,
+    venv: &Path,
+    dir: &Path,
+) -> Result<(LabProcess, LabProcess, LabProcess)> {
+    let lb = d.lab.load_balancer()?;
+    let ups = upstreams(d);
+    let nginx_conf = dir.join("nginx.conf");
+    write(
+        &nginx_conf,
+        &proxies::nginx_conf(
+            proxies::peer_listen(lb.address, 8081),
+            &ups,
+            &dir.display().to_string(),
+        ),
+    )?;
+    let haproxy_cfg = dir.join("haproxy.cfg");
+    write(
+        &haproxy_cfg,
+        &proxies::haproxy_cfg(proxies::peer_listen(lb.address, 8082), &ups),
+    )?;
+    write(&dir.join("router.py"), proxies::ROUTER_PY)?;
+    let s = |p: &Path| p.display().to_string();
+    let nginx = d.lab.spawn_in(
+        &lb.netns,
+        &[
+            "/usr/sbin/nginx",
+            "-p",
+            &s(dir),
+            "-c",
+            &s(&nginx_conf),
+            "-g",
+            "daemon off;",
+        ],
+    )?;
+    let haproxy = d
+        .lab
+        .spawn_in(&lb.netns, &["/usr/sbin/haproxy", "-db", "-f", &s(&haproxy_cfg)])?;
+    let (v1, v2) = proxies::router_groups(&ups);
+    let weight = format!("{}", f64::from(CANARY_PERCENT) / 100.0);
+    let router = d.lab.spawn_in_env(
+        &lb.netns,
+        &[
+            &s(&venv.join("bin/uvicorn")),
+            "--app-dir",
+            &s(dir),
+            "router:app",
+            "--host",
+            &lb.address.to_string(),
+            "--port",
+            "8083",
+            "--workers",
+            "2",
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        &[
+            ("ROUTER_V1", &v1),
+            ("ROUTER_V2", &v2),
+            ("ROUTER_CANARY_WEIGHT", &weight),
+        ],
+    )?;
+    Ok((nginx, haproxy, router))
+}
+
+fn models_cpu(d: &Deployment) -> f64 {
+    d.models
+        .iter()
+        .map(|m| procstat::tree_cpu_time(m.pid()).as_secs_f64())
+        .sum()
+}
+
+fn measure(
+    d: &Deployment,
+    path: &PathDef,
+    script: &Path,
+    round: usize,
+    seconds: u32,
+) -> Result<Sample> {
+    let client = &d.lab.clients()[0].netns;
+    let url = format!("http://{}/predict", path.target);
+    let before_cpu = match path.cpu {
+        Cpu::None => 0,
+        Cpu::Xdp(id) => labkit::prog_stats(id)?.run_time_ns,
+        Cpu::Process(pid) => procstat::tree_cpu_time(pid).as_nanos() as u64,
+    };
+    let before_models = models_cpu(d);
+    let wrk = labkit::run_wrk(&d.lab, client, script, &url, CONNECTIONS, seconds)?;
+    let after_models = models_cpu(d);
+    let balancer_cpu_ns = match path.cpu {
+        Cpu::None => None,
+        Cpu::Xdp(id) => Some(labkit::prog_stats(id)?.run_time_ns - before_cpu),
+        Cpu::Process(pid) => {
+            Some((procstat::tree_cpu_time(pid).as_nanos() as u64).saturating_sub(before_cpu))
+        }
+    };
+    Ok(Sample {
+        round,
+        wrk,
+        balancer_cpu_ns,
+        backends_cpu_seconds: after_models - before_models,
+    })
+}
+
+pub fn run() -> Result<Section> {
+    let machine = Machine::current();
+    let venv = install::ensure_venv(&bench_dir())?;
+    let _stats = BpfStats::enable()?;
+
+    let mut spec = DeploymentSpec::new(LabSpec::unique_tag('e'));
+    spec.lab.clients = 1;
+    spec.lab.stable = 3;
+    spec.lab.canary = 2;
+    spec.start = "paused".into();
+    spec.flow_table_size = 1 << 20;
+    let d = Deployment::start(spec).context("start the lab deployment")?;
+    let out = d.cli(&["set-weight", &CANARY_PERCENT.to_string()])?;
+    if !out.status.success() {
+        bail!(
+            "canary set-weight failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let lb = d.lab.load_balancer()?.clone();
+    let client = d.lab.clients()[0].netns.clone();
+    labkit::tune_netns(&d.lab, &lb.netns)?;
+    labkit::tune_netns(&d.lab, &client)?;
+
+    let dir = d.lab.state_dir().join("bench-e2e");
+    std::fs::create_dir_all(&dir)?;
+    let (mut nginx, mut haproxy, mut router) = start_peers(&d, &venv, &dir)?;
+    let prog = labkit::xdp_prog_id(&d.lab, &lb.netns, "eth0")?;
+
+    let backend = &d.lab.stable()[0];
+    let paths = [
+        PathDef {
+            key: "a",
+            name: "direct to one backend",
+            target: SocketAddr::new(backend.address.into(), SERVICE_PORT),
+            cpu: Cpu::None,
+        },
+        PathDef {
+            key: "b",
+            name: "canary XDP (DSR)",
+            target: SocketAddr::new(d.lab.vip().into(), SERVICE_PORT),
+            cpu: Cpu::Xdp(prog),
+        },
+        PathDef {
+            key: "c",
+            name: "nginx stream",
+            target: SocketAddr::new(lb.address.into(), 8081),
+            cpu: Cpu::Process(nginx.pid()),
+        },
+        PathDef {
+            key: "d",
+            name: "HAProxy TCP",
+            target: SocketAddr::new(lb.address.into(), 8082),
+            cpu: Cpu::Process(haproxy.pid()),
+        },
+        PathDef {
+            key: "e",
+            name: "FastAPI + httpx router",
+            target: SocketAddr::new(lb.address.into(), 8083),
+            cpu: Cpu::Process(router.pid()),
+        },
+    ];
+    for p in &paths {
+        labkit::wait_http(&d.lab, &client, p.target, Duration::from_secs(30))
+            .with_context(|| format!("path ({}) {}", p.key, p.name))?;
+    }
+    let scripts = [
+        (Mode::KeepAlive, dir.join("keepalive.lua")),
+        (Mode::Close, dir.join("close.lua")),
+    ];
+    for (mode, path) in &scripts {
+        std::fs::write(path, labkit::wrk_script(*mode == Mode::Close))?;
+    }
+    // Warm-up (not recorded): connection pools, caches, the router's interpreter.
+    for p in &paths {
+        measure(&d, p, &scripts[0].1, 0, 1)?;
+    }
+
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); paths.len() * scripts.len()];
+    for round in 0..ROUNDS {
+        for (pi, p) in paths.iter().enumerate() {
+            for (mi, (mode, script)) in scripts.iter().enumerate() {
+                let s = measure(&d, p, script, round, SECONDS)?;
+                println!(
+                    "round {round} ({}) {:<24} {:<27} {:>8.0} req/s p50 {:>6.2} ms p99 {:>6.2} ms errors {}",
+                    p.key,
+                    p.name,
+                    mode.name(),
+                    s.wrk.requests_per_second(),
+                    s.wrk.p50_ms,
+                    s.wrk.p99_ms,
+                    s.wrk.errors
+                );
+                samples[pi * scripts.len() + mi].push(s);
+            }
+        }
+    }
+    nginx.terminate(Duration::from_secs(3));
+    haproxy.terminate(Duration::from_secs(3));
+    router.terminate(Duration::from_secs(5));
+
+    let mut rows = Vec::new();
+    for (pi, p) in paths.iter().enumerate() {
+        for (mi, (mode, _)) in scripts.iter().enumerate() {
+            let ss = &samples[pi * scripts.len() + mi];
+            let m = |f: &dyn Fn(&Sample) -> f64| median(&ss.iter().map(f).collect::<Vec<_>>());
+            let cpu = ss.iter().all(|s| s.balancer_cpu_ns.is_some()).then(|| {
+                m(&|s| {
+                    s.balancer_cpu_ns.unwrap_or(0) as f64 / 1e6 / s.wrk.requests.max(1) as f64
+                        * 1000.0
+                })
+            });
+            rows.push(Row {
+                path: format!("({}) {}", p.key, p.name),
+                mode: *mode,
+                samples: ss.clone(),
+                requests_per_second: m(&|s| s.wrk.requests_per_second()),
+                p50_ms: m(&|s| s.wrk.p50_ms),
+                p99_ms: m(&|s| s.wrk.p99_ms),
+                balancer_cpu_ms_per_1000: cpu,
+                generator_cpu_percent: m(&|s| 100.0 * s.wrk.generator_cpu_seconds / s.wrk.seconds),
+                backends_cpu_percent: m(&|s| 100.0 * s.backends_cpu_seconds / s.wrk.seconds),
+                errors: ss.iter().map(|s| s.wrk.errors).sum(),
+            });
+        }
+    }
+    Ok(section(&machine, &rows))
+}
+
+fn section(machine: &Machine, rows: &[Row]) -> Section {
+    let find = |key: &str, mode: Mode| {
+        rows.iter()
+            .find(|r| r.path.starts_with(&format!("({key})")) && r.mode == mode)
+            .expect("every path and mode measured")
+    };
+    let mut md = heading("e2e: request path, same lab and load", machine);
+    md.push_str(&format!(
+        "Lab: 1 client, load balancer, 3 stable + 2 canary `canary-model` backends, each in its own network namespace on one bridge. \
+         Load: `wrk -t1 -c{CONNECTIONS} -d{SECONDS}s`, POST /predict, from the client namespace; medians of {ROUNDS} interleaved rounds. \
+         Ratios are against (a) in the same mode and run.\n\n"
+    ));
+    let mut table_rows = Vec::new();
+    for r in rows {
+        let a = find("a", r.mode);
+        table_rows.push(vec![
+            r.path.clone(),
+            r.mode.name().to_owned(),
+            format!("{:.0}", r.requests_per_second),
+            format!("{:.2}x", r.requests_per_second / a.requests_per_second),
+            format!("{:.2}", r.p50_ms),
+            format!("{:.2}", r.p99_ms),
+            format!("{:.2}x", r.p99_ms / a.p99_ms),
+            r.balancer_cpu_ms_per_1000
+                .map_or_else(|| "-".to_owned(), |c| format!("{c:.3}")),
+            format!("{:.0} %", r.generator_cpu_percent),
+            format!("{:.0} %", r.backends_cpu_percent),
+            r.errors.to_string(),
+        ]);
+    }
+    md.push_str(&table(
+        &[
+            "path",
+            "connections",
+            "requests/s",
+            "x (a)",
+            "p50 ms",
+            "p99 ms",
+            "p99 x (a)",
+            "balancer CPU ms / 1000 req",
+            "wrk CPU",
+            "backends CPU",
+            "errors",
+        ],
+        &table_rows,
+    ));
+    md.push_str(
+        "\nBalancer CPU: for (b), the XDP program's run time from the kernel's BPF statistics \
+         (`kernel.bpf_stats_enabled=1`, `run_time_ns` of the attached program): every client-to-VIP packet of the run \
+         (handshake, request, ACKs, FIN); it leaves out the driver and the kernel's own receive and transmit work around the \
+         program, which the load balancer pays with or without it. For (c)-(e), user plus system CPU time of the proxy's \
+         processes (master and workers) from `/proc/<pid>/stat`: it includes their socket system calls, and leaves out \
+         softirq network processing not charged to them. The proxies' packets also pass the XDP program (not a VIP: parse, \
+         one lookup, XDP_PASS), which is not counted in their figure. wrk CPU and backends CPU are percent of one CPU \
+         over the run (this machine has 2): the generator is not the bottleneck while it stays well under 100 %.\n",
+    );
+    let mut checks = String::from("\nTargets:\n");
+    for mode in [Mode::KeepAlive, Mode::Close] {
+        let (a, b, c, dd) = (find("a", mode), find("b", mode), find("c", mode), find("d", mode));
+        let rps = b.requests_per_second / a.requests_per_second;
+        let p99 = b.p99_ms / a.p99_ms;
+        let better = match (c.balancer_cpu_ms_per_1000, dd.balancer_cpu_ms_per_1000) {
+            (Some(x), Some(y)) => x.min(y),
+            _ => f64::NAN,
+        };
+        let xdp = b.balancer_cpu_ms_per_1000.unwrap_or(f64::NAN);
+        checks.push_str(&format!(
+            "- {}: (b) requests/s {rps:.2}x (a) (>= 0.9x: {}); (b) p99 {p99:.2}x (a) (within 10 %: {}); \
+             (b) balancer CPU per request {:.4}x the better of nginx and HAProxy (<= 0.1x: {}).\n",
+            mode.name(),
+            verdict(rps >= 0.9),
+            verdict(p99 <= 1.1),
+            xdp / better,
+            verdict(xdp / better <= 0.1),
+        ));
+    }
+    md.push_str(&checks);
+    Section {
+        name: "e2e",
+        markdown: md,
+        json: serde_json::json!({
+            "machine": machine,
+            "rounds": ROUNDS,
+            "seconds": SECONDS,
+            "connections": CONNECTIONS,
+            "canary_percent": CANARY_PERCENT,
+            "rows": rows,
+        }),
+    }
+}
