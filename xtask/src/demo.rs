@@ -37,10 +37,12 @@ const FAULT_AT: f64 = 25.0;
 const STEPS: [f64; 5] = [10.0, 25.0, 50.0, 75.0, 100.0];
 /// How often the live view is printed.
 const VIEW_EVERY: Duration = Duration::from_secs(1);
+/// How long the view runs on after a rollout ended.
+const SETTLE: Duration = Duration::from_secs(3);
 
 #[derive(Args, Debug, Clone)]
 pub struct Options {
-    /// Skip set-up and builds: use the binaries already built (CANARY_BIN_DIR or next to xtask).
+    /// Skip set-up and builds: use the binaries already built (`CANARY_BIN_DIR` or next to xtask).
     #[arg(long)]
     pub no_build: bool,
     /// Give up on a scenario after this many seconds.
@@ -86,6 +88,11 @@ struct Outcome {
     rollback_after_ms: Option<u64>,
     /// Scenario 2: weight 0 seen by polling, after the fault.
     weight_zero_seen_after: Option<Duration>,
+    /// Scenario 2: the first poll after the fault in which the kernel sent no new flow to
+    /// canary (and some to stable).
+    canary_flows_stopped_after: Option<Duration>,
+    /// Kernel new flows per group (stable, canary) while the view ran on after the end.
+    flows_after_end: Option<(u64, u64)>,
     /// Reason of the final decision.
     reason: String,
     /// Requests the backends answered over the scenario, per group.
@@ -93,16 +100,24 @@ struct Outcome {
 }
 
 impl Outcome {
-    /// Scenario 1 passed: promoted through every step, never rolled back.
+    /// Scenario 1 passed: promoted through every step, never rolled back, and afterwards every
+    /// new flow went to canary.
     fn promoted_through_all_steps(&self) -> bool {
-        self.phase == "promoted" && self.weights == STEPS
+        self.phase == "promoted"
+            && self.weights == STEPS
+            && self
+                .flows_after_end
+                .is_some_and(|(stable, canary)| stable == 0 && canary > 0)
     }
 
-    /// Scenario 2 passed: rolled back after the fault, from the fault's weight.
+    /// Scenario 2 passed: rolled back after the fault, and afterwards no new flow went to canary.
     fn rolled_back_after_fault(&self) -> bool {
         self.phase == "rolled_back"
             && self.rollback_after_ms.is_some()
             && self.weights.last() == Some(&0.0)
+            && self
+                .flows_after_end
+                .is_some_and(|(stable, canary)| stable > 0 && canary == 0)
     }
 
     fn passed(&self, scenario: Scenario) -> bool {
@@ -186,7 +201,8 @@ fn build() -> Result<()> {
         .is_some_and(|e| e.components().any(|c| c.as_os_str() == "release"));
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut c = Command::new(cargo);
-    c.args(["build", "--workspace", "--bins"]).current_dir(&root);
+    c.args(["build", "--workspace", "--bins"])
+        .current_dir(&root);
     if release {
         c.arg("--release");
     }
@@ -206,7 +222,7 @@ fn deployment_spec(tag: &str) -> DeploymentSpec {
     spec.lab.stable = 3;
     spec.lab.canary = 2;
     spec.steps = STEPS.to_vec();
-    spec.interval = "2s".into();
+    spec.interval = "3s".into();
     spec.poll_interval = "1s".into();
     spec.min_samples = 300;
     spec.warmup_requests = 5;
@@ -266,106 +282,169 @@ fn play(scenario: Scenario, timeout: Duration) -> Result<Outcome> {
 }
 
 /// Follows the rollout until it ends (or `timeout`), printing the live view; in scenario 2
-/// injects the fault at 25 % and times the rollback.
+/// injects the fault at 25 % and times the rollback. After the end, keeps showing the view for
+/// [`SETTLE`] so the new flows can be seen following the final weight.
 fn watch(d: &Deployment, scenario: Scenario, timeout: Duration) -> Result<Outcome> {
-    let start = Instant::now();
-    let mut out = Outcome::default();
-    let mut seen = HashSet::new();
-    let mut last_view: Option<Instant> = None;
-    let mut first_step: Option<Instant> = None;
-    let mut fault_sent: Option<Instant> = None;
-    let mut requests = BTreeMap::<String, u64>::new();
+    let mut w = Watch {
+        start: Instant::now(),
+        out: Outcome::default(),
+        seen: HashSet::new(),
+        last_view: None,
+        view_flows: None,
+        poll_flows: None,
+        first_step: None,
+        fault_sent: None,
+        end_flows: None,
+        requests: BTreeMap::new(),
+    };
+    let mut ended_at: Option<Instant> = None;
     loop {
         let status = match d.service_status() {
             Ok(s) => s,
             Err(e) => {
-                if start.elapsed() > timeout {
+                if w.start.elapsed() > timeout {
                     bail!("the daemon stopped answering: {e}\n{}", d.daemon_log_tail());
                 }
                 std::thread::sleep(Duration::from_millis(200));
                 continue;
             }
         };
-        let t = start.elapsed();
-        let weight = status["weight_percent"].as_f64().unwrap_or(0.0);
         let phase = status["phase"].as_str().unwrap_or("?").to_string();
-        if phase == "stepping" || phase == "promoted" || phase == "rolled_back" {
-            first_step.get_or_insert_with(Instant::now);
-            if out.weights.last() != Some(&weight) {
-                out.weights.push(weight);
-            }
-        }
-        // Per-group requests over each step's window: keep the largest seen per step.
-        for g in status["groups"].as_array().into_iter().flatten() {
-            let name = g["group"].as_str().unwrap_or("?");
-            let n = g["requests"].as_u64().unwrap_or(0);
-            let key = format!("{name}@{weight}");
-            let e = requests.entry(key).or_default();
-            *e = (*e).max(n);
-        }
-        for line in new_decisions(&status, &mut seen, out.fault_at_ms) {
-            println!("{line}");
-        }
-        if last_view.is_none_or(|v| v.elapsed() >= VIEW_EVERY) {
-            print!("{}", render_view(t, scenario, &status));
-            last_view = Some(Instant::now());
-        }
+        let weight = status["weight_percent"].as_f64().unwrap_or(0.0);
+        w.observe(&status, scenario, &phase, weight);
 
-        if scenario == Scenario::Faulty && fault_sent.is_none() && phase == "stepping" {
-            if weight >= FAULT_AT {
-                for node in d.lab.canary() {
-                    d.fault(node, FAULT)?;
-                }
-                fault_sent = Some(Instant::now());
-                out.fault_at_ms = Some(unix_ms());
-                println!(
-                    "[{:>5.1}s] !! fault injected: every canary backend now answers 30% of requests with HTTP 500 (POST /fault {FAULT})",
-                    start.elapsed().as_secs_f64()
-                );
+        if scenario == Scenario::Faulty
+            && w.fault_sent.is_none()
+            && phase == "stepping"
+            && weight >= FAULT_AT
+        {
+            for node in d.lab.canary() {
+                d.fault(node, FAULT)?;
             }
-        }
-        if let Some(f) = fault_sent {
-            if weight == 0.0 && out.weight_zero_seen_after.is_none() {
-                out.weight_zero_seen_after = Some(f.elapsed());
-            }
+            w.fault_sent = Some(Instant::now());
+            w.out.fault_at_ms = Some(unix_ms());
+            println!(
+                "[{:>5.1}s] !! fault injected: every canary backend now answers 30% of requests with HTTP 500 (POST /fault {FAULT})",
+                w.start.elapsed().as_secs_f64()
+            );
         }
 
         let ended = phase == "promoted" || phase == "rolled_back";
-        if ended || t > timeout {
-            if !ended {
-                println!(
-                    "[{:>5.1}s] giving up after {} s in phase {phase}",
-                    t.as_secs_f64(),
-                    timeout.as_secs()
-                );
-            }
-            print!("{}", render_view(t, scenario, &status));
-            out.phase = if ended { phase } else { format!("{phase} (timed out)") };
-            out.elapsed = first_step.map_or(t, |f| f.elapsed());
-            out.reason = status["last_decision"]["reason"]
-                .as_str()
-                .unwrap_or("-")
-                .to_string();
-            if let (Some(fault), Some(at)) = (
-                out.fault_at_ms,
-                status["last_decision"]["at_ms"].as_u64(),
-            ) {
-                if out.phase == "rolled_back" {
-                    out.rollback_after_ms = Some(at.saturating_sub(fault));
-                }
-            }
-            for (key, n) in requests {
-                let group = key.split('@').next().unwrap_or("?").to_string();
-                *out.requests.entry(group).or_default() += n;
-            }
-            return Ok(out);
+        if ended_at.is_none() && (ended || w.start.elapsed() > timeout) {
+            w.finish(&status, &phase, ended, timeout);
+            ended_at = Some(Instant::now());
+            println!(
+                "[{:>5.1}s] rollout ended ({}); load continues for {} s to show where new flows go",
+                w.start.elapsed().as_secs_f64(),
+                w.out.phase,
+                SETTLE.as_secs()
+            );
+        }
+        if ended_at.is_some_and(|e| e.elapsed() >= SETTLE) {
+            print!("{}", w.view(&status, scenario));
+            w.out.flows_after_end = w.end_flows.map(|e| delta(group_flows(&status), e));
+            return Ok(w.out);
         }
         // After the fault, poll faster to time the rollback closely.
-        std::thread::sleep(if fault_sent.is_some() {
+        std::thread::sleep(if w.fault_sent.is_some() && ended_at.is_none() {
             Duration::from_millis(100)
         } else {
             Duration::from_millis(250)
         });
+    }
+}
+
+/// The state of [`watch`] between polls.
+struct Watch {
+    start: Instant,
+    out: Outcome,
+    seen: HashSet<String>,
+    last_view: Option<Instant>,
+    /// Kernel new-flow counters at the last view, and at the last poll.
+    view_flows: Option<(u64, u64)>,
+    poll_flows: Option<(u64, u64)>,
+    first_step: Option<Instant>,
+    fault_sent: Option<Instant>,
+    /// Kernel new-flow counters when the rollout ended.
+    end_flows: Option<(u64, u64)>,
+    /// Largest per-group request count seen per step window (`group@weight`).
+    requests: BTreeMap<String, u64>,
+}
+
+impl Watch {
+    /// One poll: weights, figures, decisions, timing after the fault, and the view when due.
+    fn observe(&mut self, status: &Value, scenario: Scenario, phase: &str, weight: f64) {
+        if matches!(phase, "stepping" | "promoted" | "rolled_back") {
+            self.first_step.get_or_insert_with(Instant::now);
+            if self.out.weights.last() != Some(&weight) {
+                self.out.weights.push(weight);
+            }
+        }
+        for g in status["groups"].as_array().into_iter().flatten() {
+            let name = g["group"].as_str().unwrap_or("?");
+            let n = g["requests"].as_u64().unwrap_or(0);
+            let e = self.requests.entry(format!("{name}@{weight}")).or_default();
+            *e = (*e).max(n);
+        }
+        let flows = group_flows(status);
+        if let (Some(f), Some(before)) = (self.fault_sent, self.poll_flows) {
+            let (stable, canary) = delta(flows, before);
+            if weight == 0.0 && self.out.weight_zero_seen_after.is_none() {
+                self.out.weight_zero_seen_after = Some(f.elapsed());
+            }
+            if weight == 0.0
+                && canary == 0
+                && stable > 0
+                && self.out.canary_flows_stopped_after.is_none()
+            {
+                self.out.canary_flows_stopped_after = Some(f.elapsed());
+            }
+        }
+        self.poll_flows = Some(flows);
+        for line in new_decisions(status, &mut self.seen, self.out.fault_at_ms) {
+            println!("{line}");
+        }
+        if self.last_view.is_none_or(|v| v.elapsed() >= VIEW_EVERY) {
+            print!("{}", self.view(status, scenario));
+        }
+    }
+
+    fn view(&mut self, status: &Value, scenario: Scenario) -> String {
+        let flows = group_flows(status);
+        let live = self.view_flows.map(|before| delta(flows, before));
+        self.view_flows = Some(flows);
+        self.last_view = Some(Instant::now());
+        render_view(self.start.elapsed(), scenario, status, live)
+    }
+
+    /// The rollout ended (or timed out): fill in the outcome.
+    fn finish(&mut self, status: &Value, phase: &str, ended: bool, timeout: Duration) {
+        self.end_flows = Some(group_flows(status));
+        let out = &mut self.out;
+        out.phase = if ended {
+            phase.to_string()
+        } else {
+            println!("giving up after {} s in phase {phase}", timeout.as_secs());
+            format!("{phase} (timed out)")
+        };
+        out.elapsed = self
+            .first_step
+            .map_or_else(|| self.start.elapsed(), |f| f.elapsed());
+        out.reason = status["last_decision"]["reason"]
+            .as_str()
+            .unwrap_or("-")
+            .to_string();
+        if let (Some(fault), Some(at), "rolled_back") = (
+            out.fault_at_ms,
+            status["last_decision"]["at_ms"].as_u64(),
+            phase,
+        ) {
+            out.rollback_after_ms = Some(at.saturating_sub(fault));
+        }
+        for (key, n) in &self.requests {
+            let group = key.split('@').next().unwrap_or("?").to_string();
+            *out.requests.entry(group).or_default() += n;
+        }
     }
 }
 
@@ -378,10 +457,7 @@ fn new_decisions(
 ) -> Vec<String> {
     let mut lines = Vec::new();
     for e in status["events"].as_array().into_iter().flatten() {
-        let key = format!(
-            "{}/{}/{}/{}",
-            e["at_ms"], e["action"], e["reason"], e["to"]
-        );
+        let key = format!("{}/{}/{}/{}", e["at_ms"], e["action"], e["reason"], e["to"]);
         if !seen.insert(key) {
             continue;
         }
@@ -436,38 +512,54 @@ fn percent(v: Option<f64>) -> String {
 }
 
 fn millis(v: Option<f64>) -> String {
-    v.map_or_else(|| "-".into(), |v| format!("{:.1}", v * 1000.0))
+    v.map_or_else(|| "-".into(), |v| format!("{:.2}", v * 1000.0))
+}
+
+/// New flows the kernel counted per group since the daemon loaded the program: (stable, canary).
+fn group_flows(s: &Value) -> (u64, u64) {
+    let mut flows = (0, 0);
+    for b in s["backends"].as_array().into_iter().flatten() {
+        let n = b["new_flows"].as_u64().unwrap_or(0);
+        match b["group"].as_str() {
+            Some("canary") => flows.1 += n,
+            _ => flows.0 += n,
+        }
+    }
+    flows
+}
+
+fn delta(now: (u64, u64), before: (u64, u64)) -> (u64, u64) {
+    (
+        now.0.saturating_sub(before.0),
+        now.1.saturating_sub(before.1),
+    )
 }
 
 /// The live view of one service status: phase and split, then one line per group.
-fn render_view(t: Duration, scenario: Scenario, s: &Value) -> String {
+/// `live`: new flows (stable, canary) the kernel counted since the previous view.
+fn render_view(t: Duration, scenario: Scenario, s: &Value, live: Option<(u64, u64)>) -> String {
     let mut out = String::new();
     let step = match (s["step"].as_u64(), s["steps"].as_array()) {
         (Some(i), Some(steps)) => format!("{}/{}", i + 1, steps.len()),
         _ => "-".into(),
     };
-    let flows: Vec<String> = s["groups"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|g| {
-            format!(
-                "{} {}",
-                g["group"].as_str().unwrap_or("?"),
-                g["new_flows"].as_u64().unwrap_or(0)
-            )
-        })
-        .collect();
+    let live = match live {
+        Some((stable, canary)) if stable + canary > 0 => format!(
+            "{:>6.2}% of {} new flows since the last line",
+            canary as f64 * 100.0 / (stable + canary) as f64,
+            stable + canary
+        ),
+        _ => "no new flows since the last line".into(),
+    };
     let _ = writeln!(
         out,
-        "[{:>5.1}s] {} | phase {:<11} step {:<3} | canary weight {:>6.2}% configured, {:>7} measured (new flows: {})",
+        "[{:>5.1}s] {} | phase {:<11} step {:<3} | canary weight {:>6.2}% configured | measured {live} ({} over the last judged window)",
         t.as_secs_f64(),
         scenario.tag(),
         s["phase"].as_str().unwrap_or("?"),
         step,
         s["weight_percent"].as_f64().unwrap_or(0.0),
         percent(s["measured_canary_share"].as_f64()),
-        flows.join(", "),
     );
     for g in s["groups"].as_array().into_iter().flatten() {
         let preds = g["predictions"].as_object();
@@ -503,34 +595,40 @@ fn render_view(t: Duration, scenario: Scenario, s: &Value) -> String {
 }
 
 fn summary_line(scenario: Scenario, o: &Outcome) -> String {
-    let path: Vec<String> = o.weights.iter().map(|w| format!("{w}")).collect();
-    let requests: Vec<String> = o
-        .requests
-        .iter()
-        .map(|(g, n)| format!("{g} {n}"))
-        .collect();
-    let verdict = if o.passed(scenario) { "OK  " } else { "FAIL" };
-    match scenario {
-        Scenario::Healthy => format!(
-            "{verdict} {}: phase {}, weights {} in {:.1} s (requests judged: {})",
-            scenario.title(),
-            o.phase,
-            path.join(" -> "),
-            o.elapsed.as_secs_f64(),
-            requests.join(", ")
-        ),
-        Scenario::Faulty => format!(
-            "{verdict} {}: phase {} (reason {}), weights {}; rollback decision {} after the fault, weight 0 seen {} after it",
-            scenario.title(),
-            o.phase,
-            o.reason,
-            path.join(" -> "),
-            o.rollback_after_ms
-                .map_or_else(|| "never".into(), |ms| format!("{:.2} s", ms as f64 / 1000.0)),
-            o.weight_zero_seen_after
-                .map_or_else(|| "never".into(), |d| format!("{:.2} s", d.as_secs_f64())),
-        ),
+    let path: Vec<String> = o.weights.iter().map(|w| format!("{w}%")).collect();
+    let requests: Vec<String> = o.requests.iter().map(|(g, n)| format!("{g} {n}")).collect();
+    let secs = |d: Option<Duration>| {
+        d.map_or_else(|| "never".into(), |d| format!("{:.2} s", d.as_secs_f64()))
+    };
+    let mut s = format!(
+        "{} {}\n       weights {} in {:.1} s, phase {} (last reason {})\n       requests judged: {}\n",
+        if o.passed(scenario) { "OK  " } else { "FAIL" },
+        scenario.title(),
+        path.join(" -> "),
+        o.elapsed.as_secs_f64(),
+        o.phase,
+        o.reason,
+        requests.join(", "),
+    );
+    if scenario == Scenario::Faulty {
+        let _ = writeln!(
+            s,
+            "       after the fault: rollback decision {}, weight 0 seen {}, no new canary flow from {}",
+            secs(o.rollback_after_ms.map(Duration::from_millis)),
+            secs(o.weight_zero_seen_after),
+            secs(o.canary_flows_stopped_after),
+        );
     }
+    let _ = write!(
+        s,
+        "       new flows in the {} s after the end: {}",
+        SETTLE.as_secs(),
+        o.flows_after_end.map_or_else(
+            || "-".into(),
+            |(stable, canary)| format!("stable {stable}, canary {canary}")
+        )
+    );
+    s
 }
 
 #[cfg(test)]
@@ -563,17 +661,22 @@ mod tests {
 
     #[test]
     fn view_shows_split_groups_and_prediction_mix() {
-        let v = render_view(Duration::from_millis(12_300), Scenario::Healthy, &status());
+        let v = render_view(
+            Duration::from_millis(12_300),
+            Scenario::Healthy,
+            &status(),
+            Some((750, 250)),
+        );
         for needle in [
             " 12.3s",
             "step 2/5",
             " 25.00% configured",
-            "24.81% measured",
-            "new flows: stable 901, canary 297",
+            "measured  25.00% of 1000 new flows since the last line",
+            "(24.81% over the last judged window)",
             "requests    900",
             "errors   1.00%",
-            "mean    1.2 ms",
-            "p95    4.0 ms",
+            "mean   1.20 ms",
+            "p95   4.00 ms",
             "negative 40% positive 60%",
             "p95      - ms  predictions -",
         ] {
@@ -586,7 +689,11 @@ mod tests {
         let mut seen = HashSet::new();
         let lines = new_decisions(&status(), &mut seen, None);
         assert_eq!(lines.len(), 2, "{lines:?}");
-        assert!(lines[0].contains("step (warmup_done): 0% -> 10%"), "{}", lines[0]);
+        assert!(
+            lines[0].contains("step (warmup_done): 0% -> 10%"),
+            "{}",
+            lines[0]
+        );
         assert!(
             lines[1].ends_with("every signal passed at look 1 [error_rate pass]"),
             "{}",
@@ -600,7 +707,11 @@ mod tests {
         let mut seen = HashSet::new();
         let lines = new_decisions(&status(), &mut seen, Some(2_500));
         assert!(!lines[0].contains("after the fault"), "{}", lines[0]);
-        assert!(lines[1].contains("[1.50 s after the fault]"), "{}", lines[1]);
+        assert!(
+            lines[1].contains("[1.50 s after the fault]"),
+            "{}",
+            lines[1]
+        );
     }
 
     #[test]
@@ -608,9 +719,15 @@ mod tests {
         let promoted = Outcome {
             phase: "promoted".into(),
             weights: STEPS.to_vec(),
+            flows_after_end: Some((0, 1200)),
             ..Outcome::default()
         };
         assert!(promoted.passed(Scenario::Healthy));
+        let stable_still_chosen = Outcome {
+            flows_after_end: Some((3, 1200)),
+            ..promoted.clone()
+        };
+        assert!(!stable_still_chosen.passed(Scenario::Healthy));
         let skipped_a_step = Outcome {
             weights: vec![10.0, 50.0, 75.0, 100.0],
             ..promoted.clone()
@@ -620,6 +737,7 @@ mod tests {
             phase: "rolled_back".into(),
             weights: vec![10.0, 25.0, 0.0],
             rollback_after_ms: Some(1200),
+            flows_after_end: Some((900, 0)),
             ..Outcome::default()
         };
         assert!(rolled_back.passed(Scenario::Faulty));
