@@ -98,7 +98,7 @@ fn kill_9_under_load_then_restart_resumes_the_same_step_without_failures() {
 
     let reports: Vec<_> = procs
         .into_iter()
-        .map(|p| d.wait_load(p, Duration::from_secs(60)).unwrap())
+        .map(|p| d.wait_load(p, Duration::from_mins(1)).unwrap())
         .collect();
     let (requests, ok, failed, transport, http) = totals(&reports);
     let moved: u64 = reports.iter().map(|r| r.keep_alive_connections.moved).sum();

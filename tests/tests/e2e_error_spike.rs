@@ -65,7 +65,7 @@ fn error_spike_at_25_percent_stops_new_canary_flows_within_3_seconds() {
         .windows(2)
         .filter(|w| w[1].1 > w[0].1)
         .map(|w| w[1].0)
-        .last()
+        .next_back()
         .unwrap_or_default();
     let rolled_back_at = samples.iter().find(|s| s.3 == "rolled_back").map(|s| s.0);
     let status = d.service_status().unwrap();

@@ -88,8 +88,8 @@ fn keepalive_connections_survive_promotion_and_drain_rollback() {
     );
     assert_eq!(s["phase"], "rolled_back");
 
-    let first = d.wait_load(first, Duration::from_secs(60)).unwrap();
-    let second = d.wait_load(second, Duration::from_secs(60)).unwrap();
+    let first = d.wait_load(first, Duration::from_mins(1)).unwrap();
+    let second = d.wait_load(second, Duration::from_mins(1)).unwrap();
     check("opened at 10%", &first, 500, 30);
     check("opened at 100%", &second, 200, 20);
     let v2 = first.versions.get("v2").copied().unwrap_or(0) as f64 / first.ok as f64;

@@ -47,7 +47,7 @@ pub fn vip(d: &Deployment) -> SocketAddr {
 pub fn new_conn_load(d: &Deployment, client: &Node, requests: u64, workers: usize) -> LoadSpec {
     let mut l = LoadSpec::new(vip(d));
     l.requests = Some(requests);
-    l.duration = Duration::from_secs(60);
+    l.duration = Duration::from_mins(1);
     l.new_conns = workers;
     l.sources = client
         .source_addresses()
