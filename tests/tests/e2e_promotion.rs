@@ -29,7 +29,7 @@ fn healthy_canary_reaches_100_percent_and_stable_gets_no_new_flows() {
     load.interval = Duration::from_millis(40);
     let (promoted, background) = std::thread::scope(|scope| {
         let bg = Background::start(scope, &d, &load, Duration::from_secs(2));
-        let (s, _) = wait_status(&d, "promotion to 100%", Duration::from_secs(120), |s| {
+        let (s, _) = wait_status(&d, "promotion to 100%", Duration::from_mins(2), |s| {
             s["phase"] == "promoted" || s["phase"] == "rolled_back"
         });
         (s, bg.finish())
