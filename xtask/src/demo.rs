@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use canary_lab::deployment::{Deployment, DeploymentSpec};
-use canary_lab::lab::{Lab, LabProcess, SERVICE_PORT};
+use canary_lab::lab::{leftovers, Lab, LabProcess, SERVICE_PORT};
 use canary_lab::loadgen::LoadSpec;
 use clap::Args;
 use serde_json::Value;
@@ -163,10 +163,15 @@ pub fn run(options: &Options) -> Result<()> {
         println!("{}", summary_line(*scenario, o));
     }
     let total = started.elapsed();
-    println!(
-        "demo finished in {:.0} s; labs removed",
-        total.as_secs_f64()
-    );
+    let left: Vec<String> = TAGS.iter().flat_map(|tag| leftovers(tag)).collect();
+    if left.is_empty() {
+        println!(
+            "demo finished in {:.0} s; labs removed, nothing left behind",
+            total.as_secs_f64()
+        );
+    } else {
+        bail!("the demo labs left behind: {}", left.join(", "));
+    }
     if results.iter().all(|(s, o)| o.passed(*s)) {
         Ok(())
     } else {
