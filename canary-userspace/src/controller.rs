@@ -303,8 +303,11 @@ impl<D: DataPlane> Controller<D> {
             reset_epoch_ns: 0,
             measured_share: None,
         };
-        if let Some(d) = rt.rollout.last_decision() {
-            rt.events.push_back(d.clone());
+        // A restored rollout shows its last decision; a new one shows the decision it starts with.
+        if output.decision.is_none() {
+            if let Some(d) = rt.rollout.last_decision() {
+                rt.events.push_back(d.clone());
+            }
         }
         self.services.insert(svc.name.clone(), rt);
         self.apply_output(&svc.name, output, 0);

@@ -533,3 +533,16 @@ fn metrics_follow_the_rollout_the_kernel_and_the_backends() {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
 }
+
+#[test]
+fn a_new_rollout_logs_its_start_once() {
+    let mut sim = Sim::new("events", "");
+    sim.tick();
+    let status = sim.c.status.read().unwrap().clone();
+    let starts = status.services[0]
+        .events
+        .iter()
+        .filter(|d| d.action.as_str() == "start")
+        .count();
+    assert_eq!(starts, 1, "{:?}", status.services[0].events);
+}
