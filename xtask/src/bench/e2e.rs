@@ -65,6 +65,8 @@ struct Sample {
     balancer_cpu_ns: Option<u64>,
     /// All model servers' CPU time during the run, seconds.
     backends_cpu_seconds: f64,
+    /// Percent of all the machine's CPUs busy during the run.
+    machine_busy_percent: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -78,6 +80,7 @@ struct Row {
     balancer_cpu_ms_per_1000: Option<f64>,
     generator_cpu_percent: f64,
     backends_cpu_percent: f64,
+    machine_busy_percent: f64,
     errors: u64,
 }
 
@@ -190,8 +193,10 @@ fn measure(
         Cpu::Process(pid) => procstat::tree_cpu_time(pid).as_nanos() as u64,
     };
     let before_models = models_cpu(d);
+    let before_machine = procstat::machine_ticks();
     let wrk = labkit::run_wrk(&d.lab, client, script, &url, CONNECTIONS, seconds)?;
     let after_models = models_cpu(d);
+    let machine_busy_percent = procstat::busy_percent(before_machine, procstat::machine_ticks());
     let balancer_cpu_ns = match path.cpu {
         Cpu::None => None,
         Cpu::Xdp(id) => Some(labkit::prog_stats(id)?.run_time_ns - before_cpu),
@@ -204,6 +209,7 @@ fn measure(
         wrk,
         balancer_cpu_ns,
         backends_cpu_seconds: after_models - before_models,
+        machine_busy_percent,
     })
 }
 
@@ -270,8 +276,16 @@ pub fn run() -> Result<Section> {
         },
     ];
     for p in &paths {
-        labkit::wait_http(&d.lab, &client, p.target, Duration::from_secs(30))
-            .with_context(|| format!("path ({}) {}", p.key, p.name))?;
+        labkit::wait_http(&d.lab, &client, p.target, Duration::from_secs(30)).with_context(|| {
+            format!(
+                "path ({}) {}; nginx log: {}; haproxy log: {}; router log: {}",
+                p.key,
+                p.name,
+                nginx.log_tail(5),
+                haproxy.log_tail(5),
+                router.log_tail(5)
+            )
+        })?;
     }
     let scripts = [
         (Mode::KeepAlive, dir.join("keepalive.lua")),
@@ -329,6 +343,7 @@ pub fn run() -> Result<Section> {
                 balancer_cpu_ms_per_1000: cpu,
                 generator_cpu_percent: m(&|s| 100.0 * s.wrk.generator_cpu_seconds / s.wrk.seconds),
                 backends_cpu_percent: m(&|s| 100.0 * s.backends_cpu_seconds / s.wrk.seconds),
+                machine_busy_percent: m(&|s| s.machine_busy_percent),
                 errors: ss.iter().map(|s| s.wrk.errors).sum(),
             });
         }
@@ -363,6 +378,7 @@ fn section(machine: &Machine, rows: &[Row]) -> Section {
                 .map_or_else(|| "-".to_owned(), |c| format!("{c:.3}")),
             format!("{:.0} %", r.generator_cpu_percent),
             format!("{:.0} %", r.backends_cpu_percent),
+            format!("{:.0} %", r.machine_busy_percent),
             r.errors.to_string(),
         ]);
     }
@@ -378,6 +394,7 @@ fn section(machine: &Machine, rows: &[Row]) -> Section {
             "balancer CPU ms / 1000 req",
             "wrk CPU",
             "backends CPU",
+            "machine busy",
             "errors",
         ],
         &table_rows,
@@ -390,7 +407,11 @@ fn section(machine: &Machine, rows: &[Row]) -> Section {
          processes (master and workers) from `/proc/<pid>/stat`: it includes their socket system calls, and leaves out \
          softirq network processing not charged to them. The proxies' packets also pass the XDP program (not a VIP: parse, \
          one lookup, XDP_PASS), which is not counted in their figure. wrk CPU and backends CPU are percent of one CPU \
-         over the run (this machine has 2): the generator is not the bottleneck while it stays well under 100 %.\n",
+         over the run; machine busy is percent of all CPUs (`/proc/stat`). wrk uses well under one CPU, so it is not \
+         what limits a path by itself; but client, balancer and backends share this machine's CPUs, so when the machine \
+         is near 100 % busy every path is bound by the shared CPUs, and work the kernel does for a path (for (b): the \
+         extra hop through the load balancer's veth and the bridge, which `run_time_ns` does not include) shows up as \
+         fewer requests/s for it.\n",
     );
     let mut checks = String::from("\nTargets:\n");
     for mode in [Mode::KeepAlive, Mode::Close] {

@@ -19,7 +19,8 @@ pub const DEBIAN: [(&str, &str); 5] = [
 ];
 
 /// PyPI packages of the application router.
-pub const PYPI: [&str; 3] = ["fastapi", "uvicorn", "httpx"];
+/// `uvicorn[standard]` (uvloop, httptools) as the FastAPI documentation recommends for serving.
+pub const PYPI: [&str; 3] = ["fastapi", "uvicorn[standard]", "httpx"];
 
 /// Installs the Debian packages whose file is missing.
 pub fn ensure_debian() -> Result<()> {
@@ -62,7 +63,7 @@ pub fn ensure_venv(bench_dir: &Path) -> Result<PathBuf> {
     let python = venv.join("bin/python");
     let imports = || {
         Command::new(&python)
-            .args(["-c", "import fastapi, uvicorn, httpx"])
+            .args(["-c", "import fastapi, uvicorn, httpx, uvloop, httptools"])
             .output()
             .is_ok_and(|o| o.status.success())
     };

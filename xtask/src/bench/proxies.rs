@@ -52,7 +52,8 @@ pub fn haproxy_cfg(listen: SocketAddrV4, upstreams: &[Upstream]) -> String {
     let mut t = String::new();
     let _ = writeln!(t, "global");
     let _ = writeln!(t, "    nbthread 2");
-    let _ = writeln!(t, "    maxconn 20000");
+    // Two descriptors per connection must fit the process's descriptor limit.
+    let _ = writeln!(t, "    maxconn 8000");
     let _ = writeln!(t, "defaults");
     let _ = writeln!(t, "    mode tcp");
     let _ = writeln!(t, "    timeout connect 2s");

@@ -26,6 +26,11 @@ use super::stats::{summary, verdict, Summary};
 
 const TRIALS: usize = 5;
 const KEEPALIVE_CONNECTIONS: usize = 1000;
+/// Background load during the fault trials: about 400 requests/s in all.
+const FAULT_LOAD_INTERVAL: Duration = Duration::from_millis(20);
+/// During the promotion trials: about 1,600 requests/s, so that the judge's bounds tighten
+/// within a step (the promotion time is set by the canary's traffic, not only the interval).
+const PROMOTION_LOAD_INTERVAL: Duration = Duration::from_millis(5);
 
 fn cli(d: &Deployment, args: &[&str]) -> Result<()> {
     let out = d.cli(args)?;
@@ -70,12 +75,16 @@ fn time_until(
     bail!("{what}: not reached in {timeout:?} (last: {last})")
 }
 
-fn background_load(d: &Deployment, seconds: u64) -> Result<canary_lab::lab::LabProcess> {
+/// 8 connections, each sending one request every `interval`.
+fn background_load(
+    d: &Deployment,
+    seconds: u64,
+    interval: Duration,
+) -> Result<canary_lab::lab::LabProcess> {
     let mut spec = LoadSpec::new((d.lab.vip(), SERVICE_PORT).into());
     spec.duration = Duration::from_secs(seconds);
     spec.new_conns = 8;
-    // About 400 requests/s in all: enough samples per poll, light on a small machine.
-    spec.interval = Duration::from_millis(20);
+    spec.interval = interval;
     Ok(d.spawn_load(0, &spec)?)
 }
 
@@ -96,7 +105,7 @@ fn fault_reaction() -> Result<Vec<f64>> {
     spec.interval = "300s".into();
     spec.poll_interval = "1s".into();
     let d = Deployment::start(spec)?;
-    let _load = background_load(&d, 600)?;
+    let _load = background_load(&d, 600, FAULT_LOAD_INTERVAL)?;
     let mut times = Vec::new();
     for trial in 0..TRIALS {
         let t0 = Instant::now();
@@ -120,13 +129,21 @@ fn fault_reaction() -> Result<Vec<f64>> {
 /// `canary start` to `promoted`, `TRIALS` times.
 fn healthy_promotion(spec: &DeploymentSpec) -> Result<Vec<f64>> {
     let d = Deployment::start(spec.clone())?;
-    let _load = background_load(&d, 600)?;
+    let _load = background_load(&d, 600, PROMOTION_LOAD_INTERVAL)?;
     let mut times = Vec::new();
     for trial in 0..TRIALS {
         // Some traffic first so the start is not also the first poll with data.
         std::thread::sleep(Duration::from_secs(2));
+        // With `start = "paused"` every rollout waits as pending (weight 0) until resumed: the
+        // clock starts at the resume.
+        if !d.service_status().is_ok_and(|s| phase(&s) == "pending") {
+            cli(&d, &["start"])?;
+            time_until(&d, Instant::now(), Duration::from_secs(10), "pending", |s| {
+                phase(s) == "pending"
+            })?;
+        }
         let t0 = Instant::now();
-        cli(&d, &["start"])?;
+        cli(&d, &["resume"])?;
         let t = time_until(&d, t0, Duration::from_secs(120), "promotion", |s| {
             phase(s) == "promoted"
         })?;
@@ -273,7 +290,7 @@ pub fn run() -> Result<Section> {
     md.push_str(&format!(
         "Median of {TRIALS} trials (min - max). Each measurement in its own lab deployment (real daemon, XDP, model servers); \
          times are read by polling `canary status` (about every 20 ms plus the CLI's own time). Background load: \
-         8 connections, one request each every 20 ms. The promotion trials use `canary promote --full` with \
+         8 connections, one request each every 20 ms (fault) or 5 ms (healthy promotion). The promotion trials use `canary promote --full` with \
          {KEEPALIVE_CONNECTIONS} keep-alive connections from `canary-loadgen --no-reconnect`, one request per second each; \
          a connection counts as broken when a request on it fails (reset, timeout or closed). The flow table is disabled \
          by setting `CONFIG_FLAG_NO_FLOW_TABLE` in the running daemon's pinned `CONFIG` map (a benchmark-only switch; \
