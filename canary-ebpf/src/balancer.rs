@@ -15,7 +15,7 @@ use canary_common::{
 
 use crate::{
     maps::{self, count, BACKENDS, CONFIG, CONTROL, FLOWS, MAGLEV, SERVICES, VIPS},
-    packet::{self, Packet},
+    packet::{self, Packet, Segment},
 };
 
 /// `BPF_ANY`: create or replace.
@@ -50,19 +50,22 @@ pub fn try_canary(pkt: &Packet) -> Result<(), Counter> {
     let key = AlignedFlowKey::zeroed_in(&mut slot);
     let transport = packet::parse(pkt, key)?;
     let key = &*key;
-    if let Err(outcome) = transport {
+    let segment = match transport {
+        Ok(segment) => segment,
         // Fragments, bad or unknown L4 headers matter only when addressed to us.
-        return Err(if is_vip(key) {
-            outcome
-        } else {
-            Counter::PassNotService
-        });
-    }
+        Err(outcome) => {
+            return Err(if is_vip(key) {
+                outcome
+            } else {
+                Counter::PassNotService
+            })
+        }
+    };
     // Every service's address is in VIPS, so a service match needs no VIPS lookup, and a miss
     // is PassNotService whether or not the address is a VIP.
     let service = service_of(key).ok_or(Counter::PassNotService)?;
     let config = CONFIG.get(0).copied().unwrap_or_default();
-    let (backend_index, backend) = choose_backend(key, &service, &config)?;
+    let (backend_index, backend) = choose_backend(key, segment, &service, &config)?;
     rewrite_macs(pkt, &backend, &config)?;
     maps::count_backend_packet(backend_index, pkt.len() as u64);
     Ok(())
@@ -94,6 +97,7 @@ fn service_of(key: &FlowKey) -> Option<ServiceEntry> {
 #[inline(always)]
 fn choose_backend(
     key: &FlowKey,
+    segment: Segment,
     service: &ServiceEntry,
     config: &GlobalConfig,
 ) -> Result<(u32, Backend), Counter> {
@@ -104,9 +108,17 @@ fn choose_backend(
         .ok_or(Counter::DropNoBackend)?;
     let use_flow_table = config.flags & CONFIG_FLAG_NO_FLOW_TABLE == 0;
     if use_flow_table {
-        // SAFETY: copied out at once. An LRU entry recycled meanwhile can only yield another
-        // flow's backend, which is validated below like any pinned backend.
-        match unsafe { FLOWS.get(key) }.copied() {
+        // A SYN without ACK opens a new connection: an entry of the same 5-tuple belongs to an
+        // earlier one (a client reusing its port after the backend closed first) and must not
+        // pin it. No lookup; the new entry replaces the old (BPF_ANY).
+        let pinned = if segment.opens_connection {
+            None
+        } else {
+            // SAFETY: copied out at once. An LRU entry recycled meanwhile can only yield
+            // another flow's backend, which is validated below like any pinned backend.
+            unsafe { FLOWS.get(key) }.copied()
+        };
+        match pinned {
             Some(flow) => {
                 count(Counter::FlowHit);
                 match pinned_backend(&flow, service.index) {

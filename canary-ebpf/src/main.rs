@@ -1,8 +1,9 @@
 //! The canary XDP data plane.
 //!
 //! `canary` splits each service's new flows between its stable and canary backend groups by the
-//! bucket rule, pins established flows to their backend through an LRU flow table, and forwards
-//! by direct server return (MAC rewrite, `XDP_TX`). `canary_pass` only returns `XDP_PASS`.
+//! bucket rule, pins established flows to their backend through an LRU flow table (a TCP SYN
+//! without ACK always starts a new flow), and forwards by direct server return (MAC rewrite,
+//! `XDP_TX`). `canary_pass` only returns `XDP_PASS`.
 //!
 //! Every packet ends in exactly one terminal outcome (`Counter::is_outcome`), counted here in the
 //! entry point so no path can forget it or count it twice. No path returns `XDP_ABORTED`.

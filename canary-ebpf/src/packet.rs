@@ -28,6 +28,10 @@ const IPV6_DEST_OPTIONS: u8 = 60;
 const MAX_IPV6_EXTENSIONS: usize = 4;
 
 const TCP_MIN_HEADER_LEN: usize = 20;
+/// Offset of the flags byte (CWR ECE URG ACK PSH RST SYN FIN) in the TCP header.
+const TCP_FLAGS_OFFSET: usize = 13;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 const UDP_HEADER_LEN: usize = 8;
 
 /// The frame of one XDP invocation.
@@ -85,10 +89,18 @@ impl Packet {
     }
 }
 
+/// A complete TCP or UDP header, as far as the balancer cares beyond the ports.
+#[derive(Clone, Copy)]
+pub struct Segment {
+    /// A TCP SYN without ACK: the first packet of a connection, which starts a new flow even
+    /// if its 5-tuple is still in the flow table (a client reusing a port).
+    pub opens_connection: bool,
+}
+
 /// What a packet with a valid IP header carries: `Ok` when it has a complete TCP or UDP header
 /// (ports in the flow key). Otherwise the outcome it gets if it is addressed to a VIP:
 /// `DropFragment`, `DropMalformed`, `PassIpv6Extensions` or `PassOtherProtocol`.
-pub type Transport = Result<(), Counter>;
+pub type Transport = Result<Segment, Counter>;
 
 /// Parses Ethernet and IP into `key` (addresses and family; ports and protocol when the
 /// transport is `Ok`), and the TCP/UDP header when there is one to read. `Err` is an outcome
@@ -207,8 +219,8 @@ fn skip_ipv6_extensions(
     }
 }
 
-/// Reads the ports of a TCP or UDP header at `offset`; the header must end by `end` (the end of
-/// the IP packet, which is inside the frame).
+/// Reads the ports (and for TCP the flags) of a TCP or UDP header at `offset`; the header must
+/// end by `end` (the end of the IP packet, which is inside the frame).
 #[inline(always)]
 fn parse_transport(
     pkt: &Packet,
@@ -216,8 +228,8 @@ fn parse_transport(
     protocol: u8,
     offset: usize,
     end: usize,
-) -> Result<(), Counter> {
-    let ports = match protocol {
+) -> Transport {
+    let (ports, opens_connection) = match protocol {
         PROTO_TCP => {
             if offset + TCP_MIN_HEADER_LEN > end {
                 return Err(Counter::DropMalformed);
@@ -229,7 +241,12 @@ fn parse_transport(
             if header_len < TCP_MIN_HEADER_LEN || offset + header_len > end {
                 return Err(Counter::DropMalformed);
             }
-            [tcp[0], tcp[1], tcp[2], tcp[3]]
+            // The flags byte lies inside the 20 bytes already checked: no new packet access.
+            let flags = tcp[TCP_FLAGS_OFFSET];
+            (
+                [tcp[0], tcp[1], tcp[2], tcp[3]],
+                flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+            )
         }
         PROTO_UDP => {
             if offset + UDP_HEADER_LEN > end {
@@ -238,7 +255,7 @@ fn parse_transport(
             let udp = pkt
                 .bytes::<UDP_HEADER_LEN>(offset)
                 .ok_or(Counter::DropMalformed)?;
-            [udp[0], udp[1], udp[2], udp[3]]
+            ([udp[0], udp[1], udp[2], udp[3]], false)
         }
         _ => return Err(Counter::PassOtherProtocol),
     };
@@ -246,5 +263,5 @@ fn parse_transport(
     // Kept in network byte order: the in-memory bytes equal the wire bytes.
     key.src_port = u16::from_ne_bytes([ports[0], ports[1]]);
     key.dst_port = u16::from_ne_bytes([ports[2], ports[3]]);
-    Ok(())
+    Ok(Segment { opens_connection })
 }

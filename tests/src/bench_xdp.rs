@@ -3,23 +3,27 @@
 //! `BPF_PROG_TEST_RUN` with `repeat = N` re-runs the same buffer without resetting it, so each
 //! case is chosen to stay honest under that:
 //! - `pass_floor`: `canary_pass` (returns `XDP_PASS`), the cost of running any XDP program.
-//! - `established`: a flow already in the flow table. The program rewrites only MACs, so every
-//!   re-run is the same flow again: each iteration is a flow-table hit.
+//! - `established`: an ACK of a flow already in the flow table. The program rewrites only MACs,
+//!   so every re-run is the same flow again: each iteration is a flow-table hit. (A SYN would
+//!   not do: a SYN without ACK always starts a new flow, with no lookup.)
 //! - `new_flow_no_table`: `CONFIG_FLAG_NO_FLOW_TABLE` set, so every iteration takes the whole
 //!   new-flow path (hash, bucket, group, lookup table, backend, rewrite, counters) with no flow
 //!   lookup and no insert.
 //! - `non_service`: IPv4/TCP to an address that is not a VIP (parse + one VIPS lookup, pass).
 //!
-//! A flow-table miss followed by an insert cannot be repeated on one buffer (the second
-//! iteration hits), so it is measured with one syscall per packet, each a different flow,
-//! into an empty table: `single_new_flow_insert`. The kernel's per-run time then includes
+//! A new flow's insert cannot be repeated on one buffer (the table would grow by nothing), so
+//! it is measured with one syscall per packet, each the SYN of a different connection (the
+//! packet that starts a TCP flow), into an empty table: `single_new_flow_insert`.
+//!
+//! Each case's path is checked, not assumed: the action, and the flow-table counters it must
+//! (and must not) move. The kernel's single-shot per-run time includes
 //! its timer reads, so the same single-shot method is applied to the floor and to an
 //! established flow (`single_pass_floor`, `single_established`) and those are compared with
 //! each other only.
 
 use std::path::{Path, PathBuf};
 
-use canary_common::{CONFIG_FLAG_NO_FLOW_TABLE, PROTO_TCP};
+use canary_common::{Counter, CONFIG_FLAG_NO_FLOW_TABLE, PROTO_TCP};
 use serde::Serialize;
 
 use crate::packet::{arp_request, v4, Tuple, ETH_LEN};
@@ -38,6 +42,15 @@ pub enum BenchError {
         case: &'static str,
         got: u32,
         expected: u32,
+    },
+    /// A case moved a flow-table counter other than the measured path would.
+    #[error("benchmark case {case} counted {got} {counter} for {packets} packets, expected {expected}: the program does not take the measured path")]
+    WrongCount {
+        case: &'static str,
+        counter: &'static str,
+        packets: u64,
+        got: u64,
+        expected: u64,
     },
     #[error("writing {path}: {source}")]
     Write {
@@ -115,7 +128,7 @@ const CASES: [Case; 8] = [
     },
     Case {
         name: "established",
-        measures: "canary, IPv4/TCP to a service, flow already in the flow table (hit), MAC rewrite, XDP_TX",
+        measures: "canary, IPv4/TCP ACK to a service, flow already in the flow table (hit), MAC rewrite, XDP_TX",
         method: "repeat",
         floor: "pass_floor",
     },
@@ -151,7 +164,7 @@ const CASES: [Case; 8] = [
     },
     Case {
         name: "single_new_flow_insert",
-        measures: "canary, every packet a different new flow: flow-table miss, selection, insert into an empty table, XDP_TX; one syscall per packet",
+        measures: "canary, every packet the SYN of a different connection: new flow without lookup, selection, insert into an empty table, XDP_TX; one syscall per packet",
         method: "single-shot",
         floor: "single_pass_floor",
     },
@@ -192,6 +205,41 @@ fn expect(case: &'static str, got: u32, expected: u32) -> Result<(), BenchError>
     }
 }
 
+/// (`FlowHit`, `FlowMiss`) so far.
+fn flow_events(dataplane: &Dataplane) -> Result<[u64; 2], BenchError> {
+    let counters = dataplane.counters()?;
+    Ok([
+        counters[Counter::FlowHit as usize],
+        counters[Counter::FlowMiss as usize],
+    ])
+}
+
+/// Checks that `packets` runs since `before` counted exactly `hits` hits and `misses` misses.
+fn expect_flow_events(
+    case: &'static str,
+    dataplane: &Dataplane,
+    before: [u64; 2],
+    packets: u64,
+    [hits, misses]: [u64; 2],
+) -> Result<(), BenchError> {
+    let after = flow_events(dataplane)?;
+    for (counter, got, expected) in [
+        (Counter::FlowHit, after[0] - before[0], hits),
+        (Counter::FlowMiss, after[1] - before[1], misses),
+    ] {
+        if got != expected {
+            return Err(BenchError::WrongCount {
+                case,
+                counter: counter.name(),
+                packets,
+                got,
+                expected,
+            });
+        }
+    }
+    Ok(())
+}
+
 fn loaded(scenario: &Scenario) -> Result<Dataplane, BenchError> {
     let mut dataplane = Dataplane::load(LoadOptions::default())?;
     scenario.install(&mut dataplane)?;
@@ -226,7 +274,10 @@ pub fn run(options: BenchOptions) -> Result<Report, BenchError> {
     let pinned = options.cpu.is_some_and(|cpu| pin_to_cpu(cpu).is_ok());
     let scenario = bench_scenario();
     let mut dataplane = loaded(&scenario)?;
-    let established = service_tuple().frame();
+    let established = service_tuple().ack_frame();
+    let syn = service_tuple().frame();
+    let repeat = u64::from(options.repeat);
+    let single = u64::from(options.single_shot);
     let non_service = Tuple::tcp(v4(198, 18, 1, 10), 40_000, v4(198, 18, 9, 9), 80).frame();
     let not_ip = arp_request([198, 18, 0, 100]);
     let mut no_table = scenario.config;
@@ -242,13 +293,17 @@ pub fn run(options: BenchOptions) -> Result<Report, BenchError> {
         dataplane.set_config(&scenario.config)?;
         // Puts the flow in the table so that every measured iteration is a hit.
         expect("established", dataplane.run(&established)?.action, XDP_TX)?;
+        let before = flow_events(&dataplane)?;
         let (ns, action) = dataplane.time_program(PROGRAM, &established, options.repeat)?;
         expect("established", action, XDP_TX)?;
+        expect_flow_events("established", &dataplane, before, repeat, [repeat, 0])?;
         samples[1].push(f64::from(ns));
 
         dataplane.set_config(&no_table)?;
+        let before = flow_events(&dataplane)?;
         let (ns, action) = dataplane.time_program(PROGRAM, &established, options.repeat)?;
         expect("new_flow_no_table", action, XDP_TX)?;
+        expect_flow_events("new_flow_no_table", &dataplane, before, repeat, [0, 0])?;
         samples[2].push(f64::from(ns));
         dataplane.set_config(&scenario.config)?;
 
@@ -271,6 +326,7 @@ pub fn run(options: BenchOptions) -> Result<Report, BenchError> {
             &mut frame,
             false,
         )?);
+        let before = flow_events(&dataplane)?;
         samples[6].push(single_shot(
             &dataplane,
             PROGRAM,
@@ -280,8 +336,16 @@ pub fn run(options: BenchOptions) -> Result<Report, BenchError> {
             &mut frame,
             false,
         )?);
+        expect_flow_events(
+            "single_established",
+            &dataplane,
+            before,
+            single,
+            [single, 0],
+        )?;
         // A fresh copy of the object: an empty flow table for this round's new flows.
         let fresh = loaded(&scenario)?;
+        let mut frame = syn.clone();
         samples[7].push(single_shot(
             &fresh,
             PROGRAM,
@@ -291,6 +355,13 @@ pub fn run(options: BenchOptions) -> Result<Report, BenchError> {
             &mut frame,
             true,
         )?);
+        expect_flow_events(
+            "single_new_flow_insert",
+            &fresh,
+            [0, 0],
+            single,
+            [0, single],
+        )?;
         drop(fresh);
     }
 

@@ -1,12 +1,12 @@
 //! The data-plane contract's parsing steps (1-6) as a plain function: what outcome a frame
-//! must get, independently of the kernel program. The fuzz test compares the program with it
-//! on every frame.
+//! must get, independently of the kernel program, and whether a TCP segment opens a connection
+//! (step 7's SYN rule). The fuzz test compares the program with it on every frame.
 
 use canary_common::{Counter, FlowKey, VipKey, PROTO_TCP, PROTO_UDP};
 
 use crate::packet::{
-    ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_LEN, IPV6_DEST_OPTS, IPV6_FRAGMENT, IPV6_HOP_BY_HOP,
-    IPV6_LEN, IPV6_ROUTING,
+    opens_connection, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_LEN, IPV6_DEST_OPTS, IPV6_FRAGMENT,
+    IPV6_HOP_BY_HOP, IPV6_LEN, IPV6_ROUTING, TCP_FLAGS_OFFSET,
 };
 use crate::scenario::Scenario;
 use crate::xdp::{XDP_DROP, XDP_PASS, XDP_TX};
@@ -19,8 +19,13 @@ pub const MAX_IPV6_EXTENSIONS: usize = 4;
 pub enum Verdict {
     /// A terminal outcome reached before the flow steps.
     Outcome(Counter),
-    /// A TCP/UDP packet to a configured service (index), with its flow key.
-    Service { service: u32, key: FlowKey },
+    /// A TCP/UDP packet to a configured service (index), with its flow key. `opens_connection`:
+    /// a TCP SYN without ACK, which starts a new flow without a flow-table lookup (step 7).
+    Service {
+        service: u32,
+        key: FlowKey,
+        opens_connection: bool,
+    },
 }
 
 /// The XDP action that goes with a terminal outcome.
@@ -113,7 +118,7 @@ pub fn classify(frame: &[u8], scenario: &Scenario) -> Verdict {
         _ => return Outcome(Counter::PassNotIp),
     };
     let l4 = &ip[l4_start..ip_end];
-    let (src_port, dst_port) = match protocol {
+    let (src_port, dst_port, opens) = match protocol {
         PROTO_TCP => {
             if l4.len() < 20 {
                 return Outcome(Counter::DropMalformed);
@@ -122,13 +127,17 @@ pub fn classify(frame: &[u8], scenario: &Scenario) -> Verdict {
             if offset < 20 || offset > l4.len() {
                 return Outcome(Counter::DropMalformed);
             }
-            (be16(l4, 0), be16(l4, 2))
+            (
+                be16(l4, 0),
+                be16(l4, 2),
+                opens_connection(l4[TCP_FLAGS_OFFSET]),
+            )
         }
         PROTO_UDP => {
             if l4.len() < 8 {
                 return Outcome(Counter::DropMalformed);
             }
-            (be16(l4, 0), be16(l4, 2))
+            (be16(l4, 0), be16(l4, 2), false)
         }
         _ => return Outcome(Counter::PassOtherProtocol),
     };
@@ -152,6 +161,7 @@ pub fn classify(frame: &[u8], scenario: &Scenario) -> Verdict {
             family,
             _pad: [0; 2],
         },
+        opens_connection: opens,
     }
 }
 
@@ -166,7 +176,9 @@ fn vip(addr: [u8; 16], family: u8) -> VipKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::{ipv4_fragment, ipv4_set_ihl, v4, Tuple};
+    use crate::packet::{
+        ipv4_fragment, ipv4_set_ihl, v4, Tuple, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN,
+    };
     use crate::scenario::ServiceSpec;
 
     fn scenario() -> Scenario {
@@ -184,9 +196,37 @@ mod tests {
             classify(&frame, &s),
             Verdict::Service {
                 service: 0,
-                key: t.flow_key()
+                key: t.flow_key(),
+                opens_connection: true,
             }
         );
+        assert_eq!(
+            classify(&t.ack_frame(), &s),
+            Verdict::Service {
+                service: 0,
+                key: t.flow_key(),
+                opens_connection: false,
+            }
+        );
+        for (flags, opens) in [
+            (TCP_SYN, true),
+            (TCP_SYN | TCP_ACK, false),
+            (TCP_SYN | TCP_FIN, true),
+            (TCP_RST, false),
+            (TCP_FIN | TCP_ACK, false),
+            (TCP_PSH | TCP_ACK, false),
+        ] {
+            let frame = t.segment(flags, b"x");
+            assert_eq!(
+                frame[ETH_LEN + 20 + TCP_FLAGS_OFFSET],
+                flags,
+                "the builder sets exactly flags {flags:#04x}"
+            );
+            assert!(
+                matches!(classify(&frame, &s), Verdict::Service { opens_connection, .. } if opens_connection == opens),
+                "flags {flags:#04x}"
+            );
+        }
         let outcome = |f: &[u8]| match classify(f, &s) {
             Verdict::Outcome(c) => c,
             Verdict::Service { .. } => Counter::Tx,

@@ -24,8 +24,26 @@ pub const IPV6_ROUTING: u8 = 43;
 pub const IPV6_FRAGMENT: u8 = 44;
 pub const IPV6_DEST_OPTS: u8 = 60;
 
+/// TCP flag bits (byte 13 of the TCP header).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+/// Offset of the flags byte in the TCP header.
+pub const TCP_FLAGS_OFFSET: usize = 13;
+
+/// Whether a TCP segment with these flags opens a connection (SYN set, ACK clear): such a
+/// segment always starts a new flow, whatever the flow table holds for its 5-tuple.
+pub fn opens_connection(tcp_flags: u8) -> bool {
+    tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
 const PAYLOAD: &[u8] = b"canary test payload";
 const TTL: u8 = 64;
+const SEQUENCE: u32 = 0x1234_5678;
+const ACKNOWLEDGMENT: u32 = 0x0abc_def0;
+const WINDOW: u16 = 64_240;
 
 /// An IP address of either family, in wire order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -96,12 +114,26 @@ impl Tuple {
         }
     }
 
-    /// An Ethernet frame carrying this tuple with a small payload.
+    /// An Ethernet frame carrying this tuple with a small payload; for TCP, a SYN (the first
+    /// segment of a connection: always a new flow).
     pub fn frame(&self) -> Vec<u8> {
         self.frame_with_payload(PAYLOAD)
     }
 
+    /// As [`Tuple::frame`] with the given payload (TCP: a SYN).
     pub fn frame_with_payload(&self, payload: &[u8]) -> Vec<u8> {
+        self.segment(TCP_SYN, payload)
+    }
+
+    /// A frame of an established connection: for TCP an ACK (follows the flow table), for UDP
+    /// the same as [`Tuple::frame`].
+    pub fn ack_frame(&self) -> Vec<u8> {
+        self.segment(TCP_ACK, PAYLOAD)
+    }
+
+    /// A frame with the given TCP flags (`TCP_*` bits; FIN, SYN, RST, PSH, ACK are honoured,
+    /// ignored for UDP) and payload.
+    pub fn segment(&self, tcp_flags: u8, payload: &[u8]) -> Vec<u8> {
         let eth = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
         let ip = match (self.src, self.dst) {
             (Addr::V4(s), Addr::V4(d)) => eth.ipv4(s, d, TTL),
@@ -110,10 +142,25 @@ impl Tuple {
         };
         let mut out = Vec::new();
         match self.protocol {
-            PROTO_TCP => ip
-                .tcp(self.src_port, self.dst_port, 0x1234_5678, 64_240)
-                .syn()
-                .write(&mut out, payload),
+            PROTO_TCP => {
+                let mut tcp = ip.tcp(self.src_port, self.dst_port, SEQUENCE, WINDOW);
+                if tcp_flags & TCP_FIN != 0 {
+                    tcp = tcp.fin();
+                }
+                if tcp_flags & TCP_SYN != 0 {
+                    tcp = tcp.syn();
+                }
+                if tcp_flags & TCP_RST != 0 {
+                    tcp = tcp.rst();
+                }
+                if tcp_flags & TCP_PSH != 0 {
+                    tcp = tcp.psh();
+                }
+                if tcp_flags & TCP_ACK != 0 {
+                    tcp = tcp.ack(ACKNOWLEDGMENT);
+                }
+                tcp.write(&mut out, payload)
+            }
             PROTO_UDP => ip
                 .udp(self.src_port, self.dst_port)
                 .write(&mut out, payload),

@@ -189,15 +189,21 @@ fn raising_the_weight_only_moves_flows_to_canary() {
     );
 }
 
+/// The population's later segments: ACKs of the connections its SYNs opened.
+fn acks(frames: &[(Tuple, Vec<u8>)]) -> Vec<(Tuple, Vec<u8>)> {
+    frames.iter().map(|(t, _)| (*t, t.ack_frame())).collect()
+}
+
 #[test]
 fn established_flows_keep_their_backend_across_weight_changes() {
     let mut lab = Lab::new(scenario(1_000));
     let frames = population();
     let first = lab.send(&frames);
+    let established = acks(&frames);
     for weight in [5_000, 0, 10_000, 2_500] {
         lab.set_weight(weight);
         let before = lab.dataplane.counters().unwrap();
-        let again = lab.send(&frames);
+        let again = lab.send(&established);
         let moved = first.iter().zip(&again).filter(|(a, b)| a != b).count();
         assert_eq!(
             moved, 0,
@@ -223,6 +229,44 @@ fn established_flows_keep_their_backend_across_weight_changes() {
         let choice = lab.scenario.choose(service, &t.flow_key(), false).unwrap();
         assert_eq!(b, choice.backend, "new flow {t:?} after the weight change");
     }
+}
+
+#[test]
+fn reused_5_tuples_follow_the_current_weight() {
+    let mut lab = Lab::new(scenario(1_000));
+    let frames = population();
+    lab.send(&frames);
+    // Every client opens a new connection from the same port after the weight rose to 50%:
+    // each SYN is a new flow by the current weight, whatever the table held.
+    lab.set_weight(5_000);
+    let before = lab.dataplane.counters().unwrap();
+    let reopened = lab.send(&frames);
+    let service = lab.scenario.service(SVC);
+    let mut canary = 0u64;
+    for ((t, _), &b) in frames.iter().zip(&reopened) {
+        let choice = lab.scenario.choose(service, &t.flow_key(), false).unwrap();
+        assert_eq!(b, choice.backend, "SYN {t:?} reusing its 5-tuple");
+        canary += u64::from(choice.group == GROUP_CANARY);
+    }
+    let after = lab.dataplane.counters().unwrap();
+    let d = |c: Counter| after[c as usize] - before[c as usize];
+    assert_eq!(
+        (d(Counter::FlowMiss), d(Counter::FlowHit)),
+        (u64::from(FLOWS), 0),
+        "every SYN counts as a new flow"
+    );
+    let stats = lab.dataplane.service_stats(SVC).unwrap();
+    assert_eq!(
+        stats.new_flows[0] + stats.new_flows[1],
+        2 * u64::from(FLOWS)
+    );
+    assert!(
+        (45_000..=55_000).contains(&canary),
+        "{canary} of {FLOWS} reopened connections on canary at 50%"
+    );
+    // Their ACKs follow the replaced entries.
+    assert_eq!(lab.send(&acks(&frames)), reopened);
+    assert_eq!(lab.dataplane.flow_count().unwrap(), FLOWS as usize);
 }
 
 #[test]

@@ -15,6 +15,7 @@ use canary_tests::packet::{
     arp_request, icmp_echo, ipv4_fragment, ipv4_set_ihl, ipv4_set_protocol, ipv4_with_options,
     ipv6_with_extensions, truncate_l4, v4, v6, vlan_tagged, with_macs, Addr, Tuple, ETH_LEN,
     IPV4_LEN, IPV6_DEST_OPTS, IPV6_FRAGMENT, IPV6_HOP_BY_HOP, IPV6_LEN, IPV6_ROUTING, LB_MAC,
+    TCP_ACK, TCP_SYN,
 };
 use canary_tests::scenario::{backend_mac, Scenario, ServiceSpec, CONFIGURED_LB_MAC};
 use canary_tests::xdp::{
@@ -595,7 +596,7 @@ fn service_traffic_is_forwarded_with_only_macs_rewritten() {
     let b_tcp6 = expected_backend(&lab, TCP6_SVC, &tcp6);
     let b_opt = expected_backend(&lab, TCP4_SVC, &tcp4(3, 40_002, 80));
     let b_ext6 = expected_backend(&lab, TCP6_SVC, &Tuple::tcp(v6(0x2), 40_003, vip6(), 443));
-    let mut padded = tcp.frame();
+    let mut padded = tcp.ack_frame();
     padded.extend_from_slice(&[0u8; 9]);
     let fixtures = [
         fixture(
@@ -606,14 +607,14 @@ fn service_traffic_is_forwarded_with_only_macs_rewritten() {
             &[Tx, FlowMiss],
         ),
         fixture(
-            "IPv4 TCP, same flow again",
-            tcp.frame(),
+            "IPv4 TCP ACK, same flow again",
+            tcp.ack_frame(),
             XDP_TX,
             Output::ToBackend(b_tcp),
             &[Tx, FlowHit],
         ),
         fixture(
-            "IPv4 TCP with trailing ethernet padding, same flow",
+            "IPv4 TCP ACK with trailing ethernet padding, same flow",
             padded,
             XDP_TX,
             Output::ToBackend(b_tcp),
@@ -652,10 +653,10 @@ fn service_traffic_is_forwarded_with_only_macs_rewritten() {
         check(&lab, f);
     }
     // Per-backend and per-service counters agree with what was sent.
-    let tcp_len = tcp.frame().len() as u64;
+    let (syn_len, ack_len) = (tcp.frame().len() as u64, tcp.ack_frame().len() as u64);
     let stats = lab.dataplane.backend_stats(b_tcp).unwrap();
     assert_eq!(stats.packets, 3);
-    assert_eq!(stats.bytes, 3 * tcp_len + 9);
+    assert_eq!(stats.bytes, syn_len + 2 * ack_len + 9);
     assert_eq!(stats.new_flows, 1);
     let flow = lab
         .dataplane
@@ -669,11 +670,11 @@ fn service_traffic_is_forwarded_with_only_macs_rewritten() {
     // With no configured LB MAC, the frame's own destination MAC becomes the source.
     lab.scenario.config.lb_mac = [0; 6];
     lab.dataplane.set_config(&lab.scenario.config).unwrap();
-    let run = lab.dataplane.run_or_panic(&tcp.frame());
+    let run = lab.dataplane.run_or_panic(&tcp.ack_frame());
     assert_eq!(run.action, XDP_TX);
     assert_eq!(
         run.output,
-        with_macs(&tcp.frame(), backend_mac(b_tcp), LB_MAC)
+        with_macs(&tcp.ack_frame(), backend_mac(b_tcp), LB_MAC)
     );
 }
 
@@ -788,27 +789,38 @@ fn flow_table_full_still_forwards_consistently() {
     let flows: Vec<Tuple> = (0..2_000u16)
         .map(|i| tcp4((i % 250) as u8 + 1, 10_000 + i, 80))
         .collect();
-    let before = lab.counters();
-    for round in 0..2 {
+    // Round 0 opens every connection (SYN); round 1 continues them (ACK), so it looks each
+    // one up in a table that evicted most of them.
+    for (round, frame) in [
+        (0, Tuple::frame as fn(&Tuple) -> Vec<u8>),
+        (1, Tuple::ack_frame),
+    ] {
+        let before = lab.counters();
         for t in &flows {
-            let run = lab.dataplane.run_or_panic(&t.frame());
+            let input = frame(t);
+            let run = lab.dataplane.run_or_panic(&input);
             assert_eq!(run.action, XDP_TX, "round {round} {t:?}");
             let b = expected_backend(&lab, TCP4_SVC, t);
             assert_eq!(
                 run.output,
-                with_macs(&t.frame(), backend_mac(b), CONFIGURED_LB_MAC),
+                with_macs(&input, backend_mac(b), CONFIGURED_LB_MAC),
                 "round {round}: flow {t:?} must go to the same backend as before eviction"
             );
         }
+        let after = lab.counters();
+        let d = |c: Counter| after[c as usize] - before[c as usize];
+        assert_eq!(d(Counter::Tx), 2_000, "round {round}");
+        assert_eq!(d(Counter::FlowHit) + d(Counter::FlowMiss), 2_000);
+        if round == 0 {
+            assert_eq!(d(Counter::FlowMiss), 2_000, "a SYN is always a new flow");
+        } else {
+            assert!(
+                d(Counter::FlowMiss) >= 2_000 - u64::from(TABLE),
+                "a 64-entry table cannot hold 2000 flows: {} misses",
+                d(Counter::FlowMiss)
+            );
+        }
     }
-    let after = lab.counters();
-    let d = |c: Counter| after[c as usize] - before[c as usize];
-    assert_eq!(d(Counter::Tx), 4_000);
-    assert_eq!(d(Counter::FlowHit) + d(Counter::FlowMiss), 4_000);
-    assert!(
-        d(Counter::FlowMiss) > 2_000,
-        "a 64-entry table cannot hold 2000 flows"
-    );
     let count = lab.dataplane.flow_count().unwrap();
     assert!(
         count <= TABLE as usize,
@@ -851,7 +863,7 @@ fn flow_on_a_down_backend_is_rechosen() {
         &lab,
         &fixture(
             "flow pinned to a down backend",
-            t.frame(),
+            t.ack_frame(),
             XDP_TX,
             Output::ToBackend(again.backend),
             &[Tx, FlowHit, FlowRechosenDown, GroupFallback],
@@ -865,7 +877,7 @@ fn flow_on_a_down_backend_is_rechosen() {
         &lab,
         &fixture(
             "re-chosen flow is pinned again",
-            t.frame(),
+            t.ack_frame(),
             XDP_TX,
             Output::ToBackend(again.backend),
             &[Tx, FlowHit],
@@ -893,7 +905,7 @@ fn flow_on_a_down_backend_is_rechosen() {
     );
     lab.scenario.backends.get_mut(&2).unwrap().service_index = UDP4_SVC;
     lab.scenario.update_backend(&mut lab.dataplane, 2);
-    let run = lab.dataplane.run_or_panic(&t2.frame());
+    let run = lab.dataplane.run_or_panic(&t2.ack_frame());
     assert_eq!(run.action, XDP_TX);
     let c = lab.dataplane.counters().unwrap();
     assert_eq!(
@@ -938,7 +950,7 @@ fn reset_epoch_rechooses_old_canary_flows_only() {
             &lab,
             &fixture(
                 "canary flow older than the reset epoch",
-                t.frame(),
+                t.ack_frame(),
                 XDP_TX,
                 Output::ToBackend(b),
                 &[Tx, FlowHit, FlowRechosenReset],
@@ -949,7 +961,7 @@ fn reset_epoch_rechooses_old_canary_flows_only() {
             &lab,
             &fixture(
                 "re-chosen flow stays",
-                t.frame(),
+                t.ack_frame(),
                 XDP_TX,
                 Output::ToBackend(b),
                 &[Tx, FlowHit],
@@ -967,7 +979,7 @@ fn reset_epoch_rechooses_old_canary_flows_only() {
             &lab,
             &fixture(
                 "stable flow kept through a reset",
-                t.frame(),
+                t.ack_frame(),
                 XDP_TX,
                 Output::ToBackend(entry.backend),
                 &[Tx, FlowHit],
@@ -994,7 +1006,7 @@ fn reset_epoch_rechooses_old_canary_flows_only() {
         &lab,
         &fixture(
             "canary flow newer than the epoch is kept",
-            late.frame(),
+            late.ack_frame(),
             XDP_TX,
             Output::ToBackend(b),
             &[Tx, FlowHit],
@@ -1110,10 +1122,204 @@ fn removing_a_service_passes_its_traffic() {
         &lab,
         &fixture(
             "service removed, flow still in the table",
-            t.frame(),
+            t.ack_frame(),
             XDP_PASS,
             Output::Unchanged,
             &[Counter::PassNotService],
+        ),
+    );
+}
+
+/// The first segment of a new connection that reuses an old connection's 5-tuple (the backend
+/// closed first, so the client has no `TIME_WAIT` and reuses its port): the SYN is balanced
+/// afresh by the current weight and replaces the old entry; the connection's later segments
+/// follow the new entry.
+#[test]
+fn syn_reusing_a_5_tuple_starts_a_new_flow() {
+    let mut s = scenario();
+    s.service_mut(TCP4_SVC).control.canary_weight = 0;
+    let mut lab = Lab::with(s, LoadOptions::default());
+    let t = tcp4(9, 45_000, 80);
+    let key = t.flow_key();
+    let choose = |lab: &Lab, deadman: bool| {
+        lab.scenario
+            .choose(lab.scenario.service(TCP4_SVC), &key, deadman)
+            .expect("a backend")
+    };
+    let old = choose(&lab, false);
+    assert_eq!(old.group, GROUP_STABLE);
+    check(
+        &lab,
+        &fixture(
+            "first connection: SYN at weight 0",
+            t.frame(),
+            XDP_TX,
+            Output::ToBackend(old.backend),
+            &[Tx, FlowMiss],
+        ),
+    );
+    let first_entry = lab.dataplane.flow(&key).unwrap().expect("flow entry");
+
+    // Promoted to 100%: the first connection keeps its backend.
+    lab.scenario.service_mut(TCP4_SVC).control.canary_weight = BUCKETS;
+    lab.scenario.update_control(&mut lab.dataplane, TCP4_SVC);
+    check(
+        &lab,
+        &fixture(
+            "first connection: ACK after the promotion",
+            t.ack_frame(),
+            XDP_TX,
+            Output::ToBackend(old.backend),
+            &[Tx, FlowHit],
+        ),
+    );
+    // A SYN with ACK set is not a connection's first segment: it follows the table.
+    check(
+        &lab,
+        &fixture(
+            "SYN+ACK of the 5-tuple follows the table",
+            t.segment(TCP_SYN | TCP_ACK, b""),
+            XDP_TX,
+            Output::ToBackend(old.backend),
+            &[Tx, FlowHit],
+        ),
+    );
+
+    // (a) The same 5-tuple opens a new connection: balanced by the current weight (canary),
+    // counted as a new flow, and its entry replaces the old one.
+    let new = choose(&lab, false);
+    assert_eq!(new.group, GROUP_CANARY);
+    check(
+        &lab,
+        &fixture(
+            "second connection: SYN reusing the 5-tuple at weight 10000",
+            t.frame(),
+            XDP_TX,
+            Output::ToBackend(new.backend),
+            &[Tx, FlowMiss],
+        ),
+    );
+    let entry = lab.dataplane.flow(&key).unwrap().expect("flow entry");
+    assert_eq!((entry.backend, entry.group), (new.backend, GROUP_CANARY));
+    assert!(
+        entry.created_ns > first_entry.created_ns,
+        "the entry is the new connection's"
+    );
+    assert_eq!(
+        lab.dataplane.flow_count().unwrap(),
+        1,
+        "replaced, not added"
+    );
+    // (b) The new connection's ACK follows the new entry.
+    check(
+        &lab,
+        &fixture(
+            "second connection: ACK follows the new entry",
+            t.ack_frame(),
+            XDP_TX,
+            Output::ToBackend(new.backend),
+            &[Tx, FlowHit],
+        ),
+    );
+    let stats = lab.dataplane.service_stats(TCP4_SVC).unwrap();
+    assert_eq!(stats.new_flows, [1, 1]);
+    assert_eq!(
+        lab.dataplane.backend_stats(new.backend).unwrap().new_flows,
+        1
+    );
+
+    // The dead-man switch applies to a reused 5-tuple too: a stale heartbeat sends the third
+    // connection to stable although the table holds a canary entry.
+    let control = &mut lab.scenario.service_mut(TCP4_SVC).control;
+    control.heartbeat_ns = 1;
+    control.heartbeat_timeout_ns = 1_000_000_000;
+    lab.scenario.update_control(&mut lab.dataplane, TCP4_SVC);
+    check(
+        &lab,
+        &fixture(
+            "second connection: ACK keeps its canary backend under the dead-man switch",
+            t.ack_frame(),
+            XDP_TX,
+            Output::ToBackend(new.backend),
+            &[Tx, FlowHit],
+        ),
+    );
+    let third = choose(&lab, true);
+    assert!(third.deadman && third.group == GROUP_STABLE);
+    check(
+        &lab,
+        &fixture(
+            "third connection: SYN reusing the 5-tuple with a stale heartbeat",
+            t.frame(),
+            XDP_TX,
+            Output::ToBackend(third.backend),
+            &[Tx, FlowMiss, DeadmanFallback],
+        ),
+    );
+    check(
+        &lab,
+        &fixture(
+            "third connection: ACK follows the stable entry",
+            t.ack_frame(),
+            XDP_TX,
+            Output::ToBackend(third.backend),
+            &[Tx, FlowHit],
+        ),
+    );
+
+    // A SYN whose chosen group has no backend up falls back like any new flow.
+    lab.scenario.service_mut(TCP4_SVC).control = ServiceControl {
+        canary_weight: BUCKETS,
+        ..ServiceControl::default()
+    };
+    lab.scenario.update_control(&mut lab.dataplane, TCP4_SVC);
+    for b in [4, 5] {
+        lab.scenario.backends.get_mut(&b).unwrap().flags &= !BACKEND_FLAG_UP;
+        lab.scenario.update_backend(&mut lab.dataplane, b);
+    }
+    let fallback = choose(&lab, false);
+    assert!(fallback.group_fallback && fallback.group == GROUP_STABLE);
+    check(
+        &lab,
+        &fixture(
+            "fourth connection: SYN, canary group down",
+            t.frame(),
+            XDP_TX,
+            Output::ToBackend(fallback.backend),
+            &[Tx, FlowMiss, GroupFallback],
+        ),
+    );
+}
+
+/// UDP has no connection start: a UDP flow stays on its backend across weight changes.
+#[test]
+fn udp_flows_keep_their_backend_across_weight_changes() {
+    let mut s = scenario();
+    s.service_mut(UDP4_SVC).control.canary_weight = 0;
+    let mut lab = Lab::with(s, LoadOptions::default());
+    let u = Tuple::udp(client4(9), 45_000, vip4(), 53);
+    let first = expected_backend(&lab, UDP4_SVC, &u);
+    check(
+        &lab,
+        &fixture(
+            "UDP at weight 0",
+            u.frame(),
+            XDP_TX,
+            Output::ToBackend(first),
+            &[Tx, FlowMiss],
+        ),
+    );
+    lab.scenario.service_mut(UDP4_SVC).control.canary_weight = BUCKETS;
+    lab.scenario.update_control(&mut lab.dataplane, UDP4_SVC);
+    assert_ne!(expected_backend(&lab, UDP4_SVC, &u), first);
+    check(
+        &lab,
+        &fixture(
+            "UDP after the weight moved its bucket to canary",
+            u.frame(),
+            XDP_TX,
+            Output::ToBackend(first),
+            &[Tx, FlowHit],
         ),
     );
 }

@@ -12,7 +12,7 @@ use canary_tests::model::{action_of, classify, Verdict};
 use canary_tests::packet::{
     arp_request, icmp_echo, ipv4_with_options, ipv6_with_extensions, v4, v6, vlan_tagged,
     with_macs, Addr, Tuple, ETH_LEN, IPV6_DEST_OPTS, IPV6_FRAGMENT, IPV6_HOP_BY_HOP, IPV6_LEN,
-    IPV6_ROUTING,
+    IPV6_ROUTING, TCP_ACK, TCP_FIN, TCP_FLAGS_OFFSET, TCP_PSH, TCP_RST, TCP_SYN,
 };
 use canary_tests::scenario::{backend_mac, Scenario, ServiceSpec, CONFIGURED_LB_MAC};
 use canary_tests::xdp::{
@@ -123,7 +123,20 @@ fn base_frame(rng: &mut StdRng) -> Vec<u8> {
     };
     let payload_len = rng.gen_range(0..64);
     let payload: Vec<u8> = (0..payload_len).map(|_| rng.gen()).collect();
-    let frame = tuple.frame_with_payload(&payload);
+    // Connections open (SYN, a new flow even for a 5-tuple in the table) and continue (ACK and
+    // the rest follow the table); the SYN share makes SYNs to known 5-tuples common.
+    let flags = [
+        TCP_SYN,
+        TCP_SYN,
+        TCP_ACK,
+        TCP_ACK,
+        TCP_ACK | TCP_PSH,
+        TCP_SYN | TCP_ACK,
+        TCP_FIN | TCP_ACK,
+        TCP_RST,
+        rng.gen(),
+    ];
+    let frame = tuple.segment(flags[rng.gen_range(0..flags.len())], &payload);
     match rng.gen_range(0..20) {
         0 if !is_v6 => ipv4_with_options(&frame, rng.gen_range(1..=10)),
         1 if is_v6 => {
@@ -164,7 +177,7 @@ fn mutate(rng: &mut StdRng, frame: &mut Vec<u8>) {
     for _ in 0..rng.gen_range(1..=3) {
         let len = frame.len();
         let is_v6 = len > ETH_LEN && frame[12..14] == [0x86, 0xdd];
-        match rng.gen_range(0..13) {
+        match rng.gen_range(0..14) {
             0 | 1 => {
                 let i = rng.gen_range(0..len.min(90));
                 frame[i] ^= 1 << rng.gen_range(0..8);
@@ -217,6 +230,17 @@ fn mutate(rng: &mut StdRng, frame: &mut Vec<u8>) {
                 let at = ETH_LEN + l3_len(frame) + 12;
                 if len > at {
                     frame[at] = (rng.gen_range(0..16u8) << 4) | (frame[at] & 0x0f);
+                }
+            }
+            12 => {
+                // TCP flags: SYN and ACK bits (what decides a new flow), or any value.
+                let at = ETH_LEN + l3_len(frame) + TCP_FLAGS_OFFSET;
+                if len > at {
+                    frame[at] = if rng.gen() {
+                        frame[at] ^ [TCP_SYN, TCP_ACK][rng.gen_range(0..2)]
+                    } else {
+                        rng.gen()
+                    };
                 }
             }
             10 => {
@@ -344,6 +368,7 @@ fn random_and_mutated_frames_never_abort_or_forward_garbage() {
     let mut expected = [0u64; COUNTERS as usize];
     let mut seen_flows: HashSet<FlowKey> = HashSet::new();
     let mut forwarded = 0u32;
+    let mut reused_by_syn = 0u32;
 
     for n in 0..PACKETS {
         let frame = match rng.gen_range(0..10) {
@@ -363,9 +388,20 @@ fn random_and_mutated_frames_never_abort_or_forward_garbage() {
 
         let (outcome, backend) = match classify(&frame, &scenario) {
             Verdict::Outcome(outcome) => (outcome, None),
-            Verdict::Service { service, key } => {
+            Verdict::Service {
+                service,
+                key,
+                opens_connection,
+            } => {
                 let choice = scenario.choose(scenario.service(service), &key, false);
-                let hit = choice.is_some() && !seen_flows.insert(key);
+                // A SYN without ACK never looks the table up; its entry replaces any old one.
+                let hit = !opens_connection && seen_flows.contains(&key);
+                if opens_connection && seen_flows.contains(&key) {
+                    reused_by_syn += 1;
+                }
+                if choice.is_some() {
+                    seen_flows.insert(key);
+                }
                 if hit {
                     expected[Counter::FlowHit as usize] += 1;
                 } else {
@@ -455,4 +491,8 @@ fn random_and_mutated_frames_never_abort_or_forward_garbage() {
         );
     }
     assert!(forwarded > 20_000, "only {forwarded} frames forwarded");
+    assert!(
+        reused_by_syn > 1_000,
+        "only {reused_by_syn} SYNs to a 5-tuple already in the flow table"
+    );
 }
