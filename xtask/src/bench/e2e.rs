@@ -1,11 +1,12 @@
 //! `bench e2e`: the request path through each balancer, same lab, backends and load.
 //!
 //! Paths: (a) client straight to one backend (the ceiling), (b) the canary XDP balancer (DSR,
-//! canary weight 10 %), (c) nginx `stream`, (d) HAProxy TCP mode, (e) a FastAPI + uvicorn
+//! canary weight 10 %), (c) nginx `stream`, (d) `HAProxy` TCP mode, (e) a `FastAPI` + uvicorn
 //! router with httpx. (c)-(e) split 90/10 by weight like (b) and run in the load balancer's
 //! namespace on its own address (ports 8081-8083); only (b) uses the VIP. Load: `wrk`, one
 //! thread, POST /predict, keep-alive and one request per connection, rounds interleaved.
 
+use std::fmt::Write as _;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::time::Duration;
@@ -23,7 +24,7 @@ use super::proxies::{self, Upstream};
 use super::report::{bench_dir, table, Machine, Section};
 use super::stats::{median, verdict};
 
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const SECONDS: u32 = 5;
 const CONNECTIONS: u32 = 32;
 const CANARY_PERCENT: u32 = 10;
@@ -140,9 +141,10 @@ fn start_peers(
             "daemon off;",
         ],
     )?;
-    let haproxy = d
-        .lab
-        .spawn_in(&lb.netns, &["/usr/sbin/haproxy", "-db", "-f", &s(&haproxy_cfg)])?;
+    let haproxy = d.lab.spawn_in(
+        &lb.netns,
+        &["/usr/sbin/haproxy", "-db", "-f", &s(&haproxy_cfg)],
+    )?;
     let (v1, v2) = proxies::router_groups(&ups);
     let weight = format!("{}", f64::from(CANARY_PERCENT) / 100.0);
     let router = d.lab.spawn_in_env(
@@ -276,16 +278,18 @@ pub fn run() -> Result<Section> {
         },
     ];
     for p in &paths {
-        labkit::wait_http(&d.lab, &client, p.target, Duration::from_secs(30)).with_context(|| {
-            format!(
-                "path ({}) {}; nginx log: {}; haproxy log: {}; router log: {}",
-                p.key,
-                p.name,
-                nginx.log_tail(5),
-                haproxy.log_tail(5),
-                router.log_tail(5)
-            )
-        })?;
+        labkit::wait_http(&d.lab, &client, p.target, Duration::from_secs(30)).with_context(
+            || {
+                format!(
+                    "path ({}) {}; nginx log: {}; haproxy log: {}; router log: {}",
+                    p.key,
+                    p.name,
+                    nginx.log_tail(5),
+                    haproxy.log_tail(5),
+                    router.log_tail(5)
+                )
+            },
+        )?;
     }
     let scripts = [
         (Mode::KeepAlive, dir.join("keepalive.lua")),
@@ -358,11 +362,11 @@ fn section(machine: &Machine, rows: &[Row]) -> Section {
             .expect("every path and mode measured")
     };
     let mut md = heading("e2e: request path, same lab and load", machine);
-    md.push_str(&format!(
+    let _ = write!(md,
         "Lab: 1 client, load balancer, 3 stable + 2 canary `canary-model` backends, each in its own network namespace on one bridge. \
          Load: `wrk -t1 -c{CONNECTIONS} -d{SECONDS}s`, POST /predict, from the client namespace; medians of {ROUNDS} interleaved rounds. \
          Ratios are against (a) in the same mode and run.\n\n"
-    ));
+    );
     let mut table_rows = Vec::new();
     for r in rows {
         let a = find("a", r.mode);
@@ -415,23 +419,27 @@ fn section(machine: &Machine, rows: &[Row]) -> Section {
     );
     let mut checks = String::from("\nTargets:\n");
     for mode in [Mode::KeepAlive, Mode::Close] {
-        let (a, b, c, dd) = (find("a", mode), find("b", mode), find("c", mode), find("d", mode));
-        let rps = b.requests_per_second / a.requests_per_second;
-        let p99 = b.p99_ms / a.p99_ms;
-        let better = match (c.balancer_cpu_ms_per_1000, dd.balancer_cpu_ms_per_1000) {
-            (Some(x), Some(y)) => x.min(y),
+        let (direct, xdp_row) = (find("a", mode), find("b", mode));
+        let (nginx, haproxy) = (find("c", mode), find("d", mode));
+        let rps = xdp_row.requests_per_second / direct.requests_per_second;
+        let p99 = xdp_row.p99_ms / direct.p99_ms;
+        let better = match (
+            nginx.balancer_cpu_ms_per_1000,
+            haproxy.balancer_cpu_ms_per_1000,
+        ) {
+            (Some(n), Some(h)) => n.min(h),
             _ => f64::NAN,
         };
-        let xdp = b.balancer_cpu_ms_per_1000.unwrap_or(f64::NAN);
-        checks.push_str(&format!(
+        let xdp = xdp_row.balancer_cpu_ms_per_1000.unwrap_or(f64::NAN);
+        let _ = writeln!(checks,
             "- {}: (b) requests/s {rps:.2}x (a) (>= 0.9x: {}); (b) p99 {p99:.2}x (a) (within 10 %: {}); \
-             (b) balancer CPU per request {:.4}x the better of nginx and HAProxy (<= 0.1x: {}).\n",
+             (b) balancer CPU per request {:.4}x the better of nginx and HAProxy (<= 0.1x: {}).",
             mode.name(),
             verdict(rps >= 0.9),
             verdict(p99 <= 1.1),
             xdp / better,
             verdict(xdp / better <= 0.1),
-        ));
+        );
     }
     md.push_str(&checks);
     Section {

@@ -18,8 +18,8 @@ pub const DEBIAN: [(&str, &str); 5] = [
     ("/usr/sbin/bpftool", "bpftool"),
 ];
 
-/// PyPI packages of the application router.
-/// `uvicorn[standard]` (uvloop, httptools) as the FastAPI documentation recommends for serving.
+/// `PyPI` packages of the application router.
+/// `uvicorn[standard]` (uvloop, httptools) as the `FastAPI` documentation recommends for serving.
 pub const PYPI: [&str; 3] = ["fastapi", "uvicorn[standard]", "httpx"];
 
 /// Installs the Debian packages whose file is missing.
@@ -77,7 +77,10 @@ pub fn ensure_venv(bench_dir: &Path) -> Result<PathBuf> {
         .status()
         .context("cannot run python3 (install python3 and python3-venv)")?;
     if !status.success() {
-        bail!("python3 -m venv {} failed ({status}); install python3-venv", venv.display());
+        bail!(
+            "python3 -m venv {} failed ({status}); install python3-venv",
+            venv.display()
+        );
     }
     let status = Command::new(venv.join("bin/pip"))
         .args(["install", "-q", "--disable-pip-version-check"])
@@ -88,7 +91,11 @@ pub fn ensure_venv(bench_dir: &Path) -> Result<PathBuf> {
         bail!("pip install {} failed ({status})", PYPI.join(" "));
     }
     if !imports() {
-        bail!("the venv at {} still cannot import {}", venv.display(), PYPI.join(", "));
+        bail!(
+            "the venv at {} still cannot import {}",
+            venv.display(),
+            PYPI.join(", ")
+        );
     }
     Ok(venv)
 }

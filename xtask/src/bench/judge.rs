@@ -1,6 +1,6 @@
 //! `bench judge`: judge quality over seeded simulated rollouts (`rollout_sim`).
 
-use anyhow::Result;
+use std::fmt::Write as _;
 
 use canary_userspace::rollout_sim::{simulate, Scenario, ScenarioReport, SimParams};
 
@@ -12,7 +12,7 @@ use super::stats::verdict;
 pub const ROLLOUTS: usize = 1000;
 const SEED: u64 = 20_240_601;
 
-pub fn run() -> Result<Section> {
+pub fn run() -> Section {
     let machine = Machine::current();
     let params = SimParams::default();
     let scenarios = Scenario::standard();
@@ -31,7 +31,8 @@ pub fn run() -> Result<Section> {
     let interval = params.rollout.interval.as_secs_f64();
     // The last step (100 %) is reached at the end of the previous step's interval.
     let minimum = (steps.saturating_sub(1)) as f64 * interval;
-    let opt = |v: Option<f64>, unit: &str| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}{unit}"));
+    let opt =
+        |v: Option<f64>, unit: &str| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}{unit}"));
     let rows: Vec<Vec<String>> = reports
         .iter()
         .map(|r| {
@@ -49,7 +50,7 @@ pub fn run() -> Result<Section> {
         })
         .collect();
     let mut md = heading("judge: quality over simulated rollouts", &machine);
-    md.push_str(&format!(
+    let _ = write!(md,
         "{ROLLOUTS} seeded rollouts per scenario; {:.0} requests/s over both groups (Poisson), base error rate {:.0} %, \
          log-normal latency (median {:.0} ms, sigma {}), predictions {:.0}/{:.0}; default rollout: steps {:?} %, interval {interval:.0} s, \
          poll {:.0} s, min_samples {}; the real judge and state machine decide.\n\n",
@@ -62,7 +63,7 @@ pub fn run() -> Result<Section> {
         params.rollout.steps.iter().map(|w| w.basis_points() / 100).collect::<Vec<_>>(),
         params.rollout.poll_interval.as_secs_f64(),
         params.rollout.min_samples,
-    ));
+    );
     md.push_str(&table(
         &[
             "scenario",
@@ -82,17 +83,17 @@ pub fn run() -> Result<Section> {
         .iter()
         .map(|r| r.rolled_back_before_half_rate)
         .fold(f64::INFINITY, f64::min);
-    md.push_str(&format!(
+    let _ = writeln!(md,
         "\nTargets: A/A false-rollback rate <= 1 %: {:.1} %, {}; every faulty scenario rolled back before 50 % in >= 95 % of rollouts: \
-         worst {:.1} %, {}. Healthy promotion: median {} against the configured minimum of {minimum:.0} s ({} steps after the first x {interval:.0} s).\n",
+         worst {:.1} %, {}. Healthy promotion: median {} against the configured minimum of {minimum:.0} s ({} steps after the first x {interval:.0} s).",
         100.0 * aa.rollback_rate,
         verdict(aa.rollback_rate <= 0.01),
         100.0 * worst_detection,
         verdict(worst_detection >= 0.95),
         opt(aa.seconds_to_promotion_median, " s"),
         steps.saturating_sub(1),
-    ));
-    Ok(Section {
+    );
+    Section {
         name: "judge",
         markdown: md,
         json: serde_json::json!({
@@ -103,5 +104,5 @@ pub fn run() -> Result<Section> {
             "minimum_promotion_seconds": minimum,
             "scenarios": reports,
         }),
-    })
+    }
 }

@@ -1,6 +1,7 @@
 //! Small helpers over the lab shared by the lab benchmarks: namespace sysctls, waiting for a
 //! listener, the XDP program's BPF statistics, and the load generator (`wrk`).
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use serde::Serialize;
 pub const PREDICT_BODY: &str = r#"{"text":"the service was quick and the staff were friendly"}"#;
 
 /// Namespace-local TCP settings for load with many short connections: a wide port range and
-/// TIME_WAIT reuse, so that a run does not starve the next of ports.
+/// `TIME_WAIT` reuse, so that a run does not starve the next of ports.
 pub fn tune_netns(lab: &Lab, netns: &str) -> Result<()> {
     lab.exec_in(
         netns,
@@ -153,7 +154,7 @@ impl WrkResult {
 pub fn wrk_script(close: bool) -> String {
     let mut s = String::new();
     s.push_str("wrk.method = \"POST\"\n");
-    s.push_str(&format!("wrk.body = '{PREDICT_BODY}'\n"));
+    let _ = writeln!(s, "wrk.body = '{PREDICT_BODY}'");
     s.push_str("wrk.headers[\"Content-Type\"] = \"application/json\"\n");
     if close {
         s.push_str("wrk.headers[\"Connection\"] = \"close\"\n");
@@ -206,7 +207,9 @@ pub fn parse_wrk(text: &str) -> Result<WrkResult> {
     let children = text
         .lines()
         .rev()
-        .find(|l| l.contains("m") && l.trim_end().ends_with('s') && l.split_whitespace().count() == 2)
+        .find(|l| {
+            l.contains('m') && l.trim_end().ends_with('s') && l.split_whitespace().count() == 2
+        })
         .ok_or_else(|| anyhow!("no `times` line"))?;
     let generator_cpu_seconds = children
         .split_whitespace()
@@ -247,10 +250,8 @@ mod tests {
 
     #[test]
     fn finds_the_prog_id_in_ip_link_json() {
-        let v: serde_json::Value = serde_json::from_str(
-            r#"{"mode":1,"prog":{"id":42,"tag":"x","jited":1}}"#,
-        )
-        .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(r#"{"mode":1,"prog":{"id":42,"tag":"x","jited":1}}"#).unwrap();
         assert_eq!(find_prog_id(&v), Some(42));
         let multi: serde_json::Value =
             serde_json::from_str(r#"{"attached":[{"mode":1,"prog":{"id":7}}]}"#).unwrap();

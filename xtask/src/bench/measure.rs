@@ -26,7 +26,7 @@ pub fn run(target: Target) -> Result<()> {
             Target::Xdp => xdp::run(),
             Target::E2e => e2e::run(),
             Target::Rollout => rollout::run(),
-            Target::Judge => judge::run(),
+            Target::Judge => Ok(judge::run()),
             Target::Scale => scale::run(),
             Target::All => unreachable!("expanded above"),
         };
@@ -55,8 +55,12 @@ pub fn run(target: Target) -> Result<()> {
 /// `BENCHMARKS.md` must exist with its markers (it is part of the repository).
 fn ensure_benchmarks_md() -> Result<()> {
     let path = crate::workspace_root().join("BENCHMARKS.md");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| anyhow!("read {}: {e} (it is part of the repository)", path.display()))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        anyhow!(
+            "read {}: {e} (it is part of the repository)",
+            path.display()
+        )
+    })?;
     report::replace_results(&text, "").map(drop)
 }
 

@@ -41,7 +41,7 @@ mod xdp;
 pub enum Target {
     /// Per-packet cost of the XDP program (`BPF_PROG_TEST_RUN`).
     Xdp,
-    /// Request path through the XDP balancer vs nginx, HAProxy and a FastAPI router.
+    /// Request path through the XDP balancer vs nginx, `HAProxy` and a `FastAPI` router.
     E2e,
     /// Controller reaction: rollback and promotion times, connections broken by a promotion.
     Rollout,

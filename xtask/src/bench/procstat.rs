@@ -70,24 +70,6 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn own_process_has_cpu_time_and_rss() {
-        let me = std::process::id();
-        let mut x = 0u64;
-        for i in 0..2_000_000u64 {
-            x = x.wrapping_mul(31).wrapping_add(i);
-        }
-        assert!(x != 1);
-        assert!(cpu_time(me).is_some());
-        assert!(rss_bytes(me).unwrap() > 0);
-        assert!(tree(me).contains(&me));
-    }
-}
-
 /// Busy and total clock ticks of all CPUs since boot (`/proc/stat`; idle and iowait count as
 /// not busy).
 pub fn machine_ticks() -> Option<(u64, u64)> {
@@ -108,5 +90,23 @@ pub fn busy_percent(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> f6
     match (before, after) {
         (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => 100.0 * (b1 - b0) as f64 / (t1 - t0) as f64,
         _ => f64::NAN,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_has_cpu_time_and_rss() {
+        let me = std::process::id();
+        let mut x = 0u64;
+        for i in 0..2_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        assert!(x != 1);
+        assert!(cpu_time(me).is_some());
+        assert!(rss_bytes(me).unwrap() > 0);
+        assert!(tree(me).contains(&me));
     }
 }

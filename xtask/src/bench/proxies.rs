@@ -1,5 +1,5 @@
 //! The peers the XDP balancer is compared with, configured with the same weighted split:
-//! nginx `stream` (L4), HAProxy in TCP mode (L4), and an application-level router (FastAPI +
+//! nginx `stream` (L4), `HAProxy` in TCP mode (L4), and an application-level router (`FastAPI` +
 //! uvicorn choosing v1/v2 at random and forwarding with httpx). Config text is built by pure
 //! functions; starting them is done by the e2e benchmark.
 
@@ -27,7 +27,10 @@ pub fn weights(stable: usize, canary: usize, canary_percent: u32) -> (u32, u32) 
 
 pub fn nginx_conf(listen: SocketAddrV4, upstreams: &[Upstream], dir: &str) -> String {
     let mut t = String::new();
-    let _ = writeln!(t, "load_module /usr/lib/nginx/modules/ngx_stream_module.so;");
+    let _ = writeln!(
+        t,
+        "load_module /usr/lib/nginx/modules/ngx_stream_module.so;"
+    );
     let _ = writeln!(t, "user root;");
     let _ = writeln!(t, "worker_processes 2;");
     let _ = writeln!(t, "pid {dir}/nginx.pid;");
@@ -70,7 +73,7 @@ pub fn haproxy_cfg(listen: SocketAddrV4, upstreams: &[Upstream]) -> String {
     t
 }
 
-/// The application router: the usual FastAPI canary pattern (pick v2 with probability
+/// The application router: the usual `FastAPI` canary pattern (pick v2 with probability
 /// `CANARY_WEIGHT`, else v1; forward the request with a shared httpx client).
 pub const ROUTER_PY: &str = r#"import os
 import random
@@ -128,7 +131,13 @@ mod tests {
             canary,
             weight,
         };
-        vec![mk(1, false, ws), mk(2, false, ws), mk(3, false, ws), mk(4, true, wc), mk(5, true, wc)]
+        vec![
+            mk(1, false, ws),
+            mk(2, false, ws),
+            mk(3, false, ws),
+            mk(4, true, wc),
+            mk(5, true, wc),
+        ]
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! (`target/bench/<name>.md`), and the results section of `BENCHMARKS.md`, rebuilt from every
 //! fragment present so that running one benchmark keeps the others' last results.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -116,12 +117,13 @@ pub fn replace_results(text: &str, results: &str) -> Result<String> {
 /// A Markdown table from a header and rows.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut out = format!("| {} |\n", header.join(" | "));
-    out.push_str(&format!(
-        "|{}\n",
+    let _ = writeln!(
+        out,
+        "|{}",
         header.iter().map(|_| "---|").collect::<String>()
-    ));
+    );
     for row in rows {
-        out.push_str(&format!("| {} |\n", row.join(" | ")));
+        let _ = writeln!(out, "| {} |", row.join(" | "));
     }
     out
 }

@@ -9,6 +9,7 @@
 //!   flow table and with it disabled (`CONFIG_FLAG_NO_FLOW_TABLE` written into the pinned
 //!   `CONFIG` map of the running daemon: a benchmark-only switch, no config key).
 
+use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -115,9 +116,13 @@ fn fault_reaction() -> Result<Vec<f64>> {
         // Let a few polls of healthy traffic in before the fault.
         std::thread::sleep(Duration::from_secs(3));
         fault_all_canaries(&d, r#"{"error_rate":0.3}"#)?;
-        let t = time_until(&d, Instant::now(), Duration::from_secs(30), "canary weight 0", |s| {
-            weight(s) == 0.0
-        })?;
+        let t = time_until(
+            &d,
+            Instant::now(),
+            Duration::from_secs(30),
+            "canary weight 0",
+            |s| weight(s) == 0.0,
+        )?;
         println!("fault trial {trial}: canary weight 0 after {t:.2?}");
         times.push(t.as_secs_f64());
         fault_all_canaries(&d, r#"{"error_rate":0.0}"#)?;
@@ -138,13 +143,17 @@ fn healthy_promotion(spec: &DeploymentSpec) -> Result<Vec<f64>> {
         // clock starts at the resume.
         if !d.service_status().is_ok_and(|s| phase(&s) == "pending") {
             cli(&d, &["start"])?;
-            time_until(&d, Instant::now(), Duration::from_secs(10), "pending", |s| {
-                phase(s) == "pending"
-            })?;
+            time_until(
+                &d,
+                Instant::now(),
+                Duration::from_secs(10),
+                "pending",
+                |s| phase(s) == "pending",
+            )?;
         }
         let t0 = Instant::now();
         cli(&d, &["resume"])?;
-        let t = time_until(&d, t0, Duration::from_secs(120), "promotion", |s| {
+        let t = time_until(&d, t0, Duration::from_mins(2), "promotion", |s| {
             phase(s) == "promoted"
         })?;
         println!("promotion trial {trial}: promoted after {t:.2?}");
@@ -210,8 +219,12 @@ fn promotion_under_load(flow_table: bool) -> Result<Vec<PromotionTrial>> {
         }
         let text = proc.log_text();
         let start = text.find('{').context("no report from canary-loadgen")?;
-        let report: Report = serde_json::from_str(&text[start..])
-            .with_context(|| format!("parse canary-loadgen report: {}", &text[start..text.len().min(start + 300)]))?;
+        let report: Report = serde_json::from_str(&text[start..]).with_context(|| {
+            format!(
+                "parse canary-loadgen report: {}",
+                &text[start..text.len().min(start + 300)]
+            )
+        })?;
         let t = PromotionTrial {
             connections: report.keep_alive_connections.connections,
             broken: report.keep_alive_connections.broken,
@@ -247,9 +260,12 @@ pub fn run() -> Result<Section> {
 
     let f = summary(&fault);
     let p = summary(&promotion);
-    let broken = |t: &[PromotionTrial]| summary(&t.iter().map(|t| t.broken as f64).collect::<Vec<_>>());
-    let moved = |t: &[PromotionTrial]| summary(&t.iter().map(|t| t.moved as f64).collect::<Vec<_>>());
-    let conns = |t: &[PromotionTrial]| summary(&t.iter().map(|t| t.connections as f64).collect::<Vec<_>>());
+    let broken =
+        |t: &[PromotionTrial]| summary(&t.iter().map(|t| t.broken as f64).collect::<Vec<_>>());
+    let moved =
+        |t: &[PromotionTrial]| summary(&t.iter().map(|t| t.moved as f64).collect::<Vec<_>>());
+    let conns =
+        |t: &[PromotionTrial]| summary(&t.iter().map(|t| t.connections as f64).collect::<Vec<_>>());
     let (bw, bo) = (broken(&with_table), broken(&without_table));
     let fmt = |s: &Summary, unit: &str, digits: usize| {
         format!(
@@ -287,7 +303,7 @@ pub fn run() -> Result<Section> {
         ],
     ];
     let mut md = heading("rollout: controller reaction in the lab", &machine);
-    md.push_str(&format!(
+    let _ = write!(md,
         "Median of {TRIALS} trials (min - max). Each measurement in its own lab deployment (real daemon, XDP, model servers); \
          times are read by polling `canary status` (about every 20 ms plus the CLI's own time). Background load: \
          8 connections, one request each every 20 ms (fault) or 5 ms (healthy promotion). The promotion trials use `canary promote --full` with \
@@ -295,8 +311,11 @@ pub fn run() -> Result<Section> {
          a connection counts as broken when a request on it fails (reset, timeout or closed). The flow table is disabled \
          by setting `CONFIG_FLAG_NO_FLOW_TABLE` in the running daemon's pinned `CONFIG` map (a benchmark-only switch; \
          there is no config key).\n\n"
+    );
+    md.push_str(&table(
+        &["measurement", "median (min - max)", "against"],
+        &rows,
     ));
-    md.push_str(&table(&["measurement", "median (min - max)", "against"], &rows));
     Ok(Section {
         name: "rollout",
         markdown: md,

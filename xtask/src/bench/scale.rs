@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use canary_common::maps::{PASS_PROGRAM, PROGRAM};
-use canary_common::{FlowKey, PROTO_TCP};
+use canary_common::{Counter, FlowKey, PROTO_TCP};
 use canary_lab::bins;
 use canary_lab::lab::{Lab, LabSpec};
 use canary_tests::packet::{v4, Tuple, ETH_LEN};
@@ -55,10 +55,25 @@ fn scenario() -> Scenario {
 /// Client 198.18.0.0/15 address and source port of flow `i` (distinct for i < 2^17 * 64511).
 fn set_flow(frame: &mut [u8], i: u32) {
     let host = i & 0x1_ffff;
-    let addr = [198, 18 | (host >> 16) as u8, (host >> 8) as u8, host as u8];
+    let addr = [
+        198,
+        0x12 | (host >> 16) as u8,
+        (host >> 8) as u8,
+        host as u8,
+    ];
     frame[ETH_LEN + 12..ETH_LEN + 16].copy_from_slice(&addr);
     let port = 1024 + (i >> 17) as u16;
     frame[ETH_LEN + 20..ETH_LEN + 22].copy_from_slice(&port.to_be_bytes());
+}
+
+/// TCP flag bits of an established connection's segment (ACK): the program follows the flow
+/// table for these, while a SYN always starts a new flow.
+const TCP_ACK: u8 = 0x10;
+
+/// Sets the TCP flags byte of an IPv4 frame.
+fn set_tcp_flags(frame: &mut [u8], flags: u8) {
+    let ihl = usize::from(frame[ETH_LEN] & 0x0f) * 4;
+    frame[ETH_LEN + ihl + 13] = flags;
 }
 
 /// `memlock` of this process's BPF map with these dimensions, from `/proc/self/fdinfo`.
@@ -126,8 +141,15 @@ fn flow_table(size: u32) -> Result<TableResult> {
     let order: Vec<u32> = (0..SINGLE_SHOT)
         .map(|k| (u64::from(k) * 2_654_435_761 % u64::from(size)) as u32)
         .collect();
+    // The fill sent each flow's first segment; the hits are segments of the established flows.
+    set_tcp_flags(&mut frame, TCP_ACK);
     let (mut hit_r, mut pass_r, mut hit_s, mut pass_s) = (vec![], vec![], vec![], vec![]);
-    let before = dp.flow_count().unwrap_or(entries);
+    let misses = |dp: &Dataplane| {
+        dp.counters()
+            .map(|c| c[Counter::FlowMiss as usize])
+            .map_err(|e| anyhow!("{}", error_chain(&e)))
+    };
+    let misses_before = misses(&dp)?;
     for _ in 0..ROUNDS {
         set_flow(&mut frame, size / 2);
         pass_r.push(f64::from(pass(&dp, &frame, REPEAT)?));
@@ -145,10 +167,10 @@ fn flow_table(size: u32) -> Result<TableResult> {
         }
         hit_s.push(total as f64 / f64::from(SINGLE_SHOT));
     }
-    // The measured packets were hits only if no entry was added meanwhile.
-    let after = dp.flow_count().unwrap_or(0);
-    if after > before {
-        println!("warning: {size}-entry table grew from {before} to {after} during the hit measurement (some packets were misses)");
+    // The program counts every flow-table miss: the measured packets must all have hit.
+    let hit_misses = misses(&dp)? - misses_before;
+    if hit_misses > 0 {
+        bail!("{hit_misses} flow-table misses while measuring hits in the {size}-entry table: the figures would not be hits");
     }
     Ok(TableResult {
         size,
@@ -176,9 +198,17 @@ fn daemon_config(n: usize, lab: &Lab, dir: &Path, metrics: &str) -> String {
     let mut t = String::new();
     let _ = writeln!(t, "[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"auto\"");
     let _ = writeln!(t, "state_dir = \"{}\"", dir.join("state").display());
-    let _ = writeln!(t, "bpffs = \"{}\"", lab.bpffs().join(format!("scale{n}")).display());
+    let _ = writeln!(
+        t,
+        "bpffs = \"{}\"",
+        lab.bpffs().join(format!("scale{n}")).display()
+    );
     let _ = writeln!(t, "\n[admin]\nlisten = \"127.0.0.1:9100\"");
-    let _ = writeln!(t, "\n[[services]]\nname = \"scale\"\nvip = \"{}:8080\"\nprotocol = \"tcp\"", lab.vip());
+    let _ = writeln!(
+        t,
+        "\n[[services]]\nname = \"scale\"\nvip = \"{}:8080\"\nprotocol = \"tcp\"",
+        lab.vip()
+    );
     for i in 0..n {
         let group = if i < n / 2 { "stable" } else { "canary" };
         let _ = writeln!(t, "\n  [[services.backends]]");
@@ -186,7 +216,10 @@ fn daemon_config(n: usize, lab: &Lab, dir: &Path, metrics: &str) -> String {
         let _ = writeln!(t, "  address = \"198.19.200.{}\"", i + 1);
         let _ = writeln!(t, "  mac = \"02:00:00:00:c8:{:02x}\"", i + 1);
         let _ = writeln!(t, "  health_url = \"http://{metrics}/healthz?backend={i}\"");
-        let _ = writeln!(t, "  metrics_url = \"http://{metrics}/metrics?backend={i}\"");
+        let _ = writeln!(
+            t,
+            "  metrics_url = \"http://{metrics}/metrics?backend={i}\""
+        );
     }
     let _ = writeln!(t, "\n  [services.rollout]\n  steps = [10.0, 100.0]\n  interval = \"600s\"\n  poll_interval = \"1s\"");
     t
@@ -206,7 +239,16 @@ fn daemon_cost(lab: &Lab, canary: &Path, n: usize, metrics: &str) -> Result<Daem
     )?;
     let status = || -> Option<serde_json::Value> {
         let out = lab
-            .output_in(&lb, &[c(canary), "status".into(), "--json".into(), "--config".into(), c(&config)])
+            .output_in(
+                &lb,
+                &[
+                    c(canary),
+                    "status".into(),
+                    "--json".into(),
+                    "--config".into(),
+                    c(&config),
+                ],
+            )
             .ok()?;
         serde_json::from_slice(&out.stdout).ok()
     };
@@ -221,7 +263,10 @@ fn daemon_cost(lab: &Lab, canary: &Path, n: usize, metrics: &str) -> Result<Daem
             break;
         }
         if ready.elapsed() > Duration::from_secs(30) || !daemon.is_running() {
-            bail!("daemon with {n} backends not ready: {}", daemon.log_tail(20));
+            bail!(
+                "daemon with {n} backends not ready: {}",
+                daemon.log_tail(20)
+            );
         }
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -233,12 +278,15 @@ fn daemon_cost(lab: &Lab, canary: &Path, n: usize, metrics: &str) -> Result<Daem
     let cpu1 = procstat::cpu_time(pid).context("daemon CPU time")?;
     let rss_bytes = procstat::rss_bytes(pid).context("daemon RSS")?;
     daemon.terminate(Duration::from_secs(5));
-    let _ = lab.output_in(&lb, &[c(canary), "detach".into(), "--config".into(), c(&config)]);
+    let _ = lab.output_in(
+        &lb,
+        &[c(canary), "detach".into(), "--config".into(), c(&config)],
+    );
     let polls = POLL_SECONDS;
     Ok(DaemonResult {
         backends: n,
         rss_bytes,
-        cpu_ms_per_poll: (cpu1 - cpu0).as_secs_f64() * 1000.0 / polls as f64,
+        cpu_ms_per_poll: cpu1.saturating_sub(cpu0).as_secs_f64() * 1000.0 / polls as f64,
         polls,
     })
 }
@@ -298,11 +346,21 @@ pub fn run() -> Result<Section> {
                 t.entries.to_string(),
                 mib(t.memlock_bytes),
                 format!("{:.0}", t.memlock_bytes as f64 / f64::from(t.size)),
-                format!("{:.1} ({:.1} - {:.1})", t.hit_repeat_ns.median, t.hit_repeat_ns.min, t.hit_repeat_ns.max),
+                format!(
+                    "{:.1} ({:.1} - {:.1})",
+                    t.hit_repeat_ns.median, t.hit_repeat_ns.min, t.hit_repeat_ns.max
+                ),
                 format!("{:.2}x", t.hit_repeat_ns.median / t.pass_repeat_ns.median),
-                format!("{:.1} ({:.1} - {:.1})", t.hit_single_ns.median, t.hit_single_ns.min, t.hit_single_ns.max),
+                format!(
+                    "{:.1} ({:.1} - {:.1})",
+                    t.hit_single_ns.median, t.hit_single_ns.min, t.hit_single_ns.max
+                ),
                 format!("{:.1}", t.hit_single_ns.median - t.pass_single_ns.median),
-                format!("{:.2}x", (t.hit_single_ns.median - t.pass_single_ns.median) / (base.hit_single_ns.median - base.pass_single_ns.median)),
+                format!(
+                    "{:.2}x",
+                    (t.hit_single_ns.median - t.pass_single_ns.median)
+                        / (base.hit_single_ns.median - base.pass_single_ns.median)
+                ),
             ]
         })
         .collect();
@@ -317,8 +375,11 @@ pub fn run() -> Result<Section> {
             ]
         })
         .collect();
-    let mut md = heading("scale: flow table size and daemon cost per backend", &machine);
-    md.push_str(&format!(
+    let mut md = heading(
+        "scale: flow table size and daemon cost per backend",
+        &machine,
+    );
+    let _ = write!(md,
         "Flow table (LRU hash, `FLOWS`): loaded with the given size, filled by running the program on one new flow per entry, \
          then timed with `BPF_PROG_TEST_RUN` ({ROUNDS} rounds{}): *repeat* = the same established flow {REPEAT} times \
          (cache-hot), *single-shot* = {SINGLE_SHOT} different flows spread over the full table, one syscall each (cache-cold; \
@@ -326,7 +387,7 @@ pub fn run() -> Result<Section> {
          Memory is the kernel's `memlock` for the map (`/proc/<pid>/fdinfo`, the map's own accounting: an LRU hash is \
          preallocated, so it does not depend on the fill). The 64K table is the baseline.\n\n",
         if pinned { ", pinned to one CPU" } else { "" }
-    ));
+    );
     md.push_str(&table(
         &[
             "table size",
@@ -341,15 +402,20 @@ pub fn run() -> Result<Section> {
         ],
         &rows,
     ));
-    md.push_str(&format!(
+    let _ = write!(md,
         "\nDaemon (`canary run`, release build): one service, half the backends stable and half canary, poll interval 1 s; \
          every backend's health and metrics URL points at one `canary-model` on the load balancer's loopback (fake \
          backends: the daemon probes and scrapes each one separately). CPU is user + system time of the daemon over \
          {POLL_SECONDS} s divided by the {POLL_SECONDS} polls in that time (it includes the health probes and the admin \
          API idle cost); RSS is read at the end.\n\n"
-    ));
+    );
     md.push_str(&table(
-        &["backends", "daemon RSS", "CPU ms / poll", "CPU ms / poll / backend"],
+        &[
+            "backends",
+            "daemon RSS",
+            "CPU ms / poll",
+            "CPU ms / poll / backend",
+        ],
         &drows,
     ));
     Ok(Section {

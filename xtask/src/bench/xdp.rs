@@ -1,6 +1,7 @@
 //! `bench xdp`: the per-packet benchmark of the data plane (`canary_tests::bench_xdp`).
 
 use anyhow::{anyhow, Result};
+use std::fmt::Write as _;
 
 use super::measure::heading;
 use super::report::{Machine, Section};
@@ -25,13 +26,13 @@ pub fn run() -> Result<Section> {
     let established = ratio("established");
     let new_flow = ratio("new_flow_no_table");
     let insert = ratio("single_new_flow_insert");
-    md.push_str(&format!(
+    let _ = writeln!(md,
         "Targets: established flow within 2.0x the floor: {established:.2}x, {}; new-flow path within 3.0x: \
-         {new_flow:.2}x (repeat, no table), {}; {insert:.2}x (single-shot with insert, against the single-shot floor), {}.\n",
+         {new_flow:.2}x (repeat, no table), {}; {insert:.2}x (single-shot with insert, against the single-shot floor), {}.",
         verdict(established <= 2.0),
         verdict(new_flow <= 3.0),
         verdict(insert <= 3.0),
-    ));
+    );
     print!("{}", report.table());
     Ok(Section {
         name: "xdp",
