@@ -181,9 +181,8 @@ fn dead_man_switch_sends_new_flows_to_stable_after_the_heartbeat_timeout() {
         group_sum(&delta, "k")
     );
     assert!(fallback > 0, "the dead-man fallback was counted");
-    // A new connection that reuses the 5-tuple of an earlier canary flow still matches that
-    // flow's entry in the kernel's flow table (a SYN is not treated as a new flow), so it reaches
-    // the canary without counting as a new flow.
+    // Connections that reuse the 5-tuple of an earlier canary flow must not reach the canary:
+    // their SYN starts a new flow, which the dead-man switch sends to stable.
     let reused = (early.ok + ok).saturating_sub(group_sum(&delta, "k") + group_sum(&delta, "s"));
     assert_eq!(
         late_versions.get("v2"),
