@@ -31,6 +31,12 @@ pub fn run() -> Section {
     let interval = params.rollout.interval.as_secs_f64();
     // The last step (100 %) is reached at the end of the previous step's interval.
     let minimum = (steps.saturating_sub(1)) as f64 * interval;
+    let first_pct = params
+        .rollout
+        .steps
+        .first()
+        .map_or(0, |w| w.basis_points() / 100);
+    let first_rps = params.requests_per_second * f64::from(first_pct) / 100.0;
     let opt =
         |v: Option<f64>, unit: &str| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}{unit}"));
     let rows: Vec<Vec<String>> = reports
@@ -85,7 +91,7 @@ pub fn run() -> Section {
         .fold(f64::INFINITY, f64::min);
     let _ = writeln!(md,
         "\nTargets: A/A false-rollback rate <= 1 %: {:.1} %, {}; every faulty scenario rolled back before 50 % in >= 95 % of rollouts: \
-         worst {:.1} %, {}. Healthy promotion: median {} against the configured minimum of {minimum:.0} s ({} steps after the first x {interval:.0} s).",
+         worst {:.1} %, {}. Healthy promotion: median {} against the configured minimum of {minimum:.0} s ({} steps after the first x {interval:.0} s): the judge holds a step until each group has `min_samples` requests and its bounds are conclusive, so at this traffic (the canary gets {first_rps:.0} requests/s at {first_pct} %) the data, not the interval, sets the pace.",
         100.0 * aa.rollback_rate,
         verdict(aa.rollback_rate <= 0.01),
         100.0 * worst_detection,

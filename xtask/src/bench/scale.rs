@@ -407,7 +407,7 @@ pub fn run() -> Result<Section> {
          every backend's health and metrics URL points at one `canary-model` on the load balancer's loopback (fake \
          backends: the daemon probes and scrapes each one separately). CPU is user + system time of the daemon over \
          {POLL_SECONDS} s divided by the {POLL_SECONDS} polls in that time (it includes the health probes and the admin \
-         API idle cost); RSS is read at the end.\n\n"
+         API idle cost; the kernel counts CPU time in 10 ms ticks, so figures are +-0.5 ms per poll); RSS is read at the end.\n\n"
     );
     md.push_str(&table(
         &[
