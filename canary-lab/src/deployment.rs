@@ -168,13 +168,16 @@ impl Deployment {
         let waited = Duration::from_secs(20);
         while start.elapsed() < waited {
             if let Ok(status) = self.status() {
+                // Ready once the first poll has placed every service: before it, /status lists
+                // no services at all, and traffic to the VIP would not be balanced yet.
                 let probed = status["services"].as_array().is_some_and(|s| {
-                    s.iter().all(|svc| {
-                        svc["backends"].as_array().is_some_and(|b| {
-                            b.iter()
-                                .all(|b| b["down_reason"].as_str() != Some("not probed yet"))
+                    !s.is_empty()
+                        && s.iter().all(|svc| {
+                            svc["backends"].as_array().is_some_and(|b| {
+                                b.iter()
+                                    .all(|b| b["down_reason"].as_str() != Some("not probed yet"))
+                            })
                         })
-                    })
                 });
                 if probed {
                     return Ok(());

@@ -258,6 +258,8 @@ impl<D: DataPlane> Controller<D> {
                 c.services.get_mut(&svc.name).expect("added").reset_epoch_ns = epoch;
             }
         }
+        // /status lists every service (backends "not probed yet") before the first poll.
+        c.refresh(now_ns);
         Ok(c)
     }
 

@@ -546,3 +546,14 @@ fn a_new_rollout_logs_its_start_once() {
         .count();
     assert_eq!(starts, 1, "{:?}", status.services[0].events);
 }
+
+#[test]
+fn status_lists_services_before_the_first_poll() {
+    let sim = Sim::new("early-status", "");
+    let status = sim.c.status.read().unwrap().clone();
+    assert_eq!(status.services.len(), 1);
+    assert!(status.services[0]
+        .backends
+        .iter()
+        .all(|b| !b.up && b.down_reason.as_deref() == Some("not probed yet")));
+}

@@ -54,6 +54,11 @@ fn healthy_canary_reaches_100_percent_and_stable_gets_no_new_flows() {
         .filter_map(|e| e["to"].as_f64().or_else(|| e["to"]["percent"].as_f64()))
         .collect();
     println!("promote decisions to: {weights:?}");
+    for r in &background {
+        if r.failed > 0 {
+            println!("failures {:?}: {:?}", r.failures, r.failure_samples);
+        }
+    }
     assert_eq!(failed, 0, "no request fails during a healthy rollout");
 
     // After the promotion: stable gets no new flows at all.
