@@ -142,7 +142,7 @@ impl fmt::Display for Weight {
 macro_rules! keyword_enum {
     ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$m])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         pub enum $name { $($(#[$vm])* #[serde(rename = $text)] $variant),+ }
 
         impl $name {
@@ -195,9 +195,19 @@ keyword_enum!(
     MissingPolicy { Hold = "hold", Rollback = "rollback" }
 );
 
+#[allow(
+    clippy::derivable_impls,
+    reason = "the enum comes from keyword_enum!, which derives no Default"
+)]
+impl Default for Affinity {
+    fn default() -> Self {
+        Affinity::Flow
+    }
+}
+
 impl Group {
     /// Index used by the data plane (`GROUP_STABLE` / `GROUP_CANARY`).
-    pub fn index(self) -> u32 {
+    pub const fn index(self) -> u32 {
         match self {
             Group::Stable => canary_common::GROUP_STABLE,
             Group::Canary => canary_common::GROUP_CANARY,

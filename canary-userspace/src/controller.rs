@@ -15,7 +15,7 @@ use canary_common::{Counter, ServiceControl, ServiceStats, GROUP_CANARY, GROUP_S
 
 use crate::admin::{OperatorCommand, OperatorReply};
 use crate::config::{self, BackendConfig, Config, RollbackMode, ServiceConfig, Weight};
-use crate::dataplane::{self, BackendSpec, DataPlane, Group, Programmer, ServiceSpec};
+use crate::dataplane::{self, BackendSpec, DataPlane, Programmer, ServiceSpec};
 use crate::judge::FlowCounts;
 use crate::metrics::{set_counter, LatencyHistogram, Metrics};
 use crate::neighbour::Neighbours;
@@ -178,27 +178,6 @@ pub struct Controller<D: DataPlane> {
     /// The backends' health changed since the last programming.
     dirty: bool,
     pending_warmups: Vec<WarmUp>,
-}
-
-fn protocol(p: config::Protocol) -> dataplane::Protocol {
-    match p {
-        config::Protocol::Tcp => dataplane::Protocol::Tcp,
-        config::Protocol::Udp => dataplane::Protocol::Udp,
-    }
-}
-
-fn group(g: config::Group) -> Group {
-    match g {
-        config::Group::Stable => Group::Stable,
-        config::Group::Canary => Group::Canary,
-    }
-}
-
-fn affinity(a: config::Affinity) -> dataplane::Affinity {
-    match a {
-        config::Affinity::Flow => dataplane::Affinity::Flow,
-        config::Affinity::ClientIp => dataplane::Affinity::ClientIp,
-    }
 }
 
 impl<D: DataPlane> Controller<D> {
@@ -375,8 +354,8 @@ impl<D: DataPlane> Controller<D> {
                 ServiceSpec {
                     name: svc.name.clone(),
                     vip: svc.vip,
-                    protocol: protocol(svc.protocol),
-                    affinity: affinity(svc.affinity),
+                    protocol: svc.protocol,
+                    affinity: svc.affinity,
                     backends: svc
                         .backends
                         .iter()
@@ -384,7 +363,7 @@ impl<D: DataPlane> Controller<D> {
                             let br = &rt.backends[&b.name];
                             BackendSpec {
                                 name: b.name.clone(),
-                                group: group(b.group),
+                                group: b.group,
                                 mac: br.mac.unwrap_or_default(),
                                 up: br.health.up == Some(true) && br.mac.is_some(),
                             }
@@ -735,7 +714,7 @@ impl<D: DataPlane> Controller<D> {
                     route.service,
                     route.bucket,
                     route.weight,
-                    route.group.name()
+                    route.group.as_str()
                 );
                 if route.deadman_fallback {
                     text.push_str(" (dead-man fallback to stable)");
@@ -744,7 +723,7 @@ impl<D: DataPlane> Controller<D> {
                     let _ = write!(
                         text,
                         " (group {} has no backend up)",
-                        route.group_by_weight.name()
+                        route.group_by_weight.as_str()
                     );
                 }
                 OperatorReply {
@@ -755,7 +734,7 @@ impl<D: DataPlane> Controller<D> {
                         "bucket": route.bucket,
                         "slot": route.slot,
                         "weight_bp": route.weight,
-                        "group": route.group.name(),
+                        "group": route.group.as_str(),
                         "backend": route.backend.as_ref().map(|b| b.name.clone()),
                     })),
                 }

@@ -36,14 +36,12 @@ use canary_common::{
 
 use crate::maglev;
 
-/// Transport protocol of a service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
+// The domain enums are defined once, with their config keywords, in `config`; the data plane
+// adds what the kernel needs.
+pub use crate::config::{Affinity, Group, Protocol};
 
 impl Protocol {
+    /// IP protocol number.
     pub const fn number(self) -> u8 {
         match self {
             Protocol::Tcp => PROTO_TCP,
@@ -52,31 +50,8 @@ impl Protocol {
     }
 }
 
-/// How new flows are hashed: the whole 5-tuple, or the client address only (sticky clients).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum Affinity {
-    #[default]
-    Flow,
-    ClientIp,
-}
-
-/// Backend group of a service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Group {
-    Stable,
-    Canary,
-}
-
 impl Group {
     pub const BOTH: [Group; 2] = [Group::Stable, Group::Canary];
-
-    /// `GROUP_STABLE` or `GROUP_CANARY`.
-    pub const fn index(self) -> u32 {
-        match self {
-            Group::Stable => GROUP_STABLE,
-            Group::Canary => GROUP_CANARY,
-        }
-    }
 
     pub const fn from_index(index: u32) -> Option<Group> {
         match index {
@@ -91,13 +66,6 @@ impl Group {
         match self {
             Group::Stable => Group::Canary,
             Group::Canary => Group::Stable,
-        }
-    }
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Group::Stable => "stable",
-            Group::Canary => "canary",
         }
     }
 }
@@ -647,7 +615,7 @@ impl Programmer {
                 if count > MAX_BACKENDS_PER_GROUP as usize {
                     return Err(PlanError::TooManyBackendsInGroup {
                         service: s.name.clone(),
-                        group: group.name(),
+                        group: group.as_str(),
                         count,
                         max: MAX_BACKENDS_PER_GROUP,
                     });
