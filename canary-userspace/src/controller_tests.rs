@@ -557,3 +557,54 @@ fn status_lists_services_before_the_first_poll() {
         .iter()
         .all(|b| !b.up && b.down_reason.as_deref() == Some("not probed yet")));
 }
+
+#[test]
+fn reload_after_promotion_keeps_indices_and_goes_idle() {
+    let mut sim = Sim::new("reload", "");
+    sim.run_until(200, |s| s.phase() == Phase::Promoted);
+    assert_eq!(sim.phase(), Phase::Promoted);
+    let k0_index = sim.c.programmer.backend_index("sentiment", "k0").unwrap();
+    let s0_index = sim.c.programmer.backend_index("sentiment", "s0").unwrap();
+    // The operator makes the promoted version the stable group and drops the old one.
+    let promoted = config_text("").replace("group = \"canary\"", "group = \"stable\"");
+    let new = Config::from_toml_str(&promoted).unwrap();
+    let msg = sim
+        .c
+        .reload(new, sim.t * 1000, sim.t * 1_000_000_000)
+        .unwrap();
+    assert!(msg.contains("reloaded"), "{msg}");
+    assert_eq!(sim.phase(), Phase::Idle, "no canary group left");
+    assert_eq!(sim.kernel_weight(), 0);
+    // Backends keep their indices, so established flows stay where they are.
+    assert_eq!(
+        sim.c.programmer.backend_index("sentiment", "k0"),
+        Some(k0_index)
+    );
+    assert_eq!(
+        sim.c.programmer.backend_index("sentiment", "s0"),
+        Some(s0_index)
+    );
+    let up = sim.c.dataplane().backends[k0_index as usize].flags & BACKEND_FLAG_UP;
+    assert_eq!(up, BACKEND_FLAG_UP);
+}
+
+#[test]
+fn reload_refuses_dataplane_changes_and_keeps_the_running_config() {
+    let mut sim = Sim::new("reload-refused", "");
+    sim.tick();
+    let changed =
+        config_text("").replace("heartbeat_timeout = \"30s\"", "heartbeat_timeout = \"40s\"");
+    let err = sim
+        .c
+        .reload(
+            Config::from_toml_str(&changed).unwrap(),
+            2000,
+            2_000_000_000,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("[dataplane]"), "{err}");
+    assert_eq!(
+        sim.c.config().dataplane.heartbeat_timeout,
+        std::time::Duration::from_secs(30)
+    );
+}
