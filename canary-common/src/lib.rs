@@ -184,6 +184,18 @@ pub struct BackendStats {
     pub new_flows: u64,
 }
 
+impl BackendStats {
+    /// Field-wise sum (per-CPU values add up to the backend's total).
+    #[must_use]
+    pub const fn plus(self, other: Self) -> Self {
+        BackendStats {
+            packets: self.packets.wrapping_add(other.packets),
+            bytes: self.bytes.wrapping_add(other.bytes),
+            new_flows: self.new_flows.wrapping_add(other.new_flows),
+        }
+    }
+}
+
 /// Per-service counters (`SERVICE_STATS`, per-CPU array indexed by service).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -194,6 +206,21 @@ pub struct ServiceStats {
     pub deadman_fallback: u64,
     /// New flows sent to the other group because theirs had no backend.
     pub group_fallback: u64,
+}
+
+impl ServiceStats {
+    /// Field-wise sum (per-CPU values add up to the service's total).
+    #[must_use]
+    pub const fn plus(self, other: Self) -> Self {
+        ServiceStats {
+            new_flows: [
+                self.new_flows[0].wrapping_add(other.new_flows[0]),
+                self.new_flows[1].wrapping_add(other.new_flows[1]),
+            ],
+            deadman_fallback: self.deadman_fallback.wrapping_add(other.deadman_fallback),
+            group_fallback: self.group_fallback.wrapping_add(other.group_fallback),
+        }
+    }
 }
 
 /// Global counters (`COUNTERS`, per-CPU array). The first `OUTCOMES` entries are terminal

@@ -709,11 +709,8 @@ impl DataPlane for AyaDataPlane {
             .map_err(|e| map_err(maps::BACKEND_STATS, "lookup", e))?;
         Ok(values
             .iter()
-            .fold(BackendStats::default(), |a, v| BackendStats {
-                packets: a.packets.wrapping_add(v.packets),
-                bytes: a.bytes.wrapping_add(v.bytes),
-                new_flows: a.new_flows.wrapping_add(v.new_flows),
-            }))
+            .copied()
+            .fold(BackendStats::default(), BackendStats::plus))
     }
 
     fn service_stats(&self, service_index: u32) -> Result<ServiceStats, DataPlaneError> {
@@ -723,14 +720,8 @@ impl DataPlane for AyaDataPlane {
             .map_err(|e| map_err(maps::SERVICE_STATS, "lookup", e))?;
         Ok(values
             .iter()
-            .fold(ServiceStats::default(), |a, v| ServiceStats {
-                new_flows: [
-                    a.new_flows[0].wrapping_add(v.new_flows[0]),
-                    a.new_flows[1].wrapping_add(v.new_flows[1]),
-                ],
-                deadman_fallback: a.deadman_fallback.wrapping_add(v.deadman_fallback),
-                group_fallback: a.group_fallback.wrapping_add(v.group_fallback),
-            }))
+            .copied()
+            .fold(ServiceStats::default(), ServiceStats::plus))
     }
 
     fn written_state(&self) -> Result<WrittenState, DataPlaneError> {

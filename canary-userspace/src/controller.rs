@@ -238,7 +238,7 @@ impl<D: DataPlane> Controller<D> {
             }
         }
         // /status lists every service (backends "not probed yet") before the first poll.
-        c.refresh(now_ns);
+        c.refresh();
         Ok(c)
     }
 
@@ -376,8 +376,14 @@ impl<D: DataPlane> Controller<D> {
     }
 
     fn control_for(&self, svc: &ServiceConfig, rt: &ServiceRuntime, now_ns: u64) -> ServiceControl {
+        // A service without canary backends never sends anything to canary, whatever the state.
+        let has_canary = svc.group(config::Group::Canary).next().is_some();
         ServiceControl {
-            canary_weight: rt.rollout.weight().basis_points(),
+            canary_weight: if has_canary {
+                rt.rollout.weight().basis_points()
+            } else {
+                0
+            },
             _pad: 0,
             reset_epoch_ns: rt.reset_epoch_ns,
             heartbeat_ns: now_ns,
@@ -389,7 +395,6 @@ impl<D: DataPlane> Controller<D> {
                 .try_into()
                 .unwrap_or(u64::MAX),
         }
-        .with_service(svc)
     }
 
     /// One poll: health, metrics, kernel counters -> rollout -> map writes, status, metrics.
@@ -444,9 +449,6 @@ impl<D: DataPlane> Controller<D> {
                     Snapshot::missing()
                 }
             };
-            if obs.metrics.is_ok() && br.metrics_error.is_none() {
-                br.metrics_error = None;
-            }
             br.reported_requests = snapshot.requests.present().copied();
             let delta = snapshot.delta_since(&br.baseline);
             br.baseline.advance(&snapshot);
@@ -498,7 +500,7 @@ impl<D: DataPlane> Controller<D> {
             self.write_control(svc, now_ns)?;
             self.persist(&svc.name);
         }
-        self.refresh(now_ns);
+        self.refresh();
         Ok(())
     }
 
@@ -611,7 +613,7 @@ impl<D: DataPlane> Controller<D> {
             tracing::error!(service, error = %e, "cannot write the new weight");
         }
         self.persist(service);
-        self.refresh(now_ns);
+        self.refresh();
     }
 
     /// An operator verb from the admin API.
@@ -668,7 +670,7 @@ impl<D: DataPlane> Controller<D> {
                     ));
                 }
                 self.persist(&svc.name);
-                self.refresh(now_ns);
+                self.refresh();
                 let rt = &self.services[&svc.name];
                 let mut reply = OperatorReply::ok(format!(
                     "{}: {message} (phase {}, weight {})",
@@ -818,7 +820,7 @@ impl<D: DataPlane> Controller<D> {
             self.write_control(svc, now_ns)?;
             self.persist(&svc.name);
         }
-        self.refresh(now_ns);
+        self.refresh();
         Ok(if changes.is_empty() {
             "configuration reloaded; backends updated".to_string()
         } else {
@@ -826,16 +828,8 @@ impl<D: DataPlane> Controller<D> {
         })
     }
 
-    /// Rewrites the heartbeat (and weight) of every placed service without polling.
-    pub fn heartbeat(&mut self, now_ns: u64) -> Result<(), ControllerError> {
-        for svc in self.config.services.clone() {
-            self.write_control(&svc, now_ns)?;
-        }
-        Ok(())
-    }
-
     /// Rebuilds `/status` and the metrics from the current state.
-    fn refresh(&mut self, _now_ns: u64) {
+    fn refresh(&mut self) {
         let mut status = Status::default();
         if let Ok(counters) = self.dp.counters() {
             for c in Counter::ALL {
@@ -996,26 +990,17 @@ impl<D: DataPlane> Controller<D> {
     }
 }
 
-trait WithService {
-    fn with_service(self, svc: &ServiceConfig) -> Self;
-}
-
-impl WithService for ServiceControl {
-    /// A service without canary backends never sends anything to canary, whatever the state.
-    fn with_service(mut self, svc: &ServiceConfig) -> Self {
-        if svc.group(config::Group::Canary).next().is_none() {
-            self.canary_weight = 0;
-        }
-        self
-    }
-}
-
 fn group_status(name: &str, w: &Window, flows: u64) -> GroupStatus {
     let requests = w.requests.present().copied();
     let errors = w.errors.present().copied();
     let (mean, p95) = match &w.latency {
-        Series::Present(h) => (histogram_mean(h), histogram_quantile(h, 0.95)),
-        Series::Missing => (None, None),
+        // A p95 in the `+Inf` bucket shows as the last finite bound.
+        Series::Present(h) if h.count > 0.0 => (
+            Some(h.sum / h.count),
+            h.value_at_rank(0.95 * h.count)
+                .or_else(|| h.bounds.last().copied()),
+        ),
+        Series::Present(_) | Series::Missing => (None, None),
     };
     GroupStatus {
         group: name.to_string(),
@@ -1044,38 +1029,6 @@ fn latency_histogram(h: &upstream::Histogram) -> LatencyHistogram {
         sum: h.sum,
         count: h.count.round() as u64,
     }
-}
-
-/// Mean of a histogram window (seconds), from its sum and count.
-fn histogram_mean(h: &upstream::Histogram) -> Option<f64> {
-    (h.count > 0.0).then(|| h.sum / h.count)
-}
-
-/// Quantile estimate (seconds) by linear interpolation inside the bucket that holds the rank.
-fn histogram_quantile(h: &upstream::Histogram, q: f64) -> Option<f64> {
-    if h.count <= 0.0 {
-        return None;
-    }
-    let rank = q * h.count;
-    let mut lower_bound = 0.0;
-    let mut lower_count = 0.0;
-    for (bound, cumulative) in h.bounds.iter().zip(&h.cumulative) {
-        if *cumulative >= rank {
-            if !bound.is_finite() {
-                return Some(lower_bound);
-            }
-            let in_bucket = cumulative - lower_count;
-            let frac = if in_bucket > 0.0 {
-                (rank - lower_count) / in_bucket
-            } else {
-                1.0
-            };
-            return Some(lower_bound + (bound - lower_bound) * frac);
-        }
-        lower_bound = *bound;
-        lower_count = *cumulative;
-    }
-    Some(lower_bound)
 }
 
 #[cfg(test)]

@@ -38,8 +38,14 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn load_config(path: &std::path::Path) -> Result<Config> {
-    let config = Config::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+/// Reads and validates a config file; errors name the file.
+pub fn read_config(path: &std::path::Path) -> Result<Config> {
+    Config::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// [`read_config`], plus the check that `dataplane.interface` exists here.
+pub fn load_config(path: &std::path::Path) -> Result<Config> {
+    let config = read_config(path)?;
     config::check_interface(&config.dataplane.interface)?;
     Ok(config)
 }

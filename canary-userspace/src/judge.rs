@@ -548,40 +548,21 @@ fn latency_mean(
     r
 }
 
-/// The value at (fractional, 0-based) rank `rank` of a histogram by linear interpolation in
-/// its bucket, as Prometheus' `histogram_quantile` does. Ranks in the `+Inf` bucket are
-/// unbounded above: `None`.
-fn value_at_rank(h: &Histogram, rank: f64) -> Option<f64> {
-    let rank = rank.max(0.0);
-    let mut lo = 0.0;
-    let mut below = 0.0;
-    for (&hi, &cum) in h.bounds.iter().zip(&h.cumulative) {
-        if cum >= rank && cum > below {
-            return Some(lo + (hi - lo) * (rank - below) / (cum - below));
-        }
-        if cum >= rank {
-            return Some(lo);
-        }
-        lo = hi;
-        below = cum;
-    }
-    None
-}
-
 /// Quantile `q` of a histogram (ms) with an order-statistic interval at quantile `z`:
 /// `(estimate, low, high)`; `None` parts are unbounded (in the `+Inf` bucket).
 fn quantile_ms(h: &Histogram, q: f64, z: f64) -> (Option<f64>, f64, Option<f64>) {
     let n = h.count;
     let half = z * (n * q * (1.0 - q)).sqrt();
-    let est = value_at_rank(h, q * n).map(|v| v * 1000.0);
-    let low = value_at_rank(h, (q * n - half).floor()).map_or_else(
+    let est = h.value_at_rank(q * n).map(|v| v * 1000.0);
+    let low = h.value_at_rank((q * n - half).floor()).map_or_else(
         || h.bounds.last().copied().unwrap_or(0.0) * 1000.0,
         |v| v * 1000.0,
     );
     let high = if q * n + half + 1.0 > n {
         None
     } else {
-        value_at_rank(h, (q * n + half).ceil() + 1.0).map(|v| v * 1000.0)
+        h.value_at_rank((q * n + half).ceil() + 1.0)
+            .map(|v| v * 1000.0)
     };
     (est, low, high)
 }
@@ -1226,14 +1207,14 @@ pub(crate) mod tests {
             sum: 10.0,
         };
         // rank 95 of 100 lies 90% into the (0.1, 0.2] bucket.
-        assert!((value_at_rank(&h, 95.0).unwrap() - 0.19).abs() < 1e-12);
-        assert!((value_at_rank(&h, 25.0).unwrap() - 0.05).abs() < 1e-12);
+        assert!((h.value_at_rank(95.0).unwrap() - 0.19).abs() < 1e-12);
+        assert!((h.value_at_rank(25.0).unwrap() - 0.05).abs() < 1e-12);
         let over = Histogram {
             bounds: vec![0.1],
             cumulative: vec![50.0],
             count: 100.0,
             sum: 10.0,
         };
-        assert!(value_at_rank(&over, 95.0).is_none());
+        assert!(over.value_at_rank(95.0).is_none());
     }
 }

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use canary_userspace::admin::OperatorCommand;
 use canary_userspace::client::{self, Endpoint};
-use canary_userspace::config::{self, Config};
+use canary_userspace::config;
 use canary_userspace::daemon::{self, RunOptions};
 
 #[derive(Parser)]
@@ -147,7 +147,7 @@ fn init_logs(format: LogFormat) {
 fn endpoint(t: &Target) -> Result<Endpoint> {
     let from_config = match &t.config {
         Some(path) => {
-            let c = Config::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let c = daemon::read_config(path)?;
             Some((c.admin.listen.to_string(), c.admin.token_file.clone()))
         }
         None => None,
@@ -162,8 +162,7 @@ async fn verb(t: &Target, command: OperatorCommand) -> Result<()> {
 }
 
 fn validate(path: &Path) -> Result<()> {
-    let config = Config::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    config::check_interface(&config.dataplane.interface)?;
+    let config = daemon::load_config(path)?;
     println!(
         "{}: ok ({} service{})",
         path.display(),
@@ -234,12 +233,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Reload { target } => verb(&target, OperatorCommand::Reload).await,
         Command::Detach { config, bpffs } => {
             let dir = match (config, bpffs) {
-                (Some(path), _) => {
-                    Config::load(&path)
-                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-                        .dataplane
-                        .bpffs
-                }
+                (Some(path), _) => daemon::read_config(&path)?.dataplane.bpffs,
                 (None, Some(dir)) => dir,
                 (None, None) => PathBuf::from("/sys/fs/bpf/canary"),
             };

@@ -68,6 +68,26 @@ impl Histogram {
         }
     }
 
+    /// The value at (fractional, 0-based) rank `rank` of a histogram by linear interpolation in
+    /// its bucket, as Prometheus' `histogram_quantile` does. Ranks in the `+Inf` bucket are
+    /// unbounded above: `None`.
+    pub fn value_at_rank(&self, rank: f64) -> Option<f64> {
+        let rank = rank.max(0.0);
+        let mut lo = 0.0;
+        let mut below = 0.0;
+        for (&hi, &cum) in self.bounds.iter().zip(&self.cumulative) {
+            if cum >= rank && cum > below {
+                return Some(lo + (hi - lo) * (rank - below) / (cum - below));
+            }
+            if cum >= rank {
+                return Some(lo);
+            }
+            lo = hi;
+            below = cum;
+        }
+        None
+    }
+
     /// Counts per bucket (not cumulative); the last entry is the `+Inf` bucket.
     pub fn bucket_counts(&self) -> Vec<f64> {
         let mut out = Vec::with_capacity(self.bounds.len() + 1);

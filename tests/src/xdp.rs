@@ -285,11 +285,8 @@ impl Dataplane {
             .map_err(map_err(maps::BACKEND_STATS))?;
         Ok(stats
             .iter()
-            .fold(BackendStats::default(), |a, s| BackendStats {
-                packets: a.packets + s.packets,
-                bytes: a.bytes + s.bytes,
-                new_flows: a.new_flows + s.new_flows,
-            }))
+            .copied()
+            .fold(BackendStats::default(), BackendStats::plus))
     }
 
     /// Counters of one service, summed over CPUs.
@@ -300,14 +297,8 @@ impl Dataplane {
             .map_err(map_err(maps::SERVICE_STATS))?;
         Ok(stats
             .iter()
-            .fold(ServiceStats::default(), |a, s| ServiceStats {
-                new_flows: [
-                    a.new_flows[0] + s.new_flows[0],
-                    a.new_flows[1] + s.new_flows[1],
-                ],
-                deadman_fallback: a.deadman_fallback + s.deadman_fallback,
-                group_fallback: a.group_fallback + s.group_fallback,
-            }))
+            .copied()
+            .fold(ServiceStats::default(), ServiceStats::plus))
     }
 
     /// The flow table entry of a flow, if any.
@@ -438,14 +429,5 @@ pub fn pin_to_cpu(cpu: usize) -> Result<(), nix::Error> {
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
 }
 
-/// `CLOCK_MONOTONIC` now in ns: the clock `bpf_ktime_get_ns` reads.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC) failed");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+/// `CLOCK_MONOTONIC` now in ns: the clock `bpf_ktime_get_ns` reads (the daemon's own clock).
+pub use canary_userspace::dataplane::monotonic_ns;
