@@ -407,10 +407,11 @@ impl<D: DataPlane> Controller<D> {
     ) -> Result<(), ControllerError> {
         let mut deltas: BTreeMap<(String, String), Window> = BTreeMap::new();
         for obs in observations {
-            let Some(svc) = self.config.service(&obs.service).cloned() else {
+            // Borrowed, not cloned: this runs for every backend on every poll.
+            let Some(svc) = self.config.service(&obs.service) else {
                 continue;
             };
-            let Some(bcfg) = svc.backends.iter().find(|b| b.name == obs.backend).cloned() else {
+            let Some(bcfg) = svc.backends.iter().find(|b| b.name == obs.backend) else {
                 continue;
             };
             let rt = self
