@@ -14,8 +14,9 @@ use std::sync::{Arc, RwLock};
 use canary_common::{Counter, ServiceControl, ServiceStats, GROUP_CANARY, GROUP_STABLE};
 
 use crate::admin::{OperatorCommand, OperatorReply};
-use crate::config::{self, BackendConfig, Config, RollbackMode, ServiceConfig, Weight};
+use crate::config::{BackendConfig, Config, ServiceConfig};
 use crate::dataplane::{self, BackendSpec, DataPlane, Programmer, ServiceSpec};
+use crate::domain::{Group, RollbackMode, Weight};
 use crate::judge::FlowCounts;
 use crate::metrics::{set_counter, LatencyHistogram, Metrics};
 use crate::neighbour::Neighbours;
@@ -377,7 +378,7 @@ impl<D: DataPlane> Controller<D> {
 
     fn control_for(&self, svc: &ServiceConfig, rt: &ServiceRuntime, now_ns: u64) -> ServiceControl {
         // A service without canary backends never sends anything to canary, whatever the state.
-        let has_canary = svc.group(config::Group::Canary).next().is_some();
+        let has_canary = svc.group(Group::Canary).next().is_some();
         ServiceControl {
             canary_weight: if has_canary {
                 rt.rollout.weight().basis_points()
@@ -464,7 +465,7 @@ impl<D: DataPlane> Controller<D> {
         for svc in &services {
             let flows = self.flow_counts(svc)?;
             let rt = &self.services[&svc.name];
-            let window_of = |g: config::Group| {
+            let window_of = |g: Group| {
                 let windows: Vec<&Window> = svc
                     .group(g)
                     .filter(|b| rt.backends[&b.name].health.up == Some(true))
@@ -473,8 +474,8 @@ impl<D: DataPlane> Controller<D> {
                 upstream::aggregate(windows)
             };
             let poll = Poll {
-                stable: window_of(config::Group::Stable),
-                canary: window_of(config::Group::Canary),
+                stable: window_of(Group::Stable),
+                canary: window_of(Group::Canary),
                 flows,
             };
             let rt = self
@@ -563,7 +564,7 @@ impl<D: DataPlane> Controller<D> {
         if out.warm_up && !rt.warming {
             rt.warming = true;
             let urls = svc
-                .group(config::Group::Canary)
+                .group(Group::Canary)
                 .map(|b: &BackendConfig| {
                     svc.rollout.warmup_url.clone().map_or_else(
                         || b.health_url.clone(),
@@ -698,8 +699,8 @@ impl<D: DataPlane> Controller<D> {
         now_ns: u64,
     ) -> OperatorReply {
         let protocol = match proto {
-            "tcp" => dataplane::Protocol::Tcp,
-            "udp" => dataplane::Protocol::Udp,
+            "tcp" => crate::domain::Protocol::Tcp,
+            "udp" => crate::domain::Protocol::Udp,
             other => return OperatorReply::refused(format!("--proto {other:?}: use tcp or udp")),
         };
         let control = self.control_for(svc, &self.services[&svc.name], now_ns);
@@ -870,8 +871,8 @@ impl<D: DataPlane> Controller<D> {
             let window = rt.rollout.window();
             let mut groups = Vec::new();
             for (g, w, flows) in [
-                (config::Group::Stable, &window.stable, window.flows.stable),
-                (config::Group::Canary, &window.canary, window.flows.canary),
+                (Group::Stable, &window.stable, window.flows.stable),
+                (Group::Canary, &window.canary, window.flows.canary),
             ] {
                 groups.push(group_status(g.as_str(), w, flows));
                 // The exported histogram is cumulative (Prometheus semantics): the sum of the

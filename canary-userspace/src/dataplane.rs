@@ -30,45 +30,13 @@ use canary_common::{
     group_for_bucket, maglev_index, Backend, BackendStats, Counter, FlowKey, GlobalConfig,
     Selection, ServiceControl, ServiceEntry, ServiceKey, ServiceStats, VipKey, BACKEND_FLAG_UP,
     BUCKETS, COUNTERS, FAMILY_IPV4, FAMILY_IPV6, GROUP_CANARY, GROUP_STABLE, MAGLEV_ENTRIES,
-    MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_BACKENDS_PER_GROUP, MAX_SERVICES, NO_BACKEND, PROTO_TCP,
-    PROTO_UDP, SERVICE_FLAG_CLIENT_IP,
+    MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_BACKENDS_PER_GROUP, MAX_SERVICES, NO_BACKEND,
+    SERVICE_FLAG_CLIENT_IP,
 };
 
 use crate::maglev;
 
-// The domain enums are defined once, with their config keywords, in `config`; the data plane
-// adds what the kernel needs.
-pub use crate::config::{Affinity, Group, Protocol};
-
-impl Protocol {
-    /// IP protocol number.
-    pub const fn number(self) -> u8 {
-        match self {
-            Protocol::Tcp => PROTO_TCP,
-            Protocol::Udp => PROTO_UDP,
-        }
-    }
-}
-
-impl Group {
-    pub const BOTH: [Group; 2] = [Group::Stable, Group::Canary];
-
-    pub const fn from_index(index: u32) -> Option<Group> {
-        match index {
-            GROUP_STABLE => Some(Group::Stable),
-            GROUP_CANARY => Some(Group::Canary),
-            _ => None,
-        }
-    }
-
-    #[must_use]
-    pub const fn other(self) -> Group {
-        match self {
-            Group::Stable => Group::Canary,
-            Group::Canary => Group::Stable,
-        }
-    }
-}
+use crate::domain::{Affinity, Group, Protocol};
 
 /// A backend as the controller wants it now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1219,6 +1187,7 @@ impl DataPlane for FakeDataPlane {
 )]
 mod tests {
     use super::*;
+    use canary_common::PROTO_UDP;
 
     const SEED: u32 = 0x5eed;
 

@@ -38,7 +38,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ChiSquared, ContinuousCDF, Normal};
 
-use crate::config::{RolloutConfig, Thresholds, UpstreamConfig, Weight};
+use crate::config::{RolloutConfig, Thresholds, UpstreamConfig};
+use crate::domain::Weight;
 use crate::upstream::{Histogram, Series, Window};
 
 /// Minimum canary errors in one poll for an error spike, so one unlucky request in a quiet

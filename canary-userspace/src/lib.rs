@@ -7,6 +7,7 @@ pub mod config;
 pub mod controller;
 pub mod daemon;
 pub mod dataplane;
+pub mod domain;
 pub mod judge;
 pub mod maglev;
 pub mod metrics;

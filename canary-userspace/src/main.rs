@@ -9,7 +9,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use canary_userspace::admin::OperatorCommand;
 use canary_userspace::client::{self, Endpoint};
-use canary_userspace::config;
 use canary_userspace::daemon::{self, RunOptions};
 
 #[derive(Parser)]
@@ -175,8 +174,8 @@ fn validate(path: &Path) -> Result<()> {
             s.name,
             s.protocol.as_str(),
             s.vip,
-            s.group(config::Group::Stable).count(),
-            s.group(config::Group::Canary).count(),
+            s.group(canary_userspace::domain::Group::Stable).count(),
+            s.group(canary_userspace::domain::Group::Canary).count(),
             s.rollout
                 .steps
                 .iter()

@@ -15,9 +15,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{
-    MissingPolicy, RollbackMode, RolloutConfig, StartMode, UpstreamConfig, Weight,
-};
+use crate::config::{RolloutConfig, UpstreamConfig};
+use crate::domain::{MissingPolicy, RollbackMode, StartMode, Weight};
 use crate::judge::{self, FlowCounts, JudgeInput, Judgement, Reason, SignalVerdict, Verdict};
 use crate::upstream::Window;
 

@@ -14,7 +14,8 @@ use rand_distr::{Binomial, Distribution, Poisson, StandardNormal};
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, Normal};
 
-use crate::config::{RolloutConfig, UpstreamConfig, Weight};
+use crate::config::{RolloutConfig, UpstreamConfig};
+use crate::domain::Weight;
 use crate::judge::{FlowCounts, Reason};
 use crate::rollout::{DecisionAction, Event, Phase, Poll, Rollout};
 use crate::upstream::{Histogram, Series, Window};

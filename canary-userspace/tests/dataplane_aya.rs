@@ -17,9 +17,9 @@ use canary_userspace::aya_dataplane::{
     self, AyaDataPlane, AyaError, Opened, Options, PassProgram, XdpAttachMode,
 };
 use canary_userspace::dataplane::{
-    flow_key, monotonic_ns, Affinity, BackendSpec, DataPlane, Group, MapWrite, Programmer,
-    Protocol, ServiceSpec,
+    flow_key, monotonic_ns, BackendSpec, DataPlane, MapWrite, Programmer, ServiceSpec,
 };
+use canary_userspace::domain::{Affinity, Group, Protocol};
 
 const LB_IF: &str = "cdp0";
 const PEER_IF: &str = "cdp1";
