@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use canary_common::{Counter, ServiceControl, ServiceStats, GROUP_CANARY, GROUP_STABLE};
@@ -19,80 +18,14 @@ use crate::dataplane::{self, BackendSpec, DataPlane, Programmer, ServiceSpec};
 use crate::domain::{Group, RollbackMode, Weight};
 use crate::judge::FlowCounts;
 use crate::metrics::{set_counter, LatencyHistogram, Metrics};
-use crate::neighbour::Neighbours;
-use crate::rollout::{Action, Decision, Event, Output, Phase, Poll, Rollout};
-use crate::scrape::Probe;
+use crate::observe::neighbour::Neighbours;
+use crate::observe::{Health, Observation, Target, WarmUp};
+use crate::rollout::{Action, Decision, Event, Output, Phase, Poll, Rollout, StateStore};
 use crate::status::{BackendStatus, GroupStatus, ServiceStatus, Status};
 use crate::upstream::{self, Series, Snapshot, Window};
 
-/// Consecutive failed health checks that take a backend out of its group.
-pub const FALL: u32 = 2;
-/// Consecutive passed health checks that put it back.
-pub const RISE: u32 = 2;
 /// Decisions kept for `/status`.
 const EVENTS_KEPT: usize = 50;
-
-/// What the daemon learnt about one backend in one poll.
-#[derive(Clone, Debug)]
-pub struct Observation {
-    pub service: String,
-    pub backend: String,
-    pub health: Probe,
-    /// The metrics exposition, or why it could not be fetched.
-    pub metrics: Result<String, String>,
-}
-
-/// A backend the daemon must probe and scrape.
-#[derive(Clone, Debug)]
-pub struct Target {
-    pub service: String,
-    pub backend: String,
-    pub health_url: String,
-    pub metrics_url: String,
-}
-
-/// Warm-up requests to send before a canary takes traffic.
-#[derive(Clone, Debug)]
-pub struct WarmUp {
-    pub service: String,
-    pub urls: Vec<String>,
-    pub requests: u32,
-}
-
-/// Health of a backend, with hysteresis.
-#[derive(Clone, Debug, Default)]
-struct Health {
-    /// `None` until the first probe: the first answer counts at once.
-    up: Option<bool>,
-    passes: u32,
-    fails: u32,
-    last_failure: Option<String>,
-}
-
-impl Health {
-    /// Feeds a probe; returns whether the up/down state changed.
-    fn observe(&mut self, probe: &Probe) -> bool {
-        let before = self.up;
-        match probe {
-            Probe::Healthy => {
-                self.passes += 1;
-                self.fails = 0;
-                if self.up.is_none() || self.passes >= RISE {
-                    self.up = Some(true);
-                }
-            }
-            Probe::Unhealthy(why) => {
-                self.fails += 1;
-                self.passes = 0;
-                self.last_failure = Some(why.clone());
-                if self.up.is_none() || self.fails >= FALL {
-                    self.up = Some(false);
-                }
-            }
-        }
-        before != self.up
-    }
-}
 
 #[derive(Clone, Debug, Default)]
 struct BackendRuntime {
@@ -112,45 +45,6 @@ struct ServiceRuntime {
     warming: bool,
     reset_epoch_ns: u64,
     measured_share: Option<f64>,
-}
-
-/// Where rollout state is persisted.
-#[derive(Clone, Debug)]
-pub struct StateStore {
-    dir: PathBuf,
-}
-
-impl StateStore {
-    pub fn new(dir: &Path) -> Self {
-        StateStore {
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn path(&self, service: &str) -> PathBuf {
-        self.dir.join(format!("rollout-{service}.json"))
-    }
-
-    /// The persisted rollout of a service, if any.
-    pub fn load(&self, service: &str) -> Result<Option<Rollout>, String> {
-        let path = self.path(service);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Rollout::from_json(&text)
-                .map(Some)
-                .map_err(|e| format!("{}: {e}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-        }
-    }
-
-    /// Write atomically (temporary file, then rename), so a crash never leaves half a file.
-    pub fn save(&self, service: &str, rollout: &Rollout) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
-        let path = self.path(service);
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, rollout.to_json())?;
-        std::fs::rename(&tmp, &path)
-    }
 }
 
 /// Errors that stop the controller from starting or reloading.

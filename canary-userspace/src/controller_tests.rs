@@ -11,8 +11,8 @@ use super::*;
 use crate::config::Config;
 use crate::dataplane::FakeDataPlane;
 use crate::metrics::Metrics;
+use crate::observe::probe::Probe;
 use crate::rollout::Phase;
-use crate::scrape::Probe;
 use crate::status::Status;
 
 const BOUNDS: [f64; 8] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];

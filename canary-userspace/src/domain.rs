@@ -174,6 +174,21 @@ impl Protocol {
     }
 }
 
+/// A MAC address written `aa:bb:cc:dd:ee:ff` (six pairs of hex digits), as in the config
+/// file and in `ip neigh` output.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +214,14 @@ mod tests {
         assert_eq!(Weight::from_basis_points(20_000), Weight::FULL);
         assert!((Weight::from_basis_points(2500).ratio() - 0.25).abs() < 1e-12);
         assert_eq!(Weight::from_basis_points(1250).to_string(), "12.5%");
+    }
+
+    #[test]
+    fn mac_syntax() {
+        assert_eq!(parse_mac("ff:00:01:02:03:04"), Some([0xff, 0, 1, 2, 3, 4]));
+        assert_eq!(parse_mac("ff:00:01:02:03"), None);
+        assert_eq!(parse_mac("ff:00:01:02:03:04:05"), None);
+        assert_eq!(parse_mac("zz:00:01:02:03:04"), None);
+        assert_eq!(parse_mac("f:00:01:02:03:04"), None);
     }
 }

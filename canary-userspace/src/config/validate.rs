@@ -200,25 +200,12 @@ fn parse_mac(c: &mut Checker, key: &str, value: &str) -> Option<[u8; 6]> {
     if value.is_empty() {
         return None;
     }
-    let parts: Vec<&str> = value.split(':').collect();
-    let bytes: Option<Vec<u8>> = (parts.len() == 6)
-        .then(|| {
-            parts
-                .iter()
-                .map(|p| {
-                    (p.len() == 2)
-                        .then(|| u8::from_str_radix(p, 16).ok())
-                        .flatten()
-                })
-                .collect()
-        })
-        .flatten();
-    match bytes {
+    match crate::domain::parse_mac(value) {
         Some(b) if b[0] & 1 == 1 || b.iter().all(|x| *x == 0) => {
             c.bad(key, format!("\"{value}\" is not a unicast MAC; give the backend's interface MAC or \"\" to resolve it"));
             None
         }
-        Some(b) => Some([b[0], b[1], b[2], b[3], b[4], b[5]]),
+        Some(b) => Some(b),
         None => {
             c.bad(key, format!("\"{value}\" is not a MAC address; write \"02:00:c6:12:00:0b\" or \"\" to resolve it"));
             None
