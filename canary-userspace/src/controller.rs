@@ -14,7 +14,7 @@ use canary_common::{Counter, ServiceControl, ServiceStats, GROUP_CANARY, GROUP_S
 
 use crate::admin::{OperatorCommand, OperatorReply};
 use crate::config::{BackendConfig, Config, ServiceConfig};
-use crate::dataplane::{self, BackendSpec, DataPlane, Programmer, ServiceSpec};
+use crate::dataplane::{self, BackendSpec, DataPlane, MapWrite, Programmer, ServiceSpec};
 use crate::domain::{Group, RollbackMode, Weight};
 use crate::judge::FlowCounts;
 use crate::metrics::{set_counter, LatencyHistogram, Metrics};
@@ -434,7 +434,7 @@ impl<D: DataPlane> Controller<D> {
             return Ok(());
         };
         let control = self.control_for(svc, &self.services[&svc.name], now_ns);
-        self.dp.set_control(index, &control)?;
+        self.dp.apply(&[MapWrite::Control { index, control }])?;
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use canary_common::{BACKEND_FLAG_UP, GROUP_CANARY, GROUP_STABLE};
 
 use super::*;
 use crate::config::Config;
-use crate::dataplane::FakeDataPlane;
+use crate::dataplane::fake::FakeDataPlane;
 use crate::metrics::Metrics;
 use crate::observe::probe::Probe;
 use crate::rollout::Phase;

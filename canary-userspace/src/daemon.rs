@@ -13,10 +13,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::admin::{self, AdminState, OperatorCommand, OperatorReply, OperatorRequest};
-use crate::aya_dataplane::{AyaDataPlane, Opened, Options, XdpAttachMode};
 use crate::client::read_token;
 use crate::config::{self, Config};
 use crate::controller::Controller;
+use crate::dataplane::aya::{AyaDataPlane, Opened, Options, XdpAttachMode};
 use crate::dataplane::monotonic_ns;
 use crate::domain::XdpMode;
 use crate::metrics::Metrics;

@@ -1,7 +1,6 @@
 //! The `canary` library: the data-plane layer and the controller's modules.
 
 pub mod admin;
-pub mod aya_dataplane;
 pub mod client;
 pub mod config;
 pub mod controller;
@@ -9,7 +8,6 @@ pub mod daemon;
 pub mod dataplane;
 pub mod domain;
 pub mod judge;
-pub mod maglev;
 pub mod metrics;
 pub mod observe;
 pub mod rollout;

@@ -236,7 +236,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 (None, Some(dir)) => dir,
                 (None, None) => PathBuf::from("/sys/fs/bpf/canary"),
             };
-            let detached = canary_userspace::aya_dataplane::detach(&dir)
+            let detached = canary_userspace::dataplane::aya::detach(&dir)
                 .with_context(|| format!("cannot detach from {}", dir.display()))?;
             println!(
                 "detached: link {}, {} pinned maps removed from {}",
