@@ -12,7 +12,8 @@ use std::sync::{Arc, RwLock};
 
 use canary_common::{Counter, ServiceControl, ServiceStats, GROUP_CANARY, GROUP_STABLE};
 
-use crate::admin::{OperatorCommand, OperatorReply};
+use crate::api::{BackendStatus, GroupStatus, ServiceStatus, Status};
+use crate::api::{OperatorCommand, OperatorReply};
 use crate::config::{BackendConfig, Config, ServiceConfig};
 use crate::dataplane::{self, BackendSpec, DataPlane, MapWrite, Programmer, ServiceSpec};
 use crate::domain::{Group, RollbackMode, Weight};
@@ -21,7 +22,6 @@ use crate::metrics::{set_counter, LatencyHistogram, Metrics};
 use crate::observe::neighbour::Neighbours;
 use crate::observe::{Health, Observation, Target, WarmUp};
 use crate::rollout::{Action, Decision, Event, Output, Phase, Poll, Rollout, StateStore};
-use crate::status::{BackendStatus, GroupStatus, ServiceStatus, Status};
 use crate::upstream::{self, Series, Snapshot, Window};
 
 /// Decisions kept for `/status`.
@@ -526,7 +526,7 @@ impl<D: DataPlane> Controller<D> {
             .iter()
             .map(|s| s.name.as_str())
             .collect();
-        let index = match crate::status::select_service(names.into_iter(), service) {
+        let index = match crate::api::select_service(names.into_iter(), service) {
             Ok(i) => i,
             Err(e) => return OperatorReply::refused(e),
         };

@@ -12,9 +12,9 @@ use anyhow::{bail, Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use crate::admin::{self, AdminState, OperatorCommand, OperatorReply, OperatorRequest};
-use crate::client::read_token;
-use crate::config::{self, Config};
+use crate::admin::{self, AdminState, OperatorRequest};
+use crate::api::{OperatorCommand, OperatorReply, Status};
+use crate::config::{self, read_token, Config};
 use crate::controller::Controller;
 use crate::dataplane::aya::{AyaDataPlane, Opened, Options, XdpAttachMode};
 use crate::dataplane::monotonic_ns;
@@ -24,7 +24,6 @@ use crate::observe::neighbour::KernelNeighbours;
 use crate::observe::probe::{observe, BackendClient};
 use crate::observe::WarmUp;
 use crate::rollout::StateStore;
-use crate::status::Status;
 
 /// `canary run` options.
 #[derive(Clone, Debug)]

@@ -1,7 +1,7 @@
 //! The `canary` library: the data-plane layer and the controller's modules.
 
 pub mod admin;
-pub mod client;
+pub mod api;
 pub mod config;
 pub mod controller;
 pub mod daemon;
@@ -12,5 +12,4 @@ pub mod metrics;
 pub mod observe;
 pub mod rollout;
 pub mod rollout_sim;
-pub mod status;
 pub mod upstream;

@@ -7,9 +7,12 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use canary_userspace::admin::OperatorCommand;
-use canary_userspace::client::{self, Endpoint};
+mod cli;
+
+use canary_userspace::api::OperatorCommand;
 use canary_userspace::daemon::{self, RunOptions};
+use cli::client::{self, Endpoint};
+use cli::render;
 
 #[derive(Parser)]
 #[command(
@@ -197,10 +200,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else if let Some(name) = &target.service {
                 let s = status.service(Some(name)).map_err(anyhow::Error::msg)?;
-                print!("{}", s.render());
+                print!("{}", render::service(s));
             } else {
                 for s in &status.services {
-                    print!("{}", s.render());
+                    print!("{}", render::service(s));
                 }
             }
             Ok(())

@@ -23,6 +23,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
@@ -302,6 +303,20 @@ impl Config {
     pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
         self.services.iter().find(|s| s.name == name)
     }
+}
+
+/// Read a token file: its content, trimmed; empty is an error.
+pub fn read_token(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read token file {}", path.display()))?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        bail!(
+            "token file {} is empty; put the admin token in it",
+            path.display()
+        );
+    }
+    Ok(token)
 }
 
 /// Resolves `dataplane.interface` in the current network namespace, returning its ifindex.
