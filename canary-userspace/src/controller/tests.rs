@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use canary_common::{BACKEND_FLAG_UP, GROUP_CANARY, GROUP_STABLE};
 
 use super::*;
-use crate::api::Status;
+use crate::api::{OperatorCommand, Status};
 use crate::config::Config;
 use crate::dataplane::fake::FakeDataPlane;
 use crate::metrics::Metrics;
@@ -604,7 +604,7 @@ fn reload_refuses_dataplane_changes_and_keeps_the_running_config() {
         .unwrap_err();
     assert!(err.to_string().contains("[dataplane]"), "{err}");
     assert_eq!(
-        sim.c.config().dataplane.heartbeat_timeout,
+        sim.c.dataplane_config().heartbeat_timeout,
         std::time::Duration::from_secs(30)
     );
 }
