@@ -11,5 +11,4 @@ pub mod judge;
 pub mod metrics;
 pub mod observe;
 pub mod rollout;
-pub mod rollout_sim;
 pub mod upstream;
