@@ -499,6 +499,11 @@ impl<D: DataPlane> Controller<D> {
                 self.apply_output(&svc.name, out, now_ns);
             }
             self.write_control(svc, now_ns)?;
+            self.metrics.record_heartbeat(
+                &svc.name,
+                now_ms,
+                self.config.dataplane.heartbeat_timeout,
+            );
             self.persist(&svc.name);
         }
         self.refresh();
@@ -589,9 +594,7 @@ impl<D: DataPlane> Controller<D> {
                 "{d}"
             );
             self.metrics
-                .decisions
-                .with_label_values(&[service, d.action.as_str(), d.reason.as_str()])
-                .inc();
+                .record_decision(service, d.action.as_str(), d.reason.as_str());
             rt.events.push_back(d);
             while rt.events.len() > EVENTS_KEPT {
                 rt.events.pop_front();
@@ -962,6 +965,22 @@ impl<D: DataPlane> Controller<D> {
                     &self.metrics.upstream_errors.with_label_values(&[name, g]),
                     errors,
                 );
+            }
+            for g in [config::Group::Stable, config::Group::Canary] {
+                let mut classes: BTreeMap<&str, f64> = BTreeMap::new();
+                for b in svc.group(g) {
+                    let predictions = rt.backends[&b.name].baseline.predictions.present();
+                    for (class, n) in predictions.into_iter().flatten() {
+                        *classes.entry(class).or_default() += n;
+                    }
+                }
+                for (class, n) in classes {
+                    let labels = [name, g.as_str(), class];
+                    set_counter(
+                        &self.metrics.upstream_predictions.with_label_values(&labels),
+                        n as u64,
+                    );
+                }
             }
             status.services.push(ServiceStatus {
                 name: svc.name.clone(),

@@ -122,6 +122,9 @@ pub async fn run(options: RunOptions) -> Result<()> {
     }
 
     let metrics = Metrics::new().context("cannot register metrics")?;
+    metrics
+        .flow_table_entries_limit
+        .set(i64::from(dp.flow_table_capacity()));
     let status = Arc::new(RwLock::new(Status::default()));
     let store = StateStore::new(&config.dataplane.state_dir);
     let hash_seed = config.dataplane.hash_seed;
