@@ -86,6 +86,9 @@ pub(crate) async fn run(options: RunOptions) -> Result<()> {
     }
 
     let metrics = Metrics::new().context("cannot register metrics")?;
+    metrics
+        .flow_table_entries_limit
+        .set(i64::from(dp.flow_table_capacity()));
     let status = Arc::new(RwLock::new(Status::default()));
     let store = StateStore::new(&config.dataplane.state_dir);
     let hash_seed = config.dataplane.hash_seed;
@@ -140,12 +143,19 @@ pub(crate) async fn run(options: RunOptions) -> Result<()> {
     let mut ticker = tokio::time::interval(poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
+    let mut ready = false;
     loop {
         tokio::select! {
             _ = ticker.tick() => {
                 let observations = observe(&client, controller.targets()).await;
-                if let Err(e) = controller.on_poll(now_ms(), monotonic_ns(), &observations, &KernelNeighbours) {
-                    tracing::error!(error = %e, "poll failed");
+                match controller.on_poll(now_ms(), monotonic_ns(), &observations, &KernelNeighbours) {
+                    // The first poll programs every service: only then is the daemon ready.
+                    Ok(()) if !ready => {
+                        notify(sd_notify::NotifyState::Ready);
+                        ready = true;
+                    }
+                    Ok(()) => {}
+                    Err(e) => tracing::error!(error = %e, "poll failed"),
                 }
                 for job in controller.take_warmups() {
                     spawn_warm_up(&client, job, warm_tx.clone());
@@ -173,12 +183,21 @@ pub(crate) async fn run(options: RunOptions) -> Result<()> {
             _ = int.recv() => break,
         }
     }
+    notify(sd_notify::NotifyState::Stopping);
     let _ = stop_tx.send(());
     let _ = server.await;
     tracing::info!(
         "stopped; the XDP program stays attached and traffic keeps flowing (`canary detach` removes it)"
     );
     Ok(())
+}
+
+/// Tells the service manager (`Type=notify`) a state change; does nothing when `NOTIFY_SOCKET`
+/// is not set.
+fn notify(state: sd_notify::NotifyState) {
+    if let Err(e) = sd_notify::notify(&[state]) {
+        tracing::warn!(error = %e, "cannot notify the service manager");
+    }
 }
 
 fn reload(controller: &mut Controller<AyaDataPlane>, options: &RunOptions) -> OperatorReply {

@@ -1,5 +1,6 @@
 //! `canary`: the daemon (`canary run`) and its command-line interface.
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -143,7 +144,10 @@ fn init_logs(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Human => builder.init(),
+        // Colour only on a terminal: a file or the journal gets plain text.
+        LogFormat::Human => builder
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
         LogFormat::Json => builder.json().init(),
     }
 }

@@ -24,6 +24,9 @@ const APT_PACKAGES: &[&str] = &[
     "ethtool",
     "curl",
 ];
+/// Real components the tests start: Prometheus and `promtool` (the alerting rules and the
+/// dashboard's queries, against a daemon in the lab) and `systemd-analyze` (the unit files).
+const TEST_TOOL_PACKAGES: &[&str] = &["prometheus", "systemd"];
 /// Debian's packaged compiler with a prebuilt `core` for the BPF targets (route 2).
 const DEBIAN_RUSTC_PACKAGES: &[&str] = &["rustc-web", "libstd-rust-web-dev-bpf"];
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
@@ -84,6 +87,7 @@ pub fn ensure() -> Result<Toolchain> {
     setup.ensure_apt_packages(APT_PACKAGES)?;
     let route = setup.ensure_compiler()?;
     let linker_dir = setup.ensure_bpf_linker()?;
+    setup.ensure_test_tools()?;
     record_route(route);
 
     let elapsed = started.elapsed().as_secs_f64();
@@ -138,6 +142,24 @@ impl Setup {
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
         self.actions += 1;
         Ok(())
+    }
+
+    /// Prometheus, promtool and systemd-analyze for the tests. Without root this only says
+    /// what is missing: building does not need them.
+    fn ensure_test_tools(&mut self) -> Result<()> {
+        let missing = missing_apt_packages(TEST_TOOL_PACKAGES)?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if !self.is_root {
+            let list = missing.join(" ");
+            println!(
+                "setup: the tests need Debian packages {list}: `sudo apt-get install -y {list}` \
+                 (or run `sudo -E cargo xtask setup`)"
+            );
+            return Ok(());
+        }
+        self.apt_install(&missing)
     }
 
     /// Route 1 when rustup has (or can get) nightly with rust-src, else route 2.

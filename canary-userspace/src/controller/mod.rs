@@ -287,6 +287,11 @@ impl<D: DataPlane> Controller<D> {
                 self.apply_output(i, out, now_ns);
             }
             self.write_control(i, now_ns)?;
+            self.metrics.record_heartbeat(
+                self.services[i].name(),
+                now_ms,
+                self.dataplane_config.heartbeat_timeout,
+            );
             self.persist(i);
         }
         self.refresh();

@@ -146,6 +146,24 @@ impl<D: DataPlane> Controller<D> {
                     errors,
                 );
             }
+            for g in [Group::Stable, Group::Canary] {
+                let mut classes: BTreeMap<&str, f64> = BTreeMap::new();
+                for (b, br) in rt.backends() {
+                    if b.group != g {
+                        continue;
+                    }
+                    for (class, n) in br.baseline.predictions.present().into_iter().flatten() {
+                        *classes.entry(class).or_default() += n;
+                    }
+                }
+                for (class, n) in classes {
+                    let labels = [name, g.as_str(), class];
+                    set_counter(
+                        &self.metrics.upstream_predictions.with_label_values(&labels),
+                        n as u64,
+                    );
+                }
+            }
             status.services.push(ServiceStatus {
                 name: svc.name.clone(),
                 vip: svc.vip.to_string(),

@@ -242,10 +242,7 @@ impl Service {
                 phase = d.phase.as_str(),
                 "{d}"
             );
-            metrics
-                .decisions
-                .with_label_values(&[service, d.action.as_str(), d.reason.as_str()])
-                .inc();
+            metrics.record_decision(service, d.action.as_str(), d.reason.as_str());
             self.events.push_back(d);
             while self.events.len() > EVENTS_KEPT {
                 self.events.pop_front();

@@ -535,6 +535,60 @@ fn metrics_follow_the_rollout_the_kernel_and_the_backends() {
 }
 
 #[test]
+fn operator_metrics_follow_holds_heartbeats_and_predictions() {
+    let mut sim = Sim::new("operator-metrics", "");
+    // 2 canary requests a second: every evaluation of the first step holds (min_samples 300).
+    sim.rate = 20;
+    sim.run_until(100, |s| s.weight_bp() == 1000);
+    let stepped_at = sim.t;
+    while sim.t < stepped_at + 31 {
+        sim.tick();
+    }
+    let status = sim.c.status.read().unwrap().clone();
+    let holds_in_a_row = status.services[0]
+        .events
+        .iter()
+        .rev()
+        .take_while(|d| d.action.as_str() == "hold")
+        .count();
+    assert_eq!(holds_in_a_row, 3, "{:?}", status.services[0].events);
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&sim.c.metrics.registry.gather())
+        .unwrap();
+    let b = &sim.backends;
+    for needle in [
+        "canary_rollout_held_intervals{service=\"sentiment\"} 3".to_string(),
+        format!("canary_heartbeat_timestamp_seconds{{service=\"sentiment\"}} {}", sim.t),
+        "canary_heartbeat_timeout_seconds{service=\"sentiment\"} 30".to_string(),
+        format!(
+            "canary_upstream_predictions_total{{class=\"positive\",group=\"stable\",service=\"sentiment\"}} {}",
+            b["s0"].positive + b["s1"].positive
+        ),
+        format!(
+            "canary_upstream_predictions_total{{class=\"negative\",group=\"canary\",service=\"sentiment\"}} {}",
+            b["k0"].negative
+        ),
+    ] {
+        assert!(text.contains(&needle), "missing {needle:?} in\n{text}");
+    }
+
+    // A step (operator promotion here) starts the count again.
+    sim.c.on_operator(
+        sim.t * 1000,
+        sim.t * 1_000_000_000,
+        None,
+        &OperatorCommand::Promote { full: false },
+    );
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&sim.c.metrics.registry.gather())
+        .unwrap();
+    assert!(
+        text.contains("canary_rollout_held_intervals{service=\"sentiment\"} 0"),
+        "{text}"
+    );
+}
+
+#[test]
 fn a_new_rollout_logs_its_start_once() {
     let mut sim = Sim::new("events", "");
     sim.tick();
