@@ -203,12 +203,20 @@ impl<'a> Background<'a> {
     }
 
     /// Stops after the running chunks and returns every chunk's report.
-    pub(crate) fn finish(self) -> Vec<Report> {
+    pub(crate) fn finish(mut self) -> Vec<Report> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.handles
+        std::mem::take(&mut self.handles)
             .into_iter()
             .flat_map(|h| h.join().expect("background load thread"))
             .collect()
+    }
+}
+
+impl Drop for Background<'_> {
+    /// A test that fails while the load runs stops it: the scope then ends after the running
+    /// chunks, the failure is reported and the lab is torn down (instead of waiting forever).
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
