@@ -1,0 +1,107 @@
+//! The dead-man switch: a stale heartbeat keeps new flows off the canary group.
+
+use canary_common::Counter::{DeadmanFallback, DropNoBackend, FlowMiss, Tx};
+use canary_common::{ServiceControl, BUCKETS, GROUP_CANARY, GROUP_STABLE};
+use canary_tests::packet::{v4, Tuple};
+use canary_tests::xdp::{monotonic_ns, LoadOptions, XDP_DROP, XDP_TX};
+
+use crate::support::{
+    check, client4, fixture, scenario, tcp4, Lab, Output, NO_STABLE_SVC, TCP4_SVC,
+};
+
+#[test]
+fn deadman_switch_sends_new_flows_to_stable() {
+    let mut s = scenario();
+    s.service_mut(TCP4_SVC).control = ServiceControl {
+        canary_weight: BUCKETS,
+        heartbeat_ns: 1,
+        heartbeat_timeout_ns: 1_000_000_000,
+        ..ServiceControl::default()
+    };
+    // Dead-man on a service whose stable group is empty: never falls back into canary.
+    s.service_mut(NO_STABLE_SVC).control = ServiceControl {
+        canary_weight: BUCKETS,
+        heartbeat_ns: 1,
+        heartbeat_timeout_ns: 1_000_000_000,
+        ..ServiceControl::default()
+    };
+    let mut lab = Lab::with(s, LoadOptions::default());
+    for i in 0..100u16 {
+        let t = tcp4((i % 100) as u8 + 1, 40_000 + i, 80);
+        let choice = lab
+            .scenario
+            .choose(lab.scenario.service(TCP4_SVC), &t.flow_key(), true)
+            .unwrap();
+        assert!(choice.deadman && choice.group == GROUP_STABLE);
+        check(
+            &lab,
+            &fixture(
+                "stale heartbeat, weight 10000",
+                t.frame(),
+                XDP_TX,
+                Output::ToBackend(choice.backend),
+                &[Tx, FlowMiss, DeadmanFallback],
+            ),
+        );
+        let t = Tuple::tcp(
+            client4((i % 100) as u8 + 1),
+            40_000 + i,
+            v4(198, 18, 0, 101),
+            1001,
+        );
+        check(
+            &lab,
+            &fixture(
+                "stale heartbeat, stable group empty",
+                t.frame(),
+                XDP_DROP,
+                Output::Unchanged,
+                &[DropNoBackend, FlowMiss, DeadmanFallback],
+            ),
+        );
+    }
+    let st = lab.dataplane.service_stats(TCP4_SVC).unwrap();
+    assert_eq!((st.new_flows, st.deadman_fallback), ([100, 0], 100));
+
+    // A fresh heartbeat restores the weight for new flows.
+    let control = &mut lab.scenario.service_mut(TCP4_SVC).control;
+    control.heartbeat_ns = monotonic_ns();
+    control.heartbeat_timeout_ns = 60_000_000_000;
+    lab.scenario.update_control(&mut lab.dataplane, TCP4_SVC);
+    let t = tcp4(201, 41_000, 80);
+    let choice = lab
+        .scenario
+        .choose(lab.scenario.service(TCP4_SVC), &t.flow_key(), false)
+        .unwrap();
+    assert_eq!(choice.group, GROUP_CANARY);
+    check(
+        &lab,
+        &fixture(
+            "fresh heartbeat",
+            t.frame(),
+            XDP_TX,
+            Output::ToBackend(choice.backend),
+            &[Tx, FlowMiss],
+        ),
+    );
+    // A timeout of 0 disables the switch even with an ancient heartbeat.
+    let control = &mut lab.scenario.service_mut(TCP4_SVC).control;
+    control.heartbeat_ns = 1;
+    control.heartbeat_timeout_ns = 0;
+    lab.scenario.update_control(&mut lab.dataplane, TCP4_SVC);
+    let t = tcp4(202, 41_001, 80);
+    let choice = lab
+        .scenario
+        .choose(lab.scenario.service(TCP4_SVC), &t.flow_key(), false)
+        .unwrap();
+    check(
+        &lab,
+        &fixture(
+            "dead-man disabled",
+            t.frame(),
+            XDP_TX,
+            Output::ToBackend(choice.backend),
+            &[Tx, FlowMiss],
+        ),
+    );
+}
