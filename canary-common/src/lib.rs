@@ -14,8 +14,10 @@
     reason = "explicit padding fields must be public so both sides can build the structs"
 )]
 
+pub mod choose;
 pub mod hash;
 
+pub use choose::{choose, heartbeat_stale, Choice, Tables};
 pub use hash::{bucket_of, client_hash, flow_hash, murmur3_words, slot_of, Selection};
 
 /// Weights are in basis points: 0 = no canary, 10 000 = all new flows to the canary group.

@@ -7,10 +7,9 @@ use core::{
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use canary_common::{
-    group_for_bucket, maglev_index, Backend, Counter, FlowEntry, FlowKey, GlobalConfig, Selection,
-    ServiceControl, ServiceEntry, ServiceKey, VipKey, BACKEND_FLAG_UP, BUCKETS,
-    CONFIG_FLAG_NO_FLOW_TABLE, GROUP_CANARY, GROUP_STABLE, MAX_BACKENDS, NO_BACKEND,
-    SERVICE_FLAG_CLIENT_IP,
+    choose, maglev_index, Backend, Counter, FlowEntry, FlowKey, GlobalConfig, Selection,
+    ServiceControl, ServiceEntry, ServiceKey, Tables, VipKey, BACKEND_FLAG_UP,
+    CONFIG_FLAG_NO_FLOW_TABLE, GROUP_CANARY, NO_BACKEND, SERVICE_FLAG_CLIENT_IP,
 };
 
 use crate::{
@@ -151,6 +150,24 @@ fn reset_applies(flow: &FlowEntry, control: &ServiceControl) -> bool {
         && flow.created_ns < control.reset_epoch_ns
 }
 
+/// The XDP program's view of the tables the new-flow choice reads.
+struct MapTables;
+
+impl Tables for MapTables {
+    #[inline(always)]
+    fn slot(&self, service_index: u32, group: u32, slot: u32) -> u32 {
+        MAGLEV
+            .get(maglev_index(service_index, group, slot))
+            .copied()
+            .unwrap_or(NO_BACKEND)
+    }
+
+    #[inline(always)]
+    fn backend(&self, index: u32) -> Option<Backend> {
+        BACKENDS.get(index).copied()
+    }
+}
+
 #[inline(always)]
 fn new_flow(
     key: &FlowKey,
@@ -164,70 +181,32 @@ fn new_flow(
         service.flags & SERVICE_FLAG_CLIENT_IP != 0,
         config.hash_seed,
     );
-    let weight = if control.canary_weight > BUCKETS {
-        BUCKETS
-    } else {
-        control.canary_weight
-    };
-    let mut group = group_for_bucket(selection.bucket, weight);
-
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    // A stale heartbeat means the controller is gone: no new canary flows. A heartbeat in the
-    // future (written just after `now` was read) counts as fresh.
-    let stale = control.heartbeat_timeout_ns != 0
-        && now.saturating_sub(control.heartbeat_ns) > control.heartbeat_timeout_ns;
-    let deadman = stale && group == GROUP_CANARY;
-    if deadman {
-        group = GROUP_STABLE;
+    let choice = choose(&MapTables, service.index, selection, control, now);
+    if choice.deadman_fallback {
         count(Counter::DeadmanFallback);
         maps::count_service_deadman_fallback(service.index);
     }
-
-    let (group, backend_index, backend) =
-        if let Some((index, backend)) = usable_backend(service.index, group, selection.slot) {
-            (group, index, backend)
-        } else {
-            let other = if group == GROUP_CANARY {
-                GROUP_STABLE
-            } else {
-                GROUP_CANARY
-            };
-            // A flow the dead-man switch moved off the canary must not fall back into it.
-            if deadman && other == GROUP_CANARY {
-                return Err(Counter::DropNoBackend);
-            }
-            let (index, backend) = usable_backend(service.index, other, selection.slot)
-                .ok_or(Counter::DropNoBackend)?;
-            count(Counter::GroupFallback);
-            maps::count_service_group_fallback(service.index);
-            (other, index, backend)
-        };
+    let (backend_index, backend) = choice.backend.ok_or(Counter::DropNoBackend)?;
+    if choice.group_fallback {
+        count(Counter::GroupFallback);
+        maps::count_service_group_fallback(service.index);
+    }
 
     if use_flow_table {
         let entry = FlowEntry {
             backend: backend_index,
-            group,
+            group: choice.group,
             created_ns: now,
         };
         if FLOWS.insert(key, entry, BPF_ANY).is_err() {
             count(Counter::FlowInsertFailed);
         }
     }
-    maps::count_service_new_flow(service.index, group);
+    maps::count_service_new_flow(service.index, choice.group);
     maps::count_backend_new_flow(backend_index);
     Ok((backend_index, backend))
-}
-
-/// The backend in a group's Maglev slot, if the slot has one and it is up.
-#[inline(always)]
-fn usable_backend(service_index: u32, group: u32, slot: u32) -> Option<(u32, Backend)> {
-    let index = *MAGLEV.get(maglev_index(service_index, group, slot))?;
-    if index == NO_BACKEND || index >= MAX_BACKENDS {
-        return None;
-    }
-    let backend = BACKENDS.get(index).copied()?;
-    (backend.flags & BACKEND_FLAG_UP != 0).then_some((index, backend))
 }
 
 /// Direct server return: destination MAC = the backend's; source MAC = ours (the configured

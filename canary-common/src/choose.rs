@@ -1,0 +1,254 @@
+//! The new-flow choice, one pure function for the XDP program and for userspace.
+//!
+//! A new flow of a service goes: bucket -> group by the canary weight -> the dead-man switch
+//! (a stale heartbeat sends canary flows to stable) -> the backend in the group's Maglev slot,
+//! falling back to the other group when that backend cannot take it. The tables are read through [`Tables`], so
+//! the kernel passes its maps and userspace its copies; nothing here allocates, loops without a
+//! constant bound or reads a clock (time is an argument).
+
+use crate::{
+    group_for_bucket, Backend, Selection, ServiceControl, BACKEND_FLAG_UP, BUCKETS, GROUP_CANARY,
+    GROUP_STABLE, MAX_BACKENDS, NO_BACKEND,
+};
+
+/// Read access to the tables the choice needs.
+pub trait Tables {
+    /// The backend index in `slot` of the Maglev table of (`service_index`, `group`):
+    /// `NO_BACKEND` when the group has no backend (or the slot cannot be read).
+    fn slot(&self, service_index: u32, group: u32, slot: u32) -> u32;
+    /// The backend at a global index, `None` when the index is out of range.
+    fn backend(&self, index: u32) -> Option<Backend>;
+}
+
+/// Where a new flow goes, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "independent facts about one choice, each counted on its own"
+)]
+pub struct Choice {
+    /// The group the bucket rule picked (`GROUP_STABLE` or `GROUP_CANARY`).
+    pub by_weight: u32,
+    /// The group the flow ends in.
+    pub group: u32,
+    /// The backend's global index and entry; `None` when no allowed group has a usable backend
+    /// (the packet is dropped).
+    pub backend: Option<(u32, Backend)>,
+    /// The heartbeat was stale: the dead-man switch allowed stable only.
+    pub stale_heartbeat: bool,
+    /// The bucket rule said canary and the dead-man switch sent the flow to stable instead.
+    pub deadman_fallback: bool,
+    /// The flow's group had no usable backend and the other group took it.
+    pub group_fallback: bool,
+    /// The backend came from a later slot of the group than the flow's own.
+    pub slot_fallback: bool,
+}
+
+impl Choice {
+    /// Dropped because the dead-man switch forbids canary and stable has no usable backend.
+    #[inline(always)]
+    pub const fn deadman_drop(&self) -> bool {
+        self.deadman_fallback && self.backend.is_none()
+    }
+}
+
+/// Whether the daemon's heartbeat is stale: older than `heartbeat_timeout_ns` at `now_ns`.
+/// A timeout of 0 disables the switch.
+#[inline(always)]
+pub const fn heartbeat_stale(control: &ServiceControl, now_ns: u64) -> bool {
+    control.heartbeat_timeout_ns != 0
+        && now_ns.saturating_sub(control.heartbeat_ns) > control.heartbeat_timeout_ns
+}
+
+/// Whether `backend` may take a new flow: it is up.
+#[inline(always)]
+pub const fn usable(backend: &Backend) -> bool {
+    backend.flags & BACKEND_FLAG_UP != 0
+}
+
+/// The backend in a group's slot, if it is usable.
+#[inline(always)]
+fn in_group<T: Tables>(
+    tables: &T,
+    service_index: u32,
+    group: u32,
+    slot: u32,
+) -> Option<(u32, Backend, bool)> {
+    let index = tables.slot(service_index, group, slot);
+    if index == NO_BACKEND || index >= MAX_BACKENDS {
+        return None;
+    }
+    let backend = tables.backend(index)?;
+    usable(&backend).then_some((index, backend, false))
+}
+
+/// The choice for a new flow of service `service_index` whose hash gave `selection`, under the
+/// service's `control` entry at `now_ns` (`CLOCK_MONOTONIC`, the clock of the heartbeat).
+#[inline(always)]
+pub fn choose<T: Tables>(
+    tables: &T,
+    service_index: u32,
+    selection: Selection,
+    control: &ServiceControl,
+    now_ns: u64,
+) -> Choice {
+    let weight = if control.canary_weight > BUCKETS {
+        BUCKETS
+    } else {
+        control.canary_weight
+    };
+    let by_weight = group_for_bucket(selection.bucket, weight);
+    let stale_heartbeat = heartbeat_stale(control, now_ns);
+    let deadman_fallback = stale_heartbeat && by_weight == GROUP_CANARY;
+    let group = if deadman_fallback {
+        GROUP_STABLE
+    } else {
+        by_weight
+    };
+    let mut choice = Choice {
+        by_weight,
+        group,
+        backend: None,
+        stale_heartbeat,
+        deadman_fallback,
+        group_fallback: false,
+        slot_fallback: false,
+    };
+    if let Some((index, backend, later)) = in_group(tables, service_index, group, selection.slot) {
+        choice.backend = Some((index, backend));
+        choice.slot_fallback = later;
+        return choice;
+    }
+    // A flow the dead-man switch moved off the canary must not fall back into it.
+    if deadman_fallback {
+        return choice;
+    }
+    let other = if group == GROUP_CANARY {
+        GROUP_STABLE
+    } else {
+        GROUP_CANARY
+    };
+    if let Some((index, backend, later)) = in_group(tables, service_index, other, selection.slot) {
+        choice.group = other;
+        choice.backend = Some((index, backend));
+        choice.group_fallback = true;
+        choice.slot_fallback = later;
+    }
+    choice
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::{vec, vec::Vec};
+
+    use super::*;
+    use crate::MAGLEV_TABLE_SIZE;
+
+    const SVC: u32 = 3;
+
+    /// Tables of one service: a slot list per group and a backend array.
+    struct Fake {
+        groups: Vec<Vec<u32>>,
+        backends: Vec<Backend>,
+    }
+
+    impl Tables for Fake {
+        fn slot(&self, service_index: u32, group: u32, slot: u32) -> u32 {
+            if service_index != SVC {
+                return NO_BACKEND;
+            }
+            self.groups
+                .get(group as usize)
+                .and_then(|g| g.get(slot as usize))
+                .copied()
+                .unwrap_or(NO_BACKEND)
+        }
+        fn backend(&self, index: u32) -> Option<Backend> {
+            self.backends.get(index as usize).copied()
+        }
+    }
+
+    fn backend(group: u32) -> Backend {
+        Backend {
+            mac: [2, 0, 0, 0, 0, 1],
+            flags: BACKEND_FLAG_UP,
+            service_index: SVC,
+            group,
+        }
+    }
+
+    /// Stable backends 1 and 2, canary 3 and 4, tables round-robin (slot i -> i % 2).
+    fn fake() -> Fake {
+        let size = MAGLEV_TABLE_SIZE as usize;
+        let mut backends = vec![Backend::default(); 16];
+        backends[1] = backend(GROUP_STABLE);
+        backends[2] = backend(GROUP_STABLE);
+        backends[3] = backend(GROUP_CANARY);
+        backends[4] = backend(GROUP_CANARY);
+        Fake {
+            groups: vec![
+                (0..size).map(|s| 1 + (s % 2) as u32).collect(),
+                (0..size).map(|s| 3 + (s % 2) as u32).collect(),
+            ],
+            backends,
+        }
+    }
+
+    fn control(weight: u32) -> ServiceControl {
+        ServiceControl {
+            canary_weight: weight,
+            heartbeat_ns: 1_000,
+            heartbeat_timeout_ns: 0,
+            ..ServiceControl::default()
+        }
+    }
+
+    fn at(bucket: u32, slot: u32) -> Selection {
+        Selection { bucket, slot }
+    }
+
+    fn picked(c: &Choice) -> Option<u32> {
+        c.backend.map(|(i, _)| i)
+    }
+
+    #[test]
+    fn bucket_below_weight_is_canary() {
+        let f = fake();
+        let c = choose(&f, SVC, at(99, 0), &control(100), 0);
+        assert_eq!((c.by_weight, c.group, picked(&c)), (1, 1, Some(3)));
+        let c = choose(&f, SVC, at(100, 1), &control(100), 0);
+        assert_eq!((c.by_weight, c.group, picked(&c)), (0, 0, Some(2)));
+        assert!(!c.group_fallback && !c.slot_fallback && !c.deadman_fallback);
+        // A weight above BUCKETS is all canary.
+        let c = choose(&f, SVC, at(BUCKETS - 1, 0), &control(u32::MAX), 0);
+        assert_eq!(c.group, GROUP_CANARY);
+    }
+
+    #[test]
+    fn a_group_without_usable_backend_falls_back_to_the_other() {
+        let mut f = fake();
+        f.groups[0] = vec![NO_BACKEND; MAGLEV_TABLE_SIZE as usize];
+        let c = choose(&f, SVC, at(5_000, 0), &control(0), 0);
+        assert_eq!((c.by_weight, c.group, picked(&c)), (0, 1, Some(3)));
+        assert!(c.group_fallback);
+        f.groups[1] = vec![NO_BACKEND; MAGLEV_TABLE_SIZE as usize];
+        let c = choose(&f, SVC, at(5_000, 0), &control(0), 0);
+        assert_eq!(c.backend, None);
+        assert!(!c.deadman_drop());
+    }
+
+    #[test]
+    fn stale_heartbeat_keeps_new_flows_off_the_canary() {
+        let f = fake();
+        let mut ctl = control(BUCKETS);
+        ctl.heartbeat_timeout_ns = 1_000;
+        let c = choose(&f, SVC, at(0, 0), &ctl, 1_000 + 1_001);
+        assert!(c.stale_heartbeat && c.deadman_fallback);
+        assert_eq!((c.by_weight, c.group, picked(&c)), (1, 0, Some(1)));
+        // Exactly the timeout is still fresh.
+        let c = choose(&f, SVC, at(0, 0), &ctl, 2_000);
+        assert!(!c.stale_heartbeat);
+        assert_eq!(c.group, GROUP_CANARY);
+    }
+}
