@@ -52,12 +52,22 @@ impl Choice {
     }
 }
 
-/// Whether the daemon's heartbeat is stale: older than `heartbeat_timeout_ns` at `now_ns`.
-/// A timeout of 0 disables the switch.
+/// Whether the daemon's heartbeat is stale: more than `heartbeat_timeout_ns` away from `now_ns`
+/// in either direction (a heartbeat far in the future is as untrustworthy as an old one: it
+/// would otherwise keep the switch off for good). A timeout of 0 disables the switch.
 #[inline(always)]
 pub const fn heartbeat_stale(control: &ServiceControl, now_ns: u64) -> bool {
-    control.heartbeat_timeout_ns != 0
-        && now_ns.saturating_sub(control.heartbeat_ns) > control.heartbeat_timeout_ns
+    let timeout = control.heartbeat_timeout_ns;
+    if timeout == 0 {
+        return false;
+    }
+    let heartbeat = control.heartbeat_ns;
+    let distance = if now_ns >= heartbeat {
+        now_ns - heartbeat
+    } else {
+        heartbeat - now_ns
+    };
+    distance > timeout
 }
 
 /// Whether `backend` may take a new flow: it is up.
@@ -236,6 +246,27 @@ mod tests {
         let c = choose(&f, SVC, at(5_000, 0), &control(0), 0);
         assert_eq!(c.backend, None);
         assert!(!c.deadman_drop());
+    }
+
+    #[test]
+    fn heartbeat_in_the_future_is_stale() {
+        let mut ctl = control(0);
+        ctl.heartbeat_timeout_ns = 30;
+        ctl.heartbeat_ns = u64::MAX;
+        assert!(heartbeat_stale(&ctl, 5));
+        ctl.heartbeat_ns = 100;
+        assert!(
+            !heartbeat_stale(&ctl, 70),
+            "30 ns ahead: within the timeout"
+        );
+        assert!(heartbeat_stale(&ctl, 69));
+        assert!(!heartbeat_stale(&ctl, 130));
+        assert!(heartbeat_stale(&ctl, 131));
+        ctl.heartbeat_timeout_ns = 0;
+        assert!(
+            !heartbeat_stale(&ctl, u64::MAX),
+            "timeout 0 disables the switch"
+        );
     }
 
     #[test]

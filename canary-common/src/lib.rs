@@ -113,8 +113,9 @@ pub struct ServiceControl {
     pub reset_epoch_ns: u64,
     /// Last daemon heartbeat, `CLOCK_MONOTONIC` ns (the clock of `bpf_ktime_get_ns`).
     pub heartbeat_ns: u64,
-    /// Dead-man switch: when `now - heartbeat_ns > heartbeat_timeout_ns`, new flows go to
-    /// stable only. 0 disables the switch.
+    /// Dead-man switch: when `|now - heartbeat_ns| > heartbeat_timeout_ns` (a heartbeat too far
+    /// in the future is as stale as an old one), new flows go to stable only. 0 disables the
+    /// switch.
     pub heartbeat_timeout_ns: u64,
 }
 

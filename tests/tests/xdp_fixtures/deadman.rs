@@ -105,3 +105,70 @@ fn deadman_switch_sends_new_flows_to_stable() {
         ),
     );
 }
+
+/// A heartbeat more than the timeout ahead of the kernel's clock is stale too: otherwise a
+/// bogus `u64::MAX` would switch the dead-man switch off for good. Within the timeout ahead
+/// (a heartbeat written just after the kernel read its clock) it is fresh.
+#[test]
+fn heartbeat_in_the_future_is_stale() {
+    const TIMEOUT: u64 = 1_000_000_000;
+    let mut s = scenario();
+    s.service_mut(TCP4_SVC).control = ServiceControl {
+        canary_weight: BUCKETS,
+        heartbeat_ns: u64::MAX,
+        heartbeat_timeout_ns: TIMEOUT,
+        ..ServiceControl::default()
+    };
+    let mut lab = Lab::with(s, LoadOptions::default());
+    for i in 0..50u16 {
+        let t = tcp4((i % 50) as u8 + 1, 42_000 + i, 80);
+        let choice = lab
+            .scenario
+            .choose(lab.scenario.service(TCP4_SVC), &t.flow_key(), true)
+            .unwrap();
+        assert!(choice.deadman && choice.group == GROUP_STABLE);
+        check(
+            &lab,
+            &fixture(
+                "heartbeat u64::MAX, weight 10000",
+                t.frame(),
+                XDP_TX,
+                Output::ToBackend(choice.backend),
+                &[Tx, FlowMiss, DeadmanFallback],
+            ),
+        );
+    }
+    // Ahead by the timeout and more: stale. Ahead by less: fresh.
+    for (ahead, stale) in [(2 * TIMEOUT, true), (TIMEOUT / 2, false)] {
+        lab.scenario.service_mut(TCP4_SVC).control.heartbeat_ns = monotonic_ns() + ahead;
+        lab.scenario.update_control(&mut lab.dataplane, TCP4_SVC);
+        let t = tcp4(60, 43_000 + (ahead / 1_000_000) as u16, 80);
+        let choice = lab
+            .scenario
+            .choose(lab.scenario.service(TCP4_SVC), &t.flow_key(), stale)
+            .unwrap();
+        assert_eq!(
+            choice.group,
+            if stale { GROUP_STABLE } else { GROUP_CANARY }
+        );
+        let counters: &[_] = if stale {
+            &[Tx, FlowMiss, DeadmanFallback]
+        } else {
+            &[Tx, FlowMiss]
+        };
+        check(
+            &lab,
+            &fixture(
+                if stale {
+                    "heartbeat two timeouts ahead"
+                } else {
+                    "heartbeat half a timeout ahead"
+                },
+                t.frame(),
+                XDP_TX,
+                Output::ToBackend(choice.backend),
+                counters,
+            ),
+        );
+    }
+}
