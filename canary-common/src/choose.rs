@@ -1,8 +1,8 @@
 //! The new-flow choice, one pure function for the XDP program and for userspace.
 //!
 //! A new flow of a service goes: bucket -> group by the canary weight -> the dead-man switch
-//! (a stale heartbeat sends canary flows to stable) -> the backend in the group's Maglev slot,
-//! falling back to the other group when that backend cannot take it. The tables are read through [`Tables`], so
+//! (a stale heartbeat sends every new flow to stable, and never into canary) -> the backend in
+//! the group's Maglev slot, falling back to the other group when that backend cannot take it. The tables are read through [`Tables`], so
 //! the kernel passes its maps and userspace its copies; nothing here allocates, loops without a
 //! constant bound or reads a clock (time is an argument).
 
@@ -36,7 +36,8 @@ pub struct Choice {
     pub backend: Option<(u32, Backend)>,
     /// The heartbeat was stale: the dead-man switch allowed stable only.
     pub stale_heartbeat: bool,
-    /// The bucket rule said canary and the dead-man switch sent the flow to stable instead.
+    /// The bucket rule said canary and the dead-man switch sent the flow to stable instead
+    /// (or, with stable unusable, dropped it: see [`Choice::deadman_drop`]).
     pub deadman_fallback: bool,
     /// The flow's group had no usable backend and the other group took it.
     pub group_fallback: bool,
@@ -48,7 +49,7 @@ impl Choice {
     /// Dropped because the dead-man switch forbids canary and stable has no usable backend.
     #[inline(always)]
     pub const fn deadman_drop(&self) -> bool {
-        self.deadman_fallback && self.backend.is_none()
+        self.stale_heartbeat && self.backend.is_none()
     }
 }
 
@@ -61,13 +62,7 @@ pub const fn heartbeat_stale(control: &ServiceControl, now_ns: u64) -> bool {
     if timeout == 0 {
         return false;
     }
-    let heartbeat = control.heartbeat_ns;
-    let distance = if now_ns >= heartbeat {
-        now_ns - heartbeat
-    } else {
-        heartbeat - now_ns
-    };
-    distance > timeout
+    now_ns.abs_diff(control.heartbeat_ns) > timeout
 }
 
 /// Whether `backend` may take a new flow: it is up.
@@ -109,8 +104,7 @@ pub fn choose<T: Tables>(
     };
     let by_weight = group_for_bucket(selection.bucket, weight);
     let stale_heartbeat = heartbeat_stale(control, now_ns);
-    let deadman_fallback = stale_heartbeat && by_weight == GROUP_CANARY;
-    let group = if deadman_fallback {
+    let group = if stale_heartbeat {
         GROUP_STABLE
     } else {
         by_weight
@@ -120,7 +114,7 @@ pub fn choose<T: Tables>(
         group,
         backend: None,
         stale_heartbeat,
-        deadman_fallback,
+        deadman_fallback: stale_heartbeat && by_weight == GROUP_CANARY,
         group_fallback: false,
         slot_fallback: false,
     };
@@ -129,8 +123,9 @@ pub fn choose<T: Tables>(
         choice.slot_fallback = later;
         return choice;
     }
-    // A flow the dead-man switch moved off the canary must not fall back into it.
-    if deadman_fallback {
+    // With a stale heartbeat nobody can roll a bad canary back: no new flow goes there, even
+    // when stable has nothing usable (those flows are dropped, and counted).
+    if stale_heartbeat {
         return choice;
     }
     let other = if group == GROUP_CANARY {
@@ -281,5 +276,19 @@ mod tests {
         let c = choose(&f, SVC, at(0, 0), &ctl, 2_000);
         assert!(!c.stale_heartbeat);
         assert_eq!(c.group, GROUP_CANARY);
+
+        // Stable without a usable backend: dropped, whatever the bucket said.
+        let mut f = fake();
+        f.groups[0] = vec![NO_BACKEND; MAGLEV_TABLE_SIZE as usize];
+        for bucket in [0, BUCKETS - 1] {
+            let c = choose(&f, SVC, at(bucket, 0), &ctl, 1_000_000);
+            assert_eq!(c.backend, None, "bucket {bucket}");
+            assert!(c.deadman_drop() && !c.group_fallback);
+            assert_eq!(c.deadman_fallback, bucket < BUCKETS);
+        }
+        let mut weight_zero = ctl;
+        weight_zero.canary_weight = 0;
+        let c = choose(&f, SVC, at(5_000, 0), &weight_zero, 1_000_000);
+        assert!(c.deadman_drop() && !c.deadman_fallback && !c.group_fallback);
     }
 }

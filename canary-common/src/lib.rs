@@ -254,7 +254,12 @@ pub enum Counter {
     FlowRechosenDown,
     /// Canary flow older than the service's reset epoch: re-chosen.
     FlowRechosenReset,
+    /// New flow sent to stable instead of canary: the daemon's heartbeat was stale.
     DeadmanFallback,
+    /// New flow dropped: the heartbeat was stale and stable had no usable backend (the
+    /// dead-man switch never sends new flows into canary).
+    DeadmanDrop,
+    /// New flow sent to the other group: its own had no usable backend.
     GroupFallback,
     /// Flow table insert failed; the packet was still forwarded.
     FlowInsertFailed,
@@ -280,6 +285,7 @@ impl Counter {
         Counter::FlowRechosenDown,
         Counter::FlowRechosenReset,
         Counter::DeadmanFallback,
+        Counter::DeadmanDrop,
         Counter::GroupFallback,
         Counter::FlowInsertFailed,
     ];
@@ -300,6 +306,7 @@ impl Counter {
             Counter::FlowRechosenDown => "flow_rechosen_backend_down",
             Counter::FlowRechosenReset => "flow_rechosen_reset",
             Counter::DeadmanFallback => "deadman_fallback",
+            Counter::DeadmanDrop => "deadman_drop",
             Counter::GroupFallback => "group_fallback",
             Counter::FlowInsertFailed => "flow_insert_failed",
         }

@@ -184,11 +184,16 @@ fn new_flow(
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let choice = choose(&MapTables, service.index, selection, control, now);
+    let Some((backend_index, backend)) = choice.backend else {
+        if choice.deadman_drop() {
+            count(Counter::DeadmanDrop);
+        }
+        return Err(Counter::DropNoBackend);
+    };
     if choice.deadman_fallback {
         count(Counter::DeadmanFallback);
         maps::count_service_deadman_fallback(service.index);
     }
-    let (backend_index, backend) = choice.backend.ok_or(Counter::DropNoBackend)?;
     if choice.group_fallback {
         count(Counter::GroupFallback);
         maps::count_service_group_fallback(service.index);

@@ -263,6 +263,17 @@ impl Scenario {
                 .is_some_and(|b| b.flags & BACKEND_FLAG_UP != 0)
     }
 
+    /// The group the bucket rule gives a new flow of `service` (before the dead-man switch and
+    /// any fallback).
+    pub fn bucket_group(&self, service: &ServiceSpec, key: &FlowKey) -> u32 {
+        let selection = Selection::of(
+            key,
+            service.flags & SERVICE_FLAG_CLIENT_IP != 0,
+            self.config.hash_seed,
+        );
+        group_for_bucket(selection.bucket, service.control.canary_weight.min(BUCKETS))
+    }
+
     /// The choice the contract prescribes for a new flow of `service` (step 8), given whether
     /// the dead-man switch is tripped. `None`: no backend (`DropNoBackend`).
     pub fn choose(
@@ -304,7 +315,8 @@ impl Scenario {
         } else {
             GROUP_CANARY
         };
-        if deadman && other == GROUP_CANARY {
+        // A stale heartbeat allows stable only: never a fallback into canary.
+        if deadman_tripped {
             return None;
         }
         at(other).map(|backend| Choice {

@@ -1,12 +1,12 @@
 //! The dead-man switch: a stale heartbeat keeps new flows off the canary group.
 
-use canary_common::Counter::{DeadmanFallback, DropNoBackend, FlowMiss, Tx};
-use canary_common::{ServiceControl, BUCKETS, GROUP_CANARY, GROUP_STABLE};
+use canary_common::Counter::{DeadmanDrop, DeadmanFallback, DropNoBackend, FlowMiss, Tx};
+use canary_common::{ServiceControl, BACKEND_FLAG_UP, BUCKETS, GROUP_CANARY, GROUP_STABLE};
 use canary_tests::packet::{v4, Tuple};
 use canary_tests::xdp::{monotonic_ns, LoadOptions, XDP_DROP, XDP_TX};
 
 use crate::support::{
-    check, client4, fixture, scenario, tcp4, Lab, Output, NO_STABLE_SVC, TCP4_SVC,
+    check, client4, fixture, scenario, tcp4, vip4, vip_b, Lab, Output, NO_STABLE_SVC, TCP4_SVC,
 };
 
 #[test]
@@ -56,7 +56,7 @@ fn deadman_switch_sends_new_flows_to_stable() {
                 t.frame(),
                 XDP_DROP,
                 Output::Unchanged,
-                &[DropNoBackend, FlowMiss, DeadmanFallback],
+                &[DropNoBackend, FlowMiss, DeadmanDrop],
             ),
         );
     }
@@ -171,4 +171,56 @@ fn heartbeat_in_the_future_is_stale() {
             ),
         );
     }
+}
+
+/// With a stale heartbeat nobody can roll a bad canary back, so new flows go to stable only,
+/// whatever their bucket says. When stable has no usable backend (none configured, or all
+/// down) they are dropped and counted, never sent to the canary group.
+#[test]
+fn stale_heartbeat_never_sends_new_flows_to_canary() {
+    let stale = ServiceControl {
+        canary_weight: 5_000,
+        heartbeat_ns: 1,
+        heartbeat_timeout_ns: 1_000_000_000,
+        ..ServiceControl::default()
+    };
+    let mut s = scenario();
+    s.service_mut(NO_STABLE_SVC).control = stale;
+    s.service_mut(TCP4_SVC).control = stale;
+    for b in s.service(TCP4_SVC).stable.clone() {
+        s.backends.get_mut(&b).unwrap().flags &= !BACKEND_FLAG_UP;
+    }
+    let lab = Lab::with(s, LoadOptions::default());
+    let mut by_bucket = [0u32; 2];
+    for i in 0..200u16 {
+        let client = client4((i % 100) as u8 + 1);
+        for (service, t) in [
+            (NO_STABLE_SVC, Tuple::tcp(client, 30_000 + i, vip_b(), 1001)),
+            (TCP4_SVC, Tuple::tcp(client, 30_000 + i, vip4(), 80)),
+        ] {
+            let spec = lab.scenario.service(service);
+            assert_eq!(lab.scenario.choose(spec, &t.flow_key(), true), None);
+            let canary_bucket = lab.scenario.bucket_group(spec, &t.flow_key()) == GROUP_CANARY;
+            by_bucket[usize::from(canary_bucket)] += 1;
+            check(
+                &lab,
+                &fixture(
+                    "stale heartbeat, no usable stable backend",
+                    t.frame(),
+                    XDP_DROP,
+                    Output::Unchanged,
+                    &[DropNoBackend, FlowMiss, DeadmanDrop],
+                ),
+            );
+        }
+    }
+    assert!(
+        by_bucket.iter().all(|&n| n > 50),
+        "both bucket ranges are exercised: {by_bucket:?}"
+    );
+    for service in [NO_STABLE_SVC, TCP4_SVC] {
+        let st = lab.dataplane.service_stats(service).unwrap();
+        assert_eq!((st.new_flows, st.group_fallback), ([0, 0], 0));
+    }
+    assert_eq!(lab.dataplane.flow_count().unwrap(), 0);
 }

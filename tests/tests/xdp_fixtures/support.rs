@@ -23,6 +23,10 @@ pub(crate) fn vip6() -> Addr {
     v6(0x100)
 }
 
+pub(crate) fn vip_b() -> Addr {
+    v4(198, 18, 0, 101)
+}
+
 pub(crate) fn client4(n: u8) -> Addr {
     v4(198, 18, 1, n)
 }
