@@ -2,14 +2,21 @@
 //!
 //! A new flow of a service goes: bucket -> group by the canary weight -> the dead-man switch
 //! (a stale heartbeat sends every new flow to stable, and never into canary) -> the backend in
-//! the group's Maglev slot, falling back to the other group when that backend cannot take it. The tables are read through [`Tables`], so
+//! the group's Maglev slot, falling back to the next slots of the same group when that backend
+//! cannot take it, and only then to the other group. The tables are read through [`Tables`], so
 //! the kernel passes its maps and userspace its copies; nothing here allocates, loops without a
 //! constant bound or reads a clock (time is an argument).
 
 use crate::{
     group_for_bucket, Backend, Selection, ServiceControl, BACKEND_FLAG_UP, BUCKETS, GROUP_CANARY,
-    GROUP_STABLE, MAX_BACKENDS, NO_BACKEND,
+    GROUP_STABLE, MAGLEV_TABLE_SIZE, MAX_BACKENDS, NO_BACKEND,
 };
+
+/// Slots of a group's Maglev table tried, from the flow's own slot on, before the group is given
+/// up. A slot can name a backend that cannot take new flows for as long as userspace takes to
+/// rewrite the table (a backend just marked down, an index being reused); the next slots of a
+/// Maglev table name other backends of the group, so a few probes keep the flow in its group.
+pub const GROUP_PROBES: u32 = 8;
 
 /// Read access to the tables the choice needs.
 pub trait Tables {
@@ -65,13 +72,18 @@ pub const fn heartbeat_stale(control: &ServiceControl, now_ns: u64) -> bool {
     now_ns.abs_diff(control.heartbeat_ns) > timeout
 }
 
-/// Whether `backend` may take a new flow: it is up.
+/// Whether `backend` may take a new flow of `service_index` in `group`: up, and really a
+/// backend of that service and group (a slot naming anything else is stale).
 #[inline(always)]
-pub const fn usable(backend: &Backend) -> bool {
+pub const fn usable(backend: &Backend, service_index: u32, group: u32) -> bool {
     backend.flags & BACKEND_FLAG_UP != 0
+        && backend.service_index == service_index
+        && backend.group == group
 }
 
-/// The backend in a group's slot, if it is usable.
+/// The first usable backend of a group from `slot` on (at most [`GROUP_PROBES`] slots), and
+/// whether it came from a later slot. A group whose own slot is `NO_BACKEND` is empty (userspace
+/// fills every slot of a group that has a backend).
 #[inline(always)]
 fn in_group<T: Tables>(
     tables: &T,
@@ -79,12 +91,26 @@ fn in_group<T: Tables>(
     group: u32,
     slot: u32,
 ) -> Option<(u32, Backend, bool)> {
-    let index = tables.slot(service_index, group, slot);
-    if index == NO_BACKEND || index >= MAX_BACKENDS {
-        return None;
+    let mut probe = 0;
+    while probe < GROUP_PROBES {
+        let mut at = slot + probe;
+        if at >= MAGLEV_TABLE_SIZE {
+            at -= MAGLEV_TABLE_SIZE;
+        }
+        let index = tables.slot(service_index, group, at);
+        if index == NO_BACKEND && probe == 0 {
+            return None;
+        }
+        if index < MAX_BACKENDS {
+            if let Some(backend) = tables.backend(index) {
+                if usable(&backend, service_index, group) {
+                    return Some((index, backend, probe != 0));
+                }
+            }
+        }
+        probe += 1;
     }
-    let backend = tables.backend(index)?;
-    usable(&backend).then_some((index, backend, false))
+    None
 }
 
 /// The choice for a new flow of service `service_index` whose hash gave `selection`, under the
@@ -148,7 +174,6 @@ mod tests {
     use std::{vec, vec::Vec};
 
     use super::*;
-    use crate::MAGLEV_TABLE_SIZE;
 
     const SVC: u32 = 3;
 
@@ -228,6 +253,51 @@ mod tests {
         // A weight above BUCKETS is all canary.
         let c = choose(&f, SVC, at(BUCKETS - 1, 0), &control(u32::MAX), 0);
         assert_eq!(c.group, GROUP_CANARY);
+    }
+
+    #[test]
+    fn down_backend_falls_back_inside_its_group() {
+        let mut f = fake();
+        f.backends[1].flags = 0;
+        // Weight 0: a flow whose slot names the down stable backend stays in stable.
+        let c = choose(&f, SVC, at(5_000, 0), &control(0), 0);
+        assert_eq!((c.group, picked(&c)), (GROUP_STABLE, Some(2)));
+        assert!(c.slot_fallback && !c.group_fallback);
+        // The probe wraps around the end of the table: the last slot names down backend 2,
+        // slot 0 names backend 1.
+        let mut f = fake();
+        f.backends[2].flags = 0;
+        let last = MAGLEV_TABLE_SIZE - 1;
+        f.groups[0][last as usize] = 2;
+        let c = choose(&f, SVC, at(5_000, last), &control(0), 0);
+        assert_eq!(picked(&c), Some(1));
+        // GROUP_PROBES slots of unusable backends: the group is given up.
+        let mut f = fake();
+        for slot in 0..GROUP_PROBES as usize {
+            f.groups[0][slot] = 1;
+        }
+        f.backends[1].flags = 0;
+        let c = choose(&f, SVC, at(5_000, 0), &control(0), 0);
+        assert!(c.group_fallback);
+        assert_eq!(c.group, GROUP_CANARY);
+    }
+
+    #[test]
+    fn backend_of_another_service_or_group_is_not_used() {
+        let mut f = fake();
+        f.backends[1].service_index = SVC + 1;
+        let c = choose(&f, SVC, at(5_000, 0), &control(0), 0);
+        assert_eq!(picked(&c), Some(2));
+        assert!(c.slot_fallback);
+        let mut f = fake();
+        f.backends[1].group = GROUP_CANARY;
+        let c = choose(&f, SVC, at(5_000, 0), &control(0), 0);
+        assert_eq!((c.group, picked(&c)), (GROUP_STABLE, Some(2)));
+        // A slot index beyond the backend array is skipped too.
+        let mut f = fake();
+        f.groups[0][0] = MAX_BACKENDS + 7;
+        let c = choose(&f, SVC, at(5_000, 0), &control(0), 0);
+        assert_eq!(picked(&c), Some(2));
     }
 
     #[test]

@@ -261,6 +261,9 @@ pub enum Counter {
     DeadmanDrop,
     /// New flow sent to the other group: its own had no usable backend.
     GroupFallback,
+    /// New flow whose Maglev slot named a backend that cannot take it (down, or of another
+    /// service or group: the table is being rewritten); a later slot of the same group served.
+    SlotFallback,
     /// Flow table insert failed; the packet was still forwarded.
     FlowInsertFailed,
 }
@@ -287,6 +290,7 @@ impl Counter {
         Counter::DeadmanFallback,
         Counter::DeadmanDrop,
         Counter::GroupFallback,
+        Counter::SlotFallback,
         Counter::FlowInsertFailed,
     ];
 
@@ -308,6 +312,7 @@ impl Counter {
             Counter::DeadmanFallback => "deadman_fallback",
             Counter::DeadmanDrop => "deadman_drop",
             Counter::GroupFallback => "group_fallback",
+            Counter::SlotFallback => "slot_fallback",
             Counter::FlowInsertFailed => "flow_insert_failed",
         }
     }

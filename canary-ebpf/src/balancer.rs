@@ -198,6 +198,9 @@ fn new_flow(
         count(Counter::GroupFallback);
         maps::count_service_group_fallback(service.index);
     }
+    if choice.slot_fallback {
+        count(Counter::SlotFallback);
+    }
 
     if use_flow_table {
         let entry = FlowEntry {

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use canary_common::choose::GROUP_PROBES;
 use canary_common::{
     group_for_bucket, Backend, FlowKey, GlobalConfig, Selection, ServiceControl, ServiceEntry,
     ServiceKey, VipKey, BACKEND_FLAG_UP, BUCKETS, GROUP_CANARY, GROUP_STABLE, MAGLEV_TABLE_SIZE,
@@ -115,6 +116,9 @@ pub struct Choice {
     pub group_fallback: bool,
     /// The dead-man switch moved the flow from canary to stable.
     pub deadman: bool,
+    /// The flow's own Maglev slot named a backend that could not take it; a later slot of the
+    /// same group did.
+    pub slot_fallback: bool,
 }
 
 /// A whole configuration: global settings, backends and services.
@@ -255,12 +259,13 @@ impl Scenario {
             });
     }
 
-    fn usable(&self, backend: u32) -> bool {
+    /// Whether `backend` may take a new flow of `service` in `group`: it exists, is up, and
+    /// belongs to that service and group.
+    fn usable(&self, backend: u32, service: u32, group: u32) -> bool {
         backend < MAX_BACKENDS
-            && self
-                .backends
-                .get(&backend)
-                .is_some_and(|b| b.flags & BACKEND_FLAG_UP != 0)
+            && self.backends.get(&backend).is_some_and(|b| {
+                b.flags & BACKEND_FLAG_UP != 0 && b.service_index == service && b.group == group
+            })
     }
 
     /// The group the bucket rule gives a new flow of `service` (before the dead-man switch and
@@ -294,20 +299,27 @@ impl Scenario {
             group = GROUP_STABLE;
             deadman = true;
         }
-        let at = |group: u32| {
+        // The group's table (as `install` writes it) from the flow's slot on, at most
+        // GROUP_PROBES slots; an empty group has NO_BACKEND in every slot.
+        let at = |group: u32| -> Option<(u32, bool)> {
             let table = service.group(group);
             if table.is_empty() {
                 return None;
             }
-            let backend = table[selection.slot as usize % table.len()];
-            self.usable(backend).then_some(backend)
+            (0..GROUP_PROBES).find_map(|probe| {
+                let slot = (selection.slot + probe) % MAGLEV_TABLE_SIZE;
+                let backend = table[slot as usize % table.len()];
+                self.usable(backend, service.index, group)
+                    .then_some((backend, probe != 0))
+            })
         };
-        if let Some(backend) = at(group) {
+        if let Some((backend, slot_fallback)) = at(group) {
             return Some(Choice {
                 backend,
                 group,
                 group_fallback: false,
                 deadman,
+                slot_fallback,
             });
         }
         let other = if group == GROUP_CANARY {
@@ -319,11 +331,12 @@ impl Scenario {
         if deadman_tripped {
             return None;
         }
-        at(other).map(|backend| Choice {
+        at(other).map(|(backend, slot_fallback)| Choice {
             backend,
             group: other,
             group_fallback: true,
             deadman,
+            slot_fallback,
         })
     }
 }

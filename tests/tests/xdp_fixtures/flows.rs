@@ -1,7 +1,7 @@
 //! The flow table: full tables, flows whose backend went down, reset rollbacks, UDP flows.
 
 use canary_common::Counter::{
-    self, FlowHit, FlowMiss, FlowRechosenDown, FlowRechosenReset, GroupFallback, Tx,
+    self, FlowHit, FlowMiss, FlowRechosenDown, FlowRechosenReset, SlotFallback, Tx,
 };
 use canary_common::{BACKEND_FLAG_UP, BUCKETS, GROUP_CANARY, GROUP_STABLE};
 use canary_tests::packet::{with_macs, Tuple};
@@ -89,12 +89,14 @@ fn flow_on_a_down_backend_is_rechosen() {
     lab.scenario.backends.get_mut(&1).unwrap().flags &= !BACKEND_FLAG_UP;
     lab.scenario.update_backend(&mut lab.dataplane, 1);
     // Same flow: the table still says backend 1, which is down. The lookup table still names
-    // it at that slot too (userspace has not rebuilt it), so the other group is used.
+    // it at that slot too (userspace has not rebuilt it), so a later slot of the same group is
+    // used.
     let again = lab
         .scenario
         .choose(lab.scenario.service(TCP4_SVC), &t.flow_key(), false)
         .unwrap();
-    assert!(again.group_fallback);
+    assert!(again.slot_fallback && !again.group_fallback);
+    assert_eq!(again.group, GROUP_STABLE);
     check(
         &lab,
         &fixture(
@@ -102,7 +104,7 @@ fn flow_on_a_down_backend_is_rechosen() {
             t.ack_frame(),
             XDP_TX,
             Output::ToBackend(again.backend),
-            &[Tx, FlowHit, FlowRechosenDown, GroupFallback],
+            &[Tx, FlowHit, FlowRechosenDown, SlotFallback],
         ),
     );
     assert_eq!(
@@ -126,9 +128,9 @@ fn flow_on_a_down_backend_is_rechosen() {
         .find(|t| {
             lab.scenario
                 .choose(lab.scenario.service(TCP4_SVC), &t.flow_key(), false)
-                .is_some_and(|c| c.backend == 2)
+                .is_some_and(|c| c.backend == 2 && !c.slot_fallback)
         })
-        .expect("some flow lands on backend 2");
+        .expect("some flow lands on backend 2 by its own slot");
     check(
         &lab,
         &fixture(

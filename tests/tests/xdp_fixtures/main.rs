@@ -3,6 +3,7 @@
 //! change of every global counter. One file per feature; `support` holds the services and the
 //! checker. Needs root; run with `--test-threads=1`.
 
+mod backend_choice;
 mod deadman;
 mod flows;
 mod forwarding;
