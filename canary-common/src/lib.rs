@@ -127,8 +127,10 @@ pub struct GlobalConfig {
     pub hash_seed: u32,
     /// `CONFIG_FLAG_*`.
     pub flags: u32,
-    /// Source MAC written into forwarded frames (the interface's). All zero: keep the frame's
-    /// destination MAC (which was ours) as the new source.
+    /// The balancer's MAC (its interface's): only frames addressed to it are balanced, and it
+    /// is the source of forwarded frames. All zero (a configuration that predates it): any
+    /// unicast destination is taken as ours and kept as the source. Frames to a group
+    /// (broadcast, multicast) address are never balanced.
     pub lb_mac: [u8; 6],
     pub _pad: [u8; 2],
 }
@@ -241,6 +243,12 @@ pub enum Counter {
     PassOtherProtocol,
     /// IPv6 with more extension headers than the program walks: `XDP_PASS`.
     PassIpv6Extensions,
+    /// To a service, but the Ethernet destination is not the balancer's MAC (`lb_mac`): another
+    /// host's frame, flooded or seen in promiscuous mode. `XDP_PASS`.
+    PassNotOurMac,
+    /// To a service, but the Ethernet destination is a group (broadcast or multicast) address:
+    /// `XDP_PASS`.
+    PassMulticastMac,
     /// Truncated or inconsistent headers: `XDP_DROP`.
     DropMalformed,
     /// IP fragment to a VIP address (ports unknowable for non-first fragments): `XDP_DROP`.
@@ -280,6 +288,8 @@ impl Counter {
         Counter::PassNotService,
         Counter::PassOtherProtocol,
         Counter::PassIpv6Extensions,
+        Counter::PassNotOurMac,
+        Counter::PassMulticastMac,
         Counter::DropMalformed,
         Counter::DropFragment,
         Counter::DropNoBackend,
@@ -302,6 +312,8 @@ impl Counter {
             Counter::PassNotService => "pass_not_service",
             Counter::PassOtherProtocol => "pass_other_protocol",
             Counter::PassIpv6Extensions => "pass_ipv6_extensions",
+            Counter::PassNotOurMac => "pass_not_our_mac",
+            Counter::PassMulticastMac => "pass_multicast_mac",
             Counter::DropMalformed => "drop_malformed",
             Counter::DropFragment => "drop_fragment",
             Counter::DropNoBackend => "drop_no_backend",

@@ -64,8 +64,9 @@ pub fn try_canary(pkt: &Packet) -> Result<(), Counter> {
     // is PassNotService whether or not the address is a VIP.
     let service = service_of(key).ok_or(Counter::PassNotService)?;
     let config = CONFIG.get(0).copied().unwrap_or_default();
+    addressed_to_us(pkt, &config)?;
     let (backend_index, backend) = choose_backend(key, segment, &service, &config)?;
-    rewrite_macs(pkt, &backend, &config)?;
+    rewrite_macs(pkt, &backend)?;
     maps::count_backend_packet(backend_index, pkt.len() as u64);
     Ok(())
 }
@@ -217,20 +218,36 @@ fn new_flow(
     Ok((backend_index, backend))
 }
 
-/// Direct server return: destination MAC = the backend's; source MAC = ours (the configured
-/// one, or the frame's destination MAC, which was ours). Nothing else changes.
+/// Whether the frame is addressed to the balancer: a unicast destination MAC equal to `lb_mac`
+/// (any unicast one while `lb_mac` is unset). Forwarding anything else would make its
+/// destination the source of the forwarded frame.
 #[inline(always)]
-fn rewrite_macs(pkt: &Packet, backend: &Backend, config: &GlobalConfig) -> Result<(), Counter> {
+fn addressed_to_us(pkt: &Packet, config: &GlobalConfig) -> Result<(), Counter> {
+    let dst = pkt.bytes::<6>(0).ok_or(Counter::DropMalformed)?;
+    if dst[0] & 1 != 0 {
+        return Err(Counter::PassMulticastMac);
+    }
+    // Byte-wise: a slice comparison would need `bcmp`, which BPF does not have.
+    let mut differs = 0;
+    let mut configured = 0;
+    for i in 0..6 {
+        differs |= dst[i] ^ config.lb_mac[i];
+        configured |= config.lb_mac[i];
+    }
+    if configured != 0 && differs != 0 {
+        return Err(Counter::PassNotOurMac);
+    }
+    Ok(())
+}
+
+/// Direct server return: destination MAC = the backend's; source MAC = ours, which is the
+/// frame's destination (`addressed_to_us` checked it). Nothing else changes.
+#[inline(always)]
+fn rewrite_macs(pkt: &Packet, backend: &Backend) -> Result<(), Counter> {
     let eth = pkt.bytes_mut::<12>(0).ok_or(Counter::DropMalformed)?;
     // SAFETY: `eth` covers 12 bytes inside the frame (checked by `bytes_mut`).
     let eth = unsafe { &mut *eth };
-    // Byte-wise test: a slice comparison would need `bcmp`, which BPF does not have.
-    let lb_mac_unset = config.lb_mac.iter().fold(0, |acc, b| acc | b) == 0;
-    let mut source = config.lb_mac;
-    if lb_mac_unset {
-        source.copy_from_slice(&eth[..6]);
-    }
+    eth.copy_within(..6, 6);
     eth[..6].copy_from_slice(&backend.mac);
-    eth[6..].copy_from_slice(&source);
     Ok(())
 }

@@ -35,7 +35,9 @@ pub fn action_of(outcome: Counter) -> u32 {
         Counter::PassNotIp
         | Counter::PassNotService
         | Counter::PassOtherProtocol
-        | Counter::PassIpv6Extensions => XDP_PASS,
+        | Counter::PassIpv6Extensions
+        | Counter::PassNotOurMac
+        | Counter::PassMulticastMac => XDP_PASS,
         _ => XDP_DROP,
     }
 }
@@ -150,6 +152,15 @@ pub fn classify(frame: &[u8], scenario: &Scenario) -> Verdict {
     let Some(service) = scenario.service_by_key(&service_key) else {
         return Outcome(Counter::PassNotService);
     };
+    // Only frames addressed to the balancer are balanced (any unicast one while no MAC is set).
+    let dst_mac = &frame[..6];
+    if dst_mac[0] & 1 != 0 {
+        return Outcome(Counter::PassMulticastMac);
+    }
+    let lb_mac = scenario.config.lb_mac;
+    if lb_mac != [0; 6] && dst_mac != lb_mac {
+        return Outcome(Counter::PassNotOurMac);
+    }
     Verdict::Service {
         service: service.index,
         key: FlowKey {

@@ -19,8 +19,9 @@ use crate::xdp::{Dataplane, XdpError};
 
 /// Hash seed used by the test configurations.
 pub const TEST_SEED: u32 = 0x00c0_ffee;
-/// Source MAC the balancer writes (`GlobalConfig::lb_mac`) in the test configurations.
-pub const CONFIGURED_LB_MAC: [u8; 6] = [0x02, 0x1b, 0xaa, 0xbb, 0xcc, 0xdd];
+/// The balancer's MAC in the test configurations (`GlobalConfig::lb_mac`): test frames are
+/// addressed to it, and forwarded frames carry it as their source.
+pub const CONFIGURED_LB_MAC: [u8; 6] = crate::packet::LB_MAC;
 
 /// The MAC of backend `index` in tests: unique per backend.
 pub fn backend_mac(index: u32) -> [u8; 6] {

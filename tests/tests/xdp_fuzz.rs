@@ -177,7 +177,7 @@ fn mutate(rng: &mut StdRng, frame: &mut Vec<u8>) {
     for _ in 0..rng.gen_range(1..=3) {
         let len = frame.len();
         let is_v6 = len > ETH_LEN && frame[12..14] == [0x86, 0xdd];
-        match rng.gen_range(0..14) {
+        match rng.gen_range(0..15) {
             0 | 1 => {
                 let i = rng.gen_range(0..len.min(90));
                 frame[i] ^= 1 << rng.gen_range(0..8);
@@ -242,6 +242,16 @@ fn mutate(rng: &mut StdRng, frame: &mut Vec<u8>) {
                         rng.gen()
                     };
                 }
+            }
+            13 => {
+                // Destination MAC: broadcast, multicast, another host's, or a random one.
+                let macs: [[u8; 6]; 4] = [
+                    [0xff; 6],
+                    [0x01, 0x00, 0x5e, 0x00, 0x00, rng.gen()],
+                    [0x02, 0x99, 0, 0, 0, rng.gen()],
+                    rng.gen(),
+                ];
+                frame[..6].copy_from_slice(&macs[rng.gen_range(0..macs.len())]);
             }
             10 => {
                 let extra = rng.gen_range(1..40);

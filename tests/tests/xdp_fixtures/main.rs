@@ -7,6 +7,7 @@ mod backend_choice;
 mod deadman;
 mod flows;
 mod forwarding;
+mod mac;
 mod malformed;
 mod support;
 mod syn;
