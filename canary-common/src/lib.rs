@@ -241,8 +241,6 @@ pub enum Counter {
     PassNotService,
     /// To a VIP address with a protocol other than TCP/UDP (ICMP, ...): `XDP_PASS`.
     PassOtherProtocol,
-    /// IPv6 with more extension headers than the program walks: `XDP_PASS`.
-    PassIpv6Extensions,
     /// To a service, but the Ethernet destination is not the balancer's MAC (`lb_mac`): another
     /// host's frame, flooded or seen in promiscuous mode. `XDP_PASS`.
     PassNotOurMac,
@@ -252,7 +250,11 @@ pub enum Counter {
     /// Truncated or inconsistent headers: `XDP_DROP`.
     DropMalformed,
     /// IP fragment to a VIP address (ports unknowable for non-first fragments): `XDP_DROP`.
+    /// IPv6 atomic fragments (offset 0, no more fragments) are whole packets, not counted here.
     DropFragment,
+    /// IPv6 to a VIP address with more extension headers than the program walks (4): its
+    /// ports cannot be read. `XDP_DROP`.
+    DropIpv6Extensions,
     /// Service has no backend up in either group: `XDP_DROP`.
     DropNoBackend,
     // ---- events, not outcomes ----
@@ -287,11 +289,11 @@ impl Counter {
         Counter::PassNotIp,
         Counter::PassNotService,
         Counter::PassOtherProtocol,
-        Counter::PassIpv6Extensions,
         Counter::PassNotOurMac,
         Counter::PassMulticastMac,
         Counter::DropMalformed,
         Counter::DropFragment,
+        Counter::DropIpv6Extensions,
         Counter::DropNoBackend,
         Counter::FlowHit,
         Counter::FlowMiss,
@@ -311,11 +313,11 @@ impl Counter {
             Counter::PassNotIp => "pass_not_ip",
             Counter::PassNotService => "pass_not_service",
             Counter::PassOtherProtocol => "pass_other_protocol",
-            Counter::PassIpv6Extensions => "pass_ipv6_extensions",
             Counter::PassNotOurMac => "pass_not_our_mac",
             Counter::PassMulticastMac => "pass_multicast_mac",
             Counter::DropMalformed => "drop_malformed",
             Counter::DropFragment => "drop_fragment",
+            Counter::DropIpv6Extensions => "drop_ipv6_extensions",
             Counter::DropNoBackend => "drop_no_backend",
             Counter::FlowHit => "flow_table_hit",
             Counter::FlowMiss => "flow_table_miss",

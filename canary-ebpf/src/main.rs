@@ -49,9 +49,10 @@ pub fn canary_pass(_ctx: XdpContext) -> u32 {
 fn action_of(outcome: Counter) -> u32 {
     match outcome {
         Counter::Tx => xdp_action::XDP_TX,
-        Counter::DropMalformed | Counter::DropFragment | Counter::DropNoBackend => {
-            xdp_action::XDP_DROP
-        }
+        Counter::DropMalformed
+        | Counter::DropFragment
+        | Counter::DropIpv6Extensions
+        | Counter::DropNoBackend => xdp_action::XDP_DROP,
         // The pass outcomes, and (never produced as an outcome) the event counters: passing
         // is the harmless default.
         _ => xdp_action::XDP_PASS,

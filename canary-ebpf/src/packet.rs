@@ -24,6 +24,10 @@ const IPV6_HOP_BY_HOP: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
 const IPV6_FRAGMENT: u8 = 44;
 const IPV6_DEST_OPTIONS: u8 = 60;
+/// Length of a Fragment header, and the least of any extension header.
+const IPV6_FRAGMENT_HEADER_LEN: usize = 8;
+/// Fragment offset and more-fragments flag of a Fragment header's second 16 bits.
+const IPV6_FRAGMENT_OFFSET_AND_MORE: u16 = 0xfff9;
 /// Extension headers walked before giving up (keeps the program small for the verifier).
 const MAX_IPV6_EXTENSIONS: usize = 4;
 
@@ -97,14 +101,16 @@ pub struct Segment {
     pub opens_connection: bool,
 }
 
-/// What a packet with a valid IP header carries: `Ok` when it has a complete TCP or UDP header
-/// (ports in the flow key). Otherwise the outcome it gets if it is addressed to a VIP:
-/// `DropFragment`, `DropMalformed`, `PassIpv6Extensions` or `PassOtherProtocol`.
+/// What a packet with a readable IP header carries: `Ok` when it has a complete TCP or UDP
+/// header (ports in the flow key). Otherwise the outcome it gets if it is addressed to a VIP:
+/// `DropFragment`, `DropMalformed`, `DropIpv6Extensions` or `PassOtherProtocol` (anything
+/// else is passed as `PassNotService`).
 pub type Transport = Result<Segment, Counter>;
 
 /// Parses Ethernet and IP into `key` (addresses and family; ports and protocol when the
 /// transport is `Ok`), and the TCP/UDP header when there is one to read. `Err` is an outcome
-/// that does not depend on the destination (`PassNotIp`, `DropMalformed`).
+/// that does not depend on the destination (`PassNotIp`, or `DropMalformed` for a frame too
+/// short to hold an IP header: its destination is unknown).
 ///
 /// `key` is written in place (not returned) so that LLVM keeps it in one stack slot instead
 /// of splitting it into 40 byte-sized values merged from the IPv4 and IPv6 paths and spilled.
@@ -126,23 +132,23 @@ fn parse_ipv4(pkt: &Packet, key: &mut FlowKey) -> Result<Transport, Counter> {
     let ip = pkt
         .bytes::<IPV4_MIN_HEADER_LEN>(ETH_HEADER_LEN)
         .ok_or(Counter::DropMalformed)?;
-    if ip[0] >> 4 != 4 {
-        return Err(Counter::DropMalformed);
-    }
+    // The addresses first: whether a bad header matters depends on where it goes (a VIP's
+    // traffic is dropped, anyone else's passed).
+    key.family = FAMILY_IPV4;
+    key.src[..4].copy_from_slice(&ip[12..16]);
+    key.dst[..4].copy_from_slice(&ip[16..20]);
+
     let header_len = usize::from(ip[0] & 0x0f) * 4;
     let available = pkt.len() - ETH_HEADER_LEN;
     let total_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    if header_len < IPV4_MIN_HEADER_LEN
+    if ip[0] >> 4 != 4
+        || header_len < IPV4_MIN_HEADER_LEN
         || header_len > available
         || total_len < header_len
         || total_len > available
     {
-        return Err(Counter::DropMalformed);
+        return Ok(Err(Counter::DropMalformed));
     }
-
-    key.family = FAMILY_IPV4;
-    key.src[..4].copy_from_slice(&ip[12..16]);
-    key.dst[..4].copy_from_slice(&ip[16..20]);
 
     // Ports are never read from a fragment: a non-first fragment has none, and a first
     // fragment alone would pin a flow whose other fragments cannot follow it.
@@ -166,17 +172,14 @@ fn parse_ipv6(pkt: &Packet, key: &mut FlowKey) -> Result<Transport, Counter> {
     let ip = pkt
         .bytes::<IPV6_HEADER_LEN>(ETH_HEADER_LEN)
         .ok_or(Counter::DropMalformed)?;
-    if ip[0] >> 4 != 6 {
-        return Err(Counter::DropMalformed);
-    }
-    let payload_len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
-    if payload_len + IPV6_HEADER_LEN > pkt.len() - ETH_HEADER_LEN {
-        return Err(Counter::DropMalformed);
-    }
-
     key.family = FAMILY_IPV6;
     key.src.copy_from_slice(&ip[8..24]);
     key.dst.copy_from_slice(&ip[24..40]);
+
+    let payload_len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    if ip[0] >> 4 != 6 || payload_len + IPV6_HEADER_LEN > pkt.len() - ETH_HEADER_LEN {
+        return Ok(Err(Counter::DropMalformed));
+    }
 
     let end = ETH_HEADER_LEN + IPV6_HEADER_LEN + payload_len;
     let transport = match skip_ipv6_extensions(pkt, ip[6], ETH_HEADER_LEN + IPV6_HEADER_LEN, end) {
@@ -186,8 +189,9 @@ fn parse_ipv6(pkt: &Packet, key: &mut FlowKey) -> Result<Transport, Counter> {
     Ok(transport)
 }
 
-/// Walks Hop-by-Hop, Routing and Destination Options headers from `offset` (the first one's
-/// type is `next`), up to `MAX_IPV6_EXTENSIONS`. Returns the upper-layer protocol and its offset.
+/// Walks Hop-by-Hop, Routing, Destination Options and atomic Fragment headers from `offset`
+/// (the first one's type is `next`), up to `MAX_IPV6_EXTENSIONS`. Returns the upper-layer
+/// protocol and its offset.
 #[inline(always)]
 fn skip_ipv6_extensions(
     pkt: &Packet,
@@ -197,15 +201,25 @@ fn skip_ipv6_extensions(
 ) -> Result<(u8, usize), Counter> {
     for _ in 0..MAX_IPV6_EXTENSIONS {
         match next {
-            IPV6_FRAGMENT => return Err(Counter::DropFragment),
-            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTIONS => {}
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTIONS | IPV6_FRAGMENT => {}
             _ => return Ok((next, offset)),
         }
-        if offset + 2 > end {
+        if offset + IPV6_FRAGMENT_HEADER_LEN > end {
             return Err(Counter::DropMalformed);
         }
-        let ext = pkt.bytes::<2>(offset).ok_or(Counter::DropMalformed)?;
-        let len = (usize::from(ext[1]) + 1) * 8;
+        // Every extension header is at least 8 bytes.
+        let ext = pkt
+            .bytes::<IPV6_FRAGMENT_HEADER_LEN>(offset)
+            .ok_or(Counter::DropMalformed)?;
+        let len = if next == IPV6_FRAGMENT {
+            // An atomic fragment (offset 0, no more fragments: RFC 6946) is a whole packet.
+            if u16::from_be_bytes([ext[2], ext[3]]) & IPV6_FRAGMENT_OFFSET_AND_MORE != 0 {
+                return Err(Counter::DropFragment);
+            }
+            IPV6_FRAGMENT_HEADER_LEN
+        } else {
+            (usize::from(ext[1]) + 1) * 8
+        };
         if offset + len > end {
             return Err(Counter::DropMalformed);
         }
@@ -213,8 +227,9 @@ fn skip_ipv6_extensions(
         offset += len;
     }
     match next {
-        IPV6_FRAGMENT => Err(Counter::DropFragment),
-        IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTIONS => Err(Counter::PassIpv6Extensions),
+        IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTIONS | IPV6_FRAGMENT => {
+            Err(Counter::DropIpv6Extensions)
+        }
         _ => Ok((next, offset)),
     }
 }

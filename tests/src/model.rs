@@ -11,7 +11,7 @@ use crate::packet::{
 use crate::scenario::Scenario;
 use crate::xdp::{XDP_DROP, XDP_PASS, XDP_TX};
 
-/// IPv6 extension headers the program walks before giving up (`PassIpv6Extensions`).
+/// IPv6 extension headers the program walks before giving up (`DropIpv6Extensions`).
 pub const MAX_IPV6_EXTENSIONS: usize = 4;
 
 /// Where the contract's parsing steps leave a frame.
@@ -35,7 +35,6 @@ pub fn action_of(outcome: Counter) -> u32 {
         Counter::PassNotIp
         | Counter::PassNotService
         | Counter::PassOtherProtocol
-        | Counter::PassIpv6Extensions
         | Counter::PassNotOurMac
         | Counter::PassMulticastMac => XDP_PASS,
         _ => XDP_DROP,
@@ -55,23 +54,24 @@ pub fn classify(frame: &[u8], scenario: &Scenario) -> Verdict {
     let ip = &frame[ETH_LEN..];
     let (family, src, dst, protocol, l4_start, ip_end) = match be16(frame, 12) {
         ETHERTYPE_IPV4 => {
-            if ip.len() < 20 || ip[0] >> 4 != 4 {
+            if ip.len() < 20 {
                 return Outcome(Counter::DropMalformed);
             }
-            let ihl = usize::from(ip[0] & 0x0f) * 4;
-            let total = usize::from(be16(ip, 2));
-            if ihl < 20 || ihl > ip.len() || total < ihl || total > ip.len() {
-                return Outcome(Counter::DropMalformed);
-            }
-            // L4 headers must lie inside the IP packet, not merely inside the frame.
-            let ip = &ip[..total];
             let mut src = [0u8; 16];
             let mut dst = [0u8; 16];
             src[..4].copy_from_slice(&ip[12..16]);
             dst[..4].copy_from_slice(&ip[16..20]);
+            // A readable destination that is not a VIP: passed, whatever else is wrong.
             if !scenario.is_vip(&vip(dst, 4)) {
                 return Outcome(Counter::PassNotService);
             }
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            let total = usize::from(be16(ip, 2));
+            if ip[0] >> 4 != 4 || ihl < 20 || ihl > ip.len() || total < ihl || total > ip.len() {
+                return Outcome(Counter::DropMalformed);
+            }
+            // L4 headers must lie inside the IP packet, not merely inside the frame.
+            let ip = &ip[..total];
             let fragment = be16(ip, 6);
             if fragment & 0x2000 != 0 || fragment & 0x1fff != 0 {
                 return Outcome(Counter::DropFragment);
@@ -79,41 +79,46 @@ pub fn classify(frame: &[u8], scenario: &Scenario) -> Verdict {
             (4u8, src, dst, ip[9], ihl, total)
         }
         ETHERTYPE_IPV6 => {
-            if ip.len() < IPV6_LEN || ip[0] >> 4 != 6 {
+            if ip.len() < IPV6_LEN {
                 return Outcome(Counter::DropMalformed);
             }
-            if usize::from(be16(ip, 4)) + IPV6_LEN > ip.len() {
-                return Outcome(Counter::DropMalformed);
-            }
-            let ip = &ip[..IPV6_LEN + usize::from(be16(ip, 4))];
             let src: [u8; 16] = ip[8..24].try_into().expect("16 bytes");
             let dst: [u8; 16] = ip[24..40].try_into().expect("16 bytes");
             if !scenario.is_vip(&vip(dst, 6)) {
                 return Outcome(Counter::PassNotService);
             }
+            if ip[0] >> 4 != 6 || usize::from(be16(ip, 4)) + IPV6_LEN > ip.len() {
+                return Outcome(Counter::DropMalformed);
+            }
+            let ip = &ip[..IPV6_LEN + usize::from(be16(ip, 4))];
             let mut next = ip[6];
             let mut at = IPV6_LEN;
             let mut walked = 0;
-            loop {
-                match next {
-                    IPV6_FRAGMENT => return Outcome(Counter::DropFragment),
-                    IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
-                        if walked == MAX_IPV6_EXTENSIONS {
-                            return Outcome(Counter::PassIpv6Extensions);
-                        }
-                        if at + 2 > ip.len() {
-                            return Outcome(Counter::DropMalformed);
-                        }
-                        let len = (usize::from(ip[at + 1]) + 1) * 8;
-                        if at + len > ip.len() {
-                            return Outcome(Counter::DropMalformed);
-                        }
-                        next = ip[at];
-                        at += len;
-                        walked += 1;
-                    }
-                    _ => break,
+            while let IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_FRAGMENT = next {
+                if walked == MAX_IPV6_EXTENSIONS {
+                    return Outcome(Counter::DropIpv6Extensions);
                 }
+                if at + 2 > ip.len() {
+                    return Outcome(Counter::DropMalformed);
+                }
+                let len = if next == IPV6_FRAGMENT {
+                    if at + 8 > ip.len() {
+                        return Outcome(Counter::DropMalformed);
+                    }
+                    // Only an atomic fragment (offset 0, M clear) is a whole packet.
+                    if be16(ip, at + 2) & 0xfff9 != 0 {
+                        return Outcome(Counter::DropFragment);
+                    }
+                    8
+                } else {
+                    (usize::from(ip[at + 1]) + 1) * 8
+                };
+                if at + len > ip.len() {
+                    return Outcome(Counter::DropMalformed);
+                }
+                next = ip[at];
+                at += len;
+                walked += 1;
             }
             (6u8, src, dst, next, at, ip.len())
         }

@@ -329,6 +329,36 @@ pub fn ipv6_with_extensions(frame: &[u8], extensions: &[(u8, u8)]) -> Vec<u8> {
     out
 }
 
+/// Inserts an IPv6 fragment header right after the IPv6 header: `offset_units` (8-byte
+/// units) and the more-fragments flag. Offset 0 without more fragments is an atomic fragment
+/// (RFC 6946): a whole packet that carries a fragment header.
+pub fn ipv6_with_fragment_header(frame: &[u8], offset_units: u16, more_fragments: bool) -> Vec<u8> {
+    let nh_offset = ETH_LEN + 6;
+    let mut header = vec![frame[nh_offset], 0];
+    let field = (offset_units << 3) | u16::from(more_fragments);
+    header.extend_from_slice(&field.to_be_bytes());
+    header.extend_from_slice(&0x0bad_cafe_u32.to_be_bytes());
+    let mut out = frame[..ETH_LEN + IPV6_LEN].to_vec();
+    out[nh_offset] = IPV6_FRAGMENT;
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&frame[ETH_LEN + IPV6_LEN..]);
+    let payload = u16::from_be_bytes([out[ETH_LEN + 4], out[ETH_LEN + 5]]) + 8;
+    out[ETH_LEN + 4..ETH_LEN + 6].copy_from_slice(&payload.to_be_bytes());
+    out
+}
+
+/// Sets the IPv4 TTL (and fixes the checksum) or the IPv6 hop limit of a frame.
+pub fn with_ttl(frame: &[u8], ttl: u8) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    if u16::from_be_bytes([out[12], out[13]]) == ETHERTYPE_IPV4 {
+        out[ETH_LEN + 8] = ttl;
+        ipv4_fix_checksum(&mut out);
+    } else {
+        out[ETH_LEN + 7] = ttl;
+    }
+    out
+}
+
 /// The frame with its destination and source MACs replaced: what the balancer sends.
 pub fn with_macs(frame: &[u8], dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
     let mut out = frame.to_vec();

@@ -10,9 +10,10 @@ use std::fmt::Write as _;
 use canary_common::{Counter, FlowKey, ServiceKey, COUNTERS, PROTO_TCP, PROTO_UDP};
 use canary_tests::model::{action_of, classify, Verdict};
 use canary_tests::packet::{
-    arp_request, icmp_echo, ipv4_with_options, ipv6_with_extensions, v4, v6, vlan_tagged,
-    with_macs, Addr, Tuple, ETH_LEN, IPV6_DEST_OPTS, IPV6_FRAGMENT, IPV6_HOP_BY_HOP, IPV6_LEN,
-    IPV6_ROUTING, TCP_ACK, TCP_FIN, TCP_FLAGS_OFFSET, TCP_PSH, TCP_RST, TCP_SYN,
+    arp_request, icmp_echo, ipv4_with_options, ipv6_with_extensions, ipv6_with_fragment_header, v4,
+    v6, vlan_tagged, with_macs, Addr, Tuple, ETH_LEN, IPV6_DEST_OPTS, IPV6_FRAGMENT,
+    IPV6_HOP_BY_HOP, IPV6_LEN, IPV6_ROUTING, TCP_ACK, TCP_FIN, TCP_FLAGS_OFFSET, TCP_PSH, TCP_RST,
+    TCP_SYN,
 };
 use canary_tests::scenario::{backend_mac, Scenario, ServiceSpec, CONFIGURED_LB_MAC};
 use canary_tests::xdp::{
@@ -148,6 +149,11 @@ fn base_frame(rng: &mut StdRng) -> Vec<u8> {
             ipv6_with_extensions(&frame, &chain)
         }
         2 => icmp_echo(src, dst),
+        6 if is_v6 => {
+            // Atomic (offset 0, no more fragments: balanced) or real fragments (dropped).
+            let offset = if rng.gen() { 0 } else { rng.gen_range(1..400) };
+            ipv6_with_fragment_header(&frame, offset, rng.gen_bool(0.3))
+        }
         3 => arp_request([198, 18, 0, 100]),
         4 => vlan_tagged(&frame, rng.gen()),
         5 => {
@@ -330,12 +336,21 @@ fn parse_forwarded(frame: &[u8]) -> Result<ServiceKey, String> {
         }
         other => return Err(format!("ethertype {other:?} forwarded")),
     };
-    // IPv6 extension headers the balancer walks (fragments are never forwarded).
-    while family == 6 && [IPV6_HOP_BY_HOP, IPV6_ROUTING, IPV6_DEST_OPTS].contains(&next.0) {
-        if rest.len() < 2 {
+    // IPv6 extension headers the balancer walks (only atomic fragments are forwarded).
+    while family == 6
+        && [IPV6_HOP_BY_HOP, IPV6_ROUTING, IPV6_DEST_OPTS, IPV6_FRAGMENT].contains(&next.0)
+    {
+        if rest.len() < 8 {
             return Err("ipv6 extension header truncated".into());
         }
-        let len = (usize::from(rest[1]) + 1) * 8;
+        let len = if next.0 == IPV6_FRAGMENT {
+            if u16::from_be_bytes([rest[2], rest[3]]) & 0xfff9 != 0 {
+                return Err("ipv6 fragment forwarded".into());
+            }
+            8
+        } else {
+            (usize::from(rest[1]) + 1) * 8
+        };
         if len > rest.len() {
             return Err("ipv6 extension header truncated".into());
         }

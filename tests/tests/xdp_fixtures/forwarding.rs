@@ -2,7 +2,7 @@
 
 use canary_common::Counter::{self, FlowHit, FlowMiss, Tx};
 use canary_tests::packet::{
-    ipv4_with_options, ipv6_with_extensions, v6, Tuple, IPV6_DEST_OPTS, IPV6_HOP_BY_HOP,
+    ipv4_with_options, ipv6_with_extensions, v6, with_ttl, Tuple, IPV6_DEST_OPTS, IPV6_HOP_BY_HOP,
     IPV6_ROUTING,
 };
 use canary_tests::xdp::{XDP_PASS, XDP_TX};
@@ -122,4 +122,28 @@ fn removing_a_service_passes_its_traffic() {
             &[Counter::PassNotService],
         ),
     );
+}
+
+/// Direct server return moves the frame within one L2 segment: the balancer is not a routing
+/// hop, so it neither decrements the TTL (hop limit) nor refuses TTL 0 or 1; the backend's own
+/// stack sees the packet as the client sent it.
+#[test]
+fn ttl_and_hop_limit_are_left_alone() {
+    let lab = Lab::new();
+    for ttl in [0, 1] {
+        let t = tcp4(70 + ttl, 40_100, 80);
+        let t6 = Tuple::tcp(v6(0x70 + u16::from(ttl)), 40_100, vip6(), 443);
+        for (service, tuple) in [(TCP4_SVC, t), (TCP6_SVC, t6)] {
+            check(
+                &lab,
+                &fixture(
+                    "TTL / hop limit 0 or 1",
+                    with_ttl(&tuple.frame(), ttl),
+                    XDP_TX,
+                    Output::ToBackend(expected_backend(&lab, service, &tuple)),
+                    &[Tx, FlowMiss],
+                ),
+            );
+        }
+    }
 }

@@ -2,18 +2,20 @@
 //! and touches no flow, service or backend state.
 
 use canary_common::Counter::{
-    self, DropFragment, DropMalformed, PassIpv6Extensions, PassNotIp, PassNotService,
-    PassOtherProtocol,
+    self, DropFragment, DropIpv6Extensions, DropMalformed, FlowHit, FlowMiss, PassNotIp,
+    PassNotService, PassOtherProtocol, Tx,
 };
 use canary_common::{BackendStats, ServiceStats};
 use canary_tests::packet::{
     arp_request, icmp_echo, ipv4_fragment, ipv4_set_ihl, ipv4_set_protocol, ipv6_with_extensions,
-    truncate_l4, v4, v6, vlan_tagged, Addr, Tuple, ETH_LEN, IPV4_LEN, IPV6_DEST_OPTS,
-    IPV6_FRAGMENT, IPV6_HOP_BY_HOP, IPV6_LEN, IPV6_ROUTING,
+    ipv6_with_fragment_header, truncate_l4, v4, v6, vlan_tagged, Addr, Tuple, ETH_LEN, IPV4_LEN,
+    IPV6_DEST_OPTS, IPV6_FRAGMENT, IPV6_HOP_BY_HOP, IPV6_LEN, IPV6_ROUTING,
 };
-use canary_tests::xdp::{XDP_DROP, XDP_PASS};
+use canary_tests::xdp::{XDP_DROP, XDP_PASS, XDP_TX};
 
-use crate::support::{check, client4, fixture, tcp4, vip4, vip6, Lab, Output, VIP4};
+use crate::support::{
+    check, client4, expected_backend, fixture, tcp4, vip4, vip6, Lab, Output, TCP6_SVC, VIP4,
+};
 
 /// A frame the program must leave untouched: description, frame, action, counters.
 type Untouched = (&'static str, Vec<u8>, u32, &'static [Counter]);
@@ -276,7 +278,7 @@ fn fragments_to_a_vip_are_dropped() {
 }
 
 #[test]
-fn ipv6_extension_headers_beyond_the_walk_or_the_packet() {
+fn ipv6_extension_header_beyond_the_packet() {
     let ipv6_end = ETH_LEN + IPV6_LEN;
     // An extension header whose stated length runs past the packet.
     let mut truncated = ext6(&[IPV6_DEST_OPTS]);
@@ -284,26 +286,12 @@ fn ipv6_extension_headers_beyond_the_walk_or_the_packet() {
     truncated[ipv6_end + 1] = 4;
     let len = (truncated.len() - ipv6_end) as u16;
     truncated[ETH_LEN + 4..ETH_LEN + 6].copy_from_slice(&len.to_be_bytes());
-    check_untouched(vec![
-        (
-            "IPv6 5 extension headers",
-            ext6(&[
-                IPV6_HOP_BY_HOP,
-                IPV6_DEST_OPTS,
-                IPV6_ROUTING,
-                IPV6_DEST_OPTS,
-                IPV6_DEST_OPTS,
-            ]),
-            XDP_PASS,
-            &[PassIpv6Extensions],
-        ),
-        (
-            "IPv6 extension header truncated",
-            truncated,
-            XDP_DROP,
-            &[DropMalformed],
-        ),
-    ]);
+    check_untouched(vec![(
+        "IPv6 extension header truncated",
+        truncated,
+        XDP_DROP,
+        &[DropMalformed],
+    )]);
 }
 
 #[test]
@@ -382,4 +370,165 @@ fn frames_shorter_than_ethernet_cannot_be_test_run() {
     }
     let before = lab.counters();
     assert_eq!(before.iter().sum::<u64>(), 0);
+}
+
+/// Headers the program cannot trust say nothing about a packet to another host: as long as the
+/// destination address can be read and is not a VIP, the frame is passed to the stack like any
+/// unrelated traffic (which drops it if it is garbage). Only a frame too short to hold an IP
+/// header is dropped without knowing where it goes.
+#[test]
+fn malformed_ip_to_a_non_vip_destination_is_passed() {
+    let other4 = Tuple::tcp(client4(1), 40_000, v4(198, 18, 9, 9), 80).frame();
+    let other6 = Tuple::tcp(v6(0x1), 40_000, v6(0x999), 443).frame();
+    let mut bad_version4 = other4.clone();
+    bad_version4[ETH_LEN] = 0x65;
+    let mut long_total = other4.clone();
+    long_total[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&9_000u16.to_be_bytes());
+    let mut short_total = other4.clone();
+    short_total[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&19u16.to_be_bytes());
+    let mut bad_version6 = other6.clone();
+    bad_version6[ETH_LEN] = 0x40;
+    let mut long_payload6 = other6.clone();
+    long_payload6[ETH_LEN + 4..ETH_LEN + 6].copy_from_slice(&9_000u16.to_be_bytes());
+    check_untouched(vec![
+        (
+            "IPv4 ihl 4 to a non-VIP",
+            ipv4_set_ihl(&other4, 4),
+            XDP_PASS,
+            &[PassNotService],
+        ),
+        (
+            "IPv4 ihl 15 beyond the packet to a non-VIP",
+            ipv4_set_ihl(&other4[..ETH_LEN + IPV4_LEN + 20], 15),
+            XDP_PASS,
+            &[PassNotService],
+        ),
+        (
+            "IPv4 version 6 to a non-VIP",
+            bad_version4,
+            XDP_PASS,
+            &[PassNotService],
+        ),
+        (
+            "IPv4 total length beyond the frame to a non-VIP",
+            long_total,
+            XDP_PASS,
+            &[PassNotService],
+        ),
+        (
+            "IPv4 total length below the header to a non-VIP",
+            short_total,
+            XDP_PASS,
+            &[PassNotService],
+        ),
+        (
+            "IPv6 version 4 to a non-VIP",
+            bad_version6,
+            XDP_PASS,
+            &[PassNotService],
+        ),
+        (
+            "IPv6 payload length beyond the frame to a non-VIP",
+            long_payload6,
+            XDP_PASS,
+            &[PassNotService],
+        ),
+        (
+            "IPv4 header truncated: destination unknown",
+            other4[..ETH_LEN + 15].to_vec(),
+            XDP_DROP,
+            &[DropMalformed],
+        ),
+    ]);
+}
+
+/// More extension headers than the program walks (4): a VIP's traffic cannot be balanced and
+/// must not reach the balancer's own stack either, so it is dropped and counted. To any other
+/// address it is passed.
+#[test]
+fn too_many_ipv6_extension_headers_to_a_vip_are_dropped() {
+    let five = [
+        IPV6_HOP_BY_HOP,
+        IPV6_DEST_OPTS,
+        IPV6_ROUTING,
+        IPV6_DEST_OPTS,
+        IPV6_DEST_OPTS,
+    ];
+    let other = Tuple::tcp(v6(0x1), 40_000, v6(0x999), 443).frame();
+    check_untouched(vec![
+        (
+            "IPv6 5 extension headers to a VIP",
+            ext6(&five),
+            XDP_DROP,
+            &[DropIpv6Extensions],
+        ),
+        (
+            "IPv6 4 extension headers then a fragment header to a VIP",
+            ext6(&[
+                IPV6_HOP_BY_HOP,
+                IPV6_DEST_OPTS,
+                IPV6_ROUTING,
+                IPV6_DEST_OPTS,
+                IPV6_FRAGMENT,
+            ]),
+            XDP_DROP,
+            &[DropIpv6Extensions],
+        ),
+        (
+            "IPv6 5 extension headers to a non-VIP",
+            ipv6_with_extensions(&other, &five.map(|k| (k, 0))),
+            XDP_PASS,
+            &[PassNotService],
+        ),
+    ]);
+}
+
+/// Real fragments to a VIP are dropped (their ports cannot be followed), but an atomic
+/// fragment (offset 0, no more fragments: RFC 6946) is a whole packet and is balanced.
+#[test]
+fn ipv6_atomic_fragments_are_balanced_and_real_fragments_dropped() {
+    let lab = Lab::new();
+    let t = Tuple::tcp(v6(0x1), 40_000, vip6(), 443);
+    let backend = expected_backend(&lab, TCP6_SVC, &t);
+    let atomic = ipv6_with_fragment_header(&t.frame(), 0, false);
+    check(
+        &lab,
+        &fixture(
+            "IPv6 atomic fragment to a service",
+            atomic,
+            XDP_TX,
+            Output::ToBackend(backend),
+            &[Tx, FlowMiss],
+        ),
+    );
+    let after_options = ipv6_with_extensions(
+        &ipv6_with_fragment_header(&t.ack_frame(), 0, false),
+        &[(IPV6_HOP_BY_HOP, 0)],
+    );
+    check(
+        &lab,
+        &fixture(
+            "IPv6 atomic fragment after hop-by-hop, same flow",
+            after_options,
+            XDP_TX,
+            Output::ToBackend(backend),
+            &[Tx, FlowHit],
+        ),
+    );
+    for (what, offset, more) in [
+        ("IPv6 first fragment", 0, true),
+        ("IPv6 middle fragment", 185, true),
+        ("IPv6 last fragment", 370, false),
+    ] {
+        check(
+            &lab,
+            &fixture(
+                what,
+                ipv6_with_fragment_header(&t.frame(), offset, more),
+                XDP_DROP,
+                Output::Unchanged,
+                &[DropFragment],
+            ),
+        );
+    }
 }
