@@ -258,8 +258,15 @@ pub enum Counter {
     /// Service has no backend up in either group: `XDP_DROP`.
     DropNoBackend,
     // ---- events, not outcomes ----
+    /// A packet that is not a connection's first found its flow's entry.
     FlowHit,
+    /// A packet that is not a connection's first (a UDP datagram, a TCP segment other than a
+    /// SYN) found no entry. UDP: a new flow, which takes an entry.
     FlowMiss,
+    /// The TCP part of `FlowMiss`: a segment in the middle of a connection whose entry is gone
+    /// (evicted, or never there: spoofed), balanced by the current weight without an entry. A
+    /// connection that was pinned may have moved: alert on it.
+    FlowMissTcpNonSyn,
     /// Flow pinned to a backend that is down (or gone): re-chosen.
     FlowRechosenDown,
     /// Canary flow older than the service's reset epoch: re-chosen.
@@ -297,6 +304,7 @@ impl Counter {
         Counter::DropNoBackend,
         Counter::FlowHit,
         Counter::FlowMiss,
+        Counter::FlowMissTcpNonSyn,
         Counter::FlowRechosenDown,
         Counter::FlowRechosenReset,
         Counter::DeadmanFallback,
@@ -321,6 +329,7 @@ impl Counter {
             Counter::DropNoBackend => "drop_no_backend",
             Counter::FlowHit => "flow_table_hit",
             Counter::FlowMiss => "flow_table_miss",
+            Counter::FlowMissTcpNonSyn => "flow_table_miss_tcp_non_syn",
             Counter::FlowRechosenDown => "flow_rechosen_backend_down",
             Counter::FlowRechosenReset => "flow_rechosen_reset",
             Counter::DeadmanFallback => "deadman_fallback",

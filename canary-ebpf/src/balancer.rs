@@ -7,7 +7,7 @@ use core::{
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use canary_common::{
-    choose, maglev_index, Backend, Counter, FlowEntry, FlowKey, GlobalConfig, Selection,
+    choose, maglev_index, Backend, Choice, Counter, FlowEntry, FlowKey, GlobalConfig, Selection,
     ServiceControl, ServiceEntry, ServiceKey, Tables, VipKey, BACKEND_FLAG_UP,
     CONFIG_FLAG_NO_FLOW_TABLE, GROUP_CANARY, NO_BACKEND, SERVICE_FLAG_CLIENT_IP,
 };
@@ -107,18 +107,14 @@ fn choose_backend(
         .copied()
         .ok_or(Counter::DropNoBackend)?;
     let use_flow_table = config.flags & CONFIG_FLAG_NO_FLOW_TABLE == 0;
-    if use_flow_table {
-        // A SYN without ACK opens a new connection: an entry of the same 5-tuple belongs to an
-        // earlier one (a client reusing its port after the backend closed first) and must not
-        // pin it. No lookup; the new entry replaces the old (BPF_ANY).
-        let pinned = if segment.opens_connection {
-            None
-        } else {
-            // SAFETY: copied out at once. An LRU entry recycled meanwhile can only yield
-            // another flow's backend, which is validated below like any pinned backend.
-            unsafe { FLOWS.get(key) }.copied()
-        };
-        match pinned {
+    let mut fresh = NewFlow::Insert;
+    // A SYN without ACK opens a new connection: an entry of the same 5-tuple belongs to an
+    // earlier one (a client reusing its port after the backend closed first) and must not
+    // pin it. No lookup; the new entry replaces the old (BPF_ANY).
+    if use_flow_table && segment != Segment::Syn {
+        // SAFETY: copied out at once. An LRU entry recycled meanwhile can only yield another
+        // flow's backend, which is validated below like any pinned backend.
+        match unsafe { FLOWS.get(key) }.copied() {
             Some(flow) => {
                 count(Counter::FlowHit);
                 match pinned_backend(&flow, service.index) {
@@ -129,10 +125,34 @@ fn choose_backend(
                     Some(backend) => return Ok((flow.backend, backend)),
                 }
             }
-            None => count(Counter::FlowMiss),
+            None => {
+                count(Counter::FlowMiss);
+                // Only a connection's first packet may take an entry: a segment from its
+                // middle is balanced by the current weight and leaves the table alone (spoofed
+                // ACKs, RSTs and FINs cannot evict established flows).
+                if segment == Segment::TcpOther {
+                    count(Counter::FlowMissTcpNonSyn);
+                    fresh = NewFlow::Unpinned;
+                }
+            }
         }
     }
-    new_flow(key, service, &control, config, use_flow_table)
+    if !use_flow_table {
+        fresh = NewFlow::NoTable;
+    }
+    new_flow(key, service, &control, config, fresh)
+}
+
+/// What a choice made by `new_flow` is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NewFlow {
+    /// A new flow: counted as one, and recorded in the flow table.
+    Insert,
+    /// A new flow with the flow table switched off (`CONFIG_FLAG_NO_FLOW_TABLE`).
+    NoTable,
+    /// A segment from the middle of a connection without an entry: balanced, not recorded, not
+    /// counted as a new flow.
+    Unpinned,
 }
 
 /// The backend a flow is pinned to, if it is still up and still serves this service.
@@ -175,7 +195,7 @@ fn new_flow(
     service: &ServiceEntry,
     control: &ServiceControl,
     config: &GlobalConfig,
-    use_flow_table: bool,
+    fresh: NewFlow,
 ) -> Result<(u32, Backend), Counter> {
     let selection = Selection::of(
         key,
@@ -185,25 +205,14 @@ fn new_flow(
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let choice = choose(&MapTables, service.index, selection, control, now);
+    let counted = fresh != NewFlow::Unpinned;
     let Some((backend_index, backend)) = choice.backend else {
-        if choice.deadman_drop() {
+        if counted && choice.deadman_drop() {
             count(Counter::DeadmanDrop);
         }
         return Err(Counter::DropNoBackend);
     };
-    if choice.deadman_fallback {
-        count(Counter::DeadmanFallback);
-        maps::count_service_deadman_fallback(service.index);
-    }
-    if choice.group_fallback {
-        count(Counter::GroupFallback);
-        maps::count_service_group_fallback(service.index);
-    }
-    if choice.slot_fallback {
-        count(Counter::SlotFallback);
-    }
-
-    if use_flow_table {
+    if fresh == NewFlow::Insert {
         let entry = FlowEntry {
             backend: backend_index,
             group: choice.group,
@@ -213,9 +222,28 @@ fn new_flow(
             count(Counter::FlowInsertFailed);
         }
     }
-    maps::count_service_new_flow(service.index, choice.group);
-    maps::count_backend_new_flow(backend_index);
+    if counted {
+        count_new_flow(service.index, backend_index, &choice);
+    }
     Ok((backend_index, backend))
+}
+
+/// The counters of a new flow and of how it was chosen.
+#[inline(always)]
+fn count_new_flow(service_index: u32, backend_index: u32, choice: &Choice) {
+    if choice.deadman_fallback {
+        count(Counter::DeadmanFallback);
+        maps::count_service_deadman_fallback(service_index);
+    }
+    if choice.group_fallback {
+        count(Counter::GroupFallback);
+        maps::count_service_group_fallback(service_index);
+    }
+    if choice.slot_fallback {
+        count(Counter::SlotFallback);
+    }
+    maps::count_service_new_flow(service_index, choice.group);
+    maps::count_backend_new_flow(backend_index);
 }
 
 /// Whether the frame is addressed to the balancer: a unicast destination MAC equal to `lb_mac`

@@ -93,12 +93,15 @@ impl Packet {
     }
 }
 
-/// A complete TCP or UDP header, as far as the balancer cares beyond the ports.
-#[derive(Clone, Copy)]
-pub struct Segment {
-    /// A TCP SYN without ACK: the first packet of a connection, which starts a new flow even
-    /// if its 5-tuple is still in the flow table (a client reusing a port).
-    pub opens_connection: bool,
+/// What a complete TCP or UDP header says about the flow, as far as the balancer cares.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Segment {
+    /// A TCP SYN without ACK: the first packet of a connection.
+    Syn,
+    /// Any other TCP segment: the middle or end of a connection.
+    TcpOther,
+    /// A UDP datagram (UDP has no connection start).
+    Udp,
 }
 
 /// What a packet with a readable IP header carries: `Ok` when it has a complete TCP or UDP
@@ -244,7 +247,7 @@ fn parse_transport(
     offset: usize,
     end: usize,
 ) -> Transport {
-    let (ports, opens_connection) = match protocol {
+    let (ports, segment) = match protocol {
         PROTO_TCP => {
             if offset + TCP_MIN_HEADER_LEN > end {
                 return Err(Counter::DropMalformed);
@@ -258,10 +261,12 @@ fn parse_transport(
             }
             // The flags byte lies inside the 20 bytes already checked: no new packet access.
             let flags = tcp[TCP_FLAGS_OFFSET];
-            (
-                [tcp[0], tcp[1], tcp[2], tcp[3]],
-                flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
-            )
+            let segment = if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+                Segment::Syn
+            } else {
+                Segment::TcpOther
+            };
+            ([tcp[0], tcp[1], tcp[2], tcp[3]], segment)
         }
         PROTO_UDP => {
             if offset + UDP_HEADER_LEN > end {
@@ -270,7 +275,7 @@ fn parse_transport(
             let udp = pkt
                 .bytes::<UDP_HEADER_LEN>(offset)
                 .ok_or(Counter::DropMalformed)?;
-            ([udp[0], udp[1], udp[2], udp[3]], false)
+            ([udp[0], udp[1], udp[2], udp[3]], Segment::Udp)
         }
         _ => return Err(Counter::PassOtherProtocol),
     };
@@ -278,5 +283,5 @@ fn parse_transport(
     // Kept in network byte order: the in-memory bytes equal the wire bytes.
     key.src_port = u16::from_ne_bytes([ports[0], ports[1]]);
     key.dst_port = u16::from_ne_bytes([ports[2], ports[3]]);
-    Ok(Segment { opens_connection })
+    Ok(segment)
 }

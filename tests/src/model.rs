@@ -19,13 +19,23 @@ pub const MAX_IPV6_EXTENSIONS: usize = 4;
 pub enum Verdict {
     /// A terminal outcome reached before the flow steps.
     Outcome(Counter),
-    /// A TCP/UDP packet to a configured service (index), with its flow key. `opens_connection`:
-    /// a TCP SYN without ACK, which starts a new flow without a flow-table lookup (step 7).
+    /// A packet to a configured service (index), with its flow key and what it is to the flow.
     Service {
         service: u32,
         key: FlowKey,
-        opens_connection: bool,
+        segment: Segment,
     },
+}
+
+/// What a packet to a service is to its flow (step 7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Segment {
+    /// A TCP SYN without ACK: opens a connection.
+    Syn,
+    /// Any other TCP segment: only follows an entry, never takes one.
+    TcpOther,
+    /// A UDP datagram: follows an entry, or takes one.
+    Udp,
 }
 
 /// The XDP action that goes with a terminal outcome.
@@ -125,7 +135,7 @@ pub fn classify(frame: &[u8], scenario: &Scenario) -> Verdict {
         _ => return Outcome(Counter::PassNotIp),
     };
     let l4 = &ip[l4_start..ip_end];
-    let (src_port, dst_port, opens) = match protocol {
+    let (src_port, dst_port, segment) = match protocol {
         PROTO_TCP => {
             if l4.len() < 20 {
                 return Outcome(Counter::DropMalformed);
@@ -137,14 +147,18 @@ pub fn classify(frame: &[u8], scenario: &Scenario) -> Verdict {
             (
                 be16(l4, 0),
                 be16(l4, 2),
-                opens_connection(l4[TCP_FLAGS_OFFSET]),
+                if opens_connection(l4[TCP_FLAGS_OFFSET]) {
+                    Segment::Syn
+                } else {
+                    Segment::TcpOther
+                },
             )
         }
         PROTO_UDP => {
             if l4.len() < 8 {
                 return Outcome(Counter::DropMalformed);
             }
-            (be16(l4, 0), be16(l4, 2), false)
+            (be16(l4, 0), be16(l4, 2), Segment::Udp)
         }
         _ => return Outcome(Counter::PassOtherProtocol),
     };
@@ -177,7 +191,7 @@ pub fn classify(frame: &[u8], scenario: &Scenario) -> Verdict {
             family,
             _pad: [0; 2],
         },
-        opens_connection: opens,
+        segment,
     }
 }
 
@@ -213,7 +227,7 @@ mod tests {
             Verdict::Service {
                 service: 0,
                 key: t.flow_key(),
-                opens_connection: true,
+                segment: Segment::Syn,
             }
         );
         assert_eq!(
@@ -221,7 +235,7 @@ mod tests {
             Verdict::Service {
                 service: 0,
                 key: t.flow_key(),
-                opens_connection: false,
+                segment: Segment::TcpOther,
             }
         );
         for (flags, opens) in [
@@ -239,7 +253,7 @@ mod tests {
                 "the builder sets exactly flags {flags:#04x}"
             );
             assert!(
-                matches!(classify(&frame, &s), Verdict::Service { opens_connection, .. } if opens_connection == opens),
+                matches!(classify(&frame, &s), Verdict::Service { segment, .. } if (segment == Segment::Syn) == opens),
                 "flags {flags:#04x}"
             );
         }

@@ -1,6 +1,6 @@
 //! The dead-man switch: a stale heartbeat keeps new flows off the canary group.
 
-use canary_common::Counter::{DeadmanDrop, DeadmanFallback, DropNoBackend, FlowMiss, Tx};
+use canary_common::Counter::{DeadmanDrop, DeadmanFallback, DropNoBackend, Tx};
 use canary_common::{ServiceControl, BACKEND_FLAG_UP, BUCKETS, GROUP_CANARY, GROUP_STABLE};
 use canary_tests::packet::{v4, Tuple};
 use canary_tests::xdp::{monotonic_ns, LoadOptions, XDP_DROP, XDP_TX};
@@ -40,7 +40,7 @@ fn deadman_switch_sends_new_flows_to_stable() {
                 t.frame(),
                 XDP_TX,
                 Output::ToBackend(choice.backend),
-                &[Tx, FlowMiss, DeadmanFallback],
+                &[Tx, DeadmanFallback],
             ),
         );
         let t = Tuple::tcp(
@@ -56,7 +56,7 @@ fn deadman_switch_sends_new_flows_to_stable() {
                 t.frame(),
                 XDP_DROP,
                 Output::Unchanged,
-                &[DropNoBackend, FlowMiss, DeadmanDrop],
+                &[DropNoBackend, DeadmanDrop],
             ),
         );
     }
@@ -81,7 +81,7 @@ fn deadman_switch_sends_new_flows_to_stable() {
             t.frame(),
             XDP_TX,
             Output::ToBackend(choice.backend),
-            &[Tx, FlowMiss],
+            &[Tx],
         ),
     );
     // A timeout of 0 disables the switch even with an ancient heartbeat.
@@ -101,7 +101,7 @@ fn deadman_switch_sends_new_flows_to_stable() {
             t.frame(),
             XDP_TX,
             Output::ToBackend(choice.backend),
-            &[Tx, FlowMiss],
+            &[Tx],
         ),
     );
 }
@@ -134,7 +134,7 @@ fn heartbeat_in_the_future_is_stale() {
                 t.frame(),
                 XDP_TX,
                 Output::ToBackend(choice.backend),
-                &[Tx, FlowMiss, DeadmanFallback],
+                &[Tx, DeadmanFallback],
             ),
         );
     }
@@ -151,11 +151,7 @@ fn heartbeat_in_the_future_is_stale() {
             choice.group,
             if stale { GROUP_STABLE } else { GROUP_CANARY }
         );
-        let counters: &[_] = if stale {
-            &[Tx, FlowMiss, DeadmanFallback]
-        } else {
-            &[Tx, FlowMiss]
-        };
+        let counters: &[_] = if stale { &[Tx, DeadmanFallback] } else { &[Tx] };
         check(
             &lab,
             &fixture(
@@ -209,7 +205,7 @@ fn stale_heartbeat_never_sends_new_flows_to_canary() {
                     t.frame(),
                     XDP_DROP,
                     Output::Unchanged,
-                    &[DropNoBackend, FlowMiss, DeadmanDrop],
+                    &[DropNoBackend, DeadmanDrop],
                 ),
             );
         }

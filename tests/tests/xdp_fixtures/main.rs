@@ -9,6 +9,7 @@ mod flows;
 mod forwarding;
 mod mac;
 mod malformed;
+mod misses;
 mod support;
 mod syn;
 mod weights;

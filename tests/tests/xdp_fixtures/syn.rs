@@ -1,6 +1,6 @@
 //! What a TCP SYN does to the flow table.
 
-use canary_common::Counter::{DeadmanFallback, FlowHit, FlowMiss, GroupFallback, Tx};
+use canary_common::Counter::{DeadmanFallback, FlowHit, GroupFallback, Tx};
 use canary_common::{ServiceControl, BACKEND_FLAG_UP, BUCKETS, GROUP_CANARY, GROUP_STABLE};
 use canary_tests::packet::{TCP_ACK, TCP_SYN};
 use canary_tests::xdp::{LoadOptions, XDP_TX};
@@ -32,7 +32,7 @@ fn syn_reusing_a_5_tuple_starts_a_new_flow() {
             t.frame(),
             XDP_TX,
             Output::ToBackend(old.backend),
-            &[Tx, FlowMiss],
+            &[Tx],
         ),
     );
     let first_entry = lab.dataplane.flow(&key).unwrap().expect("flow entry");
@@ -73,7 +73,7 @@ fn syn_reusing_a_5_tuple_starts_a_new_flow() {
             t.frame(),
             XDP_TX,
             Output::ToBackend(new.backend),
-            &[Tx, FlowMiss],
+            &[Tx],
         ),
     );
     let entry = lab.dataplane.flow(&key).unwrap().expect("flow entry");
@@ -130,7 +130,7 @@ fn syn_reusing_a_5_tuple_starts_a_new_flow() {
             t.frame(),
             XDP_TX,
             Output::ToBackend(third.backend),
-            &[Tx, FlowMiss, DeadmanFallback],
+            &[Tx, DeadmanFallback],
         ),
     );
     check(
@@ -163,7 +163,7 @@ fn syn_reusing_a_5_tuple_starts_a_new_flow() {
             t.frame(),
             XDP_TX,
             Output::ToBackend(fallback.backend),
-            &[Tx, FlowMiss, GroupFallback],
+            &[Tx, GroupFallback],
         ),
     );
 }
