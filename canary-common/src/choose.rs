@@ -168,6 +168,17 @@ pub fn choose<T: Tables>(
     choice
 }
 
+/// Whether a connection-opening SYN keeps the flow-table entry its 5-tuple already has: when
+/// the entry was created less than `keep_ms` ago it most likely belongs to the same connection
+/// (a retransmitted SYN) or the SYN is spoofed, and re-pinning would break the connection. An
+/// older entry belongs to an earlier connection (a client reusing its port) and is replaced.
+/// `keep_ms` 0: every SYN replaces.
+#[inline(always)]
+pub const fn syn_keeps_entry(created_ns: u64, now_ns: u64, keep_ms: u32) -> bool {
+    let age = now_ns.saturating_sub(created_ns);
+    age < keep_ms as u64 * 1_000_000
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -311,6 +322,18 @@ mod tests {
         let c = choose(&f, SVC, at(5_000, 0), &control(0), 0);
         assert_eq!(c.backend, None);
         assert!(!c.deadman_drop());
+    }
+
+    #[test]
+    fn syn_keeps_only_a_recent_entry() {
+        assert!(syn_keeps_entry(1_000_000_000, 1_999_999_999, 1_000));
+        assert!(!syn_keeps_entry(1_000_000_000, 2_000_000_000, 1_000));
+        assert!(!syn_keeps_entry(5, 5, 0), "0 ms: every SYN replaces");
+        assert!(
+            syn_keeps_entry(10, 5, 1),
+            "an entry stamped after now is young"
+        );
+        assert!(!syn_keeps_entry(0, u64::MAX, u32::MAX));
     }
 
     #[test]

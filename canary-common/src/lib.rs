@@ -17,7 +17,7 @@
 pub mod choose;
 pub mod hash;
 
-pub use choose::{choose, heartbeat_stale, Choice, Tables};
+pub use choose::{choose, heartbeat_stale, syn_keeps_entry, Choice, Tables};
 pub use hash::{bucket_of, client_hash, flow_hash, murmur3_words, slot_of, Selection};
 
 /// Weights are in basis points: 0 = no canary, 10 000 = all new flows to the canary group.
@@ -133,6 +133,11 @@ pub struct GlobalConfig {
     /// (broadcast, multicast) address are never balanced.
     pub lb_mac: [u8; 6],
     pub _pad: [u8; 2],
+    /// A TCP SYN (without ACK, RST, FIN) replaces its 5-tuple's flow-table entry only when the
+    /// entry is at least this old (ms); a younger entry is the same connection's (a
+    /// retransmitted SYN) or a spoof, and the SYN follows it. 0: every SYN replaces.
+    pub syn_replace_after_ms: u32,
+    pub _pad2: u32,
 }
 
 /// Do not read or write the flow table (benchmarks: shows what the flow table buys).
@@ -267,6 +272,12 @@ pub enum Counter {
     /// (evicted, or never there: spoofed), balanced by the current weight without an entry. A
     /// connection that was pinned may have moved: alert on it.
     FlowMissTcpNonSyn,
+    /// A SYN found an entry of its 5-tuple younger than `syn_replace_after_ms` (its
+    /// connection's retransmitted SYN, or a spoof) and followed it.
+    SynKeptFlow,
+    /// A SYN replaced an older entry of its 5-tuple (a client reusing its port), or one whose
+    /// backend can no longer take the flow.
+    SynReplacedFlow,
     /// Flow pinned to a backend that is down (or gone): re-chosen.
     FlowRechosenDown,
     /// Canary flow older than the service's reset epoch: re-chosen.
@@ -305,6 +316,8 @@ impl Counter {
         Counter::FlowHit,
         Counter::FlowMiss,
         Counter::FlowMissTcpNonSyn,
+        Counter::SynKeptFlow,
+        Counter::SynReplacedFlow,
         Counter::FlowRechosenDown,
         Counter::FlowRechosenReset,
         Counter::DeadmanFallback,
@@ -330,6 +343,8 @@ impl Counter {
             Counter::FlowHit => "flow_table_hit",
             Counter::FlowMiss => "flow_table_miss",
             Counter::FlowMissTcpNonSyn => "flow_table_miss_tcp_non_syn",
+            Counter::SynKeptFlow => "syn_kept_flow",
+            Counter::SynReplacedFlow => "syn_replaced_flow",
             Counter::FlowRechosenDown => "flow_rechosen_backend_down",
             Counter::FlowRechosenReset => "flow_rechosen_reset",
             Counter::DeadmanFallback => "deadman_fallback",
@@ -369,7 +384,7 @@ const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
 const _: () = assert!(core::mem::size_of::<ServiceEntry>() == 8);
 const _: () = assert!(core::mem::size_of::<ServiceControl>() == 32);
-const _: () = assert!(core::mem::size_of::<GlobalConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<GlobalConfig>() == 24);
 const _: () = assert!(core::mem::size_of::<Backend>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowEntry>() == 16);

@@ -7,9 +7,9 @@ use core::{
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use canary_common::{
-    choose, maglev_index, Backend, Choice, Counter, FlowEntry, FlowKey, GlobalConfig, Selection,
-    ServiceControl, ServiceEntry, ServiceKey, Tables, VipKey, BACKEND_FLAG_UP,
-    CONFIG_FLAG_NO_FLOW_TABLE, GROUP_CANARY, NO_BACKEND, SERVICE_FLAG_CLIENT_IP,
+    choose, maglev_index, syn_keeps_entry, Backend, Choice, Counter, FlowEntry, FlowKey,
+    GlobalConfig, Selection, ServiceControl, ServiceEntry, ServiceKey, Tables, VipKey,
+    BACKEND_FLAG_UP, CONFIG_FLAG_NO_FLOW_TABLE, GROUP_CANARY, NO_BACKEND, SERVICE_FLAG_CLIENT_IP,
 };
 
 use crate::{
@@ -19,6 +19,8 @@ use crate::{
 
 /// `BPF_ANY`: create or replace.
 const BPF_ANY: u64 = 0;
+/// `BPF_NOEXIST`: create only.
+const BPF_NOEXIST: u64 = 1;
 
 /// A flow key on an 8-byte aligned stack slot, zeroed by five 8-byte stores.
 #[repr(C, align(8))]
@@ -108,10 +110,12 @@ fn choose_backend(
         .ok_or(Counter::DropNoBackend)?;
     let use_flow_table = config.flags & CONFIG_FLAG_NO_FLOW_TABLE == 0;
     let mut fresh = NewFlow::Insert;
-    // A SYN without ACK opens a new connection: an entry of the same 5-tuple belongs to an
-    // earlier one (a client reusing its port after the backend closed first) and must not
-    // pin it. No lookup; the new entry replaces the old (BPF_ANY).
-    if use_flow_table && segment != Segment::Syn {
+    // A SYN opens a new connection: it is balanced afresh, and its entry is inserted only if
+    // the 5-tuple has none (no lookup first: that is the common case). An entry it finds is
+    // dealt with in `new_flow`.
+    if segment == Segment::Syn {
+        fresh = NewFlow::Open;
+    } else if use_flow_table {
         // SAFETY: copied out at once. An LRU entry recycled meanwhile can only yield another
         // flow's backend, which is validated below like any pinned backend.
         match unsafe { FLOWS.get(key) }.copied() {
@@ -146,7 +150,11 @@ fn choose_backend(
 /// What a choice made by `new_flow` is.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum NewFlow {
-    /// A new flow: counted as one, and recorded in the flow table.
+    /// A connection's SYN: a new flow, recorded unless its 5-tuple has an entry young enough
+    /// to be the same connection's (which the SYN then follows).
+    Open,
+    /// A new flow (a UDP flow's first datagram) or a re-chosen one: counted as a new flow, and
+    /// recorded in the flow table, replacing any entry.
     Insert,
     /// A new flow with the flow table switched off (`CONFIG_FLAG_NO_FLOW_TABLE`).
     NoTable,
@@ -212,20 +220,60 @@ fn new_flow(
         }
         return Err(Counter::DropNoBackend);
     };
-    if fresh == NewFlow::Insert {
-        let entry = FlowEntry {
-            backend: backend_index,
-            group: choice.group,
-            created_ns: now,
-        };
-        if FLOWS.insert(key, entry, BPF_ANY).is_err() {
-            count(Counter::FlowInsertFailed);
+    let entry = FlowEntry {
+        backend: backend_index,
+        group: choice.group,
+        created_ns: now,
+    };
+    match fresh {
+        NewFlow::Open => {
+            if FLOWS.insert(key, entry, BPF_NOEXIST).is_err() {
+                // SAFETY: copied out at once (see `choose_backend`).
+                match unsafe { FLOWS.get(key) }.copied() {
+                    Some(old) => {
+                        if let Some(kept) = kept_by_syn(&old, service.index, control, config, now) {
+                            count(Counter::SynKeptFlow);
+                            return Ok(kept);
+                        }
+                        count(Counter::SynReplacedFlow);
+                        if FLOWS.insert(key, entry, BPF_ANY).is_err() {
+                            count(Counter::FlowInsertFailed);
+                        }
+                    }
+                    None => count(Counter::FlowInsertFailed),
+                }
+            }
         }
+        NewFlow::Insert => {
+            if FLOWS.insert(key, entry, BPF_ANY).is_err() {
+                count(Counter::FlowInsertFailed);
+            }
+        }
+        NewFlow::NoTable | NewFlow::Unpinned => {}
     }
     if counted {
         count_new_flow(service.index, backend_index, &choice);
     }
     Ok((backend_index, backend))
+}
+
+/// The backend a SYN follows instead of opening a new flow: its 5-tuple's entry is younger
+/// than `syn_replace_after_ms` (the same connection's retransmitted SYN, or a spoof) and its
+/// backend can still take the flow.
+#[inline(always)]
+fn kept_by_syn(
+    old: &FlowEntry,
+    service_index: u32,
+    control: &ServiceControl,
+    config: &GlobalConfig,
+    now: u64,
+) -> Option<(u32, Backend)> {
+    if !syn_keeps_entry(old.created_ns, now, config.syn_replace_after_ms)
+        || reset_applies(old, control)
+    {
+        return None;
+    }
+    pinned_backend(old, service_index).map(|backend| (old.backend, backend))
 }
 
 /// The counters of a new flow and of how it was chosen.

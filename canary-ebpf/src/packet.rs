@@ -34,7 +34,9 @@ const MAX_IPV6_EXTENSIONS: usize = 4;
 const TCP_MIN_HEADER_LEN: usize = 20;
 /// Offset of the flags byte (CWR ECE URG ACK PSH RST SYN FIN) in the TCP header.
 const TCP_FLAGS_OFFSET: usize = 13;
+const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 const UDP_HEADER_LEN: usize = 8;
 
@@ -96,7 +98,7 @@ impl Packet {
 /// What a complete TCP or UDP header says about the flow, as far as the balancer cares.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Segment {
-    /// A TCP SYN without ACK: the first packet of a connection.
+    /// A TCP SYN without ACK, RST or FIN: the first packet of a connection.
     Syn,
     /// Any other TCP segment: the middle or end of a connection.
     TcpOther,
@@ -261,7 +263,9 @@ fn parse_transport(
             }
             // The flags byte lies inside the 20 bytes already checked: no new packet access.
             let flags = tcp[TCP_FLAGS_OFFSET];
-            let segment = if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            // Only a pure SYN opens a connection: with ACK it answers one, with RST or FIN it
+            // is no connection start (a scan, or a spoof meant to re-pin a flow).
+            let segment = if flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN {
                 Segment::Syn
             } else {
                 Segment::TcpOther

@@ -241,7 +241,9 @@ mod tests {
         for (flags, opens) in [
             (TCP_SYN, true),
             (TCP_SYN | TCP_ACK, false),
-            (TCP_SYN | TCP_FIN, true),
+            (TCP_SYN | TCP_FIN, false),
+            (TCP_SYN | TCP_RST, false),
+            (TCP_SYN | TCP_PSH, true),
             (TCP_RST, false),
             (TCP_FIN | TCP_ACK, false),
             (TCP_PSH | TCP_ACK, false),

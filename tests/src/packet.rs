@@ -33,10 +33,11 @@ pub const TCP_ACK: u8 = 0x10;
 /// Offset of the flags byte in the TCP header.
 pub const TCP_FLAGS_OFFSET: usize = 13;
 
-/// Whether a TCP segment with these flags opens a connection (SYN set, ACK clear): such a
-/// segment always starts a new flow, whatever the flow table holds for its 5-tuple.
+/// Whether a TCP segment with these flags opens a connection (SYN set; ACK, RST and FIN
+/// clear): such a segment starts a new flow, unless its 5-tuple has an entry younger than
+/// `syn_replace_after_ms`.
 pub fn opens_connection(tcp_flags: u8) -> bool {
-    tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN
 }
 
 const PAYLOAD: &[u8] = b"canary test payload";

@@ -141,9 +141,8 @@ impl Scenario {
         Self {
             config: GlobalConfig {
                 hash_seed: TEST_SEED,
-                flags: 0,
                 lb_mac: CONFIGURED_LB_MAC,
-                _pad: [0; 2],
+                ..GlobalConfig::default()
             },
             backends: BTreeMap::new(),
             services: Vec::new(),

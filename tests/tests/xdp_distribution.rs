@@ -257,7 +257,12 @@ fn reused_5_tuples_follow_the_current_weight() {
     assert_eq!(
         (d(Counter::FlowMiss), d(Counter::FlowHit)),
         (0, 0),
-        "a SYN opens its flow without a lookup"
+        "a SYN opens its flow without a lookup first"
+    );
+    assert_eq!(
+        d(Counter::SynReplacedFlow),
+        u64::from(FLOWS),
+        "every SYN replaced its 5-tuple's entry (syn_replace_after_ms is 0)"
     );
     let stats = lab.dataplane.service_stats(SVC).unwrap();
     assert_eq!(

@@ -102,7 +102,7 @@ fn client(rng: &mut StdRng, v6_family: bool) -> Addr {
         v4(
             198,
             18 + rng.gen_range(0..2),
-            rng.gen_range(1..8),
+            rng.gen_range(1..3),
             rng.gen_range(1..255),
         )
     }
@@ -396,7 +396,16 @@ fn random_and_mutated_frames_never_abort_or_forward_garbage() {
     let mut forwarded = 0u32;
     let mut reused_by_syn = 0u32;
 
+    // First half: every SYN replaces its 5-tuple's entry; second half: an entry is always
+    // young enough to survive a SYN.
+    let mut keep_recent_entries = false;
     for n in 0..PACKETS {
+        if n == PACKETS / 2 {
+            let mut config = scenario.config;
+            config.syn_replace_after_ms = u32::MAX;
+            dataplane.set_config(&config).unwrap();
+            keep_recent_entries = true;
+        }
         let frame = match rng.gen_range(0..10) {
             0 => random_frame(&mut rng),
             1 | 2 => base_frame(&mut rng),
@@ -424,10 +433,16 @@ fn random_and_mutated_frames_never_abort_or_forward_garbage() {
                 // A SYN without ACK opens a flow without a lookup; anything else looks up.
                 let takes_entry = match segment {
                     Segment::Syn => {
-                        if known {
+                        if known && choice.is_some() {
                             reused_by_syn += 1;
+                            // Every backend stays up: the entry's backend is the one chosen.
+                            if keep_recent_entries {
+                                expected[Counter::SynKeptFlow as usize] += 1;
+                            } else {
+                                expected[Counter::SynReplacedFlow as usize] += 1;
+                            }
                         }
-                        true
+                        !(known && keep_recent_entries)
                     }
                     Segment::TcpOther | Segment::Udp => {
                         if known {
@@ -528,6 +543,9 @@ fn random_and_mutated_frames_never_abort_or_forward_garbage() {
         );
     }
     assert!(forwarded > 20_000, "only {forwarded} frames forwarded");
+    for c in [Counter::SynKeptFlow, Counter::SynReplacedFlow] {
+        assert!(expected[c as usize] > 100, "{} barely exercised", c.name());
+    }
     assert!(
         reused_by_syn > 1_000,
         "only {reused_by_syn} SYNs to a 5-tuple already in the flow table"
