@@ -15,9 +15,11 @@
 )]
 
 pub mod choose;
+pub mod flood_guard;
 pub mod hash;
 
 pub use choose::{choose, heartbeat_stale, syn_keeps_entry, Choice, Tables};
+pub use flood_guard::FloodWindow;
 pub use hash::{bucket_of, client_hash, flow_hash, murmur3_words, slot_of, Selection};
 
 /// Weights are in basis points: 0 = no canary, 10 000 = all new flows to the canary group.
@@ -57,6 +59,7 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
+    pub const FLOOD_GUARD: &str = "FLOOD_GUARD";
     /// Name of the XDP program in the object.
     pub const PROGRAM: &str = "canary";
     /// A do-nothing `XDP_PASS` program in the same object (veth peers, benchmark floor).
@@ -137,7 +140,9 @@ pub struct GlobalConfig {
     /// entry is at least this old (ms); a younger entry is the same connection's (a
     /// retransmitted SYN) or a spoof, and the SYN follows it. 0: every SYN replaces.
     pub syn_replace_after_ms: u32,
-    pub _pad2: u32,
+    /// Flood guard: new flows per second per CPU above which new flows are balanced without a
+    /// flow-table entry (`TxFloodGuard`), so a flood cannot evict established flows. 0: off.
+    pub flood_guard_rate: u32,
 }
 
 /// Do not read or write the flow table (benchmarks: shows what the flow table buys).
@@ -240,6 +245,9 @@ impl ServiceStats {
 pub enum Counter {
     /// Forwarded to a backend (`XDP_TX`).
     Tx = 0,
+    /// Forwarded to a backend (`XDP_TX`) as a new flow without a flow-table entry: this CPU
+    /// saw more new flows in the current second than `flood_guard_rate`.
+    TxFloodGuard,
     /// Not IPv4/IPv6 (ARP, VLAN-tagged, other ethertypes): `XDP_PASS`.
     PassNotIp,
     /// IP, but not to a configured service (address, port or protocol): `XDP_PASS`.
@@ -304,6 +312,7 @@ pub const COUNTERS: u32 = Counter::FlowInsertFailed as u32 + 1;
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
         Counter::Tx,
+        Counter::TxFloodGuard,
         Counter::PassNotIp,
         Counter::PassNotService,
         Counter::PassOtherProtocol,
@@ -331,6 +340,7 @@ impl Counter {
     pub const fn name(self) -> &'static str {
         match self {
             Counter::Tx => "tx",
+            Counter::TxFloodGuard => "tx_flood_guard",
             Counter::PassNotIp => "pass_not_ip",
             Counter::PassNotService => "pass_not_service",
             Counter::PassOtherProtocol => "pass_other_protocol",
@@ -395,8 +405,8 @@ const _: () = assert!(MAGLEV_TABLE_SIZE >= 100 * MAX_BACKENDS_PER_GROUP);
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        Backend, BackendStats, FlowEntry, FlowKey, GlobalConfig, ServiceControl, ServiceEntry,
-        ServiceKey, ServiceStats, VipKey,
+        Backend, BackendStats, FloodWindow, FlowEntry, FlowKey, GlobalConfig, ServiceControl,
+        ServiceEntry, ServiceKey, ServiceStats, VipKey,
     };
     // SAFETY: all are `#[repr(C)]`, `Copy`, made only of integers and byte arrays, with no
     // implicit padding (sizes asserted above), so every bit pattern is valid.
@@ -410,6 +420,7 @@ mod pod {
     unsafe impl aya::Pod for FlowEntry {}
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for ServiceStats {}
+    unsafe impl aya::Pod for FloodWindow {}
 }
 
 #[cfg(test)]

@@ -44,9 +44,10 @@ impl AlignedFlowKey {
 
 const _: () = assert!(size_of::<AlignedFlowKey>() == size_of::<FlowKey>());
 
-/// Forwards the packet (`Ok`) or says which pass/drop outcome it gets (`Err`).
+/// Forwards the packet (`Ok`, with its forwarding outcome: `Tx` or `TxFloodGuard`) or says
+/// which pass/drop outcome it gets (`Err`).
 #[inline(always)]
-pub fn try_canary(pkt: &Packet) -> Result<(), Counter> {
+pub fn try_canary(pkt: &Packet) -> Result<Counter, Counter> {
     let mut slot = MaybeUninit::uninit();
     let key = AlignedFlowKey::zeroed_in(&mut slot);
     let transport = packet::parse(pkt, key)?;
@@ -67,10 +68,10 @@ pub fn try_canary(pkt: &Packet) -> Result<(), Counter> {
     let service = service_of(key).ok_or(Counter::PassNotService)?;
     let config = CONFIG.get(0).copied().unwrap_or_default();
     addressed_to_us(pkt, &config)?;
-    let (backend_index, backend) = choose_backend(key, segment, &service, &config)?;
+    let (backend_index, backend, outcome) = choose_backend(key, segment, &service, &config)?;
     rewrite_macs(pkt, &backend)?;
     maps::count_backend_packet(backend_index, pkt.len() as u64);
-    Ok(())
+    Ok(outcome)
 }
 
 #[inline(always)]
@@ -95,14 +96,15 @@ fn service_of(key: &FlowKey) -> Option<ServiceEntry> {
     unsafe { SERVICES.get(service) }.copied()
 }
 
-/// The backend of an established flow, or of a new one (recorded in the flow table).
+/// The backend of an established flow, or of a new one (recorded in the flow table), and the
+/// forwarding outcome.
 #[inline(always)]
 fn choose_backend(
     key: &FlowKey,
     segment: Segment,
     service: &ServiceEntry,
     config: &GlobalConfig,
-) -> Result<(u32, Backend), Counter> {
+) -> Result<(u32, Backend, Counter), Counter> {
     // An index outside CONTROL is a userspace bug; such a service has no usable backend.
     let control = CONTROL
         .get(service.index)
@@ -126,7 +128,7 @@ fn choose_backend(
                     Some(_) if reset_applies(&flow, &control) => {
                         count(Counter::FlowRechosenReset);
                     }
-                    Some(backend) => return Ok((flow.backend, backend)),
+                    Some(backend) => return Ok((flow.backend, backend, Counter::Tx)),
                 }
             }
             None => {
@@ -204,7 +206,7 @@ fn new_flow(
     control: &ServiceControl,
     config: &GlobalConfig,
     fresh: NewFlow,
-) -> Result<(u32, Backend), Counter> {
+) -> Result<(u32, Backend, Counter), Counter> {
     let selection = Selection::of(
         key,
         service.flags & SERVICE_FLAG_CLIENT_IP != 0,
@@ -225,6 +227,12 @@ fn new_flow(
         group: choice.group,
         created_ns: now,
     };
+    let records = matches!(fresh, NewFlow::Open | NewFlow::Insert);
+    if records && !maps::flood_guard_admits(config.flood_guard_rate, now) {
+        // Above the rate: balanced, not recorded (a flood cannot evict established flows).
+        count_new_flow(service.index, backend_index, &choice);
+        return Ok((backend_index, backend, Counter::TxFloodGuard));
+    }
     match fresh {
         NewFlow::Open => {
             if FLOWS.insert(key, entry, BPF_NOEXIST).is_err() {
@@ -233,7 +241,7 @@ fn new_flow(
                     Some(old) => {
                         if let Some(kept) = kept_by_syn(&old, service.index, control, config, now) {
                             count(Counter::SynKeptFlow);
-                            return Ok(kept);
+                            return Ok((kept.0, kept.1, Counter::Tx));
                         }
                         count(Counter::SynReplacedFlow);
                         if FLOWS.insert(key, entry, BPF_ANY).is_err() {
@@ -254,7 +262,7 @@ fn new_flow(
     if counted {
         count_new_flow(service.index, backend_index, &choice);
     }
-    Ok((backend_index, backend))
+    Ok((backend_index, backend, Counter::Tx))
 }
 
 /// The backend a SYN follows instead of opening a new flow: its 5-tuple's entry is younger

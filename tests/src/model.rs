@@ -41,7 +41,7 @@ pub enum Segment {
 /// The XDP action that goes with a terminal outcome.
 pub fn action_of(outcome: Counter) -> u32 {
     match outcome {
-        Counter::Tx => XDP_TX,
+        Counter::Tx | Counter::TxFloodGuard => XDP_TX,
         Counter::PassNotIp
         | Counter::PassNotService
         | Counter::PassOtherProtocol

@@ -534,8 +534,12 @@ fn random_and_mutated_frames_never_abort_or_forward_garbage() {
         .map(|c| format!("{}={}", c.name(), expected[*c as usize]))
         .collect();
     eprintln!("{PACKETS} frames: {}", summary.join(" "));
-    // The mix must reach every outcome, or the test proves less than it claims.
-    for c in Counter::ALL.iter().filter(|c| c.is_outcome()) {
+    // The mix must reach every outcome, or the test proves less than it claims. The flood
+    // guard is off here (its outcome depends on time, not on the frame: tested on its own).
+    for c in Counter::ALL
+        .iter()
+        .filter(|c| c.is_outcome() && **c != Counter::TxFloodGuard)
+    {
         assert!(
             expected[*c as usize] > 100,
             "outcome {} barely exercised",

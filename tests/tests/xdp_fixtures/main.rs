@@ -5,6 +5,7 @@
 
 mod backend_choice;
 mod deadman;
+mod flood_guard;
 mod flows;
 mod forwarding;
 mod mac;
