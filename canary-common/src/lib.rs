@@ -300,6 +300,9 @@ pub enum Counter {
     /// New flow whose Maglev slot named a backend that cannot take it (down, or of another
     /// service or group: the table is being rewritten); a later slot of the same group served.
     SlotFallback,
+    /// An ICMP destination-unreachable (`ICMPv6`: destination unreachable, packet too big)
+    /// about a service flow, forwarded to the flow's backend (counted `Tx` as well).
+    IcmpErrorForwarded,
     /// Flow table insert failed; the packet was still forwarded.
     FlowInsertFailed,
 }
@@ -333,6 +336,7 @@ impl Counter {
         Counter::DeadmanDrop,
         Counter::GroupFallback,
         Counter::SlotFallback,
+        Counter::IcmpErrorForwarded,
         Counter::FlowInsertFailed,
     ];
 
@@ -361,6 +365,7 @@ impl Counter {
             Counter::DeadmanDrop => "deadman_drop",
             Counter::GroupFallback => "group_fallback",
             Counter::SlotFallback => "slot_fallback",
+            Counter::IcmpErrorForwarded => "icmp_error_forwarded",
             Counter::FlowInsertFailed => "flow_insert_failed",
         }
     }

@@ -71,6 +71,9 @@ pub fn try_canary(pkt: &Packet) -> Result<Counter, Counter> {
     let (backend_index, backend, outcome) = choose_backend(key, segment, &service, &config)?;
     rewrite_macs(pkt, &backend)?;
     maps::count_backend_packet(backend_index, pkt.len() as u64);
+    if segment == Segment::IcmpError {
+        count(Counter::IcmpErrorForwarded);
+    }
     Ok(outcome)
 }
 
@@ -112,26 +115,34 @@ fn choose_backend(
         .ok_or(Counter::DropNoBackend)?;
     let use_flow_table = config.flags & CONFIG_FLAG_NO_FLOW_TABLE == 0;
     let mut fresh = NewFlow::Insert;
-    // A SYN opens a new connection: it is balanced afresh, and its entry is inserted only if
-    // the 5-tuple has none (no lookup first: that is the common case). An entry it finds is
-    // dealt with in `new_flow`.
+    // An ICMP error follows its flow's entry, or the choice a new flow would get; it neither
+    // takes nor changes an entry, and is neither a hit nor a miss.
+    let icmp = segment == Segment::IcmpError;
     if segment == Segment::Syn {
+        // A SYN opens a new connection: it is balanced afresh, and its entry is inserted only
+        // if the 5-tuple has none (no lookup first: that is the common case). An entry it finds
+        // is dealt with in `new_flow`.
         fresh = NewFlow::Open;
     } else if use_flow_table {
         // SAFETY: copied out at once. An LRU entry recycled meanwhile can only yield another
         // flow's backend, which is validated below like any pinned backend.
         match unsafe { FLOWS.get(key) }.copied() {
             Some(flow) => {
-                count(Counter::FlowHit);
+                if !icmp {
+                    count(Counter::FlowHit);
+                }
                 match pinned_backend(&flow, service.index) {
-                    None => count(Counter::FlowRechosenDown),
+                    None if !icmp => count(Counter::FlowRechosenDown),
                     Some(_) if reset_applies(&flow, &control) => {
-                        count(Counter::FlowRechosenReset);
+                        if !icmp {
+                            count(Counter::FlowRechosenReset);
+                        }
                     }
                     Some(backend) => return Ok((flow.backend, backend, Counter::Tx)),
+                    None => {}
                 }
             }
-            None => {
+            None if !icmp => {
                 count(Counter::FlowMiss);
                 // Only a connection's first packet may take an entry: a segment from its
                 // middle is balanced by the current weight and leaves the table alone (spoofed
@@ -141,10 +152,14 @@ fn choose_backend(
                     fresh = NewFlow::Unpinned;
                 }
             }
+            None => {}
         }
     }
     if !use_flow_table {
         fresh = NewFlow::NoTable;
+    }
+    if icmp {
+        fresh = NewFlow::Unpinned;
     }
     new_flow(key, service, &control, config, fresh)
 }
@@ -160,8 +175,8 @@ enum NewFlow {
     Insert,
     /// A new flow with the flow table switched off (`CONFIG_FLAG_NO_FLOW_TABLE`).
     NoTable,
-    /// A segment from the middle of a connection without an entry: balanced, not recorded, not
-    /// counted as a new flow.
+    /// A segment from the middle of a connection without an entry, or an ICMP error about a
+    /// flow: balanced, not recorded, not counted as a new flow.
     Unpinned,
 }
 

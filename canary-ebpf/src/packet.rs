@@ -40,6 +40,18 @@ const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 const UDP_HEADER_LEN: usize = 8;
 
+const PROTO_ICMP: u8 = 1;
+const PROTO_ICMPV6: u8 = 58;
+const ICMP_HEADER_LEN: usize = 8;
+/// ICMP destination unreachable (all codes: "fragmentation needed" is code 4).
+const ICMP_DEST_UNREACHABLE: u8 = 3;
+const ICMPV6_DEST_UNREACHABLE: u8 = 1;
+const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+/// Fragment offset of the IPv4 flags/offset field (a quoted packet with an offset has no ports).
+const IPV4_OFFSET_MASK: u16 = 0x1fff;
+/// Bytes of the quoted packet's transport header read: its two ports.
+const QUOTED_PORTS_LEN: usize = 4;
+
 /// The frame of one XDP invocation.
 pub struct Packet {
     ctx: *const xdp_md,
@@ -104,6 +116,9 @@ pub enum Segment {
     TcpOther,
     /// A UDP datagram (UDP has no connection start).
     Udp,
+    /// An ICMP error about a flow (the key is the flow's, read from the quoted packet): it
+    /// follows the flow and never opens one.
+    IcmpError,
 }
 
 /// What a packet with a readable IP header carries: `Ok` when it has a complete TCP or UDP
@@ -239,6 +254,100 @@ fn skip_ipv6_extensions(
     }
 }
 
+/// Whether two byte arrays are equal, byte by byte (a slice comparison would need `bcmp`,
+/// which BPF does not have).
+#[inline(always)]
+fn same<const N: usize>(a: &[u8; N], b: &[u8; N]) -> bool {
+    let mut differs = 0;
+    for i in 0..N {
+        differs |= a[i] ^ b[i];
+    }
+    differs == 0
+}
+
+/// Sets the flow of an ICMP error: the quoted packet went from the VIP (already `key.dst`) to
+/// the client (`client`), so the flow is its reverse. `ports` are the quoted source and
+/// destination ports.
+#[inline(always)]
+fn reversed_flow(key: &mut FlowKey, protocol: u8, ports: &[u8; QUOTED_PORTS_LEN]) -> Transport {
+    if protocol != PROTO_TCP && protocol != PROTO_UDP {
+        return Err(Counter::PassOtherProtocol);
+    }
+    key.protocol = protocol;
+    key.src_port = u16::from_ne_bytes([ports[2], ports[3]]);
+    key.dst_port = u16::from_ne_bytes([ports[0], ports[1]]);
+    Ok(Segment::IcmpError)
+}
+
+/// An ICMP destination-unreachable error to a VIP about a packet the VIP sent (a backend's
+/// direct reply): its flow, from the quoted IPv4 header and ports. Anything else is
+/// `PassOtherProtocol`: the balancer's own stack may want it.
+#[inline(always)]
+fn parse_icmp_error(pkt: &Packet, key: &mut FlowKey, offset: usize, end: usize) -> Transport {
+    let inner_at = offset + ICMP_HEADER_LEN;
+    if inner_at + IPV4_MIN_HEADER_LEN + QUOTED_PORTS_LEN > end {
+        return Err(Counter::PassOtherProtocol);
+    }
+    let icmp = pkt
+        .bytes::<ICMP_HEADER_LEN>(offset)
+        .ok_or(Counter::PassOtherProtocol)?;
+    if icmp[0] != ICMP_DEST_UNREACHABLE {
+        return Err(Counter::PassOtherProtocol);
+    }
+    let inner = pkt
+        .bytes::<IPV4_MIN_HEADER_LEN>(inner_at)
+        .ok_or(Counter::PassOtherProtocol)?;
+    let inner_len = usize::from(inner[0] & 0x0f) * 4;
+    let from_vip = same(
+        &[inner[12], inner[13], inner[14], inner[15]],
+        &[key.dst[0], key.dst[1], key.dst[2], key.dst[3]],
+    );
+    if inner[0] >> 4 != 4
+        || inner_len < IPV4_MIN_HEADER_LEN
+        || u16::from_be_bytes([inner[6], inner[7]]) & IPV4_OFFSET_MASK != 0
+        || !from_vip
+        || inner_at + inner_len + QUOTED_PORTS_LEN > end
+    {
+        return Err(Counter::PassOtherProtocol);
+    }
+    let protocol = inner[9];
+    key.src[..4].copy_from_slice(&inner[16..20]);
+    let ports = pkt
+        .bytes::<QUOTED_PORTS_LEN>(inner_at + inner_len)
+        .ok_or(Counter::PassOtherProtocol)?;
+    reversed_flow(key, protocol, ports)
+}
+
+/// As [`parse_icmp_error`] for `ICMPv6` destination unreachable and packet too big (the quoted
+/// IPv6 header must be followed by TCP or UDP directly).
+#[inline(always)]
+fn parse_icmpv6_error(pkt: &Packet, key: &mut FlowKey, offset: usize, end: usize) -> Transport {
+    let inner_at = offset + ICMP_HEADER_LEN;
+    if inner_at + IPV6_HEADER_LEN + QUOTED_PORTS_LEN > end {
+        return Err(Counter::PassOtherProtocol);
+    }
+    let icmp = pkt
+        .bytes::<ICMP_HEADER_LEN>(offset)
+        .ok_or(Counter::PassOtherProtocol)?;
+    if icmp[0] != ICMPV6_DEST_UNREACHABLE && icmp[0] != ICMPV6_PACKET_TOO_BIG {
+        return Err(Counter::PassOtherProtocol);
+    }
+    let inner = pkt
+        .bytes::<IPV6_HEADER_LEN>(inner_at)
+        .ok_or(Counter::PassOtherProtocol)?;
+    let mut source = [0u8; 16];
+    source.copy_from_slice(&inner[8..24]);
+    if inner[0] >> 4 != 6 || !same(&source, &key.dst) {
+        return Err(Counter::PassOtherProtocol);
+    }
+    let protocol = inner[6];
+    key.src.copy_from_slice(&inner[24..40]);
+    let ports = pkt
+        .bytes::<QUOTED_PORTS_LEN>(inner_at + IPV6_HEADER_LEN)
+        .ok_or(Counter::PassOtherProtocol)?;
+    reversed_flow(key, protocol, ports)
+}
+
 /// Reads the ports (and for TCP the flags) of a TCP or UDP header at `offset`; the header must
 /// end by `end` (the end of the IP packet, which is inside the frame).
 #[inline(always)]
@@ -280,6 +389,10 @@ fn parse_transport(
                 .bytes::<UDP_HEADER_LEN>(offset)
                 .ok_or(Counter::DropMalformed)?;
             ([udp[0], udp[1], udp[2], udp[3]], Segment::Udp)
+        }
+        PROTO_ICMP if key.family == FAMILY_IPV4 => return parse_icmp_error(pkt, key, offset, end),
+        PROTO_ICMPV6 if key.family == FAMILY_IPV6 => {
+            return parse_icmpv6_error(pkt, key, offset, end)
         }
         _ => return Err(Counter::PassOtherProtocol),
     };

@@ -36,6 +36,8 @@ pub enum Segment {
     TcpOther,
     /// A UDP datagram: follows an entry, or takes one.
     Udp,
+    /// An ICMP error about the flow: follows its entry, or the new-flow choice; takes none.
+    IcmpError,
 }
 
 /// The XDP action that goes with a terminal outcome.
@@ -135,7 +137,7 @@ pub fn classify(frame: &[u8], scenario: &Scenario) -> Verdict {
         _ => return Outcome(Counter::PassNotIp),
     };
     let l4 = &ip[l4_start..ip_end];
-    let (src_port, dst_port, segment) = match protocol {
+    let (src, src_port, dst_port, protocol, segment) = match protocol {
         PROTO_TCP => {
             if l4.len() < 20 {
                 return Outcome(Counter::DropMalformed);
@@ -144,22 +146,29 @@ pub fn classify(frame: &[u8], scenario: &Scenario) -> Verdict {
             if offset < 20 || offset > l4.len() {
                 return Outcome(Counter::DropMalformed);
             }
-            (
-                be16(l4, 0),
-                be16(l4, 2),
-                if opens_connection(l4[TCP_FLAGS_OFFSET]) {
-                    Segment::Syn
-                } else {
-                    Segment::TcpOther
-                },
-            )
+            let segment = if opens_connection(l4[TCP_FLAGS_OFFSET]) {
+                Segment::Syn
+            } else {
+                Segment::TcpOther
+            };
+            (src, be16(l4, 0), be16(l4, 2), protocol, segment)
         }
         PROTO_UDP => {
             if l4.len() < 8 {
                 return Outcome(Counter::DropMalformed);
             }
-            (be16(l4, 0), be16(l4, 2), Segment::Udp)
+            (src, be16(l4, 0), be16(l4, 2), protocol, Segment::Udp)
         }
+        PROTO_ICMP | PROTO_ICMPV6 => match icmp_error_flow(l4, family, protocol, &dst) {
+            Some((client, client_port, service_port, inner_protocol)) => (
+                client,
+                client_port,
+                service_port,
+                inner_protocol,
+                Segment::IcmpError,
+            ),
+            None => return Outcome(Counter::PassOtherProtocol),
+        },
         _ => return Outcome(Counter::PassOtherProtocol),
     };
     let service_key = canary_common::ServiceKey {
@@ -193,6 +202,50 @@ pub fn classify(frame: &[u8], scenario: &Scenario) -> Verdict {
         },
         segment,
     }
+}
+
+const PROTO_ICMP: u8 = 1;
+const PROTO_ICMPV6: u8 = 58;
+
+/// The flow an ICMP error to `vip` is about: an IPv4 destination unreachable, or an `ICMPv6`
+/// destination unreachable or packet too big, quoting a TCP/UDP packet the VIP sent (whole
+/// IP header and both ports quoted). Returns the client, its port, the service port and the
+/// protocol.
+fn icmp_error_flow(
+    icmp: &[u8],
+    family: u8,
+    protocol: u8,
+    vip: &[u8; 16],
+) -> Option<([u8; 16], u16, u16, u8)> {
+    let inner = icmp.get(8..)?;
+    let mut client = [0u8; 16];
+    let (header_len, inner_protocol) = match (family, protocol) {
+        (4, PROTO_ICMP) => {
+            if inner.len() < 24 || icmp[0] != 3 || inner[0] >> 4 != 4 {
+                return None;
+            }
+            let header_len = usize::from(inner[0] & 0x0f) * 4;
+            if header_len < 20 || be16(inner, 6) & 0x1fff != 0 || inner[12..16] != vip[..4] {
+                return None;
+            }
+            client[..4].copy_from_slice(&inner[16..20]);
+            (header_len, inner[9])
+        }
+        (6, PROTO_ICMPV6) => {
+            if inner.len() < IPV6_LEN + 4 || !matches!(icmp[0], 1 | 2) || inner[0] >> 4 != 6 {
+                return None;
+            }
+            if inner[8..24] != vip[..] {
+                return None;
+            }
+            client.copy_from_slice(&inner[24..40]);
+            (IPV6_LEN, inner[6])
+        }
+        _ => return None,
+    };
+    let ports = inner.get(header_len..header_len + 4)?;
+    matches!(inner_protocol, PROTO_TCP | PROTO_UDP)
+        .then(|| (client, be16(ports, 2), be16(ports, 0), inner_protocol))
 }
 
 fn vip(addr: [u8; 16], family: u8) -> VipKey {

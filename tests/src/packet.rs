@@ -126,6 +126,22 @@ impl Tuple {
         self.segment(TCP_SYN, payload)
     }
 
+    /// The IP packet (no Ethernet header) a backend sends back to the client of this flow by
+    /// direct server return: from the VIP and service port to the client, `len` bytes of it at
+    /// most (what an ICMP error quotes).
+    pub fn reply_packet(&self, len: usize) -> Vec<u8> {
+        let reply = Tuple {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            protocol: self.protocol,
+        };
+        let frame = reply.segment(TCP_ACK | TCP_PSH, &[0x5a; 1_400]);
+        let ip = &frame[ETH_LEN..];
+        ip[..len.min(ip.len())].to_vec()
+    }
+
     /// A frame of an established connection: for TCP an ACK (follows the flow table), for UDP
     /// the same as [`Tuple::frame`].
     pub fn ack_frame(&self) -> Vec<u8> {
@@ -197,6 +213,41 @@ pub fn icmp_echo(src: Addr, dst: Addr) -> Vec<u8> {
             .ipv6(s, d, TTL)
             .icmpv6_echo_request(1, 1)
             .write(&mut out, PAYLOAD),
+        _ => panic!("mixed address families"),
+    }
+    .expect("writing to a Vec cannot fail");
+    out
+}
+
+/// ICMP destination unreachable (IPv4 type 3); code 4 is "fragmentation needed".
+pub const ICMP_DEST_UNREACHABLE: u8 = 3;
+pub const ICMP_FRAGMENTATION_NEEDED: u8 = 4;
+/// `ICMPv6` destination unreachable (type 1) and packet too big (type 2).
+pub const ICMPV6_DEST_UNREACHABLE: u8 = 1;
+pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+
+/// An ICMP (IPv4) or `ICMPv6` error from `router` to `to`, sent to the balancer's MAC, quoting
+/// `quoted` (an IP packet from its IP header on, as much of it as the router quotes). `rest` is
+/// the ICMP header's bytes 5-8 (the MTU of "fragmentation needed" and "packet too big").
+pub fn icmp_error(
+    router: Addr,
+    to: Addr,
+    icmp_type: u8,
+    code: u8,
+    rest: [u8; 4],
+    quoted: &[u8],
+) -> Vec<u8> {
+    let eth = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
+    let mut out = Vec::new();
+    match (router, to) {
+        (Addr::V4(s), Addr::V4(d)) => eth
+            .ipv4(s, d, TTL)
+            .icmpv4_raw(icmp_type, code, rest)
+            .write(&mut out, quoted),
+        (Addr::V6(s), Addr::V6(d)) => eth
+            .ipv6(s, d, TTL)
+            .icmpv6_raw(icmp_type, code, rest)
+            .write(&mut out, quoted),
         _ => panic!("mixed address families"),
     }
     .expect("writing to a Vec cannot fail");

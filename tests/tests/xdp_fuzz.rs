@@ -10,10 +10,11 @@ use std::fmt::Write as _;
 use canary_common::{Counter, FlowKey, ServiceKey, COUNTERS, PROTO_TCP, PROTO_UDP};
 use canary_tests::model::{action_of, classify, Segment, Verdict};
 use canary_tests::packet::{
-    arp_request, icmp_echo, ipv4_with_options, ipv6_with_extensions, ipv6_with_fragment_header, v4,
-    v6, vlan_tagged, with_macs, Addr, Tuple, ETH_LEN, IPV6_DEST_OPTS, IPV6_FRAGMENT,
-    IPV6_HOP_BY_HOP, IPV6_LEN, IPV6_ROUTING, TCP_ACK, TCP_FIN, TCP_FLAGS_OFFSET, TCP_PSH, TCP_RST,
-    TCP_SYN,
+    arp_request, icmp_echo, icmp_error, ipv4_with_options, ipv6_with_extensions,
+    ipv6_with_fragment_header, v4, v6, vlan_tagged, with_macs, Addr, Tuple, ETH_LEN,
+    ICMPV6_DEST_UNREACHABLE, ICMPV6_PACKET_TOO_BIG, ICMP_DEST_UNREACHABLE, IPV6_DEST_OPTS,
+    IPV6_FRAGMENT, IPV6_HOP_BY_HOP, IPV6_LEN, IPV6_ROUTING, TCP_ACK, TCP_FIN, TCP_FLAGS_OFFSET,
+    TCP_PSH, TCP_RST, TCP_SYN,
 };
 use canary_tests::scenario::{backend_mac, Scenario, ServiceSpec, CONFIGURED_LB_MAC};
 use canary_tests::xdp::{
@@ -130,6 +131,7 @@ fn base_frame(rng: &mut StdRng) -> Vec<u8> {
     let flags = [
         TCP_SYN,
         TCP_SYN,
+        TCP_SYN,
         TCP_ACK,
         TCP_ACK,
         TCP_ACK | TCP_PSH,
@@ -150,6 +152,27 @@ fn base_frame(rng: &mut StdRng) -> Vec<u8> {
             ipv6_with_extensions(&frame, &chain)
         }
         2 => icmp_echo(src, dst),
+        7 | 8 => {
+            // An ICMP error about this flow's reply (a router on the way back to the client).
+            let quoted = tuple.reply_packet(rng.gen_range(20..120));
+            let (router, kind) = if is_v6 {
+                (
+                    v6(0x7701),
+                    [ICMPV6_PACKET_TOO_BIG, ICMPV6_DEST_UNREACHABLE, 3, 128],
+                )
+            } else {
+                (v4(198, 18, 77, 1), [ICMP_DEST_UNREACHABLE, 11, 0, 8])
+            };
+            let icmp_type = kind[rng.gen_range(0..4) / 3 * rng.gen_range(0..4)];
+            icmp_error(
+                router,
+                dst,
+                icmp_type,
+                rng.gen_range(0..5),
+                rng.gen(),
+                &quoted,
+            )
+        }
         6 if is_v6 => {
             // Atomic (offset 0, no more fragments: balanced) or real fragments (dropped).
             let offset = if rng.gen() { 0 } else { rng.gen_range(1..400) };
@@ -365,12 +388,44 @@ fn parse_forwarded(frame: &[u8]) -> Result<ServiceKey, String> {
         IpNumber::UDP => UdpHeaderSlice::from_slice(rest)
             .map_err(|e| format!("udp: {e}"))?
             .destination_port(),
+        IpNumber::ICMP | IpNumber::IPV6_ICMP => return quoted_service(rest, family, addr),
         other => return Err(format!("protocol {other:?} forwarded")),
     };
     Ok(ServiceKey {
         addr,
         port: port.to_be(),
         protocol: next.0,
+        family,
+    })
+}
+
+/// The service an ICMP error is about: a destination unreachable (`ICMPv6`: or packet too big)
+/// quoting a TCP/UDP packet sent from `vip`; the service port is the quoted source port.
+fn quoted_service(icmp: &[u8], family: u8, vip: [u8; 16]) -> Result<ServiceKey, String> {
+    let error_types: &[u8] = if family == 4 { &[3] } else { &[1, 2] };
+    if icmp.len() < 8 || !error_types.contains(&icmp[0]) {
+        return Err("an ICMP message other than an error about a flow forwarded".into());
+    }
+    let quoted = &icmp[8..];
+    let (source, protocol, header_len) = if family == 4 {
+        let h = Ipv4HeaderSlice::from_slice(quoted).map_err(|e| format!("quoted ipv4: {e}"))?;
+        let mut source = [0u8; 16];
+        source[..4].copy_from_slice(&h.source());
+        (source, h.protocol(), h.slice().len())
+    } else {
+        let h = Ipv6HeaderSlice::from_slice(quoted).map_err(|e| format!("quoted ipv6: {e}"))?;
+        (h.source(), h.next_header(), IPV6_LEN)
+    };
+    if source != vip {
+        return Err("ICMP error about a packet not sent from the VIP forwarded".into());
+    }
+    if ![IpNumber::TCP, IpNumber::UDP].contains(&protocol) || quoted.len() < header_len + 4 {
+        return Err("ICMP error without a quoted TCP/UDP port pair forwarded".into());
+    }
+    Ok(ServiceKey {
+        addr: vip,
+        port: u16::from_be_bytes([quoted[header_len], quoted[header_len + 1]]).to_be(),
+        protocol: protocol.0,
         family,
     })
 }
@@ -443,6 +498,12 @@ fn random_and_mutated_frames_never_abort_or_forward_garbage() {
                             }
                         }
                         !(known && keep_recent_entries)
+                    }
+                    Segment::IcmpError => {
+                        if choice.is_some() {
+                            expected[Counter::IcmpErrorForwarded as usize] += 1;
+                        }
+                        false
                     }
                     Segment::TcpOther | Segment::Udp => {
                         if known {
@@ -547,7 +608,11 @@ fn random_and_mutated_frames_never_abort_or_forward_garbage() {
         );
     }
     assert!(forwarded > 20_000, "only {forwarded} frames forwarded");
-    for c in [Counter::SynKeptFlow, Counter::SynReplacedFlow] {
+    for c in [
+        Counter::SynKeptFlow,
+        Counter::SynReplacedFlow,
+        Counter::IcmpErrorForwarded,
+    ] {
         assert!(expected[c as usize] > 100, "{} barely exercised", c.name());
     }
     assert!(

@@ -8,6 +8,7 @@ mod deadman;
 mod flood_guard;
 mod flows;
 mod forwarding;
+mod icmp;
 mod mac;
 mod malformed;
 mod misses;
