@@ -220,6 +220,7 @@ impl<D: DataPlane> Controller<D> {
                     backend: b.name.clone(),
                     health_url: b.health_url.clone(),
                     metrics_url: b.metrics_url.clone(),
+                    max_scrape_bytes: s.upstream.max_scrape_bytes,
                 })
             })
             .collect()
@@ -329,25 +330,20 @@ impl<D: DataPlane> Controller<D> {
                 br.mac = mac;
                 self.dirty = true;
             }
-            let snapshot = match &obs.metrics {
-                Ok(text) => match upstream::parse_exposition(text, &svc.upstream) {
-                    Ok(s) => {
-                        br.metrics_error = (!s.problems.is_empty()).then(|| s.problems.join("; "));
-                        s
-                    }
-                    Err(e) => {
-                        br.metrics_error = Some(e.to_string());
-                        Snapshot::missing()
-                    }
-                },
-                Err(e) => {
-                    br.metrics_error = Some(e.clone());
-                    Snapshot::missing()
-                }
-            };
+            let snapshot = upstream::snapshot_of(&obs.metrics, &svc.upstream);
+            br.metrics_error = (!snapshot.problems.is_empty()).then(|| {
+                let all: Vec<String> = snapshot.problems.iter().map(ToString::to_string).collect();
+                all.join("; ")
+            });
+            for p in &snapshot.problems {
+                self.metrics
+                    .upstream_scrape_errors
+                    .with_label_values(&[&obs.service, &obs.backend, p.reason.as_str()])
+                    .inc();
+            }
             br.reported_requests = snapshot.requests.present().copied();
             let delta = snapshot.delta_since(&br.baseline);
-            br.baseline.advance(&snapshot);
+            br.baseline.advance(&snapshot, delta.reset);
             deltas.insert((obs.service.clone(), obs.backend.clone()), delta.window);
         }
 
@@ -846,6 +842,8 @@ impl<D: DataPlane> Controller<D> {
                     new_flows: stats.new_flows,
                     reported_requests: br.reported_requests,
                     metrics_ok: br.metrics_error.is_none(),
+                    metrics_problem: br.metrics_error.clone(),
+                    reported_versions: br.baseline.versions.clone(),
                 });
             }
             for (g, (requests, errors)) in reported {

@@ -70,6 +70,12 @@ pub struct BackendStatus {
     /// Requests the backend itself reports (its `requests` series), if scraped.
     pub reported_requests: Option<f64>,
     pub metrics_ok: bool,
+    /// Why its metrics, or some of its series, are missing (failed scrape, malformed series).
+    #[serde(default)]
+    pub metrics_problem: Option<String>,
+    /// The model versions it reports (`upstream.version_label`), if configured.
+    #[serde(default)]
+    pub reported_versions: Vec<String>,
 }
 
 fn opt(v: Option<f64>, scale: f64, digits: usize) -> String {
@@ -128,18 +134,26 @@ impl ServiceStatus {
         for b in &self.backends {
             let _ = writeln!(
                 out,
-                "  {:<12} {:<7} {:<16} {:<5} {:>10} {:>9}{}",
+                "  {:<12} {:<7} {:<16} {:<5} {:>10} {:>9}{}{}",
                 b.name,
                 b.group,
                 b.address,
                 if b.up { "yes" } else { "no" },
                 b.packets,
                 b.new_flows,
+                if b.reported_versions.is_empty() {
+                    String::new()
+                } else {
+                    format!("  version {}", b.reported_versions.join(","))
+                },
                 b.down_reason
                     .as_ref()
                     .map(|r| format!("  ({r})"))
                     .unwrap_or_default(),
             );
+            if let Some(p) = &b.metrics_problem {
+                let _ = writeln!(out, "  {:<12} metrics: {p}", "");
+            }
         }
         if let Some(d) = &self.last_decision {
             let _ = writeln!(out, "  last decision: {d}");

@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::judge::tests::{lognormal_histogram, window};
 use crate::upstream::Series;
