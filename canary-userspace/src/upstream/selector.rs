@@ -112,7 +112,7 @@ fn is_label_char(c: char, first: bool) -> bool {
 }
 
 /// Whether `name` is a valid metric name.
-pub fn valid_metric_name(name: &str) -> bool {
+fn valid_metric_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| is_metric_char(c, true)) && chars.all(|c| is_metric_char(c, false))
 }
