@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use super::{Observation, Target};
+use crate::upstream::{ScrapeProblem, ScrapeReason};
 
 /// Result of one health probe.
 #[derive(Clone, Debug, PartialEq)]
@@ -16,10 +17,26 @@ pub enum Probe {
 }
 
 /// HTTP client for backends, with a bounded timeout for every call (a slow backend must not
-/// stall a poll).
+/// stall a poll). Redirects are never followed: a backend must not send the daemon to another
+/// backend's metrics (a canary judged on stable's numbers) or to any other address.
 #[derive(Clone)]
 pub struct BackendClient {
     http: reqwest::Client,
+}
+
+/// The `Location` of a redirect, shortened for a message.
+fn location(response: &reqwest::Response) -> String {
+    let to = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("?");
+    let short: String = to.chars().take(120).collect();
+    if short.len() < to.len() {
+        format!("{short}...")
+    } else {
+        short
+    }
 }
 
 impl BackendClient {
@@ -28,26 +45,71 @@ impl BackendClient {
             .timeout(timeout)
             .connect_timeout(timeout)
             .pool_max_idle_per_host(2)
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(BackendClient { http })
     }
 
-    /// `GET health_url`: healthy on any 2xx.
+    /// `GET health_url`: healthy on any 2xx; a redirect is a failure (not followed).
     pub async fn probe(&self, url: &str) -> Probe {
         match self.http.get(url).send().await {
             Ok(r) if r.status().is_success() => Probe::Healthy,
+            Ok(r) if r.status().is_redirection() => Probe::Unhealthy(format!(
+                "health check answered {} to {}; redirects are not followed: set health_url to the address that answers",
+                r.status(),
+                location(&r)
+            )),
             Ok(r) => Probe::Unhealthy(format!("health check answered {}", r.status())),
-            Err(e) => Probe::Unhealthy(describe(&e)),
+            Err(e) => Probe::Unhealthy(describe(&e).message),
         }
     }
 
-    /// `GET metrics_url`: the Prometheus text, or why it could not be had.
-    pub async fn scrape(&self, url: &str) -> Result<String, String> {
-        let response = self.http.get(url).send().await.map_err(|e| describe(&e))?;
-        if !response.status().is_success() {
-            return Err(format!("metrics endpoint answered {}", response.status()));
+    /// `GET metrics_url`: the Prometheus text, or why it could not be had. The body is read
+    /// in chunks and given up past `max_bytes`, so a backend that streams without end costs
+    /// at most that much memory.
+    pub async fn scrape(&self, url: &str, max_bytes: u64) -> Result<String, ScrapeProblem> {
+        let mut response = self.http.get(url).send().await.map_err(|e| describe(&e))?;
+        let status = response.status();
+        if status.is_redirection() {
+            return Err(ScrapeProblem {
+                reason: ScrapeReason::Redirect,
+                message: format!(
+                    "metrics endpoint answered {status} to {}; redirects are not followed: set metrics_url to the address that serves the metrics",
+                    location(&response)
+                ),
+            });
         }
-        response.text().await.map_err(|e| describe(&e))
+        if !status.is_success() {
+            return Err(ScrapeProblem {
+                reason: ScrapeReason::HttpStatus,
+                message: format!("metrics endpoint answered {status}"),
+            });
+        }
+        let too_large = || {
+            ScrapeProblem {
+            reason: ScrapeReason::TooLarge,
+            message: format!(
+                "metrics answer is larger than upstream.max_scrape_bytes ({max_bytes} bytes); the backend exports too much, or raise the limit"
+            ),
+        }
+        };
+        if response.content_length().is_some_and(|n| n > max_bytes) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| describe(&e))? {
+            if (body.len() + chunk.len()) as u64 > max_bytes {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        String::from_utf8(body).map_err(|e| ScrapeProblem {
+            reason: ScrapeReason::Body,
+            message: format!(
+                "metrics answer is not UTF-8 text (invalid byte at {})",
+                e.utf8_error().valid_up_to()
+            ),
+        })
     }
 
     /// Send `count` warm-up GETs to `url`; returns how many got a 2xx and how long it took.
@@ -63,14 +125,20 @@ impl BackendClient {
     }
 }
 
-fn describe(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timed out".to_string()
+fn describe(e: &reqwest::Error) -> ScrapeProblem {
+    let (reason, message) = if e.is_timeout() {
+        (ScrapeReason::Timeout, "timed out".to_string())
     } else if e.is_connect() {
-        format!("connection failed: {e}")
+        (ScrapeReason::Connect, format!("connection failed: {e}"))
+    } else if e.is_body() || e.is_decode() {
+        (
+            ScrapeReason::Body,
+            format!("reading the answer failed: {e}"),
+        )
     } else {
-        e.to_string()
-    }
+        (ScrapeReason::Connect, e.to_string())
+    };
+    ScrapeProblem { reason, message }
 }
 
 /// Probes and scrapes every backend at once; each call is bounded by the client's timeout.
@@ -79,8 +147,10 @@ pub async fn observe(client: &BackendClient, targets: Vec<Target>) -> Vec<Observ
     for t in targets {
         let client = client.clone();
         set.spawn(async move {
-            let (health, metrics) =
-                tokio::join!(client.probe(&t.health_url), client.scrape(&t.metrics_url));
+            let (health, metrics) = tokio::join!(
+                client.probe(&t.health_url),
+                client.scrape(&t.metrics_url, t.max_scrape_bytes)
+            );
             Observation {
                 service: t.service,
                 backend: t.backend,
@@ -96,4 +166,194 @@ pub async fn observe(client: &BackendClient, targets: Vec<Target>) -> Vec<Observ
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    //! Real HTTP servers on loopback: axum for ordinary answers, a raw tokio socket for a body
+    //! that never ends.
+
+    use std::net::SocketAddr;
+
+    use axum::response::Redirect;
+    use axum::routing::get;
+    use axum::Router;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    const STABLE_METRICS: &str = "requests_total 5000\nrequest_errors_total 0\n";
+
+    async fn serve(router: Router) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        addr
+    }
+
+    fn client() -> BackendClient {
+        BackendClient::new(Duration::from_secs(10)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_redirect_to_another_backend_is_not_followed() {
+        let stable = serve(
+            Router::new()
+                .route("/metrics", get(|| async { STABLE_METRICS }))
+                .route("/healthz", get(|| async { "ok" })),
+        )
+        .await;
+        // The canary sends the daemon to stable's numbers.
+        let to_metrics = format!("http://{stable}/metrics");
+        let to_health = format!("http://{stable}/healthz");
+        let canary = serve(
+            Router::new()
+                .route(
+                    "/metrics",
+                    get(move || async move {
+                        (
+                            axum::http::StatusCode::FOUND,
+                            [(axum::http::header::LOCATION, to_metrics)],
+                        )
+                    }),
+                )
+                .route(
+                    "/healthz",
+                    get(move || async move { Redirect::to(&to_health) }),
+                ),
+        )
+        .await;
+        let c = client();
+        assert_eq!(
+            c.scrape(&format!("http://{stable}/metrics"), 1 << 20)
+                .await
+                .unwrap(),
+            STABLE_METRICS
+        );
+        let e = c
+            .scrape(&format!("http://{canary}/metrics"), 1 << 20)
+            .await
+            .expect_err("a redirect is a failed scrape");
+        assert_eq!(e.reason, ScrapeReason::Redirect);
+        assert_eq!(
+            e.message,
+            format!("metrics endpoint answered 302 Found to http://{stable}/metrics; redirects are not followed: set metrics_url to the address that serves the metrics")
+        );
+        match c.probe(&format!("http://{canary}/healthz")).await {
+            Probe::Unhealthy(why) => assert!(
+                why.starts_with("health check answered 303 See Other to http://"),
+                "{why}"
+            ),
+            Probe::Healthy => panic!("a redirected health check passed"),
+        }
+        assert_eq!(
+            c.probe(&format!("http://{stable}/healthz")).await,
+            Probe::Healthy
+        );
+    }
+
+    #[allow(clippy::format_collect, reason = "the junk is built once")]
+    /// A backend whose `/metrics` answer never ends: junk series as fast as the socket takes
+    /// them. Returns its address and a counter of the bytes it managed to send.
+    async fn endless() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sent = std::sync::Arc::new(AtomicU64::new(0));
+        let counter = sent.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut request = [0u8; 1024];
+                    let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut request).await;
+                    let head =
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n";
+                    if socket.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let junk: String = (0..1000)
+                        .map(|i| format!("junk_series_{i}{{id=\"{i}\"}} 1\n"))
+                        .collect();
+                    while socket.write_all(junk.as_bytes()).await.is_ok() {
+                        counter.fetch_add(junk.len() as u64, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        (addr, sent)
+    }
+
+    #[tokio::test]
+    async fn a_body_without_end_is_given_up_at_the_byte_cap() {
+        let (addr, sent) = endless().await;
+        let started = Instant::now();
+        let e = client()
+            .scrape(&format!("http://{addr}/metrics"), 1 << 20)
+            .await
+            .expect_err("an endless body is a failed scrape");
+        assert_eq!(e.reason, ScrapeReason::TooLarge);
+        assert_eq!(e.message, "metrics answer is larger than upstream.max_scrape_bytes (1048576 bytes); the backend exports too much, or raise the limit");
+        // Cut by the cap, long before the 10 s timeout.
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
+        let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(sent >= 1 << 20, "the server sent only {sent} bytes");
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_above_the_cap_is_refused_unread() {
+        let big =
+            serve(Router::new().route("/metrics", get(|| async { "x 1\n".repeat(50_000) }))).await;
+        let c = client();
+        let e = c
+            .scrape(&format!("http://{big}/metrics"), 100_000)
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason, ScrapeReason::TooLarge);
+        let text = c
+            .scrape(&format!("http://{big}/metrics"), 200_000)
+            .await
+            .unwrap();
+        assert_eq!(text.len(), 200_000);
+    }
+
+    #[tokio::test]
+    async fn failures_have_their_reason() {
+        let broken = serve(Router::new().route(
+            "/metrics",
+            get(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "no") }),
+        ))
+        .await;
+        let c = client();
+        let e = c
+            .scrape(&format!("http://{broken}/metrics"), 1 << 20)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.reason, e.message.as_str()),
+            (
+                ScrapeReason::HttpStatus,
+                "metrics endpoint answered 500 Internal Server Error"
+            )
+        );
+        // Nothing listens on a port that was just released.
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let e = c
+            .scrape(&format!("http://{closed}/metrics"), 1 << 20)
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason, ScrapeReason::Connect);
+    }
 }
