@@ -7,6 +7,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::admin::{OperatorCommand, OperatorReply};
 use crate::status::Status;
+pub use crate::token::read_token;
+use crate::token::{token_path, DEFAULT_STATE_DIR};
 
 /// Default admin address when neither `--admin` nor `--config` is given.
 pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9100";
@@ -16,41 +18,53 @@ pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9100";
 pub struct Endpoint {
     /// Base URL, without a trailing slash.
     pub url: String,
-    pub token: Option<String>,
+    /// The admin token; `Err` says why there is none (reads work without it, verbs do not).
+    pub token: Result<String, String>,
+}
+
+/// What a config file tells the CLI.
+#[derive(Clone, Debug)]
+pub struct ConfigTarget {
+    /// `admin.listen`.
+    pub listen: String,
+    /// `admin.token_file`.
+    pub token_file: Option<PathBuf>,
+    /// `dataplane.state_dir` (the generated token lives there).
+    pub state_dir: PathBuf,
 }
 
 impl Endpoint {
-    /// `--admin`/`--token-file` win; otherwise the config file's `admin.listen`/`token_file`.
+    /// `--admin`/`--token-file` win; otherwise the config file's `admin.listen` and token
+    /// (`admin.token_file`, else the generated `state_dir/admin.token`); without a config, the
+    /// default address and `/var/lib/canary/admin.token`. A token file given explicitly must
+    /// be readable; the generated one may be missing (reads need no token).
     pub fn resolve(
         admin: Option<&str>,
         token_file: Option<&Path>,
-        config_admin: Option<(String, Option<PathBuf>)>,
+        config: Option<ConfigTarget>,
     ) -> Result<Self> {
-        let (url, config_token) = match (admin, config_admin) {
-            (Some(url), _) => (url.trim_end_matches('/').to_string(), None),
-            (None, Some((listen, token))) => (format!("http://{listen}"), token),
-            (None, None) => (DEFAULT_ADMIN_URL.to_string(), None),
+        let url = match (admin, &config) {
+            (Some(url), _) => url.trim_end_matches('/').to_string(),
+            (None, Some(c)) => format!("http://{}", c.listen),
+            (None, None) => DEFAULT_ADMIN_URL.to_string(),
         };
-        let token = match token_file.map(Path::to_path_buf).or(config_token) {
-            Some(path) => Some(read_token(&path)?),
-            None => None,
+        let explicit = token_file
+            .map(Path::to_path_buf)
+            .or_else(|| config.as_ref().and_then(|c| c.token_file.clone()));
+        let token = if let Some(path) = explicit {
+            Ok(read_token(&path)?)
+        } else {
+            let state_dir =
+                config.map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), |c| c.state_dir);
+            let path = token_path(None, &state_dir);
+            read_token(&path).map_err(|e| {
+                format!(
+                    "no admin token: {e}. The daemon generates it there when admin.token_file is not set: run this as a user that can read it (root), or pass --config FILE (its state_dir) or --token-file FILE"
+                )
+            })
         };
         Ok(Endpoint { url, token })
     }
-}
-
-/// Read a token file: its content, trimmed; empty is an error.
-pub fn read_token(path: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read token file {}", path.display()))?;
-    let token = text.trim().to_string();
-    if token.is_empty() {
-        bail!(
-            "token file {} is empty; put the admin token in it",
-            path.display()
-        );
-    }
-    Ok(token)
 }
 
 fn http() -> Result<reqwest::Client> {
@@ -124,9 +138,10 @@ pub async fn command(
                 .json(&body)
         }
     };
-    let request = match &endpoint.token {
-        Some(t) => request.bearer_auth(t),
-        None => request,
+    let request = match (&endpoint.token, command.is_mutating()) {
+        (Ok(t), _) => request.bearer_auth(t),
+        (Err(why), true) => bail!("{why}"),
+        (Err(_), false) => request,
     };
     let response = request
         .send()
@@ -147,36 +162,47 @@ pub async fn command(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
-    #[test]
-    fn endpoint_precedence() {
-        let e = Endpoint::resolve(None, None, None).unwrap();
-        assert_eq!(e.url, DEFAULT_ADMIN_URL);
-        let e = Endpoint::resolve(None, None, Some(("127.0.0.1:9200".into(), None))).unwrap();
-        assert_eq!(e.url, "http://127.0.0.1:9200");
-        let e = Endpoint::resolve(
-            Some("http://198.18.0.1:9100/"),
-            None,
-            Some(("127.0.0.1:9200".into(), None)),
-        )
-        .unwrap();
-        assert_eq!(e.url, "http://198.18.0.1:9100");
+    fn target(listen: &str, state_dir: &Path) -> ConfigTarget {
+        ConfigTarget {
+            listen: listen.into(),
+            token_file: None,
+            state_dir: state_dir.to_owned(),
+        }
     }
 
     #[test]
-    fn token_files_are_trimmed_and_must_not_be_empty() {
-        let dir = std::env::temp_dir().join(format!("canary-token-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let good = dir.join("good");
-        std::fs::write(&good, "abc\n").unwrap();
-        assert_eq!(read_token(&good).unwrap(), "abc");
-        let empty = dir.join("empty");
-        std::fs::write(&empty, "\n").unwrap();
-        assert!(read_token(&empty)
-            .unwrap_err()
-            .to_string()
-            .contains("empty"));
-        assert!(read_token(&dir.join("missing")).is_err());
+    fn endpoint_precedence() {
+        let dir = std::env::temp_dir().join(format!("canary-endpoint-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let e = Endpoint::resolve(None, None, Some(target("127.0.0.1:9200", &dir))).unwrap();
+        assert_eq!(e.url, "http://127.0.0.1:9200");
+        // No generated token yet: reads work, verbs say where the token should be.
+        let why = e.token.unwrap_err();
+        assert!(why.contains("admin.token"), "{why}");
+        let e = Endpoint::resolve(
+            Some("http://198.18.0.1:9100/"),
+            None,
+            Some(target("127.0.0.1:9200", &dir)),
+        )
+        .unwrap();
+        assert_eq!(e.url, "http://198.18.0.1:9100");
+
+        // The generated token in the config's state_dir is found without flags.
+        let token = crate::token::load_or_generate(&dir).unwrap();
+        let e = Endpoint::resolve(None, None, Some(target("127.0.0.1:9200", &dir))).unwrap();
+        assert_eq!(e.token.unwrap(), token);
+        // --token-file wins, and must be readable and private.
+        let explicit = dir.join("explicit");
+        std::fs::write(&explicit, "other\n").unwrap();
+        std::fs::set_permissions(&explicit, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = Endpoint::resolve(None, Some(&explicit), Some(target("x:1", &dir))).unwrap();
+        assert_eq!(e.token.unwrap(), "other");
+        std::fs::set_permissions(&explicit, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Endpoint::resolve(None, Some(&explicit), None).unwrap_err();
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+        assert!(Endpoint::resolve(None, Some(&dir.join("missing")), None).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

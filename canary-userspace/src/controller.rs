@@ -54,10 +54,23 @@ pub enum ControllerError {
     Program(#[from] dataplane::ProgramError),
     #[error("data plane: {0}")]
     DataPlane(#[from] dataplane::DataPlaneError),
-    #[error("rollout state of service {service:?} is unreadable: {message}; fix or delete the file to start that rollout over")]
+    #[error("rollout state of service {service:?} is not usable: {message}; fix that field or delete the file (the rollout then continues at the weight the data plane holds, or starts over when there is none); nothing was changed")]
     State { service: String, message: String },
     #[error("reload refused: {0}")]
     Reload(String),
+}
+
+/// The canary weight the data plane holds for `svc` (found by its VIP and protocol in the
+/// written maps), after a restart.
+fn pinned_weight<D: DataPlane>(
+    dp: &D,
+    written: &dataplane::WrittenState,
+    svc: &ServiceConfig,
+) -> Option<Weight> {
+    let key = dataplane::service_key(svc.vip, svc.protocol);
+    let (_, entry) = written.services.iter().find(|(k, _)| *k == key)?;
+    let control = dp.control(entry.index).ok()?;
+    Some(Weight::from_basis_points(control.canary_weight))
 }
 
 /// The controller of all services.
@@ -107,21 +120,35 @@ impl<D: DataPlane> Controller<D> {
             dirty: true,
             pending_warmups: Vec::new(),
         };
+        // Every state file is read and checked before anything is written.
+        for svc in &c.config.services {
+            c.store
+                .load(&svc.name)
+                .map_err(|message| ControllerError::State {
+                    service: svc.name.clone(),
+                    message,
+                })?;
+        }
+        let written = if recovered {
+            Some(c.dp.written_state()?)
+        } else {
+            None
+        };
         let mut global = c.dp.global_config()?;
         global.hash_seed = c.hash_seed;
         c.dp.set_global_config(&global)?;
         let services = c.config.services.clone();
         for svc in &services {
-            c.add_service(svc, now_ms)?;
+            let pinned = written.as_ref().and_then(|w| pinned_weight(&c.dp, w, svc));
+            c.add_service(svc, now_ms, pinned)?;
             let rt = c.services.get_mut(&svc.name).expect("just added");
             for b in &svc.backends {
                 let mac = b.mac.or_else(|| neighbours.mac(b.address));
                 rt.backends.get_mut(&b.name).expect("configured").mac = mac;
             }
         }
-        if recovered {
+        if let Some(written) = written {
             // Same indices as before the restart, so no established flow moves.
-            let written = c.dp.written_state()?;
             c.programmer = Programmer::recover(&written, &c.desired(now_ns));
             for svc in &services {
                 let epoch = c
@@ -137,7 +164,15 @@ impl<D: DataPlane> Controller<D> {
         Ok(c)
     }
 
-    fn add_service(&mut self, svc: &ServiceConfig, now_ms: u64) -> Result<(), ControllerError> {
+    /// Adds a service's runtime with its rollout: restored from the state file, or, when the
+    /// file is missing and the data plane still holds a canary weight (`pinned`), continued at
+    /// that weight, or new.
+    fn add_service(
+        &mut self,
+        svc: &ServiceConfig,
+        now_ms: u64,
+        pinned: Option<Weight>,
+    ) -> Result<(), ControllerError> {
         let fingerprint = svc.canary_fingerprint();
         let stored = self
             .store
@@ -147,6 +182,10 @@ impl<D: DataPlane> Controller<D> {
                 message,
             })?;
         let (rollout, output) = match stored {
+            None if pinned.is_some_and(|w| w > Weight::ZERO) && !fingerprint.is_empty() => {
+                let weight = pinned.expect("checked above");
+                Rollout::adopt(now_ms, fingerprint, weight, &self.store.path(&svc.name))
+            }
             Some(mut r) => {
                 let out = r.on_event(
                     now_ms,
@@ -314,6 +353,13 @@ impl<D: DataPlane> Controller<D> {
                 .get_mut(&obs.service)
                 .expect("runtime per service");
             let br = rt.backends.entry(obs.backend.clone()).or_default();
+            if let crate::observe::probe::Probe::Unknown(why) = &obs.health {
+                tracing::warn!(
+                    service = %obs.service,
+                    backend = %obs.backend,
+                    "health probe not counted: {why}"
+                );
+            }
             if br.health.observe(&obs.health) {
                 self.dirty = true;
                 tracing::info!(
@@ -694,7 +740,7 @@ impl<D: DataPlane> Controller<D> {
                 }
                 self.apply_output(&svc.name, out, now_ns);
             } else {
-                if let Err(e) = self.add_service(svc, now_ms) {
+                if let Err(e) = self.add_service(svc, now_ms, None) {
                     self.config = old;
                     return Err(e);
                 }

@@ -1,6 +1,7 @@
 //! The `canary` library: the data-plane layer and the controller's modules.
 
 pub mod admin;
+pub mod admin_server;
 pub mod client;
 pub mod config;
 pub mod controller;
@@ -8,9 +9,11 @@ pub mod daemon;
 pub mod dataplane;
 pub mod domain;
 pub mod judge;
+pub mod lock;
 pub mod metrics;
 pub mod observe;
 pub mod rollout;
 pub mod rollout_sim;
 pub mod status;
+pub mod token;
 pub mod upstream;

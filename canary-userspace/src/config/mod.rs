@@ -115,8 +115,15 @@ pub const DEFAULT_HASH_SEED: u32 = 0x6361_6e61;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
-    /// `None` when `token_file = ""` (allowed only on a loopback `listen`).
+    /// `None` when `token_file = ""` (allowed only on a loopback `listen`): the daemon then
+    /// generates a token in `state_dir` ([`crate::token::GENERATED_TOKEN_FILE`]).
     pub token_file: Option<PathBuf>,
+    /// Open admin connections at most; a new one beyond it closes the oldest idle one.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this time.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in progress is closed after this time.
+    pub idle_timeout: Duration,
 }
 
 /// `[[services]]`
