@@ -12,51 +12,39 @@ use anyhow::{bail, Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use crate::admin::{self, AdminState, OperatorCommand, OperatorReply, OperatorRequest};
-use crate::admin_server;
-use crate::config::{self, Config};
-use crate::controller::Controller;
-use crate::dataplane::aya::{AyaDataPlane, Opened, Options, XdpAttachMode};
-use crate::dataplane::monotonic_ns;
-use crate::domain::XdpMode;
-use crate::lock::DaemonLock;
-use crate::metrics::Metrics;
-use crate::observe::neighbour::KernelNeighbours;
-use crate::observe::probe::{observe, BackendClient};
-use crate::observe::WarmUp;
-use crate::rollout::StateStore;
-use crate::status::Status;
-use crate::token::{read_token, TokenDigest};
+use canary_userspace::admin::{self, AdminState, OperatorRequest};
+use canary_userspace::admin_server;
+use canary_userspace::api::{OperatorCommand, OperatorReply, Status};
+use canary_userspace::config::{load_config, read_token};
+use canary_userspace::controller::Controller;
+use canary_userspace::dataplane::aya::{AyaDataPlane, Opened, Options, XdpAttachMode};
+use canary_userspace::dataplane::monotonic_ns;
+use canary_userspace::domain::XdpMode;
+use canary_userspace::lock::DaemonLock;
+use canary_userspace::metrics::Metrics;
+use canary_userspace::observe::neighbour::KernelNeighbours;
+use canary_userspace::observe::probe::{observe, BackendClient};
+use canary_userspace::observe::WarmUp;
+use canary_userspace::rollout::StateStore;
+use canary_userspace::token::TokenDigest;
 
 /// `canary run` options.
 #[derive(Clone, Debug)]
-pub struct RunOptions {
-    pub config: PathBuf,
-    pub bpf_object: Option<PathBuf>,
+pub(crate) struct RunOptions {
+    pub(crate) config: PathBuf,
+    pub(crate) bpf_object: Option<PathBuf>,
 }
 
 /// Wall-clock milliseconds: rollout times survive restarts.
-pub fn now_ms() -> u64 {
+fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Reads and validates a config file; errors name the file.
-pub fn read_config(path: &std::path::Path) -> Result<Config> {
-    Config::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
-}
-
-/// [`read_config`], plus the check that `dataplane.interface` exists here.
-pub fn load_config(path: &std::path::Path) -> Result<Config> {
-    let config = read_config(path)?;
-    config::check_interface(&config.dataplane.interface)?;
-    Ok(config)
-}
-
 /// Raises the open-file soft limit to the hard limit (probes, scrapes and admin connections
 /// all need descriptors); returns the limits in force.
-pub fn raise_open_file_limit() -> std::io::Result<(u64, u64)> {
+fn raise_open_file_limit() -> std::io::Result<(u64, u64)> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -77,7 +65,7 @@ pub fn raise_open_file_limit() -> std::io::Result<(u64, u64)> {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(options: RunOptions) -> Result<()> {
+pub(crate) async fn run(options: RunOptions) -> Result<()> {
     let config = load_config(&options.config)?;
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
@@ -88,13 +76,13 @@ pub async fn run(options: RunOptions) -> Result<()> {
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
     // One daemon per state directory and data plane: locked before anything is read or opened.
-    crate::dataplane::aya::ensure_bpffs(&config.dataplane.bpffs)
+    canary_userspace::dataplane::aya::ensure_bpffs(&config.dataplane.bpffs)
         .context("cannot set up the data plane")?;
     let _lock = DaemonLock::acquire(&config.dataplane.state_dir, &config.dataplane.bpffs)?;
     // Verbs always need a token: the configured one, or one generated in state_dir.
     let token = match &config.admin.token_file {
         Some(path) => read_token(path)?,
-        None => crate::token::load_or_generate(&config.dataplane.state_dir)?,
+        None => canary_userspace::token::load_or_generate(&config.dataplane.state_dir)?,
     };
     // Rollout state is checked before the data plane is touched: a bad file stops the start
     // with nothing attached or written.

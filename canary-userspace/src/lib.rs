@@ -2,10 +2,9 @@
 
 pub mod admin;
 pub mod admin_server;
-pub mod client;
+pub mod api;
 pub mod config;
 pub mod controller;
-pub mod daemon;
 pub mod dataplane;
 pub mod domain;
 pub mod judge;
@@ -13,7 +12,5 @@ pub mod lock;
 pub mod metrics;
 pub mod observe;
 pub mod rollout;
-pub mod rollout_sim;
-pub mod status;
 pub mod token;
 pub mod upstream;

@@ -10,7 +10,6 @@ use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
-use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
 
 /// Name of the generated token file in `state_dir`.
@@ -72,7 +71,7 @@ pub fn read_token(path: &Path) -> Result<String, TokenError> {
     Ok(token)
 }
 
-/// The token in `state_dir/admin.token`, generated there (32 random bytes, hex; mode 0600;
+/// The token in `state_dir/admin.token`, generated there (32 bytes of `/dev/urandom`, hex; mode 0600;
 /// written durably) when the file does not exist yet.
 pub fn load_or_generate(state_dir: &Path) -> Result<String, TokenError> {
     let path = state_dir.join(GENERATED_TOKEN_FILE);
@@ -80,7 +79,12 @@ pub fn load_or_generate(state_dir: &Path) -> Result<String, TokenError> {
         return read_token(&path);
     }
     let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map_err(|source| TokenError::Write {
+            path: path.clone(),
+            source,
+        })?;
     let token = bytes.iter().fold(String::new(), |mut t, b| {
         let _ = write!(t, "{b:02x}");
         t

@@ -85,7 +85,7 @@ fn a_new_object_replaces_the_program_in_place_without_failures() {
     std::thread::sleep(Duration::from_secs(4));
 
     d.stop_daemon().expect("daemon running");
-    d.spec.bpf_object = Some(b.clone());
+    d.spec.bpf_object = Some(b);
     d.start_daemon()
         .unwrap_or_else(|e| panic!("restart with object B: {e}"));
     let log = d.daemon_log();

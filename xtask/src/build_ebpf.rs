@@ -14,13 +14,13 @@ use clap::Args;
 use crate::setup::{self, CompilerRoute, Toolchain};
 
 /// The eBPF crate, relative to the workspace root.
-pub const EBPF_CRATE_DIR: &str = "canary-ebpf";
-pub const BPF_TARGET: &str = "bpfel-unknown-none";
+pub(crate) const EBPF_CRATE_DIR: &str = "canary-ebpf";
+pub(crate) const BPF_TARGET: &str = "bpfel-unknown-none";
 /// Name of the object file (the eBPF crate's binary).
-pub const OBJECT_NAME: &str = "canary-ebpf";
+pub(crate) const OBJECT_NAME: &str = "canary-ebpf";
 
 #[derive(Args, Debug, Clone, Copy)]
-pub struct Options {
+pub(crate) struct Options {
     /// Optimised build (the one tests, benchmarks and the embedded object use).
     #[arg(long)]
     pub release: bool,
@@ -30,7 +30,7 @@ pub struct Options {
 }
 
 /// Path of the built object: `<root>/canary-ebpf/target/bpfel-unknown-none/{release,debug}/canary-ebpf`.
-pub fn object_path(workspace_root: &Path, release: bool) -> PathBuf {
+pub(crate) fn object_path(workspace_root: &Path, release: bool) -> PathBuf {
     workspace_root
         .join(EBPF_CRATE_DIR)
         .join("target")
@@ -39,7 +39,7 @@ pub fn object_path(workspace_root: &Path, release: bool) -> PathBuf {
         .join(OBJECT_NAME)
 }
 
-pub fn run(options: Options) -> Result<()> {
+pub(crate) fn run(options: Options) -> Result<()> {
     let toolchain = setup::ensure()?;
     let object = build(&crate::workspace_root(), options.release, &toolchain)?;
     println!("{}", object.display());
@@ -53,12 +53,12 @@ pub fn run(options: Options) -> Result<()> {
 }
 
 /// Target directory (under `canary-ebpf/target/`) of the upgrade variant.
-pub const UPGRADE_VARIANT_DIR: &str = "upgrade-variant";
+pub(crate) const UPGRADE_VARIANT_DIR: &str = "upgrade-variant";
 
 /// Path of the upgrade variant: the same source built with another optimisation level, so its
 /// program's instructions (and kernel tag) differ while its maps are the same. The upgrade
 /// test attaches the real object, then restarts the daemon with this one.
-pub fn upgrade_variant_path(workspace_root: &Path) -> PathBuf {
+pub(crate) fn upgrade_variant_path(workspace_root: &Path) -> PathBuf {
     workspace_root
         .join(EBPF_CRATE_DIR)
         .join("target")
@@ -69,7 +69,11 @@ pub fn upgrade_variant_path(workspace_root: &Path) -> PathBuf {
 }
 
 /// Builds the object with the installed toolchain and returns its path.
-pub fn build(workspace_root: &Path, release: bool, toolchain: &Toolchain) -> Result<PathBuf> {
+pub(crate) fn build(
+    workspace_root: &Path,
+    release: bool,
+    toolchain: &Toolchain,
+) -> Result<PathBuf> {
     let target_dir = workspace_root.join(EBPF_CRATE_DIR).join("target");
     cargo_build(workspace_root, &target_dir, release, toolchain, &[])?;
     let object = object_path(workspace_root, release);
@@ -83,7 +87,10 @@ pub fn build(workspace_root: &Path, release: bool, toolchain: &Toolchain) -> Res
 }
 
 /// Builds the upgrade variant ([`upgrade_variant_path`]) and returns its path.
-pub fn build_upgrade_variant(workspace_root: &Path, toolchain: &Toolchain) -> Result<PathBuf> {
+pub(crate) fn build_upgrade_variant(
+    workspace_root: &Path,
+    toolchain: &Toolchain,
+) -> Result<PathBuf> {
     let target_dir = workspace_root
         .join(EBPF_CRATE_DIR)
         .join("target")

@@ -311,6 +311,21 @@ impl Config {
     }
 }
 
+/// Reads a token file (trimmed; refused when empty or readable by other users).
+pub use crate::token::read_token;
+
+/// Reads and validates a config file; errors name the file.
+pub fn read_config(path: &Path) -> anyhow::Result<Config> {
+    Config::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// [`read_config`], plus the check that `dataplane.interface` exists here.
+pub fn load_config(path: &Path) -> anyhow::Result<Config> {
+    let config = read_config(path)?;
+    check_interface(&config.dataplane.interface)?;
+    Ok(config)
+}
+
 /// Resolves `dataplane.interface` in the current network namespace, returning its ifindex.
 pub fn check_interface(name: &str) -> Result<u32, ConfigError> {
     let not_found = || ConfigError::NoInterface {

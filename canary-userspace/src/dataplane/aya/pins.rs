@@ -82,6 +82,8 @@ fn bpf_obj_get(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
         bpf_fd: u32,
         file_flags: u32,
         path_fd: i32,
+        /// Explicit, so it is zero: the kernel refuses non-zero bytes past the last field.
+        _pad: u32,
     }
     const BPF_OBJ_GET: libc::c_long = 7;
     let c = c_path(path)?;
@@ -90,6 +92,7 @@ fn bpf_obj_get(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
         bpf_fd: 0,
         file_flags: 0,
         path_fd: 0,
+        _pad: 0,
     };
     // SAFETY: `attr` is a valid bpf_attr prefix for BPF_OBJ_GET that outlives the call, and
     // `c` outlives it too.

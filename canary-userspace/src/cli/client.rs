@@ -5,32 +5,31 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::admin::{OperatorCommand, OperatorReply};
-use crate::status::Status;
-pub use crate::token::read_token;
-use crate::token::{token_path, DEFAULT_STATE_DIR};
+use canary_userspace::api::{OperatorCommand, OperatorReply, Status};
+use canary_userspace::config::read_token;
+use canary_userspace::token::{token_path, DEFAULT_STATE_DIR};
 
 /// Default admin address when neither `--admin` nor `--config` is given.
-pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9100";
+pub(crate) const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9100";
 
 /// How to reach the daemon.
 #[derive(Clone, Debug)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// Base URL, without a trailing slash.
-    pub url: String,
+    pub(crate) url: String,
     /// The admin token; `Err` says why there is none (reads work without it, verbs do not).
-    pub token: Result<String, String>,
+    pub(crate) token: Result<String, String>,
 }
 
 /// What a config file tells the CLI.
 #[derive(Clone, Debug)]
-pub struct ConfigTarget {
+pub(crate) struct ConfigTarget {
     /// `admin.listen`.
-    pub listen: String,
+    pub(crate) listen: String,
     /// `admin.token_file`.
-    pub token_file: Option<PathBuf>,
+    pub(crate) token_file: Option<PathBuf>,
     /// `dataplane.state_dir` (the generated token lives there).
-    pub state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
 }
 
 impl Endpoint {
@@ -38,7 +37,7 @@ impl Endpoint {
     /// (`admin.token_file`, else the generated `state_dir/admin.token`); without a config, the
     /// default address and `/var/lib/canary/admin.token`. A token file given explicitly must
     /// be readable; the generated one may be missing (reads need no token).
-    pub fn resolve(
+    pub(crate) fn resolve(
         admin: Option<&str>,
         token_file: Option<&Path>,
         config: Option<ConfigTarget>,
@@ -82,7 +81,7 @@ fn unreachable(endpoint: &Endpoint, e: &reqwest::Error) -> anyhow::Error {
 }
 
 /// `GET /status`.
-pub async fn status(endpoint: &Endpoint) -> Result<Status> {
+pub(crate) async fn status(endpoint: &Endpoint) -> Result<Status> {
     let response = http()?
         .get(format!("{}/status", endpoint.url))
         .send()
@@ -98,7 +97,7 @@ pub async fn status(endpoint: &Endpoint) -> Result<Status> {
 }
 
 /// Send an operator verb; an `Err` carries the daemon's explanation.
-pub async fn command(
+pub(crate) async fn command(
     endpoint: &Endpoint,
     service: Option<&str>,
     command: &OperatorCommand,
@@ -190,7 +189,7 @@ mod tests {
         assert_eq!(e.url, "http://198.18.0.1:9100");
 
         // The generated token in the config's state_dir is found without flags.
-        let token = crate::token::load_or_generate(&dir).unwrap();
+        let token = canary_userspace::token::load_or_generate(&dir).unwrap();
         let e = Endpoint::resolve(None, None, Some(target("127.0.0.1:9200", &dir))).unwrap();
         assert_eq!(e.token.unwrap(), token);
         // --token-file wins, and must be readable and private.
