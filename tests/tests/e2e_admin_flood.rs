@@ -1,7 +1,8 @@
 //! A local client floods the admin port with 1,100 half-sent requests while the daemon runs
-//! with a 1,024 open-file limit. The admin API keeps within its connection cap, so the daemon
-//! never runs out of descriptors: every backend stays up, traffic through the balancer keeps
-//! flowing without a failure, and `/status` still answers within a second.
+//! with a 1,024 open-file limit, and the daemon's connections to the backends get closed
+//! meanwhile (so its probes need new sockets). The admin API keeps within its connection cap,
+//! so the daemon never runs out of descriptors: every backend stays up, traffic through the
+//! balancer keeps flowing without a failure, and `/status` still answers within a second.
 
 mod e2e_support;
 
@@ -73,6 +74,25 @@ fn half_sent_admin_requests_do_not_take_the_backends_down() {
                 samples
             })
         });
+        // The daemon's keep-alive connections to the backends are closed now and then (as a
+        // backend restart or an idle timeout would), so its probes need new sockets while the
+        // flood is held.
+        let closer = scope.spawn(|| {
+            let mut closed = 0;
+            while flooding.load(Ordering::Relaxed) {
+                let out = d
+                    .lab
+                    .output_in(
+                        &lb,
+                        &["ss", "-K", "state", "established", "( dport = :8080 )"],
+                    )
+                    .expect("ss -K");
+                assert!(out.status.success(), "ss -K: {out:?}");
+                closed += 1;
+                std::thread::sleep(Duration::from_millis(700));
+            }
+            closed
+        });
         // Traffic through the balancer meanwhile.
         std::thread::sleep(Duration::from_secs(1));
         let mut load = new_conn_load(&d, &d.lab.clients()[0], 1_000_000, 8);
@@ -81,6 +101,8 @@ fn half_sent_admin_requests_do_not_take_the_backends_down() {
         let reports = load_all_clients(&d, &load);
         let samples = samples.join().expect("status sampler");
         flooding.store(false, Ordering::Relaxed);
+        let rounds = closer.join().expect("connection closer");
+        println!("closed the daemon's backend connections {rounds} times");
         (flood.join().expect("flood"), samples, reports)
     });
 
@@ -113,6 +135,11 @@ fn half_sent_admin_requests_do_not_take_the_backends_down() {
         samples.len(),
         worst.as_secs_f64() * 1000.0
     );
+    let log = d.daemon_log();
+    let exhausted = log
+        .lines()
+        .filter(|l| l.contains("Too many open files"))
+        .count();
     println!("daemon log:\n{}", d.daemon_log_tail());
     assert!(opened + refused == FLOOD);
     assert!(samples.len() >= 10, "{} status samples", samples.len());
@@ -133,6 +160,7 @@ fn half_sent_admin_requests_do_not_take_the_backends_down() {
             .collect::<Vec<_>>()
     );
     assert_eq!(no_backend, 0);
+    assert_eq!(exhausted, 0, "the daemon ran out of descriptors");
     // And after it, the daemon is fully usable.
     let status = d.service_status().unwrap();
     assert!(status["backends"]
