@@ -1,6 +1,7 @@
 //! A second `canary run` on the same state directory, pins and interface (only the admin port
 //! differs) stops at once, naming the PID of the running daemon, and changes nothing: the
 //! first daemon keeps the weight, a rollback through it sticks, and traffic is not disturbed.
+//! `canary detach` refuses while the daemon runs.
 
 mod e2e_support;
 
@@ -66,6 +67,25 @@ fn a_second_daemon_on_the_same_data_plane_is_refused() {
         "the message names the running daemon's PID {first_pid}"
     );
     assert!(!log.contains("XDP program attached") && !log.contains("re-attached"));
+
+    // `canary detach` refuses too while the daemon runs.
+    let out = d
+        .lab
+        .output_in(
+            &lb,
+            &[
+                d.canary_bin.to_string_lossy().as_ref(),
+                "detach",
+                "--config",
+                d.config_path.to_string_lossy().as_ref(),
+            ],
+        )
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    println!("detach while running: {} {}", out.status, text.trim());
+    assert!(!out.status.success());
+    assert!(text.contains(&format!("PID {first_pid}")), "{text}");
+    assert!(d.lab.bpffs().join("canary").join("link").exists());
 
     // The first daemon is untouched and in charge.
     assert!(d.daemon.as_mut().unwrap().is_running());
