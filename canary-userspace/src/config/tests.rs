@@ -17,6 +17,9 @@ hash_seed = 1667329633
 [admin]
 listen = "127.0.0.1:9100"
 token_file = ""
+max_connections = 64
+header_read_timeout = "5s"
+idle_timeout = "30s"
 
 [[services]]
 name = "sentiment"
@@ -362,6 +365,22 @@ fn thresholds_and_counts_are_checked() {
             &with("requests = \"requests_total\"", "requests = \"\""),
             "services[0].upstream.requests: must not be empty; give the series the backends export, e.g. 'http_requests_total{route=\"/predict\"}'",
         );
+}
+
+#[test]
+fn admin_connection_limits() {
+    let c = Config::from_toml_str(FULL).unwrap();
+    assert_eq!(c.admin.max_connections, 64);
+    assert_eq!(c.admin.header_read_timeout, Duration::from_secs(5));
+    assert_eq!(c.admin.idle_timeout, Duration::from_secs(30));
+    assert_problem(
+        &with("max_connections = 64", "max_connections = 0"),
+        "admin.max_connections: 0 is out of range; use 1 to 4096 connections (default 64)",
+    );
+    assert_problem(
+        &with("idle_timeout = \"30s\"", "idle_timeout = \"0s\""),
+        "admin.idle_timeout: \"0s\" is zero; give a positive duration such as \"15s\"",
+    );
 }
 
 #[test]
