@@ -708,6 +708,9 @@ fn a_count_beyond_2_53_is_a_missing_series_not_a_crash() {
     }
     let seen = sim.run_until(100, |s| s.weight_bp() > 1000);
     assert!(sim.weight_bp() > 1000, "weights {seen:?}");
+}
+
+#[test]
 fn a_state_file_with_an_impossible_weight_is_refused_naming_file_and_field() {
     let mut sim = Sim::new("bad-weight", "");
     sim.run_until(100, |s| s.weight_bp() == 2500);

@@ -388,7 +388,7 @@ fn malformed_ip_to_a_non_vip_destination_is_passed() {
     short_total[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&19u16.to_be_bytes());
     let mut bad_version6 = other6.clone();
     bad_version6[ETH_LEN] = 0x40;
-    let mut long_payload6 = other6.clone();
+    let mut long_payload6 = other6;
     long_payload6[ETH_LEN + 4..ETH_LEN + 6].copy_from_slice(&9_000u16.to_be_bytes());
     check_untouched(vec![
         (
