@@ -406,9 +406,14 @@ fn record_route(route: CompilerRoute) {
 }
 
 /// Cluster mode's store: Debian's etcd 3.4 (`etcd`, `etcdctl`; nothing is started, tests and labs
-/// start their own), and `protoc`, which the `etcd-client` crate's build script needs to generate
-/// its gRPC code.
-const CLUSTER_PACKAGES: &[&str] = &["etcd-server", "etcd-client", "protobuf-compiler"];
+/// start their own), and `protoc` with protobuf's well-known `.proto` files, which the
+/// `etcd-client` crate's build script needs to generate its gRPC code.
+const CLUSTER_PACKAGES: &[&str] = &[
+    "etcd-server",
+    "etcd-client",
+    "protobuf-compiler",
+    "libprotobuf-dev",
+];
 
 impl Setup {
     fn ensure_cluster_store(&mut self) -> Result<()> {
