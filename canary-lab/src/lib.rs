@@ -4,5 +4,6 @@
 
 pub mod bins;
 pub mod deployment;
+pub mod etcd;
 pub mod lab;
 pub mod loadgen;
