@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod aya_dataplane;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod controller;
 pub mod daemon;
