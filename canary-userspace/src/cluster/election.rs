@@ -63,7 +63,9 @@ impl Election {
     /// session); fails if the session's lease is lost first.
     pub async fn campaign(&self, session: &Session) -> Result<LeaderFence, ClusterError> {
         let mut client = self.client.clone();
-        let campaign = client.campaign(self.name.as_str(), self.node.as_str(), session.lease());
+        // Boxed: etcd-client's campaign future is large.
+        let campaign =
+            Box::pin(client.campaign(self.name.as_str(), self.node.as_str(), session.lease()));
         let response = tokio::select! {
             response = campaign => response.map_err(ClusterError::etcd("campaign"))?,
             lost = session.lost() => return Err(lost),

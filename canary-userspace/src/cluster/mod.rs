@@ -187,7 +187,8 @@ pub async fn connect(config: &ClusterConfig) -> Result<Client, ClusterError> {
             .with_user(&credentials.user, password.trim_end_matches(['\r', '\n']))
             .with_auto_token_refresh(true);
     }
-    Client::connect(&config.etcd_endpoints, Some(options))
+    // Boxed: the client's connect future is large (about 16 KiB).
+    Box::pin(Client::connect(&config.etcd_endpoints, Some(options)))
         .await
         .map_err(ClusterError::etcd("connect"))
 }
