@@ -197,40 +197,35 @@ impl OperatorQueue {
             }
         };
         tokio::pin!(wait_answer);
+        let verb = verb_name(&request.verb);
         let answer = if let Ok(answer) = tokio::time::timeout(timeout, &mut wait_answer).await {
             answer
         } else {
             // Withdraw the request unless the leader took it already.
+            let unanswered = Compare::version(request_key.as_str(), CompareOp::Greater, 0);
             let withdrawn = client
                 .txn(
                     Txn::new()
-                        .when([Compare::version(
-                            request_key.as_str(),
-                            CompareOp::Greater,
-                            0,
-                        )])
+                        .when([unanswered])
                         .and_then([TxnOp::delete(request_key.as_str(), None)]),
                 )
                 .await
                 .map_err(ClusterError::etcd("withdraw the operator request"))?;
             if withdrawn.succeeded() {
-                return Err(ClusterError::Timeout {
-                        what: format!(
-                            "an answer from the leader to `{}` on service {service} (no node leads, or the leader is busy; the request was withdrawn, nothing changed)",
-                            verb_name(&request.verb)
-                        ),
-                        timeout,
-                    });
+                let what = format!(
+                    "an answer from the leader to `{verb}` on service {service} (no node leads, \
+                     or the leader is busy; the request was withdrawn, nothing changed)"
+                );
+                return Err(ClusterError::Timeout { what, timeout });
             }
-            tokio::time::timeout(TAKEN_GRACE, &mut wait_answer)
-                    .await
-                    .map_err(|_| ClusterError::Timeout {
-                        what: format!(
-                            "the answer to `{}` on service {service} (the leader took the request; check `canary status` for its outcome)",
-                            verb_name(&request.verb)
-                        ),
-                        timeout: timeout + TAKEN_GRACE,
-                    })?
+            let late = tokio::time::timeout(TAKEN_GRACE, &mut wait_answer).await;
+            late.map_err(|_| ClusterError::Timeout {
+                what: format!(
+                    "the answer to `{verb}` on service {service} (the leader took the request; \
+                     check `canary status` for its outcome)"
+                ),
+                timeout: timeout + TAKEN_GRACE,
+            })?
         }?;
         let _ = client.delete(answer_key.as_str(), None).await;
         Ok(answer)
