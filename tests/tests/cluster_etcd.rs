@@ -232,6 +232,50 @@ async fn one_leader_and_a_takeover_within_two_lease_ttls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_lease_is_revoked_stops_leading_and_campaigns_again() {
+    let etcd = Etcd::start().expect("etcd starts");
+    let a = Candidacy::spawn(&client(&etcd, "lb-a").await, &keys(), "lb-a", TTL);
+    wait_until(Duration::from_secs(10), "lb-a leads", || {
+        let leading = a.leading();
+        async move { leading.is_some() }
+    })
+    .await;
+    let first = a.leading().unwrap();
+    let mut state = a.state();
+
+    // The lease is revoked behind its back (an operator, or etcd restored from a backup).
+    client(&etcd, "probe")
+        .await
+        .lease_revoke(first.lease)
+        .await
+        .expect("revoke");
+    tokio::time::timeout(TTL, state.wait_for(|s| s.leading.is_none()))
+        .await
+        .expect("lb-a notices the loss within one TTL")
+        .unwrap();
+    wait_until(2 * TTL, "lb-a leads again on a new lease", || {
+        let leading = a.leading();
+        async move { leading.is_some() }
+    })
+    .await;
+    let second = a.leading().unwrap();
+    assert_ne!(second.lease, first.lease);
+    assert!(second.revision > first.revision);
+    let store = EtcdStore::new(&client(&etcd, "probe").await, &keys());
+    assert!(
+        matches!(
+            store.publish(&first, &document("s", 1, "lb-a")).await,
+            Err(ClusterError::NotLeader { .. })
+        ),
+        "the old fence is dead"
+    );
+    store
+        .publish(&second, &document("s", 1, "lb-a"))
+        .await
+        .expect("the new fence writes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deposed_leader_cannot_publish_or_overwrite() {
     let etcd = Etcd::start().expect("etcd starts");
     let store = EtcdStore::new(&client(&etcd, "probe").await, &keys());
