@@ -5,6 +5,7 @@
 
 pub mod bins;
 pub mod deployment;
+pub mod etcd;
 pub mod lab;
 pub mod loadgen;
 pub mod prometheus;

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod admin_server;
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod controller;
 pub mod dataplane;
