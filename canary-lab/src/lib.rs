@@ -1,8 +1,9 @@
 //! Test and demo infrastructure for canary: a lab of network namespaces wired for direct server
 //! return ([`lab`]), a load generator that reports where every request landed ([`loadgen`]),
-//! and lookup of the workspace's binaries ([`bins`]).
+//! lookup of the workspace's binaries ([`bins`]) and of the `FastAPI` example server ([`fastapi`]).
 
 pub mod bins;
 pub mod deployment;
+pub mod fastapi;
 pub mod lab;
 pub mod loadgen;
