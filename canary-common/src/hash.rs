@@ -43,6 +43,32 @@ pub fn murmur3_words<const N: usize>(words: &[u32; N], seed: u32) -> u32 {
     finish(h, (N * 4) as u32)
 }
 
+/// `MurmurHash3` `x86_32` of any bytes (the same rounds as [`murmur3_words`], with the tail
+/// handling needed for data of any length). Userspace only: the Maglev permutation of a
+/// backend name.
+pub fn murmur3_bytes(data: &[u8], seed: u32) -> u32 {
+    let mut h = seed;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        h = mix_word(
+            h,
+            u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]),
+        );
+    }
+    let tail = chunks.remainder();
+    if !tail.is_empty() {
+        let mut k = 0u32;
+        for (i, b) in tail.iter().enumerate() {
+            k |= u32::from(*b) << (8 * i);
+        }
+        h ^= k
+            .wrapping_mul(0xcc9e_2d51)
+            .rotate_left(15)
+            .wrapping_mul(0x1b87_3593);
+    }
+    finish(h, data.len() as u32)
+}
+
 #[inline(always)]
 fn addr_words(a: &[u8; 16]) -> [u32; 4] {
     [
@@ -149,6 +175,20 @@ mod tests {
             0xba6b_d213
         );
         assert_eq!(murmur3_words(&[0x8765_4321], 0x5082_edee), 0x2362_f9de);
+    }
+
+    #[test]
+    fn murmur3_bytes_matches_reference_vectors_and_the_word_hash() {
+        assert_eq!(murmur3_bytes(b"", 0), 0);
+        assert_eq!(murmur3_bytes(b"", 1), 0x514e_28b7);
+        assert_eq!(murmur3_bytes(b"test", 0), 0xba6b_d213);
+        assert_eq!(murmur3_bytes(b"Hello, world!", 0x9747_b28c), 0x2488_4cba);
+        assert_eq!(murmur3_bytes(b"abc", 0), 0xb3dd_93fa);
+        let words = [0x0403_0201, 0x0807_0605];
+        assert_eq!(
+            murmur3_bytes(&[1, 2, 3, 4, 5, 6, 7, 8], 9),
+            murmur3_words(&words, 9)
+        );
     }
 
     #[test]

@@ -16,7 +16,9 @@
 
 pub mod hash;
 
-pub use hash::{bucket_of, client_hash, flow_hash, murmur3_words, slot_of, Selection};
+pub use hash::{
+    bucket_of, client_hash, flow_hash, murmur3_bytes, murmur3_words, slot_of, Selection,
+};
 
 /// Weights are in basis points: 0 = no canary, 10 000 = all new flows to the canary group.
 pub const BUCKETS: u32 = 10_000;

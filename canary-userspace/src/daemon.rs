@@ -11,18 +11,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 
-use crate::admin::{self, AdminState, OperatorCommand, OperatorReply, OperatorRequest};
-use crate::aya_dataplane::{AyaDataPlane, Opened, Options, XdpAttachMode};
-use crate::client::read_token;
-use crate::config::{self, Config, XdpMode};
-use crate::controller::{Controller, Observation, StateStore, Target, WarmUp};
+use crate::admin::{self, AdminState, OperatorRequest};
+use crate::api::{OperatorCommand, OperatorReply, Status};
+use crate::config::{self, read_token, Config};
+use crate::controller::Controller;
+use crate::dataplane::aya::{AyaDataPlane, Opened, Options, XdpAttachMode};
 use crate::dataplane::monotonic_ns;
+use crate::domain::XdpMode;
 use crate::metrics::Metrics;
-use crate::neighbour::KernelNeighbours;
-use crate::scrape::BackendClient;
-use crate::status::Status;
+use crate::observe::neighbour::KernelNeighbours;
+use crate::observe::probe::{observe, BackendClient};
+use crate::observe::WarmUp;
+use crate::rollout::StateStore;
 
 /// `canary run` options.
 #[derive(Clone, Debug)]
@@ -48,31 +49,6 @@ pub fn load_config(path: &std::path::Path) -> Result<Config> {
     let config = read_config(path)?;
     config::check_interface(&config.dataplane.interface)?;
     Ok(config)
-}
-
-/// Probes and scrapes every backend at once; each call is bounded by the client's timeout.
-async fn observe(client: &BackendClient, targets: Vec<Target>) -> Vec<Observation> {
-    let mut set = JoinSet::new();
-    for t in targets {
-        let client = client.clone();
-        set.spawn(async move {
-            let (health, metrics) =
-                tokio::join!(client.probe(&t.health_url), client.scrape(&t.metrics_url));
-            Observation {
-                service: t.service,
-                backend: t.backend,
-                health,
-                metrics,
-            }
-        });
-    }
-    let mut out = Vec::new();
-    while let Some(r) = set.join_next().await {
-        if let Ok(o) = r {
-            out.push(o);
-        }
-    }
-    out
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.

@@ -7,10 +7,12 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use canary_userspace::admin::OperatorCommand;
-use canary_userspace::client::{self, Endpoint};
-use canary_userspace::config;
+mod cli;
+
+use canary_userspace::api::OperatorCommand;
 use canary_userspace::daemon::{self, RunOptions};
+use cli::client::{self, Endpoint};
+use cli::render;
 
 #[derive(Parser)]
 #[command(
@@ -175,8 +177,8 @@ fn validate(path: &Path) -> Result<()> {
             s.name,
             s.protocol.as_str(),
             s.vip,
-            s.group(config::Group::Stable).count(),
-            s.group(config::Group::Canary).count(),
+            s.group(canary_userspace::domain::Group::Stable).count(),
+            s.group(canary_userspace::domain::Group::Canary).count(),
             s.rollout
                 .steps
                 .iter()
@@ -198,10 +200,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else if let Some(name) = &target.service {
                 let s = status.service(Some(name)).map_err(anyhow::Error::msg)?;
-                print!("{}", s.render());
+                print!("{}", render::service(s));
             } else {
                 for s in &status.services {
-                    print!("{}", s.render());
+                    print!("{}", render::service(s));
                 }
             }
             Ok(())
@@ -237,7 +239,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 (None, Some(dir)) => dir,
                 (None, None) => PathBuf::from("/sys/fs/bpf/canary"),
             };
-            let detached = canary_userspace::aya_dataplane::detach(&dir)
+            let detached = canary_userspace::dataplane::aya::detach(&dir)
                 .with_context(|| format!("cannot detach from {}", dir.display()))?;
             println!(
                 "detached: link {}, {} pinned maps removed from {}",

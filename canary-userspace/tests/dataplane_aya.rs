@@ -13,13 +13,13 @@ use std::time::Duration;
 use canary_common::{
     Counter, FlowEntry, GlobalConfig, ServiceControl, BACKEND_FLAG_UP, GROUP_STABLE,
 };
-use canary_userspace::aya_dataplane::{
+use canary_userspace::dataplane::aya::{
     self, AyaDataPlane, AyaError, Opened, Options, PassProgram, XdpAttachMode,
 };
 use canary_userspace::dataplane::{
-    flow_key, monotonic_ns, Affinity, BackendSpec, DataPlane, Group, MapWrite, Programmer,
-    Protocol, ServiceSpec,
+    flow_key, monotonic_ns, BackendSpec, DataPlane, MapWrite, Programmer, ServiceSpec,
 };
+use canary_userspace::domain::{Affinity, Group, Protocol};
 
 const LB_IF: &str = "cdp0";
 const PEER_IF: &str = "cdp1";
@@ -35,7 +35,7 @@ fn prerequisites() -> bool {
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let object = object_override().is_some() || aya_dataplane::embedded_object().is_some();
+    let object = object_override().is_some() || aya::embedded_object().is_some();
     let missing = match (root, object) {
         (true, true) => return true,
         (false, _) => "root",
@@ -161,7 +161,7 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = aya_dataplane::detach(&self.bpffs_mount().join("canary"));
+        let _ = aya::detach(&self.bpffs_mount().join("canary"));
         if let Ok(c) = std::ffi::CString::new(self.bpffs_mount().to_string_lossy().as_bytes()) {
             // SAFETY: valid path; a failed unmount (nothing mounted) is harmless.
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
@@ -297,11 +297,8 @@ fn attach_program_restart_from_pins_and_detach() {
             ),
             "{opened:?}"
         );
-        assert!(aya_dataplane::is_bpffs(&bpffs).unwrap(), "bpffs mounted");
-        for m in aya_dataplane::ALL_MAPS
-            .iter()
-            .chain([&aya_dataplane::LINK_PIN])
-        {
+        assert!(aya::is_bpffs(&bpffs).unwrap(), "bpffs mounted");
+        for m in aya::ALL_MAPS.iter().chain([&aya::LINK_PIN]) {
             assert!(bpffs.join(m).exists(), "pin {m} missing");
         }
         assert_eq!(dp.flow_table_capacity(), 4096);
@@ -324,7 +321,7 @@ fn attach_program_restart_from_pins_and_detach() {
             heartbeat_timeout_ns: 3_600_000_000_000,
             ..ServiceControl::default()
         };
-        dp.set_control(index, &control).unwrap();
+        dp.apply(&[MapWrite::Control { index, control }]).unwrap();
 
         // Read back what was written.
         let state = dp.written_state().unwrap();
@@ -448,9 +445,9 @@ fn attach_program_restart_from_pins_and_detach() {
     });
 
     // ---- detach: link and pins gone, program off the interface ----
-    let detached = aya_dataplane::detach(&bpffs).expect("detach");
+    let detached = aya::detach(&bpffs).expect("detach");
     assert!(detached.link);
-    assert_eq!(detached.maps.len(), aya_dataplane::ALL_MAPS.len());
+    assert_eq!(detached.maps.len(), aya::ALL_MAPS.len());
     assert!(!bpffs.exists(), "pin directory removed");
     let link = output(&["ip", "-n", &ns.0, "-d", "link", "show", LB_IF]);
     assert!(!link.contains("prog/xdp"), "XDP still attached: {link}");
@@ -460,7 +457,7 @@ fn attach_program_restart_from_pins_and_detach() {
 
 #[test]
 fn missing_object_is_a_clear_error() {
-    let err = aya_dataplane::object_bytes(Some(Path::new("/nonexistent/canary-ebpf"))).unwrap_err();
+    let err = aya::object_bytes(Some(Path::new("/nonexistent/canary-ebpf"))).unwrap_err();
     assert!(
         err.to_string().contains("/nonexistent/canary-ebpf"),
         "{err}"

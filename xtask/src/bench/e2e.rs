@@ -18,10 +18,9 @@ use serde::Serialize;
 
 use super::install;
 use super::labkit::{self, BpfStats, WrkResult};
-use super::measure::heading;
 use super::procstat;
 use super::proxies::{self, Upstream};
-use super::report::{bench_dir, table, Machine, Section};
+use super::report::{bench_dir, heading, table, Machine, Section};
 use super::stats::{median, verdict};
 
 const ROUNDS: usize = 5;

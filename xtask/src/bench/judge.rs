@@ -2,10 +2,8 @@
 
 use std::fmt::Write as _;
 
-use canary_userspace::rollout_sim::{simulate, Scenario, ScenarioReport, SimParams};
-
-use super::measure::heading;
-use super::report::{table, Machine, Section};
+use super::report::{heading, table, Machine, Section};
+use super::sim::{simulate, Scenario, ScenarioReport, SimParams};
 use super::stats::verdict;
 
 /// Rollouts per scenario.

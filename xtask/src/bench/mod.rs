@@ -32,6 +32,8 @@ mod rollout;
 #[cfg(feature = "bench")]
 mod scale;
 #[cfg(feature = "bench")]
+mod sim;
+#[cfg(feature = "bench")]
 mod stats;
 #[cfg(feature = "bench")]
 mod xdp;

@@ -128,6 +128,11 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// The heading and machine line every fragment starts with.
+pub fn heading(title: &str, machine: &Machine) -> String {
+    format!("### {title}\n\n{}\n\n", machine.line())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

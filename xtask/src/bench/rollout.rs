@@ -21,8 +21,7 @@ use canary_lab::loadgen::{LoadSpec, Report};
 use serde::Serialize;
 
 use super::labkit;
-use super::measure::heading;
-use super::report::{table, Machine, Section};
+use super::report::{heading, table, Machine, Section};
 use super::stats::{summary, verdict, Summary};
 
 const TRIALS: usize = 5;

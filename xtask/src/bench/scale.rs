@@ -16,9 +16,8 @@ use canary_tests::scenario::{Scenario, ServiceSpec};
 use canary_tests::xdp::{error_chain, pin_to_cpu, Dataplane, LoadOptions, XDP_TX};
 use serde::Serialize;
 
-use super::measure::heading;
 use super::procstat;
-use super::report::{table, Machine, Section};
+use super::report::{heading, table, Machine, Section};
 use super::stats::{summary, Summary};
 
 const TABLE_SIZES: [u32; 3] = [1 << 16, 1 << 20, 1 << 22];

@@ -3,8 +3,7 @@
 use anyhow::{anyhow, Result};
 use std::fmt::Write as _;
 
-use super::measure::heading;
-use super::report::{Machine, Section};
+use super::report::{heading, Machine, Section};
 use super::stats::verdict;
 use canary_tests::bench_xdp::{self, BenchOptions};
 

@@ -14,10 +14,11 @@ use rand_distr::{Binomial, Distribution, Poisson, StandardNormal};
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, Normal};
 
-use crate::config::{RolloutConfig, UpstreamConfig, Weight};
-use crate::judge::{FlowCounts, Reason};
-use crate::rollout::{DecisionAction, Event, Phase, Poll, Rollout};
-use crate::upstream::{Histogram, Series, Window};
+use canary_userspace::config::{RolloutConfig, UpstreamConfig};
+use canary_userspace::domain::Weight;
+use canary_userspace::judge::{FlowCounts, Reason};
+use canary_userspace::rollout::{DecisionAction, Event, Phase, Poll, Rollout};
+use canary_userspace::upstream::{Histogram, Series, Window};
 
 /// How the canary differs from stable.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -47,13 +48,6 @@ impl Scenario {
             s("latency +50ms", 0.0, 50.0, None),
             s("predictions 60/40 -> 80/20", 0.0, 0.0, Some(0.8)),
         ]
-    }
-
-    /// Whether the canary is identical to stable (a rollback is a false alarm).
-    pub fn is_identical(&self) -> bool {
-        self.error_increase == 0.0
-            && self.latency_increase_ms == 0.0
-            && self.canary_first_class_share.is_none()
     }
 }
 
@@ -393,14 +387,6 @@ pub fn simulate(
         seconds_to_promotion_p90: quantile(&mut to_promotion, 0.9),
         rollback_reasons: reasons,
     }
-}
-
-/// [`simulate`] for every [`Scenario::standard`] scenario.
-pub fn simulate_standard(params: &SimParams, rollouts: usize, seed: u64) -> Vec<ScenarioReport> {
-    Scenario::standard()
-        .iter()
-        .map(|s| simulate(s, params, rollouts, seed))
-        .collect()
 }
 
 #[cfg(test)]

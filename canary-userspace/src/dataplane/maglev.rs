@@ -8,38 +8,10 @@
 //! names: it does not depend on their order, on the process or on the machine, so balancer
 //! nodes with the same backends build the same table.
 
-use canary_common::{MAGLEV_TABLE_SIZE, NO_BACKEND};
+use canary_common::{murmur3_bytes, MAGLEV_TABLE_SIZE, NO_BACKEND};
 
 const OFFSET_SEED: u32 = 0x6d61_676c; // "magl"
 const SKIP_SEED: u32 = 0x6576_3031; // "ev01"
-
-/// `MurmurHash3` `x86_32` over bytes (the same function as `canary_common::murmur3_words`, with the
-/// tail handling needed for names of any length).
-pub fn murmur3_bytes(data: &[u8], seed: u32) -> u32 {
-    const C1: u32 = 0xcc9e_2d51;
-    const C2: u32 = 0x1b87_3593;
-    let mut h = seed;
-    let mut chunks = data.chunks_exact(4);
-    for chunk in &mut chunks {
-        let k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        h ^= k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
-        h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
-    }
-    let tail = chunks.remainder();
-    if !tail.is_empty() {
-        let mut k = 0u32;
-        for (i, b) in tail.iter().enumerate() {
-            k |= u32::from(*b) << (8 * i);
-        }
-        h ^= k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
-    }
-    h ^= data.len() as u32;
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^ (h >> 16)
-}
 
 /// Builds the lookup table (`MAGLEV_TABLE_SIZE` slots) for a group whose up backends have the
 /// given names. Each slot holds a position in `names`; an empty group gives a table of
@@ -109,15 +81,6 @@ mod tests {
 
     fn names(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("backend-{i}")).collect()
-    }
-
-    #[test]
-    fn murmur3_bytes_matches_reference_vectors() {
-        assert_eq!(murmur3_bytes(b"", 0), 0);
-        assert_eq!(murmur3_bytes(b"", 1), 0x514e_28b7);
-        assert_eq!(murmur3_bytes(b"test", 0), 0xba6b_d213);
-        assert_eq!(murmur3_bytes(b"Hello, world!", 0x9747_b28c), 0x2488_4cba);
-        assert_eq!(murmur3_bytes(b"abc", 0), 0xb3dd_93fa);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{ProgramError, Xdp, XdpMode};
-use aya::{Ebpf, EbpfLoader};
+use aya::EbpfLoader;
 use canary_common::{
     maps, Backend, BackendStats, FlowEntry, FlowKey, GlobalConfig, ServiceControl, ServiceEntry,
     ServiceKey, ServiceStats, VipKey, COUNTERS, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
@@ -21,8 +21,14 @@ use canary_common::{
 
 use crate::dataplane::{Counters, DataPlane, DataPlaneError, MapWrite, WrittenState};
 
-/// Where `cargo xtask build-ebpf --release` puts the object (relative to the workspace).
-pub const OBJECT_BUILD_PATH: &str = "canary-ebpf/target/bpfel-unknown-none/release/canary-ebpf";
+mod object;
+mod pass;
+mod pins;
+
+pub use object::{embedded_object, object_bytes, OBJECT_BUILD_PATH};
+pub use pass::PassProgram;
+use pins::pinned_link_ifindex;
+pub use pins::{detach, ensure_bpffs, is_bpffs, mount_bpffs, Detached};
 
 /// Name of the pinned XDP link in the bpffs directory.
 pub const LINK_PIN: &str = "link";
@@ -40,34 +46,6 @@ pub const ALL_MAPS: [&str; 10] = [
     maps::BACKEND_STATS,
     maps::SERVICE_STATS,
 ];
-
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
-/// The eBPF object embedded at build time, if it had been built then.
-pub fn embedded_object() -> Option<&'static [u8]> {
-    #[cfg(canary_embedded_object)]
-    {
-        static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("CANARY_EBPF_OBJECT"));
-        Some(OBJECT)
-    }
-    #[cfg(not(canary_embedded_object))]
-    {
-        None
-    }
-}
-
-/// The object to load: the file given with `--bpf-object`, else the embedded one.
-pub fn object_bytes(override_path: Option<&Path>) -> Result<Vec<u8>, AyaError> {
-    match override_path {
-        Some(path) => std::fs::read(path).map_err(|source| AyaError::ReadObject {
-            path: path.to_owned(),
-            source,
-        }),
-        None => embedded_object()
-            .map(<[u8]>::to_vec)
-            .ok_or(AyaError::NoObject),
-    }
-}
 
 /// `dataplane.xdp_mode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -198,122 +176,11 @@ pub enum AyaError {
     DataPlane(#[from] DataPlaneError),
 }
 
-/// Makes sure `dir` exists on a bpffs: when its parent is not a bpffs, one is mounted there.
-pub fn ensure_bpffs(dir: &Path) -> Result<(), AyaError> {
-    let err = |source| AyaError::Bpffs {
-        path: dir.to_owned(),
-        source,
-    };
-    if dir.is_dir() && is_bpffs(dir).map_err(err)? {
-        return Ok(());
-    }
-    let parent = dir
-        .parent()
-        .ok_or_else(|| err(io::Error::other("the pin directory needs a parent")))?;
-    std::fs::create_dir_all(parent).map_err(err)?;
-    if !is_bpffs(parent).map_err(err)? {
-        mount_bpffs(parent).map_err(err)?;
-    }
-    match std::fs::create_dir(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(err(e)),
-    }
-}
-
-fn c_path(path: &Path) -> io::Result<CString> {
-    use std::os::unix::ffi::OsStrExt as _;
-    CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)
-}
-
-/// Whether `path` is on a bpffs.
-pub fn is_bpffs(path: &Path) -> io::Result<bool> {
-    let c = c_path(path)?;
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statfs.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statfs(c.as_ptr(), &raw mut st) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    #[allow(
-        clippy::unnecessary_cast,
-        reason = "f_type's integer type differs between libc targets"
-    )]
-    Ok(st.f_type as i64 == BPF_FS_MAGIC)
-}
-
-/// `mount -t bpf bpf <path>`.
-pub fn mount_bpffs(path: &Path) -> io::Result<()> {
-    let target = c_path(path)?;
-    let fstype = c"bpf";
-    // SAFETY: all pointers are valid NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 fn interface_index(interface: &str) -> Option<u32> {
     let c = CString::new(interface).ok()?;
     // SAFETY: `c` is a valid NUL-terminated string.
     let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
     (index != 0).then_some(index)
-}
-
-/// `BPF_OBJ_GET` of a pin, for reading the link's `fdinfo` (aya does not expose the fd).
-fn bpf_obj_get(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd as _;
-    #[repr(C)]
-    struct ObjAttr {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-        path_fd: i32,
-    }
-    const BPF_OBJ_GET: libc::c_long = 7;
-    let c = c_path(path)?;
-    let attr = ObjAttr {
-        pathname: c.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
-        path_fd: 0,
-    };
-    // SAFETY: `attr` is a valid bpf_attr prefix for BPF_OBJ_GET that outlives the call, and
-    // `c` outlives it too.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &raw const attr,
-            std::mem::size_of::<ObjAttr>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a new file descriptor that nothing else owns.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Interface index a pinned XDP link is attached to (0 when its interface is gone).
-fn pinned_link_ifindex(path: &Path) -> io::Result<u32> {
-    use std::os::fd::AsRawFd as _;
-    let fd = bpf_obj_get(path)?;
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("ifindex:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| io::Error::other("pinned link is not an XDP link (no ifindex in fdinfo)"))
 }
 
 fn map_err(map: &'static str, operation: &'static str, e: MapError) -> DataPlaneError {
@@ -431,23 +298,7 @@ impl AyaDataPlane {
             path: link_path.clone(),
             message: e.to_string(),
         })?;
-        let flows = open(maps::FLOWS)?;
-        let flow_table_capacity = capacity(maps::FLOWS, &flows)?;
-        Ok(AyaDataPlane {
-            config: typed(maps::CONFIG, open(maps::CONFIG)?)?,
-            services: typed(maps::SERVICES, open(maps::SERVICES)?)?,
-            vips: typed(maps::VIPS, open(maps::VIPS)?)?,
-            control: typed(maps::CONTROL, open(maps::CONTROL)?)?,
-            backends: typed(maps::BACKENDS, open(maps::BACKENDS)?)?,
-            maglev: typed(maps::MAGLEV, open(maps::MAGLEV)?)?,
-            flows: typed(maps::FLOWS, flows)?,
-            counters: typed(maps::COUNTERS, open(maps::COUNTERS)?)?,
-            backend_stats: typed(maps::BACKEND_STATS, open(maps::BACKEND_STATS)?)?,
-            service_stats: typed(maps::SERVICE_STATS, open(maps::SERVICE_STATS)?)?,
-            flow_table_capacity,
-            bpffs: bpffs.to_owned(),
-            _link: link,
-        })
+        Self::from_maps(open, bpffs, link)
     }
 
     fn load_and_attach(options: &Options) -> Result<(AyaDataPlane, Opened), AyaError> {
@@ -488,7 +339,7 @@ impl AyaDataPlane {
             path: link_path,
             source,
         })?;
-        let mut take = |name: &'static str| {
+        let take = |name: &'static str| {
             ebpf.take_map(name).ok_or(AyaError::MapType {
                 map: name,
                 source: MapError::InvalidName {
@@ -496,24 +347,34 @@ impl AyaDataPlane {
                 },
             })
         };
-        let flows = take(maps::FLOWS)?;
-        let flow_table_capacity = capacity(maps::FLOWS, &flows)?;
-        let dp = AyaDataPlane {
-            config: typed(maps::CONFIG, take(maps::CONFIG)?)?,
-            services: typed(maps::SERVICES, take(maps::SERVICES)?)?,
-            vips: typed(maps::VIPS, take(maps::VIPS)?)?,
-            control: typed(maps::CONTROL, take(maps::CONTROL)?)?,
-            backends: typed(maps::BACKENDS, take(maps::BACKENDS)?)?,
-            maglev: typed(maps::MAGLEV, take(maps::MAGLEV)?)?,
-            flows: typed(maps::FLOWS, flows)?,
-            counters: typed(maps::COUNTERS, take(maps::COUNTERS)?)?,
-            backend_stats: typed(maps::BACKEND_STATS, take(maps::BACKEND_STATS)?)?,
-            service_stats: typed(maps::SERVICE_STATS, take(maps::SERVICE_STATS)?)?,
-            flow_table_capacity,
-            bpffs: bpffs.clone(),
-            _link: link,
-        };
+        let dp = Self::from_maps(take, bpffs, link)?;
         Ok((dp, Opened::Attached { mode, maps_reused }))
+    }
+
+    /// The one place that turns the program's maps into typed handles, whether they come from
+    /// the pins (`open`) or from a fresh load (`take`).
+    fn from_maps(
+        mut map: impl FnMut(&'static str) -> Result<Map, AyaError>,
+        bpffs: &Path,
+        link: PinnedLink,
+    ) -> Result<AyaDataPlane, AyaError> {
+        let flows = map(maps::FLOWS)?;
+        let flow_table_capacity = capacity(maps::FLOWS, &flows)?;
+        Ok(AyaDataPlane {
+            config: typed(maps::CONFIG, map(maps::CONFIG)?)?,
+            services: typed(maps::SERVICES, map(maps::SERVICES)?)?,
+            vips: typed(maps::VIPS, map(maps::VIPS)?)?,
+            control: typed(maps::CONTROL, map(maps::CONTROL)?)?,
+            backends: typed(maps::BACKENDS, map(maps::BACKENDS)?)?,
+            maglev: typed(maps::MAGLEV, map(maps::MAGLEV)?)?,
+            flows: typed(maps::FLOWS, flows)?,
+            counters: typed(maps::COUNTERS, map(maps::COUNTERS)?)?,
+            backend_stats: typed(maps::BACKEND_STATS, map(maps::BACKEND_STATS)?)?,
+            service_stats: typed(maps::SERVICE_STATS, map(maps::SERVICE_STATS)?)?,
+            flow_table_capacity,
+            bpffs: bpffs.to_owned(),
+            _link: link,
+        })
     }
 
     /// Entries of the flow table in the kernel (a pinned table keeps the size it was created
@@ -572,7 +433,7 @@ impl AyaDataPlane {
     }
 }
 
-fn attach(
+pub(super) fn attach(
     program: &mut Xdp,
     interface: &str,
     mode: XdpAttachMode,
@@ -638,7 +499,10 @@ impl DataPlane for AyaDataPlane {
                             .map_err(|e| map_err(maps::MAGLEV, "update", e))?;
                     }
                 }
-                MapWrite::Control { index, control } => self.set_control(*index, control)?,
+                MapWrite::Control { index, control } => self
+                    .control
+                    .set(*index, control, 0)
+                    .map_err(|e| map_err(maps::CONTROL, "update", e))?,
                 MapWrite::ServiceInsert { key, entry } => self
                     .services
                     .insert(key, entry, 0)
@@ -660,16 +524,6 @@ impl DataPlane for AyaDataPlane {
             }
         }
         Ok(())
-    }
-
-    fn set_control(
-        &mut self,
-        service_index: u32,
-        control: &ServiceControl,
-    ) -> Result<(), DataPlaneError> {
-        self.control
-            .set(service_index, control, 0)
-            .map_err(|e| map_err(maps::CONTROL, "update", e))
     }
 
     fn control(&self, service_index: u32) -> Result<ServiceControl, DataPlaneError> {
@@ -750,94 +604,5 @@ impl DataPlane for AyaDataPlane {
             vips,
             backends,
         })
-    }
-}
-
-/// What [`detach`] removed.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Detached {
-    pub link: bool,
-    pub maps: Vec<&'static str>,
-}
-
-/// Removes the pinned link (the program detaches once no process holds it) and the map pins
-/// (the maps, flow table included, are freed), then the pin directory if empty. Nothing pinned:
-/// nothing to do.
-pub fn detach(bpffs: &Path) -> Result<Detached, AyaError> {
-    let mut done = Detached::default();
-    let remove = |path: PathBuf| -> Result<bool, AyaError> {
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(source) => Err(AyaError::Unpin { path, source }),
-        }
-    };
-    done.link = remove(bpffs.join(LINK_PIN))?;
-    for m in ALL_MAPS {
-        if remove(bpffs.join(m))? {
-            done.maps.push(m);
-        }
-    }
-    // Not empty (someone else's pins) or absent: leave it.
-    let _ = std::fs::remove_dir(bpffs);
-    Ok(done)
-}
-
-/// `canary_pass` attached to an interface (the peer of a veth that receives `XDP_TX` frames
-/// needs a native XDP program). Detached when dropped unless pinned with [`PassProgram::pin`].
-#[derive(Debug)]
-pub struct PassProgram {
-    ebpf: Ebpf,
-    link: Option<aya::programs::xdp::XdpLinkId>,
-    pub mode: AttachedMode,
-}
-
-impl PassProgram {
-    /// Loads `canary_pass` from the object (`--bpf-object` file or embedded) and attaches it.
-    pub fn attach(
-        object: Option<&Path>,
-        interface: &str,
-        mode: XdpAttachMode,
-    ) -> Result<PassProgram, AyaError> {
-        let bytes = object_bytes(object)?;
-        let mut ebpf = Ebpf::load(&bytes).map_err(|e| AyaError::Load(Box::new(e)))?;
-        let program: &mut Xdp = ebpf
-            .program_mut(maps::PASS_PROGRAM)
-            .ok_or(AyaError::ProgramMissing(maps::PASS_PROGRAM))?
-            .try_into()
-            .map_err(|_| AyaError::ProgramMissing(maps::PASS_PROGRAM))?;
-        program.load().map_err(|source| AyaError::ProgramLoad {
-            program: maps::PASS_PROGRAM,
-            source,
-        })?;
-        let (id, mode) = attach(program, interface, mode)?;
-        Ok(PassProgram {
-            ebpf,
-            link: Some(id),
-            mode,
-        })
-    }
-
-    /// Pins the attachment at `path` (on a bpffs) so it outlives this process; remove the file
-    /// to detach.
-    pub fn pin(mut self, path: &Path) -> Result<(), AyaError> {
-        let program: &mut Xdp = self
-            .ebpf
-            .program_mut(maps::PASS_PROGRAM)
-            .ok_or(AyaError::ProgramMissing(maps::PASS_PROGRAM))?
-            .try_into()
-            .map_err(|_| AyaError::ProgramMissing(maps::PASS_PROGRAM))?;
-        let id = self.link.take().ok_or(AyaError::NoLink)?;
-        let link = program.take_link(id).map_err(|source| AyaError::Attach {
-            interface: String::new(),
-            mode: "any",
-            source,
-        })?;
-        let link: FdLink = link.try_into().map_err(|_| AyaError::NoLink)?;
-        link.pin(path).map_err(|source| AyaError::Pin {
-            path: path.to_owned(),
-            source,
-        })?;
-        Ok(())
     }
 }

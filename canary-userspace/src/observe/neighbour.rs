@@ -7,6 +7,8 @@
 use std::net::IpAddr;
 use std::process::Command;
 
+use crate::domain::parse_mac;
+
 /// Where MACs come from (the real table, or a fixed map in tests).
 pub trait Neighbours {
     fn mac(&self, ip: IpAddr) -> Option<[u8; 6]>;
@@ -45,16 +47,6 @@ pub fn parse_neigh(text: &str) -> Option<[u8; 6]> {
     None
 }
 
-/// `aa:bb:cc:dd:ee:ff` to bytes.
-pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut mac {
-        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
 /// A fixed table (tests, and backends whose MAC is configured).
 impl Neighbours for std::collections::BTreeMap<IpAddr, [u8; 6]> {
     fn mac(&self, ip: IpAddr) -> Option<[u8; 6]> {
@@ -82,13 +74,5 @@ mod tests {
             None
         );
         assert_eq!(parse_neigh(""), None);
-    }
-
-    #[test]
-    fn mac_syntax() {
-        assert_eq!(parse_mac("ff:00:01:02:03:04"), Some([0xff, 0, 1, 2, 3, 4]));
-        assert_eq!(parse_mac("ff:00:01:02:03"), None);
-        assert_eq!(parse_mac("ff:00:01:02:03:04:05"), None);
-        assert_eq!(parse_mac("zz:00:01:02:03:04"), None);
     }
 }

@@ -3,6 +3,10 @@
 
 use std::time::{Duration, Instant};
 
+use tokio::task::JoinSet;
+
+use super::{Observation, Target};
+
 /// Result of one health probe.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Probe {
@@ -67,4 +71,29 @@ fn describe(e: &reqwest::Error) -> String {
     } else {
         e.to_string()
     }
+}
+
+/// Probes and scrapes every backend at once; each call is bounded by the client's timeout.
+pub async fn observe(client: &BackendClient, targets: Vec<Target>) -> Vec<Observation> {
+    let mut set = JoinSet::new();
+    for t in targets {
+        let client = client.clone();
+        set.spawn(async move {
+            let (health, metrics) =
+                tokio::join!(client.probe(&t.health_url), client.scrape(&t.metrics_url));
+            Observation {
+                service: t.service,
+                backend: t.backend,
+                health,
+                metrics,
+            }
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(r) = set.join_next().await {
+        if let Ok(o) = r {
+            out.push(o);
+        }
+    }
+    out
 }

@@ -1,0 +1,336 @@
+//! The TOML configuration: parsing, defaults and validation.
+//!
+//! Parsing happens in three passes so that one run reports every mistake at once:
+//! 1. TOML syntax (one error: the file cannot be read further);
+//! 2. a walk over the tables that reports every unknown key with its path (and a likely
+//!    intended key), then removes it;
+//! 3. typed deserialisation (`deny_unknown_fields`, key path on a type error) followed by
+//!    validation, which checks every value and collects all problems.
+//!
+//! Nothing is half-applied: a caller gets a complete [`Config`] or a [`ConfigError`].
+//!
+//! This module holds the validated types and loading; [`raw`] the file as written (and the
+//! unknown-key pass), `validate` the checks, one function per section.
+
+pub mod raw;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use std::ffi::CString;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{
+    Affinity, Group, MissingPolicy, Protocol, RollbackMode, StartMode, Weight, XdpMode,
+};
+
+/// One mistake in a config file: the key path (`services[0].backends[1].address`) and what is
+/// wrong with it, including how to fix it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}: {source}; check the path and its permissions", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The text is not valid TOML (the message carries line and column).
+    #[error("config is not valid TOML: {0}")]
+    Syntax(String),
+    /// Valid TOML, but keys or values are wrong: every problem found, one per line.
+    #[error("{}", render_problems(problems))]
+    Invalid { problems: Vec<Problem> },
+    /// `dataplane.interface` names no interface in this network namespace.
+    #[error("dataplane.interface: no network interface named `{name}` in this network namespace; use one listed by `ip link`")]
+    NoInterface { name: String },
+}
+
+impl ConfigError {
+    /// The individual problems (empty for read, syntax and interface errors).
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Invalid { problems } => problems,
+            _ => &[],
+        }
+    }
+}
+
+fn render_problems(problems: &[Problem]) -> String {
+    let mut out = format!(
+        "config has {} problem{}:",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    for p in problems {
+        out.push_str("\n  ");
+        out.push_str(&p.to_string());
+    }
+    out
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Config {
+    pub dataplane: DataplaneConfig,
+    pub admin: AdminConfig,
+    pub services: Vec<ServiceConfig>,
+}
+
+/// `[dataplane]`
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DataplaneConfig {
+    pub interface: String,
+    pub xdp_mode: XdpMode,
+    pub flow_table_size: u32,
+    pub heartbeat_timeout: Duration,
+    pub state_dir: PathBuf,
+    pub bpffs: PathBuf,
+    /// Seed of the flow hash; nodes that share traffic must share it.
+    pub hash_seed: u32,
+}
+
+/// Default `dataplane.hash_seed`.
+pub const DEFAULT_HASH_SEED: u32 = 0x6361_6e61;
+
+/// `[admin]`
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// `None` when `token_file = ""` (allowed only on a loopback `listen`).
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[[services]]`
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub vip: SocketAddr,
+    pub protocol: Protocol,
+    pub affinity: Affinity,
+    pub backends: Vec<BackendConfig>,
+    pub rollout: RolloutConfig,
+    pub upstream: UpstreamConfig,
+}
+
+impl ServiceConfig {
+    /// Backends of one group, in config order.
+    pub fn group(&self, group: Group) -> impl Iterator<Item = &BackendConfig> {
+        self.backends.iter().filter(move |b| b.group == group)
+    }
+
+    /// A stable identity of the canary group (sorted `name@address`), used to notice that a
+    /// reload changed the canary version and a new rollout must start.
+    pub fn canary_fingerprint(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .group(Group::Canary)
+            .map(|b| format!("{}@{}", b.name, b.address))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// `[[services.backends]]`
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BackendConfig {
+    pub name: String,
+    pub group: Group,
+    pub address: IpAddr,
+    /// `None`: resolve from the neighbour table.
+    pub mac: Option<[u8; 6]>,
+    pub health_url: String,
+    pub metrics_url: String,
+}
+
+/// `[services.rollout]`
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RolloutConfig {
+    /// Strictly increasing, ending at 100 %.
+    pub steps: Vec<Weight>,
+    pub interval: Duration,
+    pub poll_interval: Duration,
+    pub min_samples: u64,
+    pub warmup_requests: u32,
+    /// `None`: use each canary backend's `health_url`.
+    pub warmup_url: Option<String>,
+    pub rollback: RollbackMode,
+    pub start: StartMode,
+    pub metrics_missing: MissingPolicy,
+    pub metrics_missing_intervals: u32,
+    pub thresholds: Thresholds,
+}
+
+/// `[services.rollout.thresholds]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Thresholds {
+    /// Absolute, canary minus stable, as a fraction (0.02 = 2 percentage points).
+    pub max_error_rate_increase: f64,
+    /// On mean and on p95, canary minus stable.
+    pub max_latency_increase_ms: f64,
+    /// Canary error rate over one poll that rolls back at once.
+    pub error_spike: f64,
+    /// Total variation distance between the groups' class distributions.
+    pub max_prediction_shift: f64,
+    /// 1 - the false-alarm rate of a whole rollout.
+    pub confidence: f64,
+}
+
+/// `[services.upstream]`: series names in the backends' Prometheus exposition. An empty
+/// `latency` or `predictions` turns that signal off.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamConfig {
+    pub requests: String,
+    pub errors: String,
+    pub latency: String,
+    pub predictions: String,
+    pub prediction_label: String,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            max_error_rate_increase: 0.02,
+            max_latency_increase_ms: 50.0,
+            error_spike: 0.10,
+            max_prediction_shift: 0.10,
+            confidence: 0.99,
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            requests: "requests_total".into(),
+            errors: "request_errors_total".into(),
+            latency: "request_duration_seconds".into(),
+            predictions: "predictions_total".into(),
+            prediction_label: "class".into(),
+        }
+    }
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        RolloutConfig {
+            steps: [10, 25, 50, 75, 100]
+                .iter()
+                .map(|p| Weight::from_basis_points(p * 100))
+                .collect(),
+            interval: Duration::from_secs(15),
+            poll_interval: Duration::from_secs(1),
+            min_samples: 1000,
+            warmup_requests: 20,
+            warmup_url: None,
+            rollback: RollbackMode::Drain,
+            start: StartMode::Auto,
+            metrics_missing: MissingPolicy::Hold,
+            metrics_missing_intervals: 3,
+            thresholds: Thresholds::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file (no OS checks; see [`check_interface`]).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml_str(&text)
+    }
+
+    /// Parses and validates config text.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text)
+            .map_err(|e| ConfigError::Syntax(e.to_string().trim().to_string()))?;
+        let mut problems = Vec::new();
+        raw::strip_all_unknown(&mut table, &mut problems);
+        let raw: raw::RawConfig = match serde_path_to_error::deserialize(toml::Value::Table(table))
+        {
+            Ok(raw) => raw,
+            Err(e) => {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let message = inner.message().trim().to_string();
+                // A missing required key is reported at the enclosing table.
+                let key = if path == "." { String::new() } else { path };
+                problems.push(Problem {
+                    key: if key.is_empty() {
+                        "(top level)".into()
+                    } else {
+                        key
+                    },
+                    message: format!(
+                        "{message}; see the README's configuration section for the expected type"
+                    ),
+                });
+                return Err(ConfigError::Invalid { problems });
+            }
+        };
+        match validate::validate(&raw) {
+            Ok(config) if problems.is_empty() => Ok(config),
+            Ok(_) => Err(ConfigError::Invalid { problems }),
+            Err(more) => {
+                problems.extend(more);
+                Err(ConfigError::Invalid { problems })
+            }
+        }
+    }
+
+    /// The service called `name`.
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+/// Read a token file: its content, trimmed; empty is an error.
+pub fn read_token(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read token file {}", path.display()))?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        bail!(
+            "token file {} is empty; put the admin token in it",
+            path.display()
+        );
+    }
+    Ok(token)
+}
+
+/// Resolves `dataplane.interface` in the current network namespace, returning its ifindex.
+pub fn check_interface(name: &str) -> Result<u32, ConfigError> {
+    let not_found = || ConfigError::NoInterface {
+        name: name.to_string(),
+    };
+    let c_name = CString::new(name).map_err(|_| not_found())?;
+    // SAFETY: `c_name` is a valid NUL-terminated string that outlives the call;
+    // if_nametoindex only reads it.
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    if index == 0 {
+        Err(not_found())
+    } else {
+        Ok(index)
+    }
+}

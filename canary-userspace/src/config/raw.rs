@@ -1,0 +1,329 @@
+//! The config file as written. Values that can be wrong in content rather than type are
+//! strings here and parsed by validation, so that all of them are reported together. The same
+//! structs serialise a config file (the lab writes the daemon's config with them).
+
+use serde::{Deserialize, Serialize};
+
+use super::{Problem, Thresholds, UpstreamConfig, DEFAULT_HASH_SEED};
+
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub dataplane: RawDataplane,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub services: Vec<RawService>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDataplane {
+    pub interface: String,
+    pub xdp_mode: String,
+    pub flow_table_size: u64,
+    pub heartbeat_timeout: String,
+    pub state_dir: String,
+    pub bpffs: String,
+    pub hash_seed: u32,
+}
+
+impl Default for RawDataplane {
+    fn default() -> Self {
+        RawDataplane {
+            interface: "eth0".into(),
+            xdp_mode: "auto".into(),
+            flow_table_size: u64::from(canary_common::DEFAULT_FLOW_TABLE_SIZE),
+            heartbeat_timeout: "30s".into(),
+            state_dir: "/var/lib/canary".into(),
+            bpffs: "/sys/fs/bpf/canary".into(),
+            hash_seed: DEFAULT_HASH_SEED,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    pub listen: String,
+    pub token_file: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            listen: "127.0.0.1:9100".into(),
+            token_file: String::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub name: String,
+    pub vip: String,
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    #[serde(default = "default_affinity")]
+    pub affinity: String,
+    #[serde(default)]
+    pub backends: Vec<RawBackend>,
+    #[serde(default)]
+    pub rollout: RawRollout,
+    #[serde(default)]
+    pub upstream: RawUpstream,
+}
+
+fn default_protocol() -> String {
+    "tcp".into()
+}
+
+fn default_affinity() -> String {
+    "flow".into()
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub name: String,
+    pub group: String,
+    pub address: String,
+    #[serde(default)]
+    pub mac: String,
+    #[serde(default)]
+    pub health_url: String,
+    #[serde(default)]
+    pub metrics_url: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRollout {
+    pub steps: Vec<f64>,
+    pub interval: String,
+    pub poll_interval: String,
+    pub min_samples: u64,
+    pub warmup_requests: u32,
+    pub warmup_url: String,
+    pub rollback: String,
+    pub start: String,
+    pub metrics_missing: String,
+    pub metrics_missing_intervals: u32,
+    pub thresholds: RawThresholds,
+}
+
+impl Default for RawRollout {
+    fn default() -> Self {
+        RawRollout {
+            steps: vec![10.0, 25.0, 50.0, 75.0, 100.0],
+            interval: "15s".into(),
+            poll_interval: "1s".into(),
+            min_samples: 1000,
+            warmup_requests: 20,
+            warmup_url: String::new(),
+            rollback: "drain".into(),
+            start: "auto".into(),
+            metrics_missing: "hold".into(),
+            metrics_missing_intervals: 3,
+            thresholds: RawThresholds::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawThresholds {
+    pub max_error_rate_increase: f64,
+    pub max_latency_increase_ms: f64,
+    pub error_spike: f64,
+    pub max_prediction_shift: f64,
+    pub confidence: f64,
+}
+
+impl Default for RawThresholds {
+    fn default() -> Self {
+        let t = Thresholds::default();
+        RawThresholds {
+            max_error_rate_increase: t.max_error_rate_increase,
+            max_latency_increase_ms: t.max_latency_increase_ms,
+            error_spike: t.error_spike,
+            max_prediction_shift: t.max_prediction_shift,
+            confidence: t.confidence,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpstream {
+    pub requests: String,
+    pub errors: String,
+    pub latency: String,
+    pub predictions: String,
+    pub prediction_label: String,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        let u = UpstreamConfig::default();
+        RawUpstream {
+            requests: u.requests,
+            errors: u.errors,
+            latency: u.latency,
+            predictions: u.predictions,
+            prediction_label: u.prediction_label,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Known keys per table, for the unknown-key pass. Kept next to the raw structs; the test
+// `every_documented_key_is_accepted` fails if the two drift apart.
+
+pub(super) const ROOT_KEYS: &[&str] = &["dataplane", "admin", "services"];
+pub(super) const DATAPLANE_KEYS: &[&str] = &[
+    "interface",
+    "xdp_mode",
+    "flow_table_size",
+    "heartbeat_timeout",
+    "state_dir",
+    "bpffs",
+    "hash_seed",
+];
+pub(super) const ADMIN_KEYS: &[&str] = &["listen", "token_file"];
+pub(super) const SERVICE_KEYS: &[&str] = &[
+    "name", "vip", "protocol", "affinity", "backends", "rollout", "upstream",
+];
+pub(super) const BACKEND_KEYS: &[&str] = &[
+    "name",
+    "group",
+    "address",
+    "mac",
+    "health_url",
+    "metrics_url",
+];
+pub(super) const ROLLOUT_KEYS: &[&str] = &[
+    "steps",
+    "interval",
+    "poll_interval",
+    "min_samples",
+    "warmup_requests",
+    "warmup_url",
+    "rollback",
+    "start",
+    "metrics_missing",
+    "metrics_missing_intervals",
+    "thresholds",
+];
+pub(super) const THRESHOLD_KEYS: &[&str] = &[
+    "max_error_rate_increase",
+    "max_latency_increase_ms",
+    "error_spike",
+    "max_prediction_shift",
+    "confidence",
+];
+pub(super) const UPSTREAM_KEYS: &[&str] = &[
+    "requests",
+    "errors",
+    "latency",
+    "predictions",
+    "prediction_label",
+];
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Removes keys not in `known` from `table`, recording a problem for each.
+fn strip_unknown(table: &mut toml::Table, known: &[&str], path: &str, problems: &mut Vec<Problem>) {
+    let unknown: Vec<String> = table
+        .keys()
+        .filter(|k| !known.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    for key in unknown {
+        table.remove(&key);
+        let best = known
+            .iter()
+            .map(|k| (edit_distance(&key, k), *k))
+            .min()
+            .filter(|(d, _)| *d <= 3);
+        let hint = match best {
+            Some((_, k)) => format!("; did you mean `{k}`?"),
+            None => format!("; remove it (known keys here: {})", known.join(", ")),
+        };
+        problems.push(Problem {
+            key: join_key(path, &key),
+            message: format!("unknown key{hint}"),
+        });
+    }
+}
+
+fn join_key(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn sub_table<'a>(table: &'a mut toml::Table, key: &str) -> Option<&'a mut toml::Table> {
+    table.get_mut(key).and_then(toml::Value::as_table_mut)
+}
+
+pub(super) fn strip_all_unknown(root: &mut toml::Table, problems: &mut Vec<Problem>) {
+    strip_unknown(root, ROOT_KEYS, "", problems);
+    if let Some(t) = sub_table(root, "dataplane") {
+        strip_unknown(t, DATAPLANE_KEYS, "dataplane", problems);
+    }
+    if let Some(t) = sub_table(root, "admin") {
+        strip_unknown(t, ADMIN_KEYS, "admin", problems);
+    }
+    let Some(services) = root.get_mut("services").and_then(toml::Value::as_array_mut) else {
+        return;
+    };
+    for (i, service) in services.iter_mut().enumerate() {
+        let Some(service) = service.as_table_mut() else {
+            continue;
+        };
+        let path = format!("services[{i}]");
+        strip_unknown(service, SERVICE_KEYS, &path, problems);
+        if let Some(backends) = service
+            .get_mut("backends")
+            .and_then(toml::Value::as_array_mut)
+        {
+            for (j, backend) in backends.iter_mut().enumerate() {
+                if let Some(backend) = backend.as_table_mut() {
+                    strip_unknown(
+                        backend,
+                        BACKEND_KEYS,
+                        &format!("{path}.backends[{j}]"),
+                        problems,
+                    );
+                }
+            }
+        }
+        if let Some(rollout) = sub_table(service, "rollout") {
+            let rpath = format!("{path}.rollout");
+            strip_unknown(rollout, ROLLOUT_KEYS, &rpath, problems);
+            if let Some(t) = sub_table(rollout, "thresholds") {
+                strip_unknown(t, THRESHOLD_KEYS, &format!("{rpath}.thresholds"), problems);
+            }
+        }
+        if let Some(t) = sub_table(service, "upstream") {
+            strip_unknown(t, UPSTREAM_KEYS, &format!("{path}.upstream"), problems);
+        }
+    }
+}

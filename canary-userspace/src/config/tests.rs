@@ -1,0 +1,436 @@
+//! The config file: parsing, defaults and every validation message.
+
+use super::raw::*;
+use super::*;
+
+/// The example of the documentation, every key set.
+pub(crate) const FULL: &str = r#"
+[dataplane]
+interface = "eth0"
+xdp_mode = "auto"
+flow_table_size = 1048576
+heartbeat_timeout = "30s"
+state_dir = "/var/lib/canary"
+bpffs = "/sys/fs/bpf/canary"
+hash_seed = 1667329633
+
+[admin]
+listen = "127.0.0.1:9100"
+token_file = ""
+
+[[services]]
+name = "sentiment"
+vip = "198.18.0.100:8080"
+protocol = "tcp"
+affinity = "flow"
+
+  [[services.backends]]
+  name = "v1-a"
+  group = "stable"
+  address = "198.18.0.11"
+  mac = ""
+  health_url = "http://198.18.0.11:8080/healthz"
+  metrics_url = "http://198.18.0.11:8080/metrics"
+
+  [[services.backends]]
+  name = "v2-a"
+  group = "canary"
+  address = "198.18.0.21"
+  mac = "02:00:c6:12:00:15"
+
+  [services.rollout]
+  steps = [10, 25, 50, 75, 100]
+  interval = "15s"
+  poll_interval = "1s"
+  min_samples = 1000
+  warmup_requests = 20
+  warmup_url = ""
+  rollback = "drain"
+  start = "auto"
+  metrics_missing = "hold"
+  metrics_missing_intervals = 3
+
+  [services.rollout.thresholds]
+  max_error_rate_increase = 0.02
+  max_latency_increase_ms = 50
+  error_spike = 0.10
+  max_prediction_shift = 0.10
+  confidence = 0.99
+
+  [services.upstream]
+  requests = "requests_total"
+  errors = "request_errors_total"
+  latency = "request_duration_seconds"
+  predictions = "predictions_total"
+  prediction_label = "class"
+"#;
+
+const MINIMAL: &str = r#"
+[[services]]
+name = "s"
+vip = "198.18.0.100:8080"
+  [[services.backends]]
+  name = "a"
+  group = "stable"
+  address = "198.18.0.11"
+"#;
+
+fn problems(text: &str) -> Vec<String> {
+    match Config::from_toml_str(text) {
+        Ok(_) => panic!("config was accepted:\n{text}"),
+        Err(e) => {
+            let p: Vec<String> = e.problems().iter().map(ToString::to_string).collect();
+            assert!(!p.is_empty(), "expected problems, got: {e}");
+            p
+        }
+    }
+}
+
+fn assert_problem(text: &str, expected: &str) {
+    let p = problems(text);
+    assert!(
+        p.iter().any(|m| m == expected),
+        "expected problem\n  {expected}\ngot\n  {}",
+        p.join("\n  ")
+    );
+}
+
+fn with(edit: &str, replacement: &str) -> String {
+    assert!(FULL.contains(edit), "test edit not found: {edit}");
+    FULL.replacen(edit, replacement, 1)
+}
+
+#[test]
+fn full_example_parses_with_every_value() {
+    let c = Config::from_toml_str(FULL).expect("example is valid");
+    assert_eq!(c.dataplane.interface, "eth0");
+    assert_eq!(c.dataplane.xdp_mode, XdpMode::Auto);
+    assert_eq!(c.dataplane.heartbeat_timeout, Duration::from_secs(30));
+    assert_eq!(c.admin.token_file, None);
+    let s = &c.services[0];
+    assert_eq!(s.vip, "198.18.0.100:8080".parse().unwrap());
+    assert_eq!(s.backends.len(), 2);
+    assert_eq!(s.backends[1].mac, Some([2, 0, 0xc6, 0x12, 0, 0x15]));
+    // URLs default to the backend address and the VIP port.
+    assert_eq!(s.backends[1].health_url, "http://198.18.0.21:8080/healthz");
+    assert_eq!(s.backends[1].metrics_url, "http://198.18.0.21:8080/metrics");
+    let steps: Vec<u32> = s.rollout.steps.iter().map(|w| w.basis_points()).collect();
+    assert_eq!(steps, [1000, 2500, 5000, 7500, 10000]);
+    assert_eq!(s.rollout, RolloutConfig::default());
+    assert_eq!(s.upstream, UpstreamConfig::default());
+    assert_eq!(s.canary_fingerprint(), ["v2-a@198.18.0.21"]);
+}
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let c = Config::from_toml_str(MINIMAL).expect("minimal is valid");
+    let full = Config::from_toml_str(FULL).unwrap();
+    assert_eq!(c.dataplane, full.dataplane);
+    assert_eq!(c.admin, full.admin);
+    assert_eq!(c.services[0].rollout, full.services[0].rollout);
+    assert_eq!(c.services[0].protocol, Protocol::Tcp);
+    assert_eq!(c.services[0].affinity, Affinity::Flow);
+}
+
+#[test]
+fn every_documented_key_is_accepted() {
+    // FULL sets every key in the known-key lists; the unknown-key pass and serde agree.
+    for key in ROOT_KEYS
+        .iter()
+        .chain(DATAPLANE_KEYS)
+        .chain(ADMIN_KEYS)
+        .chain(SERVICE_KEYS)
+        .chain(BACKEND_KEYS)
+        .chain(ROLLOUT_KEYS)
+        .chain(THRESHOLD_KEYS)
+        .chain(UPSTREAM_KEYS)
+    {
+        assert!(
+            FULL.contains(&format!("{key} ="))
+                || FULL.contains(&format!("[{key}]"))
+                || FULL.contains(&format!(".{key}]")),
+            "{key} missing from the full example"
+        );
+    }
+}
+
+#[test]
+fn syntax_error_is_reported_with_position() {
+    let e = Config::from_toml_str("[dataplane\ninterface = 1").unwrap_err();
+    assert!(matches!(e, ConfigError::Syntax(_)));
+    assert!(e.to_string().contains("line 1"), "{e}");
+}
+
+#[test]
+fn unknown_keys_are_all_reported_with_path_and_suggestion() {
+    let text = with("  mac = \"\"\n", "  mca = \"\"\n").replace(
+        "  interval = \"15s\"",
+        "  intervall = \"15s\"\n  colour = \"red\"",
+    );
+    let p = problems(&text);
+    assert!(
+        p.contains(&"services[0].backends[0].mca: unknown key; did you mean `mac`?".to_string()),
+        "{p:?}"
+    );
+    assert!(
+        p.contains(
+            &"services[0].rollout.intervall: unknown key; did you mean `interval`?".to_string()
+        ),
+        "{p:?}"
+    );
+    assert!(
+        p.iter()
+            .any(|m| m.starts_with("services[0].rollout.colour: unknown key; remove it")),
+        "{p:?}"
+    );
+    assert_eq!(p.len(), 3, "{p:?}");
+}
+
+#[test]
+fn type_error_names_the_key() {
+    let p = problems(&with("min_samples = 1000", "min_samples = \"many\""));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].starts_with("services[0].rollout.min_samples: invalid type: string \"many\""),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn bad_addresses_are_rejected() {
+    assert_problem(
+            &with("vip = \"198.18.0.100:8080\"", "vip = \"198.18.0.100\""),
+            "services[0].vip: \"198.18.0.100\" is not an address with port; write \"198.18.0.100:8080\" or \"[2001:db8::100]:8080\"",
+        );
+    assert_problem(
+            &with("vip = \"198.18.0.100:8080\"", "vip = \"2001:db8::1:8080\""),
+            "services[0].vip: \"2001:db8::1:8080\" is not an address with port; write \"198.18.0.100:8080\" or \"[2001:db8::100]:8080\"",
+        );
+    assert_problem(
+        &with("vip = \"198.18.0.100:8080\"", "vip = \"198.18.0.100:0\""),
+        "services[0].vip: \"198.18.0.100:0\" has port 0; give the port clients connect to",
+    );
+    assert_problem(
+            &with("address = \"198.18.0.11\"", "address = \"198.18.0.11:80\""),
+            "services[0].backends[0].address: \"198.18.0.11:80\" has a port; a backend address is the bare IP (the VIP's port is used)",
+        );
+    assert_problem(
+            &with("address = \"198.18.0.11\"", "address = \"198.18.0.300\""),
+            "services[0].backends[0].address: \"198.18.0.300\" is not an IP address; write e.g. \"198.18.0.11\" or \"2001:db8::11\"",
+        );
+    assert_problem(
+        &with("listen = \"127.0.0.1:9100\"", "listen = \"localhost\""),
+        "admin.listen: \"localhost\" is not an address with port; write \"127.0.0.1:9100\"",
+    );
+    assert_problem(
+            &with("mac = \"02:00:c6:12:00:15\"", "mac = \"02:00:c6:12:00\""),
+            "services[0].backends[1].mac: \"02:00:c6:12:00\" is not a MAC address; write \"02:00:c6:12:00:0b\" or \"\" to resolve it",
+        );
+    assert_problem(
+            &with("metrics_url = \"http://198.18.0.11:8080/metrics\"", "metrics_url = \"198.18.0.11:8080/metrics\""),
+            "services[0].backends[0].metrics_url: \"198.18.0.11:8080/metrics\" is not an http URL; write it like \"http://198.18.0.11:8080/healthz\"",
+        );
+    let v6 = with(
+        "vip = \"198.18.0.100:8080\"",
+        "vip = \"[2001:db8::100]:8080\"",
+    );
+    let c = Config::from_toml_str(&v6).expect("IPv6 VIP is valid");
+    assert_eq!(c.services[0].vip.port(), 8080);
+}
+
+#[test]
+fn duplicates_are_rejected() {
+    let dup_backend = with("name = \"v2-a\"", "name = \"v1-a\"");
+    assert_problem(
+            &dup_backend,
+            "services[0].backends[1].name: \"v1-a\" is already the name of services[0].backends[0]; backend names must be unique in a service",
+        );
+    let dup_address = with("address = \"198.18.0.21\"", "address = \"198.18.0.11\"");
+    assert_problem(
+            &dup_address,
+            "services[0].backends[1].address: 198.18.0.11 is already the address of services[0].backends[0]; each backend is listed once",
+        );
+    let two = format!(
+        "{FULL}\n{}",
+        MINIMAL.replace("name = \"s\"", "name = \"sentiment\"")
+    );
+    let p = problems(&two);
+    assert!(p.contains(&"services[1].name: \"sentiment\" is already the name of services[0]; service names must be unique".to_string()), "{p:?}");
+    assert!(p.contains(&"services[1].vip: 198.18.0.100:8080/tcp is already used by services[0]; each VIP, port and protocol belongs to one service".to_string()), "{p:?}");
+}
+
+#[test]
+fn steps_are_checked() {
+    assert_problem(
+            &with("steps = [10, 25, 50, 75, 100]", "steps = [10, 50, 25, 100]"),
+            "services[0].rollout.steps[2]: 25 does not increase on the step before (50%); steps must be strictly increasing",
+        );
+    assert_problem(
+            &with("steps = [10, 25, 50, 75, 100]", "steps = [10, 50, 90]"),
+            "services[0].rollout.steps: does not end at 100; the last step is the full promotion, append 100",
+        );
+    assert_problem(
+        &with("steps = [10, 25, 50, 75, 100]", "steps = [0, 50, 100]"),
+        "services[0].rollout.steps[0]: 0 is outside (0, 100]; steps are percentages of new flows",
+    );
+    assert_problem(
+            &with("steps = [10, 25, 50, 75, 100]", "steps = [0.125, 100]"),
+            "services[0].rollout.steps[0]: 0.125 has more than two decimals; weights have 0.01 percent resolution (e.g. 12.5 or 0.25)",
+        );
+    assert_problem(
+            &with("steps = [10, 25, 50, 75, 100]", "steps = []"),
+            "services[0].rollout.steps: is empty; give increasing percentages ending at 100, e.g. [10, 25, 50, 75, 100]",
+        );
+    let fine = with("steps = [10, 25, 50, 75, 100]", "steps = [0.5, 12.25, 100]");
+    let c = Config::from_toml_str(&fine).expect("fractional steps are valid");
+    let bp: Vec<u32> = c.services[0]
+        .rollout
+        .steps
+        .iter()
+        .map(|w| w.basis_points())
+        .collect();
+    assert_eq!(bp, [50, 1225, 10000]);
+}
+
+#[test]
+fn groups_are_checked() {
+    assert_problem(
+            &with("group = \"stable\"", "group = \"canary\""),
+            "services[0].backends: has no backend with group = \"stable\"; a service needs at least one stable backend (the canary group may be empty)",
+        );
+    assert_problem(
+        &with("group = \"stable\"", "group = \"blue\""),
+        "services[0].backends[0].group: \"blue\" is not allowed; use one of \"stable\", \"canary\"",
+    );
+    // An empty canary group is valid: no rollout.
+    let c = Config::from_toml_str(MINIMAL).unwrap();
+    assert!(c.services[0].canary_fingerprint().is_empty());
+}
+
+#[test]
+fn durations_are_checked() {
+    assert_problem(
+            &with("interval = \"15s\"", "interval = \"15 parsecs\""),
+            "services[0].rollout.interval: \"15 parsecs\" is not a duration (unknown time unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); write it like \"15s\", \"500ms\" or \"1m\"",
+        );
+    assert_problem(
+            &with("poll_interval = \"1s\"", "poll_interval = \"0s\""),
+            "services[0].rollout.poll_interval: \"0s\" is zero; give a positive duration such as \"15s\"",
+        );
+    assert_problem(
+            &with("interval = \"15s\"", "interval = \"500ms\""),
+            "services[0].rollout.interval: 500ms is shorter than poll_interval (1s); an evaluation needs at least one poll",
+        );
+    assert_problem(
+            &with("heartbeat_timeout = \"30s\"", "heartbeat_timeout = \"1500ms\""),
+            "dataplane.heartbeat_timeout: 1s 500ms is shorter than twice the longest poll_interval (1s); the data plane would fall back to stable between polls",
+        );
+}
+
+#[test]
+fn thresholds_and_counts_are_checked() {
+    assert_problem(
+            &with("max_error_rate_increase = 0.02", "max_error_rate_increase = 2"),
+            "services[0].rollout.thresholds.max_error_rate_increase: 2 is out of range; it must be in (0, 1), e.g. 0.02 for 2 percentage points",
+        );
+    assert_problem(
+            &with("confidence = 0.99", "confidence = 99"),
+            "services[0].rollout.thresholds.confidence: 99 is out of range; it must be at least 0.5 and below 1, e.g. 0.99",
+        );
+    assert_problem(
+            &with("max_latency_increase_ms = 50", "max_latency_increase_ms = -5"),
+            "services[0].rollout.thresholds.max_latency_increase_ms: -5 is out of range; give a positive number of milliseconds, e.g. 50",
+        );
+    assert_problem(
+            &with("min_samples = 1000", "min_samples = 5"),
+            "services[0].rollout.min_samples: 5 is too small; the judge's normal approximations need at least 30 requests per group",
+        );
+    assert_problem(
+            &with("metrics_missing_intervals = 3", "metrics_missing_intervals = 0"),
+            "services[0].rollout.metrics_missing_intervals: must be at least 1 (evaluation intervals with missing metrics before acting)",
+        );
+    assert_problem(
+        &with("xdp_mode = \"auto\"", "xdp_mode = \"turbo\""),
+        "dataplane.xdp_mode: \"turbo\" is not allowed; use one of \"auto\", \"native\", \"skb\"",
+    );
+    assert_problem(
+            &with("requests = \"requests_total\"", "requests = \"\""),
+            "services[0].upstream.requests: must not be empty; give the series name the backends export",
+        );
+}
+
+#[test]
+fn token_required_off_loopback() {
+    assert_problem(
+            &with("listen = \"127.0.0.1:9100\"", "listen = \"0.0.0.0:9100\""),
+            "admin.token_file: is required because admin.listen (0.0.0.0:9100) is not a loopback address; give a file holding the API token, or listen on 127.0.0.1",
+        );
+    let ok = with(
+        "listen = \"127.0.0.1:9100\"",
+        "listen = \"198.18.0.1:9100\"",
+    )
+    .replace("token_file = \"\"", "token_file = \"/etc/canary/token\"");
+    let c = Config::from_toml_str(&ok).expect("token given");
+    assert_eq!(c.admin.token_file, Some(PathBuf::from("/etc/canary/token")));
+}
+
+#[test]
+fn all_problems_are_collected() {
+    let text = with("vip = \"198.18.0.100:8080\"", "vip = \"nowhere\"")
+        .replace("steps = [10, 25, 50, 75, 100]", "steps = [50, 10, 100]")
+        .replace("confidence = 0.99", "confidence = 1.5")
+        .replace("interval = \"15s\"", "interval = \"soon\"");
+    let p = problems(&text);
+    assert_eq!(p.len(), 4, "{p:?}");
+    let e = Config::from_toml_str(&text).unwrap_err().to_string();
+    assert!(e.starts_with("config has 4 problems:\n  "), "{e}");
+}
+
+#[test]
+fn no_services_is_rejected() {
+    assert_problem(
+        "",
+        "services: no [[services]] defined; add at least one service with its backends",
+    );
+}
+
+#[test]
+fn load_reads_a_file_and_reports_missing_files() {
+    let dir = std::env::temp_dir().join(format!("canary-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("canary.toml");
+    std::fs::write(&path, FULL).unwrap();
+    let c = Config::load(&path).expect("file loads");
+    assert_eq!(c.service("sentiment").unwrap().name, "sentiment");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let e = Config::load(&path).unwrap_err();
+    assert!(matches!(e, ConfigError::Read { .. }));
+    assert!(e.to_string().contains("check the path"), "{e}");
+}
+
+#[test]
+fn interface_check_uses_this_namespace() {
+    assert!(check_interface("lo").unwrap() > 0);
+    let e = check_interface("nosuchif0").unwrap_err();
+    assert_eq!(
+            e.to_string(),
+            "dataplane.interface: no network interface named `nosuchif0` in this network namespace; use one listed by `ip link`"
+        );
+}
+
+#[test]
+fn token_files_are_trimmed_and_must_not_be_empty() {
+    let dir = std::env::temp_dir().join(format!("canary-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good");
+    std::fs::write(&good, "abc\n").unwrap();
+    assert_eq!(read_token(&good).unwrap(), "abc");
+    let empty = dir.join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    assert!(read_token(&empty)
+        .unwrap_err()
+        .to_string()
+        .contains("empty"));
+    assert!(read_token(&dir.join("missing")).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

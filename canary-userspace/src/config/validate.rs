@@ -1,0 +1,701 @@
+//! Every check of a raw config, one function per section; all problems are collected.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use canary_common::{MAX_BACKENDS, MAX_BACKENDS_PER_GROUP, MAX_SERVICES};
+
+use super::raw::{
+    RawAdmin, RawBackend, RawConfig, RawDataplane, RawRollout, RawService, RawUpstream,
+};
+use super::{
+    AdminConfig, BackendConfig, Config, DataplaneConfig, Problem, RolloutConfig, ServiceConfig,
+    Thresholds, UpstreamConfig,
+};
+use crate::domain::{
+    Affinity, Group, MissingPolicy, Protocol, RollbackMode, StartMode, Weight, XdpMode,
+};
+
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn bad(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn keyword<T>(
+        &mut self,
+        key: &str,
+        value: &str,
+        parse: fn(&str) -> Option<T>,
+        choices: &[&str],
+    ) -> Option<T> {
+        let parsed = parse(value);
+        if parsed.is_none() {
+            let list = choices
+                .iter()
+                .map(|c| format!("\"{c}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            self.bad(
+                key,
+                format!("\"{value}\" is not allowed; use one of {list}"),
+            );
+        }
+        parsed
+    }
+
+    fn duration(&mut self, key: &str, value: &str) -> Option<Duration> {
+        match humantime::parse_duration(value.trim()) {
+            Ok(d) if d.is_zero() => {
+                self.bad(
+                    key,
+                    format!("\"{value}\" is zero; give a positive duration such as \"15s\""),
+                );
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.bad(
+                    key,
+                    format!("\"{value}\" is not a duration ({e}); write it like \"15s\", \"500ms\" or \"1m\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn name(&mut self, key: &str, value: &str, what: &str) {
+        let ok = !value.is_empty()
+            && value.len() <= 63
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        if !ok {
+            self.bad(
+                key,
+                format!("{what} name \"{value}\" is not valid; use 1 to 63 letters, digits, '-', '_' or '.'"),
+            );
+        }
+    }
+
+    fn url(&mut self, key: &str, value: &str) {
+        let rest = value
+            .strip_prefix("http://")
+            .or_else(|| value.strip_prefix("https://"));
+        let host_ok = rest.is_some_and(|r| {
+            let host = r.split(['/', '?']).next().unwrap_or("");
+            !host.is_empty() && !host.contains(char::is_whitespace)
+        });
+        if !host_ok {
+            self.bad(
+                key,
+                format!("\"{value}\" is not an http URL; write it like \"http://198.18.0.11:8080/healthz\""),
+            );
+        }
+    }
+
+    fn fraction(
+        &mut self,
+        key: &str,
+        value: f64,
+        lo_open: f64,
+        hi: f64,
+        hi_inclusive: bool,
+        example: &str,
+    ) {
+        let ok =
+            value.is_finite() && value > lo_open && (value < hi || (hi_inclusive && value <= hi));
+        if !ok {
+            let close = if hi_inclusive { "]" } else { ")" };
+            self.bad(
+                key,
+                format!("{value} is out of range; it must be in ({lo_open}, {hi}{close}, e.g. {example}"),
+            );
+        }
+    }
+
+    fn metric_name(&mut self, key: &str, value: &str, optional: bool) {
+        if value.is_empty() {
+            if !optional {
+                self.bad(
+                    key,
+                    "must not be empty; give the series name the backends export",
+                );
+            }
+            return;
+        }
+        let mut chars = value.chars();
+        let first_ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':');
+        if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+            self.bad(
+                key,
+                format!("\"{value}\" is not a Prometheus series name; use letters, digits, '_' and ':' (not starting with a digit)"),
+            );
+        }
+    }
+}
+
+fn parse_vip(c: &mut Checker, key: &str, value: &str) -> Option<SocketAddr> {
+    match value.parse::<SocketAddr>() {
+        Ok(addr) if addr.port() == 0 => {
+            c.bad(
+                key,
+                format!("\"{value}\" has port 0; give the port clients connect to"),
+            );
+            None
+        }
+        Ok(addr) if addr.ip().is_unspecified() || addr.ip().is_multicast() => {
+            c.bad(
+                key,
+                format!("\"{value}\" is not a unicast address; a VIP must be an address clients send to"),
+            );
+            None
+        }
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            c.bad(
+                key,
+                format!("\"{value}\" is not an address with port; write \"198.18.0.100:8080\" or \"[2001:db8::100]:8080\""),
+            );
+            None
+        }
+    }
+}
+
+fn parse_backend_address(c: &mut Checker, key: &str, value: &str) -> Option<IpAddr> {
+    match value.parse::<IpAddr>() {
+        Ok(ip) if ip.is_unspecified() || ip.is_multicast() => {
+            c.bad(
+                key,
+                format!("\"{value}\" is not a unicast address; give the backend's own address"),
+            );
+            None
+        }
+        Ok(ip) => Some(ip),
+        Err(_) if value.parse::<SocketAddr>().is_ok() => {
+            c.bad(
+                key,
+                format!("\"{value}\" has a port; a backend address is the bare IP (the VIP's port is used)"),
+            );
+            None
+        }
+        Err(_) => {
+            c.bad(key, format!("\"{value}\" is not an IP address; write e.g. \"198.18.0.11\" or \"2001:db8::11\""));
+            None
+        }
+    }
+}
+
+fn parse_mac(c: &mut Checker, key: &str, value: &str) -> Option<[u8; 6]> {
+    if value.is_empty() {
+        return None;
+    }
+    match crate::domain::parse_mac(value) {
+        Some(b) if b[0] & 1 == 1 || b.iter().all(|x| *x == 0) => {
+            c.bad(key, format!("\"{value}\" is not a unicast MAC; give the backend's interface MAC or \"\" to resolve it"));
+            None
+        }
+        Some(b) => Some(b),
+        None => {
+            c.bad(key, format!("\"{value}\" is not a MAC address; write \"02:00:c6:12:00:0b\" or \"\" to resolve it"));
+            None
+        }
+    }
+}
+
+fn host_for_url(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    }
+}
+
+fn validate_steps(c: &mut Checker, key: &str, steps: &[f64]) -> Vec<Weight> {
+    if steps.is_empty() {
+        c.bad(
+            key,
+            "is empty; give increasing percentages ending at 100, e.g. [10, 25, 50, 75, 100]",
+        );
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, &s) in steps.iter().enumerate() {
+        let k = format!("{key}[{i}]");
+        if !(s.is_finite() && s > 0.0 && s <= 100.0) {
+            c.bad(
+                k,
+                format!("{s} is outside (0, 100]; steps are percentages of new flows"),
+            );
+            ok = false;
+            continue;
+        }
+        match Weight::from_percent(s) {
+            Ok(w) => {
+                if let Some(prev) = out.last() {
+                    if w <= *prev {
+                        c.bad(
+                            k,
+                            format!("{s} does not increase on the step before ({prev}); steps must be strictly increasing"),
+                        );
+                        ok = false;
+                    }
+                }
+                out.push(w);
+            }
+            Err(e) => {
+                c.bad(k, e.to_string());
+                ok = false;
+            }
+        }
+    }
+    if ok && out.last() != Some(&Weight::FULL) {
+        c.bad(
+            key,
+            "does not end at 100; the last step is the full promotion, append 100",
+        );
+    }
+    out
+}
+
+/// Checks every value of a raw config and builds the typed [`Config`], or returns all
+/// problems found.
+pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
+    let mut c = Checker {
+        problems: Vec::new(),
+    };
+    let (dataplane, heartbeat_timeout) = dataplane(&mut c, &raw.dataplane);
+    let admin = admin(&mut c, &raw.admin);
+    let (services, longest_poll) = services(&mut c, &raw.services);
+    if let Some(hb) = heartbeat_timeout {
+        if hb < 2 * longest_poll {
+            c.bad(
+                "dataplane.heartbeat_timeout",
+                format!("{} is shorter than twice the longest poll_interval ({}); the data plane would fall back to stable between polls", humantime::format_duration(hb), humantime::format_duration(longest_poll)),
+            );
+        }
+    }
+
+    if !c.problems.is_empty() {
+        return Err(c.problems);
+    }
+    // Every value parsed, so the Options below are all Some.
+    let (Some(dataplane), Some(admin)) = (dataplane, admin) else {
+        unreachable!("validation reported no problem but a value is missing");
+    };
+    Ok(Config {
+        dataplane,
+        admin,
+        services,
+    })
+}
+
+/// `[dataplane]`; also the heartbeat timeout alone, for the check against the poll intervals.
+fn dataplane(c: &mut Checker, d: &RawDataplane) -> (Option<DataplaneConfig>, Option<Duration>) {
+    let iface = d.interface.as_str();
+    if iface.is_empty()
+        || iface.len() > 15
+        || iface.contains(['/', ':'])
+        || iface.contains(char::is_whitespace)
+        || iface == "."
+        || iface == ".."
+    {
+        c.bad(
+            "dataplane.interface",
+            format!("\"{iface}\" is not an interface name; give 1 to 15 characters without '/', ':' or spaces, e.g. \"eth0\""),
+        );
+    }
+    let xdp_mode = c.keyword(
+        "dataplane.xdp_mode",
+        &d.xdp_mode,
+        XdpMode::parse,
+        XdpMode::CHOICES,
+    );
+    let flow_table_size = if (1024..=1 << 26).contains(&d.flow_table_size) {
+        d.flow_table_size as u32
+    } else {
+        c.bad(
+            "dataplane.flow_table_size",
+            format!(
+                "{} is out of range; use 1024 to 67108864 entries (default 1048576)",
+                d.flow_table_size
+            ),
+        );
+        0
+    };
+    let heartbeat_timeout = c.duration("dataplane.heartbeat_timeout", &d.heartbeat_timeout);
+    for (key, value) in [
+        ("dataplane.state_dir", &d.state_dir),
+        ("dataplane.bpffs", &d.bpffs),
+    ] {
+        if !Path::new(value).is_absolute() || value == "/" {
+            c.bad(key, format!("\"{value}\" is not an absolute directory path below /; give one like \"/var/lib/canary\""));
+        }
+    }
+
+    let config = match (xdp_mode, heartbeat_timeout) {
+        (Some(xdp_mode), Some(heartbeat_timeout)) => Some(DataplaneConfig {
+            interface: d.interface.clone(),
+            xdp_mode,
+            flow_table_size,
+            heartbeat_timeout,
+            state_dir: PathBuf::from(&d.state_dir),
+            bpffs: PathBuf::from(&d.bpffs),
+            hash_seed: d.hash_seed,
+        }),
+        _ => None,
+    };
+    (config, heartbeat_timeout)
+}
+
+/// `[admin]`
+fn admin(c: &mut Checker, a: &RawAdmin) -> Option<AdminConfig> {
+    let listen = a.listen.parse::<SocketAddr>().ok();
+    if listen.is_none() {
+        c.bad(
+            "admin.listen",
+            format!(
+                "\"{}\" is not an address with port; write \"127.0.0.1:9100\"",
+                a.listen
+            ),
+        );
+    }
+    let token_file = (!a.token_file.is_empty()).then(|| PathBuf::from(&a.token_file));
+    if let Some(listen) = listen {
+        if !listen.ip().is_loopback() && token_file.is_none() {
+            c.bad(
+                "admin.token_file",
+                format!("is required because admin.listen ({listen}) is not a loopback address; give a file holding the API token, or listen on 127.0.0.1"),
+            );
+        }
+    }
+
+    listen.map(|listen| AdminConfig { listen, token_file })
+}
+
+/// `[[services]]`: each service, and what must hold across them. Also returns the longest
+/// poll interval.
+fn services(c: &mut Checker, raw: &[RawService]) -> (Vec<ServiceConfig>, Duration) {
+    if raw.is_empty() {
+        c.bad(
+            "services",
+            "no [[services]] defined; add at least one service with its backends",
+        );
+    }
+    if raw.len() > MAX_SERVICES as usize {
+        c.bad(
+            "services",
+            format!(
+                "{} services defined; at most {MAX_SERVICES} are supported",
+                raw.len()
+            ),
+        );
+    }
+    let total_backends: usize = raw.iter().map(|s| s.backends.len()).sum();
+    if total_backends > MAX_BACKENDS as usize {
+        c.bad(
+            "services",
+            format!("{total_backends} backends in total; at most {MAX_BACKENDS} are supported"),
+        );
+    }
+    let mut service_names: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut vips: BTreeMap<(SocketAddr, &str), usize> = BTreeMap::new();
+    let mut services = Vec::new();
+    let mut longest_poll = Duration::ZERO;
+    for (i, s) in raw.iter().enumerate() {
+        let sk = format!("services[{i}]");
+        c.name(&format!("{sk}.name"), &s.name, "service");
+        if let Some(first) = service_names.insert(&s.name, i) {
+            c.bad(
+                format!("{sk}.name"),
+                format!(
+                    "\"{}\" is already the name of services[{first}]; service names must be unique",
+                    s.name
+                ),
+            );
+        }
+        let vip = parse_vip(c, &format!("{sk}.vip"), &s.vip);
+        let protocol = c.keyword(
+            &format!("{sk}.protocol"),
+            &s.protocol,
+            Protocol::parse,
+            Protocol::CHOICES,
+        );
+        if let Some(vip) = vip {
+            if let Some(first) = vips.insert((vip, s.protocol.as_str()), i) {
+                c.bad(
+                    format!("{sk}.vip"),
+                    format!("{vip}/{} is already used by services[{first}]; each VIP, port and protocol belongs to one service", s.protocol),
+                );
+            }
+        }
+        let affinity = c.keyword(
+            &format!("{sk}.affinity"),
+            &s.affinity,
+            Affinity::parse,
+            Affinity::CHOICES,
+        );
+
+        let backends = backends(c, &sk, &s.backends, vip);
+        let rollout = rollout(c, &format!("{sk}.rollout"), &s.rollout, &mut longest_poll);
+        let upstream = upstream(c, &format!("{sk}.upstream"), &s.upstream);
+        if let (Some(vip), Some(protocol), Some(affinity), Some(rollout)) =
+            (vip, protocol, affinity, rollout)
+        {
+            services.push(ServiceConfig {
+                name: s.name.clone(),
+                vip,
+                protocol,
+                affinity,
+                backends,
+                rollout,
+                upstream,
+            });
+        }
+    }
+    (services, longest_poll)
+}
+
+/// `[[services.backends]]` of one service (those valid; problems for the others).
+fn backends(
+    c: &mut Checker,
+    sk: &str,
+    raw: &[RawBackend],
+    vip: Option<SocketAddr>,
+) -> Vec<BackendConfig> {
+    let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut addresses: BTreeMap<IpAddr, usize> = BTreeMap::new();
+    let mut backends = Vec::new();
+    let mut counts = [0usize; 2];
+    for (j, b) in raw.iter().enumerate() {
+        let bk = format!("{sk}.backends[{j}]");
+        c.name(&format!("{bk}.name"), &b.name, "backend");
+        if let Some(first) = names.insert(&b.name, j) {
+            c.bad(format!("{bk}.name"), format!("\"{}\" is already the name of {sk}.backends[{first}]; backend names must be unique in a service", b.name));
+        }
+        let group = c.keyword(
+            &format!("{bk}.group"),
+            &b.group,
+            Group::parse,
+            Group::CHOICES,
+        );
+        if let Some(g) = group {
+            counts[g.index() as usize] += 1;
+        }
+        let address = parse_backend_address(c, &format!("{bk}.address"), &b.address);
+        if let Some(a) = address {
+            if let Some(first) = addresses.insert(a, j) {
+                c.bad(format!("{bk}.address"), format!("{a} is already the address of {sk}.backends[{first}]; each backend is listed once"));
+            }
+        }
+        let mac = parse_mac(c, &format!("{bk}.mac"), &b.mac);
+        let port = vip.map_or(0, |v| v.port());
+        let default_url =
+            |path: &str| address.map(|a| format!("http://{}:{port}{path}", host_for_url(a)));
+        let health_url = if b.health_url.is_empty() {
+            default_url("/healthz")
+        } else {
+            Some(b.health_url.clone())
+        };
+        let metrics_url = if b.metrics_url.is_empty() {
+            default_url("/metrics")
+        } else {
+            Some(b.metrics_url.clone())
+        };
+        if !b.health_url.is_empty() {
+            c.url(&format!("{bk}.health_url"), &b.health_url);
+        }
+        if !b.metrics_url.is_empty() {
+            c.url(&format!("{bk}.metrics_url"), &b.metrics_url);
+        }
+        if let (Some(group), Some(address), Some(health_url), Some(metrics_url)) =
+            (group, address, health_url, metrics_url)
+        {
+            backends.push(BackendConfig {
+                name: b.name.clone(),
+                group,
+                address,
+                mac,
+                health_url,
+                metrics_url,
+            });
+        }
+    }
+    if counts[Group::Stable.index() as usize] == 0
+        && raw.iter().all(|b| Group::parse(&b.group).is_some())
+    {
+        c.bad(format!("{sk}.backends"), "has no backend with group = \"stable\"; a service needs at least one stable backend (the canary group may be empty)");
+    }
+    for g in [Group::Stable, Group::Canary] {
+        if counts[g.index() as usize] > MAX_BACKENDS_PER_GROUP as usize {
+            c.bad(format!("{sk}.backends"), format!("{} backends in group {g}; at most {MAX_BACKENDS_PER_GROUP} per group are supported", counts[g.index() as usize]));
+        }
+    }
+
+    backends
+}
+
+/// `[services.rollout]`, thresholds included.
+fn rollout(
+    c: &mut Checker,
+    rk: &str,
+    r: &RawRollout,
+    longest_poll: &mut Duration,
+) -> Option<RolloutConfig> {
+    let steps = validate_steps(c, &format!("{rk}.steps"), &r.steps);
+    let interval = c.duration(&format!("{rk}.interval"), &r.interval);
+    let poll_interval = c.duration(&format!("{rk}.poll_interval"), &r.poll_interval);
+    if let Some(p) = poll_interval {
+        if p < Duration::from_millis(100) {
+            c.bad(
+                format!("{rk}.poll_interval"),
+                format!(
+                    "{} is too short; use at least 100ms",
+                    humantime::format_duration(p)
+                ),
+            );
+        }
+        *longest_poll = (*longest_poll).max(p);
+        if let Some(i) = interval {
+            if i < p {
+                c.bad(format!("{rk}.interval"), format!("{} is shorter than poll_interval ({}); an evaluation needs at least one poll", humantime::format_duration(i), humantime::format_duration(p)));
+            }
+        }
+    }
+    if r.min_samples < 30 {
+        c.bad(format!("{rk}.min_samples"), format!("{} is too small; the judge's normal approximations need at least 30 requests per group", r.min_samples));
+    }
+    let warmup_url = (!r.warmup_url.is_empty()).then(|| r.warmup_url.clone());
+    if let Some(u) = &warmup_url {
+        c.url(&format!("{rk}.warmup_url"), u);
+    }
+    let rollback = c.keyword(
+        &format!("{rk}.rollback"),
+        &r.rollback,
+        RollbackMode::parse,
+        RollbackMode::CHOICES,
+    );
+    let start = c.keyword(
+        &format!("{rk}.start"),
+        &r.start,
+        StartMode::parse,
+        StartMode::CHOICES,
+    );
+    let metrics_missing = c.keyword(
+        &format!("{rk}.metrics_missing"),
+        &r.metrics_missing,
+        MissingPolicy::parse,
+        MissingPolicy::CHOICES,
+    );
+    if r.metrics_missing_intervals == 0 {
+        c.bad(
+            format!("{rk}.metrics_missing_intervals"),
+            "must be at least 1 (evaluation intervals with missing metrics before acting)",
+        );
+    }
+    let t = &r.thresholds;
+    let tk = format!("{rk}.thresholds");
+    c.fraction(
+        &format!("{tk}.max_error_rate_increase"),
+        t.max_error_rate_increase,
+        0.0,
+        1.0,
+        false,
+        "0.02 for 2 percentage points",
+    );
+    if !(t.max_latency_increase_ms.is_finite() && t.max_latency_increase_ms > 0.0) {
+        c.bad(
+            format!("{tk}.max_latency_increase_ms"),
+            format!(
+                "{} is out of range; give a positive number of milliseconds, e.g. 50",
+                t.max_latency_increase_ms
+            ),
+        );
+    }
+    c.fraction(
+        &format!("{tk}.error_spike"),
+        t.error_spike,
+        0.0,
+        1.0,
+        true,
+        "0.10 for 10% errors over one poll",
+    );
+    c.fraction(
+        &format!("{tk}.max_prediction_shift"),
+        t.max_prediction_shift,
+        0.0,
+        1.0,
+        true,
+        "0.10",
+    );
+    if !(t.confidence.is_finite() && t.confidence >= 0.5 && t.confidence < 1.0) {
+        c.bad(
+            format!("{tk}.confidence"),
+            format!(
+                "{} is out of range; it must be at least 0.5 and below 1, e.g. 0.99",
+                t.confidence
+            ),
+        );
+    }
+
+    let (Some(interval), Some(poll_interval), Some(rollback), Some(start), Some(metrics_missing)) =
+        (interval, poll_interval, rollback, start, metrics_missing)
+    else {
+        return None;
+    };
+    Some(RolloutConfig {
+        steps,
+        interval,
+        poll_interval,
+        min_samples: r.min_samples,
+        warmup_requests: r.warmup_requests,
+        warmup_url,
+        rollback,
+        start,
+        metrics_missing,
+        metrics_missing_intervals: r.metrics_missing_intervals,
+        thresholds: Thresholds {
+            max_error_rate_increase: t.max_error_rate_increase,
+            max_latency_increase_ms: t.max_latency_increase_ms,
+            error_spike: t.error_spike,
+            max_prediction_shift: t.max_prediction_shift,
+            confidence: t.confidence,
+        },
+    })
+}
+
+/// `[services.upstream]`
+fn upstream(c: &mut Checker, uk: &str, u: &RawUpstream) -> UpstreamConfig {
+    c.metric_name(&format!("{uk}.requests"), &u.requests, false);
+    c.metric_name(&format!("{uk}.errors"), &u.errors, false);
+    c.metric_name(&format!("{uk}.latency"), &u.latency, true);
+    c.metric_name(&format!("{uk}.predictions"), &u.predictions, true);
+    if !u.predictions.is_empty() {
+        let l = &u.prediction_label;
+        let ok = !l.is_empty()
+            && !l.starts_with(|ch: char| ch.is_ascii_digit())
+            && l.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+            && l != "le";
+        if !ok {
+            c.bad(format!("{uk}.prediction_label"), format!("\"{l}\" is not a usable label name; give the label that holds the predicted class, e.g. \"class\""));
+        }
+    }
+
+    UpstreamConfig {
+        requests: u.requests.clone(),
+        errors: u.errors.clone(),
+        latency: u.latency.clone(),
+        predictions: u.predictions.clone(),
+        prediction_label: u.prediction_label.clone(),
+    }
+}

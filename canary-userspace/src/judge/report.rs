@@ -1,0 +1,312 @@
+//! What the judge finds: the verdict, per-signal reports with their numbers, and the reasons
+//! that label decisions.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Overall verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Promote,
+    Rollback,
+    Hold,
+}
+
+/// Why: also the `reason` label of `canary_decisions_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Every signal passed.
+    Healthy,
+    ErrorRate,
+    LatencyMean,
+    LatencyP95,
+    PredictionShift,
+    ErrorSpike,
+    /// Fewer than `min_samples` requests in a group.
+    InsufficientSamples,
+    MetricsMissing,
+    /// Neither pass nor fail on some signal yet.
+    Inconclusive,
+    /// An operator action.
+    Operator,
+    /// The canary group changed (new version): a new rollout starts.
+    CanaryChanged,
+    /// Warm-up finished: first step.
+    WarmupDone,
+    /// Rollout paused: no automatic step.
+    Paused,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Healthy => "healthy",
+            Reason::ErrorRate => "error_rate",
+            Reason::LatencyMean => "latency_mean",
+            Reason::LatencyP95 => "latency_p95",
+            Reason::PredictionShift => "prediction_shift",
+            Reason::ErrorSpike => "error_spike",
+            Reason::InsufficientSamples => "insufficient_samples",
+            Reason::MetricsMissing => "metrics_missing",
+            Reason::Inconclusive => "inconclusive",
+            Reason::Operator => "operator",
+            Reason::CanaryChanged => "canary_changed",
+            Reason::WarmupDone => "warmup_done",
+            Reason::Paused => "paused",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A signal the judge looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    Samples,
+    ErrorRate,
+    LatencyMean,
+    LatencyP95,
+    Predictions,
+    FlowShare,
+    ErrorSpike,
+    Metrics,
+}
+
+impl Signal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::Samples => "samples",
+            Signal::ErrorRate => "error_rate",
+            Signal::LatencyMean => "latency_mean",
+            Signal::LatencyP95 => "latency_p95",
+            Signal::Predictions => "predictions",
+            Signal::FlowShare => "flow_share",
+            Signal::ErrorSpike => "error_spike",
+            Signal::Metrics => "metrics",
+        }
+    }
+
+    pub(super) fn reason(self) -> Reason {
+        match self {
+            Signal::ErrorRate => Reason::ErrorRate,
+            Signal::LatencyMean => Reason::LatencyMean,
+            Signal::LatencyP95 => Reason::LatencyP95,
+            Signal::Predictions => Reason::PredictionShift,
+            Signal::ErrorSpike => Reason::ErrorSpike,
+            Signal::Metrics => Reason::MetricsMissing,
+            Signal::Samples => Reason::InsufficientSamples,
+            Signal::FlowShare => Reason::Inconclusive,
+        }
+    }
+
+    /// Unit of the values of this signal, for display.
+    fn unit(self) -> Unit {
+        match self {
+            Signal::ErrorRate | Signal::ErrorSpike | Signal::FlowShare => Unit::Percent,
+            Signal::LatencyMean | Signal::LatencyP95 => Unit::Millis,
+            Signal::Predictions => Unit::Ratio,
+            Signal::Samples | Signal::Metrics => Unit::Count,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Unit {
+    Percent,
+    Millis,
+    Ratio,
+    Count,
+}
+
+impl Unit {
+    fn show(self, v: f64) -> String {
+        match self {
+            Unit::Percent => format!("{:.3}%", v * 100.0),
+            Unit::Millis => format!("{v:.2}ms"),
+            Unit::Ratio => format!("{v:.4}"),
+            Unit::Count => format!("{v:.0}"),
+        }
+    }
+}
+
+/// The verdict on one signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalVerdict {
+    /// Not worse by more than the threshold, at the configured confidence.
+    Pass,
+    /// Worse: rolls back.
+    Fail,
+    /// Not decided yet.
+    Inconclusive,
+    /// Informational finding worth a look (flow share far from the weight).
+    Warn,
+    /// Informational, fine.
+    Ok,
+    /// Switched off in the config or not computable (no observations).
+    Skipped,
+    Missing,
+}
+
+impl fmt::Display for SignalVerdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SignalVerdict::Pass => "PASS",
+            SignalVerdict::Fail => "FAIL",
+            SignalVerdict::Inconclusive => "inconclusive",
+            SignalVerdict::Warn => "WARN",
+            SignalVerdict::Ok => "ok",
+            SignalVerdict::Skipped => "skipped",
+            SignalVerdict::Missing => "MISSING",
+        })
+    }
+}
+
+/// One signal's test, numbers and verdict. Values are in base units: error rates and shares
+/// as fractions, latency in milliseconds, predictions as a distance in 0..=1.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SignalReport {
+    pub signal: Signal,
+    /// Name of the test or bound.
+    pub test: String,
+    pub n_stable: u64,
+    pub n_canary: u64,
+    /// Measured value per group (error rate, mean, p95, share); `None` when not defined.
+    pub stable: Option<f64>,
+    pub canary: Option<f64>,
+    /// Canary minus stable (distance for predictions).
+    pub estimate: Option<f64>,
+    pub statistic: Option<f64>,
+    pub p_value: Option<f64>,
+    /// Lower confidence bound at the rollback level.
+    pub lower: Option<f64>,
+    /// Upper confidence bound at the promotion level.
+    pub upper: Option<f64>,
+    pub threshold: f64,
+    pub verdict: SignalVerdict,
+    /// Anything else worth saying, in words.
+    pub note: String,
+}
+
+pub(super) fn finite(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
+}
+
+impl SignalReport {
+    pub(super) fn new(
+        signal: Signal,
+        test: &str,
+        n_stable: u64,
+        n_canary: u64,
+        threshold: f64,
+    ) -> SignalReport {
+        SignalReport {
+            signal,
+            test: test.to_string(),
+            n_stable,
+            n_canary,
+            stable: None,
+            canary: None,
+            estimate: None,
+            statistic: None,
+            p_value: None,
+            lower: None,
+            upper: None,
+            threshold,
+            verdict: SignalVerdict::Inconclusive,
+            note: String::new(),
+        }
+    }
+}
+
+impl fmt::Display for SignalReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let u = self.signal.unit();
+        let show = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| u.show(v));
+        write!(
+            f,
+            "{:<13} {:<8} {}; n stable {} canary {}",
+            self.signal.as_str(),
+            self.verdict.to_string(),
+            self.test,
+            self.n_stable,
+            self.n_canary
+        )?;
+        if self.stable.is_some() || self.canary.is_some() {
+            write!(
+                f,
+                "; stable {} canary {}",
+                show(self.stable),
+                show(self.canary)
+            )?;
+        }
+        if let Some(e) = self.estimate {
+            write!(f, "; estimate {}", u.show(e))?;
+        }
+        if let Some(s) = self.statistic {
+            write!(f, "; statistic {s:.3}")?;
+        }
+        if let Some(p) = self.p_value {
+            write!(f, "; p {p:.3e}")?;
+        }
+        if self.lower.is_some() || self.upper.is_some() {
+            write!(f, "; bounds [{}, {}]", show(self.lower), show(self.upper))?;
+        }
+        write!(f, "; threshold {}", u.show(self.threshold))?;
+        if !self.note.is_empty() {
+            write!(f, "; {}", self.note)?;
+        }
+        Ok(())
+    }
+}
+
+/// The judge's finding over one window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Judgement {
+    pub verdict: Verdict,
+    pub reason: Reason,
+    /// The look this judgement spent (`None` when it held without testing).
+    pub look: Option<u32>,
+    /// Error probability spent at this look (`a_k`); the rollback side splits it over
+    /// `rollback_signals`.
+    pub alpha: f64,
+    pub rollback_signals: u32,
+    pub signals: Vec<SignalReport>,
+}
+
+impl Judgement {
+    /// The report of one signal, if computed.
+    pub fn signal(&self, signal: Signal) -> Option<&SignalReport> {
+        self.signals.iter().find(|s| s.signal == signal)
+    }
+}
+
+impl fmt::Display for Judgement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verdict = match self.verdict {
+            Verdict::Promote => "promote",
+            Verdict::Rollback => "rollback",
+            Verdict::Hold => "hold",
+        };
+        write!(f, "{verdict} ({})", self.reason)?;
+        if let Some(look) = self.look {
+            write!(
+                f,
+                " at look {look} (alpha {:.2e}, rollback side split over {} signals)",
+                self.alpha, self.rollback_signals
+            )?;
+        }
+        for s in &self.signals {
+            write!(f, "\n  {s}")?;
+        }
+        Ok(())
+    }
+}

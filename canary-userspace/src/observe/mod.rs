@@ -1,0 +1,74 @@
+//! What the daemon learns about backends each poll: health probes and metrics scrapes
+//! ([`probe`]), their MACs ([`neighbour`]), and health with hysteresis ([`Health`]).
+
+pub mod neighbour;
+pub mod probe;
+
+use probe::Probe;
+
+/// Consecutive failed health checks that take a backend out of its group.
+pub const FALL: u32 = 2;
+/// Consecutive passed health checks that put it back.
+pub const RISE: u32 = 2;
+
+/// What the daemon learnt about one backend in one poll.
+#[derive(Clone, Debug)]
+pub struct Observation {
+    pub service: String,
+    pub backend: String,
+    pub health: Probe,
+    /// The metrics exposition, or why it could not be fetched.
+    pub metrics: Result<String, String>,
+}
+
+/// A backend the daemon must probe and scrape.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub service: String,
+    pub backend: String,
+    pub health_url: String,
+    pub metrics_url: String,
+}
+
+/// Warm-up requests to send before a canary takes traffic.
+#[derive(Clone, Debug)]
+pub struct WarmUp {
+    pub service: String,
+    pub urls: Vec<String>,
+    pub requests: u32,
+}
+
+/// Health of a backend, with hysteresis.
+#[derive(Clone, Debug, Default)]
+pub struct Health {
+    /// `None` until the first probe: the first answer counts at once.
+    pub up: Option<bool>,
+    passes: u32,
+    fails: u32,
+    pub last_failure: Option<String>,
+}
+
+impl Health {
+    /// Feeds a probe; returns whether the up/down state changed.
+    pub fn observe(&mut self, probe: &Probe) -> bool {
+        let before = self.up;
+        match probe {
+            Probe::Healthy => {
+                self.passes += 1;
+                self.fails = 0;
+                if self.up.is_none() || self.passes >= RISE {
+                    self.up = Some(true);
+                }
+            }
+            Probe::Unhealthy(why) => {
+                self.fails += 1;
+                self.passes = 0;
+                self.last_failure = Some(why.clone());
+                if self.up.is_none() || self.fails >= FALL {
+                    self.up = Some(false);
+                }
+            }
+        }
+        before != self.up
+    }
+}
