@@ -6,6 +6,7 @@ pub mod config;
 pub mod controller;
 pub mod daemon;
 pub mod dataplane;
+pub mod init;
 pub mod domain;
 pub mod judge;
 pub mod metrics;
