@@ -4,7 +4,6 @@ pub mod admin;
 pub mod api;
 pub mod config;
 pub mod controller;
-pub mod daemon;
 pub mod dataplane;
 pub mod init;
 pub mod domain;

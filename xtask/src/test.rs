@@ -11,13 +11,13 @@ use clap::Args;
 use crate::{build_ebpf, setup};
 
 #[derive(Args, Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// Extra arguments for the test binaries (e.g. a test name filter).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub test_args: Vec<String>,
 }
 
-pub fn run(options: &Options) -> Result<()> {
+pub(crate) fn run(options: &Options) -> Result<()> {
     let root = crate::workspace_root();
     let toolchain = setup::ensure()?;
     let object = build_ebpf::build(&root, true, &toolchain)?;

@@ -214,7 +214,7 @@ fn measure(
     })
 }
 
-pub fn run() -> Result<Section> {
+pub(super) fn run() -> Result<Section> {
     let machine = Machine::current();
     let venv = install::ensure_venv(&bench_dir())?;
     let _stats = BpfStats::enable()?;

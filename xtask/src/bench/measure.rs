@@ -5,7 +5,7 @@ use anyhow::{anyhow, Result};
 use super::report;
 use super::{e2e, install, judge, rollout, scale, xdp, Target};
 
-pub fn run(target: Target) -> Result<()> {
+pub(super) fn run(target: Target) -> Result<()> {
     let targets: Vec<Target> = match target {
         Target::All => vec![
             Target::Xdp,

@@ -239,7 +239,7 @@ fn promotion_under_load(flow_table: bool) -> Result<Vec<PromotionTrial>> {
     Ok(trials)
 }
 
-pub fn run() -> Result<Section> {
+pub(super) fn run() -> Result<Section> {
     let machine = Machine::current();
     let fault = fault_reaction().context("fault reaction")?;
 

@@ -324,7 +324,7 @@ fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
 }
 
-pub fn run() -> Result<Section> {
+pub(super) fn run() -> Result<Section> {
     let machine = Machine::current();
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let pinned = pin_to_cpu(usize::from(cpus > 1)).is_ok();

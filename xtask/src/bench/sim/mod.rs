@@ -22,7 +22,7 @@ use canary_userspace::upstream::{Histogram, Series, Window};
 
 /// How the canary differs from stable.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Scenario {
+pub(super) struct Scenario {
     pub name: String,
     /// Added to the base error rate (0.02 = +2 percentage points).
     pub error_increase: f64,
@@ -34,7 +34,7 @@ pub struct Scenario {
 
 impl Scenario {
     /// A/A, +2 and +5 percentage points of errors, +50 ms, 60/40 -> 80/20 predictions.
-    pub fn standard() -> Vec<Scenario> {
+    pub(super) fn standard() -> Vec<Scenario> {
         let s = |name: &str, e, l, p| Scenario {
             name: name.to_string(),
             error_increase: e,
@@ -53,7 +53,7 @@ impl Scenario {
 
 /// The simulated service and its rollout settings.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct SimParams {
+pub(super) struct SimParams {
     /// Total requests per second over both groups (one request per new flow).
     pub requests_per_second: f64,
     pub base_error_rate: f64,
@@ -90,7 +90,7 @@ impl Default for SimParams {
 
 /// How one simulated rollout ended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RolloutResult {
+pub(super) struct RolloutResult {
     pub outcome: Phase,
     pub reason: Option<Reason>,
     /// Canary weight when it was rolled back (before the rollback).
@@ -102,7 +102,7 @@ pub struct RolloutResult {
 
 /// Summary of a scenario over many rollouts.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ScenarioReport {
+pub(super) struct ScenarioReport {
     pub scenario: String,
     pub rollouts: usize,
     pub promoted: usize,
@@ -251,7 +251,12 @@ fn poisson(rng: &mut StdRng, mean: f64) -> u64 {
 }
 
 /// Runs one rollout from the first step to its end (or `max_seconds`).
-pub fn simulate_rollout(scenario: &Scenario, params: &SimParams, seed: u64) -> RolloutResult {
+#[cfg(test)]
+pub(super) fn simulate_rollout(
+    scenario: &Scenario,
+    params: &SimParams,
+    seed: u64,
+) -> RolloutResult {
     let (stable, canary) = models(scenario, params);
     run_rollout(&stable, &canary, params, seed)
 }
@@ -340,7 +345,7 @@ fn quantile(values: &mut [f64], q: f64) -> Option<f64> {
 
 /// Runs `rollouts` seeded rollouts of one scenario and summarises them. Rollout `i` uses
 /// seed `seed + i`, so results are reproducible and scenarios share their traffic draws.
-pub fn simulate(
+pub(super) fn simulate(
     scenario: &Scenario,
     params: &SimParams,
     rollouts: usize,
