@@ -61,7 +61,7 @@ impl ModelServer {
     pub fn start_timeout(self) -> Duration {
         match self {
             ModelServer::CanaryModel => Duration::from_secs(10),
-            ModelServer::Fastapi(_) => Duration::from_secs(60),
+            ModelServer::Fastapi(_) => Duration::from_mins(1),
         }
     }
 

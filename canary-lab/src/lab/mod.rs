@@ -637,7 +637,9 @@ impl Lab {
             let listen = std::net::SocketAddr::from(([0, 0, 0, 0], SERVICE_PORT));
             let argv = server
                 .argv(listen, version, &node.name, &extra(node))
-                .map_err(|e| LabError::Spec(format!("cannot run {server} on {}: {e}", node.name)))?;
+                .map_err(|e| {
+                    LabError::Spec(format!("cannot run {server} on {}: {e}", node.name))
+                })?;
             procs.push(self.spawn_in(&node.netns, &argv)?);
         }
         for p in &mut procs {

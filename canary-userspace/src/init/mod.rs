@@ -10,6 +10,8 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::domain::Group;
+use crate::upstream::preset::PRESETS;
+use crate::upstream::Selector;
 use recognise::{Catalogue, NotRecognised, Recognised};
 
 /// One backend as `canary init` found it.
@@ -39,7 +41,10 @@ pub struct Proposal {
 
 /// Recognises the series of `expositions` (one per backend, with its metrics URL) together,
 /// checks that every backend exports them, and names the preset they match.
-pub fn propose(expositions: &[(String, Catalogue)], route: &str) -> Result<Proposal, NotRecognised> {
+pub fn propose(
+    expositions: &[(String, Catalogue)],
+    route: &str,
+) -> Result<Proposal, NotRecognised> {
     let mut all = Catalogue::default();
     for (_, c) in expositions {
         all.merge(c);
@@ -53,9 +58,26 @@ pub fn propose(expositions: &[(String, Catalogue)], route: &str) -> Result<Propo
     Ok(Proposal { recognised, preset })
 }
 
-/// The preset whose series are exactly the recognised ones.
-fn preset_of(_recognised: &Recognised) -> Option<&'static str> {
-    None
+/// The preset whose series and labels are exactly the recognised ones.
+fn preset_of(r: &Recognised) -> Option<&'static str> {
+    let same = |pick: &recognise::Pick, preset: &str| match (
+        Selector::parse(&pick.to_string()),
+        Selector::parse(preset),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    PRESETS
+        .iter()
+        .find(|p| {
+            same(&r.requests, p.requests)
+                && same(&r.errors, p.errors)
+                && same(&r.latency, p.latency)
+                && same(&r.predictions, p.predictions)
+                && r.prediction_label == p.prediction_label
+                && r.version_label.as_deref().unwrap_or("") == p.version_label
+        })
+        .map(|p| p.name)
 }
 
 /// A TOML string (basic or literal, whichever needs no escapes).
@@ -95,9 +117,11 @@ pub fn render(service: &ServiceDraft, proposal: &Proposal) -> String {
         ("latency", r.latency.to_string()),
         ("predictions", r.predictions.to_string()),
         ("prediction_label", r.prediction_label.clone()),
+        ("version_label", r.version_label.clone().unwrap_or_default()),
     ];
     if let Some(preset) = proposal.preset {
         let _ = writeln!(t, "  preset = {}", toml_string(preset));
+        let _ = writeln!(t, "  # which is:");
         for (key, value) in &series {
             let _ = writeln!(t, "  # {key} = {}", toml_string(value));
         }

@@ -17,7 +17,14 @@ pub const DEFAULT_ROUTE: &str = "/predict";
 const RUNTIME_PREFIXES: &[&str] = &["process_", "python_", "go_", "promhttp_", "jvm_", "nodejs_"];
 /// Label names that hold the route (path template) of a request.
 const ROUTE_LABELS: &[&str] = &[
-    "route", "handler", "path", "endpoint", "url", "uri", "url_rule", "http_route",
+    "route",
+    "handler",
+    "path",
+    "endpoint",
+    "url",
+    "uri",
+    "url_rule",
+    "http_route",
 ];
 /// Label names that hold an HTTP status.
 const STATUS_LABELS: &[&str] = &[
@@ -41,9 +48,24 @@ const CLASS_LABELS: &[&str] = &[
     "outcome",
 ];
 /// Words in a counter's name that say it counts predictions.
-const PREDICTION_WORDS: &[&str] = &["predict", "inference", "class", "label", "sentiment", "output"];
+const PREDICTION_WORDS: &[&str] = &[
+    "predict",
+    "inference",
+    "class",
+    "label",
+    "sentiment",
+    "output",
+];
 /// Labels that are never the class of a prediction.
-const NOT_CLASS_LABELS: &[&str] = &["method", "le", "quantile", "instance", "job", "model", "model_name"];
+const NOT_CLASS_LABELS: &[&str] = &[
+    "method",
+    "le",
+    "quantile",
+    "instance",
+    "job",
+    "model",
+    "model_name",
+];
 
 /// What kind of metric a family is, as far as recognition cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,77 +109,99 @@ fn is_runtime(name: &str) -> bool {
     RUNTIME_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
-/// The `# TYPE name kind` declarations of an exposition.
-fn declarations(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .filter_map(|l| {
-            let mut words = l.strip_prefix('#')?.split_whitespace();
-            (words.next()? == "TYPE").then_some(())?;
-            Some((words.next()?.to_string(), words.next()?.to_string()))
-        })
-        .collect()
+/// The `# TYPE name kind` declaration on a comment line.
+fn declaration(line: &str) -> Option<(&str, &str)> {
+    let mut words = line.strip_prefix('#')?.split_whitespace();
+    (words.next()? == "TYPE").then_some(())?;
+    Some((words.next()?, words.next()?))
 }
 
 impl Catalogue {
-    /// Reads one exposition.
+    /// Reads one exposition (its sample lines with the daemon's own reader).
     pub fn parse(text: &str) -> Result<Catalogue, NotAnExposition> {
-        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
-            .map_err(|e| NotAnExposition(e.to_string()))?;
-        let declared = declarations(text);
-        if scrape.samples.is_empty() && declared.is_empty() && !text.trim().is_empty() {
-            return Err(NotAnExposition(
-                "no sample and no # TYPE line could be read".into(),
-            ));
-        }
-        let mut c = Catalogue::default();
-        for s in &scrape.samples {
-            let (name, kind, skip_label) = match &s.value {
-                prometheus_parse::Value::Counter(_) => (s.metric.clone(), Kind::Counter, None),
-                prometheus_parse::Value::Histogram(_) => (s.metric.clone(), Kind::Histogram, None),
-                prometheus_parse::Value::Untyped(_) => {
-                    if let Some(base) = s.metric.strip_suffix("_bucket") {
-                        if s.labels.get("le").is_none() || declared.contains_key(base) {
-                            continue;
-                        }
-                        (base.to_string(), Kind::Histogram, Some("le"))
-                    } else if s.metric.ends_with("_total") && !declared.contains_key(&s.metric) {
-                        (s.metric.clone(), Kind::Counter, None)
-                    } else {
-                        continue;
-                    }
+        let mut declared: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut samples = Vec::new();
+        let mut unreadable = 0usize;
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            if line.starts_with('#') {
+                if let Some((name, kind)) = declaration(line) {
+                    declared.insert(name, kind);
                 }
-                _ => continue,
+            } else if let Some(sample) = crate::upstream::read_sample(line) {
+                samples.push(sample);
+            } else {
+                unreadable += 1;
+            }
+        }
+        if samples.is_empty() && declared.is_empty() && unreadable > 0 {
+            return Err(NotAnExposition(format!(
+                "none of its {unreadable} lines is a sample or a # TYPE line"
+            )));
+        }
+        let is = |name: &str, kind: &str| declared.get(name) == Some(&kind);
+        let mut c = Catalogue::default();
+        for s in &samples {
+            let name = s.name;
+            let base = |suffix: &str| name.strip_suffix(suffix).unwrap_or(name);
+            let has_le = s.labels.iter().any(|(k, _)| *k == "le");
+            let (family, kind) = if is(name, "counter") || is(base("_total"), "counter") {
+                (name, Kind::Counter)
+            } else if ["_bucket", "_sum", "_count"]
+                .iter()
+                .any(|x| name.ends_with(x) && is(base(x), "histogram"))
+            {
+                let x = ["_bucket", "_sum", "_count"]
+                    .into_iter()
+                    .find(|x| name.ends_with(x))
+                    .unwrap_or_default();
+                (base(x), Kind::Histogram)
+            } else if declared.contains_key(name) {
+                continue;
+            } else if name.ends_with("_total") {
+                // Untyped, named as a counter.
+                (name, Kind::Counter)
+            } else if name.ends_with("_bucket") && has_le {
+                (base("_bucket"), Kind::Histogram)
+            } else {
+                continue;
             };
-            if is_runtime(&name) || name.ends_with("_created") {
+            if is_runtime(family) || family.ends_with("_created") {
                 continue;
             }
-            let f = c.families.entry(name).or_default();
+            let f = c.families.entry(family.to_string()).or_default();
             f.kind = Some(kind);
-            f.series += 1;
-            for (k, v) in s.labels.iter() {
-                if Some(k.as_str()) != skip_label {
-                    f.labels.entry(k.clone()).or_default().insert(v.clone());
+            // One series per counter sample, one per histogram (its `+Inf` bucket).
+            let inf_bucket = name.ends_with("_bucket")
+                && s.labels.iter().any(|(k, v)| *k == "le" && v == "+Inf");
+            if kind == Kind::Counter || inf_bucket {
+                f.series += 1;
+            }
+            for (k, v) in &s.labels {
+                if *k != "le" || kind != Kind::Histogram {
+                    f.labels
+                        .entry((*k).to_string())
+                        .or_default()
+                        .insert(v.to_string());
                 }
             }
         }
         // Declared families without any series yet (a counter whose labelled children appear
         // with the first request, as prometheus_client does).
-        for (name, kind) in &declared {
-            let kind = match kind.as_str() {
+        for (name, kind) in declared {
+            let kind = match kind {
                 "counter" => Kind::Counter,
                 "histogram" => Kind::Histogram,
                 _ => continue,
             };
-            let total = format!("{name}_total");
             if is_runtime(name)
                 || name.ends_with("_created")
                 || c.families.contains_key(name)
-                || c.families.contains_key(&total)
+                || c.families.contains_key(&format!("{name}_total"))
             {
                 continue;
             }
             c.families.insert(
-                name.clone(),
+                name.to_string(),
                 Family {
                     kind: Some(kind),
                     ..Family::default()
@@ -183,7 +227,9 @@ impl Catalogue {
     }
 
     fn of_kind(&self, kind: Kind) -> impl Iterator<Item = (&String, &Family)> {
-        self.families.iter().filter(move |(_, f)| f.kind == Some(kind))
+        self.families
+            .iter()
+            .filter(move |(_, f)| f.kind == Some(kind))
     }
 
     /// `name{label, ...}` of every family of `kind`, for messages.
@@ -237,7 +283,8 @@ impl Pick {
     }
 
     fn with(mut self, label: &str, op: Op, value: &str) -> Pick {
-        self.matchers.push((label.to_string(), op, value.to_string()));
+        self.matchers
+            .push((label.to_string(), op, value.to_string()));
         self
     }
 }
@@ -319,7 +366,9 @@ fn contains_any(name: &str, words: &[&str]) -> bool {
 }
 
 fn is_status_code(v: &str) -> bool {
-    v.len() == 3 && v.as_bytes()[0].is_ascii_digit() && (b'1'..=b'5').contains(&v.as_bytes()[0])
+    v.len() == 3
+        && v.as_bytes()[0].is_ascii_digit()
+        && (b'1'..=b'5').contains(&v.as_bytes()[0])
         && v.bytes().all(|b| b.is_ascii_digit())
 }
 
@@ -353,7 +402,10 @@ fn status_matcher(f: &Family) -> Option<(&str, Op, &'static str)> {
         })?;
     if values.iter().all(|v| is_status_class(v)) {
         Some((label.as_str(), Op::Equal, "5xx"))
-    } else if values.iter().all(|v| is_status_code(v) || is_status_class(v)) {
+    } else if values
+        .iter()
+        .all(|v| is_status_code(v) || is_status_class(v))
+    {
         Some((label.as_str(), Op::Matches, "5.."))
     } else {
         None
@@ -372,10 +424,13 @@ pub fn recognise(catalogue: &Catalogue, route: &str) -> Result<Recognised, NotRe
                 .map_err(|p| problems.push(p));
             let latency = latency(catalogue, route, route_matcher.is_some(), &mut notes)
                 .map_err(|p| problems.push(p));
-            let exclude: Vec<&str> = [Some(name.as_str()), errors.as_ref().ok().map(|e| e.metric.as_str())]
-                .into_iter()
-                .flatten()
-                .collect();
+            let exclude: Vec<&str> = [
+                Some(name.as_str()),
+                errors.as_ref().ok().map(|e| e.metric.as_str()),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
             let predictions =
                 predictions(catalogue, &exclude, &mut notes).map_err(|p| problems.push(p));
             (errors, latency, predictions)
@@ -415,7 +470,8 @@ fn requests(
     let candidates: Vec<(&String, &Family)> = c
         .of_kind(Kind::Counter)
         .filter(|(n, _)| {
-            n.contains("request") && !contains_any(n, &["error", "fail", "exception", "size", "byte"])
+            n.contains("request")
+                && !contains_any(n, &["error", "fail", "exception", "size", "byte"])
         })
         .collect();
     let counters = c.shown(Kind::Counter);
@@ -461,7 +517,9 @@ fn requests(
         });
     }
     let Some(label) = route_label(f) else {
-        notes.push(format!("requests: `{name}` (counter, no route label: every request counts)"));
+        notes.push(format!(
+            "requests: `{name}` (counter, no route label: every request counts)"
+        ));
         return Ok((name.clone(), None));
     };
     if !f.has_value(label, route) {
@@ -549,7 +607,8 @@ fn errors(
     let mut pick = Pick::new(name);
     if let Some((l, v)) = route {
         // The route label of the errors counter may be missing until a route fails.
-        if let Some(el) = route_label(ef).or_else(|| ef.labels.contains_key(l).then_some(l.as_str()))
+        if let Some(el) =
+            route_label(ef).or_else(|| ef.labels.contains_key(l).then_some(l.as_str()))
         {
             pick = pick.with(el, Op::Equal, v);
         }
@@ -616,7 +675,9 @@ fn latency(
             })
         }
     };
-    if contains_any(name, &["millisecond", "_ms"]) || !name.contains("seconds") && name.contains("micro") {
+    if contains_any(name, &["millisecond", "_ms"])
+        || !name.contains("seconds") && name.contains("micro")
+    {
         return Err(Unrecognised {
             signal: "latency",
             saw: vec![show(name, f)],
@@ -782,11 +843,7 @@ pub fn check_backends(
             .collect();
             (!missing.is_empty()).then(|| Unrecognised {
                 signal: "backends",
-                saw: c
-                    .families
-                    .iter()
-                    .map(|(n, f)| show(n, f))
-                    .collect(),
+                saw: c.families.iter().map(|(n, f)| show(n, f)).collect(),
                 needs: format!(
                     "{source} does not export {} that the other backends export: every backend \
                      of a service must run the same kind of server",

@@ -1,4 +1,4 @@
-//! Recognition on expositions recorded from the real servers: canary-model and the FastAPI
+//! Recognition on expositions recorded from the real servers: canary-model and the `FastAPI`
 //! example with each metrics library, after a few answers (200s, a 422 and two 500s) and fresh
 //! (nothing but a health check).
 
@@ -30,10 +30,13 @@ fn not_recognised(text: &str) -> NotRecognised {
 
 /// The exposition without any 5xx series (a backend that has not failed yet).
 fn without_errors(text: &str) -> String {
-    text.lines()
-        .filter(|l| !(l.contains("\"500\"") || l.contains("\"5xx\"")))
-        .map(|l| format!("{l}\n"))
-        .collect()
+    lines_where(text, |l| !(l.contains("\"500\"") || l.contains("\"5xx\"")))
+}
+
+/// The lines of `text` that `keep`.
+fn lines_where(text: &str, keep: impl Fn(&str) -> bool) -> String {
+    let kept: Vec<&str> = text.lines().filter(|l| keep(l)).collect();
+    kept.join("\n") + "\n"
 }
 
 fn selectors(r: &Recognised) -> [String; 5] {
@@ -79,9 +82,15 @@ fn prometheus_client_series_are_recognised_with_route_and_numeric_status() {
     );
     assert_eq!(r.version_label.as_deref(), Some("model_version"));
     // Before any error the status values are still numeric: the same selector.
-    assert_eq!(selectors(&recognised(&without_errors(CLIENT))), selectors(&r));
+    assert_eq!(
+        selectors(&recognised(&without_errors(CLIENT))),
+        selectors(&r)
+    );
     let notes = r.notes.join("\n");
-    assert!(notes.contains("other routes seen: /fault, /healthz, /metrics"), "{notes}");
+    assert!(
+        notes.contains("other routes seen: /fault, /healthz, /metrics"),
+        "{notes}"
+    );
 }
 
 #[test]
@@ -98,7 +107,10 @@ fn instrumentator_series_are_recognised_with_handler_and_grouped_status() {
         ]
     );
     assert_eq!(r.version_label, None);
-    assert_eq!(selectors(&recognised(&without_errors(INSTRUMENTATOR))), selectors(&r));
+    assert_eq!(
+        selectors(&recognised(&without_errors(INSTRUMENTATOR))),
+        selectors(&r)
+    );
     // The fine histogram without a handler label mixes every route: not the latency.
     let notes = r.notes.join("\n");
     assert!(
@@ -128,26 +140,35 @@ fn a_fresh_fastapi_backend_says_to_send_a_request_first() {
         assert_eq!(e.0[0].signal, "requests");
         assert!(text.contains(&format!("saw: {series}")), "{text}");
         assert!(
-            text.contains(&format!("{route}=\"/predict\": send one request to /predict first")),
+            text.contains(&format!(
+                "{route}=\"/predict\": send one request to /predict first"
+            )),
             "{text}"
         );
     }
     // prometheus_client before any request: the counter is declared, without series.
-    let declared_only: String = CLIENT_FRESH
-        .lines()
-        .filter(|l| !l.starts_with("http_"))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let declared_only = lines_where(CLIENT_FRESH, |l| !l.starts_with("http_"));
     let text = not_recognised(&declared_only).to_string();
-    assert!(text.contains("saw: http_requests_total (declared, no series yet)"), "{text}");
-    assert!(text.contains("its labels appear with the first request"), "{text}");
+    assert!(
+        text.contains("saw: http_requests_total (declared, no series yet)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("its labels appear with the first request"),
+        "{text}"
+    );
 }
 
 #[test]
 fn another_route_is_selected_when_asked() {
     let r = recognise(&catalogue(CLIENT), "/healthz").expect("recognised");
-    assert_eq!(r.requests.to_string(), r#"http_requests_total{route="/healthz"}"#);
-    let e = recognise(&catalogue(CLIENT), "/classify").unwrap_err().to_string();
+    assert_eq!(
+        r.requests.to_string(),
+        r#"http_requests_total{route="/healthz"}"#
+    );
+    let e = recognise(&catalogue(CLIENT), "/classify")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("route=\"/classify\""), "{e}");
     assert!(e.contains("route=/fault|/healthz|/metrics|/predict"), "{e}");
 }
@@ -166,10 +187,22 @@ fn missing_signals_are_named_with_what_was_seen() {
     let signals: Vec<&str> = e.0.iter().map(|p| p.signal).collect();
     assert_eq!(signals, ["errors", "latency", "predictions"], "{e}");
     let text = e.to_string();
-    assert!(text.contains("a status label on `app_requests_total`"), "{text}");
-    assert!(text.contains("saw: app_requests_total{path=/predict}"), "{text}");
-    assert!(text.contains("a histogram of request durations in seconds"), "{text}");
-    assert!(text.contains("saw: cache_hits_total{cache=tokens}"), "{text}");
+    assert!(
+        text.contains("a status label on `app_requests_total`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("saw: app_requests_total{path=/predict}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("a histogram of request durations in seconds"),
+        "{text}"
+    );
+    assert!(
+        text.contains("saw: cache_hits_total{cache=tokens}"),
+        "{text}"
+    );
     assert!(text.contains("predictions = \"\""), "{text}");
 }
 
@@ -194,7 +227,10 @@ fn ambiguous_series_are_not_guessed() {
                 predictions_total{class=\"a\",label=\"b\"} 1\n";
     let e = not_recognised(text);
     assert_eq!(e.0.len(), 1, "{e}");
-    assert!(e.0[0].needs.contains("class, label could each be it"), "{e}");
+    assert!(
+        e.0[0].needs.contains("class, label could each be it"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -240,8 +276,14 @@ fn go_style_code_label_and_untyped_series_are_recognised() {
 #[test]
 fn backends_of_different_kinds_are_refused() {
     let both = [
-        ("http://198.18.0.11:8080/metrics".to_string(), catalogue(CLIENT)),
-        ("http://198.18.0.12:8080/metrics".to_string(), catalogue(CANARY_MODEL)),
+        (
+            "http://198.18.0.11:8080/metrics".to_string(),
+            catalogue(CLIENT),
+        ),
+        (
+            "http://198.18.0.12:8080/metrics".to_string(),
+            catalogue(CANARY_MODEL),
+        ),
     ];
     let e = propose(&both, DEFAULT_ROUTE).unwrap_err();
     let text = e.to_string();
@@ -254,7 +296,10 @@ fn backends_of_different_kinds_are_refused() {
     assert!(text.contains("different kinds of server"), "{text}");
     // A backend that exports nothing of the kind is named too.
     let stray = [
-        ("http://198.18.0.11:8080/metrics".to_string(), catalogue(CLIENT)),
+        (
+            "http://198.18.0.11:8080/metrics".to_string(),
+            catalogue(CLIENT),
+        ),
         (
             "http://198.18.0.12:8080/metrics".to_string(),
             catalogue("# TYPE up gauge\nup 1\n"),
@@ -272,8 +317,14 @@ fn a_fresh_canary_is_recognised_together_with_a_stable_that_served() {
     // The canary has had no traffic yet: its families are declared, the stable's series say
     // which route and status labels they carry.
     let both = [
-        ("http://198.18.0.11:8080/metrics".to_string(), catalogue(CLIENT)),
-        ("http://198.18.0.13:8080/metrics".to_string(), catalogue(CLIENT_FRESH)),
+        (
+            "http://198.18.0.11:8080/metrics".to_string(),
+            catalogue(CLIENT),
+        ),
+        (
+            "http://198.18.0.13:8080/metrics".to_string(),
+            catalogue(CLIENT_FRESH),
+        ),
     ];
     let p = propose(&both, DEFAULT_ROUTE).expect("recognised");
     assert_eq!(selectors(&p.recognised), selectors(&recognised(CLIENT)));
@@ -299,9 +350,30 @@ fn draft() -> ServiceDraft {
 }
 
 #[test]
-fn the_section_validates_and_names_the_recognised_series() {
-    for text in [CANARY_MODEL, CLIENT, INSTRUMENTATOR] {
+fn each_recorded_server_matches_its_preset() {
+    for (text, preset) in [
+        (CANARY_MODEL, "canary-model"),
+        (CLIENT, "prometheus-client"),
+        (INSTRUMENTATOR, "fastapi-instrumentator"),
+    ] {
         let p = propose(&[("m".into(), catalogue(text))], DEFAULT_ROUTE).expect("recognised");
+        assert_eq!(p.preset, Some(preset));
+    }
+    // Another route: the same library, but not its preset's selectors.
+    let p = propose(&[("m".into(), catalogue(CLIENT))], "/healthz").expect("recognised");
+    assert_eq!(p.preset, None);
+}
+
+#[test]
+fn the_section_validates_and_names_the_recognised_series() {
+    for (text, route) in [
+        (CANARY_MODEL, DEFAULT_ROUTE),
+        (CLIENT, DEFAULT_ROUTE),
+        (INSTRUMENTATOR, DEFAULT_ROUTE),
+        // No preset: explicit selectors.
+        (CLIENT, "/healthz"),
+    ] {
+        let p = propose(&[("m".into(), catalogue(text))], route).expect("recognised");
         let section = render(&draft(), &p);
         let config = Config::from_toml_str(&section)
             .unwrap_or_else(|e| panic!("the section does not validate: {e}\n{section}"));
@@ -314,10 +386,27 @@ fn the_section_validates_and_names_the_recognised_series() {
             "{section}"
         );
         assert!(section.contains("# Written by `canary init`"), "{section}");
+        let u = &s.upstream;
+        let resolved = [
+            u.requests.to_string(),
+            u.errors.to_string(),
+            u.latency.to_string(),
+            u.predictions.to_string(),
+            u.prediction_label.clone(),
+        ];
+        assert_eq!(resolved, selectors(&p.recognised), "{section}");
         assert_eq!(
-            s.upstream.requests.to_string(),
-            p.recognised.requests.to_string(),
-            "{section}"
+            u.version_label,
+            p.recognised.version_label.clone().unwrap_or_default()
         );
+        assert_eq!(u.preset.as_deref(), p.preset, "{section}");
+        if p.preset.is_some() {
+            assert!(section.contains("  # which is:\n"), "{section}");
+        } else {
+            assert!(
+                section.contains("\n  requests = 'http_requests_total{route=\"/healthz\"}'\n"),
+                "{section}"
+            );
+        }
     }
 }
