@@ -48,6 +48,10 @@ pub struct DeploymentSpec {
     pub poll_interval: String,
     pub min_samples: u64,
     pub warmup_requests: u32,
+    /// `""`: each canary backend's health URL.
+    pub warmup_url: String,
+    /// `""`: warm-up GETs; else the JSON body of warm-up POSTs.
+    pub warmup_body: String,
     /// `drain` or `reset`.
     pub rollback: String,
     /// `auto` or `paused`.
@@ -88,6 +92,8 @@ impl DeploymentSpec {
             poll_interval: "1s".into(),
             min_samples: 200,
             warmup_requests: 5,
+            warmup_url: String::new(),
+            warmup_body: String::new(),
             rollback: "drain".into(),
             start: "auto".into(),
             metrics_missing: "hold".into(),
@@ -126,6 +132,15 @@ fn io(what: &str) -> impl Fn(std::io::Error) -> DeploymentError + '_ {
 impl Deployment {
     /// Lab up, model servers started, config written, daemon started and ready.
     pub fn start(spec: DeploymentSpec) -> Result<Self, DeploymentError> {
+        let mut d = Deployment::up(spec)?;
+        d.write_config()?;
+        d.start_daemon()?;
+        Ok(d)
+    }
+
+    /// Lab up and model servers started; no config written and no daemon yet (see
+    /// [`Deployment::write_config`] and [`Deployment::start_daemon`]).
+    pub fn up(spec: DeploymentSpec) -> Result<Self, DeploymentError> {
         let canary_bin = bins::locate("canary", "canary-userspace")?;
         let loadgen_bin = bins::locate("canary-loadgen", "canary-lab")?;
         let lab = Lab::up(&spec.lab)?;
@@ -139,12 +154,7 @@ impl Deployment {
             None => None,
         };
         let config_path = lab.state_dir().join("canary.toml");
-        std::fs::write(
-            &config_path,
-            config_text(&spec, &lab, token_path.as_deref()),
-        )
-        .map_err(io("write config"))?;
-        let mut d = Deployment {
+        Ok(Deployment {
             spec,
             lab,
             canary_bin,
@@ -153,9 +163,16 @@ impl Deployment {
             token_path,
             models,
             daemon: None,
-        };
-        d.start_daemon()?;
-        Ok(d)
+        })
+    }
+
+    /// Writes the daemon's config for the spec as it is now.
+    pub fn write_config(&self) -> Result<(), DeploymentError> {
+        std::fs::write(
+            &self.config_path,
+            config_text(&self.spec, &self.lab, self.token_path.as_deref()),
+        )
+        .map_err(io("write config"))
     }
 
     /// Starts `canary run` in the load balancer and waits until its admin API answers and
@@ -502,6 +519,8 @@ pub fn config_text(spec: &DeploymentSpec, lab: &Lab, token_file: Option<&Path>) 
     let _ = writeln!(t, "  poll_interval = \"{}\"", spec.poll_interval);
     let _ = writeln!(t, "  min_samples = {}", spec.min_samples);
     let _ = writeln!(t, "  warmup_requests = {}", spec.warmup_requests);
+    let _ = writeln!(t, "  warmup_url = {}", toml_string(&spec.warmup_url));
+    let _ = writeln!(t, "  warmup_body = {}", toml_string(&spec.warmup_body));
     let _ = writeln!(t, "  rollback = \"{}\"", spec.rollback);
     let _ = writeln!(t, "  start = \"{}\"", spec.start);
     let _ = writeln!(t, "  metrics_missing = \"{}\"", spec.metrics_missing);
@@ -525,6 +544,15 @@ pub fn config_text(spec: &DeploymentSpec, lab: &Lab, token_file: Option<&Path>) 
     let _ = writeln!(t, "  max_prediction_shift = {}", spec.max_prediction_shift);
     let _ = writeln!(t, "  confidence = {}", spec.confidence);
     t
+}
+
+/// A TOML string literal (no escapes needed inside single quotes, else a basic string).
+fn toml_string(s: &str) -> String {
+    if s.contains('\'') || s.contains('\n') {
+        format!("{s:?}")
+    } else {
+        format!("'{s}'")
+    }
 }
 
 /// The lab's service: every backend with its group, address, MAC and URLs, and the upstream
