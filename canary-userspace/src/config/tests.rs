@@ -581,3 +581,24 @@ fn token_files_are_trimmed_and_must_not_be_empty() {
     assert!(read_token(&dir.join("missing")).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn resolved_upstream_selectors_are_described() {
+    let u = upstream_of("  preset = \"prometheus-client\"\n  latency = \"\"").expect("valid");
+    assert_eq!(
+        u.describe(),
+        [
+            "upstream (preset prometheus-client):",
+            "  requests     http_requests_total{route=\"/predict\"}",
+            "  errors       http_requests_total{route=\"/predict\",status=~\"5..\"}",
+            "  latency      off",
+            "  predictions  model_predictions_total, class label `class`",
+            "  version      label `model_version`",
+            "  limits       4194304 bytes, 20000 series, 1000 prediction classes per scrape",
+        ]
+    );
+    assert_eq!(
+        UpstreamConfig::default().describe()[0],
+        "upstream (no preset):"
+    );
+}
