@@ -211,6 +211,9 @@ fn validate(path: &Path) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(" -> ")
         );
+        for line in s.upstream.describe() {
+            println!("    {line}");
+        }
     }
     Ok(())
 }

@@ -229,6 +229,44 @@ pub const DEFAULT_MAX_SERIES: usize = 20_000;
 pub const DEFAULT_MAX_PREDICTION_CLASSES: usize = 1_000;
 
 impl UpstreamConfig {
+    /// The resolved selectors and limits, one per line, as `canary validate` prints them.
+    pub fn describe(&self) -> Vec<String> {
+        let or_off = |s: &Selector| {
+            if s.is_empty() {
+                "off".to_string()
+            } else {
+                s.to_string()
+            }
+        };
+        let mut lines = vec![
+            format!(
+                "upstream ({}):",
+                self.preset
+                    .as_deref()
+                    .map_or_else(|| "no preset".to_string(), |p| format!("preset {p}"))
+            ),
+            format!("  requests     {}", or_off(&self.requests)),
+            format!("  errors       {}", or_off(&self.errors)),
+            format!("  latency      {}", or_off(&self.latency)),
+        ];
+        lines.push(if self.predictions.is_empty() {
+            "  predictions  off".to_string()
+        } else {
+            format!(
+                "  predictions  {}, class label `{}`",
+                self.predictions, self.prediction_label
+            )
+        });
+        if !self.version_label.is_empty() {
+            lines.push(format!("  version      label `{}`", self.version_label));
+        }
+        lines.push(format!(
+            "  limits       {} bytes, {} series, {} prediction classes per scrape",
+            self.max_scrape_bytes, self.max_series, self.max_prediction_classes
+        ));
+        lines
+    }
+
     /// The selectors of a preset, with the default limits.
     pub fn from_preset(p: &Preset) -> UpstreamConfig {
         let parse = |s: &str| Selector::parse(s).expect("preset selectors are valid");

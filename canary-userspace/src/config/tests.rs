@@ -611,3 +611,24 @@ fn warm_up_posts_a_json_body_to_the_warm_up_url() {
         "{p:?}"
     );
 }
+
+#[test]
+fn resolved_upstream_selectors_are_described() {
+    let u = upstream_of("  preset = \"prometheus-client\"\n  latency = \"\"").expect("valid");
+    assert_eq!(
+        u.describe(),
+        [
+            "upstream (preset prometheus-client):",
+            "  requests     http_requests_total{route=\"/predict\"}",
+            "  errors       http_requests_total{route=\"/predict\",status=~\"5..\"}",
+            "  latency      off",
+            "  predictions  model_predictions_total, class label `class`",
+            "  version      label `model_version`",
+            "  limits       4194304 bytes, 20000 series, 1000 prediction classes per scrape",
+        ]
+    );
+    assert_eq!(
+        UpstreamConfig::default().describe()[0],
+        "upstream (no preset):"
+    );
+}
