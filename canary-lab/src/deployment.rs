@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::bins;
 use crate::lab::{Lab, LabError, LabProcess, LabSpec, Node, SERVICE_PORT};
 use crate::loadgen::{LoadSpec, Report};
+use crate::server::ModelServer;
 
 /// Port of the daemon's admin API inside the load balancer's namespace.
 pub const ADMIN_PORT: u16 = 9100;
@@ -47,6 +48,10 @@ pub struct DeploymentSpec {
     pub poll_interval: String,
     pub min_samples: u64,
     pub warmup_requests: u32,
+    /// `""`: each canary backend's health URL.
+    pub warmup_url: String,
+    /// `""`: warm-up GETs; else the JSON body of warm-up POSTs.
+    pub warmup_body: String,
     /// `drain` or `reset`.
     pub rollback: String,
     /// `auto` or `paused`.
@@ -68,8 +73,13 @@ pub struct DeploymentSpec {
     pub bpf_object: Option<PathBuf>,
     /// Run the daemon with this open-file limit (soft and hard, via `prlimit`).
     pub daemon_open_files: Option<u64>,
-    /// Extra `canary-model` flags per backend node.
+    /// The model server on every backend.
+    pub server: ModelServer,
+    /// Extra model-server flags per backend node (faults: both servers take the same flags).
     pub model_args: fn(&Node) -> Vec<String>,
+    /// A `[[services]]` section to use instead of the generated one (for example from
+    /// `canary init`); the rollout settings above are appended to it.
+    pub service_section: Option<String>,
 }
 
 fn no_args(_: &Node) -> Vec<String> {
@@ -87,6 +97,8 @@ impl DeploymentSpec {
             poll_interval: "1s".into(),
             min_samples: 200,
             warmup_requests: 5,
+            warmup_url: String::new(),
+            warmup_body: String::new(),
             rollback: "drain".into(),
             start: "auto".into(),
             metrics_missing: "hold".into(),
@@ -101,7 +113,9 @@ impl DeploymentSpec {
             token: None,
             bpf_object: None,
             daemon_open_files: None,
+            server: ModelServer::CanaryModel,
             model_args: no_args,
+            service_section: None,
         }
     }
 }
@@ -125,12 +139,19 @@ fn io(what: &str) -> impl Fn(std::io::Error) -> DeploymentError + '_ {
 impl Deployment {
     /// Lab up, model servers started, config written, daemon started and ready.
     pub fn start(spec: DeploymentSpec) -> Result<Self, DeploymentError> {
+        let mut d = Deployment::up(spec)?;
+        d.write_config()?;
+        d.start_daemon()?;
+        Ok(d)
+    }
+
+    /// Lab up and model servers started; no config written and no daemon yet (see
+    /// [`Deployment::write_config`] and [`Deployment::start_daemon`]).
+    pub fn up(spec: DeploymentSpec) -> Result<Self, DeploymentError> {
         let canary_bin = bins::locate("canary", "canary-userspace")?;
-        let model_bin = bins::locate("canary-model", "canary-model")?;
         let loadgen_bin = bins::locate("canary-loadgen", "canary-lab")?;
         let lab = Lab::up(&spec.lab)?;
-        let args = spec.model_args;
-        let models = lab.start_models(&model_bin, args)?;
+        let models = lab.start_models(spec.server, spec.model_args)?;
         let token_path = match &spec.token {
             Some(t) => {
                 use std::io::Write as _;
@@ -149,12 +170,7 @@ impl Deployment {
             None => None,
         };
         let config_path = lab.state_dir().join("canary.toml");
-        std::fs::write(
-            &config_path,
-            config_text(&spec, &lab, token_path.as_deref()),
-        )
-        .map_err(io("write config"))?;
-        let mut d = Deployment {
+        Ok(Deployment {
             spec,
             lab,
             canary_bin,
@@ -163,9 +179,16 @@ impl Deployment {
             token_path,
             models,
             daemon: None,
-        };
-        d.start_daemon()?;
-        Ok(d)
+        })
+    }
+
+    /// Writes the daemon's config for the spec as it is now.
+    pub fn write_config(&self) -> Result<(), DeploymentError> {
+        std::fs::write(
+            &self.config_path,
+            config_text(&self.spec, &self.lab, self.token_path.as_deref()),
+        )
+        .map_err(io("write config"))
     }
 
     /// Starts `canary run` in the load balancer and waits until its admin API answers and
@@ -525,21 +548,11 @@ pub fn config_text(spec: &DeploymentSpec, lab: &Lab, token_file: Option<&Path>) 
     if let Some(p) = token_file {
         let _ = writeln!(t, "token_file = \"{}\"", p.display());
     }
-    let _ = writeln!(t, "\n[[services]]");
-    let _ = writeln!(t, "name = \"sentiment\"");
-    let _ = writeln!(t, "vip = \"{}:{SERVICE_PORT}\"", lab.vip());
-    let _ = writeln!(t, "protocol = \"tcp\"");
-    let _ = writeln!(t, "affinity = \"{}\"", spec.affinity);
-    for (group, nodes) in [("stable", lab.stable()), ("canary", lab.canary())] {
-        for n in nodes {
-            let _ = writeln!(t, "\n  [[services.backends]]");
-            let _ = writeln!(t, "  name = \"{}\"", n.name);
-            let _ = writeln!(t, "  group = \"{group}\"");
-            let _ = writeln!(t, "  address = \"{}\"", n.address);
-            let _ = writeln!(t, "  mac = \"{}\"", n.mac);
-            let _ = writeln!(t, "  health_url = \"{}\"", n.url("/healthz"));
-            let _ = writeln!(t, "  metrics_url = \"{}\"", n.url("/metrics"));
+    match &spec.service_section {
+        Some(section) => {
+            let _ = writeln!(t, "\n{}", section.trim_end());
         }
+        None => service_section(&mut t, spec, lab),
     }
     let steps: Vec<String> = spec.steps.iter().map(|s| format!("{s}")).collect();
     let _ = writeln!(t, "\n  [services.rollout]");
@@ -548,6 +561,8 @@ pub fn config_text(spec: &DeploymentSpec, lab: &Lab, token_file: Option<&Path>) 
     let _ = writeln!(t, "  poll_interval = \"{}\"", spec.poll_interval);
     let _ = writeln!(t, "  min_samples = {}", spec.min_samples);
     let _ = writeln!(t, "  warmup_requests = {}", spec.warmup_requests);
+    let _ = writeln!(t, "  warmup_url = {}", toml_string(&spec.warmup_url));
+    let _ = writeln!(t, "  warmup_body = {}", toml_string(&spec.warmup_body));
     let _ = writeln!(t, "  rollback = \"{}\"", spec.rollback);
     let _ = writeln!(t, "  start = \"{}\"", spec.start);
     let _ = writeln!(t, "  metrics_missing = \"{}\"", spec.metrics_missing);
@@ -571,6 +586,38 @@ pub fn config_text(spec: &DeploymentSpec, lab: &Lab, token_file: Option<&Path>) 
     let _ = writeln!(t, "  max_prediction_shift = {}", spec.max_prediction_shift);
     let _ = writeln!(t, "  confidence = {}", spec.confidence);
     t
+}
+
+/// A TOML string literal (no escapes needed inside single quotes, else a basic string).
+fn toml_string(s: &str) -> String {
+    if s.contains('\'') || s.contains('\n') {
+        format!("{s:?}")
+    } else {
+        format!("'{s}'")
+    }
+}
+
+/// The lab's service: every backend with its group, address, MAC and URLs, and the upstream
+/// preset of the model server.
+fn service_section(t: &mut String, spec: &DeploymentSpec, lab: &Lab) {
+    let _ = writeln!(t, "\n[[services]]");
+    let _ = writeln!(t, "name = \"sentiment\"");
+    let _ = writeln!(t, "vip = \"{}:{SERVICE_PORT}\"", lab.vip());
+    let _ = writeln!(t, "protocol = \"tcp\"");
+    let _ = writeln!(t, "affinity = \"{}\"", spec.affinity);
+    for (group, nodes) in [("stable", lab.stable()), ("canary", lab.canary())] {
+        for n in nodes {
+            let _ = writeln!(t, "\n  [[services.backends]]");
+            let _ = writeln!(t, "  name = \"{}\"", n.name);
+            let _ = writeln!(t, "  group = \"{group}\"");
+            let _ = writeln!(t, "  address = \"{}\"", n.address);
+            let _ = writeln!(t, "  mac = \"{}\"", n.mac);
+            let _ = writeln!(t, "  health_url = \"{}\"", n.url("/healthz"));
+            let _ = writeln!(t, "  metrics_url = \"{}\"", n.url("/metrics"));
+        }
+    }
+    let _ = writeln!(t, "\n  [services.upstream]");
+    let _ = writeln!(t, "  preset = \"{}\"", spec.server.preset());
 }
 
 /// The value of the sample `name{labels}` in a Prometheus text exposition: every given label

@@ -181,6 +181,8 @@ pub struct RolloutConfig {
     pub warmup_requests: u32,
     /// `None`: use each canary backend's `health_url`.
     pub warmup_url: Option<String>,
+    /// JSON body: warm-up requests are POSTs of it (they run the model); `None`: GETs.
+    pub warmup_body: Option<String>,
     pub rollback: RollbackMode,
     pub start: StartMode,
     pub metrics_missing: MissingPolicy,
@@ -233,6 +235,44 @@ pub const DEFAULT_MAX_SERIES: usize = 20_000;
 pub const DEFAULT_MAX_PREDICTION_CLASSES: usize = 1_000;
 
 impl UpstreamConfig {
+    /// The resolved selectors and limits, one per line, as `canary validate` prints them.
+    pub fn describe(&self) -> Vec<String> {
+        let or_off = |s: &Selector| {
+            if s.is_empty() {
+                "off".to_string()
+            } else {
+                s.to_string()
+            }
+        };
+        let mut lines = vec![
+            format!(
+                "upstream ({}):",
+                self.preset
+                    .as_deref()
+                    .map_or_else(|| "no preset".to_string(), |p| format!("preset {p}"))
+            ),
+            format!("  requests     {}", or_off(&self.requests)),
+            format!("  errors       {}", or_off(&self.errors)),
+            format!("  latency      {}", or_off(&self.latency)),
+        ];
+        lines.push(if self.predictions.is_empty() {
+            "  predictions  off".to_string()
+        } else {
+            format!(
+                "  predictions  {}, class label `{}`",
+                self.predictions, self.prediction_label
+            )
+        });
+        if !self.version_label.is_empty() {
+            lines.push(format!("  version      label `{}`", self.version_label));
+        }
+        lines.push(format!(
+            "  limits       {} bytes, {} series, {} prediction classes per scrape",
+            self.max_scrape_bytes, self.max_series, self.max_prediction_classes
+        ));
+        lines
+    }
+
     /// The selectors of a preset, with the default limits.
     pub fn from_preset(p: &Preset) -> UpstreamConfig {
         let parse = |s: &str| Selector::parse(s).expect("preset selectors are valid");
@@ -285,6 +325,7 @@ impl Default for RolloutConfig {
             min_samples: 1000,
             warmup_requests: 20,
             warmup_url: None,
+            warmup_body: None,
             rollback: RollbackMode::Drain,
             start: StartMode::Auto,
             metrics_missing: MissingPolicy::Hold,

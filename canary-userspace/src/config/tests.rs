@@ -48,6 +48,7 @@ affinity = "flow"
   min_samples = 1000
   warmup_requests = 20
   warmup_url = ""
+  warmup_body = ""
   rollback = "drain"
   start = "auto"
   metrics_missing = "hold"
@@ -581,5 +582,55 @@ fn scrape_limits_are_checked() {
             "services[0].upstream.max_series: 0 is out of range; give 10 to 10000000 (series in one exposition)",
             "services[0].upstream.max_prediction_classes: 1 is out of range; give 2 to 100000 (prediction classes per backend)",
         ]
+    );
+}
+
+#[test]
+fn warm_up_posts_a_json_body_to_the_warm_up_url() {
+    let text = with(
+        "  warmup_url = \"\"\n  warmup_body = \"\"\n",
+        "  warmup_url = \"http://{address}:8080/predict\"\n  warmup_body = '{\"text\": \"warm-up\"}'\n",
+    );
+    let c = Config::from_toml_str(&text).expect("valid");
+    let r = &c.services[0].rollout;
+    assert_eq!(r.warmup_body.as_deref(), Some("{\"text\": \"warm-up\"}"));
+    assert_eq!(
+        r.warmup_url.as_deref(),
+        Some("http://{address}:8080/predict")
+    );
+
+    let p = problems(&with(
+        "  warmup_body = \"\"\n",
+        "  warmup_body = \"{text\"\n",
+    ));
+    assert!(
+        p.iter()
+            .any(|p| p.starts_with("services[0].rollout.warmup_body: is not JSON")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter().any(|p| p.contains("is set but warmup_url is not")),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn resolved_upstream_selectors_are_described() {
+    let u = upstream_of("  preset = \"prometheus-client\"\n  latency = \"\"").expect("valid");
+    assert_eq!(
+        u.describe(),
+        [
+            "upstream (preset prometheus-client):",
+            "  requests     http_requests_total{route=\"/predict\"}",
+            "  errors       http_requests_total{route=\"/predict\",status=~\"5..\"}",
+            "  latency      off",
+            "  predictions  model_predictions_total, class label `class`",
+            "  version      label `model_version`",
+            "  limits       4194304 bytes, 20000 series, 1000 prediction classes per scrape",
+        ]
+    );
+    assert_eq!(
+        UpstreamConfig::default().describe()[0],
+        "upstream (no preset):"
     );
 }

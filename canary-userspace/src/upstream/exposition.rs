@@ -26,10 +26,10 @@ pub const MAX_COUNT: f64 = 9_007_199_254_740_992.0;
 const MAX_VERSIONS: usize = 16;
 
 /// One sample line: `name{labels} value [timestamp]`.
-struct Sample<'a> {
-    name: &'a str,
-    labels: Vec<(&'a str, Cow<'a, str>)>,
-    value: f64,
+pub(crate) struct Sample<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) labels: Vec<(&'a str, Cow<'a, str>)>,
+    pub(crate) value: f64,
     /// The value as written (an integer beyond 2^53 rounds to 2^53 in an `f64`).
     text: &'a str,
 }
@@ -73,6 +73,12 @@ impl Sample<'_> {
 
 fn metric_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_' || c == ':'
+}
+
+/// Reads one sample line (not a comment), as the daemon does; `None` when it is not one.
+pub(crate) fn read_sample(line: &str) -> Option<Sample<'_>> {
+    let (name, rest) = sample_name(line.trim())?;
+    sample_rest(name, rest)
 }
 
 /// Splits a sample line into its metric name and the rest; `None` if it does not start

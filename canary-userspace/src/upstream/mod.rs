@@ -19,6 +19,7 @@ mod selector;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use exposition::read_sample;
 pub use exposition::{parse_exposition, MAX_COUNT};
 pub use histogram::Histogram;
 pub use selector::{valid_label_name, MatchOp, Matcher, Selector, SelectorError};
