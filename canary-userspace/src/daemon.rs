@@ -18,7 +18,7 @@ use canary_userspace::api::{OperatorCommand, OperatorReply, Status};
 use canary_userspace::config::{load_config, read_token};
 use canary_userspace::controller::Controller;
 use canary_userspace::dataplane::aya::{AyaDataPlane, Opened, Options, XdpAttachMode};
-use canary_userspace::dataplane::monotonic_ns;
+use canary_userspace::dataplane::{interface_mac, monotonic_ns};
 use canary_userspace::domain::XdpMode;
 use canary_userspace::lock::DaemonLock;
 use canary_userspace::metrics::Metrics;
@@ -139,7 +139,20 @@ pub(crate) async fn run(options: RunOptions) -> Result<()> {
         .flow_table_entries_limit
         .set(i64::from(dp.flow_table_capacity()));
     let status = Arc::new(RwLock::new(Status::default()));
-    let hash_seed = config.dataplane.hash_seed;
+    // The balancer's own MAC: only frames addressed to it are balanced, and it is the source
+    // of forwarded frames.
+    let lb_mac = interface_mac(&config.dataplane.interface).with_context(|| {
+        format!(
+            "cannot read the MAC address of dataplane.interface = {:?}",
+            config.dataplane.interface
+        )
+    })?;
+    if lb_mac.is_none() {
+        tracing::warn!(
+            interface = %config.dataplane.interface,
+            "the interface has no Ethernet MAC: frames to any unicast MAC are balanced"
+        );
+    }
     let mut controller = Controller::new(
         config.clone(),
         dp,
@@ -147,7 +160,7 @@ pub(crate) async fn run(options: RunOptions) -> Result<()> {
         store,
         metrics.clone(),
         status.clone(),
-        hash_seed,
+        lb_mac,
         &KernelNeighbours,
         now_ms(),
         monotonic_ns(),
@@ -181,6 +194,10 @@ pub(crate) async fn run(options: RunOptions) -> Result<()> {
         listener,
         admin::router(admin_state),
         limits,
+        admin_server::ConnectionMetrics {
+            open: metrics.admin_connections.clone(),
+            closed: metrics.admin_connections_closed.clone(),
+        },
         async {
             let _ = stop_rx.await;
         },

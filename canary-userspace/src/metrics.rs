@@ -46,6 +46,10 @@ pub struct Metrics {
     pub flow_table_entries_limit: IntGauge,
     pub xdp_packets: IntCounterVec,
     pub xdp_events: IntCounterVec,
+    /// Open admin API connections.
+    pub admin_connections: IntGauge,
+    /// Admin API connections the daemon closed, by reason (cap, timeouts).
+    pub admin_connections_closed: IntCounterVec,
     pub latency: UpstreamLatency,
 }
 
@@ -142,6 +146,14 @@ impl Metrics {
                 opts("canary_xdp_events_total", "Events on the XDP program's path (flow table hits, fallbacks, ...)."),
                 &["event"],
             )?,
+            admin_connections: IntGauge::with_opts(opts(
+                "canary_admin_connections",
+                "Open connections to the admin API (at most admin.max_connections).",
+            ))?,
+            admin_connections_closed: IntCounterVec::new(
+                opts("canary_admin_connections_closed_total", "Admin API connections the daemon closed: evicted_at_cap (the oldest idle one, to make room at admin.max_connections), refused_at_cap (every one busy), header_timeout, idle_timeout."),
+                &["reason"],
+            )?,
             latency: UpstreamLatency::default(),
             registry,
         };
@@ -171,6 +183,9 @@ impl Metrics {
             .register(Box::new(m.flow_table_entries_limit.clone()))?;
         m.registry.register(Box::new(m.xdp_packets.clone()))?;
         m.registry.register(Box::new(m.xdp_events.clone()))?;
+        m.registry.register(Box::new(m.admin_connections.clone()))?;
+        m.registry
+            .register(Box::new(m.admin_connections_closed.clone()))?;
         m.registry.register(Box::new(m.latency.clone()))?;
         Ok(m)
     }

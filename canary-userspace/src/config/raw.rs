@@ -27,6 +27,8 @@ pub struct RawDataplane {
     pub state_dir: String,
     pub bpffs: String,
     pub hash_seed: u32,
+    pub syn_replace_after: String,
+    pub flood_guard_rate: u64,
 }
 
 impl Default for RawDataplane {
@@ -39,6 +41,8 @@ impl Default for RawDataplane {
             state_dir: "/var/lib/canary".into(),
             bpffs: "/sys/fs/bpf/canary".into(),
             hash_seed: DEFAULT_HASH_SEED,
+            syn_replace_after: "5s".into(),
+            flood_guard_rate: 0,
         }
     }
 }
@@ -216,6 +220,8 @@ pub(super) const DATAPLANE_KEYS: &[&str] = &[
     "state_dir",
     "bpffs",
     "hash_seed",
+    "syn_replace_after",
+    "flood_guard_rate",
 ];
 pub(super) const ADMIN_KEYS: &[&str] = &[
     "listen",

@@ -18,17 +18,16 @@ mod tests;
 
 use std::sync::{Arc, RwLock};
 
-use canary_common::{GROUP_CANARY, GROUP_STABLE};
+use canary_common::{GlobalConfig, GROUP_CANARY, GROUP_STABLE};
 
 use crate::api::Status;
 use crate::config::{AdminConfig, Config, DataplaneConfig};
 use crate::dataplane::{self, DataPlane, MapWrite, Programmer, ServiceSpec};
-use crate::domain::Group;
 use crate::judge::FlowCounts;
 use crate::metrics::Metrics;
 use crate::observe::neighbour::Neighbours;
 use crate::observe::{Observation, Target, WarmUp};
-use crate::rollout::{Event, Output, Phase, Poll, Rollout, StateStore};
+use crate::rollout::{Event, Output, Phase, Rollout, StateStore};
 use crate::upstream::{self, Window};
 use service::Service;
 
@@ -58,6 +57,26 @@ fn pinned_weight<D: DataPlane>(
     Some(crate::domain::Weight::from_basis_points(
         control.canary_weight,
     ))
+}
+
+/// The `CONFIG` entry for the `[dataplane]` section and the balancer's MAC (`lb_mac`: `None`
+/// for an interface without one, then any unicast destination is taken as ours). Every field is
+/// written at each start, so a restart, a reload that restarts, or an upgrade that kept the
+/// pinned map never runs on stale settings; `flags` (benchmark switches) are kept.
+pub fn global_config(
+    current: GlobalConfig,
+    dataplane: &DataplaneConfig,
+    lb_mac: Option<[u8; 6]>,
+) -> GlobalConfig {
+    GlobalConfig {
+        hash_seed: dataplane.hash_seed,
+        flags: current.flags,
+        lb_mac: lb_mac.unwrap_or_default(),
+        _pad: [0; 2],
+        syn_replace_after_ms: u32::try_from(dataplane.syn_replace_after.as_millis())
+            .unwrap_or(u32::MAX),
+        flood_guard_rate: dataplane.flood_guard_rate,
+    }
 }
 
 /// The controller of all services.
@@ -92,7 +111,7 @@ impl<D: DataPlane> Controller<D> {
         store: StateStore,
         metrics: Metrics,
         status: Arc<RwLock<Status>>,
-        hash_seed: u32,
+        lb_mac: Option<[u8; 6]>,
         neighbours: &dyn Neighbours,
         now_ms: u64,
         now_ns: u64,
@@ -102,6 +121,7 @@ impl<D: DataPlane> Controller<D> {
             admin: admin_config,
             services,
         } = config;
+        let hash_seed = dataplane_config.hash_seed;
         let mut c = Controller {
             dataplane_config,
             admin_config,
@@ -129,8 +149,7 @@ impl<D: DataPlane> Controller<D> {
         } else {
             None
         };
-        let mut global = c.dp.global_config()?;
-        global.hash_seed = c.hash_seed;
+        let global = global_config(c.dp.global_config()?, &c.dataplane_config, lb_mac);
         c.dp.set_global_config(&global)?;
         for config in services {
             let pinned = written
@@ -275,10 +294,7 @@ impl<D: DataPlane> Controller<D> {
                 br.mac = mac;
                 self.dirty = true;
             }
-            br.metrics_error = (!snapshot.problems.is_empty()).then(|| {
-                let all: Vec<String> = snapshot.problems.iter().map(ToString::to_string).collect();
-                all.join("; ")
-            });
+            br.metrics_problems.clone_from(&snapshot.problems);
             br.reported_requests = snapshot.requests.present().copied();
             let delta = snapshot.delta_since(&br.baseline);
             br.baseline.advance(&snapshot, delta.reset);
@@ -292,11 +308,7 @@ impl<D: DataPlane> Controller<D> {
         for (i, deltas) in deltas.iter().enumerate() {
             let flows = self.flow_counts(i)?;
             let s = &mut self.services[i];
-            let poll = Poll {
-                stable: s.window(Group::Stable, deltas),
-                canary: s.window(Group::Canary, deltas),
-                flows,
-            };
+            let poll = s.poll(deltas, flows);
             let out = s.rollout.on_event(
                 now_ms,
                 Event::Poll(poll),
