@@ -311,9 +311,7 @@ fn attach_program_restart_from_pins_and_detach() {
             assert!(bpffs.join(m).exists(), "pin {m} missing");
         }
         // The flood guard's window is pinned too (layout checks, detach).
-        assert!(bpffs
-            .join(canary_common::maps::FLOOD_GUARD)
-            .exists());
+        assert!(bpffs.join(canary_common::maps::FLOOD_GUARD).exists());
         assert_eq!(dp.flow_table_capacity(), 4096);
         let _pass = PassProgram::attach(object_override().as_deref(), PEER_IF, XdpAttachMode::Auto)
             .expect("attach canary_pass to the peer");
@@ -552,8 +550,8 @@ fn pins_of_another_layout_are_refused_on_both_paths() {
         // pinned.
         let guard = bpffs.join(canary_common::maps::FLOOD_GUARD);
         std::fs::remove_file(&guard).unwrap();
-        let (dp, opened) = AyaDataPlane::open(&options(&bpffs, LB_IF))
-            .expect("reopen pins that lack FLOOD_GUARD");
+        let (dp, opened) =
+            AyaDataPlane::open(&options(&bpffs, LB_IF)).expect("reopen pins that lack FLOOD_GUARD");
         assert!(matches!(opened, Opened::Reopened { .. }), "{opened:?}");
         drop(dp);
         assert!(guard.exists(), "FLOOD_GUARD pinned on reopen");

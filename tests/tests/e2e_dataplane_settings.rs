@@ -109,8 +109,8 @@ fn the_daemon_writes_every_dataplane_setting_and_the_flood_guard_engages() {
     d.spec.flood_guard_rate = 5000;
     d.write_config().unwrap();
     let out = d.cli(&["reload"]).expect("canary reload");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     println!("reload: {text}");
     assert!(!out.status.success(), "a changed [dataplane] was accepted");
     assert!(text.contains("[dataplane] section changed"), "{text}");

@@ -135,8 +135,11 @@ impl<D: DataPlane> Controller<D> {
                     reported_requests: br.reported_requests,
                     metrics_ok: br.metrics_problems.is_empty(),
                     metrics_problem: (!br.metrics_problems.is_empty()).then(|| {
-                        let all: Vec<String> =
-                            br.metrics_problems.iter().map(ToString::to_string).collect();
+                        let all: Vec<String> = br
+                            .metrics_problems
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect();
                         all.join("; ")
                     }),
                     metrics_problem_reasons: {

@@ -10,11 +10,11 @@ use super::ControllerError;
 use crate::config::{BackendConfig, ServiceConfig};
 use crate::dataplane::{BackendSpec, ServiceSpec};
 use crate::domain::{Group, RollbackMode, Weight};
+use crate::judge::FlowCounts;
 use crate::metrics::Metrics;
 use crate::observe::{Health, WarmUp};
-use crate::rollout::{Decision, Event, Output, Rollout, StateStore};
-use crate::judge::FlowCounts;
 use crate::rollout::Poll;
+use crate::rollout::{Decision, Event, Output, Rollout, StateStore};
 use crate::upstream::{self, ScrapeProblem, ScrapeReason, Snapshot, Window};
 
 /// Decisions kept for `/status`.

@@ -837,7 +837,12 @@ fn start_writes_every_global_setting() {
     .expect("controller starts");
     let g = c.dataplane().config;
     assert_eq!(
-        (g.lb_mac, g.syn_replace_after_ms, g.flood_guard_rate, g.hash_seed),
+        (
+            g.lb_mac,
+            g.syn_replace_after_ms,
+            g.flood_guard_rate,
+            g.hash_seed
+        ),
         ([0; 6], 5000, 0, crate::config::DEFAULT_HASH_SEED)
     );
     let _ = std::fs::remove_dir_all(&dir);
@@ -871,7 +876,10 @@ fn a_scrape_failing_for_a_local_reason_is_told_apart_and_not_held_against_the_ca
     assert_eq!(k0.metrics_problem_reasons, ["local"]);
     let d = service.last_decision.as_ref().unwrap();
     assert_eq!(d.reason.as_str(), "metrics_unknown", "{d}");
-    assert!(d.message.contains("k0: scrape not made, local failure"), "{d}");
+    assert!(
+        d.message.contains("k0: scrape not made, local failure"),
+        "{d}"
+    );
     let text = prometheus::TextEncoder::new()
         .encode_to_string(&sim.c.metrics.registry.gather())
         .unwrap();

@@ -28,13 +28,7 @@ pub fn interface_mac(interface: &str) -> io::Result<Option<[u8; 6]>> {
     }
     // SAFETY: SIOCGIFHWADDR reads the NUL-terminated name and writes `ifru_hwaddr` of a valid,
     // writable `ifreq`.
-    let rc = unsafe {
-        libc::ioctl(
-            socket.as_raw_fd(),
-            libc::SIOCGIFHWADDR,
-            &raw mut request,
-        )
-    };
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFHWADDR, &raw mut request) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }

@@ -190,7 +190,10 @@ fn describe(e: &reqwest::Error) -> ScrapeProblem {
                 "connection refused: nothing listens on that port".to_string(),
             )
         } else {
-            (ScrapeReason::Connect, format!("connection failed: {}", chain(e)))
+            (
+                ScrapeReason::Connect,
+                format!("connection failed: {}", chain(e)),
+            )
         }
     } else if e.is_body() || e.is_decode() {
         (
@@ -198,10 +201,7 @@ fn describe(e: &reqwest::Error) -> ScrapeProblem {
             format!("reading the answer failed: {}", chain(e)),
         )
     } else {
-        (
-            ScrapeReason::NoAnswer,
-            format!("no answer: {}", chain(e)),
-        )
+        (ScrapeReason::NoAnswer, format!("no answer: {}", chain(e)))
     };
     ScrapeProblem { reason, message }
 }
@@ -564,7 +564,8 @@ mod tests {
             let e = scrape.expect_err("no descriptor for the scrape");
             assert_eq!(e.reason, ScrapeReason::Local, "{}", e.message);
             assert!(
-                e.message.starts_with("scrape not made, local failure on this node: "),
+                e.message
+                    .starts_with("scrape not made, local failure on this node: "),
                 "{}",
                 e.message
             );
