@@ -411,3 +411,79 @@ mod tests {
         assert_eq!(c.get(), 3);
     }
 }
+
+#[cfg(test)]
+mod readme {
+    //! The README documents every metric, label value and configuration key the daemon has.
+
+    use super::Metrics;
+
+    const README: &str = include_str!("../../README.md");
+
+    fn documented(name: &str) -> bool {
+        README.contains(&format!("`{name}`"))
+            || README.contains(&format!("`{name}{{"))
+            || README.contains(&format!("{name} ="))
+    }
+
+    #[test]
+    fn every_metric_and_label_value_is_in_the_readme() {
+        let m = Metrics::new().unwrap();
+        let mut missing: Vec<String> = m
+            .registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .chain(
+                [
+                    "canary_upstream_latency_seconds",
+                    "canary_admin_connections_closed_total",
+                ]
+                .map(String::from),
+            )
+            .filter(|n| !documented(n))
+            .collect();
+        let values = canary_common::Counter::ALL
+            .iter()
+            .map(|c| c.name())
+            .chain(
+                crate::upstream::ScrapeReason::ALL
+                    .iter()
+                    .map(|r| r.as_str()),
+            )
+            .chain(
+                crate::admin_server::CloseReason::ALL
+                    .iter()
+                    .map(|r| r.as_str()),
+            );
+        missing.extend(values.filter(|v| !documented(v)).map(String::from));
+        assert!(missing.is_empty(), "not in README.md: {missing:?}");
+    }
+
+    #[test]
+    fn every_config_key_is_in_the_readme() {
+        use crate::config::raw::*;
+        let missing: Vec<&str> = ROOT_KEYS
+            .iter()
+            .chain(DATAPLANE_KEYS)
+            .chain(ADMIN_KEYS)
+            .chain(SERVICE_KEYS)
+            .chain(BACKEND_KEYS)
+            .chain(ROLLOUT_KEYS)
+            .chain(THRESHOLD_KEYS)
+            .chain(UPSTREAM_KEYS)
+            .copied()
+            .filter(|k| {
+                !(README.contains(&format!("\n{k} ="))
+                    || README.contains(&format!("  {k} ="))
+                    || README.contains(&format!("[{k}]"))
+                    || README.contains(&format!("[[{k}]]"))
+                    || README.contains(&format!(".{k}]")))
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "config keys not in README.md: {missing:?}"
+        );
+    }
+}

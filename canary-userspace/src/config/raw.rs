@@ -211,8 +211,8 @@ impl Default for RawUpstream {
 // Known keys per table, for the unknown-key pass. Kept next to the raw structs; the test
 // `every_documented_key_is_accepted` fails if the two drift apart.
 
-pub(super) const ROOT_KEYS: &[&str] = &["dataplane", "admin", "services"];
-pub(super) const DATAPLANE_KEYS: &[&str] = &[
+pub(crate) const ROOT_KEYS: &[&str] = &["dataplane", "admin", "services"];
+pub(crate) const DATAPLANE_KEYS: &[&str] = &[
     "interface",
     "xdp_mode",
     "flow_table_size",
@@ -223,17 +223,17 @@ pub(super) const DATAPLANE_KEYS: &[&str] = &[
     "syn_replace_after",
     "flood_guard_rate",
 ];
-pub(super) const ADMIN_KEYS: &[&str] = &[
+pub(crate) const ADMIN_KEYS: &[&str] = &[
     "listen",
     "token_file",
     "max_connections",
     "header_read_timeout",
     "idle_timeout",
 ];
-pub(super) const SERVICE_KEYS: &[&str] = &[
+pub(crate) const SERVICE_KEYS: &[&str] = &[
     "name", "vip", "protocol", "affinity", "backends", "rollout", "upstream",
 ];
-pub(super) const BACKEND_KEYS: &[&str] = &[
+pub(crate) const BACKEND_KEYS: &[&str] = &[
     "name",
     "group",
     "address",
@@ -241,7 +241,7 @@ pub(super) const BACKEND_KEYS: &[&str] = &[
     "health_url",
     "metrics_url",
 ];
-pub(super) const ROLLOUT_KEYS: &[&str] = &[
+pub(crate) const ROLLOUT_KEYS: &[&str] = &[
     "steps",
     "interval",
     "poll_interval",
@@ -255,14 +255,14 @@ pub(super) const ROLLOUT_KEYS: &[&str] = &[
     "metrics_missing_intervals",
     "thresholds",
 ];
-pub(super) const THRESHOLD_KEYS: &[&str] = &[
+pub(crate) const THRESHOLD_KEYS: &[&str] = &[
     "max_error_rate_increase",
     "max_latency_increase_ms",
     "error_spike",
     "max_prediction_shift",
     "confidence",
 ];
-pub(super) const UPSTREAM_KEYS: &[&str] = &[
+pub(crate) const UPSTREAM_KEYS: &[&str] = &[
     "preset",
     "requests",
     "errors",

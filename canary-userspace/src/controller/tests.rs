@@ -904,3 +904,33 @@ fn a_scrape_failing_for_a_local_reason_is_told_apart_and_not_held_against_the_ca
     assert_eq!(d.reason.as_str(), "metrics_missing", "{d}");
     assert!(d.message.contains("k0: connection refused"), "{d}");
 }
+
+/// Every kernel counter (all of `COUNTERS`, the flood guard's and the SYN rules' included) is
+/// in `/status` and exported, outcomes as `canary_xdp_packets_total{outcome}`, events as
+/// `canary_xdp_events_total{event}`, each with its own value.
+#[test]
+fn every_kernel_counter_is_in_status_and_metrics() {
+    let mut sim = Sim::new("counters", "");
+    for (i, c) in canary_common::Counter::ALL.iter().enumerate() {
+        sim.c.dataplane_mut().counters.0[*c as usize] = 1000 + i as u64;
+    }
+    sim.tick();
+    let status = sim.c.status.read().unwrap().clone();
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&sim.c.metrics.registry.gather())
+        .unwrap();
+    assert_eq!(status.xdp.len(), canary_common::COUNTERS as usize);
+    for (i, c) in canary_common::Counter::ALL.iter().enumerate() {
+        let value = 1000 + i as u64;
+        assert_eq!(status.xdp.get(c.name()), Some(&value), "{}", c.name());
+        let line = if c.is_outcome() {
+            format!(
+                "canary_xdp_packets_total{{outcome=\"{}\"}} {value}",
+                c.name()
+            )
+        } else {
+            format!("canary_xdp_events_total{{event=\"{}\"}} {value}", c.name())
+        };
+        assert!(text.contains(&line), "missing {line:?}");
+    }
+}
