@@ -214,6 +214,14 @@ pub(crate) async fn run(options: RunOptions) -> Result<()> {
     loop {
         tokio::select! {
             _ = ticker.tick() => {
+                match interface_mac(&config.dataplane.interface) {
+                    Ok(mac) => {
+                        if let Err(e) = controller.update_lb_mac(mac) {
+                            tracing::error!(error = %e, "cannot write the interface's new MAC");
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cannot read the interface's MAC; keeping the last one"),
+                }
                 let observations = observe(&client, controller.targets()).await;
                 match controller.on_poll(now_ms(), monotonic_ns(), &observations, &KernelNeighbours) {
                     // The first poll programs every service: only then is the daemon ready.

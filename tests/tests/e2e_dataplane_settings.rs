@@ -2,7 +2,8 @@
 //! from the pin as the XDP program sees it: the balancer interface's MAC (`lb_mac`: frames to
 //! any other MAC are not balanced, and forwarded frames carry it as their source),
 //! `syn_replace_after` and the flood guard's rate. A burst of new connections above the rate
-//! engages the flood guard with no failed request. A restart with another config writes the
+//! engages the flood guard with no failed request. A new MAC on the interface is followed. A
+//! restart with another config writes the
 //! new values; a reload that changes them is refused and changes nothing.
 
 mod e2e_support;
@@ -88,6 +89,26 @@ fn the_daemon_writes_every_dataplane_setting_and_the_flood_guard_engages() {
     // Frames to the balancer's MAC were balanced: none was passed as another host's.
     assert!(delta[0] > 0);
     assert_eq!(delta[2], 0, "frames seen as not addressed to the balancer");
+
+    // The interface's MAC changes while the daemon runs: the new one is written within a few
+    // polls (and the old one back again).
+    let lb = d.lab.load_balancer().unwrap().netns.clone();
+    for mac in [[0x02, 0, 0xc6, 0x12, 0xee, 0x01], lb_mac] {
+        let text = canary_userspace::domain::format_mac(mac);
+        d.lab
+            .exec_in(&lb, &["ip", "link", "set", "dev", "eth0", "address", &text])
+            .expect("set the interface's MAC");
+        let t = std::time::Instant::now();
+        while pinned_global_config(&d).lb_mac != mac {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "CONFIG still has lb_mac {:?}, the interface has {text}",
+                pinned_global_config(&d).lb_mac
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        println!("lb_mac followed the interface to {text} in {:?}", t.elapsed());
+    }
 
     // A restart with other values writes them; lb_mac stays the interface's.
     d.stop_daemon().expect("daemon running");

@@ -91,6 +91,8 @@ pub struct Controller<D: DataPlane> {
     metrics: Metrics,
     status: Arc<RwLock<Status>>,
     hash_seed: u32,
+    /// The balancer interface's MAC as last written to `CONFIG`.
+    lb_mac: Option<[u8; 6]>,
     /// The backends' health changed since the last programming.
     dirty: bool,
     pending_warmups: Vec<WarmUp>,
@@ -132,6 +134,7 @@ impl<D: DataPlane> Controller<D> {
             metrics,
             status,
             hash_seed,
+            lb_mac,
             dirty: true,
             pending_warmups: Vec::new(),
         };
@@ -176,6 +179,24 @@ impl<D: DataPlane> Controller<D> {
         // /status lists every service (backends "not probed yet") before the first poll.
         c.refresh();
         Ok(c)
+    }
+
+    /// The balancer interface's MAC now (the daemon reads it every poll): a change (an
+    /// operator set another address) is written to `CONFIG` at once, since otherwise every
+    /// frame to the new address would pass as another host's. Returns whether it changed.
+    pub fn update_lb_mac(&mut self, lb_mac: Option<[u8; 6]>) -> Result<bool, ControllerError> {
+        if lb_mac == self.lb_mac {
+            return Ok(false);
+        }
+        let global = global_config(self.dp.global_config()?, &self.dataplane_config, lb_mac);
+        self.dp.set_global_config(&global)?;
+        tracing::info!(
+            from = ?self.lb_mac,
+            to = ?lb_mac,
+            "the balancer interface's MAC changed; written to the data plane"
+        );
+        self.lb_mac = lb_mac;
+        Ok(true)
     }
 
     /// The `[dataplane]` section in force.

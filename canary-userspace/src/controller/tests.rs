@@ -845,6 +845,13 @@ fn start_writes_every_global_setting() {
         ),
         ([0; 6], 5000, 0, crate::config::DEFAULT_HASH_SEED)
     );
+    // The interface gets a MAC (or another one) while the daemon runs: written at once, the
+    // other settings kept.
+    let mut c = c;
+    assert!(c.update_lb_mac(Some(LB_MAC)).unwrap());
+    assert!(!c.update_lb_mac(Some(LB_MAC)).unwrap());
+    let g = c.dataplane().config;
+    assert_eq!((g.lb_mac, g.syn_replace_after_ms), (LB_MAC, 5000));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
