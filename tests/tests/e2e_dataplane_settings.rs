@@ -107,7 +107,10 @@ fn the_daemon_writes_every_dataplane_setting_and_the_flood_guard_engages() {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        println!("lb_mac followed the interface to {text} in {:?}", t.elapsed());
+        println!(
+            "lb_mac followed the interface to {text} in {:?}",
+            t.elapsed()
+        );
     }
 
     // A restart with other values writes them; lb_mac stays the interface's.

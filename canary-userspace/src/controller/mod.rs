@@ -61,8 +61,8 @@ fn pinned_weight<D: DataPlane>(
 
 /// The `CONFIG` entry for the `[dataplane]` section and the balancer's MAC (`lb_mac`: `None`
 /// for an interface without one, then any unicast destination is taken as ours). Every field is
-/// written at each start, so a restart, a reload that restarts, or an upgrade that kept the
-/// pinned map never runs on stale settings; `flags` (benchmark switches) are kept.
+/// written at each start, so neither a restart nor an upgrade that kept the pinned map runs on
+/// stale settings; `flags` (benchmark switches) are kept.
 pub fn global_config(
     current: GlobalConfig,
     dataplane: &DataplaneConfig,

@@ -13,8 +13,7 @@ use crate::domain::{Group, RollbackMode, Weight};
 use crate::judge::FlowCounts;
 use crate::metrics::Metrics;
 use crate::observe::{Health, WarmUp};
-use crate::rollout::Poll;
-use crate::rollout::{Decision, Event, Output, Rollout, StateStore};
+use crate::rollout::{Decision, Event, Output, Poll, Rollout, StateStore};
 use crate::upstream::{self, ScrapeProblem, ScrapeReason, Snapshot, Window};
 
 /// Decisions kept for `/status`.
