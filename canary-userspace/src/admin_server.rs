@@ -412,7 +412,7 @@ mod tests {
                 "{evicted} evicted at the cap"
             );
             assert!(
-                m.open.get() <= LIMITS.max_connections as i64,
+                m.open.get() <= i64::try_from(LIMITS.max_connections).unwrap(),
                 "{}",
                 m.open.get()
             );

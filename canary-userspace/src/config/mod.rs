@@ -116,7 +116,7 @@ pub struct DataplaneConfig {
 }
 
 /// Longest `dataplane.syn_replace_after`.
-pub const MAX_SYN_REPLACE_AFTER: Duration = Duration::from_secs(3600);
+pub const MAX_SYN_REPLACE_AFTER: Duration = Duration::from_hours(1);
 /// Smallest non-zero `dataplane.flood_guard_rate`.
 pub const MIN_FLOOD_GUARD_RATE: u64 = 100;
 

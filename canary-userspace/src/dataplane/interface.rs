@@ -24,7 +24,7 @@ pub fn interface_mac(interface: &str) -> io::Result<Option<[u8; 6]>> {
     // SAFETY: all-zero is a valid `ifreq` (integers, arrays and a union of plain data).
     let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in request.ifr_name.iter_mut().zip(name) {
-        *dst = *src as libc::c_char;
+        *dst = libc::c_char::from_ne_bytes([*src]);
     }
     // SAFETY: SIOCGIFHWADDR reads the NUL-terminated name and writes `ifru_hwaddr` of a valid,
     // writable `ifreq`.
@@ -39,7 +39,7 @@ pub fn interface_mac(interface: &str) -> io::Result<Option<[u8; 6]>> {
     }
     let mut mac = [0u8; 6];
     for (dst, src) in mac.iter_mut().zip(hwaddr.sa_data) {
-        *dst = src as u8;
+        *dst = src.to_ne_bytes()[0];
     }
     Ok((mac != [0; 6]).then_some(mac))
 }
