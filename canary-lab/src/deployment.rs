@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::bins;
 use crate::lab::{Lab, LabError, LabProcess, LabSpec, Node, SERVICE_PORT};
 use crate::loadgen::{LoadSpec, Report};
+use crate::server::ModelServer;
 
 /// Port of the daemon's admin API inside the load balancer's namespace.
 pub const ADMIN_PORT: u16 = 9100;
@@ -63,8 +64,13 @@ pub struct DeploymentSpec {
     pub confidence: f64,
     /// Admin token; `None` = no token file.
     pub token: Option<String>,
-    /// Extra `canary-model` flags per backend node.
+    /// The model server on every backend.
+    pub server: ModelServer,
+    /// Extra model-server flags per backend node (faults: both servers take the same flags).
     pub model_args: fn(&Node) -> Vec<String>,
+    /// A `[[services]]` section to use instead of the generated one (for example from
+    /// `canary init`); the rollout settings above are appended to it.
+    pub service_section: Option<String>,
 }
 
 fn no_args(_: &Node) -> Vec<String> {
@@ -94,7 +100,9 @@ impl DeploymentSpec {
             max_prediction_shift: 0.10,
             confidence: 0.99,
             token: None,
+            server: ModelServer::CanaryModel,
             model_args: no_args,
+            service_section: None,
         }
     }
 }
@@ -119,11 +127,9 @@ impl Deployment {
     /// Lab up, model servers started, config written, daemon started and ready.
     pub fn start(spec: DeploymentSpec) -> Result<Self, DeploymentError> {
         let canary_bin = bins::locate("canary", "canary-userspace")?;
-        let model_bin = bins::locate("canary-model", "canary-model")?;
         let loadgen_bin = bins::locate("canary-loadgen", "canary-lab")?;
         let lab = Lab::up(&spec.lab)?;
-        let args = spec.model_args;
-        let models = lab.start_models(&model_bin, args)?;
+        let models = lab.start_models(spec.server, spec.model_args)?;
         let token_path = match &spec.token {
             Some(t) => {
                 let p = lab.state_dir().join("admin.token");
@@ -483,21 +489,11 @@ pub fn config_text(spec: &DeploymentSpec, lab: &Lab, token_file: Option<&Path>) 
     if let Some(p) = token_file {
         let _ = writeln!(t, "token_file = \"{}\"", p.display());
     }
-    let _ = writeln!(t, "\n[[services]]");
-    let _ = writeln!(t, "name = \"sentiment\"");
-    let _ = writeln!(t, "vip = \"{}:{SERVICE_PORT}\"", lab.vip());
-    let _ = writeln!(t, "protocol = \"tcp\"");
-    let _ = writeln!(t, "affinity = \"{}\"", spec.affinity);
-    for (group, nodes) in [("stable", lab.stable()), ("canary", lab.canary())] {
-        for n in nodes {
-            let _ = writeln!(t, "\n  [[services.backends]]");
-            let _ = writeln!(t, "  name = \"{}\"", n.name);
-            let _ = writeln!(t, "  group = \"{group}\"");
-            let _ = writeln!(t, "  address = \"{}\"", n.address);
-            let _ = writeln!(t, "  mac = \"{}\"", n.mac);
-            let _ = writeln!(t, "  health_url = \"{}\"", n.url("/healthz"));
-            let _ = writeln!(t, "  metrics_url = \"{}\"", n.url("/metrics"));
+    match &spec.service_section {
+        Some(section) => {
+            let _ = writeln!(t, "\n{}", section.trim_end());
         }
+        None => service_section(&mut t, spec, lab),
     }
     let steps: Vec<String> = spec.steps.iter().map(|s| format!("{s}")).collect();
     let _ = writeln!(t, "\n  [services.rollout]");
@@ -529,6 +525,29 @@ pub fn config_text(spec: &DeploymentSpec, lab: &Lab, token_file: Option<&Path>) 
     let _ = writeln!(t, "  max_prediction_shift = {}", spec.max_prediction_shift);
     let _ = writeln!(t, "  confidence = {}", spec.confidence);
     t
+}
+
+/// The lab's service: every backend with its group, address, MAC and URLs, and the upstream
+/// preset of the model server.
+fn service_section(t: &mut String, spec: &DeploymentSpec, lab: &Lab) {
+    let _ = writeln!(t, "\n[[services]]");
+    let _ = writeln!(t, "name = \"sentiment\"");
+    let _ = writeln!(t, "vip = \"{}:{SERVICE_PORT}\"", lab.vip());
+    let _ = writeln!(t, "protocol = \"tcp\"");
+    let _ = writeln!(t, "affinity = \"{}\"", spec.affinity);
+    for (group, nodes) in [("stable", lab.stable()), ("canary", lab.canary())] {
+        for n in nodes {
+            let _ = writeln!(t, "\n  [[services.backends]]");
+            let _ = writeln!(t, "  name = \"{}\"", n.name);
+            let _ = writeln!(t, "  group = \"{group}\"");
+            let _ = writeln!(t, "  address = \"{}\"", n.address);
+            let _ = writeln!(t, "  mac = \"{}\"", n.mac);
+            let _ = writeln!(t, "  health_url = \"{}\"", n.url("/healthz"));
+            let _ = writeln!(t, "  metrics_url = \"{}\"", n.url("/metrics"));
+        }
+    }
+    let _ = writeln!(t, "\n  [services.upstream]");
+    let _ = writeln!(t, "  preset = \"{}\"", spec.server.preset());
 }
 
 /// The value of the sample `name{labels}` in a Prometheus text exposition: every given label

@@ -6,6 +6,7 @@ pub mod config;
 pub mod controller;
 pub mod dataplane;
 pub mod domain;
+pub mod init;
 pub mod judge;
 pub mod metrics;
 pub mod observe;

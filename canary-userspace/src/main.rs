@@ -13,6 +13,7 @@ mod daemon;
 
 use canary_userspace::api::OperatorCommand;
 use canary_userspace::config::{load_config, read_config};
+use canary_userspace::init;
 use cli::client::{self, Endpoint};
 use cli::render;
 use daemon::RunOptions;
@@ -68,6 +69,28 @@ enum Command {
     Validate {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Print a service section for the backends, recognised from what their /metrics export:
+    /// the requests, errors, latency and predictions series (a preset when one matches).
+    Init {
+        /// A stable backend's metrics URL, `http://ADDRESS:PORT/metrics`; repeat for each.
+        #[arg(long = "metrics-url", value_name = "URL", required = true)]
+        metrics_urls: Vec<String>,
+        /// A canary backend's metrics URL; repeat for each (none: a service without rollout).
+        #[arg(long = "canary-metrics-url", value_name = "URL")]
+        canary_metrics_urls: Vec<String>,
+        /// The address clients connect to, `IP:PORT` (the backends serve on the same port).
+        #[arg(long)]
+        vip: SocketAddr,
+        /// The service's name.
+        #[arg(long, default_value = "model")]
+        name: String,
+        /// The path the model answers on (selected where requests carry a route label).
+        #[arg(long, default_value = init::recognise::DEFAULT_ROUTE)]
+        route: String,
+        /// The path of each backend's health endpoint (2xx while it can take traffic).
+        #[arg(long, default_value = "/healthz")]
+        health_path: String,
     },
     /// Show phase, step, split, per-group figures and the last decision.
     Status {
@@ -200,6 +223,26 @@ async fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run { config, bpf_object } => daemon::run(RunOptions { config, bpf_object }).await,
         Command::Validate { config } => validate(&config),
+        Command::Init {
+            metrics_urls,
+            canary_metrics_urls,
+            vip,
+            name,
+            route,
+            health_path,
+        } => {
+            let section = cli::init::run(&cli::init::Options {
+                name,
+                vip,
+                stable: metrics_urls,
+                canary: canary_metrics_urls,
+                route,
+                health_path,
+            })
+            .await?;
+            print!("{section}");
+            Ok(())
+        }
         Command::Status { target, json } => {
             let status = client::status(&endpoint(&target)?).await?;
             if json {

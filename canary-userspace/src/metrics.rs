@@ -30,6 +30,8 @@ pub struct Metrics {
     pub measured_split: GaugeVec,
     pub upstream_requests: IntCounterVec,
     pub upstream_errors: IntCounterVec,
+    /// Failed scrapes and unusable series, per backend and reason.
+    pub upstream_scrape_errors: IntCounterVec,
     /// Requests a backend reports per new flow the kernel sent it (cross-check).
     pub upstream_flow_ratio: GaugeVec,
     pub decisions: IntCounterVec,
@@ -100,6 +102,10 @@ impl Metrics {
                 opts("canary_upstream_errors_total", "Failed requests the backends of the group report."),
                 &["service", "group"],
             )?,
+            upstream_scrape_errors: IntCounterVec::new(
+                opts("canary_upstream_scrape_errors_total", "Polls in which a backend's metrics, or one of its series, could not be used, by reason (the series count as missing)."),
+                &["service", "backend", "reason"],
+            )?,
             upstream_flow_ratio: GaugeVec::new(
                 opts("canary_upstream_requests_per_flow_ratio", "Requests the backend reports per new flow the kernel sent it (a dead exporter shows as 0)."),
                 sgb,
@@ -150,6 +156,8 @@ impl Metrics {
         m.registry.register(Box::new(m.measured_split.clone()))?;
         m.registry.register(Box::new(m.upstream_requests.clone()))?;
         m.registry.register(Box::new(m.upstream_errors.clone()))?;
+        m.registry
+            .register(Box::new(m.upstream_scrape_errors.clone()))?;
         m.registry
             .register(Box::new(m.upstream_flow_ratio.clone()))?;
         m.registry.register(Box::new(m.decisions.clone()))?;

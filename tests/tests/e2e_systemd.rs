@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use canary_lab::bins;
 use canary_lab::deployment::{config_text, DeploymentSpec};
 use canary_lab::lab::{Lab, LabProcess, LabSpec, SERVICE_PORT};
+use canary_lab::server::ModelServer;
 use canary_tests::deploy::deploy_dir;
 
 /// An address of the lab's subnet that no node holds: a backend there never answers, so its
@@ -50,10 +51,9 @@ fn setup(prefix: char) -> Setup {
     spec.lab.stable = 1;
     spec.lab.canary = 1;
     let canary_bin = bins::locate("canary", "canary-userspace").unwrap();
-    let model_bin = bins::locate("canary-model", "canary-model").unwrap();
     let lab = Lab::up(&spec.lab).unwrap_or_else(|e| panic!("lab: {e}"));
     let models = lab
-        .start_models(&model_bin, |_| Vec::new())
+        .start_models(ModelServer::CanaryModel, |_| Vec::new())
         .unwrap_or_else(|e| panic!("models: {e}"));
     let silent = format!(
         "\n  [[services.backends]]\n  name = \"silent\"\n  group = \"stable\"\n  \

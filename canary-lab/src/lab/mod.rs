@@ -35,6 +35,8 @@ pub use plan::{
 };
 pub use process::{LabProcess, ProcessRecord};
 
+use crate::server::ModelServer;
+
 /// Name of the builtin peer XDP link's pin inside the lab's bpffs.
 pub const PEER_XDP_PIN: &str = "lab_peer_xdp_pass";
 
@@ -622,7 +624,7 @@ impl Lab {
     /// adds flags per node (for example faults). Waits until each one listens.
     pub fn start_models(
         &self,
-        model_binary: &Path,
+        server: ModelServer,
         extra: impl Fn(&Node) -> Vec<String>,
     ) -> Result<Vec<LabProcess>, LabError> {
         let mut procs = Vec::new();
@@ -632,20 +634,16 @@ impl Lab {
             } else {
                 "v1"
             };
-            let mut argv: Vec<String> = vec![
-                path_str(model_binary).to_owned(),
-                "--listen".into(),
-                format!("0.0.0.0:{SERVICE_PORT}"),
-                "--version".into(),
-                version.into(),
-                "--name".into(),
-                node.name.clone(),
-            ];
-            argv.extend(extra(node));
+            let listen = std::net::SocketAddr::from(([0, 0, 0, 0], SERVICE_PORT));
+            let argv = server
+                .argv(listen, version, &node.name, &extra(node))
+                .map_err(|e| {
+                    LabError::Spec(format!("cannot run {server} on {}: {e}", node.name))
+                })?;
             procs.push(self.spawn_in(&node.netns, &argv)?);
         }
         for p in &mut procs {
-            p.wait_for_log("listening on", Duration::from_secs(10))?;
+            p.wait_for_log("listening on", server.start_timeout())?;
         }
         Ok(procs)
     }

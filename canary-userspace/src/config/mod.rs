@@ -29,6 +29,8 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{
     Affinity, Group, MissingPolicy, Protocol, RollbackMode, StartMode, Weight, XdpMode,
 };
+use crate::upstream::preset::{self, Preset};
+use crate::upstream::Selector;
 
 /// One mistake in a config file: the key path (`services[0].backends[1].address`) and what is
 /// wrong with it, including how to fix it.
@@ -195,15 +197,52 @@ pub struct Thresholds {
     pub confidence: f64,
 }
 
-/// `[services.upstream]`: series names in the backends' Prometheus exposition. An empty
-/// `latency` or `predictions` turns that signal off.
+/// `[services.upstream]`: which series of the backends' Prometheus exposition the judge reads
+/// (selectors with label matchers; an empty `latency` or `predictions` turns that signal off),
+/// and how much of a backend's exposition the daemon reads at most.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpstreamConfig {
-    pub requests: String,
-    pub errors: String,
-    pub latency: String,
-    pub predictions: String,
+    /// The preset the selectors came from, if any (explicit keys override it).
+    pub preset: Option<String>,
+    pub requests: Selector,
+    pub errors: Selector,
+    pub latency: Selector,
+    pub predictions: Selector,
     pub prediction_label: String,
+    /// Label naming the model version on the selected series (`""`: none); shown in status.
+    pub version_label: String,
+    /// A larger `/metrics` body is a failed scrape.
+    pub max_scrape_bytes: u64,
+    /// More samples in one exposition is a failed scrape.
+    pub max_series: usize,
+    /// More prediction classes make the predictions series missing.
+    pub max_prediction_classes: usize,
+}
+
+/// Default `upstream.max_scrape_bytes`: 4 MiB, a hundred times a large real exposition.
+pub const DEFAULT_MAX_SCRAPE_BYTES: u64 = 4 << 20;
+/// Default `upstream.max_series`.
+pub const DEFAULT_MAX_SERIES: usize = 20_000;
+/// Default `upstream.max_prediction_classes`.
+pub const DEFAULT_MAX_PREDICTION_CLASSES: usize = 1_000;
+
+impl UpstreamConfig {
+    /// The selectors of a preset, with the default limits.
+    pub fn from_preset(p: &Preset) -> UpstreamConfig {
+        let parse = |s: &str| Selector::parse(s).expect("preset selectors are valid");
+        UpstreamConfig {
+            preset: Some(p.name.to_string()),
+            requests: parse(p.requests),
+            errors: parse(p.errors),
+            latency: parse(p.latency),
+            predictions: parse(p.predictions),
+            prediction_label: p.prediction_label.to_string(),
+            version_label: p.version_label.to_string(),
+            max_scrape_bytes: DEFAULT_MAX_SCRAPE_BYTES,
+            max_series: DEFAULT_MAX_SERIES,
+            max_prediction_classes: DEFAULT_MAX_PREDICTION_CLASSES,
+        }
+    }
 }
 
 impl Default for Thresholds {
@@ -219,13 +258,11 @@ impl Default for Thresholds {
 }
 
 impl Default for UpstreamConfig {
+    /// `canary-model`'s series, without naming the preset.
     fn default() -> Self {
         UpstreamConfig {
-            requests: "requests_total".into(),
-            errors: "request_errors_total".into(),
-            latency: "request_duration_seconds".into(),
-            predictions: "predictions_total".into(),
-            prediction_label: "class".into(),
+            preset: None,
+            ..UpstreamConfig::from_preset(&preset::CANARY_MODEL)
         }
     }
 }

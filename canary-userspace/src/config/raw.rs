@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Problem, Thresholds, UpstreamConfig, DEFAULT_HASH_SEED};
+use super::{Problem, Thresholds, DEFAULT_HASH_SEED};
 
 #[derive(Clone, Debug, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -155,25 +155,42 @@ impl Default for RawThresholds {
     }
 }
 
+/// `[services.upstream]`: a selector left out comes from the preset, or from the defaults.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawUpstream {
-    pub requests: String,
-    pub errors: String,
-    pub latency: String,
-    pub predictions: String,
-    pub prediction_label: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predictions: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prediction_label: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version_label: Option<String>,
+    pub max_scrape_bytes: u64,
+    pub max_series: u64,
+    pub max_prediction_classes: u64,
 }
 
 impl Default for RawUpstream {
     fn default() -> Self {
-        let u = UpstreamConfig::default();
         RawUpstream {
-            requests: u.requests,
-            errors: u.errors,
-            latency: u.latency,
-            predictions: u.predictions,
-            prediction_label: u.prediction_label,
+            preset: None,
+            requests: None,
+            errors: None,
+            latency: None,
+            predictions: None,
+            prediction_label: None,
+            version_label: None,
+            max_scrape_bytes: super::DEFAULT_MAX_SCRAPE_BYTES,
+            max_series: super::DEFAULT_MAX_SERIES as u64,
+            max_prediction_classes: super::DEFAULT_MAX_PREDICTION_CLASSES as u64,
         }
     }
 }
@@ -225,11 +242,16 @@ pub(super) const THRESHOLD_KEYS: &[&str] = &[
     "confidence",
 ];
 pub(super) const UPSTREAM_KEYS: &[&str] = &[
+    "preset",
     "requests",
     "errors",
     "latency",
     "predictions",
     "prediction_label",
+    "version_label",
+    "max_scrape_bytes",
+    "max_series",
+    "max_prediction_classes",
 ];
 
 fn edit_distance(a: &str, b: &str) -> usize {

@@ -58,11 +58,16 @@ affinity = "flow"
   confidence = 0.99
 
   [services.upstream]
+  preset = ""
   requests = "requests_total"
   errors = "request_errors_total"
   latency = "request_duration_seconds"
   predictions = "predictions_total"
   prediction_label = "class"
+  version_label = ""
+  max_scrape_bytes = 4194304
+  max_series = 20000
+  max_prediction_classes = 1000
 "#;
 
 const MINIMAL: &str = r#"
@@ -355,7 +360,7 @@ fn thresholds_and_counts_are_checked() {
     );
     assert_problem(
             &with("requests = \"requests_total\"", "requests = \"\""),
-            "services[0].upstream.requests: must not be empty; give the series name the backends export",
+            "services[0].upstream.requests: must not be empty; give the series the backends export, e.g. 'http_requests_total{route=\"/predict\"}'",
         );
 }
 
@@ -416,6 +421,148 @@ fn interface_check_uses_this_namespace() {
             e.to_string(),
             "dataplane.interface: no network interface named `nosuchif0` in this network namespace; use one listed by `ip link`"
         );
+}
+
+fn upstream_of(section: &str) -> Result<UpstreamConfig, Vec<String>> {
+    let text = format!("{MINIMAL}\n  [services.upstream]\n{section}\n");
+    match Config::from_toml_str(&text) {
+        Ok(c) => Ok(c.services[0].upstream.clone()),
+        Err(e) => Err(e.problems().iter().map(ToString::to_string).collect()),
+    }
+}
+
+#[test]
+fn upstream_selectors_are_parsed_with_label_matchers() {
+    let u = upstream_of(
+        r#"  requests = 'http_requests_total{route="/predict"}'
+  errors = 'http_requests_total{route="/predict", status=~"5.."}'
+  latency = 'http_request_duration_seconds{route!="/healthz"}'
+  predictions = 'model_predictions_total{model_version!~"v0|test"}'"#,
+    )
+    .expect("valid");
+    assert_eq!(
+        u.requests.to_string(),
+        r#"http_requests_total{route="/predict"}"#
+    );
+    assert_eq!(
+        u.errors.to_string(),
+        r#"http_requests_total{route="/predict",status=~"5.."}"#
+    );
+    assert_eq!(
+        u.latency.matchers()[0].op,
+        crate::upstream::MatchOp::NotEqual
+    );
+    assert_eq!(
+        u.predictions.matchers()[0].op,
+        crate::upstream::MatchOp::NotMatches
+    );
+    // "" switches latency and predictions off.
+    let u = upstream_of("  latency = \"\"\n  predictions = \"\"").expect("valid");
+    assert!(u.latency.is_empty() && u.predictions.is_empty());
+}
+
+#[test]
+fn bad_selectors_are_reported_with_the_key_and_a_fix() {
+    let p = upstream_of(
+        r#"  requests = 'http_requests_total{route="/predict"'
+  errors = 'http_requests_total{status=~"5..("}'
+  latency = 'http_request_duration_seconds{route=="/predict"}'
+  predictions = 'model predictions'"#,
+    )
+    .unwrap_err();
+    let fix = "; write a metric name with optional label matchers (=, !=, =~, !~), e.g. 'http_requests_total{route=\"/predict\",status=~\"5..\"}'";
+    let expected = [
+        format!("services[0].upstream.requests: 'http_requests_total{{route=\"/predict\"' is not a series selector: the label matchers have no closing `}}`{fix}"),
+        format!("services[0].upstream.errors: 'http_requests_total{{status=~\"5..(\"}}' is not a series selector: the regular expression for `status` is not valid: unclosed group{fix}"),
+        format!("services[0].upstream.latency: 'http_request_duration_seconds{{route==\"/predict\"}}' is not a series selector: unknown operator \"==\" after label `route`; use =, !=, =~ or !~{fix}"),
+        format!("services[0].upstream.predictions: 'model predictions' is not a series selector: \"model\" is not a metric name (letters, digits, '_' and ':', not starting with a digit){fix}"),
+    ];
+    assert_eq!(p, expected);
+}
+
+#[test]
+fn latency_selector_names_the_histogram_and_leaves_le_alone() {
+    let p = upstream_of("  latency = 'request_duration_seconds_bucket'").unwrap_err();
+    assert_eq!(p, ["services[0].upstream.latency: \"request_duration_seconds_bucket\" is one part of a histogram; give the histogram's name without \"_bucket\", e.g. \"request_duration_seconds\""]);
+    let p = upstream_of("  latency = 'request_duration_seconds{le=\"0.1\"}'").unwrap_err();
+    assert_eq!(p, ["services[0].upstream.latency: matches the label `le`, the bucket bound, which every bucket needs; match the other labels only"]);
+    let p = upstream_of("  version_label = \"model-version\"").unwrap_err();
+    assert!(
+        p[0].starts_with(
+            "services[0].upstream.version_label: \"model-version\" is not a label name"
+        ),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn presets_fill_every_series_and_explicit_keys_override_them() {
+    let u = upstream_of("  preset = \"prometheus-client\"").expect("valid");
+    assert_eq!(u.preset.as_deref(), Some("prometheus-client"));
+    assert_eq!(
+        u.requests.to_string(),
+        r#"http_requests_total{route="/predict"}"#
+    );
+    assert_eq!(
+        u.errors.to_string(),
+        r#"http_requests_total{route="/predict",status=~"5.."}"#
+    );
+    assert_eq!(
+        u.latency.to_string(),
+        r#"http_request_duration_seconds{route="/predict"}"#
+    );
+    assert_eq!(u.predictions.to_string(), "model_predictions_total");
+    assert_eq!(u.prediction_label, "class");
+    assert_eq!(u.version_label, "model_version");
+
+    let u = upstream_of("  preset = \"fastapi-instrumentator\"\n  requests = 'http_requests_total{handler=\"/v1/predict\"}'\n  latency = \"\"").expect("valid");
+    assert_eq!(
+        u.requests.to_string(),
+        r#"http_requests_total{handler="/v1/predict"}"#
+    );
+    assert_eq!(
+        u.errors.to_string(),
+        r#"http_requests_total{handler="/predict",status="5xx"}"#,
+        "keys not given come from the preset"
+    );
+    assert!(u.latency.is_empty());
+
+    let u = upstream_of("  preset = \"canary-model\"").expect("valid");
+    assert_eq!(
+        UpstreamConfig { preset: None, ..u },
+        UpstreamConfig::default(),
+        "the defaults are canary-model's series"
+    );
+
+    let p = upstream_of("  preset = \"flask\"").unwrap_err();
+    assert_eq!(p, ["services[0].upstream.preset: \"flask\" is not a preset; use one of \"canary-model\", \"prometheus-client\", \"fastapi-instrumentator\", or leave it out and give every series"]);
+}
+
+#[test]
+fn scrape_limits_are_checked() {
+    let u = upstream_of(
+        "  max_scrape_bytes = 65536\n  max_series = 500\n  max_prediction_classes = 20",
+    )
+    .expect("valid");
+    assert_eq!(
+        (u.max_scrape_bytes, u.max_series, u.max_prediction_classes),
+        (65536, 500, 20)
+    );
+    let d = UpstreamConfig::default();
+    assert_eq!(
+        (d.max_scrape_bytes, d.max_series, d.max_prediction_classes),
+        (4 << 20, 20_000, 1_000)
+    );
+    let p = upstream_of("  max_scrape_bytes = 100\n  max_series = 0\n  max_prediction_classes = 1")
+        .unwrap_err();
+    assert_eq!(
+        p,
+        [
+            "services[0].upstream.max_scrape_bytes: 100 is out of range; give 4096 to 1073741824 (bytes of one /metrics answer)",
+            "services[0].upstream.max_series: 0 is out of range; give 10 to 10000000 (series in one exposition)",
+            "services[0].upstream.max_prediction_classes: 1 is out of range; give 2 to 100000 (prediction classes per backend)",
+        ]
+    );
 }
 
 #[test]

@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::observe::neighbour::Neighbours;
 use crate::observe::{Observation, Target, WarmUp};
 use crate::rollout::{Event, Output, Phase, Poll, Rollout, StateStore};
-use crate::upstream::{self, Snapshot, Window};
+use crate::upstream::{self, Window};
 use service::Service;
 
 /// Errors that stop the controller from starting or reloading.
@@ -166,6 +166,7 @@ impl<D: DataPlane> Controller<D> {
                     backend: b.name.clone(),
                     health_url: b.health_url.clone(),
                     metrics_url: b.metrics_url.clone(),
+                    max_scrape_bytes: s.config.upstream.max_scrape_bytes,
                 })
             })
             .collect()
@@ -213,11 +214,13 @@ impl<D: DataPlane> Controller<D> {
             let Some(j) = self.services[i].backend_position(&obs.backend) else {
                 continue;
             };
-            let upstream_config = &self.services[i].config.upstream;
-            let parsed = obs
-                .metrics
-                .as_ref()
-                .map(|text| upstream::parse_exposition(text, upstream_config));
+            let snapshot = upstream::snapshot_of(&obs.metrics, &self.services[i].config.upstream);
+            for p in &snapshot.problems {
+                self.metrics
+                    .upstream_scrape_errors
+                    .with_label_values(&[&obs.service, &obs.backend, p.reason.as_str()])
+                    .inc();
+            }
             let (bcfg, br) = self.services[i].backend_mut(j);
             if br.health.observe(&obs.health) {
                 self.dirty = true;
@@ -234,23 +237,13 @@ impl<D: DataPlane> Controller<D> {
                 br.mac = mac;
                 self.dirty = true;
             }
-            let snapshot = match parsed {
-                Ok(Ok(s)) => {
-                    br.metrics_error = (!s.problems.is_empty()).then(|| s.problems.join("; "));
-                    s
-                }
-                Ok(Err(e)) => {
-                    br.metrics_error = Some(e.to_string());
-                    Snapshot::missing()
-                }
-                Err(e) => {
-                    br.metrics_error = Some(e.clone());
-                    Snapshot::missing()
-                }
-            };
+            br.metrics_error = (!snapshot.problems.is_empty()).then(|| {
+                let all: Vec<String> = snapshot.problems.iter().map(ToString::to_string).collect();
+                all.join("; ")
+            });
             br.reported_requests = snapshot.requests.present().copied();
             let delta = snapshot.delta_since(&br.baseline);
-            br.baseline.advance(&snapshot);
+            br.baseline.advance(&snapshot, delta.reset);
             deltas[i][j] = Some(delta.window);
         }
 

@@ -134,6 +134,8 @@ impl<D: DataPlane> Controller<D> {
                     new_flows: stats.new_flows,
                     reported_requests: br.reported_requests,
                     metrics_ok: br.metrics_error.is_none(),
+                    metrics_problem: br.metrics_error.clone(),
+                    reported_versions: br.baseline.versions.clone(),
                 });
             }
             for (g, (requests, errors)) in reported {

@@ -265,7 +265,10 @@ impl Sim {
                 metrics: if b.metrics_up {
                     Ok(b.exposition())
                 } else {
-                    Err("metrics endpoint answered 500".into())
+                    Err(crate::upstream::ScrapeProblem {
+                        reason: crate::upstream::ScrapeReason::HttpStatus,
+                        message: "metrics endpoint answered 500".into(),
+                    })
                 },
             })
             .collect();

@@ -6,6 +6,8 @@ pub mod probe;
 
 use probe::Probe;
 
+use crate::upstream::ScrapeProblem;
+
 /// Consecutive failed health checks that take a backend out of its group.
 pub const FALL: u32 = 2;
 /// Consecutive passed health checks that put it back.
@@ -18,7 +20,7 @@ pub struct Observation {
     pub backend: String,
     pub health: Probe,
     /// The metrics exposition, or why it could not be fetched.
-    pub metrics: Result<String, String>,
+    pub metrics: Result<String, ScrapeProblem>,
 }
 
 /// A backend the daemon must probe and scrape.
@@ -28,6 +30,8 @@ pub struct Target {
     pub backend: String,
     pub health_url: String,
     pub metrics_url: String,
+    /// `upstream.max_scrape_bytes` of its service.
+    pub max_scrape_bytes: u64,
 }
 
 /// Warm-up requests to send before a canary takes traffic.

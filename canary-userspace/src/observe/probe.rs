@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use super::{Observation, Target};
+use crate::upstream::{ScrapeProblem, ScrapeReason};
 
 /// Result of one health probe.
 #[derive(Clone, Debug, PartialEq)]
@@ -16,10 +17,26 @@ pub enum Probe {
 }
 
 /// HTTP client for backends, with a bounded timeout for every call (a slow backend must not
-/// stall a poll).
+/// stall a poll). Redirects are never followed: a backend must not send the daemon to another
+/// backend's metrics (a canary judged on stable's numbers) or to any other address.
 #[derive(Clone)]
 pub struct BackendClient {
     http: reqwest::Client,
+}
+
+/// The `Location` of a redirect, shortened for a message.
+fn location(response: &reqwest::Response) -> String {
+    let to = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("?");
+    let short: String = to.chars().take(120).collect();
+    if short.len() < to.len() {
+        format!("{short}...")
+    } else {
+        short
+    }
 }
 
 impl BackendClient {
@@ -28,26 +45,71 @@ impl BackendClient {
             .timeout(timeout)
             .connect_timeout(timeout)
             .pool_max_idle_per_host(2)
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(BackendClient { http })
     }
 
-    /// `GET health_url`: healthy on any 2xx.
+    /// `GET health_url`: healthy on any 2xx; a redirect is a failure (not followed).
     pub async fn probe(&self, url: &str) -> Probe {
         match self.http.get(url).send().await {
             Ok(r) if r.status().is_success() => Probe::Healthy,
+            Ok(r) if r.status().is_redirection() => Probe::Unhealthy(format!(
+                "health check answered {} to {}; redirects are not followed: set health_url to the address that answers",
+                r.status(),
+                location(&r)
+            )),
             Ok(r) => Probe::Unhealthy(format!("health check answered {}", r.status())),
-            Err(e) => Probe::Unhealthy(describe(&e)),
+            Err(e) => Probe::Unhealthy(describe(&e).message),
         }
     }
 
-    /// `GET metrics_url`: the Prometheus text, or why it could not be had.
-    pub async fn scrape(&self, url: &str) -> Result<String, String> {
-        let response = self.http.get(url).send().await.map_err(|e| describe(&e))?;
-        if !response.status().is_success() {
-            return Err(format!("metrics endpoint answered {}", response.status()));
+    /// `GET metrics_url`: the Prometheus text, or why it could not be had. The body is read
+    /// in chunks and given up past `max_bytes`, so a backend that streams without end costs
+    /// at most that much memory.
+    pub async fn scrape(&self, url: &str, max_bytes: u64) -> Result<String, ScrapeProblem> {
+        let mut response = self.http.get(url).send().await.map_err(|e| describe(&e))?;
+        let status = response.status();
+        if status.is_redirection() {
+            return Err(ScrapeProblem {
+                reason: ScrapeReason::Redirect,
+                message: format!(
+                    "metrics endpoint answered {status} to {}; redirects are not followed: set metrics_url to the address that serves the metrics",
+                    location(&response)
+                ),
+            });
         }
-        response.text().await.map_err(|e| describe(&e))
+        if !status.is_success() {
+            return Err(ScrapeProblem {
+                reason: ScrapeReason::HttpStatus,
+                message: format!("metrics endpoint answered {status}"),
+            });
+        }
+        let too_large = || {
+            ScrapeProblem {
+            reason: ScrapeReason::TooLarge,
+            message: format!(
+                "metrics answer is larger than upstream.max_scrape_bytes ({max_bytes} bytes); the backend exports too much, or raise the limit"
+            ),
+        }
+        };
+        if response.content_length().is_some_and(|n| n > max_bytes) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| describe(&e))? {
+            if (body.len() + chunk.len()) as u64 > max_bytes {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        String::from_utf8(body).map_err(|e| ScrapeProblem {
+            reason: ScrapeReason::Body,
+            message: format!(
+                "metrics answer is not UTF-8 text (invalid byte at {})",
+                e.utf8_error().valid_up_to()
+            ),
+        })
     }
 
     /// Send `count` warm-up GETs to `url`; returns how many got a 2xx and how long it took.
@@ -63,14 +125,20 @@ impl BackendClient {
     }
 }
 
-fn describe(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timed out".to_string()
+fn describe(e: &reqwest::Error) -> ScrapeProblem {
+    let (reason, message) = if e.is_timeout() {
+        (ScrapeReason::Timeout, "timed out".to_string())
     } else if e.is_connect() {
-        format!("connection failed: {e}")
+        (ScrapeReason::Connect, format!("connection failed: {e}"))
+    } else if e.is_body() || e.is_decode() {
+        (
+            ScrapeReason::Body,
+            format!("reading the answer failed: {e}"),
+        )
     } else {
-        e.to_string()
-    }
+        (ScrapeReason::Connect, e.to_string())
+    };
+    ScrapeProblem { reason, message }
 }
 
 /// Probes and scrapes every backend at once; each call is bounded by the client's timeout.
@@ -79,8 +147,10 @@ pub async fn observe(client: &BackendClient, targets: Vec<Target>) -> Vec<Observ
     for t in targets {
         let client = client.clone();
         set.spawn(async move {
-            let (health, metrics) =
-                tokio::join!(client.probe(&t.health_url), client.scrape(&t.metrics_url));
+            let (health, metrics) = tokio::join!(
+                client.probe(&t.health_url),
+                client.scrape(&t.metrics_url, t.max_scrape_bytes)
+            );
             Observation {
                 service: t.service,
                 backend: t.backend,
