@@ -52,6 +52,10 @@ pub struct DeploymentSpec {
     pub poll_interval: String,
     pub min_samples: u64,
     pub warmup_requests: u32,
+    /// `""`: each canary backend's health URL.
+    pub warmup_url: String,
+    /// `""`: warm-up GETs; else the JSON body of warm-up POSTs.
+    pub warmup_body: String,
     /// `drain` or `reset`.
     pub rollback: String,
     /// `auto` or `paused`.
@@ -92,6 +96,8 @@ impl DeploymentSpec {
             poll_interval: "1s".into(),
             min_samples: 200,
             warmup_requests: 5,
+            warmup_url: String::new(),
+            warmup_body: String::new(),
             rollback: "drain".into(),
             start: "auto".into(),
             metrics_missing: "hold".into(),
@@ -130,6 +136,15 @@ fn io(what: &str) -> impl Fn(std::io::Error) -> DeploymentError + '_ {
 impl Deployment {
     /// Lab up, model servers started, config written, daemon started and ready.
     pub fn start(spec: DeploymentSpec) -> Result<Self, DeploymentError> {
+        let mut d = Deployment::up(spec)?;
+        d.write_config()?;
+        d.start_daemon()?;
+        Ok(d)
+    }
+
+    /// Lab up and model servers started; no config written and no daemon yet (see
+    /// [`Deployment::write_config`] and [`Deployment::start_daemon`]).
+    pub fn up(spec: DeploymentSpec) -> Result<Self, DeploymentError> {
         let canary_bin = bins::locate("canary", "canary-userspace")?;
         let loadgen_bin = bins::locate("canary-loadgen", "canary-lab")?;
         let lab = Lab::up(&spec.lab)?;
@@ -143,12 +158,7 @@ impl Deployment {
             None => None,
         };
         let config_path = lab.state_dir().join("canary.toml");
-        std::fs::write(
-            &config_path,
-            config_text(&spec, &lab, token_path.as_deref())?,
-        )
-        .map_err(io("write config"))?;
-        let mut d = Deployment {
+        Ok(Deployment {
             spec,
             lab,
             canary_bin,
@@ -157,9 +167,16 @@ impl Deployment {
             token_path,
             models,
             daemon: None,
-        };
-        d.start_daemon()?;
-        Ok(d)
+        })
+    }
+
+    /// Writes the daemon's config for the spec as it is now.
+    pub fn write_config(&self) -> Result<(), DeploymentError> {
+        std::fs::write(
+            &self.config_path,
+            config_text(&self.spec, &self.lab, self.token_path.as_deref())?,
+        )
+        .map_err(io("write config"))
     }
 
     /// Starts `canary run` in the load balancer and waits until its admin API answers and
@@ -592,6 +609,8 @@ fn rollout(spec: &DeploymentSpec) -> RawRollout {
         poll_interval: spec.poll_interval.clone(),
         min_samples: spec.min_samples,
         warmup_requests: spec.warmup_requests,
+        warmup_url: spec.warmup_url.clone(),
+        warmup_body: spec.warmup_body.clone(),
         rollback: spec.rollback.clone(),
         start: spec.start.clone(),
         metrics_missing: spec.metrics_missing.clone(),
@@ -603,7 +622,6 @@ fn rollout(spec: &DeploymentSpec) -> RawRollout {
             max_prediction_shift: spec.max_prediction_shift,
             confidence: spec.confidence,
         },
-        ..RawRollout::default()
     }
 }
 

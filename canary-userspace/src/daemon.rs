@@ -216,7 +216,7 @@ fn spawn_warm_up(client: &BackendClient, job: WarmUp, done: mpsc::Sender<String>
     let client = client.clone();
     tokio::spawn(async move {
         for url in &job.urls {
-            let (ok, took) = client.warm_up(url, job.requests).await;
+            let (ok, took) = client.warm_up(url, job.requests, job.body.as_deref()).await;
             tracing::info!(service = %job.service, url, ok, sent = job.requests, took_ms = took.as_millis() as u64, "warm-up");
         }
         let _ = done.send(job.service).await;

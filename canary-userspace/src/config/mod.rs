@@ -175,6 +175,8 @@ pub struct RolloutConfig {
     pub warmup_requests: u32,
     /// `None`: use each canary backend's `health_url`.
     pub warmup_url: Option<String>,
+    /// JSON body: warm-up requests are POSTs of it (they run the model); `None`: GETs.
+    pub warmup_body: Option<String>,
     pub rollback: RollbackMode,
     pub start: StartMode,
     pub metrics_missing: MissingPolicy,
@@ -279,6 +281,7 @@ impl Default for RolloutConfig {
             min_samples: 1000,
             warmup_requests: 20,
             warmup_url: None,
+            warmup_body: None,
             rollback: RollbackMode::Drain,
             start: StartMode::Auto,
             metrics_missing: MissingPolicy::Hold,

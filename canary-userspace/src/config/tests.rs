@@ -45,6 +45,7 @@ affinity = "flow"
   min_samples = 1000
   warmup_requests = 20
   warmup_url = ""
+  warmup_body = ""
   rollback = "drain"
   start = "auto"
   metrics_missing = "hold"
@@ -580,4 +581,33 @@ fn token_files_are_trimmed_and_must_not_be_empty() {
         .contains("empty"));
     assert!(read_token(&dir.join("missing")).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn warm_up_posts_a_json_body_to_the_warm_up_url() {
+    let text = with(
+        "  warmup_url = \"\"\n  warmup_body = \"\"\n",
+        "  warmup_url = \"http://{address}:8080/predict\"\n  warmup_body = '{\"text\": \"warm-up\"}'\n",
+    );
+    let c = Config::from_toml_str(&text).expect("valid");
+    let r = &c.services[0].rollout;
+    assert_eq!(r.warmup_body.as_deref(), Some("{\"text\": \"warm-up\"}"));
+    assert_eq!(
+        r.warmup_url.as_deref(),
+        Some("http://{address}:8080/predict")
+    );
+
+    let p = problems(&with(
+        "  warmup_body = \"\"\n",
+        "  warmup_body = \"{text\"\n",
+    ));
+    assert!(
+        p.iter()
+            .any(|p| p.starts_with("services[0].rollout.warmup_body: is not JSON")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter().any(|p| p.contains("is set but warmup_url is not")),
+        "{p:?}"
+    );
 }

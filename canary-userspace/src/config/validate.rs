@@ -599,6 +599,21 @@ fn rollout(
     if let Some(u) = &warmup_url {
         c.url(&format!("{rk}.warmup_url"), u);
     }
+    let warmup_body = (!r.warmup_body.is_empty()).then(|| r.warmup_body.clone());
+    if let Some(body) = &warmup_body {
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(body) {
+            c.bad(
+                format!("{rk}.warmup_body"),
+                format!("is not JSON ({e}); give the body of one request the model answers, e.g. '{{\"text\": \"warm-up\"}}', or \"\" for GETs"),
+            );
+        }
+        if warmup_url.is_none() {
+            c.bad(
+                format!("{rk}.warmup_body"),
+                "is set but warmup_url is not: the body is POSTed to warmup_url (the health endpoint takes no body); set warmup_url, e.g. \"http://{address}:8080/predict\"".to_string(),
+            );
+        }
+    }
     let rollback = c.keyword(
         &format!("{rk}.rollback"),
         &r.rollback,
@@ -680,6 +695,7 @@ fn rollout(
         min_samples: r.min_samples,
         warmup_requests: r.warmup_requests,
         warmup_url,
+        warmup_body,
         rollback,
         start,
         metrics_missing,

@@ -229,6 +229,7 @@ impl Service {
                 service: service.to_string(),
                 urls,
                 requests: rollout.warmup_requests,
+                body: rollout.warmup_body.clone(),
             });
         }
         if let Some(d) = out.decision {

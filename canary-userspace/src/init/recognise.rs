@@ -686,10 +686,16 @@ fn latency(
                 .into(),
         });
     }
-    let skipped: Vec<&str> = candidates
+    let skipped: Vec<String> = candidates
         .iter()
-        .map(|(n, _)| n.as_str())
-        .filter(|n| *n != name)
+        .filter(|(n, _)| *n != name)
+        .map(|(n, other)| {
+            if route_label(other).is_some() {
+                format!("{n} (no {route} series)")
+            } else {
+                format!("{n} (no route label: every route mixed)")
+            }
+        })
         .collect();
     let mut pick = Pick::new(name);
     match route_label(f).filter(|l| f.has_value(l, route)) {
@@ -700,7 +706,7 @@ fn latency(
                 if skipped.is_empty() {
                     String::new()
                 } else {
-                    format!("; not {} (no {route} series)", skipped.join(", "))
+                    format!("; not {}", skipped.join(", "))
                 }
             ));
         }

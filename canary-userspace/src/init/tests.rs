@@ -114,7 +114,9 @@ fn instrumentator_series_are_recognised_with_handler_and_grouped_status() {
     // The fine histogram without a handler label mixes every route: not the latency.
     let notes = r.notes.join("\n");
     assert!(
-        notes.contains("not http_request_duration_highr_seconds"),
+        notes.contains(
+            "not http_request_duration_highr_seconds (no route label: every route mixed)"
+        ),
         "{notes}"
     );
 }

@@ -40,6 +40,8 @@ pub struct WarmUp {
     pub service: String,
     pub urls: Vec<String>,
     pub requests: u32,
+    /// JSON body to POST (`None`: GET).
+    pub body: Option<String>,
 }
 
 /// Health of a backend, with hysteresis.

@@ -112,12 +112,22 @@ impl BackendClient {
         })
     }
 
-    /// Send `count` warm-up GETs to `url`; returns how many got a 2xx and how long it took.
-    pub async fn warm_up(&self, url: &str, count: u32) -> (u32, Duration) {
+    /// Send `count` warm-up requests to `url`, one after the other: GETs, or POSTs of the JSON
+    /// `body` (which run the model, as real requests do). Returns how many got a 2xx and how
+    /// long it took.
+    pub async fn warm_up(&self, url: &str, count: u32, body: Option<&str>) -> (u32, Duration) {
         let start = Instant::now();
         let mut ok = 0;
         for _ in 0..count {
-            if matches!(self.http.get(url).send().await, Ok(r) if r.status().is_success()) {
+            let request = match body {
+                Some(b) => self
+                    .http
+                    .post(url)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(b.to_string()),
+                None => self.http.get(url),
+            };
+            if matches!(request.send().await, Ok(r) if r.status().is_success()) {
                 ok += 1;
             }
         }

@@ -203,12 +203,20 @@ impl<'a> Background<'a> {
     }
 
     /// Stops after the running chunks and returns every chunk's report.
-    pub(crate) fn finish(self) -> Vec<Report> {
+    pub(crate) fn finish(mut self) -> Vec<Report> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.handles
+        std::mem::take(&mut self.handles)
             .into_iter()
             .flat_map(|h| h.join().expect("background load thread"))
             .collect()
+    }
+}
+
+impl Drop for Background<'_> {
+    /// A test that fails while the load runs drops it unfinished: the load stops, so that the
+    /// thread scope can end and the failure be reported (instead of the load running forever).
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
