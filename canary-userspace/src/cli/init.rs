@@ -116,3 +116,33 @@ pub(crate) async fn run(o: &Options) -> Result<String> {
     }
     Ok(section)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::backend_of;
+
+    #[test]
+    fn the_backend_is_the_metrics_urls_address_and_its_health_url_the_same_origin() {
+        let (address, health) =
+            backend_of("http://198.18.0.11:8080/metrics?x=1", "/healthz").unwrap();
+        assert_eq!(address.to_string(), "198.18.0.11");
+        assert_eq!(health, "http://198.18.0.11:8080/healthz");
+        let (address, health) = backend_of("https://[2001:db8::7]:9000/m", "/health").unwrap();
+        assert_eq!(address.to_string(), "2001:db8::7");
+        assert_eq!(health, "https://[2001:db8::7]:9000/health");
+        for (url, says) in [
+            (
+                "http://model.internal:8080/metrics",
+                "must be the backend's IP address",
+            ),
+            (
+                "ftp://198.18.0.11/metrics",
+                "use an http:// or https:// URL",
+            ),
+            ("198.18.0.11:8080/metrics", "not a URL"),
+        ] {
+            let e = backend_of(url, "/healthz").unwrap_err().to_string();
+            assert!(e.contains(says), "{url}: {e}");
+        }
+    }
+}

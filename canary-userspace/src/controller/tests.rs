@@ -28,6 +28,8 @@ struct FakeBackend {
     negative: u64,
     healthy: bool,
     metrics_up: bool,
+    /// Exported instead of the real request count (a lying or broken exporter).
+    requests_text: Option<String>,
 }
 
 /// How a version behaves.
@@ -73,10 +75,13 @@ impl FakeBackend {
 
     fn exposition(&self) -> String {
         let mut t = String::new();
+        let requests = self
+            .requests_text
+            .clone()
+            .unwrap_or_else(|| self.requests.to_string());
         let _ = writeln!(
             t,
-            "# TYPE requests_total counter\nrequests_total {}",
-            self.requests
+            "# TYPE requests_total counter\nrequests_total {requests}"
         );
         let _ = writeln!(
             t,
@@ -664,4 +669,43 @@ fn reload_refuses_dataplane_changes_and_keeps_the_running_config() {
         sim.c.dataplane_config().heartbeat_timeout,
         std::time::Duration::from_secs(30)
     );
+}
+
+#[test]
+fn a_count_beyond_2_53_is_a_missing_series_not_a_crash() {
+    let mut sim = Sim::new("huge-count", "");
+    sim.run_until(100, |s| s.weight_bp() == 1000);
+    // Summed over polls and backends, this overflowed u64 (a panic in a debug build).
+    for name in ["s0", "k0"] {
+        sim.backends.get_mut(name).unwrap().requests_text = Some("1e30".into());
+    }
+    let seen = sim.run_until(30, |_| false);
+    assert_eq!(
+        seen,
+        vec![1000],
+        "judged on a count it cannot hold: {seen:?}"
+    );
+    let status = sim.c.status.read().unwrap().clone();
+    let k0 = status.services[0]
+        .backends
+        .iter()
+        .find(|b| b.name == "k0")
+        .unwrap();
+    assert!(!k0.metrics_ok);
+    let problem = k0.metrics_problem.as_deref().unwrap_or_default();
+    assert_eq!(
+        problem,
+        "requests (requests_total): requests_total = 1e30 is not a count (a whole number from 0 to 2^53)"
+    );
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&sim.c.metrics.registry.gather())
+        .unwrap();
+    let needle = "canary_upstream_scrape_errors_total{backend=\"k0\",reason=\"not_a_count\",service=\"sentiment\"} 30";
+    assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    // The exporter recovers: the rollout goes on.
+    for name in ["s0", "k0"] {
+        sim.backends.get_mut(name).unwrap().requests_text = None;
+    }
+    let seen = sim.run_until(100, |s| s.weight_bp() > 1000);
+    assert!(sim.weight_bp() > 1000, "weights {seen:?}");
 }

@@ -177,3 +177,193 @@ pub async fn observe(client: &BackendClient, targets: Vec<Target>) -> Vec<Observ
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    //! Real HTTP servers on loopback: axum for ordinary answers, a raw tokio socket for a body
+    //! that never ends.
+
+    use std::net::SocketAddr;
+
+    use axum::response::Redirect;
+    use axum::routing::get;
+    use axum::Router;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    const STABLE_METRICS: &str = "requests_total 5000\nrequest_errors_total 0\n";
+
+    async fn serve(router: Router) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        addr
+    }
+
+    fn client() -> BackendClient {
+        BackendClient::new(Duration::from_secs(10)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_redirect_to_another_backend_is_not_followed() {
+        let stable = serve(
+            Router::new()
+                .route("/metrics", get(|| async { STABLE_METRICS }))
+                .route("/healthz", get(|| async { "ok" })),
+        )
+        .await;
+        // The canary sends the daemon to stable's numbers.
+        let to_metrics = format!("http://{stable}/metrics");
+        let to_health = format!("http://{stable}/healthz");
+        let canary = serve(
+            Router::new()
+                .route(
+                    "/metrics",
+                    get(move || async move {
+                        (
+                            axum::http::StatusCode::FOUND,
+                            [(axum::http::header::LOCATION, to_metrics)],
+                        )
+                    }),
+                )
+                .route(
+                    "/healthz",
+                    get(move || async move { Redirect::to(&to_health) }),
+                ),
+        )
+        .await;
+        let c = client();
+        assert_eq!(
+            c.scrape(&format!("http://{stable}/metrics"), 1 << 20)
+                .await
+                .unwrap(),
+            STABLE_METRICS
+        );
+        let e = c
+            .scrape(&format!("http://{canary}/metrics"), 1 << 20)
+            .await
+            .expect_err("a redirect is a failed scrape");
+        assert_eq!(e.reason, ScrapeReason::Redirect);
+        assert_eq!(
+            e.message,
+            format!("metrics endpoint answered 302 Found to http://{stable}/metrics; redirects are not followed: set metrics_url to the address that serves the metrics")
+        );
+        match c.probe(&format!("http://{canary}/healthz")).await {
+            Probe::Unhealthy(why) => assert!(
+                why.starts_with("health check answered 303 See Other to http://"),
+                "{why}"
+            ),
+            Probe::Healthy => panic!("a redirected health check passed"),
+        }
+        assert_eq!(
+            c.probe(&format!("http://{stable}/healthz")).await,
+            Probe::Healthy
+        );
+    }
+
+    #[allow(clippy::format_collect, reason = "the junk is built once")]
+    /// A backend whose `/metrics` answer never ends: junk series as fast as the socket takes
+    /// them. Returns its address and a counter of the bytes it managed to send.
+    async fn endless() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sent = std::sync::Arc::new(AtomicU64::new(0));
+        let counter = sent.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut request = [0u8; 1024];
+                    let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut request).await;
+                    let head =
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n";
+                    if socket.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let junk: String = (0..1000)
+                        .map(|i| format!("junk_series_{i}{{id=\"{i}\"}} 1\n"))
+                        .collect();
+                    while socket.write_all(junk.as_bytes()).await.is_ok() {
+                        counter.fetch_add(junk.len() as u64, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        (addr, sent)
+    }
+
+    #[tokio::test]
+    async fn a_body_without_end_is_given_up_at_the_byte_cap() {
+        let (addr, sent) = endless().await;
+        let started = Instant::now();
+        let e = client()
+            .scrape(&format!("http://{addr}/metrics"), 1 << 20)
+            .await
+            .expect_err("an endless body is a failed scrape");
+        assert_eq!(e.reason, ScrapeReason::TooLarge);
+        assert_eq!(e.message, "metrics answer is larger than upstream.max_scrape_bytes (1048576 bytes); the backend exports too much, or raise the limit");
+        // Cut by the cap, long before the 10 s timeout.
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
+        let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(sent >= 1 << 20, "the server sent only {sent} bytes");
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_above_the_cap_is_refused_unread() {
+        let big =
+            serve(Router::new().route("/metrics", get(|| async { "x 1\n".repeat(50_000) }))).await;
+        let c = client();
+        let e = c
+            .scrape(&format!("http://{big}/metrics"), 100_000)
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason, ScrapeReason::TooLarge);
+        let text = c
+            .scrape(&format!("http://{big}/metrics"), 200_000)
+            .await
+            .unwrap();
+        assert_eq!(text.len(), 200_000);
+    }
+
+    #[tokio::test]
+    async fn failures_have_their_reason() {
+        let broken = serve(Router::new().route(
+            "/metrics",
+            get(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "no") }),
+        ))
+        .await;
+        let c = client();
+        let e = c
+            .scrape(&format!("http://{broken}/metrics"), 1 << 20)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.reason, e.message.as_str()),
+            (
+                ScrapeReason::HttpStatus,
+                "metrics endpoint answered 500 Internal Server Error"
+            )
+        );
+        // Nothing listens on a port that was just released.
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let e = c
+            .scrape(&format!("http://{closed}/metrics"), 1 << 20)
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason, ScrapeReason::Connect);
+    }
+}

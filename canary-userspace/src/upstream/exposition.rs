@@ -30,6 +30,8 @@ pub(crate) struct Sample<'a> {
     pub(crate) name: &'a str,
     pub(crate) labels: Vec<(&'a str, Cow<'a, str>)>,
     pub(crate) value: f64,
+    /// The value as written (an integer beyond 2^53 rounds to 2^53 in an `f64`).
+    text: &'a str,
 }
 
 impl Sample<'_> {
@@ -119,11 +121,13 @@ fn sample_rest<'a>(name: &'a str, rest: &'a str) -> Option<Sample<'a>> {
     }
     let mut fields = rest.split_whitespace();
     // Rust reads `+Inf`, `-Inf` and `NaN` in any case, as Go does.
-    let value = fields.next()?.parse::<f64>().ok()?;
+    let text = fields.next()?;
+    let value = text.parse::<f64>().ok()?;
     Some(Sample {
         name,
         labels,
         value,
+        text,
     })
 }
 
@@ -149,13 +153,29 @@ fn label_value(s: &str) -> Option<(Cow<'_, str>, &str)> {
     None
 }
 
-/// `Ok(value)` when `value` is a count (whole, 0..=2^53).
-fn count(value: f64) -> Result<f64, String> {
-    if value.is_finite() && value >= 0.0 && value.fract() == 0.0 && value <= MAX_COUNT {
+/// `Ok(value)` when the sample's value is a count (whole, 0..=2^53).
+fn count(sample: &Sample) -> Result<f64, String> {
+    let value = sample.value;
+    // Digits only: compare exactly, since 2^53 + 1 reads as 2^53.
+    let digits = sample.text.trim_start_matches('+');
+    let exact = !digits.bytes().all(|b| b.is_ascii_digit())
+        || digits.parse::<u64>().is_ok_and(|n| n <= MAX_COUNT as u64);
+    if exact && value.is_finite() && value >= 0.0 && value.fract() == 0.0 && value <= MAX_COUNT {
         Ok(value)
-    } else {
+    } else if !exact {
         Err(format!(
-            "{value} is not a count (a whole number from 0 to 2^53)"
+            "{} is not a count (a whole number from 0 to 2^53)",
+            sample.text
+        ))
+    } else {
+        // `1e30`, not thirty-one digits.
+        let shown = if value.is_finite() && value.abs() >= 1e15 {
+            format!("{value:e}")
+        } else {
+            format!("{value}")
+        };
+        Err(format!(
+            "{shown} is not a count (a whole number from 0 to 2^53)"
         ))
     }
 }
@@ -338,7 +358,7 @@ impl<'s> Reader<'s> {
             if !signal.ok() || !sample.accepted_by(signal.selector) {
                 continue;
             }
-            match count(sample.value) {
+            match count(sample) {
                 Ok(v) => *sum += v,
                 Err(e) => signal.fail(
                     ScrapeReason::NotACount,
@@ -381,7 +401,7 @@ impl<'s> Reader<'s> {
             return;
         };
         self.classes_labelled = true;
-        let v = match count(sample.value) {
+        let v = match count(sample) {
             Ok(v) => v,
             Err(e) => {
                 p.fail(
@@ -432,7 +452,7 @@ impl<'s> Reader<'s> {
                         return;
                     }
                 };
-                match count(sample.value) {
+                match count(sample) {
                     Ok(v) => parts.buckets.push((le, v)),
                     Err(e) => {
                         l.fail(

@@ -3,6 +3,7 @@
     clippy::many_single_char_names,
     reason = "test values are exact small integers and halves"
 )]
+#![allow(clippy::format_collect, reason = "test expositions are built once")]
 use super::*;
 use crate::config::UpstreamConfig;
 
@@ -531,4 +532,182 @@ fn bad_selectors_say_what_is_wrong() {
     );
     // The anchors cannot be escaped by unbalanced groups.
     assert!(err(r#"m{a=~"x)|(y"}"#).contains("not valid"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Hostile or broken expositions
+
+fn problem_of(s: &Snapshot) -> (ScrapeReason, String) {
+    assert_eq!(s.problems.len(), 1, "{:?}", s.problems);
+    (s.problems[0].reason, s.problems[0].message.clone())
+}
+
+#[test]
+fn a_count_that_is_not_a_whole_number_up_to_2_53_makes_the_series_missing() {
+    for (value, shown) in [
+        ("1e30", "1e30"),
+        ("9007199254740993", "9007199254740993"),
+        ("12.5", "12.5"),
+        ("-3", "-3"),
+        ("NaN", "NaN"),
+        ("+Inf", "inf"),
+    ] {
+        let s = parse(&format!("requests_total {value}\nrequest_errors_total 1\n"));
+        assert_eq!(s.requests, Series::Missing, "{value}");
+        assert_eq!(
+            s.errors,
+            Series::Present(1.0),
+            "other series are unaffected"
+        );
+        assert_eq!(
+            problem_of(&s),
+            (
+                ScrapeReason::NotACount,
+                format!("requests (requests_total): requests_total = {shown} is not a count (a whole number from 0 to 2^53)")
+            ),
+            "{value}"
+        );
+    }
+    // 2^53 itself is a count; two series that add up beyond it are not.
+    let s = parse("requests_total 9007199254740992\n");
+    assert_eq!(s.requests, Series::Present(MAX_COUNT));
+    let s = parse("requests_total{a=\"1\"} 9007199254740992\nrequests_total{a=\"2\"} 2\n");
+    assert_eq!(s.requests, Series::Missing);
+    assert_eq!(problem_of(&s).0, ScrapeReason::NotACount);
+}
+
+#[test]
+fn bucket_and_prediction_counts_are_checked_too() {
+    let text = "request_duration_seconds_bucket{le=\"0.1\"} 1e30\nrequest_duration_seconds_bucket{le=\"+Inf\"} 1e30\nrequest_duration_seconds_sum 1\npredictions_total{class=\"a\"} 0.5\n";
+    let s = parse(text);
+    assert_eq!(s.latency, Series::Missing);
+    assert_eq!(s.predictions, Series::Missing);
+    let reasons: Vec<ScrapeReason> = s.problems.iter().map(|p| p.reason).collect();
+    assert_eq!(reasons, [ScrapeReason::NotACount, ScrapeReason::NotACount]);
+    assert!(s.problems[0].message.starts_with("latency (request_duration_seconds): request_duration_seconds_bucket{le=\"0.1\"} = 1e30"), "{}", s.problems[0]);
+    assert!(
+        s.problems[1]
+            .message
+            .starts_with("predictions (predictions_total): predictions_total{class=\"a\"} = 0.5"),
+        "{}",
+        s.problems[1]
+    );
+}
+
+#[test]
+fn a_huge_count_goes_nowhere_near_the_sums() {
+    // Through the whole path: exposition, delta, group sum, window over time.
+    let config = cfg();
+    let honest = |n: u64| {
+        snapshot_of(
+            &Ok(format!("requests_total {n}\nrequest_errors_total 0\n")),
+            &config,
+        )
+    };
+    let liar = snapshot_of(
+        &Ok("requests_total 1e30\nrequest_errors_total 0\n".into()),
+        &config,
+    );
+    let base = honest(10);
+    let a = honest(20).delta_since(&base).window;
+    let b = liar.delta_since(&base).window;
+    let group = aggregate([&a, &b]);
+    assert_eq!(
+        group.requests,
+        Series::Missing,
+        "one bad backend, the group's requests are missing"
+    );
+    assert_eq!(group.errors, Series::Present(0));
+    let mut over_time = aggregate([&a]);
+    over_time.accumulate(&b);
+    assert_eq!(over_time.requests, Series::Present(10));
+}
+
+#[test]
+fn window_sums_saturate_instead_of_overflowing() {
+    let mut big = Window::zero(Vec::new());
+    big.requests = Series::Present(u64::MAX);
+    big.predictions = Series::Present([("x".to_string(), u64::MAX)].into());
+    let g = aggregate([&big, &big]);
+    assert_eq!(g.requests, Series::Present(1 << 53));
+    assert_eq!(g.predictions.present().unwrap()["x"], 1 << 53);
+    let mut w = big.clone();
+    w.accumulate(&big);
+    assert_eq!(w.requests, Series::Present(1 << 53));
+}
+
+#[test]
+fn too_many_series_fail_the_scrape() {
+    let config = UpstreamConfig {
+        max_series: 100,
+        ..cfg()
+    };
+    let text: String = (0..101).map(|i| format!("junk_{i} 1\n")).collect();
+    let e = parse_exposition(&text, &config).unwrap_err();
+    assert_eq!(e.reason, ScrapeReason::TooManySeries);
+    assert_eq!(e.message, "more than 100 series in the exposition; raise upstream.max_series if the backend really exports that many");
+    let text: String = (0..100).map(|i| format!("junk_{i} 1\n")).collect();
+    assert!(parse_exposition(&text, &config).is_ok());
+}
+
+#[test]
+fn too_many_prediction_classes_make_predictions_missing() {
+    let config = UpstreamConfig {
+        max_prediction_classes: 20,
+        ..cfg()
+    };
+    let classes = |n: usize| -> String {
+        (0..n)
+            .map(|i| format!("predictions_total{{class=\"c{i}\"}} 1\n"))
+            .collect()
+    };
+    let s = parse_exposition(&classes(20), &config).unwrap();
+    assert_eq!(s.predictions.present().unwrap().len(), 20);
+    let s = parse_exposition(&format!("requests_total 5\n{}", classes(21)), &config).unwrap();
+    assert_eq!(s.predictions, Series::Missing);
+    assert_eq!(s.requests, Series::Present(5.0));
+    assert_eq!(
+        problem_of(&s),
+        (
+            ScrapeReason::TooManyClasses,
+            "predictions (predictions_total): more than 20 classes (label `class`); raise upstream.max_prediction_classes if the model really has that many".into()
+        )
+    );
+}
+
+#[test]
+fn text_that_is_not_an_exposition_fails_the_scrape() {
+    let e = parse_exposition("<html><body>Login</body></html>\n", &cfg()).unwrap_err();
+    assert_eq!(e.reason, ScrapeReason::Format);
+    // A broken line of a configured metric makes that series malformed, others stay.
+    let s = parse("requests_total{route=\"/x} 5\nrequest_errors_total 1\n");
+    assert_eq!(s.requests, Series::Missing);
+    assert_eq!(s.errors, Series::Present(1.0));
+    assert_eq!(
+        problem_of(&s),
+        (
+            ScrapeReason::Malformed,
+            "requests (requests_total): line 1 is not a valid sample".into()
+        )
+    );
+    // Lines of other metrics that cannot be read are ignored.
+    let s = parse("other{a=} 1\nrequests_total 5\n");
+    assert_eq!(s.requests, Series::Present(5.0));
+}
+
+#[test]
+fn a_failed_scrape_is_every_series_missing_with_its_reason() {
+    let failure = ScrapeProblem {
+        reason: ScrapeReason::Redirect,
+        message: "metrics endpoint answered 302 Found".into(),
+    };
+    let s = snapshot_of(&Err(failure.clone()), &cfg());
+    assert_eq!(s.problems, [failure]);
+    assert_eq!(
+        Snapshot {
+            problems: Vec::new(),
+            ..s
+        },
+        Snapshot::missing()
+    );
 }
