@@ -70,8 +70,13 @@ pub struct DeploymentSpec {
     pub max_latency_increase_ms: f64,
     pub max_prediction_shift: f64,
     pub confidence: f64,
-    /// Admin token; `None` = no token file.
+    /// Admin token written to a token file (mode 0600); `None` = no `token_file`: the daemon
+    /// generates one in its state directory.
     pub token: Option<String>,
+    /// `--bpf-object PATH` for the daemon; `None` = the object embedded in the binary.
+    pub bpf_object: Option<PathBuf>,
+    /// Run the daemon with this open-file limit (soft and hard, via `prlimit`).
+    pub daemon_open_files: Option<u64>,
     /// The model server on every backend.
     pub server: ModelServer,
     /// Extra model-server flags per backend node (faults: both servers take the same flags).
@@ -110,6 +115,8 @@ impl DeploymentSpec {
             max_prediction_shift: 0.10,
             confidence: 0.99,
             token: None,
+            bpf_object: None,
+            daemon_open_files: None,
             server: ModelServer::CanaryModel,
             model_args: no_args,
             service_section: None,
@@ -151,8 +158,17 @@ impl Deployment {
         let models = lab.start_models(spec.server, spec.model_args)?;
         let token_path = match &spec.token {
             Some(t) => {
+                use std::io::Write as _;
+                use std::os::unix::fs::OpenOptionsExt as _;
                 let p = lab.state_dir().join("admin.token");
-                std::fs::write(&p, t).map_err(io("write token file"))?;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&p)
+                    .and_then(|mut f| f.write_all(t.as_bytes()))
+                    .map_err(io("write token file"))?;
                 Some(p)
             }
             None => None,
@@ -183,12 +199,20 @@ impl Deployment {
     /// every backend has been probed.
     pub fn start_daemon(&mut self) -> Result<(), DeploymentError> {
         let lb = self.lab.load_balancer()?.netns.clone();
-        let argv = [
+        let mut argv = Vec::new();
+        if let Some(n) = self.spec.daemon_open_files {
+            // prlimit execs the daemon in place: the PID stays the daemon's.
+            argv.extend(["prlimit".to_string(), format!("--nofile={n}:{n}")]);
+        }
+        argv.extend([
             self.canary_bin.to_string_lossy().into_owned(),
             "run".into(),
             "--config".into(),
             self.config_path.to_string_lossy().into_owned(),
-        ];
+        ]);
+        if let Some(object) = &self.spec.bpf_object {
+            argv.extend(["--bpf-object".into(), object.to_string_lossy().into_owned()]);
+        }
         let proc = self.lab.spawn_in_env(&lb, &argv, &[("RUST_LOG", "info")])?;
         self.daemon = Some(proc);
         let start = Instant::now();
@@ -287,6 +311,23 @@ impl Deployment {
                 String::from_utf8_lossy(&out.stderr)
             ))),
         }
+    }
+
+    /// The daemon's state directory (`dataplane.state_dir`).
+    pub fn daemon_state_dir(&self) -> PathBuf {
+        state_dir(&self.lab)
+    }
+
+    /// The admin token the daemon uses: the configured one, else the one it generated in its
+    /// state directory.
+    pub fn admin_token(&self) -> Result<String, DeploymentError> {
+        let path = self
+            .token_path
+            .clone()
+            .unwrap_or_else(|| self.daemon_state_dir().join("admin.token"));
+        std::fs::read_to_string(&path)
+            .map(|t| t.trim().to_string())
+            .map_err(io("read the admin token"))
     }
 
     /// The daemon's Prometheus exposition (`GET /metrics` on the admin API).
@@ -491,6 +532,11 @@ impl Deployment {
     }
 }
 
+/// The daemon's `dataplane.state_dir` in this lab.
+pub fn state_dir(lab: &Lab) -> PathBuf {
+    lab.state_dir().join("canary-state")
+}
+
 /// The daemon config for this lab, as the daemon's own config types.
 pub fn config(
     spec: &DeploymentSpec,
@@ -508,13 +554,14 @@ pub fn config(
             xdp_mode: "auto".into(),
             flow_table_size: u64::from(spec.flow_table_size),
             heartbeat_timeout: spec.heartbeat_timeout.clone(),
-            state_dir: path_text(&lab.state_dir().join("canary-state")),
+            state_dir: path_text(&state_dir(lab)),
             bpffs: path_text(&lab.bpffs().join("canary")),
             ..RawDataplane::default()
         },
         admin: RawAdmin {
             listen: format!("127.0.0.1:{ADMIN_PORT}"),
             token_file: token_file.map(path_text).unwrap_or_default(),
+            ..RawAdmin::default()
         },
         services: vec![service],
     })

@@ -47,7 +47,8 @@ struct Target {
     /// Admin API base URL (default `http://127.0.0.1:9100`).
     #[arg(long, env = "CANARY_ADMIN")]
     admin: Option<String>,
-    /// File holding the admin token (mutating verbs need it when the daemon has one).
+    /// File holding the admin token (verbs need it; default: the config's `admin.token_file`,
+    /// else `state_dir/admin.token`, else /var/lib/canary/admin.token).
     #[arg(long, env = "CANARY_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// Service to act on (needed when several are configured).
@@ -179,7 +180,11 @@ fn endpoint(t: &Target) -> Result<Endpoint> {
     let from_config = match &t.config {
         Some(path) => {
             let c = read_config(path)?;
-            Some((c.admin.listen.to_string(), c.admin.token_file))
+            Some(client::ConfigTarget {
+                listen: c.admin.listen.to_string(),
+                token_file: c.admin.token_file,
+                state_dir: c.dataplane.state_dir,
+            })
         }
         None => None,
     };
@@ -215,6 +220,9 @@ fn validate(path: &Path) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(" -> ")
         );
+        for line in s.upstream.describe() {
+            println!("    {line}");
+        }
     }
     Ok(())
 }
@@ -287,6 +295,12 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 (Some(path), _) => read_config(&path)?.dataplane.bpffs,
                 (None, Some(dir)) => dir,
                 (None, None) => PathBuf::from("/sys/fs/bpf/canary"),
+            };
+            // Not while a daemon drives these pins (it would keep writing to a detached program).
+            let _lock = if dir.is_dir() {
+                Some(canary_userspace::lock::DaemonLock::pins(&dir)?)
+            } else {
+                None
             };
             let detached = canary_userspace::dataplane::aya::detach(&dir)
                 .with_context(|| format!("cannot detach from {}", dir.display()))?;

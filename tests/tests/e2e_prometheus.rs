@@ -31,6 +31,15 @@ fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
+/// Sets the flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// One read of `/status`: the weight it showed, and when the read started and ended.
 #[derive(Clone, Copy, Debug)]
 struct StatusSample {
@@ -89,6 +98,8 @@ fn dashboard_queries_weight_and_rollback_alert_in_a_real_prometheus() {
     let stop = AtomicBool::new(false);
     let status_samples = Mutex::new(Vec::<StatusSample>::new());
     let (promoted, rolled_back) = std::thread::scope(|scope| {
+        // Set on every way out, a failure included, so that the sampler ends with the scope.
+        let _stop_sampler = StopOnDrop(&stop);
         // /status, read as often as the CLI allows, with the time of each read.
         let sampler = scope.spawn(|| {
             while !stop.load(Ordering::Relaxed) {

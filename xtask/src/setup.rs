@@ -93,6 +93,7 @@ pub fn ensure() -> Result<Toolchain> {
         check_without_root()?;
     }
     setup.ensure_apt_packages(APT_PACKAGES)?;
+    setup.ensure_cluster_store()?;
     let route = setup.ensure_compiler()?;
     let linker_dir = setup.ensure_bpf_linker()?;
     setup.ensure_test_tools()?;
@@ -505,4 +506,20 @@ fn record_route(route: CompilerRoute) {
         let _ = fs::create_dir_all(dir);
     }
     let _ = fs::write(&path, format!("{}\n", route.as_str()));
+}
+
+/// Cluster mode's store: Debian's etcd 3.4 (`etcd`, `etcdctl`; nothing is started, tests and labs
+/// start their own), and `protoc` with protobuf's well-known `.proto` files, which the
+/// `etcd-client` crate's build script needs to generate its gRPC code.
+const CLUSTER_PACKAGES: &[&str] = &[
+    "etcd-server",
+    "etcd-client",
+    "protobuf-compiler",
+    "libprotobuf-dev",
+];
+
+impl Setup {
+    fn ensure_cluster_store(&mut self) -> Result<()> {
+        self.ensure_apt_packages(CLUSTER_PACKAGES)
+    }
 }

@@ -61,9 +61,22 @@ impl Lab {
         if pin.exists() {
             std::fs::remove_file(&pin).map_err(io_err(format!("remove {}", pin.display())))?;
         }
-        // A netlink-attached program (for example `ip link set ... xdpdrv`); none is fine.
-        cmd::run("ip", &["link", "set", "dev", &ifname, "xdp", "off"])?;
-        Ok(())
+        // A netlink-attached program (for example `ip link set ... xdpdrv`); none is fine. The
+        // kernel frees a link whose last pin went away asynchronously: until it has, netlink
+        // refuses with "active BPF XDP link", so wait for that (bounded) rather than fail.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match cmd::run("ip", &["link", "set", "dev", &ifname, "xdp", "off"]) {
+                Ok(_) => return Ok(()),
+                Err(e)
+                    if e.to_string().contains("active BPF XDP link")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Whether an XDP program is attached to the load balancer's peer veth.

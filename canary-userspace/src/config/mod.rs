@@ -23,7 +23,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
@@ -118,8 +117,15 @@ pub const DEFAULT_HASH_SEED: u32 = 0x6361_6e61;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
-    /// `None` when `token_file = ""` (allowed only on a loopback `listen`).
+    /// `None` when `token_file = ""` (allowed only on a loopback `listen`): the daemon then
+    /// generates a token in `state_dir` ([`crate::token::GENERATED_TOKEN_FILE`]).
     pub token_file: Option<PathBuf>,
+    /// Open admin connections at most; a new one beyond it closes the oldest idle one.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this time.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in progress is closed after this time.
+    pub idle_timeout: Duration,
 }
 
 /// `[[services]]`
@@ -229,6 +235,44 @@ pub const DEFAULT_MAX_SERIES: usize = 20_000;
 pub const DEFAULT_MAX_PREDICTION_CLASSES: usize = 1_000;
 
 impl UpstreamConfig {
+    /// The resolved selectors and limits, one per line, as `canary validate` prints them.
+    pub fn describe(&self) -> Vec<String> {
+        let or_off = |s: &Selector| {
+            if s.is_empty() {
+                "off".to_string()
+            } else {
+                s.to_string()
+            }
+        };
+        let mut lines = vec![
+            format!(
+                "upstream ({}):",
+                self.preset
+                    .as_deref()
+                    .map_or_else(|| "no preset".to_string(), |p| format!("preset {p}"))
+            ),
+            format!("  requests     {}", or_off(&self.requests)),
+            format!("  errors       {}", or_off(&self.errors)),
+            format!("  latency      {}", or_off(&self.latency)),
+        ];
+        lines.push(if self.predictions.is_empty() {
+            "  predictions  off".to_string()
+        } else {
+            format!(
+                "  predictions  {}, class label `{}`",
+                self.predictions, self.prediction_label
+            )
+        });
+        if !self.version_label.is_empty() {
+            lines.push(format!("  version      label `{}`", self.version_label));
+        }
+        lines.push(format!(
+            "  limits       {} bytes, {} series, {} prediction classes per scrape",
+            self.max_scrape_bytes, self.max_series, self.max_prediction_classes
+        ));
+        lines
+    }
+
     /// The selectors of a preset, with the default limits.
     pub fn from_preset(p: &Preset) -> UpstreamConfig {
         let parse = |s: &str| Selector::parse(s).expect("preset selectors are valid");
@@ -345,19 +389,8 @@ impl Config {
     }
 }
 
-/// Read a token file: its content, trimmed; empty is an error.
-pub fn read_token(path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read token file {}", path.display()))?;
-    let token = text.trim().to_string();
-    if token.is_empty() {
-        bail!(
-            "token file {} is empty; put the admin token in it",
-            path.display()
-        );
-    }
-    Ok(token)
-}
+/// Reads a token file (trimmed; refused when empty or readable by other users).
+pub use crate::token::read_token;
 
 /// Reads and validates a config file; errors name the file.
 pub fn read_config(path: &Path) -> anyhow::Result<Config> {

@@ -48,6 +48,9 @@ impl Default for RawDataplane {
 pub struct RawAdmin {
     pub listen: String,
     pub token_file: String,
+    pub max_connections: u64,
+    pub header_read_timeout: String,
+    pub idle_timeout: String,
 }
 
 impl Default for RawAdmin {
@@ -55,6 +58,9 @@ impl Default for RawAdmin {
         RawAdmin {
             listen: "127.0.0.1:9100".into(),
             token_file: String::new(),
+            max_connections: 64,
+            header_read_timeout: "5s".into(),
+            idle_timeout: "30s".into(),
         }
     }
 }
@@ -211,7 +217,13 @@ pub(super) const DATAPLANE_KEYS: &[&str] = &[
     "bpffs",
     "hash_seed",
 ];
-pub(super) const ADMIN_KEYS: &[&str] = &["listen", "token_file"];
+pub(super) const ADMIN_KEYS: &[&str] = &[
+    "listen",
+    "token_file",
+    "max_connections",
+    "header_read_timeout",
+    "idle_timeout",
+];
 pub(super) const SERVICE_KEYS: &[&str] = &[
     "name", "vip", "protocol", "affinity", "backends", "rollout", "upstream",
 ];

@@ -17,6 +17,9 @@ hash_seed = 1667329633
 [admin]
 listen = "127.0.0.1:9100"
 token_file = ""
+max_connections = 64
+header_read_timeout = "5s"
+idle_timeout = "30s"
 
 [[services]]
 name = "sentiment"
@@ -366,6 +369,22 @@ fn thresholds_and_counts_are_checked() {
 }
 
 #[test]
+fn admin_connection_limits() {
+    let c = Config::from_toml_str(FULL).unwrap();
+    assert_eq!(c.admin.max_connections, 64);
+    assert_eq!(c.admin.header_read_timeout, Duration::from_secs(5));
+    assert_eq!(c.admin.idle_timeout, Duration::from_secs(30));
+    assert_problem(
+        &with("max_connections = 64", "max_connections = 0"),
+        "admin.max_connections: 0 is out of range; use 1 to 4096 connections (default 64)",
+    );
+    assert_problem(
+        &with("idle_timeout = \"30s\"", "idle_timeout = \"0s\""),
+        "admin.idle_timeout: \"0s\" is zero; give a positive duration such as \"15s\"",
+    );
+}
+
+#[test]
 fn token_required_off_loopback() {
     assert_problem(
             &with("listen = \"127.0.0.1:9100\"", "listen = \"0.0.0.0:9100\""),
@@ -567,23 +586,6 @@ fn scrape_limits_are_checked() {
 }
 
 #[test]
-fn token_files_are_trimmed_and_must_not_be_empty() {
-    let dir = std::env::temp_dir().join(format!("canary-token-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let good = dir.join("good");
-    std::fs::write(&good, "abc\n").unwrap();
-    assert_eq!(read_token(&good).unwrap(), "abc");
-    let empty = dir.join("empty");
-    std::fs::write(&empty, "\n").unwrap();
-    assert!(read_token(&empty)
-        .unwrap_err()
-        .to_string()
-        .contains("empty"));
-    assert!(read_token(&dir.join("missing")).is_err());
-    std::fs::remove_dir_all(&dir).unwrap();
-}
-
-#[test]
 fn warm_up_posts_a_json_body_to_the_warm_up_url() {
     let text = with(
         "  warmup_url = \"\"\n  warmup_body = \"\"\n",
@@ -609,5 +611,26 @@ fn warm_up_posts_a_json_body_to_the_warm_up_url() {
     assert!(
         p.iter().any(|p| p.contains("is set but warmup_url is not")),
         "{p:?}"
+    );
+}
+
+#[test]
+fn resolved_upstream_selectors_are_described() {
+    let u = upstream_of("  preset = \"prometheus-client\"\n  latency = \"\"").expect("valid");
+    assert_eq!(
+        u.describe(),
+        [
+            "upstream (preset prometheus-client):",
+            "  requests     http_requests_total{route=\"/predict\"}",
+            "  errors       http_requests_total{route=\"/predict\",status=~\"5..\"}",
+            "  latency      off",
+            "  predictions  model_predictions_total, class label `class`",
+            "  version      label `model_version`",
+            "  limits       4194304 bytes, 20000 series, 1000 prediction classes per scrape",
+        ]
+    );
+    assert_eq!(
+        UpstreamConfig::default().describe()[0],
+        "upstream (no preset):"
     );
 }

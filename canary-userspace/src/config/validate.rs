@@ -400,7 +400,30 @@ fn admin(c: &mut Checker, a: &RawAdmin) -> Option<AdminConfig> {
         }
     }
 
-    listen.map(|listen| AdminConfig { listen, token_file })
+    let max_connections = if (1..=4096).contains(&a.max_connections) {
+        a.max_connections as usize
+    } else {
+        c.bad(
+            "admin.max_connections",
+            format!(
+                "{} is out of range; use 1 to 4096 connections (default 64)",
+                a.max_connections
+            ),
+        );
+        0
+    };
+    let header_read_timeout = c.duration("admin.header_read_timeout", &a.header_read_timeout);
+    let idle_timeout = c.duration("admin.idle_timeout", &a.idle_timeout);
+    match (listen, header_read_timeout, idle_timeout) {
+        (Some(listen), Some(header_read_timeout), Some(idle_timeout)) => Some(AdminConfig {
+            listen,
+            token_file,
+            max_connections,
+            header_read_timeout,
+            idle_timeout,
+        }),
+        _ => None,
+    }
 }
 
 /// `[[services]]`: each service, and what must hold across them. Also returns the longest

@@ -709,3 +709,66 @@ fn a_count_beyond_2_53_is_a_missing_series_not_a_crash() {
     let seen = sim.run_until(100, |s| s.weight_bp() > 1000);
     assert!(sim.weight_bp() > 1000, "weights {seen:?}");
 }
+
+#[test]
+fn a_state_file_with_an_impossible_weight_is_refused_naming_file_and_field() {
+    let mut sim = Sim::new("bad-weight", "");
+    sim.run_until(100, |s| s.weight_bp() == 2500);
+    let dir = sim.store_dir.clone();
+    let path = dir.join("rollout-sentiment.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    json["weight"] = 4_000_000_000u64.into();
+    std::fs::write(&path, json.to_string()).unwrap();
+    let dp = std::mem::take(sim.c.dataplane_mut());
+    sim.store_dir = std::env::temp_dir().join("canary-ctl-unused");
+    drop(sim);
+
+    let config = Config::from_toml_str(&config_text("")).unwrap();
+    let err = Controller::new(
+        config,
+        dp,
+        true,
+        StateStore::new(&dir),
+        Metrics::new().unwrap(),
+        Arc::new(RwLock::new(Status::default())),
+        7,
+        &BTreeMap::new(),
+        0,
+        1,
+    )
+    .err()
+    .expect("an impossible weight is refused");
+    let text = err.to_string();
+    assert!(text.contains(&path.display().to_string()), "{text}");
+    assert!(text.contains("`weight`"), "{text}");
+    assert!(text.contains("4000000000"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_missing_state_file_adopts_the_weight_the_data_plane_holds() {
+    let mut sim = Sim::new("adopt", "");
+    sim.run_until(100, |s| s.weight_bp() == 5000);
+    assert_eq!(sim.kernel_weight(), 5000);
+    let dir = sim.store_dir.clone();
+    std::fs::remove_file(dir.join("rollout-sentiment.json")).unwrap();
+    let dp = std::mem::take(sim.c.dataplane_mut());
+    sim.store_dir = std::env::temp_dir().join("canary-ctl-unused");
+    drop(sim);
+
+    let mut again = Sim::with_store(dir, dp, true, "");
+    let r = again.c.rollout("sentiment").unwrap();
+    assert_eq!(
+        (r.phase(), r.weight().basis_points()),
+        (Phase::Stepping, 5000)
+    );
+    let d = r.last_decision().unwrap();
+    assert!(d.message.contains("is missing"), "{}", d.message);
+    assert!(again.c.take_warmups().is_empty(), "no new warm-up");
+    again.tick();
+    assert_eq!(again.kernel_weight(), 5000, "not reset to 0 %");
+    // It keeps going from there.
+    again.run_until(200, |s| s.phase() == Phase::Promoted);
+    assert_eq!(again.phase(), Phase::Promoted);
+}

@@ -52,6 +52,8 @@ pub struct Health {
     passes: u32,
     fails: u32,
     pub last_failure: Option<String>,
+    /// The latest probe that could not be made for a local reason (it changed nothing).
+    pub last_unknown: Option<String>,
 }
 
 impl Health {
@@ -66,6 +68,10 @@ impl Health {
                     self.up = Some(true);
                 }
             }
+            // A local failure says nothing about the backend: no count either way.
+            Probe::Unknown(why) => {
+                self.last_unknown = Some(why.clone());
+            }
             Probe::Unhealthy(why) => {
                 self.fails += 1;
                 self.passes = 0;
@@ -76,5 +82,29 @@ impl Health {
             }
         }
         before != self.up
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_probe_failures_count_neither_way() {
+        let mut h = Health::default();
+        assert!(h.observe(&Probe::Healthy));
+        for _ in 0..10 {
+            assert!(!h.observe(&Probe::Unknown("EMFILE".into())));
+        }
+        assert_eq!(h.up, Some(true));
+        // Nor do they break a run of failures or of passes.
+        assert!(!h.observe(&Probe::Unhealthy("refused".into())));
+        assert!(!h.observe(&Probe::Unknown("EMFILE".into())));
+        assert!(h.observe(&Probe::Unhealthy("refused".into())));
+        assert_eq!(h.up, Some(false));
+        // Before the first real answer, an unknown leaves the backend unknown.
+        let mut fresh = Health::default();
+        assert!(!fresh.observe(&Probe::Unknown("ENOBUFS".into())));
+        assert_eq!(fresh.up, None);
     }
 }

@@ -14,6 +14,33 @@ pub enum Probe {
     Healthy,
     /// Why it failed (status code, connect error, timeout), for operators.
     Unhealthy(String),
+    /// The probe could not be made for a reason of this node (out of file descriptors,
+    /// buffers or local ports): says nothing about the backend, so it counts neither way.
+    Unknown(String),
+}
+
+/// `errno` values of a failed probe that are about this node, not the backend.
+const LOCAL_ERRNOS: [i32; 5] = [
+    libc::EMFILE,
+    libc::ENFILE,
+    libc::ENOBUFS,
+    libc::ENOMEM,
+    libc::EADDRNOTAVAIL,
+];
+
+/// The local `errno` behind an error, if any: the chain of sources is searched for an
+/// `io::Error` with one of [`LOCAL_ERRNOS`].
+pub fn local_cause(e: &(dyn std::error::Error + 'static)) -> Option<std::io::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(code) = io.raw_os_error().filter(|c| LOCAL_ERRNOS.contains(c)) {
+                return Some(std::io::Error::from_raw_os_error(code));
+            }
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// HTTP client for backends, with a bounded timeout for every call (a slow backend must not
@@ -60,7 +87,12 @@ impl BackendClient {
                 location(&r)
             )),
             Ok(r) => Probe::Unhealthy(format!("health check answered {}", r.status())),
-            Err(e) => Probe::Unhealthy(describe(&e).message),
+            Err(e) => match local_cause(&e) {
+                Some(local) => Probe::Unknown(format!(
+                    "probe not made, local failure on this node: {local}"
+                )),
+                None => Probe::Unhealthy(describe(&e).message),
+            },
         }
     }
 
@@ -255,7 +287,7 @@ mod tests {
                 why.starts_with("health check answered 303 See Other to http://"),
                 "{why}"
             ),
-            Probe::Healthy => panic!("a redirected health check passed"),
+            other => panic!("a redirected health check must fail: {other:?}"),
         }
         assert_eq!(
             c.probe(&format!("http://{stable}/healthz")).await,
@@ -365,5 +397,89 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.reason, ScrapeReason::Connect);
+    }
+
+    /// An error wrapping another, like reqwest's around hyper's around the socket's.
+    #[derive(Debug)]
+    struct Wrapped(Box<dyn std::error::Error + Send + Sync>);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("error sending request")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    #[test]
+    fn local_errnos_are_found_anywhere_in_the_chain() {
+        for code in LOCAL_ERRNOS {
+            let e = Wrapped(Box::new(Wrapped(Box::new(
+                std::io::Error::from_raw_os_error(code),
+            ))));
+            assert_eq!(local_cause(&e).and_then(|l| l.raw_os_error()), Some(code));
+        }
+        for code in [libc::ECONNREFUSED, libc::ETIMEDOUT, libc::EHOSTUNREACH] {
+            let e = Wrapped(Box::new(std::io::Error::from_raw_os_error(code)));
+            assert!(local_cause(&e).is_none(), "{code}");
+        }
+    }
+
+    /// A real probe made while this process has no file descriptor left fails locally, and is
+    /// classified as unknown, not as a backend failure. Runs in a child process so the
+    /// lowered limit affects nothing else.
+    #[test]
+    fn a_probe_without_file_descriptors_is_unknown() {
+        if std::env::var_os("CANARY_PROBE_EMFILE_CHILD").is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "observe::probe::tests::a_probe_without_file_descriptors_is_unknown",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env("CANARY_PROBE_EMFILE_CHILD", "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{text}");
+            assert!(text.contains("probe result: Unknown"), "{text}");
+            return;
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}/healthz", listener.local_addr().unwrap());
+            let client = BackendClient::new(Duration::from_secs(2)).unwrap();
+            // Use up every descriptor below a limit just above what is open now.
+            let mut hold = Vec::new();
+            let limit = libc::rlimit {
+                rlim_cur: 256,
+                rlim_max: 256,
+            };
+            // SAFETY: setrlimit with a valid struct; lowers this child's own limit only.
+            assert_eq!(
+                unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) },
+                0
+            );
+            while let Ok(f) = std::fs::File::open("/dev/null") {
+                hold.push(f);
+            }
+            let probe = client.probe(&url).await;
+            drop(hold);
+            println!("probe result: {probe:?}");
+            assert!(
+                matches!(probe, Probe::Unknown(ref why) if why.contains("local")),
+                "{probe:?}"
+            );
+        });
     }
 }
