@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use canary_userspace::api::{ServiceStatus, Status};
 use canary_userspace::config::raw::{
     RawAdmin, RawBackend, RawConfig, RawDataplane, RawRollout, RawService, RawThresholds,
     RawUpstream,
@@ -221,15 +222,12 @@ impl Deployment {
             if let Ok(status) = self.status() {
                 // Ready once the first poll has placed every service: before it, /status lists
                 // no services at all, and traffic to the VIP would not be balanced yet.
-                let probed = status["services"].as_array().is_some_and(|s| {
-                    !s.is_empty()
-                        && s.iter().all(|svc| {
-                            svc["backends"].as_array().is_some_and(|b| {
-                                b.iter()
-                                    .all(|b| b["down_reason"].as_str() != Some("not probed yet"))
-                            })
-                        })
-                });
+                let probed = !status.services.is_empty()
+                    && status.services.iter().all(|svc| {
+                        svc.backends
+                            .iter()
+                            .all(|b| b.down_reason.as_deref() != Some("not probed yet"))
+                    });
                 if probed {
                     return Ok(());
                 }
@@ -343,16 +341,10 @@ impl Deployment {
     /// Cumulative new flows the kernel counted per backend (from the status), by name.
     pub fn backend_new_flows(&self) -> Result<BTreeMap<String, u64>, DeploymentError> {
         let s = self.service_status()?;
-        Ok(s["backends"]
-            .as_array()
-            .map(|bs| {
-                bs.iter()
-                    .filter_map(|b| {
-                        Some((b["name"].as_str()?.to_string(), b["new_flows"].as_u64()?))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(s.backends
+            .into_iter()
+            .map(|b| (b.name, b.new_flows))
+            .collect())
     }
 
     /// The last lines of the daemon's log.
@@ -384,8 +376,8 @@ impl Deployment {
         Ok(self.lab.output_in(&self.lb()?, &argv)?)
     }
 
-    /// `canary status --json`, parsed.
-    pub fn status(&self) -> Result<serde_json::Value, DeploymentError> {
+    /// `canary status --json`, read into the daemon's own status types.
+    pub fn status(&self) -> Result<Status, DeploymentError> {
         let out = self.cli(&["status", "--json"])?;
         if !out.status.success() {
             return Err(DeploymentError::Io(format!(
@@ -400,8 +392,15 @@ impl Deployment {
     }
 
     /// The first service's status.
-    pub fn service_status(&self) -> Result<serde_json::Value, DeploymentError> {
-        Ok(self.status()?["services"][0].clone())
+    pub fn service_status(&self) -> Result<ServiceStatus, DeploymentError> {
+        self.status()?
+            .services
+            .into_iter()
+            .next()
+            .ok_or_else(|| DeploymentError::Parse {
+                what: "canary status --json".into(),
+                message: "it lists no service".into(),
+            })
     }
 
     /// Polls the status until `pred` holds.
@@ -409,8 +408,8 @@ impl Deployment {
         &self,
         what: &str,
         timeout: Duration,
-        pred: impl Fn(&serde_json::Value) -> bool,
-    ) -> Result<serde_json::Value, DeploymentError> {
+        pred: impl Fn(&ServiceStatus) -> bool,
+    ) -> Result<ServiceStatus, DeploymentError> {
         let start = Instant::now();
         let mut last = String::new();
         while start.elapsed() < timeout {
@@ -420,7 +419,11 @@ impl Deployment {
                 }
                 last = format!(
                     "phase {} weight {} decision {}",
-                    s["phase"], s["weight_percent"], s["last_decision"]["message"]
+                    s.phase,
+                    s.weight_percent,
+                    s.last_decision
+                        .as_ref()
+                        .map_or("none", |d| d.message.as_str())
                 );
             }
             std::thread::sleep(Duration::from_millis(250));
