@@ -97,7 +97,7 @@ fn mutations_need_the_token() {
         .unwrap();
     println!("set-weight 35 with token: {code} {}", answer.trim());
     assert_eq!(code, 200);
-    assert_eq!(d.service_status().unwrap().weight_percent, 35.0);
+    e2e_support::assert_weight(&d.service_status().unwrap(), 35.0);
     let (code, _) = d
         .admin_http("POST", &format!("{svc}/rollback"), Some(TOKEN), None)
         .unwrap();
@@ -108,7 +108,7 @@ fn mutations_need_the_token() {
         s.phase, s.weight_percent
     );
     assert_eq!(s.phase, "rolled_back");
-    assert_eq!(s.weight_percent, 0.0);
+    e2e_support::assert_weight(&s, 0.0);
     // The CLI finds the token through the config's token_file.
     cli_ok(&d, &["start"]);
     assert_ne!(d.service_status().unwrap().phase, "rolled_back");
@@ -150,11 +150,11 @@ fn verbs_need_a_token_even_without_a_token_file() {
         );
         assert_eq!(code, 401);
     }
-    assert_eq!(d.service_status().unwrap().weight_percent, before);
+    e2e_support::assert_weight(&d.service_status().unwrap(), before);
 
     // The CLI finds the generated token through the config's state_dir, without flags.
     cli_ok(&d, &["set-weight", "15"]);
-    assert_eq!(d.service_status().unwrap().weight_percent, 15.0);
+    e2e_support::assert_weight(&d.service_status().unwrap(), 15.0);
     // With the token, the API accepts the verb.
     let token = d.admin_token().unwrap();
     let (code, _) = d
@@ -166,7 +166,7 @@ fn verbs_need_a_token_even_without_a_token_file() {
         )
         .unwrap();
     assert_eq!(code, 200);
-    assert_eq!(d.service_status().unwrap().weight_percent, 20.0);
+    e2e_support::assert_weight(&d.service_status().unwrap(), 20.0);
 }
 
 /// A token file other users can read is refused at start, with the fix named.

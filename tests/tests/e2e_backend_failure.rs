@@ -184,7 +184,7 @@ fn metrics_down(policy: &str, tag: char) {
         assert!(!backend(&last, "k0").metrics_ok);
         if policy == "hold" {
             assert_eq!(last.phase, "stepping");
-            assert_eq!(last.weight_percent, 25.0);
+            e2e_support::assert_weight(&last, 25.0);
             assert_eq!(last_reason(&last), Some(Reason::MetricsMissing));
             // Metrics back: the same rollout goes on and steps up.
             d.fault(&k0, r#"{"metrics_failing":false}"#).unwrap();
@@ -204,7 +204,7 @@ fn metrics_down(policy: &str, tag: char) {
             assert_eq!(s.phase, "stepping");
         } else {
             assert_eq!(last.phase, "rolled_back");
-            assert_eq!(last.weight_percent, 0.0);
+            e2e_support::assert_weight(&last, 0.0);
             assert_eq!(last_reason(&last), Some(Reason::MetricsMissing));
         }
         let reports = bg.finish();

@@ -77,7 +77,7 @@ fn kill_9_under_load_then_restart_resumes_the_same_step_without_failures() {
     );
     assert_eq!(after.phase, "stepping");
     assert_eq!(after.step, before.step);
-    assert_eq!(after.weight_percent, 25.0);
+    e2e_support::assert_weight(&after, 25.0);
     assert!(!after.paused);
 
     // The rollout goes on from there: the next evaluation steps up.

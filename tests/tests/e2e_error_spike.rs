@@ -87,7 +87,7 @@ fn error_spike_at_25_percent_stops_new_canary_flows_within_3_seconds() {
     println!("final counters {:?}", flows(&d));
     assert_eq!(status.phase, "rolled_back");
     assert_eq!(decision.reason, Reason::ErrorSpike);
-    assert_eq!(status.weight_percent, 0.0);
+    e2e_support::assert_weight(&status, 0.0);
     assert!(
         last_increase <= Duration::from_secs(3),
         "canary still got new flows {:.2}s after the switch",

@@ -39,6 +39,10 @@ pub enum RouteError {
 
 /// The answer to `canary route`.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "the independent facts of canary_common::Choice, each said on its own"
+)]
 pub struct Route {
     pub service: String,
     pub service_index: u32,

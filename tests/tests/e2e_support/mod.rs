@@ -322,3 +322,17 @@ pub(crate) fn http_get(
         .unwrap_or_default();
     Ok((code, body, t.elapsed()))
 }
+
+/// Fails the test unless the status's canary weight is exactly `percent` (the daemon's weights
+/// are whole basis points, so their percent values compare exactly).
+#[allow(
+    clippy::float_cmp,
+    reason = "exact: whole basis points divided by 100 on both sides"
+)]
+pub(crate) fn assert_weight(s: &ServiceStatus, percent: f64) {
+    assert!(
+        s.weight_percent == percent,
+        "weight {}%, expected {percent}%: {s:?}",
+        s.weight_percent
+    );
+}
