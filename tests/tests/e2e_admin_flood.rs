@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 
 use canary_lab::deployment::{metric_value, Deployment, DeploymentSpec, ADMIN_PORT};
 use canary_lab::lab::LabSpec;
+use canary_userspace::api::Status;
 use e2e_support::{http_get, in_netns, load_all_clients, new_conn_load, start, totals};
 
 const FLOOD: usize = 1_100;
 const HOLD: Duration = Duration::from_secs(12);
 
 fn xdp_counter(d: &Deployment, name: &str) -> u64 {
-    d.status().unwrap()["xdp"][name].as_u64().unwrap_or(0)
+    d.status().unwrap().xdp.get(name).copied().unwrap_or(0)
 }
 
 /// `canary_admin_connections_closed_total{reason}` now.
@@ -140,10 +141,11 @@ fn half_sent_admin_requests_do_not_take_the_backends_down() {
         match s {
             Ok((200, body, took)) => {
                 worst = worst.max(*took);
-                let status: serde_json::Value = serde_json::from_str(body).expect("status JSON");
-                for b in status["services"][0]["backends"].as_array().unwrap() {
-                    if b["up"] != true {
-                        down.push(format!("{}: {}", b["name"], b["down_reason"]));
+                let status: Status = serde_json::from_str(body).expect("status JSON");
+                let service = status.services.first().expect("a service in the status");
+                for b in &service.backends {
+                    if !b.up {
+                        down.push(format!("{}: {:?}", b.name, b.down_reason));
                     }
                 }
             }
@@ -204,10 +206,10 @@ fn half_sent_admin_requests_do_not_take_the_backends_down() {
     );
     // And after it, the daemon is fully usable.
     let status = d.service_status().unwrap();
-    assert!(status["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|b| b["up"] == true));
+    assert!(
+        status.backends.iter().all(|b| b.up),
+        "{:?}",
+        status.backends
+    );
     e2e_support::cli_ok(&d, &["set-weight", "10"]);
 }

@@ -15,7 +15,7 @@ use canary_lab::lab::LabSpec;
 use e2e_support::{load_all_clients, new_conn_load, pinned_global_config, start, totals};
 
 fn xdp_counter(d: &Deployment, name: &str) -> u64 {
-    d.status().unwrap()["xdp"][name].as_u64().unwrap_or(0)
+    d.status().unwrap().xdp.get(name).copied().unwrap_or(0)
 }
 
 const RATE: u32 = 100;

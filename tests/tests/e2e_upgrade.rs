@@ -107,7 +107,7 @@ fn a_new_object_replaces_the_program_in_place_without_failures() {
         "{g:?}"
     );
     // The rollout and the weight carried over.
-    assert_eq!(d.service_status().unwrap()["weight_percent"], 30.0);
+    e2e_support::assert_weight(&d.service_status().unwrap(), 30.0);
 
     let report = d.wait_load(proc, Duration::from_mins(1)).unwrap();
     let (requests, ok, failed, transport, http) = totals(std::slice::from_ref(&report));

@@ -13,6 +13,11 @@ fn describe(program: &str, args: &[&str]) -> String {
         .join(" ")
 }
 
+/// A lab path as a command argument.
+pub(super) fn path_str(p: &Path) -> &str {
+    p.to_str().expect("lab paths are UTF-8")
+}
+
 /// Run a command; fail with its stderr when it exits non-zero.
 pub(super) fn run(program: &str, args: &[&str]) -> Result<String, LabError> {
     let out = output(program, args)?;

@@ -181,16 +181,9 @@ impl Serialize for MacAddr {
 impl<'de> Deserialize<'de> for MacAddr {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        let mut out = [0u8; 6];
-        let parts: Vec<&str> = s.split(':').collect();
-        if parts.len() != 6 {
-            return Err(serde::de::Error::custom(format!("bad MAC address `{s}`")));
-        }
-        for (o, p) in out.iter_mut().zip(parts) {
-            *o = u8::from_str_radix(p, 16)
-                .map_err(|_| serde::de::Error::custom(format!("bad MAC address `{s}`")))?;
-        }
-        Ok(MacAddr(out))
+        canary_userspace::domain::parse_mac(&s)
+            .map(MacAddr)
+            .ok_or_else(|| serde::de::Error::custom(format!("bad MAC address `{s}`")))
     }
 }
 

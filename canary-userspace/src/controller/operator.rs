@@ -105,6 +105,11 @@ impl<D: DataPlane> Controller<D> {
                 );
                 if route.deadman_fallback {
                     text.push_str(" (dead-man fallback to stable)");
+                } else if route.stale_heartbeat && route.backend.is_none() {
+                    text.push_str(" (dead-man switch: stable has no backend up)");
+                }
+                if route.slot_fallback {
+                    text.push_str(" (its slot's backend cannot take new flows: a later slot)");
                 }
                 if route.group_fallback {
                     let _ = write!(

@@ -46,7 +46,7 @@ use crate::domain::{Affinity, Group, Protocol};
 pub use interface::interface_mac;
 pub use keys::{flow_key, service_key, vip_key};
 pub use programmer::{PlacedBackend, PlacedService, Plan, PlanError, ProgramError, Programmer};
-pub use route::{choose, Choice, Route, RouteError, RoutedBackend};
+pub use route::{Route, RouteError, RoutedBackend};
 
 /// A backend as the controller wants it now.
 #[derive(Clone, Debug, PartialEq, Eq)]
