@@ -35,6 +35,8 @@ pub struct Metrics {
     /// Requests a backend reports per new flow the kernel sent it (cross-check).
     pub upstream_flow_ratio: GaugeVec,
     pub decisions: IntCounterVec,
+    /// Verdicts of dry-run signals (judged, never acted on).
+    pub dry_run_verdicts: IntCounterVec,
     /// Consecutive hold decisions at the current weight (see [`Metrics::record_decision`]).
     pub held_intervals: IntGaugeVec,
     /// Wall-clock time of the last heartbeat written to the kernel, per service.
@@ -114,6 +116,10 @@ impl Metrics {
                 opts("canary_decisions_total", "Decisions taken, by action and reason."),
                 &["service", "action", "reason"],
             )?,
+            dry_run_verdicts: IntCounterVec::new(
+                opts("canary_dry_run_verdicts_total", "Verdicts of dry-run signals (judged and reported, never holding or rolling back), by signal and verdict; verdict=\"fail\" counts what would have rolled back."),
+                &["service", "signal", "verdict"],
+            )?,
             held_intervals: IntGaugeVec::new(
                 opts("canary_rollout_held_intervals", "Evaluations in a row that held the rollout at its weight (0 after any other decision)."),
                 &["service"],
@@ -162,6 +168,7 @@ impl Metrics {
             .register(Box::new(m.upstream_flow_ratio.clone()))?;
         m.registry.register(Box::new(m.decisions.clone()))?;
         m.registry.register(Box::new(m.held_intervals.clone()))?;
+        m.registry.register(Box::new(m.dry_run_verdicts.clone()))?;
         m.registry
             .register(Box::new(m.heartbeat_timestamp.clone()))?;
         m.registry.register(Box::new(m.heartbeat_timeout.clone()))?;

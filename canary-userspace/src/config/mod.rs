@@ -188,6 +188,8 @@ pub struct RolloutConfig {
     pub metrics_missing: MissingPolicy,
     pub metrics_missing_intervals: u32,
     pub thresholds: Thresholds,
+    /// Signals judged and reported but never holding or rolling back.
+    pub dry_run: Vec<crate::judge::Signal>,
 }
 
 /// `[services.rollout.thresholds]`
@@ -331,6 +333,7 @@ impl Default for RolloutConfig {
             metrics_missing: MissingPolicy::Hold,
             metrics_missing_intervals: 3,
             thresholds: Thresholds::default(),
+            dry_run: Vec::new(),
         }
     }
 }

@@ -119,6 +119,8 @@ pub struct RawRollout {
     pub metrics_missing: String,
     pub metrics_missing_intervals: u32,
     pub thresholds: RawThresholds,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dry_run: Vec<String>,
 }
 
 impl Default for RawRollout {
@@ -136,6 +138,7 @@ impl Default for RawRollout {
             metrics_missing: "hold".into(),
             metrics_missing_intervals: 3,
             thresholds: RawThresholds::default(),
+            dry_run: Vec::new(),
         }
     }
 }
@@ -248,6 +251,7 @@ pub(super) const ROLLOUT_KEYS: &[&str] = &[
     "metrics_missing",
     "metrics_missing_intervals",
     "thresholds",
+    "dry_run",
 ];
 pub(super) const THRESHOLD_KEYS: &[&str] = &[
     "max_error_rate_increase",

@@ -53,6 +53,7 @@ affinity = "flow"
   start = "auto"
   metrics_missing = "hold"
   metrics_missing_intervals = 3
+  dry_run = []
 
   [services.rollout.thresholds]
   max_error_rate_increase = 0.02
@@ -632,5 +633,25 @@ fn resolved_upstream_selectors_are_described() {
     assert_eq!(
         UpstreamConfig::default().describe()[0],
         "upstream (no preset):"
+    );
+}
+
+#[test]
+fn dry_run_names_signals_and_rejects_unknown_ones() {
+    let c = Config::from_toml_str(&with(
+        "dry_run = []",
+        "dry_run = [\"latency_p95\", \"error_spike\", \"latency_p95\"]",
+    ))
+    .expect("valid dry_run");
+    assert_eq!(
+        c.services[0].rollout.dry_run,
+        vec![
+            crate::judge::Signal::LatencyP95,
+            crate::judge::Signal::ErrorSpike
+        ]
+    );
+    assert_problem(
+        &with("dry_run = []", "dry_run = [\"latency_p99\"]"),
+        "services[0].rollout.dry_run: \"latency_p99\" is not a signal that can hold or roll back; use some of error_rate, latency_mean, latency_p95, predictions, error_spike",
     );
 }

@@ -17,6 +17,7 @@ use super::{
 use crate::domain::{
     Affinity, Group, MissingPolicy, Protocol, RollbackMode, StartMode, Weight, XdpMode,
 };
+use crate::judge::Signal;
 use crate::upstream::{preset, valid_label_name, Selector};
 
 struct Checker {
@@ -706,6 +707,21 @@ fn rollout(
         );
     }
 
+    let mut dry_run = Vec::new();
+    for name in &r.dry_run {
+        match Signal::deciding(name) {
+            Some(s) if !dry_run.contains(&s) => dry_run.push(s),
+            Some(_) => {}
+            None => c.bad(
+                format!("{rk}.dry_run"),
+                format!(
+                    "{name:?} is not a signal that can hold or roll back; use some of {}",
+                    Signal::DECIDING.map(Signal::as_str).join(", ")
+                ),
+            ),
+        }
+    }
+
     let (Some(interval), Some(poll_interval), Some(rollback), Some(start), Some(metrics_missing)) =
         (interval, poll_interval, rollback, start, metrics_missing)
     else {
@@ -730,6 +746,7 @@ fn rollout(
             max_prediction_shift: t.max_prediction_shift,
             confidence: t.confidence,
         },
+        dry_run,
     })
 }
 

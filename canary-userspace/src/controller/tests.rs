@@ -772,3 +772,67 @@ fn a_missing_state_file_adopts_the_weight_the_data_plane_holds() {
     again.run_until(200, |s| s.phase() == Phase::Promoted);
     assert_eq!(again.phase(), Phase::Promoted);
 }
+
+fn metrics_text(sim: &Sim) -> String {
+    prometheus::TextEncoder::new()
+        .encode_to_string(&sim.c.metrics.registry.gather())
+        .unwrap()
+}
+
+#[test]
+fn a_dry_run_signal_is_reported_but_never_holds_or_rolls_back() {
+    // The same slower canary the judge rolls back, with latency in dry run: it is promoted,
+    // and the latency failures show in the decisions, /status and the metrics.
+    let mut sim = Sim::new("dryrun", "dry_run = [\"latency_mean\", \"latency_p95\"]");
+    sim.canary.latency_s = 0.25;
+    let seen = sim.run_until(200, |s| s.phase() == Phase::Promoted);
+    assert_eq!(sim.phase(), Phase::Promoted, "weights {seen:?}");
+    assert_eq!(seen, vec![0, 1000, 5000, 10_000]);
+    let status = sim.c.status.read().unwrap().clone();
+    let svc = &status.services[0];
+    assert_eq!(svc.dry_run, vec!["latency_mean", "latency_p95"]);
+    let failed: Vec<_> = svc
+        .events
+        .iter()
+        .filter_map(|d| d.judgement.as_ref())
+        .flat_map(|j| &j.signals)
+        .filter(|r| r.dry_run && r.verdict == crate::judge::SignalVerdict::Fail)
+        .collect();
+    assert!(!failed.is_empty(), "dry-run failures are in the decisions");
+    let text = metrics_text(&sim);
+    assert!(
+        text.contains(
+            "canary_dry_run_verdicts_total{service=\"sentiment\",signal=\"latency_p95\",verdict=\"fail\"}"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_error_spike_in_dry_run_is_counted_not_rolled_back() {
+    let mut sim = Sim::new("dryspike", "dry_run = [\"error_spike\"]");
+    sim.run_until(100, |s| s.weight_bp() == 5000);
+    assert_eq!(sim.weight_bp(), 5000);
+    sim.canary.error_rate = 0.3;
+    sim.tick();
+    assert_eq!(sim.weight_bp(), 5000, "a dry-run spike changes nothing");
+    assert_eq!(sim.phase(), Phase::Stepping);
+    let text = metrics_text(&sim);
+    assert!(
+        text.contains(
+            "canary_dry_run_verdicts_total{service=\"sentiment\",signal=\"error_spike\",verdict=\"fail\"} 1"
+        ),
+        "{text}"
+    );
+    // The error rate itself is not in dry run: the judge rolls back at the next evaluation.
+    sim.run_until(30, |s| s.phase() == Phase::RolledBack);
+    assert_eq!(sim.phase(), Phase::RolledBack);
+    let d = sim
+        .c
+        .rollout("sentiment")
+        .unwrap()
+        .last_decision()
+        .unwrap()
+        .clone();
+    assert_eq!(d.reason.as_str(), "error_rate", "{d}");
+}
