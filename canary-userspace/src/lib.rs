@@ -12,6 +12,7 @@ pub mod init;
 pub mod judge;
 pub mod lock;
 pub mod metrics;
+pub mod notify;
 pub mod observe;
 pub mod rollout;
 pub mod token;

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub decisions: IntCounterVec,
     /// Verdicts of dry-run signals (judged, never acted on).
     pub dry_run_verdicts: IntCounterVec,
+    pub notify_sent: IntCounterVec,
+    pub notify_dropped: IntCounterVec,
     /// Consecutive hold decisions at the current weight (see [`Metrics::record_decision`]).
     pub held_intervals: IntGaugeVec,
     /// Wall-clock time of the last heartbeat written to the kernel, per service.
@@ -120,6 +122,14 @@ impl Metrics {
                 opts("canary_dry_run_verdicts_total", "Verdicts of dry-run signals (judged and reported, never holding or rolling back), by signal and verdict; verdict=\"fail\" counts what would have rolled back."),
                 &["service", "signal", "verdict"],
             )?,
+            notify_sent: IntCounterVec::new(
+                opts("canary_notify_sent_total", "Notifications the sink's receiver accepted (2xx)."),
+                &["notify"],
+            )?,
+            notify_dropped: IntCounterVec::new(
+                opts("canary_notify_dropped_total", "Notifications dropped: reason=\"queue_full\" (the sink's queue was full), \"failed\" (every attempt failed), \"closed\"."),
+                &["notify", "reason"],
+            )?,
             held_intervals: IntGaugeVec::new(
                 opts("canary_rollout_held_intervals", "Evaluations in a row that held the rollout at its weight (0 after any other decision)."),
                 &["service"],
@@ -169,6 +179,8 @@ impl Metrics {
         m.registry.register(Box::new(m.decisions.clone()))?;
         m.registry.register(Box::new(m.held_intervals.clone()))?;
         m.registry.register(Box::new(m.dry_run_verdicts.clone()))?;
+        m.registry.register(Box::new(m.notify_sent.clone()))?;
+        m.registry.register(Box::new(m.notify_dropped.clone()))?;
         m.registry
             .register(Box::new(m.heartbeat_timestamp.clone()))?;
         m.registry.register(Box::new(m.heartbeat_timeout.clone()))?;

@@ -95,6 +95,8 @@ pub struct Config {
     pub dataplane: DataplaneConfig,
     pub admin: AdminConfig,
     pub services: Vec<ServiceConfig>,
+    /// `[[notify]]` webhooks (applied at start).
+    pub notify: Vec<crate::notify::NotifyConfig>,
 }
 
 /// `[dataplane]`

@@ -26,6 +26,7 @@ use crate::dataplane::{self, DataPlane, MapWrite, Programmer, ServiceSpec};
 use crate::domain::Group;
 use crate::judge::FlowCounts;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::observe::neighbour::Neighbours;
 use crate::observe::{Observation, Target, WarmUp};
 use crate::rollout::{Event, Output, Phase, Poll, Rollout, StateStore};
@@ -75,6 +76,8 @@ pub struct Controller<D: DataPlane> {
     /// The backends' health changed since the last programming.
     dirty: bool,
     pending_warmups: Vec<WarmUp>,
+    /// Decision events to the `[[notify]]` webhooks.
+    notifier: Notifier,
 }
 
 impl<D: DataPlane> Controller<D> {
@@ -101,6 +104,7 @@ impl<D: DataPlane> Controller<D> {
             dataplane: dataplane_config,
             admin: admin_config,
             services,
+            notify: _,
         } = config;
         let mut c = Controller {
             dataplane_config,
@@ -114,6 +118,7 @@ impl<D: DataPlane> Controller<D> {
             hash_seed,
             dirty: true,
             pending_warmups: Vec::new(),
+            notifier: Notifier::none(),
         };
         // Every state file is read and checked before anything is written.
         for config in &services {
@@ -157,6 +162,12 @@ impl<D: DataPlane> Controller<D> {
         // /status lists every service (backends "not probed yet") before the first poll.
         c.refresh();
         Ok(c)
+    }
+
+    /// Sends every decision from now on to `notifier` (the decisions taken at start, before
+    /// it is set, are not sent: they are in the log and `/status`).
+    pub fn set_notifier(&mut self, notifier: Notifier) {
+        self.notifier = notifier;
     }
 
     /// The `[dataplane]` section in force.
@@ -285,6 +296,7 @@ impl<D: DataPlane> Controller<D> {
             deltas[i][j] = Some(delta.window);
         }
 
+        self.notify_deadman(now_ms, now_ns);
         if self.dirty {
             self.program(now_ns)?;
         }
@@ -375,10 +387,38 @@ impl<D: DataPlane> Controller<D> {
         }
     }
 
-    /// Applies a rollout output of service `i`: reset epoch, warm-up, decision log.
+    /// Applies a rollout output of service `i`: reset epoch, warm-up, decision log,
+    /// notifications.
     fn apply_output(&mut self, i: usize, out: Output, now_ns: u64) {
+        let decision = out.decision.clone();
         if let Some(warm_up) = self.services[i].apply(out, now_ns, &self.metrics) {
             self.pending_warmups.push(warm_up);
+        }
+        if let Some(d) = decision {
+            self.notifier.decision(self.services[i].name(), &d);
+        }
+    }
+
+    /// Notifies services whose heartbeat in the kernel went stale since the last poll (the
+    /// dead-man switch was active: the daemon was stopped or stuck).
+    fn notify_deadman(&mut self, now_ms: u64, now_ns: u64) {
+        for s in &self.services {
+            let Some(index) = self.programmer.service_index(s.name()) else {
+                continue;
+            };
+            let Ok(control) = self.dp.control(index) else {
+                continue;
+            };
+            let age = now_ns.saturating_sub(control.heartbeat_ns);
+            if control.heartbeat_ns > 0 && age > control.heartbeat_timeout_ns {
+                self.notifier.deadman(
+                    s.name(),
+                    now_ms,
+                    std::time::Duration::from_nanos(age),
+                    s.rollout.phase(),
+                    s.rollout.weight().percent(),
+                );
+            }
         }
     }
 

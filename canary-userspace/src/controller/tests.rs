@@ -836,3 +836,143 @@ fn an_error_spike_in_dry_run_is_counted_not_rolled_back() {
         .clone();
     assert_eq!(d.reason.as_str(), "error_rate", "{d}");
 }
+
+/// Runs a healthy rollout to promotion, then a second one that is rolled back, with the
+/// notifier in place; returns the sim and the decisions it took that notify.
+fn notified_rollout(
+    name: &str,
+    notifier: crate::notify::Notifier,
+) -> (Sim, Vec<(String, f64, f64)>) {
+    let mut sim = Sim::new(name, "");
+    sim.c.set_notifier(notifier);
+    let seen = sim.run_until(200, |s| s.phase() == Phase::Promoted);
+    assert_eq!(seen, vec![0, 1000, 5000, 10_000]);
+    let reply = sim.c.on_operator(
+        sim.t * 1000,
+        sim.t * 1_000_000_000,
+        None,
+        &OperatorCommand::Start,
+    );
+    assert!(reply.ok, "{}", reply.message);
+    sim.canary.latency_s = 0.25;
+    sim.run_until(200, |s| s.phase() == Phase::RolledBack);
+    assert_eq!(sim.phase(), Phase::RolledBack);
+    let status = sim.c.status.read().unwrap().clone();
+    let expected = status.services[0]
+        .events
+        .iter()
+        .filter(|d| matches!(d.action.as_str(), "start" | "step" | "promote" | "rollback"))
+        .map(|d| {
+            (
+                d.action.as_str().to_string(),
+                d.from.percent(),
+                d.to.percent(),
+            )
+        })
+        .collect();
+    (sim, expected)
+}
+
+#[test]
+fn every_decision_reaches_a_real_receiver_once_in_order_and_a_dead_one_changes_nothing() {
+    use crate::notify::tests::{dead_url, sink, Receiver};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let receiver = rt.block_on(Receiver::start(0));
+    let metrics = Metrics::new().unwrap();
+    let notifier = crate::notify::start(&[sink(&receiver.url)], "lb-1".into(), &metrics).unwrap();
+    let (live, expected) = notified_rollout("notify-live", notifier);
+    // Start, 10, 50, promote; start, 10, rollback (the first start is taken before the
+    // notifier is set; the operator's restart is a decision like the others).
+    assert!(expected.len() >= 6, "{expected:?}");
+    receiver.wait_for(expected.len() - 1, std::time::Duration::from_secs(20));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let got_all = receiver.events();
+    let arrived: Vec<(String, f64, f64)> = got_all
+        .iter()
+        .filter(|e| e.event.as_str() != "hold" && e.event.as_str() != "metrics_missing")
+        .map(|e| (e.action.clone(), e.from_percent, e.to_percent))
+        .collect();
+    // The first start happened in Controller::new, before set_notifier.
+    assert_eq!(
+        arrived,
+        expected[1..].to_vec(),
+        "every decision once, in order"
+    );
+    let rollback = got_all.iter().find(|e| e.action == "rollback").unwrap();
+    assert_eq!(rollback.service, "sentiment");
+    assert_eq!(rollback.node, "lb-1");
+    assert!(rollback.reason.starts_with("latency"), "{rollback:?}");
+    assert!(rollback.signals.iter().any(|s| s.verdict == "fail"));
+    assert!(rollback.text.contains("rollback"), "{}", rollback.text);
+
+    // The same rollouts with nobody listening: the same decisions at the same times, and
+    // only the drop counter moves.
+    let dead_metrics = Metrics::new().unwrap();
+    let notifier = crate::notify::start(
+        &[crate::notify::NotifyConfig {
+            retries: 0,
+            ..sink(&dead_url())
+        }],
+        "lb-1".into(),
+        &dead_metrics,
+    )
+    .unwrap();
+    let (dead, dead_expected) = notified_rollout("notify-dead", notifier);
+    assert_eq!(dead_expected, expected);
+    assert_eq!(dead.t, live.t, "same timing");
+    let events = |s: &Sim| {
+        let st = s.c.status.read().unwrap().clone();
+        st.services[0]
+            .events
+            .iter()
+            .map(|d| (d.at_ms, d.action, d.to))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(events(&dead), events(&live));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let dropped = || {
+        dead_metrics
+            .notify_dropped
+            .with_label_values(&["chat", "failed"])
+            .get()
+    };
+    while dropped() < got_all.len() as u64 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(dropped(), got_all.len() as u64);
+}
+
+#[test]
+fn a_stale_heartbeat_is_notified_as_the_dead_man_switch() {
+    use crate::notify::tests::{sink, Receiver};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let receiver = rt.block_on(Receiver::start(0));
+    let metrics = Metrics::new().unwrap();
+    let notifier = crate::notify::start(&[sink(&receiver.url)], String::new(), &metrics).unwrap();
+    let mut sim = Sim::new("deadman", "");
+    sim.c.set_notifier(notifier);
+    sim.run_until(100, |s| s.weight_bp() == 1000);
+    let before = receiver
+        .wait_for(1, std::time::Duration::from_secs(5))
+        .len();
+    // The daemon was away for 40 s (heartbeat_timeout is 30 s).
+    sim.t += 40;
+    sim.tick();
+    let got = receiver.wait_for(before + 1, std::time::Duration::from_secs(20));
+    let deadman: Vec<_> = got.iter().filter(|e| e.action == "deadman").collect();
+    assert_eq!(deadman.len(), 1, "{got:?}");
+    assert!(deadman[0].text.contains("dead-man"), "{}", deadman[0].text);
+    // An ordinary poll interval is not one.
+    sim.tick();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        receiver
+            .events()
+            .iter()
+            .filter(|e| e.action == "deadman")
+            .count(),
+        1
+    );
+}
