@@ -98,8 +98,14 @@ enum Command {
         #[command(flatten)]
         target: Target,
         /// Print the raw JSON document.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// A live view, redrawn in place until q or Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: exit when the rollout ends (promoted: exit 0; rolled back: exit 1).
+        #[arg(long, requires = "watch")]
+        until_done: bool,
     },
     /// Start a rollout of the current canary group.
     Start {
@@ -251,7 +257,13 @@ async fn dispatch(cli: Cli) -> Result<()> {
             print!("{section}");
             Ok(())
         }
-        Command::Status { target, json } => {
+        Command::Status {
+            target,
+            watch: true,
+            until_done,
+            ..
+        } => cli::watch::run(&endpoint(&target)?, target.service.as_deref(), until_done).await,
+        Command::Status { target, json, .. } => {
             let status = client::status(&endpoint(&target)?).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
