@@ -173,6 +173,9 @@ pub(crate) async fn run(options: RunOptions) -> Result<()> {
         registry: metrics.registry.clone(),
         requests: requests_tx,
         token: TokenDigest::new(&token),
+        history: Some(canary_userspace::history::HistoryStore::new(
+            &config.dataplane.state_dir,
+        )),
     };
     let listen = config.admin.listen;
     let listener = tokio::net::TcpListener::bind(listen)

@@ -8,6 +8,7 @@ pub mod config;
 pub mod controller;
 pub mod dataplane;
 pub mod domain;
+pub mod history;
 pub mod init;
 pub mod judge;
 pub mod lock;

@@ -24,6 +24,7 @@ use crate::api::Status;
 use crate::config::{AdminConfig, Config, DataplaneConfig};
 use crate::dataplane::{self, DataPlane, MapWrite, Programmer, ServiceSpec};
 use crate::domain::Group;
+use crate::history::{HistoryStore, Recorder, Sample};
 use crate::judge::FlowCounts;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
@@ -78,6 +79,8 @@ pub struct Controller<D: DataPlane> {
     pending_warmups: Vec<WarmUp>,
     /// Decision events to the `[[notify]]` webhooks.
     notifier: Notifier,
+    /// Each rollout's observations and decisions, for `canary report`.
+    history: Recorder,
 }
 
 impl<D: DataPlane> Controller<D> {
@@ -112,13 +115,14 @@ impl<D: DataPlane> Controller<D> {
             services: Vec::with_capacity(services.len()),
             dp,
             programmer: Programmer::new(),
-            store,
             metrics,
             status,
             hash_seed,
             dirty: true,
             pending_warmups: Vec::new(),
             notifier: Notifier::none(),
+            history: Recorder::new(HistoryStore::new(store.dir())),
+            store,
         };
         // Every state file is read and checked before anything is written.
         for config in &services {
@@ -338,7 +342,20 @@ impl<D: DataPlane> Controller<D> {
             self.persist(i);
         }
         self.refresh();
+        self.record_samples(now_ms);
         Ok(())
+    }
+
+    /// Adds this poll's status of every service to its rollout's history.
+    fn record_samples(&mut self, now_ms: u64) {
+        let status = self
+            .status
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (s, st) in self.services.iter().zip(&status.services) {
+            self.history
+                .sample(s.name(), s.rollout.started_at_ms(), Sample::of(now_ms, st));
+        }
     }
 
     /// New flows the kernel sent to each group of service `i` since the last poll.
@@ -395,7 +412,10 @@ impl<D: DataPlane> Controller<D> {
             self.pending_warmups.push(warm_up);
         }
         if let Some(d) = decision {
-            self.notifier.decision(self.services[i].name(), &d);
+            let s = &self.services[i];
+            self.history
+                .decision(s.name(), s.rollout.started_at_ms(), &d);
+            self.notifier.decision(s.name(), &d);
         }
     }
 

@@ -976,3 +976,54 @@ fn a_stale_heartbeat_is_notified_as_the_dead_man_switch() {
         1
     );
 }
+
+#[test]
+fn a_rollout_is_recorded_across_a_restart_and_drawn_with_every_series() {
+    use crate::history::{render, HistoryStore};
+    let mut sim = Sim::new("history", "");
+    sim.canary.latency_s = 0.25;
+    sim.run_until(100, |s| s.weight_bp() == 1000);
+    sim.run_until(5, |_| false);
+    let dir = sim.store_dir.clone();
+    let store = HistoryStore::new(&dir);
+    let id = sim.c.rollout("sentiment").unwrap().started_at_ms();
+    let t = sim.t;
+    // A restart: the history continues in the same file.
+    let dp = std::mem::take(sim.c.dataplane_mut());
+    sim.store_dir = std::env::temp_dir().join("canary-ctl-unused");
+    drop(sim);
+    let saved = store
+        .load("sentiment", id)
+        .unwrap()
+        .expect("saved before the restart");
+    assert!(!saved.samples.is_empty() && !saved.decisions.is_empty());
+    let mut again = Sim::with_store(dir.clone(), dp, true, "");
+    again.t = t;
+    again.canary.latency_s = 0.25;
+    again.run_until(200, |s| s.phase() == Phase::RolledBack);
+    assert_eq!(again.phase(), Phase::RolledBack);
+    assert_eq!(store.rollouts("sentiment").unwrap(), vec![id]);
+    let h = store.load("sentiment", id).unwrap().unwrap();
+    assert!(
+        h.samples.len() > saved.samples.len(),
+        "samples before and after the restart"
+    );
+    assert_eq!(h.samples[0], saved.samples[0]);
+    let actions: Vec<&str> = h.decisions.iter().map(|d| d.action.as_str()).collect();
+    assert_eq!(actions.first(), Some(&"start"), "{actions:?}");
+    assert_eq!(actions.last(), Some(&"rollback"), "{actions:?}");
+    assert!(h.samples.iter().any(|s| s.weight_percent == 10.0));
+    assert!(h
+        .samples
+        .iter()
+        .any(|s| s.canary.latency_p95_ms.is_some_and(|p| p > 200.0)));
+    let svg = render::svg(&h).unwrap();
+    for name in render::SERIES {
+        assert!(svg.contains(name), "series {name:?} missing");
+    }
+    assert!(
+        svg.contains("rollback 0% (latency_"),
+        "the rollback is marked with its reason"
+    );
+    assert!(svg.contains("canary positive %"));
+}
