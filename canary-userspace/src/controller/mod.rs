@@ -168,9 +168,10 @@ impl<D: DataPlane> Controller<D> {
         Ok(c)
     }
 
-    /// Sends every decision from now on to `notifier` (the decisions taken at start, before
-    /// it is set, are not sent: they are in the log and `/status`).
-    pub fn set_notifier(&mut self, notifier: Notifier) {
+    /// Sends every decision to `notifier`, starting with those taken since the controller
+    /// was created.
+    pub fn set_notifier(&mut self, mut notifier: Notifier) {
+        notifier.take_over(std::mem::take(&mut self.notifier));
         self.notifier = notifier;
     }
 

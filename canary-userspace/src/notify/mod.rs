@@ -256,7 +256,13 @@ pub struct Notifier {
     next_id: u64,
     services: BTreeMap<String, ServiceMemory>,
     metrics: Option<Metrics>,
+    /// Before the real notifier is in place ([`Notifier::none`]): the decisions taken so far
+    /// (those at start), handed to it by [`Notifier::take_over`].
+    backlog: Vec<(String, Decision)>,
 }
+
+/// Decisions a placeholder notifier keeps at most.
+const BACKLOG: usize = 256;
 
 impl Notifier {
     /// No sinks: every call does nothing.
@@ -271,11 +277,25 @@ impl Notifier {
             next_id: 1,
             services: BTreeMap::new(),
             metrics: Some(metrics),
+            backlog: Vec::new(),
+        }
+    }
+
+    /// Replaces `old` (a placeholder): the decisions it kept are sent now, in order.
+    pub fn take_over(&mut self, old: Notifier) {
+        for (service, d) in old.backlog {
+            self.decision(&service, &d);
         }
     }
 
     /// A decision of `service` (every decision, in order).
     pub fn decision(&mut self, service: &str, d: &Decision) {
+        if self.metrics.is_none() {
+            if self.backlog.len() < BACKLOG {
+                self.backlog.push((service.to_string(), d.clone()));
+            }
+            return;
+        }
         let memory = self.services.entry(service.to_string()).or_default();
         let was_missing = memory.missing;
         memory.held = if d.action == DecisionAction::Hold {
