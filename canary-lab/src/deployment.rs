@@ -80,6 +80,8 @@ pub struct DeploymentSpec {
     /// A `[[services]]` section to use instead of the generated one (for example from
     /// `canary init`); the rollout settings above are appended to it.
     pub service_section: Option<String>,
+    /// TOML appended to the config as is (e.g. `[[notify]]` tables).
+    pub extra_config: String,
 }
 
 fn no_args(_: &Node) -> Vec<String> {
@@ -116,6 +118,7 @@ impl DeploymentSpec {
             server: ModelServer::CanaryModel,
             model_args: no_args,
             service_section: None,
+            extra_config: String::new(),
         }
     }
 }
@@ -585,6 +588,9 @@ pub fn config_text(spec: &DeploymentSpec, lab: &Lab, token_file: Option<&Path>) 
     let _ = writeln!(t, "  error_spike = {}", spec.error_spike);
     let _ = writeln!(t, "  max_prediction_shift = {}", spec.max_prediction_shift);
     let _ = writeln!(t, "  confidence = {}", spec.confidence);
+    if !spec.extra_config.is_empty() {
+        let _ = writeln!(t, "\n{}", spec.extra_config.trim_end());
+    }
     t
 }
 

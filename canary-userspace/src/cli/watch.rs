@@ -8,7 +8,8 @@ use canary_userspace::judge::{Signal, SignalReport};
 use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use crossterm::execute;
 use crossterm::terminal::{
-    disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen,
+    disable_raw_mode, enable_raw_mode, BeginSynchronizedUpdate, EndSynchronizedUpdate,
+    EnterAlternateScreen, LeaveAlternateScreen,
 };
 use ratatui::backend::{Backend, CrosstermBackend};
 use ratatui::layout::{Constraint, Layout};
@@ -121,7 +122,11 @@ async fn watch<B: Backend>(
                     Err(e) => error = Some(format!("{e:#}")),
                 }
                 if let Some(s) = &last {
-                    terminal.draw(|f| draw(f, s, error.as_deref(), &endpoint.url))?;
+                    // One update for the terminal: no half-drawn frame is ever shown.
+                    let _ = execute!(std::io::stdout(), BeginSynchronizedUpdate);
+                    let drawn = terminal.draw(|f| draw(f, s, error.as_deref(), &endpoint.url));
+                    let _ = execute!(std::io::stdout(), EndSynchronizedUpdate);
+                    drawn?;
                     if until_done && done(&s.phase) {
                         return Ok(Exit::Done(s.clone()));
                     }
