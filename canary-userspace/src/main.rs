@@ -360,16 +360,15 @@ async fn report(target: &Target, rollout: &str, out: &Path) -> Result<()> {
         ),
     };
     let endpoint = endpoint(target)?;
-    let service = match &target.service {
-        Some(s) => s.clone(),
-        None => {
-            let status = client::status(&endpoint).await?;
-            status
-                .service(None)
-                .map_err(anyhow::Error::msg)?
-                .name
-                .clone()
-        }
+    let service = if let Some(s) = &target.service {
+        s.clone()
+    } else {
+        let status = client::status(&endpoint).await?;
+        status
+            .service(None)
+            .map_err(anyhow::Error::msg)?
+            .name
+            .clone()
     };
     let history = client::history(&endpoint, &service, rollout).await?;
     let text = if html {

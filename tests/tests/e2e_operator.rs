@@ -20,18 +20,21 @@ use canary_lab::lab::LabSpec;
 use e2e_support::{cli_ok, new_conn_load, require_root, Background};
 use serde_json::Value;
 
+/// The `Authorization` header and the body of each request, in arrival order.
+type Received = Arc<Mutex<Vec<(Option<String>, Value)>>>;
+
 /// A webhook receiver on loopback inside a network namespace (its own thread, entered into
 /// the namespace, with its own runtime); stopped when dropped.
 struct Receiver {
     url: String,
-    got: Arc<Mutex<Vec<(Option<String>, Value)>>>,
+    got: Received,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Receiver {
     fn start_in(netns: &str) -> Receiver {
-        let got: Arc<Mutex<Vec<(Option<String>, Value)>>> = Arc::default();
+        let got: Received = Arc::default();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let path = format!("/run/netns/{netns}");

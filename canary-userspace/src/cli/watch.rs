@@ -32,7 +32,7 @@ fn done(phase: &str) -> bool {
 /// Why the view stopped.
 enum Exit {
     Quit,
-    Done(ServiceStatus),
+    Done(Box<ServiceStatus>),
 }
 
 /// Runs the view until Ctrl-C, `q`, or (with `until_done`) the end of the rollout. The terminal
@@ -117,7 +117,7 @@ async fn watch<B: Backend>(
                 match client::status(endpoint).await {
                     Ok(st) => match st.service(service) {
                         Ok(s) => last = Some(s.clone()),
-                        Err(e) => error = Some(e.to_string()),
+                        Err(e) => error = Some(e.clone()),
                     },
                     Err(e) => error = Some(format!("{e:#}")),
                 }
@@ -128,7 +128,7 @@ async fn watch<B: Backend>(
                     let _ = execute!(std::io::stdout(), EndSynchronizedUpdate);
                     drawn?;
                     if until_done && done(&s.phase) {
-                        return Ok(Exit::Done(s.clone()));
+                        return Ok(Exit::Done(Box::new(s.clone())));
                     }
                 }
             }
@@ -467,7 +467,12 @@ mod tests {
             .buffer()
             .content()
             .chunks(120)
-            .map(|row| row.iter().map(|c| c.symbol()).collect::<String>() + "\n")
+            .map(|row| {
+                row.iter()
+                    .map(ratatui::buffer::Cell::symbol)
+                    .collect::<String>()
+                    + "\n"
+            })
             .collect();
         for needle in [
             "service sentiment",

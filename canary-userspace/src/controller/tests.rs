@@ -996,7 +996,7 @@ fn a_rollout_is_recorded_across_a_restart_and_drawn_with_every_series() {
         .unwrap()
         .expect("saved before the restart");
     assert!(!saved.samples.is_empty() && !saved.decisions.is_empty());
-    let mut again = Sim::with_store(dir.clone(), dp, true, "");
+    let mut again = Sim::with_store(dir, dp, true, "");
     again.t = t;
     again.canary.latency_s = 0.25;
     again.run_until(200, |s| s.phase() == Phase::RolledBack);
@@ -1011,7 +1011,10 @@ fn a_rollout_is_recorded_across_a_restart_and_drawn_with_every_series() {
     let actions: Vec<&str> = h.decisions.iter().map(|d| d.action.as_str()).collect();
     assert_eq!(actions.first(), Some(&"start"), "{actions:?}");
     assert_eq!(actions.last(), Some(&"rollback"), "{actions:?}");
-    assert!(h.samples.iter().any(|s| s.weight_percent == 10.0));
+    assert!(h
+        .samples
+        .iter()
+        .any(|s| (s.weight_percent - 10.0).abs() < 1e-9));
     assert!(h
         .samples
         .iter()

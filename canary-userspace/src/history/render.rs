@@ -224,10 +224,10 @@ fn per_group(
     Ok(())
 }
 
-fn decision_marks<'a, 'b>(
+fn decision_marks(
     chart: &mut ChartContext<
-        'a,
-        SVGBackend<'b>,
+        '_,
+        SVGBackend<'_>,
         Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
     >,
     h: &History,

@@ -13,6 +13,7 @@ mod deliver;
 pub(crate) mod tests;
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -210,10 +211,10 @@ pub fn event_of(
         })
         .collect();
     if !decisive.is_empty() {
-        text.push_str(&format!(" [{}]", decisive.join(", ")));
+        let _ = write!(text, " [{}]", decisive.join(", "));
     }
     if !node.is_empty() {
-        text.push_str(&format!(" on {node}"));
+        let _ = write!(text, " on {node}");
     }
     Event {
         id,

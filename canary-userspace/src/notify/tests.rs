@@ -12,17 +12,20 @@ use super::*;
 use crate::domain::Weight;
 use crate::judge::{Judgement, Verdict};
 
+/// What a receiver got: the `Authorization` header and the event, in arrival order.
+pub(crate) type Received = Arc<Mutex<Vec<(Option<String>, Event)>>>;
+
 /// A webhook receiver on a free loopback port: records every event it accepts with its
 /// `Authorization` header; answers 500 to the first `fail_first` requests.
 pub(crate) struct Receiver {
     pub(crate) url: String,
-    pub(crate) got: Arc<Mutex<Vec<(Option<String>, Event)>>>,
+    pub(crate) got: Received,
     pub(crate) requests: Arc<Mutex<u32>>,
 }
 
 impl Receiver {
     pub(crate) async fn start(fail_first: u32) -> Receiver {
-        let got: Arc<Mutex<Vec<(Option<String>, Event)>>> = Arc::default();
+        let got: Received = Arc::default();
         let requests: Arc<Mutex<u32>> = Arc::default();
         let (g, r) = (got.clone(), requests.clone());
         let app = Router::new().route(
@@ -208,7 +211,7 @@ fn delivery_posts_in_order_with_token_and_retries_and_counts_what_it_drops() {
     std::fs::write(&token, "s3cret\n").unwrap();
     let metrics = Metrics::new().unwrap();
     let alive = NotifyConfig {
-        bearer_token_file: Some(token.clone()),
+        bearer_token_file: Some(token),
         ..sink(&receiver.url)
     };
     let dead = NotifyConfig {
