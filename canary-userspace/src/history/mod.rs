@@ -7,7 +7,9 @@
 //! reasons. A rollout keeps at most [`MAX_SAMPLES`] samples (when full, every other one is
 //! dropped, so the whole rollout stays covered at a coarser grain) and [`MAX_DECISIONS`]
 //! decisions; a service keeps its last [`ROLLOUTS_KEPT`] rollouts. The file is written at
-//! every decision and every [`SAVE_EVERY`] samples.
+//! every decision and every poll while the rollout has few samples, then every `n / 100`
+//! polls for `n` samples (so at most 1 % of the latest samples wait in memory, and a long
+//! rollout is not rewritten every poll).
 
 pub mod render;
 #[cfg(test)]
@@ -26,7 +28,6 @@ use crate::rollout::Decision;
 pub const MAX_SAMPLES: usize = 2000;
 pub const MAX_DECISIONS: usize = 500;
 pub const ROLLOUTS_KEPT: usize = 20;
-pub const SAVE_EVERY: usize = 10;
 
 /// One group at one poll: the step window so far.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -269,7 +270,7 @@ impl Recorder {
         let (h, unsaved) = self.entry(service, rollout);
         h.push_sample(sample);
         *unsaved += 1;
-        if *unsaved >= SAVE_EVERY {
+        if *unsaved >= (h.samples.len() / 100).max(1) {
             *unsaved = 0;
             self.save(service);
         }
