@@ -113,8 +113,24 @@ impl Tmux {
     }
 
     fn capture(&self) -> String {
-        String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "watch"]).stdout)
+        self.capture_of("watch")
+    }
+
+    fn capture_of(&self, session: &str) -> String {
+        String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", session]).stdout)
             .into_owned()
+    }
+
+    /// Waits until the session's pane shows `text`; returns the pane.
+    fn wait_for(&self, session: &str, text: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let pane = self.capture_of(session);
+            if pane.contains(text) || Instant::now() > deadline {
+                return pane;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 
@@ -246,6 +262,47 @@ fn notifications_watch_and_report_follow_a_real_rollout() {
             .iter()
             .any(|s| needles.iter().all(|n| s.contains(n))),
         "no screen with all of {needles:?}; last:\n{last}"
+    );
+
+    // Without --until-done the view stays after the end, until Ctrl-C, which restores the
+    // terminal and exits 0.
+    let watch2 = format!(
+        "ip netns exec {lb} {} status --watch --config {}; echo WATCH2-EXIT=$?; sleep 600",
+        d.canary_bin.display(),
+        d.config_path.display()
+    );
+    let out = tmux.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "watch2",
+        "-x",
+        "140",
+        "-y",
+        "60",
+        &watch2,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pane = tmux.wait_for("watch2", "phase promoted", Duration::from_secs(20));
+    assert!(pane.contains("canary weight"), "{pane}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !tmux.capture_of("watch2").contains("WATCH2-EXIT"),
+        "the view stays"
+    );
+    tmux.cmd(&["send-keys", "-t", "watch2", "C-c"]);
+    let pane = tmux.wait_for("watch2", "WATCH2-EXIT=", Duration::from_secs(10));
+    assert!(
+        pane.contains("WATCH2-EXIT=0"),
+        "Ctrl-C exits cleanly:\n{pane}"
+    );
+    assert!(
+        !pane.contains("canary weight"),
+        "the screen is restored:\n{pane}"
     );
 
     // Every decision, once, in order, with the token.
