@@ -61,6 +61,10 @@ pub struct DeploymentSpec {
     pub metrics_missing_intervals: u32,
     pub heartbeat_timeout: String,
     pub flow_table_size: u32,
+    /// `dataplane.syn_replace_after`.
+    pub syn_replace_after: String,
+    /// `dataplane.flood_guard_rate` (0: off).
+    pub flood_guard_rate: u32,
     pub error_spike: f64,
     pub max_error_rate_increase: f64,
     pub max_latency_increase_ms: f64,
@@ -107,6 +111,8 @@ impl DeploymentSpec {
             metrics_missing_intervals: 3,
             heartbeat_timeout: "30s".into(),
             flow_table_size: 65_536,
+            syn_replace_after: "5s".into(),
+            flood_guard_rate: 0,
             error_spike: 0.10,
             max_error_rate_increase: 0.02,
             max_latency_increase_ms: 50.0,
@@ -544,6 +550,8 @@ pub fn config_text(spec: &DeploymentSpec, lab: &Lab, token_file: Option<&Path>) 
     let _ = writeln!(t, "xdp_mode = \"auto\"");
     let _ = writeln!(t, "flow_table_size = {}", spec.flow_table_size);
     let _ = writeln!(t, "heartbeat_timeout = \"{}\"", spec.heartbeat_timeout);
+    let _ = writeln!(t, "syn_replace_after = \"{}\"", spec.syn_replace_after);
+    let _ = writeln!(t, "flood_guard_rate = {}", spec.flood_guard_rate);
     let _ = writeln!(t, "state_dir = \"{}\"", state_dir(lab).display());
     let _ = writeln!(t, "bpffs = \"{}\"", lab.bpffs().join("canary").display());
     let _ = writeln!(t, "\n[admin]");

@@ -324,6 +324,7 @@ mod tests {
             listener,
             router(state),
             limits,
+            crate::admin_server::ConnectionMetrics::unregistered(),
             std::future::pending(),
         ));
         (addr, seen, controller)

@@ -138,6 +138,11 @@ pub struct BackendStatus {
     /// Why its metrics, or some of its series, are missing (failed scrape, malformed series).
     #[serde(default)]
     pub metrics_problem: Option<String>,
+    /// The reason of each problem, as in `canary_upstream_scrape_errors_total{reason}`
+    /// (`refused`, `timeout`, `local`, ...): a failure of this node (`local`) tells apart
+    /// from the backend's own.
+    #[serde(default)]
+    pub metrics_problem_reasons: Vec<String>,
     /// The model versions it reports (`upstream.version_label`), if configured.
     #[serde(default)]
     pub reported_versions: Vec<String>,

@@ -18,7 +18,7 @@ use canary_userspace::api::{OperatorCommand, OperatorReply, Status};
 use canary_userspace::config::{load_config, read_token};
 use canary_userspace::controller::Controller;
 use canary_userspace::dataplane::aya::{AyaDataPlane, Opened, Options, XdpAttachMode};
-use canary_userspace::dataplane::monotonic_ns;
+use canary_userspace::dataplane::{interface_mac, monotonic_ns};
 use canary_userspace::domain::XdpMode;
 use canary_userspace::lock::DaemonLock;
 use canary_userspace::metrics::Metrics;
@@ -146,7 +146,20 @@ pub(crate) async fn run(options: RunOptions) -> Result<()> {
         .flow_table_entries_limit
         .set(i64::from(dp.flow_table_capacity()));
     let status = Arc::new(RwLock::new(Status::default()));
-    let hash_seed = config.dataplane.hash_seed;
+    // The balancer's own MAC: only frames addressed to it are balanced, and it is the source
+    // of forwarded frames.
+    let lb_mac = interface_mac(&config.dataplane.interface).with_context(|| {
+        format!(
+            "cannot read the MAC address of dataplane.interface = {:?}",
+            config.dataplane.interface
+        )
+    })?;
+    if lb_mac.is_none() {
+        tracing::warn!(
+            interface = %config.dataplane.interface,
+            "the interface has no Ethernet MAC: frames to any unicast MAC are balanced"
+        );
+    }
     let mut controller = Controller::new(
         config.clone(),
         dp,
@@ -154,7 +167,7 @@ pub(crate) async fn run(options: RunOptions) -> Result<()> {
         store,
         metrics.clone(),
         status.clone(),
-        hash_seed,
+        lb_mac,
         &KernelNeighbours,
         now_ms(),
         monotonic_ns(),
@@ -192,6 +205,10 @@ pub(crate) async fn run(options: RunOptions) -> Result<()> {
         listener,
         admin::router(admin_state),
         limits,
+        admin_server::ConnectionMetrics {
+            open: metrics.admin_connections.clone(),
+            closed: metrics.admin_connections_closed.clone(),
+        },
         async {
             let _ = stop_rx.await;
         },
@@ -208,6 +225,14 @@ pub(crate) async fn run(options: RunOptions) -> Result<()> {
     loop {
         tokio::select! {
             _ = ticker.tick() => {
+                match interface_mac(&config.dataplane.interface) {
+                    Ok(mac) => {
+                        if let Err(e) = controller.update_lb_mac(mac) {
+                            tracing::error!(error = %e, "cannot write the interface's new MAC");
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cannot read the interface's MAC; keeping the last one"),
+                }
                 let observations = observe(&client, controller.targets()).await;
                 match controller.on_poll(now_ms(), monotonic_ns(), &observations, &KernelNeighbours) {
                     // The first poll programs every service: only then is the daemon ready.

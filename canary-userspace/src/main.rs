@@ -223,6 +223,22 @@ fn validate(path: &Path) -> Result<()> {
         config.services.len(),
         if config.services.len() == 1 { "" } else { "s" }
     );
+    let d = &config.dataplane;
+    let mac = match canary_userspace::dataplane::interface_mac(&d.interface) {
+        Ok(Some(mac)) => canary_userspace::domain::format_mac(mac),
+        Ok(None) => "none: frames to any unicast MAC would be balanced".to_string(),
+        Err(e) => format!("unknown ({e})"),
+    };
+    println!(
+        "  data plane: interface {} (MAC {mac}), syn_replace_after {}, flood guard {}",
+        d.interface,
+        humantime::format_duration(d.syn_replace_after),
+        if d.flood_guard_rate == 0 {
+            "off".to_string()
+        } else {
+            format!("above {} new flows/s per CPU", d.flood_guard_rate)
+        }
+    );
     for s in &config.services {
         println!(
             "  {} {} {}: {} stable, {} canary backends; steps {}",

@@ -20,6 +20,10 @@ fn healthy_canary_reaches_100_percent_and_stable_gets_no_new_flows() {
     spec.lab.canary = 2;
     // Many client addresses, as real traffic has: each address opens a few hundred connections.
     spec.lab.client_extra_addresses = 40;
+    // Every new connection follows the weight, even one that reuses the 5-tuple of a connection
+    // that ended a moment ago (the load generator reuses ports within seconds); the default
+    // `syn_replace_after` (5 s) would send such a SYN after the previous connection's backend.
+    spec.syn_replace_after = "0s".into();
     let d = start(spec);
     let t0 = Instant::now();
 

@@ -77,7 +77,12 @@ pub(crate) fn service(s: &ServiceStatus) -> String {
                 .unwrap_or_default(),
         );
         if let Some(p) = &b.metrics_problem {
-            let _ = writeln!(out, "  {:<12} metrics: {p}", "");
+            let reasons = if b.metrics_problem_reasons.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", b.metrics_problem_reasons.join(","))
+            };
+            let _ = writeln!(out, "  {:<12} metrics{reasons}: {p}", "");
         }
     }
     if !s.dry_run.is_empty() {

@@ -110,7 +110,17 @@ pub struct DataplaneConfig {
     pub bpffs: PathBuf,
     /// Seed of the flow hash; nodes that share traffic must share it.
     pub hash_seed: u32,
+    /// A TCP SYN replaces its 5-tuple's flow-table entry only when the entry is at least this
+    /// old (whole milliseconds; zero: every SYN replaces).
+    pub syn_replace_after: Duration,
+    /// New flows per second per CPU above which new flows take no flow-table entry; 0: off.
+    pub flood_guard_rate: u32,
 }
+
+/// Longest `dataplane.syn_replace_after`.
+pub const MAX_SYN_REPLACE_AFTER: Duration = Duration::from_hours(1);
+/// Smallest non-zero `dataplane.flood_guard_rate`.
+pub const MIN_FLOOD_GUARD_RATE: u64 = 100;
 
 /// Default `dataplane.hash_seed`.
 pub const DEFAULT_HASH_SEED: u32 = 0x6361_6e61;

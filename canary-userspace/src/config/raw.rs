@@ -61,6 +61,8 @@ pub struct RawDataplane {
     pub state_dir: String,
     pub bpffs: String,
     pub hash_seed: u32,
+    pub syn_replace_after: String,
+    pub flood_guard_rate: u64,
 }
 
 impl Default for RawDataplane {
@@ -73,6 +75,8 @@ impl Default for RawDataplane {
             state_dir: "/var/lib/canary".into(),
             bpffs: "/sys/fs/bpf/canary".into(),
             hash_seed: DEFAULT_HASH_SEED,
+            syn_replace_after: "5s".into(),
+            flood_guard_rate: 0,
         }
     }
 }
@@ -244,8 +248,8 @@ impl Default for RawUpstream {
 // Known keys per table, for the unknown-key pass. Kept next to the raw structs; the test
 // `every_documented_key_is_accepted` fails if the two drift apart.
 
-pub(super) const ROOT_KEYS: &[&str] = &["dataplane", "admin", "services", "notify"];
-pub(super) const NOTIFY_KEYS: &[&str] = &[
+pub(crate) const ROOT_KEYS: &[&str] = &["dataplane", "admin", "services", "notify"];
+pub(crate) const NOTIFY_KEYS: &[&str] = &[
     "name",
     "url",
     "events",
@@ -255,7 +259,7 @@ pub(super) const NOTIFY_KEYS: &[&str] = &[
     "retries",
     "queue",
 ];
-pub(super) const DATAPLANE_KEYS: &[&str] = &[
+pub(crate) const DATAPLANE_KEYS: &[&str] = &[
     "interface",
     "xdp_mode",
     "flow_table_size",
@@ -263,18 +267,20 @@ pub(super) const DATAPLANE_KEYS: &[&str] = &[
     "state_dir",
     "bpffs",
     "hash_seed",
+    "syn_replace_after",
+    "flood_guard_rate",
 ];
-pub(super) const ADMIN_KEYS: &[&str] = &[
+pub(crate) const ADMIN_KEYS: &[&str] = &[
     "listen",
     "token_file",
     "max_connections",
     "header_read_timeout",
     "idle_timeout",
 ];
-pub(super) const SERVICE_KEYS: &[&str] = &[
+pub(crate) const SERVICE_KEYS: &[&str] = &[
     "name", "vip", "protocol", "affinity", "backends", "rollout", "upstream",
 ];
-pub(super) const BACKEND_KEYS: &[&str] = &[
+pub(crate) const BACKEND_KEYS: &[&str] = &[
     "name",
     "group",
     "address",
@@ -282,7 +288,7 @@ pub(super) const BACKEND_KEYS: &[&str] = &[
     "health_url",
     "metrics_url",
 ];
-pub(super) const ROLLOUT_KEYS: &[&str] = &[
+pub(crate) const ROLLOUT_KEYS: &[&str] = &[
     "steps",
     "interval",
     "poll_interval",
@@ -297,14 +303,14 @@ pub(super) const ROLLOUT_KEYS: &[&str] = &[
     "thresholds",
     "dry_run",
 ];
-pub(super) const THRESHOLD_KEYS: &[&str] = &[
+pub(crate) const THRESHOLD_KEYS: &[&str] = &[
     "max_error_rate_increase",
     "max_latency_increase_ms",
     "error_spike",
     "max_prediction_shift",
     "confidence",
 ];
-pub(super) const UPSTREAM_KEYS: &[&str] = &[
+pub(crate) const UPSTREAM_KEYS: &[&str] = &[
     "preset",
     "requests",
     "errors",

@@ -13,6 +13,8 @@ heartbeat_timeout = "30s"
 state_dir = "/var/lib/canary"
 bpffs = "/sys/fs/bpf/canary"
 hash_seed = 1667329633
+syn_replace_after = "5s"
+flood_guard_rate = 0
 
 [admin]
 listen = "127.0.0.1:9100"
@@ -126,6 +128,8 @@ fn full_example_parses_with_every_value() {
     assert_eq!(c.dataplane.interface, "eth0");
     assert_eq!(c.dataplane.xdp_mode, XdpMode::Auto);
     assert_eq!(c.dataplane.heartbeat_timeout, Duration::from_secs(30));
+    assert_eq!(c.dataplane.syn_replace_after, Duration::from_secs(5));
+    assert_eq!(c.dataplane.flood_guard_rate, 0);
     assert_eq!(c.admin.token_file, None);
     let s = &c.services[0];
     assert_eq!(s.vip, "198.18.0.100:8080".parse().unwrap());
@@ -346,6 +350,38 @@ fn durations_are_checked() {
             &with("heartbeat_timeout = \"30s\"", "heartbeat_timeout = \"1500ms\""),
             "dataplane.heartbeat_timeout: 1s 500ms is shorter than twice the longest poll_interval (1s); the data plane would fall back to stable between polls",
         );
+}
+
+#[test]
+fn syn_replace_after_and_flood_guard_rate_are_checked() {
+    let c = Config::from_toml_str(MINIMAL).unwrap();
+    assert_eq!(c.dataplane.syn_replace_after, Duration::from_secs(5));
+    assert_eq!(c.dataplane.flood_guard_rate, 0);
+    let c = Config::from_toml_str(&with(
+        "syn_replace_after = \"5s\"\nflood_guard_rate = 0",
+        "syn_replace_after = \"0s\"\nflood_guard_rate = 20000",
+    ))
+    .unwrap();
+    assert_eq!(c.dataplane.syn_replace_after, Duration::ZERO);
+    assert_eq!(c.dataplane.flood_guard_rate, 20_000);
+    assert_problem(
+        &with("syn_replace_after = \"5s\"", "syn_replace_after = \"soon\""),
+        "dataplane.syn_replace_after: \"soon\" is not a duration (expected number at 0); write it like \"5s\" or \"500ms\", or \"0s\" to let every SYN replace its 5-tuple's entry",
+    );
+    assert_problem(
+        &with("syn_replace_after = \"5s\"", "syn_replace_after = \"2h\""),
+        "dataplane.syn_replace_after: \"2h\" is too long; give at most \"1h\" (default \"5s\": longer than a client retransmits its SYN, shorter than a port is reused)",
+    );
+    assert_problem(
+        &with("syn_replace_after = \"5s\"", "syn_replace_after = \"1500us\""),
+        "dataplane.syn_replace_after: \"1500us\" is not whole milliseconds (the data plane counts in ms); write it like \"5s\" or \"1500ms\"",
+    );
+    for bad in [1u64, 99, 1 << 32] {
+        assert_problem(
+            &with("flood_guard_rate = 0", &format!("flood_guard_rate = {bad}")),
+            &format!("dataplane.flood_guard_rate: {bad} is out of range; give 0 (off) or 100 to 4294967295 new flows per second per CPU (above it, new flows are balanced without a flow-table entry, so a lower rate would leave ordinary connections unpinned)"),
+        );
+    }
 }
 
 #[test]

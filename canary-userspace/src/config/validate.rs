@@ -12,7 +12,7 @@ use super::raw::{
 };
 use super::{
     AdminConfig, BackendConfig, Config, DataplaneConfig, Problem, RolloutConfig, ServiceConfig,
-    Thresholds, UpstreamConfig,
+    Thresholds, UpstreamConfig, MAX_SYN_REPLACE_AFTER, MIN_FLOOD_GUARD_RATE,
 };
 use crate::domain::{
     Affinity, Group, MissingPolicy, Protocol, RollbackMode, StartMode, Weight, XdpMode,
@@ -439,6 +439,8 @@ fn dataplane(c: &mut Checker, d: &RawDataplane) -> (Option<DataplaneConfig>, Opt
         0
     };
     let heartbeat_timeout = c.duration("dataplane.heartbeat_timeout", &d.heartbeat_timeout);
+    let syn_replace_after = syn_replace_after(c, &d.syn_replace_after);
+    let flood_guard_rate = flood_guard_rate(c, d.flood_guard_rate);
     for (key, value) in [
         ("dataplane.state_dir", &d.state_dir),
         ("dataplane.bpffs", &d.bpffs),
@@ -448,19 +450,69 @@ fn dataplane(c: &mut Checker, d: &RawDataplane) -> (Option<DataplaneConfig>, Opt
         }
     }
 
-    let config = match (xdp_mode, heartbeat_timeout) {
-        (Some(xdp_mode), Some(heartbeat_timeout)) => Some(DataplaneConfig {
-            interface: d.interface.clone(),
-            xdp_mode,
-            flow_table_size,
-            heartbeat_timeout,
-            state_dir: PathBuf::from(&d.state_dir),
-            bpffs: PathBuf::from(&d.bpffs),
-            hash_seed: d.hash_seed,
-        }),
+    let config = match (xdp_mode, heartbeat_timeout, syn_replace_after) {
+        (Some(xdp_mode), Some(heartbeat_timeout), Some(syn_replace_after)) => {
+            Some(DataplaneConfig {
+                interface: d.interface.clone(),
+                xdp_mode,
+                flow_table_size,
+                heartbeat_timeout,
+                state_dir: PathBuf::from(&d.state_dir),
+                bpffs: PathBuf::from(&d.bpffs),
+                hash_seed: d.hash_seed,
+                syn_replace_after,
+                flood_guard_rate,
+            })
+        }
         _ => None,
     };
     (config, heartbeat_timeout)
+}
+
+/// `dataplane.syn_replace_after`: zero (every SYN replaces its 5-tuple's entry) or whole
+/// milliseconds up to [`MAX_SYN_REPLACE_AFTER`].
+fn syn_replace_after(c: &mut Checker, value: &str) -> Option<Duration> {
+    const KEY: &str = "dataplane.syn_replace_after";
+    let d = match humantime::parse_duration(value.trim()) {
+        Ok(d) => d,
+        Err(e) => {
+            c.bad(
+                KEY,
+                format!("\"{value}\" is not a duration ({e}); write it like \"5s\" or \"500ms\", or \"0s\" to let every SYN replace its 5-tuple's entry"),
+            );
+            return None;
+        }
+    };
+    if d > MAX_SYN_REPLACE_AFTER {
+        c.bad(
+            KEY,
+            format!("\"{value}\" is too long; give at most \"1h\" (default \"5s\": longer than a client retransmits its SYN, shorter than a port is reused)"),
+        );
+        return None;
+    }
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        c.bad(
+            KEY,
+            format!("\"{value}\" is not whole milliseconds (the data plane counts in ms); write it like \"5s\" or \"1500ms\""),
+        );
+        return None;
+    }
+    Some(d)
+}
+
+/// `dataplane.flood_guard_rate`: 0 (off) or [`MIN_FLOOD_GUARD_RATE`] to `u32::MAX` new flows per
+/// second per CPU.
+fn flood_guard_rate(c: &mut Checker, value: u64) -> u32 {
+    match u32::try_from(value) {
+        Ok(rate) if rate == 0 || u64::from(rate) >= MIN_FLOOD_GUARD_RATE => rate,
+        _ => {
+            c.bad(
+                "dataplane.flood_guard_rate",
+                format!("{value} is out of range; give 0 (off) or {MIN_FLOOD_GUARD_RATE} to {} new flows per second per CPU (above it, new flows are balanced without a flow-table entry, so a lower rate would leave ordinary connections unpinned)", u32::MAX),
+            );
+            0
+        }
+    }
 }
 
 /// `[admin]`

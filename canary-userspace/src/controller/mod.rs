@@ -18,19 +18,18 @@ mod tests;
 
 use std::sync::{Arc, RwLock};
 
-use canary_common::{GROUP_CANARY, GROUP_STABLE};
+use canary_common::{GlobalConfig, GROUP_CANARY, GROUP_STABLE};
 
 use crate::api::Status;
 use crate::config::{AdminConfig, Config, DataplaneConfig};
 use crate::dataplane::{self, DataPlane, MapWrite, Programmer, ServiceSpec};
-use crate::domain::Group;
 use crate::history::{HistoryStore, Recorder, Sample};
 use crate::judge::FlowCounts;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::observe::neighbour::Neighbours;
 use crate::observe::{Observation, Target, WarmUp};
-use crate::rollout::{Event, Output, Phase, Poll, Rollout, StateStore};
+use crate::rollout::{Event, Output, Phase, Rollout, StateStore};
 use crate::upstream::{self, Window};
 use service::Service;
 
@@ -62,6 +61,26 @@ fn pinned_weight<D: DataPlane>(
     ))
 }
 
+/// The `CONFIG` entry for the `[dataplane]` section and the balancer's MAC (`lb_mac`: `None`
+/// for an interface without one, then any unicast destination is taken as ours). Every field is
+/// written at each start, so neither a restart nor an upgrade that kept the pinned map runs on
+/// stale settings; `flags` (benchmark switches) are kept.
+pub fn global_config(
+    current: GlobalConfig,
+    dataplane: &DataplaneConfig,
+    lb_mac: Option<[u8; 6]>,
+) -> GlobalConfig {
+    GlobalConfig {
+        hash_seed: dataplane.hash_seed,
+        flags: current.flags,
+        lb_mac: lb_mac.unwrap_or_default(),
+        _pad: [0; 2],
+        syn_replace_after_ms: u32::try_from(dataplane.syn_replace_after.as_millis())
+            .unwrap_or(u32::MAX),
+        flood_guard_rate: dataplane.flood_guard_rate,
+    }
+}
+
 /// The controller of all services.
 pub struct Controller<D: DataPlane> {
     dataplane_config: DataplaneConfig,
@@ -74,6 +93,8 @@ pub struct Controller<D: DataPlane> {
     metrics: Metrics,
     status: Arc<RwLock<Status>>,
     hash_seed: u32,
+    /// The balancer interface's MAC as last written to `CONFIG`.
+    lb_mac: Option<[u8; 6]>,
     /// The backends' health changed since the last programming.
     dirty: bool,
     pending_warmups: Vec<WarmUp>,
@@ -98,7 +119,7 @@ impl<D: DataPlane> Controller<D> {
         store: StateStore,
         metrics: Metrics,
         status: Arc<RwLock<Status>>,
-        hash_seed: u32,
+        lb_mac: Option<[u8; 6]>,
         neighbours: &dyn Neighbours,
         now_ms: u64,
         now_ns: u64,
@@ -109,6 +130,7 @@ impl<D: DataPlane> Controller<D> {
             services,
             notify: _,
         } = config;
+        let hash_seed = dataplane_config.hash_seed;
         let mut c = Controller {
             dataplane_config,
             admin_config,
@@ -118,6 +140,7 @@ impl<D: DataPlane> Controller<D> {
             metrics,
             status,
             hash_seed,
+            lb_mac,
             dirty: true,
             pending_warmups: Vec::new(),
             notifier: Notifier::none(),
@@ -138,8 +161,7 @@ impl<D: DataPlane> Controller<D> {
         } else {
             None
         };
-        let mut global = c.dp.global_config()?;
-        global.hash_seed = c.hash_seed;
+        let global = global_config(c.dp.global_config()?, &c.dataplane_config, lb_mac);
         c.dp.set_global_config(&global)?;
         for config in services {
             let pinned = written
@@ -173,6 +195,24 @@ impl<D: DataPlane> Controller<D> {
     pub fn set_notifier(&mut self, mut notifier: Notifier) {
         notifier.take_over(std::mem::take(&mut self.notifier));
         self.notifier = notifier;
+    }
+
+    /// The balancer interface's MAC now (the daemon reads it every poll): a change (an
+    /// operator set another address) is written to `CONFIG` at once, since otherwise every
+    /// frame to the new address would pass as another host's. Returns whether it changed.
+    pub fn update_lb_mac(&mut self, lb_mac: Option<[u8; 6]>) -> Result<bool, ControllerError> {
+        if lb_mac == self.lb_mac {
+            return Ok(false);
+        }
+        let global = global_config(self.dp.global_config()?, &self.dataplane_config, lb_mac);
+        self.dp.set_global_config(&global)?;
+        tracing::info!(
+            from = ?self.lb_mac,
+            to = ?lb_mac,
+            "the balancer interface's MAC changed; written to the data plane"
+        );
+        self.lb_mac = lb_mac;
+        Ok(true)
     }
 
     /// The `[dataplane]` section in force.
@@ -291,10 +331,7 @@ impl<D: DataPlane> Controller<D> {
                 br.mac = mac;
                 self.dirty = true;
             }
-            br.metrics_error = (!snapshot.problems.is_empty()).then(|| {
-                let all: Vec<String> = snapshot.problems.iter().map(ToString::to_string).collect();
-                all.join("; ")
-            });
+            br.metrics_problems.clone_from(&snapshot.problems);
             br.reported_requests = snapshot.requests.present().copied();
             let delta = snapshot.delta_since(&br.baseline);
             br.baseline.advance(&snapshot, delta.reset);
@@ -309,11 +346,7 @@ impl<D: DataPlane> Controller<D> {
         for (i, deltas) in deltas.iter().enumerate() {
             let flows = self.flow_counts(i)?;
             let s = &mut self.services[i];
-            let poll = Poll {
-                stable: s.window(Group::Stable, deltas),
-                canary: s.window(Group::Canary, deltas),
-                flows,
-            };
+            let poll = s.poll(deltas, flows);
             let out = s.rollout.on_event(
                 now_ms,
                 Event::Poll(poll),

@@ -133,8 +133,24 @@ impl<D: DataPlane> Controller<D> {
                     bytes: stats.bytes,
                     new_flows: stats.new_flows,
                     reported_requests: br.reported_requests,
-                    metrics_ok: br.metrics_error.is_none(),
-                    metrics_problem: br.metrics_error.clone(),
+                    metrics_ok: br.metrics_problems.is_empty(),
+                    metrics_problem: (!br.metrics_problems.is_empty()).then(|| {
+                        let all: Vec<String> = br
+                            .metrics_problems
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect();
+                        all.join("; ")
+                    }),
+                    metrics_problem_reasons: {
+                        let mut reasons: Vec<String> = br
+                            .metrics_problems
+                            .iter()
+                            .map(|p| p.reason.as_str().to_string())
+                            .collect();
+                        reasons.dedup();
+                        reasons
+                    },
                     reported_versions: br.baseline.versions.clone(),
                 });
             }

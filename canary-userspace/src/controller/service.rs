@@ -10,10 +10,11 @@ use super::ControllerError;
 use crate::config::{BackendConfig, ServiceConfig};
 use crate::dataplane::{BackendSpec, ServiceSpec};
 use crate::domain::{Group, RollbackMode, Weight};
+use crate::judge::FlowCounts;
 use crate::metrics::Metrics;
 use crate::observe::{Health, WarmUp};
-use crate::rollout::{Decision, Event, Output, Rollout, StateStore};
-use crate::upstream::{self, Snapshot, Window};
+use crate::rollout::{Decision, Event, Output, Poll, Rollout, StateStore};
+use crate::upstream::{self, ScrapeProblem, ScrapeReason, Snapshot, Window};
 
 /// Decisions kept for `/status`.
 const EVENTS_KEPT: usize = 50;
@@ -25,7 +26,8 @@ pub(super) struct BackendState {
     pub(super) mac: Option<[u8; 6]>,
     /// Baseline of the backend's counters (advanced every poll).
     pub(super) baseline: Snapshot,
-    pub(super) metrics_error: Option<String>,
+    /// Why its metrics, or some of its series, were missing in the latest poll.
+    pub(super) metrics_problems: Vec<ScrapeProblem>,
     pub(super) reported_requests: Option<f64>,
 }
 
@@ -160,6 +162,29 @@ impl Service {
             })
             .collect();
         self.config = config;
+    }
+
+    /// This poll for the rollout: each group's increases, the kernel's new flows, and why
+    /// series of the backends in service are missing.
+    pub(super) fn poll(&self, deltas: &[Option<Window>], flows: FlowCounts) -> Poll {
+        let mut problems = Vec::new();
+        let mut local_failure = false;
+        for ((b, state), delta) in self.backends().zip(deltas) {
+            if state.health.up != Some(true) || delta.is_none() {
+                continue;
+            }
+            for p in &state.metrics_problems {
+                local_failure |= p.reason == ScrapeReason::Local;
+                problems.push(format!("{}: {} [{}]", b.name, p.message, p.reason.as_str()));
+            }
+        }
+        Poll {
+            stable: self.window(Group::Stable, deltas),
+            canary: self.window(Group::Canary, deltas),
+            flows,
+            problems,
+            local_failure,
+        }
     }
 
     /// The increases of a group's in-service backends over this poll, summed.

@@ -15,6 +15,9 @@ use crate::metrics::Metrics;
 use crate::observe::probe::Probe;
 use crate::rollout::Phase;
 
+/// The balancer interface's MAC the tests' daemon found.
+const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+
 const BOUNDS: [f64; 8] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
 /// A model server's counters, advanced by `serve`, exposed as Prometheus text.
@@ -30,6 +33,8 @@ struct FakeBackend {
     metrics_up: bool,
     /// Exported instead of the real request count (a lying or broken exporter).
     requests_text: Option<String>,
+    /// How the scrape fails, instead of answering.
+    scrape_failure: Option<crate::upstream::ScrapeProblem>,
 }
 
 /// How a version behaves.
@@ -202,7 +207,7 @@ impl Sim {
             StateStore::new(&dir),
             Metrics::new().unwrap(),
             Arc::new(RwLock::new(Status::default())),
-            7,
+            Some(LB_MAC),
             &BTreeMap::new(),
             0,
             1,
@@ -267,7 +272,9 @@ impl Sim {
                 } else {
                     Probe::Unhealthy("connection refused".into())
                 },
-                metrics: if b.metrics_up {
+                metrics: if let Some(failure) = &b.scrape_failure {
+                    Err(failure.clone())
+                } else if b.metrics_up {
                     Ok(b.exposition())
                 } else {
                     Err(crate::upstream::ScrapeProblem {
@@ -732,7 +739,7 @@ fn a_state_file_with_an_impossible_weight_is_refused_naming_file_and_field() {
         StateStore::new(&dir),
         Metrics::new().unwrap(),
         Arc::new(RwLock::new(Status::default())),
-        7,
+        Some(LB_MAC),
         &BTreeMap::new(),
         0,
         1,
@@ -1028,4 +1035,166 @@ fn a_rollout_is_recorded_across_a_restart_and_drawn_with_every_series() {
         "the rollback is marked with its reason"
     );
     assert!(svg.contains("canary positive %"));
+}
+
+/// Every field of the `CONFIG` entry is written at start from `[dataplane]` and the interface's
+/// MAC, over whatever an earlier run or another version left in the (pinned) map; benchmark
+/// flags stay.
+#[test]
+fn start_writes_every_global_setting() {
+    let text = config_text("").replace(
+        "heartbeat_timeout = \"30s\"",
+        "heartbeat_timeout = \"30s\"\nhash_seed = 99\nsyn_replace_after = \"2500ms\"\nflood_guard_rate = 20000",
+    );
+    let mut dp = FakeDataPlane::new();
+    // What a run of an older version left: no MAC, no SYN threshold, no guard.
+    dp.config = canary_common::GlobalConfig {
+        hash_seed: 1,
+        flags: canary_common::CONFIG_FLAG_NO_FLOW_TABLE,
+        ..canary_common::GlobalConfig::default()
+    };
+    let dir = store_dir("global");
+    let c = Controller::new(
+        Config::from_toml_str(&text).unwrap(),
+        dp,
+        true,
+        StateStore::new(&dir),
+        Metrics::new().unwrap(),
+        Arc::new(RwLock::new(Status::default())),
+        Some(LB_MAC),
+        &BTreeMap::new(),
+        0,
+        1,
+    )
+    .expect("controller starts");
+    assert_eq!(
+        c.dataplane().config,
+        canary_common::GlobalConfig {
+            hash_seed: 99,
+            flags: canary_common::CONFIG_FLAG_NO_FLOW_TABLE,
+            lb_mac: LB_MAC,
+            _pad: [0; 2],
+            syn_replace_after_ms: 2500,
+            flood_guard_rate: 20_000,
+        }
+    );
+    // Defaults: 5 s, guard off; an interface without a MAC leaves lb_mac zero.
+    let c = Controller::new(
+        Config::from_toml_str(&config_text("")).unwrap(),
+        FakeDataPlane::new(),
+        false,
+        StateStore::new(&dir),
+        Metrics::new().unwrap(),
+        Arc::new(RwLock::new(Status::default())),
+        None,
+        &BTreeMap::new(),
+        0,
+        1,
+    )
+    .expect("controller starts");
+    let g = c.dataplane().config;
+    assert_eq!(
+        (
+            g.lb_mac,
+            g.syn_replace_after_ms,
+            g.flood_guard_rate,
+            g.hash_seed
+        ),
+        ([0; 6], 5000, 0, crate::config::DEFAULT_HASH_SEED)
+    );
+    // The interface gets a MAC (or another one) while the daemon runs: written at once, the
+    // other settings kept.
+    let mut c = c;
+    assert!(c.update_lb_mac(Some(LB_MAC)).unwrap());
+    assert!(!c.update_lb_mac(Some(LB_MAC)).unwrap());
+    let g = c.dataplane().config;
+    assert_eq!((g.lb_mac, g.syn_replace_after_ms), (LB_MAC, 5000));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A canary scrape that fails because this node is out of descriptors is "unknown": named as
+/// `local` in status and metrics, and it neither rolls back nor counts toward
+/// `metrics_missing_intervals`, even with `metrics_missing = "rollback"` after one interval.
+/// The same backend refusing the connection is its own failure, named `refused`, and rolls
+/// back.
+#[test]
+fn a_scrape_failing_for_a_local_reason_is_told_apart_and_not_held_against_the_canary() {
+    use crate::upstream::{ScrapeProblem, ScrapeReason};
+    let mut sim = Sim::new(
+        "local-scrape",
+        "  metrics_missing = \"rollback\"\n  metrics_missing_intervals = 1",
+    );
+    sim.run_until(100, |s| s.weight_bp() == 1000);
+    assert_eq!(sim.weight_bp(), 1000);
+    sim.backends.get_mut("k0").unwrap().scrape_failure = Some(ScrapeProblem {
+        reason: ScrapeReason::Local,
+        message: "scrape not made, local failure on this node: Too many open files (os error 24)"
+            .into(),
+    });
+    sim.run_until(35, |_| false);
+    assert_eq!((sim.phase(), sim.weight_bp()), (Phase::Stepping, 1000));
+    let status = sim.c.status.read().unwrap().clone();
+    let service = &status.services[0];
+    let k0 = service.backends.iter().find(|b| b.name == "k0").unwrap();
+    assert!(!k0.metrics_ok);
+    assert_eq!(k0.metrics_problem_reasons, ["local"]);
+    let d = service.last_decision.as_ref().unwrap();
+    assert_eq!(d.reason.as_str(), "metrics_unknown", "{d}");
+    assert!(
+        d.message.contains("k0: scrape not made, local failure"),
+        "{d}"
+    );
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&sim.c.metrics.registry.gather())
+        .unwrap();
+    let needle = "canary_upstream_scrape_errors_total{backend=\"k0\",reason=\"local\",service=\"sentiment\"} 35";
+    assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    assert!(
+        text.contains("canary_decisions_total{action=\"hold\",reason=\"metrics_unknown\",service=\"sentiment\"}"),
+        "{text}"
+    );
+
+    sim.backends.get_mut("k0").unwrap().scrape_failure = Some(ScrapeProblem {
+        reason: ScrapeReason::Refused,
+        message: "connection refused: nothing listens on that port".into(),
+    });
+    sim.run_until(15, |s| s.phase() == Phase::RolledBack);
+    assert_eq!(sim.phase(), Phase::RolledBack);
+    let status = sim.c.status.read().unwrap().clone();
+    let service = &status.services[0];
+    let k0 = service.backends.iter().find(|b| b.name == "k0").unwrap();
+    assert_eq!(k0.metrics_problem_reasons, ["refused"]);
+    let d = service.last_decision.as_ref().unwrap();
+    assert_eq!(d.reason.as_str(), "metrics_missing", "{d}");
+    assert!(d.message.contains("k0: connection refused"), "{d}");
+}
+
+/// Every kernel counter (all of `COUNTERS`, the flood guard's and the SYN rules' included) is
+/// in `/status` and exported, outcomes as `canary_xdp_packets_total{outcome}`, events as
+/// `canary_xdp_events_total{event}`, each with its own value.
+#[test]
+fn every_kernel_counter_is_in_status_and_metrics() {
+    let mut sim = Sim::new("counters", "");
+    for (i, c) in canary_common::Counter::ALL.iter().enumerate() {
+        sim.c.dataplane_mut().counters.0[*c as usize] = 1000 + i as u64;
+    }
+    sim.tick();
+    let status = sim.c.status.read().unwrap().clone();
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&sim.c.metrics.registry.gather())
+        .unwrap();
+    assert_eq!(status.xdp.len(), canary_common::COUNTERS as usize);
+    for (i, c) in canary_common::Counter::ALL.iter().enumerate() {
+        let value = 1000 + i as u64;
+        assert_eq!(status.xdp.get(c.name()), Some(&value), "{}", c.name());
+        let line = if c.is_outcome() {
+            format!(
+                "canary_xdp_packets_total{{outcome=\"{}\"}} {value}",
+                c.name()
+            )
+        } else {
+            format!("canary_xdp_events_total{{event=\"{}\"}} {value}", c.name())
+        };
+        assert!(text.contains(&line), "missing {line:?}");
+    }
 }

@@ -26,6 +26,7 @@
 pub mod aya;
 #[cfg(test)]
 pub mod fake;
+mod interface;
 mod keys;
 pub mod maglev;
 mod programmer;
@@ -42,6 +43,7 @@ use canary_common::{
 
 use crate::domain::{Affinity, Group, Protocol};
 
+pub use interface::interface_mac;
 pub use keys::{flow_key, service_key, vip_key};
 pub use programmer::{PlacedBackend, PlacedService, Plan, PlanError, ProgramError, Programmer};
 pub use route::{choose, Choice, Route, RouteError, RoutedBackend};

@@ -28,6 +28,9 @@ pub enum Reason {
     /// Fewer than `min_samples` requests in a group.
     InsufficientSamples,
     MetricsMissing,
+    /// Metrics could not be scraped for a reason of this node (not the backends'): held
+    /// without counting toward `metrics_missing_intervals`.
+    MetricsUnknown,
     /// Neither pass nor fail on some signal yet.
     Inconclusive,
     /// An operator action.
@@ -53,6 +56,7 @@ impl Reason {
             Reason::ErrorSpike => "error_spike",
             Reason::InsufficientSamples => "insufficient_samples",
             Reason::MetricsMissing => "metrics_missing",
+            Reason::MetricsUnknown => "metrics_unknown",
             Reason::Inconclusive => "inconclusive",
             Reason::Operator => "operator",
             Reason::CanaryChanged => "canary_changed",

@@ -53,11 +53,19 @@ impl fmt::Display for Phase {
 
 /// One poll's increases per group (from [`crate::upstream::aggregate`] of backend deltas) and
 /// the new flows the kernel counted per group over the same poll.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Poll {
     pub stable: Window,
     pub canary: Window,
     pub flows: FlowCounts,
+    /// Why series of the backends in service are missing this poll, one line per problem
+    /// (`k0: connection refused: ... [refused]`), for the decision's message.
+    #[serde(default)]
+    pub problems: Vec<String>,
+    /// Some backend's metrics could not be scraped for a reason of this node (out of file
+    /// descriptors, buffers, ...): what is missing says nothing about the backends.
+    #[serde(default)]
+    pub local_failure: bool,
 }
 
 /// What the controller reports.

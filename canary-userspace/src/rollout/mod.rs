@@ -62,6 +62,12 @@ pub struct StepWindow {
     polls_since_evaluation: u32,
     /// Series missing in the latest poll (`canary.errors`, ...).
     pub missing_now: Vec<String>,
+    /// Why, per backend problem in the latest poll (see [`Poll::problems`]).
+    #[serde(default)]
+    pub missing_why: Vec<String>,
+    /// The latest poll could not scrape some backend for a reason of this node.
+    #[serde(default)]
+    pub missing_local: bool,
     /// The next poll straddles a weight change: leave it out.
     skip_next: bool,
     /// The next poll follows the warm-up: no spike check either.
@@ -504,6 +510,8 @@ impl Rollout {
         let w = &mut self.window;
         w.polls_since_evaluation += 1;
         w.missing_now = missing_series(poll, upstream);
+        w.missing_why.clone_from(&poll.problems);
+        w.missing_local = poll.local_failure;
         let after_warmup = std::mem::take(&mut w.after_warmup);
         if std::mem::take(&mut w.skip_next) {
             // Straddles a weight change (or the warm-up): not part of this step's window.
@@ -558,9 +566,18 @@ impl Rollout {
         if polls == 0 || !missing_now.is_empty() {
             let what = if polls == 0 {
                 "no poll since the last evaluation".to_string()
-            } else {
+            } else if self.window.missing_why.is_empty() {
                 format!("missing in the latest poll: {}", missing_now.join(", "))
+            } else {
+                format!(
+                    "missing in the latest poll: {}; {}",
+                    missing_now.join(", "),
+                    self.window.missing_why.join("; ")
+                )
             };
+            if polls > 0 && self.window.missing_local {
+                return self.on_metrics_unknown(at_ms, &what);
+            }
             return self.on_missing(at_ms, cfg, &what, None);
         }
         let input = JudgeInput {
@@ -615,6 +632,25 @@ impl Rollout {
                 self.output(Some(d))
             }
         }
+    }
+
+    /// Metrics missing because this node could not scrape them (out of descriptors, ...): the
+    /// backends are not at fault, so this holds without counting toward
+    /// `metrics_missing_intervals` (the next good scrape covers the gap).
+    fn on_metrics_unknown(&mut self, at_ms: u64, what: &str) -> Output {
+        let message = format!(
+            "metrics unknown: not scraped for a reason of this node ({what}); holding {}, not counted toward metrics_missing_intervals",
+            self.weight
+        );
+        let d = self.record(
+            at_ms,
+            DecisionAction::Hold,
+            Reason::MetricsUnknown,
+            self.weight,
+            message,
+            None,
+        );
+        self.output(Some(d))
     }
 
     fn on_missing(

@@ -299,3 +299,20 @@ pub(crate) fn http_get(
         .unwrap_or_default();
     Ok((code, body, t.elapsed()))
 }
+
+/// The `CONFIG` entry the daemon wrote, read from its pin (as the XDP program sees it).
+pub(crate) fn pinned_global_config(d: &Deployment) -> canary_common::GlobalConfig {
+    let path = d
+        .lab
+        .bpffs()
+        .join("canary")
+        .join(canary_common::maps::CONFIG);
+    let data = aya::maps::MapData::from_pin(&path)
+        .unwrap_or_else(|e| panic!("open the pinned map {}: {e}", path.display()));
+    let config: aya::maps::Array<_, canary_common::GlobalConfig> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(data))
+            .unwrap_or_else(|e| panic!("{} is not an array of GlobalConfig: {e}", path.display()));
+    config
+        .get(&0, 0)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
