@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use canary_userspace::api::{ServiceStatus, Status};
 use canary_userspace::config::raw::{
-    RawAdmin, RawBackend, RawConfig, RawDataplane, RawRollout, RawService, RawThresholds,
-    RawUpstream,
+    RawAdmin, RawBackend, RawConfig, RawDataplane, RawNotify, RawRollout, RawService,
+    RawThresholds, RawUpstream,
 };
 
 use crate::bins;
@@ -89,6 +89,10 @@ pub struct DeploymentSpec {
     /// A `[[services]]` section to use instead of the generated one (for example from
     /// `canary init`); the rollout settings above are appended to it.
     pub service_section: Option<String>,
+    /// `[[notify]]` webhooks.
+    pub notify: Vec<RawNotify>,
+    /// `rollout.dry_run`: signals judged and reported but never acted on.
+    pub dry_run: Vec<String>,
 }
 
 fn no_args(_: &Node) -> Vec<String> {
@@ -127,6 +131,8 @@ impl DeploymentSpec {
             server: ModelServer::CanaryModel,
             model_args: no_args,
             service_section: None,
+            notify: Vec::new(),
+            dry_run: Vec::new(),
         }
     }
 }
@@ -575,6 +581,7 @@ pub fn config(
             ..RawAdmin::default()
         },
         services: vec![service],
+        notify: spec.notify.clone(),
     })
 }
 
@@ -673,6 +680,7 @@ fn rollout(spec: &DeploymentSpec) -> RawRollout {
         start: spec.start.clone(),
         metrics_missing: spec.metrics_missing.clone(),
         metrics_missing_intervals: spec.metrics_missing_intervals,
+        dry_run: spec.dry_run.clone(),
         thresholds: RawThresholds {
             max_error_rate_increase: spec.max_error_rate_increase,
             max_latency_increase_ms: spec.max_latency_increase_ms,

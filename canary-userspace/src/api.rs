@@ -101,6 +101,9 @@ pub struct ServiceStatus {
     pub last_decision: Option<Decision>,
     /// The most recent decisions and operator actions, newest last.
     pub events: Vec<Decision>,
+    /// Signals judged and reported but never holding or rolling back.
+    #[serde(default)]
+    pub dry_run: Vec<String>,
 }
 
 /// One group's figures over the current evaluation window.

@@ -92,6 +92,14 @@ pub(crate) async fn run(options: RunOptions) -> Result<()> {
             .load(&svc.name)
             .map_err(|e| anyhow::anyhow!("rollout state of service {:?} is not usable: {e}; fix that field or delete the file; nothing was changed", svc.name))?;
     }
+    let metrics = Metrics::new().context("cannot register metrics")?;
+    // Bearer token files are read before the data plane is touched.
+    let notifier = canary_userspace::notify::start(
+        &config.notify,
+        canary_userspace::notify::node_name(),
+        &metrics,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}; nothing was changed"))?;
     let mode = match config.dataplane.xdp_mode {
         XdpMode::Auto => XdpAttachMode::Auto,
         XdpMode::Native => XdpAttachMode::Native,
@@ -134,7 +142,6 @@ pub(crate) async fn run(options: RunOptions) -> Result<()> {
         );
     }
 
-    let metrics = Metrics::new().context("cannot register metrics")?;
     metrics
         .flow_table_entries_limit
         .set(i64::from(dp.flow_table_capacity()));
@@ -165,6 +172,7 @@ pub(crate) async fn run(options: RunOptions) -> Result<()> {
         now_ms(),
         monotonic_ns(),
     )?;
+    controller.set_notifier(notifier);
 
     let poll = controller.poll_interval();
     let client = BackendClient::new(poll.mul_f64(0.8).min(Duration::from_secs(2)))
@@ -178,6 +186,9 @@ pub(crate) async fn run(options: RunOptions) -> Result<()> {
         registry: metrics.registry.clone(),
         requests: requests_tx,
         token: TokenDigest::new(&token),
+        history: Some(canary_userspace::history::HistoryStore::new(
+            &config.dataplane.state_dir,
+        )),
     };
     let listen = config.admin.listen;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -241,7 +252,7 @@ pub(crate) async fn run(options: RunOptions) -> Result<()> {
             }
             Some(req) = requests.recv() => {
                 let reply = match &req.command {
-                    OperatorCommand::Reload => reload(&mut controller, &options),
+                    OperatorCommand::Reload => reload(&mut controller, &options, &config.notify),
                     command => controller.on_operator(now_ms(), monotonic_ns(), req.service.as_deref(), command),
                 };
                 tracing::info!(target: "canary::operator", service = req.service.as_deref().unwrap_or(""), command = ?req.command, ok = reply.ok, "{}", reply.message);
@@ -251,7 +262,7 @@ pub(crate) async fn run(options: RunOptions) -> Result<()> {
                 }
             }
             _ = hup.recv() => {
-                let reply = reload(&mut controller, &options);
+                let reply = reload(&mut controller, &options, &config.notify);
                 tracing::info!(ok = reply.ok, "SIGHUP: {}", reply.message);
             }
             _ = term.recv() => break,
@@ -275,12 +286,23 @@ fn notify(state: sd_notify::NotifyState) {
     }
 }
 
-fn reload(controller: &mut Controller<AyaDataPlane>, options: &RunOptions) -> OperatorReply {
+fn reload(
+    controller: &mut Controller<AyaDataPlane>,
+    options: &RunOptions,
+    notify: &[canary_userspace::notify::NotifyConfig],
+) -> OperatorReply {
     match load_config(&options.config) {
-        Ok(new) => match controller.reload(new, now_ms(), monotonic_ns()) {
-            Ok(msg) => OperatorReply::ok(msg),
-            Err(e) => OperatorReply::refused(format!("{e}; the running configuration stays")),
-        },
+        Ok(new) => {
+            let note = if new.notify == notify {
+                ""
+            } else {
+                "; [[notify]] changed but applies only at start: restart the daemon for it"
+            };
+            match controller.reload(new, now_ms(), monotonic_ns()) {
+                Ok(msg) => OperatorReply::ok(format!("{msg}{note}")),
+                Err(e) => OperatorReply::refused(format!("{e}; the running configuration stays")),
+            }
+        }
         Err(e) => OperatorReply::refused(format!(
             "new configuration rejected, the running configuration stays:\n{e:#}"
         )),

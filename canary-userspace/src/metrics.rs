@@ -35,6 +35,10 @@ pub struct Metrics {
     /// Requests a backend reports per new flow the kernel sent it (cross-check).
     pub upstream_flow_ratio: GaugeVec,
     pub decisions: IntCounterVec,
+    /// Verdicts of dry-run signals (judged, never acted on).
+    pub dry_run_verdicts: IntCounterVec,
+    pub notify_sent: IntCounterVec,
+    pub notify_dropped: IntCounterVec,
     /// Consecutive hold decisions at the current weight (see [`Metrics::record_decision`]).
     pub held_intervals: IntGaugeVec,
     /// Wall-clock time of the last heartbeat written to the kernel, per service.
@@ -118,6 +122,18 @@ impl Metrics {
                 opts("canary_decisions_total", "Decisions taken, by action and reason."),
                 &["service", "action", "reason"],
             )?,
+            dry_run_verdicts: IntCounterVec::new(
+                opts("canary_dry_run_verdicts_total", "Verdicts of dry-run signals (judged and reported, never holding or rolling back), by signal and verdict; verdict=\"fail\" counts what would have rolled back."),
+                &["service", "signal", "verdict"],
+            )?,
+            notify_sent: IntCounterVec::new(
+                opts("canary_notify_sent_total", "Notifications the sink's receiver accepted (2xx)."),
+                &["notify"],
+            )?,
+            notify_dropped: IntCounterVec::new(
+                opts("canary_notify_dropped_total", "Notifications dropped: reason=\"queue_full\" (the sink's queue was full), \"failed\" (every attempt failed), \"closed\"."),
+                &["notify", "reason"],
+            )?,
             held_intervals: IntGaugeVec::new(
                 opts("canary_rollout_held_intervals", "Evaluations in a row that held the rollout at its weight (0 after any other decision)."),
                 &["service"],
@@ -174,6 +190,9 @@ impl Metrics {
             .register(Box::new(m.upstream_flow_ratio.clone()))?;
         m.registry.register(Box::new(m.decisions.clone()))?;
         m.registry.register(Box::new(m.held_intervals.clone()))?;
+        m.registry.register(Box::new(m.dry_run_verdicts.clone()))?;
+        m.registry.register(Box::new(m.notify_sent.clone()))?;
+        m.registry.register(Box::new(m.notify_dropped.clone()))?;
         m.registry
             .register(Box::new(m.heartbeat_timestamp.clone()))?;
         m.registry.register(Box::new(m.heartbeat_timeout.clone()))?;
@@ -455,7 +474,10 @@ mod readme {
                 crate::admin_server::CloseReason::ALL
                     .iter()
                     .map(|r| r.as_str()),
-            );
+            )
+            .chain(["queue_full", "failed", "closed"])
+            .chain(crate::notify::EventKind::ALL.iter().map(|k| k.as_str()))
+            .chain(crate::judge::Signal::DECIDING.iter().map(|s| s.as_str()));
         missing.extend(values.filter(|v| !documented(v)).map(String::from));
         assert!(missing.is_empty(), "not in README.md: {missing:?}");
     }
@@ -472,6 +494,7 @@ mod readme {
             .chain(ROLLOUT_KEYS)
             .chain(THRESHOLD_KEYS)
             .chain(UPSTREAM_KEYS)
+            .chain(NOTIFY_KEYS)
             .copied()
             .filter(|k| {
                 !(README.contains(&format!("\n{k} ="))

@@ -148,6 +148,8 @@ struct Outcome {
     reason: String,
     /// Requests the backends answered over the scenario, per group.
     requests: BTreeMap<String, u64>,
+    /// The scenario's `canary report` (SVG), if written.
+    report: Option<std::path::PathBuf>,
 }
 
 impl Outcome {
@@ -215,7 +217,15 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     println!("\n=== summary ===");
     for (scenario, o) in &results {
         println!("{}", summary_line(*scenario, o));
+        if let Some(r) = &o.report {
+            println!("  report: {} (and .html beside it)", r.display());
+        }
     }
+    println!(
+        "operators: import deploy/grafana/canary.json into Grafana (Prometheus scrape config and \
+         alert rules in deploy/prometheus/) for the same rollout as a dashboard; \
+         `canary status --watch` shows it live in a terminal; `canary report --out FILE.svg` draws it"
+    );
     let total = started.elapsed();
     let left: Vec<String> = TAGS.iter().flat_map(|tag| leftovers(tag)).collect();
     if left.is_empty() {
@@ -345,13 +355,49 @@ fn play(scenario: Scenario, server: ModelServer, timeout: Duration) -> Result<Ou
         loads.len(),
         profile.workers
     );
+    let lb = d.lab.load_balancer()?.netns.clone();
+    println!(
+        "live view: sudo ip netns exec {lb} {} status --watch --until-done --config {}",
+        d.canary_bin.display(),
+        d.config_path.display()
+    );
     let outcome = watch(&d, scenario, timeout);
     for l in &mut loads {
         l.kill();
     }
-    let outcome = outcome?;
+    let mut outcome = outcome?;
+    outcome.report = write_report(&d, scenario);
     drop(d);
     Ok(outcome)
+}
+
+/// `canary report` of the scenario's rollout, as SVG and HTML under `target/demo/`, outside
+/// the lab (which is removed). Returns the SVG's path, or `None` (with the reason printed).
+fn write_report(d: &Deployment, scenario: Scenario) -> Option<std::path::PathBuf> {
+    let dir = std::env::current_dir().ok()?.join("target").join("demo");
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        println!("report: cannot create {}: {e}", dir.display());
+        return None;
+    }
+    let mut written = None;
+    for ext in ["svg", "html"] {
+        let path = dir.join(format!("report-{}.{ext}", scenario.tag()));
+        let path_text = path.to_string_lossy().into_owned();
+        match d.cli(&["report", "--out", &path_text]) {
+            Ok(out) if out.status.success() => {
+                print!("report: {}", String::from_utf8_lossy(&out.stdout));
+                if ext == "svg" {
+                    written = Some(path);
+                }
+            }
+            Ok(out) => println!(
+                "report: canary report failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(e) => println!("report: cannot run canary report: {e}"),
+        }
+    }
+    written
 }
 
 /// Follows the rollout until it ends (or `timeout`), printing the live view; in scenario 2

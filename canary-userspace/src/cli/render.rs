@@ -85,6 +85,13 @@ pub(crate) fn service(s: &ServiceStatus) -> String {
             let _ = writeln!(out, "  {:<12} metrics{reasons}: {p}", "");
         }
     }
+    if !s.dry_run.is_empty() {
+        let _ = writeln!(
+            out,
+            "  dry run (judged, never acted on): {}",
+            s.dry_run.join(", ")
+        );
+    }
     if let Some(d) = &s.last_decision {
         let _ = writeln!(out, "  last decision: {d}");
     }

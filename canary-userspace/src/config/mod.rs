@@ -95,6 +95,8 @@ pub struct Config {
     pub dataplane: DataplaneConfig,
     pub admin: AdminConfig,
     pub services: Vec<ServiceConfig>,
+    /// `[[notify]]` webhooks (applied at start).
+    pub notify: Vec<crate::notify::NotifyConfig>,
 }
 
 /// `[dataplane]`
@@ -198,6 +200,8 @@ pub struct RolloutConfig {
     pub metrics_missing: MissingPolicy,
     pub metrics_missing_intervals: u32,
     pub thresholds: Thresholds,
+    /// Signals judged and reported but never holding or rolling back.
+    pub dry_run: Vec<crate::judge::Signal>,
 }
 
 /// `[services.rollout.thresholds]`
@@ -341,6 +345,7 @@ impl Default for RolloutConfig {
             metrics_missing: MissingPolicy::Hold,
             metrics_missing_intervals: 3,
             thresholds: Thresholds::default(),
+            dry_run: Vec::new(),
         }
     }
 }

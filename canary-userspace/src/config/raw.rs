@@ -15,6 +15,40 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     #[serde(default)]
     pub services: Vec<RawService>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<RawNotify>,
+}
+
+/// `[[notify]]`: a webhook that receives decision events.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawNotify {
+    pub name: String,
+    pub url: String,
+    pub events: Vec<String>,
+    pub hold_intervals: u32,
+    pub bearer_token_file: String,
+    pub timeout: String,
+    pub retries: u32,
+    pub queue: u64,
+}
+
+impl Default for RawNotify {
+    fn default() -> Self {
+        RawNotify {
+            name: String::new(),
+            url: String::new(),
+            events: crate::notify::EventKind::ALL
+                .iter()
+                .map(|k| k.as_str().to_string())
+                .collect(),
+            hold_intervals: 3,
+            bearer_token_file: String::new(),
+            timeout: "5s".into(),
+            retries: 3,
+            queue: 256,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -123,6 +157,8 @@ pub struct RawRollout {
     pub metrics_missing: String,
     pub metrics_missing_intervals: u32,
     pub thresholds: RawThresholds,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dry_run: Vec<String>,
 }
 
 impl Default for RawRollout {
@@ -140,6 +176,7 @@ impl Default for RawRollout {
             metrics_missing: "hold".into(),
             metrics_missing_intervals: 3,
             thresholds: RawThresholds::default(),
+            dry_run: Vec::new(),
         }
     }
 }
@@ -211,7 +248,17 @@ impl Default for RawUpstream {
 // Known keys per table, for the unknown-key pass. Kept next to the raw structs; the test
 // `every_documented_key_is_accepted` fails if the two drift apart.
 
-pub(crate) const ROOT_KEYS: &[&str] = &["dataplane", "admin", "services"];
+pub(crate) const ROOT_KEYS: &[&str] = &["dataplane", "admin", "services", "notify"];
+pub(crate) const NOTIFY_KEYS: &[&str] = &[
+    "name",
+    "url",
+    "events",
+    "hold_intervals",
+    "bearer_token_file",
+    "timeout",
+    "retries",
+    "queue",
+];
 pub(crate) const DATAPLANE_KEYS: &[&str] = &[
     "interface",
     "xdp_mode",
@@ -254,6 +301,7 @@ pub(crate) const ROLLOUT_KEYS: &[&str] = &[
     "metrics_missing",
     "metrics_missing_intervals",
     "thresholds",
+    "dry_run",
 ];
 pub(crate) const THRESHOLD_KEYS: &[&str] = &[
     "max_error_rate_increase",
@@ -333,6 +381,13 @@ pub(super) fn strip_all_unknown(root: &mut toml::Table, problems: &mut Vec<Probl
     }
     if let Some(t) = sub_table(root, "admin") {
         strip_unknown(t, ADMIN_KEYS, "admin", problems);
+    }
+    if let Some(sinks) = root.get_mut("notify").and_then(toml::Value::as_array_mut) {
+        for (i, sink) in sinks.iter_mut().enumerate() {
+            if let Some(sink) = sink.as_table_mut() {
+                strip_unknown(sink, NOTIFY_KEYS, &format!("notify[{i}]"), problems);
+            }
+        }
     }
     let Some(services) = root.get_mut("services").and_then(toml::Value::as_array_mut) else {
         return;

@@ -55,6 +55,7 @@ affinity = "flow"
   start = "auto"
   metrics_missing = "hold"
   metrics_missing_intervals = 3
+  dry_run = []
 
   [services.rollout.thresholds]
   max_error_rate_increase = 0.02
@@ -74,6 +75,16 @@ affinity = "flow"
   max_scrape_bytes = 4194304
   max_series = 20000
   max_prediction_classes = 1000
+
+[[notify]]
+name = "chat"
+url = "https://chat.example.com/hooks/canary"
+events = ["start", "step", "promote", "rollback", "hold", "deadman", "metrics_missing"]
+hold_intervals = 3
+bearer_token_file = ""
+timeout = "5s"
+retries = 3
+queue = 256
 "#;
 
 const MINIMAL: &str = r#"
@@ -157,6 +168,7 @@ fn every_documented_key_is_accepted() {
         .chain(ROLLOUT_KEYS)
         .chain(THRESHOLD_KEYS)
         .chain(UPSTREAM_KEYS)
+        .chain(NOTIFY_KEYS)
     {
         assert!(
             FULL.contains(&format!("{key} ="))
@@ -668,5 +680,65 @@ fn resolved_upstream_selectors_are_described() {
     assert_eq!(
         UpstreamConfig::default().describe()[0],
         "upstream (no preset):"
+    );
+}
+
+#[test]
+fn dry_run_names_signals_and_rejects_unknown_ones() {
+    let c = Config::from_toml_str(&with(
+        "dry_run = []",
+        "dry_run = [\"latency_p95\", \"error_spike\", \"latency_p95\"]",
+    ))
+    .expect("valid dry_run");
+    assert_eq!(
+        c.services[0].rollout.dry_run,
+        vec![
+            crate::judge::Signal::LatencyP95,
+            crate::judge::Signal::ErrorSpike
+        ]
+    );
+    assert_problem(
+        &with("dry_run = []", "dry_run = [\"latency_p99\"]"),
+        "services[0].rollout.dry_run: \"latency_p99\" is not a signal that can hold or roll back; use some of error_rate, latency_mean, latency_p95, predictions, error_spike",
+    );
+}
+
+#[test]
+fn notify_entries_are_checked_with_every_problem_named() {
+    let c = Config::from_toml_str(FULL).unwrap();
+    assert_eq!(c.notify.len(), 1);
+    assert_eq!(c.notify[0].name, "chat");
+    assert_eq!(c.notify[0].events.len(), 7);
+    // Left out, the events are all of them.
+    let c = Config::from_toml_str(&with(
+        "events = [\"start\", \"step\", \"promote\", \"rollback\", \"hold\", \"deadman\", \"metrics_missing\"]\n",
+        "",
+    ))
+    .unwrap();
+    assert_eq!(c.notify[0].events, crate::notify::EventKind::ALL.to_vec());
+    assert_problem(
+        &with("events = [\"start\",", "events = [\"started\","),
+        "notify[0].events: \"started\" is not an event; use some of start, step, promote, rollback, hold, deadman, metrics_missing",
+    );
+    assert_problem(
+        &with(
+            "url = \"https://chat.example.com/hooks/canary\"",
+            "url = \"chat.example.com\"",
+        ),
+        "notify[0].url: \"chat.example.com\" is not an http URL; write it like \"http://198.18.0.11:8080/healthz\"",
+    );
+    assert_problem(
+        &with("hold_intervals = 3", "hold_intervals = 0"),
+        "notify[0].hold_intervals: must be at least 1 (evaluations in a row that held before a hold event)",
+    );
+    assert_problem(
+        &with("queue = 256", "queue = 0"),
+        "notify[0].queue: 0 is out of range; give 1 .. 100000 events",
+    );
+    let p = problems(&with("retries = 3", "retires = 3"));
+    assert!(
+        p.iter()
+            .any(|m| m.starts_with("notify[0].retires: unknown key")),
+        "{p:?}"
     );
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use canary_common::{MAX_BACKENDS, MAX_BACKENDS_PER_GROUP, MAX_SERVICES};
 
 use super::raw::{
-    RawAdmin, RawBackend, RawConfig, RawDataplane, RawRollout, RawService, RawUpstream,
+    RawAdmin, RawBackend, RawConfig, RawDataplane, RawNotify, RawRollout, RawService, RawUpstream,
 };
 use super::{
     AdminConfig, BackendConfig, Config, DataplaneConfig, Problem, RolloutConfig, ServiceConfig,
@@ -17,6 +17,8 @@ use super::{
 use crate::domain::{
     Affinity, Group, MissingPolicy, Protocol, RollbackMode, StartMode, Weight, XdpMode,
 };
+use crate::judge::Signal;
+use crate::notify::{EventKind, NotifyConfig};
 use crate::upstream::{preset, valid_label_name, Selector};
 
 struct Checker {
@@ -297,6 +299,7 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
     let (dataplane, heartbeat_timeout) = dataplane(&mut c, &raw.dataplane);
     let admin = admin(&mut c, &raw.admin);
     let (services, longest_poll) = services(&mut c, &raw.services);
+    let notify = notify_sinks(&mut c, &raw.notify);
     if let Some(hb) = heartbeat_timeout {
         if hb < 2 * longest_poll {
             c.bad(
@@ -317,7 +320,89 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
         dataplane,
         admin,
         services,
+        notify,
     })
+}
+
+/// `[[notify]]`: webhook URL, events, limits.
+fn notify_sinks(c: &mut Checker, raw: &[RawNotify]) -> Vec<NotifyConfig> {
+    let mut out = Vec::new();
+    for (i, n) in raw.iter().enumerate() {
+        let k = format!("notify[{i}]");
+        let before = c.problems.len();
+        if n.url.is_empty() {
+            c.bad(
+                format!("{k}.url"),
+                "is missing; give the webhook's URL, e.g. \"https://chat.example.com/hooks/canary\"",
+            );
+        } else {
+            c.url(&format!("{k}.url"), &n.url);
+        }
+        let mut events = Vec::new();
+        for e in &n.events {
+            match EventKind::parse(e) {
+                Some(kind) if !events.contains(&kind) => events.push(kind),
+                Some(_) => {}
+                None => c.bad(
+                    format!("{k}.events"),
+                    format!(
+                        "{e:?} is not an event; use some of {}",
+                        EventKind::ALL.map(EventKind::as_str).join(", ")
+                    ),
+                ),
+            }
+        }
+        if n.events.is_empty() {
+            c.bad(
+                format!("{k}.events"),
+                "is empty; list the events to send, or leave the key out for all of them",
+            );
+        }
+        if n.hold_intervals == 0 {
+            c.bad(
+                format!("{k}.hold_intervals"),
+                "must be at least 1 (evaluations in a row that held before a hold event)",
+            );
+        }
+        let timeout = c.duration(&format!("{k}.timeout"), &n.timeout);
+        if !(1..=100_000).contains(&n.queue) {
+            c.bad(
+                format!("{k}.queue"),
+                format!("{} is out of range; give 1 .. 100000 events", n.queue),
+            );
+        }
+        if n.retries > 10 {
+            c.bad(
+                format!("{k}.retries"),
+                format!("{} is too many; give 0 .. 10", n.retries),
+            );
+        }
+        let name = if n.name.is_empty() {
+            format!("notify-{i}")
+        } else {
+            n.name.clone()
+        };
+        if out.iter().any(|o: &NotifyConfig| o.name == name) {
+            c.bad(
+                format!("{k}.name"),
+                format!("{name:?} is used by another [[notify]] entry; names must be unique"),
+            );
+        }
+        if let (Some(timeout), true) = (timeout, c.problems.len() == before) {
+            out.push(NotifyConfig {
+                name,
+                url: n.url.clone(),
+                events,
+                hold_intervals: n.hold_intervals,
+                bearer_token_file: (!n.bearer_token_file.is_empty())
+                    .then(|| PathBuf::from(&n.bearer_token_file)),
+                timeout,
+                retries: n.retries,
+                queue: n.queue as usize,
+            });
+        }
+    }
+    out
 }
 
 /// `[dataplane]`; also the heartbeat timeout alone, for the check against the poll intervals.
@@ -758,6 +843,21 @@ fn rollout(
         );
     }
 
+    let mut dry_run = Vec::new();
+    for name in &r.dry_run {
+        match Signal::deciding(name) {
+            Some(s) if !dry_run.contains(&s) => dry_run.push(s),
+            Some(_) => {}
+            None => c.bad(
+                format!("{rk}.dry_run"),
+                format!(
+                    "{name:?} is not a signal that can hold or roll back; use some of {}",
+                    Signal::DECIDING.map(Signal::as_str).join(", ")
+                ),
+            ),
+        }
+    }
+
     let (Some(interval), Some(poll_interval), Some(rollback), Some(start), Some(metrics_missing)) =
         (interval, poll_interval, rollback, start, metrics_missing)
     else {
@@ -782,6 +882,7 @@ fn rollout(
             max_prediction_shift: t.max_prediction_shift,
             confidence: t.confidence,
         },
+        dry_run,
     })
 }
 

@@ -23,8 +23,10 @@ use canary_common::{GlobalConfig, GROUP_CANARY, GROUP_STABLE};
 use crate::api::Status;
 use crate::config::{AdminConfig, Config, DataplaneConfig};
 use crate::dataplane::{self, DataPlane, MapWrite, Programmer, ServiceSpec};
+use crate::history::{HistoryStore, Recorder, Sample};
 use crate::judge::FlowCounts;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::observe::neighbour::Neighbours;
 use crate::observe::{Observation, Target, WarmUp};
 use crate::rollout::{Event, Output, Phase, Rollout, StateStore};
@@ -96,6 +98,10 @@ pub struct Controller<D: DataPlane> {
     /// The backends' health changed since the last programming.
     dirty: bool,
     pending_warmups: Vec<WarmUp>,
+    /// Decision events to the `[[notify]]` webhooks.
+    notifier: Notifier,
+    /// Each rollout's observations and decisions, for `canary report`.
+    history: Recorder,
 }
 
 impl<D: DataPlane> Controller<D> {
@@ -122,6 +128,7 @@ impl<D: DataPlane> Controller<D> {
             dataplane: dataplane_config,
             admin: admin_config,
             services,
+            notify: _,
         } = config;
         let hash_seed = dataplane_config.hash_seed;
         let mut c = Controller {
@@ -130,13 +137,15 @@ impl<D: DataPlane> Controller<D> {
             services: Vec::with_capacity(services.len()),
             dp,
             programmer: Programmer::new(),
-            store,
             metrics,
             status,
             hash_seed,
             lb_mac,
             dirty: true,
             pending_warmups: Vec::new(),
+            notifier: Notifier::none(),
+            history: Recorder::new(HistoryStore::new(store.dir())),
+            store,
         };
         // Every state file is read and checked before anything is written.
         for config in &services {
@@ -179,6 +188,13 @@ impl<D: DataPlane> Controller<D> {
         // /status lists every service (backends "not probed yet") before the first poll.
         c.refresh();
         Ok(c)
+    }
+
+    /// Sends every decision to `notifier`, starting with those taken since the controller
+    /// was created.
+    pub fn set_notifier(&mut self, mut notifier: Notifier) {
+        notifier.take_over(std::mem::take(&mut self.notifier));
+        self.notifier = notifier;
     }
 
     /// The balancer interface's MAC now (the daemon reads it every poll): a change (an
@@ -322,6 +338,7 @@ impl<D: DataPlane> Controller<D> {
             deltas[i][j] = Some(delta.window);
         }
 
+        self.notify_deadman(now_ms, now_ns);
         if self.dirty {
             self.program(now_ns)?;
         }
@@ -359,7 +376,20 @@ impl<D: DataPlane> Controller<D> {
             self.persist(i);
         }
         self.refresh();
+        self.record_samples(now_ms);
         Ok(())
+    }
+
+    /// Adds this poll's status of every service to its rollout's history.
+    fn record_samples(&mut self, now_ms: u64) {
+        let status = self
+            .status
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (s, st) in self.services.iter().zip(&status.services) {
+            self.history
+                .sample(s.name(), s.rollout.started_at_ms(), Sample::of(now_ms, st));
+        }
     }
 
     /// New flows the kernel sent to each group of service `i` since the last poll.
@@ -408,10 +438,41 @@ impl<D: DataPlane> Controller<D> {
         }
     }
 
-    /// Applies a rollout output of service `i`: reset epoch, warm-up, decision log.
+    /// Applies a rollout output of service `i`: reset epoch, warm-up, decision log,
+    /// notifications.
     fn apply_output(&mut self, i: usize, out: Output, now_ns: u64) {
+        let decision = out.decision.clone();
         if let Some(warm_up) = self.services[i].apply(out, now_ns, &self.metrics) {
             self.pending_warmups.push(warm_up);
+        }
+        if let Some(d) = decision {
+            let s = &self.services[i];
+            self.history
+                .decision(s.name(), s.rollout.started_at_ms(), &d);
+            self.notifier.decision(s.name(), &d);
+        }
+    }
+
+    /// Notifies services whose heartbeat in the kernel went stale since the last poll (the
+    /// dead-man switch was active: the daemon was stopped or stuck).
+    fn notify_deadman(&mut self, now_ms: u64, now_ns: u64) {
+        for s in &self.services {
+            let Some(index) = self.programmer.service_index(s.name()) else {
+                continue;
+            };
+            let Ok(control) = self.dp.control(index) else {
+                continue;
+            };
+            let age = now_ns.saturating_sub(control.heartbeat_ns);
+            if control.heartbeat_ns > 0 && age > control.heartbeat_timeout_ns {
+                self.notifier.deadman(
+                    s.name(),
+                    now_ms,
+                    std::time::Duration::from_nanos(age),
+                    s.rollout.phase(),
+                    s.rollout.weight().percent(),
+                );
+            }
         }
     }
 

@@ -196,6 +196,12 @@ impl<D: DataPlane> Controller<D> {
                 backends,
                 last_decision: rt.rollout.last_decision().cloned(),
                 events: rt.events.iter().cloned().collect(),
+                dry_run: svc
+                    .rollout
+                    .dry_run
+                    .iter()
+                    .map(|s| s.as_str().to_string())
+                    .collect(),
             });
         }
         *self

@@ -263,7 +263,15 @@ impl Service {
                 body: rollout.warmup_body.clone(),
             });
         }
+        for r in &out.dry_run_failures {
+            report_dry_run(service, r, metrics);
+        }
         if let Some(d) = out.decision {
+            for r in d.judgement.iter().flat_map(|j| &j.signals) {
+                if r.dry_run {
+                    report_dry_run(service, r, metrics);
+                }
+            }
             tracing::info!(
                 target: "canary::decision",
                 service,
@@ -281,5 +289,25 @@ impl Service {
             }
         }
         warm_up
+    }
+}
+
+/// A dry-run signal's verdict: counted in `canary_dry_run_verdicts_total`; a failure is logged
+/// as what would have rolled back.
+fn report_dry_run(service: &str, r: &crate::judge::SignalReport, metrics: &Metrics) {
+    let verdict = format!("{:?}", r.verdict).to_lowercase();
+    metrics
+        .dry_run_verdicts
+        .with_label_values(&[service, r.signal.as_str(), &verdict])
+        .inc();
+    if r.verdict == crate::judge::SignalVerdict::Fail {
+        tracing::warn!(
+            target: "canary::decision",
+            service,
+            signal = r.signal.as_str(),
+            dry_run = true,
+            "dry-run signal {} failed (would have rolled back; dry_run keeps the rollout going): {r}",
+            r.signal.as_str()
+        );
     }
 }

@@ -780,6 +780,263 @@ fn a_missing_state_file_adopts_the_weight_the_data_plane_holds() {
     assert_eq!(again.phase(), Phase::Promoted);
 }
 
+fn metrics_text(sim: &Sim) -> String {
+    prometheus::TextEncoder::new()
+        .encode_to_string(&sim.c.metrics.registry.gather())
+        .unwrap()
+}
+
+#[test]
+fn a_dry_run_signal_is_reported_but_never_holds_or_rolls_back() {
+    // The same slower canary the judge rolls back, with latency in dry run: it is promoted,
+    // and the latency failures show in the decisions, /status and the metrics.
+    let mut sim = Sim::new("dryrun", "dry_run = [\"latency_mean\", \"latency_p95\"]");
+    sim.canary.latency_s = 0.25;
+    let seen = sim.run_until(200, |s| s.phase() == Phase::Promoted);
+    assert_eq!(sim.phase(), Phase::Promoted, "weights {seen:?}");
+    assert_eq!(seen, vec![0, 1000, 5000, 10_000]);
+    let status = sim.c.status.read().unwrap().clone();
+    let svc = &status.services[0];
+    assert_eq!(svc.dry_run, vec!["latency_mean", "latency_p95"]);
+    let failed: Vec<_> = svc
+        .events
+        .iter()
+        .filter_map(|d| d.judgement.as_ref())
+        .flat_map(|j| &j.signals)
+        .filter(|r| r.dry_run && r.verdict == crate::judge::SignalVerdict::Fail)
+        .collect();
+    assert!(!failed.is_empty(), "dry-run failures are in the decisions");
+    let text = metrics_text(&sim);
+    assert!(
+        text.contains(
+            "canary_dry_run_verdicts_total{service=\"sentiment\",signal=\"latency_p95\",verdict=\"fail\"}"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_error_spike_in_dry_run_is_counted_not_rolled_back() {
+    let mut sim = Sim::new("dryspike", "dry_run = [\"error_spike\"]");
+    sim.run_until(100, |s| s.weight_bp() == 5000);
+    assert_eq!(sim.weight_bp(), 5000);
+    sim.canary.error_rate = 0.3;
+    sim.tick();
+    assert_eq!(sim.weight_bp(), 5000, "a dry-run spike changes nothing");
+    assert_eq!(sim.phase(), Phase::Stepping);
+    let text = metrics_text(&sim);
+    assert!(
+        text.contains(
+            "canary_dry_run_verdicts_total{service=\"sentiment\",signal=\"error_spike\",verdict=\"fail\"} 1"
+        ),
+        "{text}"
+    );
+    // The error rate itself is not in dry run: the judge rolls back at the next evaluation.
+    sim.run_until(30, |s| s.phase() == Phase::RolledBack);
+    assert_eq!(sim.phase(), Phase::RolledBack);
+    let d = sim
+        .c
+        .rollout("sentiment")
+        .unwrap()
+        .last_decision()
+        .unwrap()
+        .clone();
+    assert_eq!(d.reason.as_str(), "error_rate", "{d}");
+}
+
+/// Runs a healthy rollout to promotion, then a second one that is rolled back, with the
+/// notifier in place; returns the sim and the decisions it took that notify.
+fn notified_rollout(
+    name: &str,
+    notifier: crate::notify::Notifier,
+) -> (Sim, Vec<(String, f64, f64)>) {
+    let mut sim = Sim::new(name, "");
+    sim.c.set_notifier(notifier);
+    let seen = sim.run_until(200, |s| s.phase() == Phase::Promoted);
+    assert_eq!(seen, vec![0, 1000, 5000, 10_000]);
+    let reply = sim.c.on_operator(
+        sim.t * 1000,
+        sim.t * 1_000_000_000,
+        None,
+        &OperatorCommand::Start,
+    );
+    assert!(reply.ok, "{}", reply.message);
+    sim.canary.latency_s = 0.25;
+    sim.run_until(200, |s| s.phase() == Phase::RolledBack);
+    assert_eq!(sim.phase(), Phase::RolledBack);
+    // Every decision, from the recorded history of both rollouts.
+    let store = crate::history::HistoryStore::new(&sim.store_dir);
+    let expected = store
+        .rollouts("sentiment")
+        .unwrap()
+        .into_iter()
+        .flat_map(|id| store.load("sentiment", id).unwrap().unwrap().decisions)
+        .filter(|d| matches!(d.action.as_str(), "start" | "step" | "promote" | "rollback"))
+        .map(|d| {
+            (
+                d.action.as_str().to_string(),
+                d.from.percent(),
+                d.to.percent(),
+            )
+        })
+        .collect();
+    (sim, expected)
+}
+
+#[test]
+fn every_decision_reaches_a_real_receiver_once_in_order_and_a_dead_one_changes_nothing() {
+    use crate::notify::tests::{dead_url, sink, Receiver};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let receiver = rt.block_on(Receiver::start(0));
+    let metrics = Metrics::new().unwrap();
+    let notifier = crate::notify::start(&[sink(&receiver.url)], "lb-1".into(), &metrics).unwrap();
+    let (live, expected) = notified_rollout("notify-live", notifier);
+    // Start, 10, 50, promote; start, 10, rollback (the operator's start is a decision like
+    // the others).
+    assert!(expected.len() >= 6, "{expected:?}");
+    receiver.wait_for(expected.len(), std::time::Duration::from_secs(20));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let got_all = receiver.events();
+    let arrived: Vec<(String, f64, f64)> = got_all
+        .iter()
+        .filter(|e| e.event.as_str() != "hold" && e.event.as_str() != "metrics_missing")
+        .map(|e| (e.action.clone(), e.from_percent, e.to_percent))
+        .collect();
+    // Including the first start, taken in Controller::new before set_notifier.
+    assert_eq!(arrived, expected, "every decision once, in order");
+    let rollback = got_all.iter().find(|e| e.action == "rollback").unwrap();
+    assert_eq!(rollback.service, "sentiment");
+    assert_eq!(rollback.node, "lb-1");
+    assert!(rollback.reason.starts_with("latency"), "{rollback:?}");
+    assert!(rollback.signals.iter().any(|s| s.verdict == "fail"));
+    assert!(rollback.text.contains("rollback"), "{}", rollback.text);
+
+    // The same rollouts with nobody listening: the same decisions at the same times, and
+    // only the drop counter moves.
+    let dead_metrics = Metrics::new().unwrap();
+    let notifier = crate::notify::start(
+        &[crate::notify::NotifyConfig {
+            retries: 0,
+            ..sink(&dead_url())
+        }],
+        "lb-1".into(),
+        &dead_metrics,
+    )
+    .unwrap();
+    let (dead, dead_expected) = notified_rollout("notify-dead", notifier);
+    assert_eq!(dead_expected, expected);
+    assert_eq!(dead.t, live.t, "same timing");
+    let events = |s: &Sim| {
+        let st = s.c.status.read().unwrap().clone();
+        st.services[0]
+            .events
+            .iter()
+            .map(|d| (d.at_ms, d.action, d.to))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(events(&dead), events(&live));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let dropped = || {
+        dead_metrics
+            .notify_dropped
+            .with_label_values(&["chat", "failed"])
+            .get()
+    };
+    while dropped() < got_all.len() as u64 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(dropped(), got_all.len() as u64);
+}
+
+#[test]
+fn a_stale_heartbeat_is_notified_as_the_dead_man_switch() {
+    use crate::notify::tests::{sink, Receiver};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let receiver = rt.block_on(Receiver::start(0));
+    let metrics = Metrics::new().unwrap();
+    let notifier = crate::notify::start(&[sink(&receiver.url)], String::new(), &metrics).unwrap();
+    let mut sim = Sim::new("deadman", "");
+    sim.c.set_notifier(notifier);
+    sim.run_until(100, |s| s.weight_bp() == 1000);
+    let before = receiver
+        .wait_for(1, std::time::Duration::from_secs(5))
+        .len();
+    // The daemon was away for 40 s (heartbeat_timeout is 30 s).
+    sim.t += 40;
+    sim.tick();
+    let got = receiver.wait_for(before + 1, std::time::Duration::from_secs(20));
+    let deadman: Vec<_> = got.iter().filter(|e| e.action == "deadman").collect();
+    assert_eq!(deadman.len(), 1, "{got:?}");
+    assert!(deadman[0].text.contains("dead-man"), "{}", deadman[0].text);
+    // An ordinary poll interval is not one.
+    sim.tick();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        receiver
+            .events()
+            .iter()
+            .filter(|e| e.action == "deadman")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn a_rollout_is_recorded_across_a_restart_and_drawn_with_every_series() {
+    use crate::history::{render, HistoryStore};
+    let mut sim = Sim::new("history", "");
+    sim.canary.latency_s = 0.25;
+    sim.run_until(100, |s| s.weight_bp() == 1000);
+    sim.run_until(5, |_| false);
+    let dir = sim.store_dir.clone();
+    let store = HistoryStore::new(&dir);
+    let id = sim.c.rollout("sentiment").unwrap().started_at_ms();
+    let t = sim.t;
+    // A restart: the history continues in the same file.
+    let dp = std::mem::take(sim.c.dataplane_mut());
+    sim.store_dir = std::env::temp_dir().join("canary-ctl-unused");
+    drop(sim);
+    let saved = store
+        .load("sentiment", id)
+        .unwrap()
+        .expect("saved before the restart");
+    assert!(!saved.samples.is_empty() && !saved.decisions.is_empty());
+    let mut again = Sim::with_store(dir, dp, true, "");
+    again.t = t;
+    again.canary.latency_s = 0.25;
+    again.run_until(200, |s| s.phase() == Phase::RolledBack);
+    assert_eq!(again.phase(), Phase::RolledBack);
+    assert_eq!(store.rollouts("sentiment").unwrap(), vec![id]);
+    let h = store.load("sentiment", id).unwrap().unwrap();
+    assert!(
+        h.samples.len() > saved.samples.len(),
+        "samples before and after the restart"
+    );
+    assert_eq!(h.samples[0], saved.samples[0]);
+    let actions: Vec<&str> = h.decisions.iter().map(|d| d.action.as_str()).collect();
+    assert_eq!(actions.first(), Some(&"start"), "{actions:?}");
+    assert_eq!(actions.last(), Some(&"rollback"), "{actions:?}");
+    assert!(h
+        .samples
+        .iter()
+        .any(|s| (s.weight_percent - 10.0).abs() < 1e-9));
+    assert!(h
+        .samples
+        .iter()
+        .any(|s| s.canary.latency_p95_ms.is_some_and(|p| p > 200.0)));
+    let svg = render::svg(&h).unwrap();
+    for name in render::SERIES {
+        assert!(svg.contains(name), "series {name:?} missing");
+    }
+    assert!(
+        svg.contains("rollback 0% (latency_"),
+        "the rollback is marked with its reason"
+    );
+    assert!(svg.contains("canary positive %"));
+}
+
 /// Every field of the `CONFIG` entry is written at start from `[dataplane]` and the interface's
 /// MAC, over whatever an earlier run or another version left in the (pinned) map; benchmark
 /// flags stay.

@@ -101,6 +101,20 @@ impl Signal {
         }
     }
 
+    /// The signals that can roll back or hold a rollout, so can be put in `dry_run`.
+    pub const DECIDING: [Signal; 5] = [
+        Signal::ErrorRate,
+        Signal::LatencyMean,
+        Signal::LatencyP95,
+        Signal::Predictions,
+        Signal::ErrorSpike,
+    ];
+
+    /// A deciding signal by its name (as in `dry_run`).
+    pub fn deciding(name: &str) -> Option<Signal> {
+        Signal::DECIDING.into_iter().find(|s| s.as_str() == name)
+    }
+
     pub(super) fn reason(self) -> Reason {
         match self {
             Signal::ErrorRate => Reason::ErrorRate,
@@ -201,6 +215,9 @@ pub struct SignalReport {
     pub verdict: SignalVerdict,
     /// Anything else worth saying, in words.
     pub note: String,
+    /// Judged and reported, but never holds or rolls back (`dry_run` in the rollout config).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 pub(super) fn finite(v: f64) -> Option<f64> {
@@ -230,6 +247,7 @@ impl SignalReport {
             threshold,
             verdict: SignalVerdict::Inconclusive,
             note: String::new(),
+            dry_run: false,
         }
     }
 }
@@ -270,6 +288,9 @@ impl fmt::Display for SignalReport {
         write!(f, "; threshold {}", u.show(self.threshold))?;
         if !self.note.is_empty() {
             write!(f, "; {}", self.note)?;
+        }
+        if self.dry_run {
+            f.write_str("; dry run: never holds or rolls back")?;
         }
         Ok(())
     }

@@ -200,4 +200,7 @@ pub struct Output {
     /// Send warm-up requests to the canary backends, then report [`Event::WarmupDone`].
     pub warm_up: bool,
     pub decision: Option<Decision>,
+    /// Dry-run checks that failed outside an evaluation (the per-poll error spike): reported,
+    /// nothing else.
+    pub dry_run_failures: Vec<crate::judge::SignalReport>,
 }

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{RolloutConfig, UpstreamConfig};
 use crate::domain::{MissingPolicy, RollbackMode, StartMode, Weight};
-use crate::judge::{self, FlowCounts, JudgeInput, Judgement, Reason, SignalVerdict, Verdict};
+use crate::judge::{
+    self, FlowCounts, JudgeInput, Judgement, Reason, Signal, SignalVerdict, Verdict,
+};
 use crate::upstream::Window;
 
 mod decision;
@@ -270,6 +272,7 @@ impl Rollout {
             reset_epoch: false,
             warm_up: false,
             decision,
+            dry_run_failures: Vec::new(),
         }
     }
 
@@ -523,8 +526,16 @@ impl Rollout {
         }
         // The spike check runs even while paused: it guards against a canary that fails
         // outright, which no operator means to keep serving.
-        if let Some(report) = judge::error_spike(&poll.canary, &cfg.thresholds) {
-            if report.verdict == SignalVerdict::Fail {
+        if let Some(mut report) = judge::error_spike(&poll.canary, &cfg.thresholds) {
+            if cfg.dry_run.contains(&Signal::ErrorSpike) {
+                report.dry_run = true;
+                if report.verdict == SignalVerdict::Fail {
+                    return Output {
+                        dry_run_failures: vec![report],
+                        ..self.output(None)
+                    };
+                }
+            } else if report.verdict == SignalVerdict::Fail {
                 let message = format!("error spike: {}", report.note);
                 let judgement = Judgement {
                     verdict: Verdict::Rollback,
