@@ -31,16 +31,7 @@ impl Lab {
 
     /// Run `argv` in `netns` to completion; fails on a non-zero exit. Returns stdout.
     pub fn exec_in<S: AsRef<OsStr>>(&self, netns: &str, argv: &[S]) -> Result<String, LabError> {
-        let out = self.output_in(netns, argv)?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(LabError::Command {
-                command: describe_argv(netns, argv),
-                status: out.status.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            })
-        }
+        cmd::stdout_of(describe_argv(netns, argv), &self.output_in(netns, argv)?)
     }
 
     /// Run `argv` in `netns` to completion, whatever its exit status.
