@@ -95,6 +95,8 @@ pub struct Config {
     pub dataplane: DataplaneConfig,
     pub admin: AdminConfig,
     pub services: Vec<ServiceConfig>,
+    /// `[cluster]`: where rollout decisions live (one node and `state_dir`, or etcd).
+    pub cluster: crate::cluster::config::ClusterConfig,
 }
 
 /// `[dataplane]`

@@ -15,6 +15,12 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     #[serde(default)]
     pub services: Vec<RawService>,
+    #[serde(default, skip_serializing_if = "is_default_cluster")]
+    pub cluster: crate::cluster::config::RawCluster,
+}
+
+fn is_default_cluster(c: &crate::cluster::config::RawCluster) -> bool {
+    *c == crate::cluster::config::RawCluster::default()
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -207,7 +213,19 @@ impl Default for RawUpstream {
 // Known keys per table, for the unknown-key pass. Kept next to the raw structs; the test
 // `every_documented_key_is_accepted` fails if the two drift apart.
 
-pub(super) const ROOT_KEYS: &[&str] = &["dataplane", "admin", "services"];
+pub(super) const ROOT_KEYS: &[&str] = &["dataplane", "admin", "services", "cluster"];
+pub(super) const CLUSTER_KEYS: &[&str] = &[
+    "store",
+    "etcd_endpoints",
+    "node_name",
+    "prefix",
+    "lease_ttl",
+    "ca_file",
+    "cert_file",
+    "key_file",
+    "user",
+    "password_file",
+];
 pub(super) const DATAPLANE_KEYS: &[&str] = &[
     "interface",
     "xdp_mode",
@@ -327,6 +345,9 @@ pub(super) fn strip_all_unknown(root: &mut toml::Table, problems: &mut Vec<Probl
     }
     if let Some(t) = sub_table(root, "admin") {
         strip_unknown(t, ADMIN_KEYS, "admin", problems);
+    }
+    if let Some(t) = sub_table(root, "cluster") {
+        strip_unknown(t, CLUSTER_KEYS, "cluster", problems);
     }
     let Some(services) = root.get_mut("services").and_then(toml::Value::as_array_mut) else {
         return;

@@ -14,6 +14,9 @@ state_dir = "/var/lib/canary"
 bpffs = "/sys/fs/bpf/canary"
 hash_seed = 1667329633
 
+[cluster]
+store = "local"
+
 [admin]
 listen = "127.0.0.1:9100"
 token_file = ""
