@@ -445,7 +445,7 @@ fn ask_leader(
             return;
         }
     };
-    let answer = link.ask(service.clone(), verb, Duration::from_secs(10));
+    let answer = link.ask(service.clone(), verb, Duration::from_secs(8));
     let node = link.node().to_string();
     tokio::spawn(async move {
         let reply = match answer.await {

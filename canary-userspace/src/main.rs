@@ -263,6 +263,9 @@ async fn dispatch(cli: Cli) -> Result<()> {
                     print!("{}", render::service(s));
                 }
             }
+            if let (false, Some(cluster)) = (json, &status.cluster) {
+                print!("{}", render::cluster(cluster));
+            }
             Ok(())
         }
         Command::Start { target } => verb(&target, OperatorCommand::Start).await,
