@@ -310,9 +310,7 @@ impl ClusterDeployment {
                 Ok(s) => {
                     last = format!(
                         "phase {} weight {} cluster {}",
-                        s["services"][0]["phase"],
-                        s["services"][0]["weight_percent"],
-                        s["cluster"]
+                        s["services"][0]["phase"], s["services"][0]["weight_percent"], s["cluster"]
                     );
                 }
                 Err(e) => last = e.to_string(),
@@ -346,7 +344,11 @@ impl ClusterDeployment {
         ));
         spec.duration = duration;
         spec.new_conns = new_conns;
-        spec.sources = client.source_addresses().into_iter().map(IpAddr::V4).collect();
+        spec.sources = client
+            .source_addresses()
+            .into_iter()
+            .map(IpAddr::V4)
+            .collect();
         spec
     }
 

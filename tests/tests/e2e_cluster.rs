@@ -2,11 +2,14 @@
 //! traffic through the VIP, real XDP programs on every node, every test with 0 failed requests.
 
 use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use canary_lab::cluster::ClusterDeployment;
 use canary_lab::deployment::{metric_value, DeploymentSpec};
-use canary_lab::lab::{LabProcess, LabSpec};
+use canary_lab::lab::LabSpec;
 use canary_lab::loadgen::Report;
 use serde_json::Value;
 
@@ -54,20 +57,92 @@ fn wait_leader(d: &ClusterDeployment, nodes: &[usize], timeout: Duration) -> Str
     }
 }
 
-/// Load through the VIP in the background (new connection per request) for `duration`.
-fn background_load(d: &ClusterDeployment, duration: Duration) -> LabProcess {
-    let mut spec = d.vip_load(&d.lab.clients()[0], 6, duration);
-    spec.interval = Duration::from_millis(20);
-    d.spawn_load(0, &spec).expect("load starts")
+/// Load through the VIP (a new connection per request) in back-to-back runs of a few seconds,
+/// until stopped: as long as the condition a test waits on takes.
+struct LoadLoop {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Report>>,
 }
 
-fn finish_load(d: &ClusterDeployment, load: LabProcess, what: &str) -> Report {
+impl LoadLoop {
+    fn start(d: &ClusterDeployment) -> Self {
+        let client = &d.lab.clients()[0];
+        let mut spec = d.vip_load(client, 6, Duration::from_secs(3));
+        spec.interval = Duration::from_millis(20);
+        let netns = client.netns.clone();
+        let bin = d.loadgen_bin.clone();
+        let args = spec.to_args();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut reports = Vec::new();
+            while !stopping.load(Ordering::Relaxed) {
+                let out = Command::new("ip")
+                    .args(["netns", "exec", &netns])
+                    .arg(&bin)
+                    .args(&args)
+                    .output()
+                    .expect("canary-loadgen runs");
+                let text = String::from_utf8_lossy(&out.stdout);
+                let line = text
+                    .lines()
+                    .rev()
+                    .find(|l| l.starts_with('{'))
+                    .unwrap_or("");
+                let report: Report = serde_json::from_str(line).unwrap_or_else(|e| {
+                    panic!(
+                        "canary-loadgen report: {e}: {text} {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    )
+                });
+                reports.push(report);
+            }
+            reports
+        });
+        LoadLoop { stop, thread }
+    }
+
+    /// Stops after the current run; asserts that every request was answered.
+    fn finish(self, what: &str) -> Report {
+        self.stop.store(true, Ordering::Relaxed);
+        let reports = self.thread.join().expect("load thread");
+        let mut total = reports[0].clone();
+        for r in &reports[1..] {
+            total.requests += r.requests;
+            total.ok += r.ok;
+            total.failed += r.failed;
+            for (v, n) in &r.versions {
+                *total.versions.entry(v.clone()).or_insert(0) += n;
+            }
+        }
+        for r in &reports {
+            if r.failed > 0 {
+                println!("failures {:?}: {:?}", r.failures, r.failure_samples);
+            }
+        }
+        println!(
+            "{what}: {} requests, {} ok, {} failed; versions {:?}",
+            total.requests, total.ok, total.failed, total.versions
+        );
+        assert!(total.ok > 0, "{what}: no request answered");
+        assert_eq!(total.failed, 0, "{what}: failed requests");
+        total
+    }
+}
+
+/// One run of load through the VIP; asserts that every request was answered.
+fn load_once(d: &ClusterDeployment, duration: Duration, what: &str) -> Report {
+    let mut spec = d.vip_load(&d.lab.clients()[0], 6, duration);
+    spec.interval = Duration::from_millis(20);
     let r = d
-        .wait_load(load, Duration::from_mins(3))
+        .wait_load(
+            d.spawn_load(0, &spec).expect("load starts"),
+            Duration::from_mins(2),
+        )
         .expect("load report");
     println!(
-        "{what}: {} requests, {} ok, {} failed {:?}; versions {:?}",
-        r.requests, r.ok, r.failed, r.failures, r.versions
+        "{what}: {} requests, {} ok, {} failed {:?}",
+        r.requests, r.ok, r.failed, r.failures
     );
     assert!(r.ok > 0, "{what}: no request answered");
     assert_eq!(r.failed, 0, "{what}: failed requests {:?}", r.failures);
@@ -76,7 +151,9 @@ fn finish_load(d: &ClusterDeployment, load: LabProcess, what: &str) -> Report {
 
 /// Cumulative new flows per node (summed over backends) and per group prefix.
 fn flows_by_node(d: &ClusterDeployment) -> Vec<BTreeMap<String, u64>> {
-    (0..d.nodes.len()).map(|i| d.node_backend_flows(i)).collect()
+    (0..d.nodes.len())
+        .map(|i| d.node_backend_flows(i))
+        .collect()
 }
 
 fn group(flows: &BTreeMap<String, u64>, prefix: &str) -> u64 {
@@ -87,13 +164,15 @@ fn group(flows: &BTreeMap<String, u64>, prefix: &str) -> u64 {
         .sum()
 }
 
+/// The weights each step and promotion moved to, in order.
 fn promote_targets(s: &Value) -> Vec<f64> {
     service(s)["events"]
         .as_array()
         .map(|es| {
             es.iter()
-                .filter(|e| e["action"] == "promote")
-                .filter_map(|e| e["to"].as_f64())
+                .filter(|e| e["action"] == "step" || e["action"] == "promote")
+                // Weights are basis points in the decision log.
+                .filter_map(|e| e["to"].as_f64().map(|bp| bp / 100.0))
                 .collect()
         })
         .unwrap_or_default()
@@ -108,7 +187,7 @@ fn promotion_across_three_nodes_applied_by_every_node_within_a_poll() {
     d.start_all().expect("three nodes start");
     let leader = wait_leader(&d, &[0, 1, 2], Duration::from_secs(20));
     println!("leader {leader}");
-    let load = background_load(&d, Duration::from_secs(45));
+    let load = LoadLoop::start(&d);
 
     // Every node's weight, sampled: when each node first showed each weight.
     let mut first_seen: BTreeMap<u64, Vec<Option<Instant>>> = BTreeMap::new();
@@ -133,7 +212,7 @@ fn promotion_across_three_nodes_applied_by_every_node_within_a_poll() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let report = finish_load(&d, load, "during the promotion");
+    let report = load.finish("during the promotion");
     for (w, seen) in &first_seen {
         let times: Vec<Instant> = seen.iter().flatten().copied().collect();
         if times.len() < 3 {
@@ -141,7 +220,10 @@ fn promotion_across_three_nodes_applied_by_every_node_within_a_poll() {
             continue;
         }
         let spread = *times.iter().max().unwrap() - *times.iter().min().unwrap();
-        println!("weight {}%: applied on every node within {spread:?}", *w as f64 / 100.0);
+        println!(
+            "weight {}%: applied on every node within {spread:?}",
+            *w as f64 / 100.0
+        );
         assert!(
             spread <= Duration::from_millis(1500),
             "weight {w} bp reached the nodes {spread:?} apart (poll interval 1 s)"
@@ -153,29 +235,38 @@ fn promotion_across_three_nodes_applied_by_every_node_within_a_poll() {
         versions.iter().all(|v| v.is_some() && *v == versions[0]),
         "every node applied the same document: {versions:?}"
     );
-    assert_eq!(promote_targets(&statuses[0]), vec![50.0, 100.0]);
+    assert_eq!(promote_targets(&statuses[0]), vec![10.0, 50.0, 100.0]);
     // Traffic really spread over the three nodes, and the leader sums their counters.
     let flows = flows_by_node(&d);
     for (i, f) in flows.iter().enumerate() {
         let total = group(f, "s") + group(f, "k");
-        assert!(total > 0, "node {} forwarded no flow: {flows:?}", d.nodes[i].name);
+        assert!(
+            total > 0,
+            "node {} forwarded no flow: {flows:?}",
+            d.nodes[i].name
+        );
     }
     let li = d.index_of(&leader).unwrap();
     let cluster = &statuses[li]["cluster"];
-    println!("{}", String::from_utf8_lossy(&d.cli(li, &["status"]).unwrap().stdout));
+    println!(
+        "{}",
+        String::from_utf8_lossy(&d.cli(li, &["status"]).unwrap().stdout)
+    );
     let nodes = cluster["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 3, "{cluster}");
     for n in nodes {
         assert_eq!(n["alive"], true, "{n}");
         assert!(n["flow_table_entries"].as_u64().unwrap() > 0, "{n}");
-        assert_eq!(n["applied_versions"]["sentiment"].as_u64(), versions[0], "{n}");
+        assert_eq!(
+            n["applied_versions"]["sentiment"].as_u64(),
+            versions[0],
+            "{n}"
+        );
     }
     // At 100 % the summed split is all canary: new flows after the promotion go to canary on
     // every node.
     let before = flows_by_node(&d);
-    let mut spec = d.vip_load(&d.lab.clients()[0], 6, Duration::from_secs(4));
-    spec.interval = Duration::from_millis(20);
-    let after_load = finish_load(&d, d.spawn_load(0, &spec).unwrap(), "after the promotion");
+    let after_load = load_once(&d, Duration::from_secs(4), "after the promotion");
     std::thread::sleep(Duration::from_millis(300));
     let after = flows_by_node(&d);
     let (mut stable, mut canary) = (0, 0);
@@ -199,7 +290,7 @@ fn leader_killed_mid_rollout_another_node_resumes_at_the_same_step() {
     let leader = wait_leader(&d, &[0, 1, 2], Duration::from_secs(20));
     let li = d.index_of(&leader).unwrap();
     let others: Vec<usize> = (0..3).filter(|&i| i != li).collect();
-    let load = background_load(&d, Duration::from_secs(60));
+    let load = LoadLoop::start(&d);
     let at_25 = d
         .wait_for(li, "weight 25 %", Duration::from_secs(40), |s| {
             weight(s) >= 25.0
@@ -217,7 +308,10 @@ fn leader_killed_mid_rollout_another_node_resumes_at_the_same_step() {
                     break l.clone();
                 }
             }
-            assert!(start.elapsed() < Duration::from_secs(20), "no new leader: {seen:?}");
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no new leader: {seen:?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     };
@@ -239,12 +333,12 @@ fn leader_killed_mid_rollout_another_node_resumes_at_the_same_step() {
             service(s)["phase"] == "promoted"
         })
         .expect("the new leader finishes the rollout");
-    finish_load(&d, load, "through the leader's death");
+    load.finish("through the leader's death");
     let targets = promote_targets(&done);
     println!("promote decisions: {targets:?}");
     assert_eq!(
         targets,
-        vec![25.0, 50.0, 75.0, 100.0],
+        vec![10.0, 25.0, 50.0, 75.0, 100.0],
         "no step repeated or skipped"
     );
 }
@@ -260,11 +354,14 @@ fn same_flow_gets_the_same_group_and_backend_on_every_node() {
     let li = d.index_of(&leader).unwrap();
     let asked = (li + 1) % 3;
     let out = d.cli(asked, &["set-weight", "40"]).unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     println!("set-weight on {}: {text}", d.nodes[asked].name);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains(&format!("decided by node {leader}")), "{text}");
+    assert!(
+        text.contains(&format!("decided by node {leader}")),
+        "{text}"
+    );
     for i in 0..3 {
         d.wait_for(i, "weight 40 %", Duration::from_secs(10), |s| {
             (weight(s) - 40.0).abs() < 1e-9
@@ -278,7 +375,11 @@ fn same_flow_gets_the_same_group_and_backend_on_every_node() {
         let answers: Vec<String> = (0..3)
             .map(|i| {
                 let out = d.cli(i, &["route", "--src", &src, "--dst", &vip]).unwrap();
-                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 String::from_utf8_lossy(&out.stdout).trim().to_string()
             })
             .collect();
@@ -296,12 +397,11 @@ fn same_flow_gets_the_same_group_and_backend_on_every_node() {
         *groups.entry(group).or_insert(0) += 1;
     }
     println!("40 flows, same answer on every node: {groups:?}");
-    assert!(groups.len() == 2, "both groups are picked at 40 %: {groups:?}");
-    let r = finish_load(
-        &d,
-        background_load(&d, Duration::from_secs(3)),
-        "at 40 % on every node",
+    assert!(
+        groups.len() == 2,
+        "both groups are picked at 40 %: {groups:?}"
     );
+    let r = load_once(&d, Duration::from_secs(3), "at 40 % on every node");
     assert!(r.versions.len() == 2, "{:?}", r.versions);
 }
 
@@ -321,9 +421,13 @@ fn node_with_a_different_config_refuses_the_document_and_keeps_its_weight() {
     );
     d.write_config(2, &text).unwrap();
     d.start_node(2).expect("node lb2 starts (and refuses)");
-    let load = background_load(&d, Duration::from_secs(8));
+    let load = LoadLoop::start(&d);
     let out = d.cli(0, &["set-weight", "30"]).unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     d.wait_for(1, "weight 30 % on lb1", Duration::from_secs(10), |s| {
         (weight(s) - 30.0).abs() < 1e-9
     })
@@ -333,23 +437,37 @@ fn node_with_a_different_config_refuses_the_document_and_keeps_its_weight() {
             service(s)["cluster"]["refused"].as_str().is_some()
         })
         .unwrap();
-    let why = service(&s)["cluster"]["refused"].as_str().unwrap().to_string();
+    let why = service(&s)["cluster"]["refused"]
+        .as_str()
+        .unwrap()
+        .to_string();
     println!("lb2: {why}");
     assert!(why.contains("hash_seed 12345 here"), "{why}");
     assert!(why.contains("the last applied weight stays"), "{why}");
     assert_eq!(weight(&s), 0.0, "lb2 keeps its last weight");
     let metrics = d.metrics(2).unwrap();
     assert_eq!(
-        metric_value(&metrics, "canary_cluster_config_mismatch", &[("service", "sentiment")]),
+        metric_value(
+            &metrics,
+            "canary_cluster_config_mismatch",
+            &[("service", "sentiment")]
+        ),
         Some(1.0)
     );
-    assert!(d.log(2).contains("hash_seed 12345 here"), "the log says why");
+    assert!(
+        d.log(2).contains("hash_seed 12345 here"),
+        "the log says why"
+    );
     let others = d.metrics(0).unwrap();
     assert_eq!(
-        metric_value(&others, "canary_cluster_config_mismatch", &[("service", "sentiment")]),
+        metric_value(
+            &others,
+            "canary_cluster_config_mismatch",
+            &[("service", "sentiment")]
+        ),
         Some(0.0)
     );
-    finish_load(&d, load, "with one node refusing");
+    load.finish("with one node refusing");
 }
 
 #[test]
@@ -362,17 +480,22 @@ fn etcd_stopped_rollout_holds_forwarding_continues_then_resumes() {
     d.start_all().expect("three nodes start");
     let leader = wait_leader(&d, &[0, 1, 2], Duration::from_secs(20));
     let li = d.index_of(&leader).unwrap();
-    let load = background_load(&d, Duration::from_secs(45));
-    d.wait_for(li, "weight 25 %", Duration::from_secs(40), |s| weight(s) >= 25.0)
-        .unwrap();
+    let load = LoadLoop::start(&d);
+    d.wait_for(li, "weight 25 %", Duration::from_secs(40), |s| {
+        weight(s) >= 25.0
+    })
+    .unwrap();
     d.etcd.stop();
     let stopped = Instant::now();
     let mut held = Vec::new();
     for i in 0..3 {
         let s = d
-            .wait_for(i, "etcd reported unreachable", Duration::from_secs(10), |s| {
-                s["cluster"]["store_problem"].is_string()
-            })
+            .wait_for(
+                i,
+                "etcd reported unreachable",
+                Duration::from_secs(10),
+                |s| s["cluster"]["store_problem"].is_string(),
+            )
             .unwrap();
         println!("{}: {}", d.nodes[i].name, s["cluster"]["store_problem"]);
         held.push(weight(&s));
@@ -381,7 +504,12 @@ fn etcd_stopped_rollout_holds_forwarding_continues_then_resumes() {
     std::thread::sleep(Duration::from_secs(5).saturating_sub(stopped.elapsed()));
     for i in 0..3 {
         let s = d.status(i).unwrap();
-        assert_eq!(weight(&s), held[i], "node {} moved while etcd was down", d.nodes[i].name);
+        assert_eq!(
+            weight(&s),
+            held[i],
+            "node {} moved while etcd was down",
+            d.nodes[i].name
+        );
         assert!(s["cluster"]["store_problem"].is_string());
     }
     // Past heartbeat_timeout without etcd: new flows go to stable only, on every node.
@@ -405,7 +533,10 @@ fn etcd_stopped_rollout_holds_forwarding_continues_then_resumes() {
         .sum();
     println!("dead-man: {stable} new flows to stable, {canary} to canary");
     assert!(stable > 0);
-    assert_eq!(canary, 0, "new flows went to canary with etcd gone past heartbeat_timeout");
+    assert_eq!(
+        canary, 0,
+        "new flows went to canary with etcd gone past heartbeat_timeout"
+    );
     d.etcd.restart().expect("etcd restarts");
     for i in 0..3 {
         d.wait_for(i, "etcd reachable again", Duration::from_secs(20), |s| {
@@ -415,11 +546,14 @@ fn etcd_stopped_rollout_holds_forwarding_continues_then_resumes() {
     }
     let l = wait_leader(&d, &[0, 1, 2], Duration::from_secs(20));
     let li = d.index_of(&l).unwrap();
-    d.wait_for(li, "promotion after etcd returned", Duration::from_secs(60), |s| {
-        service(s)["phase"] == "promoted"
-    })
+    d.wait_for(
+        li,
+        "promotion after etcd returned",
+        Duration::from_secs(60),
+        |s| service(s)["phase"] == "promoted",
+    )
     .unwrap();
-    finish_load(&d, load, "through the etcd outage");
+    load.finish("through the etcd outage");
 }
 
 #[test]
@@ -432,9 +566,11 @@ fn frozen_leader_past_its_lease_writes_no_decision_after_it_resumes() {
     let leader = wait_leader(&d, &[0, 1, 2], Duration::from_secs(20));
     let li = d.index_of(&leader).unwrap();
     let others: Vec<usize> = (0..3).filter(|&i| i != li).collect();
-    let load = background_load(&d, Duration::from_secs(30));
-    d.wait_for(li, "stepping", Duration::from_secs(30), |s| weight(s) >= 20.0)
-        .unwrap();
+    let load = LoadLoop::start(&d);
+    d.wait_for(li, "stepping", Duration::from_secs(30), |s| {
+        weight(s) >= 20.0
+    })
+    .unwrap();
     d.freeze_node(li, true);
     let frozen = Instant::now();
     let start = Instant::now();
@@ -455,8 +591,16 @@ fn frozen_leader_past_its_lease_writes_no_decision_after_it_resumes() {
     while Instant::now() < watch_until {
         for &i in &others {
             let s = d.status(i).unwrap();
-            let by = service(&s)["cluster"]["decided_by"].as_str().unwrap_or("").to_string();
-            assert_ne!(by, leader, "the deposed leader's decision was applied: {}", service(&s));
+            let by = service(&s)["cluster"]["decided_by"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            assert_ne!(
+                by,
+                leader,
+                "the deposed leader's decision was applied: {}",
+                service(&s)
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -467,7 +611,7 @@ fn frozen_leader_past_its_lease_writes_no_decision_after_it_resumes() {
         })
         .unwrap();
     assert_eq!(service(&s)["cluster"]["decided_by"], new_leader.as_str());
-    finish_load(&d, load, "through the freeze");
+    load.finish("through the freeze");
 }
 
 #[test]
@@ -480,9 +624,11 @@ fn restarted_node_applies_the_current_document_before_it_takes_traffic() {
     let leader = wait_leader(&d, &[0, 1, 2], Duration::from_secs(20));
     let li = d.index_of(&leader).unwrap();
     let follower = (li + 1) % 3;
-    let load = background_load(&d, Duration::from_secs(30));
-    d.wait_for(li, "weight 25 %", Duration::from_secs(40), |s| weight(s) >= 25.0)
-        .unwrap();
+    let load = LoadLoop::start(&d);
+    d.wait_for(li, "weight 25 %", Duration::from_secs(40), |s| {
+        weight(s) >= 25.0
+    })
+    .unwrap();
     // Out of the multipath route, then killed.
     let keep: Vec<&str> = d
         .nodes
@@ -506,9 +652,15 @@ fn restarted_node_applies_the_current_document_before_it_takes_traffic() {
         applied_version(&l),
         weight(&l)
     );
-    assert!(applied_version(&s).is_some(), "ready only once a document is applied");
+    assert!(
+        applied_version(&s).is_some(),
+        "ready only once a document is applied"
+    );
     if applied_version(&s) == applied_version(&l) {
-        assert!((weight(&s) - weight(&l)).abs() < 1e-9, "same document, same weight");
+        assert!(
+            (weight(&s) - weight(&l)).abs() < 1e-9,
+            "same document, same weight"
+        );
     } else {
         // The leader stepped between the two reads: the rejoined node follows within a poll.
         d.wait_for(follower, "the next document", Duration::from_secs(3), |s| {
@@ -526,5 +678,5 @@ fn restarted_node_applies_the_current_document_before_it_takes_traffic() {
         (weight(s) - 100.0).abs() < 1e-9
     })
     .unwrap();
-    finish_load(&d, load, "through the restart");
+    load.finish("through the restart");
 }

@@ -36,7 +36,7 @@ pub(crate) struct UpOptions {
     #[arg(long, default_value_t = 2)]
     pub clients: usize,
     /// Balancer namespaces; above 1 clients reach the VIP through an ECMP multipath route
-    /// over all of them (L4 hash) and an `etcd` namespace is added for cluster mode.
+    /// over all of them (L4 hash) and an etcd namespace (`kv`) is added for cluster mode.
     #[arg(long, default_value_t = 1)]
     pub balancers: usize,
     #[command(flatten)]

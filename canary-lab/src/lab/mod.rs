@@ -29,9 +29,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 pub use plan::{
-    LabPlan, LabSpec, MacAddr, Node, PeerXdp, Role, MAX_BACKENDS_PER_GROUP, MAX_BALANCERS, MAX_CLIENTS,
-    MAX_EXTRA_ADDRESSES, MAX_TAG_LEN, NAME_PREFIX, NETNS_IFNAME, PREFIX_LEN, SERVICE_PORT,
-    STATE_ROOT, VIP,
+    LabPlan, LabSpec, MacAddr, Node, PeerXdp, Role, MAX_BACKENDS_PER_GROUP, MAX_BALANCERS,
+    MAX_CLIENTS, MAX_EXTRA_ADDRESSES, MAX_TAG_LEN, NAME_PREFIX, NETNS_IFNAME, PREFIX_LEN,
+    SERVICE_PORT, STATE_ROOT, VIP,
 };
 pub use process::{LabProcess, ProcessRecord};
 

@@ -89,7 +89,7 @@ pub struct LabSpec {
     pub client_extra_addresses: usize,
     pub peer_xdp: PeerXdp,
     /// Balancer namespaces (with `load_balancer`). Above 1, clients reach the VIP through an
-    /// ECMP multipath route over all of them (L4 hash), and an `etcd` namespace is added.
+    /// ECMP multipath route over all of them (L4 hash), and an etcd namespace (`kv`) is added.
     pub balancers: usize,
 }
 
@@ -311,7 +311,7 @@ impl LabPlan {
                 Vec::new()
             },
             etcd: (spec.load_balancer && spec.balancers > 1)
-                .then(|| node(Role::Etcd, 0, "etcd".into(), ETCD_ADDRESS, 0)),
+                .then(|| node(Role::Etcd, 0, "kv".into(), ETCD_ADDRESS, 0)),
             clients: (0..spec.clients)
                 .map(|i| {
                     node(
@@ -378,6 +378,7 @@ mod tests {
             stable: MAX_BACKENDS_PER_GROUP,
             canary: MAX_BACKENDS_PER_GROUP,
             client_extra_addresses: MAX_EXTRA_ADDRESSES,
+            balancers: MAX_BALANCERS,
             ..LabSpec::default()
         };
         let plan = LabPlan::new(&spec).unwrap();
@@ -399,7 +400,7 @@ mod tests {
         }
         assert_eq!(
             plan.nodes().count(),
-            1 + MAX_CLIENTS + 2 * MAX_BACKENDS_PER_GROUP
+            MAX_BALANCERS + 1 + MAX_CLIENTS + 2 * MAX_BACKENDS_PER_GROUP
         );
         assert!(in_benchmark_range(plan.vip));
     }

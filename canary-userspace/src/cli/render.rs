@@ -94,7 +94,11 @@ pub(crate) fn cluster(c: &canary_userspace::api::ClusterStatus) -> String {
         "cluster: this node {}, leader {}{}",
         c.node,
         c.leader.as_deref().unwrap_or("none"),
-        if c.leading { " (this node decides)" } else { "" }
+        if c.leading {
+            " (this node decides)"
+        } else {
+            ""
+        }
     );
     match &c.store_problem {
         Some(why) => {
