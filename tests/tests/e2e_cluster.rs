@@ -568,7 +568,7 @@ fn frozen_leader_past_its_lease_writes_no_decision_after_it_resumes() {
     let others: Vec<usize> = (0..3).filter(|&i| i != li).collect();
     let load = LoadLoop::start(&d);
     d.wait_for(li, "stepping", Duration::from_secs(30), |s| {
-        weight(s) >= 20.0
+        service(s)["phase"] == "stepping"
     })
     .unwrap();
     d.freeze_node(li, true);
