@@ -169,7 +169,7 @@ impl ClusterDeployment {
         std::fs::write(&self.nodes[i].config_path, text).map_err(io("write config"))
     }
 
-    /// Starts node `i`'s daemon (SIGKILLed if one runs) and waits until it has probed every
+    /// Starts node `i`'s daemon (a running one is killed first) and waits until it has probed every
     /// backend and applied a rollout document (or refused one).
     pub fn start_node(&mut self, i: usize) -> Result<(), DeploymentError> {
         self.kill_node(i);

@@ -273,7 +273,7 @@ pub(crate) async fn run(options: RunOptions) -> Result<()> {
     }
     notify(sd_notify::NotifyState::Stopping);
     if let Some(link) = link {
-        link.stop().await;
+        Box::pin(link.stop()).await;
     }
     let _ = stop_tx.send(());
     let _ = server.await;

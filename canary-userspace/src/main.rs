@@ -229,7 +229,9 @@ fn validate(path: &Path) -> Result<()> {
 
 async fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run { config, bpf_object } => daemon::run(RunOptions { config, bpf_object }).await,
+        Command::Run { config, bpf_object } => {
+            Box::pin(daemon::run(RunOptions { config, bpf_object })).await
+        }
         Command::Validate { config } => validate(&config),
         Command::Init {
             metrics_urls,

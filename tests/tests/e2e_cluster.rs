@@ -414,11 +414,9 @@ fn node_with_a_different_config_refuses_the_document_and_keeps_its_weight() {
     d.start_node(1).expect("node lb1 starts");
     let leader = wait_leader(&d, &[0, 1], Duration::from_secs(20));
     println!("leader {leader}");
-    let text = d.config_for(2).replace("[admin]", "[admin]").replacen(
-        "[dataplane]",
-        "[dataplane]\nhash_seed = 12345",
-        1,
-    );
+    let text = d
+        .config_for(2)
+        .replacen("[dataplane]", "[dataplane]\nhash_seed = 12345", 1);
     d.write_config(2, &text).unwrap();
     d.start_node(2).expect("node lb2 starts (and refuses)");
     let load = LoadLoop::start(&d);
@@ -444,7 +442,7 @@ fn node_with_a_different_config_refuses_the_document_and_keeps_its_weight() {
     println!("lb2: {why}");
     assert!(why.contains("hash_seed 12345 here"), "{why}");
     assert!(why.contains("the last applied weight stays"), "{why}");
-    assert_eq!(weight(&s), 0.0, "lb2 keeps its last weight");
+    assert!(weight(&s).abs() < 1e-9, "lb2 keeps its last weight");
     let metrics = d.metrics(2).unwrap();
     assert_eq!(
         metric_value(
@@ -502,11 +500,10 @@ fn etcd_stopped_rollout_holds_forwarding_continues_then_resumes() {
     }
     // Longer than a step: nothing moves.
     std::thread::sleep(Duration::from_secs(5).saturating_sub(stopped.elapsed()));
-    for i in 0..3 {
+    for (i, held) in held.iter().enumerate() {
         let s = d.status(i).unwrap();
-        assert_eq!(
-            weight(&s),
-            held[i],
+        assert!(
+            (weight(&s) - held).abs() < 1e-9,
             "node {} moved while etcd was down",
             d.nodes[i].name
         );
@@ -549,7 +546,7 @@ fn etcd_stopped_rollout_holds_forwarding_continues_then_resumes() {
     d.wait_for(
         li,
         "promotion after etcd returned",
-        Duration::from_secs(60),
+        Duration::from_mins(1),
         |s| service(s)["phase"] == "promoted",
     )
     .unwrap();
@@ -670,7 +667,7 @@ fn restarted_node_applies_the_current_document_before_it_takes_traffic() {
     }
     let all: Vec<&str> = d.nodes.iter().map(|n| n.name.as_str()).collect();
     d.lab.route_vip_via(&all).unwrap();
-    d.wait_for(li, "promotion", Duration::from_secs(60), |s| {
+    d.wait_for(li, "promotion", Duration::from_mins(1), |s| {
         service(s)["phase"] == "promoted"
     })
     .unwrap();

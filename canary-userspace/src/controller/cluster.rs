@@ -128,11 +128,10 @@ impl<D: DataPlane> Controller<D> {
             return;
         };
         if side.store_problem != problem {
-            match &problem {
-                Some(why) => {
-                    tracing::warn!(node = %side.node, "etcd unreachable, the rollout holds and forwarding continues: {why}")
-                }
-                None => tracing::info!(node = %side.node, "etcd reachable again"),
+            if let Some(why) = &problem {
+                tracing::warn!(node = %side.node, "etcd unreachable, the rollout holds and forwarding continues: {why}");
+            } else {
+                tracing::info!(node = %side.node, "etcd reachable again");
             }
             side.store_problem = problem;
             self.refresh();
@@ -172,25 +171,22 @@ impl<D: DataPlane> Controller<D> {
                     rollout.validate().ok()?;
                     Some((rollout, d.reset_epoch))
                 });
-            let out = match stored {
-                Some((rollout, reset_epoch)) => {
-                    s.rollout = rollout;
-                    s.reset_count = reset_epoch;
-                    s.rollout.on_event(
-                        now_ms,
-                        Event::CanaryChanged {
-                            fingerprint: s.config.canary_fingerprint(),
-                        },
-                        &s.config.rollout,
-                        &s.config.upstream,
-                    )
-                }
-                None => {
-                    let (rollout, out) =
-                        Rollout::new(now_ms, s.config.canary_fingerprint(), &s.config.rollout);
-                    s.rollout = rollout;
-                    out
-                }
+            let out = if let Some((rollout, reset_epoch)) = stored {
+                s.rollout = rollout;
+                s.reset_count = reset_epoch;
+                s.rollout.on_event(
+                    now_ms,
+                    Event::CanaryChanged {
+                        fingerprint: s.config.canary_fingerprint(),
+                    },
+                    &s.config.rollout,
+                    &s.config.upstream,
+                )
+            } else {
+                let (rollout, out) =
+                    Rollout::new(now_ms, s.config.canary_fingerprint(), &s.config.rollout);
+                s.rollout = rollout;
+                out
             };
             self.apply_output(i, out, now_ns);
             self.persist(i);

@@ -10,6 +10,8 @@
 //! `reload`, and `/status` with the metrics in `report`.
 
 mod cluster;
+#[cfg(test)]
+mod cluster_tests;
 mod operator;
 mod reload;
 mod report;
@@ -154,7 +156,7 @@ impl<D: DataPlane> Controller<D> {
                 &state_path,
                 now_ms,
                 if clustered { None } else { pinned },
-            )?;
+            );
             if clustered {
                 service.applied = Some(store::Applied {
                     weight_bp: pinned.map_or(0, crate::domain::Weight::basis_points),

@@ -37,7 +37,7 @@ impl<D: DataPlane> Controller<D> {
             if self.service(&config.name).is_none() {
                 let stored = self.stored_rollout(&config.name)?;
                 let path = self.state_path(&config.name);
-                let (mut s, out) = Service::restore(config.clone(), stored, &path, now_ms, None)?;
+                let (mut s, out) = Service::restore(config.clone(), stored, &path, now_ms, None);
                 if self.store.cluster_side().is_some() {
                     s.applied = Some(super::store::Applied::default());
                 }

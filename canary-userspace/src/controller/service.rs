@@ -7,7 +7,6 @@ use std::time::Duration;
 use canary_common::{ServiceControl, ServiceStats};
 
 use super::store::Applied;
-use super::ControllerError;
 use crate::config::{BackendConfig, ServiceConfig};
 use crate::dataplane::{BackendSpec, ServiceSpec};
 use crate::domain::{Group, RollbackMode, Weight};
@@ -75,7 +74,7 @@ impl Service {
         state_path: &std::path::Path,
         now_ms: u64,
         pinned: Option<Weight>,
-    ) -> Result<(Service, Output), ControllerError> {
+    ) -> (Service, Output) {
         let fingerprint = config.canary_fingerprint();
         let (rollout, output) = match stored {
             None if pinned.is_some_and(|w| w > Weight::ZERO) && !fingerprint.is_empty() => {
@@ -112,7 +111,7 @@ impl Service {
                 service.events.push_back(d.clone());
             }
         }
-        Ok((service, output))
+        (service, output)
     }
 
     pub(super) fn name(&self) -> &str {

@@ -118,7 +118,7 @@ impl FakeBackend {
     }
 }
 
-fn config_text(extra_rollout: &str) -> String {
+pub(super) fn config_text(extra_rollout: &str) -> String {
     format!(
         r#"
 [dataplane]
