@@ -199,6 +199,11 @@ async fn verb(t: &Target, command: OperatorCommand) -> Result<()> {
 
 fn validate(path: &Path) -> Result<()> {
     let config = load_config(path)?;
+    let unreadable = canary_userspace::cluster::config::check_files(&config.cluster);
+    if !unreadable.is_empty() {
+        let lines: Vec<String> = unreadable.iter().map(ToString::to_string).collect();
+        anyhow::bail!("{}: {}", path.display(), lines.join("\n"));
+    }
     println!(
         "{}: ok ({} service{})",
         path.display(),
@@ -223,6 +228,22 @@ fn validate(path: &Path) -> Result<()> {
         for line in s.upstream.describe() {
             println!("    {line}");
         }
+    }
+    let c = &config.cluster;
+    match c.store {
+        canary_userspace::cluster::config::StoreKind::Local => {
+            println!(
+                "  cluster: one node, rollout state in {}",
+                config.dataplane.state_dir.display()
+            );
+        }
+        canary_userspace::cluster::config::StoreKind::Etcd => println!(
+            "  cluster: node {} in etcd {} under {}, lease {}",
+            c.node_name,
+            c.etcd_endpoints.join(", "),
+            c.prefix,
+            humantime::format_duration(c.lease_ttl)
+        ),
     }
     Ok(())
 }
