@@ -188,6 +188,13 @@ impl<D: DataPlane> Controller<D> {
                 s.rollout = rollout;
                 out
             };
+            // A rollout taken over during its warm-up: this node warms the canary up again
+            // (the previous leader's warm-up ended with it).
+            let warming = self.services[i].rollout.phase() == Phase::Pending;
+            let out = crate::rollout::Output {
+                warm_up: out.warm_up || warming,
+                ..out
+            };
             self.apply_output(i, out, now_ns);
             self.persist(i);
         }
