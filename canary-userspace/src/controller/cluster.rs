@@ -162,6 +162,10 @@ impl<D: DataPlane> Controller<D> {
         tracing::info!(node, "leading: this node decides for every node");
         for i in 0..self.services.len() {
             let s = &mut self.services[i];
+            // Scraping starts now: the first scrape is each backend's baseline.
+            for (_, state) in s.backends_mut() {
+                state.baseline = crate::upstream::Snapshot::default();
+            }
             let stored = documents
                 .iter()
                 .find(|d| d.service == s.name())

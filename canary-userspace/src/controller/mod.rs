@@ -239,8 +239,10 @@ impl<D: DataPlane> Controller<D> {
         self.rollout(service).map(Rollout::phase)
     }
 
-    /// Every backend to probe and scrape this poll.
+    /// Every backend to probe and scrape this poll (a cluster node that does not lead probes
+    /// only: its `metrics_url` is empty).
     pub fn targets(&self) -> Vec<Target> {
+        let scrape = self.store.scrapes_upstream();
         self.services
             .iter()
             .flat_map(|s| {
@@ -248,7 +250,11 @@ impl<D: DataPlane> Controller<D> {
                     service: s.config.name.clone(),
                     backend: b.name.clone(),
                     health_url: b.health_url.clone(),
-                    metrics_url: b.metrics_url.clone(),
+                    metrics_url: if scrape {
+                        b.metrics_url.clone()
+                    } else {
+                        String::new()
+                    },
                     max_scrape_bytes: s.config.upstream.max_scrape_bytes,
                 })
             })
@@ -297,6 +303,26 @@ impl<D: DataPlane> Controller<D> {
             let Some(j) = self.services[i].backend_position(&obs.backend) else {
                 continue;
             };
+            if !self.store.scrapes_upstream() {
+                // Health only: the leader scrapes the metrics.
+                let (bcfg, br) = self.services[i].backend_mut(j);
+                if br.health.observe(&obs.health) {
+                    self.dirty = true;
+                    tracing::info!(
+                        service = %obs.service,
+                        backend = %obs.backend,
+                        up = br.health.up == Some(true),
+                        reason = br.health.last_failure.as_deref().unwrap_or(""),
+                        "backend health changed"
+                    );
+                }
+                let mac = bcfg.mac.or_else(|| neighbours.mac(bcfg.address));
+                if mac != br.mac {
+                    br.mac = mac;
+                    self.dirty = true;
+                }
+                continue;
+            }
             let snapshot = upstream::snapshot_of(&obs.metrics, &self.services[i].config.upstream);
             for p in &snapshot.problems {
                 self.metrics

@@ -75,6 +75,15 @@ impl DecisionStore {
         }
     }
 
+    /// Whether this node scrapes the backends' metrics: one node always; in a cluster only the
+    /// leader (the backends' metrics are global: one scrape serves every node).
+    pub(super) fn scrapes_upstream(&self) -> bool {
+        match self {
+            DecisionStore::Local(_) => true,
+            DecisionStore::Cluster(c) => c.leading,
+        }
+    }
+
     /// Whether the kernel's heartbeat may be refreshed now: always on one node; in a cluster
     /// only while a live leader and a reachable store are seen (otherwise the dead-man switch
     /// sends new flows to stable after `heartbeat_timeout`).
