@@ -14,7 +14,7 @@ use canary_lab::loadgen::Report;
 use serde_json::Value;
 
 /// Lease TTL of every node (the shortest allowed): a dead leader is replaced within 2x this.
-const LEASE_TTL: Duration = Duration::from_secs(2);
+const LEASE_TTL: Duration = Duration::from_secs(3);
 
 fn cluster(tag: char, configure: impl FnOnce(&mut DeploymentSpec)) -> ClusterDeployment {
     let mut spec = DeploymentSpec::new(LabSpec::unique_tag(tag));
@@ -247,7 +247,23 @@ fn promotion_across_three_nodes_applied_by_every_node_within_a_poll() {
         );
     }
     let li = d.index_of(&leader).unwrap();
-    let cluster = &statuses[li]["cluster"];
+    // Node reports are written every poll: wait until every report names the final document.
+    let leader_status = d
+        .wait_for(
+            li,
+            "every node's report at the final version",
+            Duration::from_secs(5),
+            |s| {
+                s["cluster"]["nodes"].as_array().is_some_and(|ns| {
+                    ns.len() == 3
+                        && ns
+                            .iter()
+                            .all(|n| n["applied_versions"]["sentiment"].as_u64() == versions[0])
+                })
+            },
+        )
+        .unwrap();
+    let cluster = &leader_status["cluster"];
     println!(
         "{}",
         String::from_utf8_lossy(&d.cli(li, &["status"]).unwrap().stdout)
@@ -289,7 +305,6 @@ fn leader_killed_mid_rollout_another_node_resumes_at_the_same_step() {
     d.start_all().expect("three nodes start");
     let leader = wait_leader(&d, &[0, 1, 2], Duration::from_secs(20));
     let li = d.index_of(&leader).unwrap();
-    let others: Vec<usize> = (0..3).filter(|&i| i != li).collect();
     let load = LoadLoop::start(&d);
     let at_25 = d
         .wait_for(li, "weight 25 %", Duration::from_secs(40), |s| {
@@ -297,6 +312,10 @@ fn leader_killed_mid_rollout_another_node_resumes_at_the_same_step() {
         })
         .expect("the rollout steps");
     let step_before = service(&at_25)["step"].as_u64();
+    // The leader now (leadership may have moved since the start on a loaded machine).
+    let leader = wait_leader(&d, &[0, 1, 2], Duration::from_secs(10));
+    let li = d.index_of(&leader).unwrap();
+    let others: Vec<usize> = (0..3).filter(|&i| i != li).collect();
     let killed = Instant::now();
     d.kill_node(li);
     let new_leader = {
@@ -562,12 +581,14 @@ fn frozen_leader_past_its_lease_writes_no_decision_after_it_resumes() {
     d.start_all().expect("three nodes start");
     let leader = wait_leader(&d, &[0, 1, 2], Duration::from_secs(20));
     let li = d.index_of(&leader).unwrap();
-    let others: Vec<usize> = (0..3).filter(|&i| i != li).collect();
     let load = LoadLoop::start(&d);
     d.wait_for(li, "stepping", Duration::from_secs(30), |s| {
         service(s)["phase"] == "stepping"
     })
     .unwrap();
+    let leader = wait_leader(&d, &[0, 1, 2], Duration::from_secs(10));
+    let li = d.index_of(&leader).unwrap();
+    let others: Vec<usize> = (0..3).filter(|&i| i != li).collect();
     d.freeze_node(li, true);
     let frozen = Instant::now();
     let start = Instant::now();
