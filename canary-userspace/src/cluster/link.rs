@@ -388,10 +388,8 @@ async fn exchange_reports(
     report: Option<NodeReport>,
     lease: Option<i64>,
 ) -> Result<Vec<NodeReport>, String> {
-    let Some(lease) = lease else {
-        return Err("no lease in etcd (etcd unreachable or the lease was lost)".to_string());
-    };
-    if let Some(report) = report {
+    // Without a lease yet (starting, or a new one being granted) only the others' are read.
+    if let (Some(report), Some(lease)) = (report, lease) {
         match timeout(CALL_TIMEOUT, directory.publish(lease, &report)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e.to_string()),
