@@ -340,6 +340,7 @@ fn on_link_event(
         }
         LinkEvent::Leadership { fence, documents } => {
             if link.leads_with(&fence) {
+                tracing::info!(node = link.node(), lease = %format!("{:x}", fence.lease), key = %fence.key, "won the election");
                 controller.take_leadership(&documents, now_ms(), monotonic_ns());
                 link.publish(controller.take_documents(), None);
             }
@@ -368,8 +369,14 @@ fn on_link_event(
             controller.on_node_reports(reports);
         }
         LinkEvent::Reports(Err(why)) => controller.on_store(Some(why)),
-        LinkEvent::Published { service, result } => match result {
-            Ok(version) => tracing::debug!(service, version, "document published"),
+        LinkEvent::Published {
+            service,
+            lease,
+            result,
+        } => match result {
+            Ok(version) => {
+                tracing::info!(service, version, lease = %format!("{lease:x}"), "document published");
+            }
             Err(e) => {
                 tracing::warn!(service, "document not published: {e}");
                 // The store keeps the last published document: decide again from it.

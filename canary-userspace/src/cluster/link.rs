@@ -43,6 +43,8 @@ pub enum LinkEvent {
     /// A document was published (its version) or refused.
     Published {
         service: String,
+        /// The lease of the leader key the write was fenced on.
+        lease: i64,
         result: Result<u64, String>,
     },
     /// Operator requests for the leader to carry out.
@@ -328,6 +330,7 @@ impl ClusterLink {
                 };
                 let _ = tx.send(LinkEvent::Published {
                     service: document.service.clone(),
+                    lease: fence.lease,
                     result,
                 });
             }
