@@ -582,6 +582,7 @@ pub fn config(
         },
         services: vec![service],
         notify: spec.notify.clone(),
+        cluster: canary_userspace::cluster::config::RawCluster::default(),
     })
 }
 

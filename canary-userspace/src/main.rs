@@ -217,6 +217,11 @@ async fn verb(t: &Target, command: OperatorCommand) -> Result<()> {
 
 fn validate(path: &Path) -> Result<()> {
     let config = load_config(path)?;
+    let unreadable = canary_userspace::cluster::config::check_files(&config.cluster);
+    if !unreadable.is_empty() {
+        let lines: Vec<String> = unreadable.iter().map(ToString::to_string).collect();
+        anyhow::bail!("{}: {}", path.display(), lines.join("\n"));
+    }
     println!(
         "{}: ok ({} service{})",
         path.display(),
@@ -258,12 +263,30 @@ fn validate(path: &Path) -> Result<()> {
             println!("    {line}");
         }
     }
+    let c = &config.cluster;
+    match c.store {
+        canary_userspace::cluster::config::StoreKind::Local => {
+            println!(
+                "  cluster: one node, rollout state in {}",
+                config.dataplane.state_dir.display()
+            );
+        }
+        canary_userspace::cluster::config::StoreKind::Etcd => println!(
+            "  cluster: node {} in etcd {} under {}, lease {}",
+            c.node_name,
+            c.etcd_endpoints.join(", "),
+            c.prefix,
+            humantime::format_duration(c.lease_ttl)
+        ),
+    }
     Ok(())
 }
 
 async fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run { config, bpf_object } => daemon::run(RunOptions { config, bpf_object }).await,
+        Command::Run { config, bpf_object } => {
+            Box::pin(daemon::run(RunOptions { config, bpf_object })).await
+        }
         Command::Validate { config } => validate(&config),
         Command::Init {
             metrics_urls,
@@ -302,6 +325,9 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 for s in &status.services {
                     print!("{}", render::service(s));
                 }
+            }
+            if let (false, Some(cluster)) = (json, &status.cluster) {
+                print!("{}", render::cluster(cluster));
             }
             Ok(())
         }

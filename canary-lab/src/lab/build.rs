@@ -131,10 +131,14 @@ impl Lab {
             ip_n(&["addr", "replace", &cidr, "dev", NETNS_IFNAME])?;
         }
         let vip = format!("{}/32", self.plan.vip);
+        let several = !self.plan.more_balancers.is_empty();
         match node.role {
+            // With several balancers clients route the VIP through them (no ARP for it).
+            Role::LoadBalancer if several => {}
             Role::LoadBalancer => {
                 ip_n(&["addr", "replace", &vip, "dev", NETNS_IFNAME])?;
             }
+            Role::Etcd => {}
             Role::Stable | Role::Canary => {
                 ip_n(&["addr", "replace", &vip, "dev", "lo"])?;
                 // Replies leave straight for the client over the bridge.
@@ -155,8 +159,65 @@ impl Lab {
                         "off",
                     ],
                 )?;
+                if several {
+                    // L4 multipath hash: each connection picks a balancer by its 5-tuple.
+                    cmd::run(
+                        "ip",
+                        &[
+                            "netns",
+                            "exec",
+                            ns,
+                            "sysctl",
+                            "-q",
+                            "-w",
+                            "net.ipv4.fib_multipath_hash_policy=1",
+                        ],
+                    )?;
+                    let all: Vec<&str> = self.plan.balancers().map(|b| b.name.as_str()).collect();
+                    self.route_vip_in(ns, &all)?;
+                }
             }
         }
         Ok(())
+    }
+
+    /// Routes the VIP from every client over exactly the named balancers (`lb`, `lb1`, ...):
+    /// a balancer takes traffic only once it is in this route.
+    pub fn route_vip_via(&self, balancers: &[&str]) -> Result<(), LabError> {
+        for c in &self.plan.clients {
+            self.route_vip_in(&c.netns, balancers)?;
+        }
+        Ok(())
+    }
+
+    /// Every balancer namespace (`lb`, then `lb1`, `lb2`, ...).
+    pub fn balancers(&self) -> impl Iterator<Item = &Node> {
+        self.plan.balancers()
+    }
+
+    /// The etcd namespace (labs with several balancers).
+    pub fn etcd_node(&self) -> Option<&Node> {
+        self.plan.etcd.as_ref()
+    }
+
+    /// The VIP's route in client namespace `ns`: one next hop per named balancer (ECMP), or
+    /// none (the VIP unreachable) when `balancers` is empty.
+    pub(super) fn route_vip_in(&self, ns: &str, balancers: &[&str]) -> Result<(), LabError> {
+        let vip = format!("{}/32", self.plan.vip);
+        let hops: Vec<String> = self
+            .plan
+            .balancers()
+            .filter(|b| balancers.contains(&b.name.as_str()))
+            .map(|b| b.address.to_string())
+            .collect();
+        if hops.is_empty() {
+            let _ = cmd::run("ip", &["-n", ns, "route", "del", &vip]);
+            return Ok(());
+        }
+        let mut args = vec!["-n", ns, "route", "replace", &vip];
+        for h in &hops {
+            args.extend(["nexthop", "via", h.as_str(), "dev", NETNS_IFNAME]);
+        }
+        cmd::run("ip", &args).map(drop)
     }
 }

@@ -35,9 +35,9 @@ use std::sync::{Mutex, PoisonError};
 pub use error::LabError;
 pub use peer_xdp::PEER_XDP_PIN;
 pub use plan::{
-    LabPlan, LabSpec, MacAddr, Node, PeerXdp, Role, MAX_BACKENDS_PER_GROUP, MAX_CLIENTS,
-    MAX_EXTRA_ADDRESSES, MAX_TAG_LEN, NAME_PREFIX, NETNS_IFNAME, PREFIX_LEN, SERVICE_PORT,
-    STATE_ROOT, VIP,
+    LabPlan, LabSpec, MacAddr, Node, PeerXdp, Role, MAX_BACKENDS_PER_GROUP, MAX_BALANCERS,
+    MAX_CLIENTS, MAX_EXTRA_ADDRESSES, MAX_TAG_LEN, NAME_PREFIX, NETNS_IFNAME, PREFIX_LEN,
+    SERVICE_PORT, STATE_ROOT, VIP,
 };
 pub use process::{LabProcess, ProcessRecord};
 pub use record::LabRecord;

@@ -18,14 +18,25 @@ impl Lab {
     pub(super) fn attach_builtin_peer_xdp(&self) -> Result<(), LabError> {
         let ifname = self.lb_peer_ifname()?.to_owned();
         let pin = self.plan.bpffs.join(PEER_XDP_PIN);
-        if pin.exists() {
-            return Ok(());
+        if !pin.exists() {
+            self.with_record(|r| r.pins.insert(pin.clone()))?;
+            xdp_pass::attach(&ifname, &pin).map_err(|e| LabError::PeerXdp {
+                ifname,
+                reason: e.to_string(),
+            })?;
         }
-        self.with_record(|r| r.pins.insert(pin.clone()))?;
-        xdp_pass::attach(&ifname, &pin).map_err(|e| LabError::PeerXdp {
-            ifname,
-            reason: e.to_string(),
-        })
+        for b in &self.plan.more_balancers {
+            let pin = self.plan.bpffs.join(format!("{PEER_XDP_PIN}_{}", b.name));
+            if pin.exists() {
+                continue;
+            }
+            self.with_record(|r| r.pins.insert(pin.clone()))?;
+            xdp_pass::attach(&b.host_ifname, &pin).map_err(|e| LabError::PeerXdp {
+                ifname: b.host_ifname.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(())
     }
 
     /// Attach a native XDP program to the load balancer's peer veth with your own code; `attach`

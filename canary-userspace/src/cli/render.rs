@@ -98,6 +98,68 @@ pub(crate) fn service(s: &ServiceStatus) -> String {
     out
 }
 
+/// The cluster as one node sees it: who leads, the store, and every node.
+pub(crate) fn cluster(c: &canary_userspace::api::ClusterStatus) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "cluster: this node {}, leader {}{}",
+        c.node,
+        c.leader.as_deref().unwrap_or("none"),
+        if c.leading {
+            " (this node decides)"
+        } else {
+            ""
+        }
+    );
+    match &c.store_problem {
+        Some(why) => {
+            let _ = writeln!(t, "  etcd unreachable, the rollout holds: {why}");
+        }
+        None => {
+            let _ = writeln!(t, "  etcd reachable");
+        }
+    }
+    if c.heartbeat_held {
+        let _ = writeln!(
+            t,
+            "  heartbeat held (no live leader or no etcd): after heartbeat_timeout new flows go to stable"
+        );
+    }
+    let _ = writeln!(
+        t,
+        "  {:<16} {:<6} {:<18} {:<10} {:<9} flow table",
+        "node", "alive", "applied version", "weight %", "canary %"
+    );
+    for n in &c.nodes {
+        let versions: Vec<String> = n
+            .applied_versions
+            .values()
+            .map(|v| v.map_or_else(|| "-".to_string(), |v| v.to_string()))
+            .collect();
+        let weights: Vec<String> = n
+            .applied_weight_percent
+            .values()
+            .map(|w| w.map_or_else(|| "-".to_string(), |w| format!("{w:.2}")))
+            .collect();
+        let _ = writeln!(
+            t,
+            "  {:<16} {:<6} {:<18} {:<10} {:<9} {}/{}",
+            n.name,
+            if n.alive { "yes" } else { "no" },
+            versions.join(","),
+            weights.join(","),
+            opt(n.measured_canary_share, 100.0, 1),
+            n.flow_table_entries,
+            n.flow_table_capacity
+        );
+        for (service, why) in &n.refused {
+            let _ = writeln!(t, "    {service}: {why}");
+        }
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use canary_userspace::api::{BackendStatus, GroupStatus};

@@ -97,6 +97,8 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     /// `[[notify]]` webhooks (applied at start).
     pub notify: Vec<crate::notify::NotifyConfig>,
+    /// `[cluster]`: where rollout decisions live (one node and `state_dir`, or etcd).
+    pub cluster: crate::cluster::config::ClusterConfig,
 }
 
 /// `[dataplane]`

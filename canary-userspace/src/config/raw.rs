@@ -17,6 +17,8 @@ pub struct RawConfig {
     pub services: Vec<RawService>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<RawNotify>,
+    #[serde(default, skip_serializing_if = "is_default_cluster")]
+    pub cluster: crate::cluster::config::RawCluster,
 }
 
 /// `[[notify]]`: a webhook that receives decision events.
@@ -49,6 +51,10 @@ impl Default for RawNotify {
             queue: 256,
         }
     }
+}
+
+fn is_default_cluster(c: &crate::cluster::config::RawCluster) -> bool {
+    *c == crate::cluster::config::RawCluster::default()
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -248,7 +254,7 @@ impl Default for RawUpstream {
 // Known keys per table, for the unknown-key pass. Kept next to the raw structs; the test
 // `every_documented_key_is_accepted` fails if the two drift apart.
 
-pub(crate) const ROOT_KEYS: &[&str] = &["dataplane", "admin", "services", "notify"];
+pub(crate) const ROOT_KEYS: &[&str] = &["dataplane", "admin", "services", "notify", "cluster"];
 pub(crate) const NOTIFY_KEYS: &[&str] = &[
     "name",
     "url",
@@ -258,6 +264,18 @@ pub(crate) const NOTIFY_KEYS: &[&str] = &[
     "timeout",
     "retries",
     "queue",
+];
+pub(crate) const CLUSTER_KEYS: &[&str] = &[
+    "store",
+    "etcd_endpoints",
+    "node_name",
+    "prefix",
+    "lease_ttl",
+    "ca_file",
+    "cert_file",
+    "key_file",
+    "user",
+    "password_file",
 ];
 pub(crate) const DATAPLANE_KEYS: &[&str] = &[
     "interface",
@@ -388,6 +406,9 @@ pub(super) fn strip_all_unknown(root: &mut toml::Table, problems: &mut Vec<Probl
                 strip_unknown(sink, NOTIFY_KEYS, &format!("notify[{i}]"), problems);
             }
         }
+    }
+    if let Some(t) = sub_table(root, "cluster") {
+        strip_unknown(t, CLUSTER_KEYS, "cluster", problems);
     }
     let Some(services) = root.get_mut("services").and_then(toml::Value::as_array_mut) else {
         return;

@@ -16,6 +16,9 @@ hash_seed = 1667329633
 syn_replace_after = "5s"
 flood_guard_rate = 0
 
+[cluster]
+store = "local"
+
 [admin]
 listen = "127.0.0.1:9100"
 token_file = ""

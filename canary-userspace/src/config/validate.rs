@@ -309,11 +309,24 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
         }
     }
 
+    let cluster = match crate::cluster::config::validate(
+        &raw.cluster,
+        &crate::cluster::config::host_name(),
+    ) {
+        Ok(cluster) => Some(cluster),
+        Err(problems) => {
+            for p in problems {
+                c.bad(&p.key, p.message);
+            }
+            None
+        }
+    };
+
     if !c.problems.is_empty() {
         return Err(c.problems);
     }
     // Every value parsed, so the Options below are all Some.
-    let (Some(dataplane), Some(admin)) = (dataplane, admin) else {
+    let (Some(dataplane), Some(admin), Some(cluster)) = (dataplane, admin, cluster) else {
         unreachable!("validation reported no problem but a value is missing");
     };
     Ok(Config {
@@ -321,6 +334,7 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
         admin,
         services,
         notify,
+        cluster,
     })
 }
 

@@ -9,10 +9,14 @@
 //! module holds the poll and the writes; operator verbs are in `operator`, reload in
 //! `reload`, and `/status` with the metrics in `report`.
 
+mod cluster;
+#[cfg(test)]
+mod cluster_tests;
 mod operator;
 mod reload;
 mod report;
 mod service;
+pub mod store;
 #[cfg(test)]
 mod tests;
 
@@ -29,9 +33,10 @@ use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::observe::neighbour::Neighbours;
 use crate::observe::{Observation, Target, WarmUp};
-use crate::rollout::{Event, Output, Phase, Rollout, StateStore};
+use crate::rollout::{Event, Output, Phase, Rollout};
 use crate::upstream::{self, Window};
 use service::Service;
+pub use store::DecisionStore;
 
 /// Errors that stop the controller from starting or reloading.
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +94,9 @@ pub struct Controller<D: DataPlane> {
     services: Vec<Service>,
     dp: D,
     programmer: Programmer,
-    store: StateStore,
+    /// Where decisions go and where the kernel's weight comes from (one node or a cluster).
+    store: DecisionStore,
+    cluster_config: crate::cluster::config::ClusterConfig,
     metrics: Metrics,
     status: Arc<RwLock<Status>>,
     hash_seed: u32,
@@ -116,7 +123,7 @@ impl<D: DataPlane> Controller<D> {
         config: Config,
         dp: D,
         recovered: bool,
-        store: StateStore,
+        store: impl Into<DecisionStore>,
         metrics: Metrics,
         status: Arc<RwLock<Status>>,
         lb_mac: Option<[u8; 6]>,
@@ -129,14 +136,18 @@ impl<D: DataPlane> Controller<D> {
             admin: admin_config,
             services,
             notify: _,
+            cluster: cluster_config,
         } = config;
         let hash_seed = dataplane_config.hash_seed;
+        let state_dir = dataplane_config.state_dir.clone();
         let mut c = Controller {
             dataplane_config,
             admin_config,
             services: Vec::with_capacity(services.len()),
             dp,
             programmer: Programmer::new(),
+            store: store.into(),
+            cluster_config,
             metrics,
             status,
             hash_seed,
@@ -144,17 +155,17 @@ impl<D: DataPlane> Controller<D> {
             dirty: true,
             pending_warmups: Vec::new(),
             notifier: Notifier::none(),
-            history: Recorder::new(HistoryStore::new(store.dir())),
-            store,
+            history: Recorder::new(HistoryStore::new(&state_dir)),
         };
         // Every state file is read and checked before anything is written.
         for config in &services {
-            c.store
-                .load(&config.name)
-                .map_err(|message| ControllerError::State {
-                    service: config.name.clone(),
-                    message,
-                })?;
+            c.stored_rollout(&config.name)?;
+        }
+        if let Some(side) = c.store.cluster_side_mut() {
+            match store::ClusterMetrics::register(&c.metrics.registry) {
+                Ok(m) => side.metrics = Some(m),
+                Err(e) => tracing::warn!(error = %e, "cannot register the cluster metrics"),
+            }
         }
         let written = if recovered {
             Some(c.dp.written_state()?)
@@ -167,7 +178,24 @@ impl<D: DataPlane> Controller<D> {
             let pinned = written
                 .as_ref()
                 .and_then(|w| pinned_weight(&c.dp, w, &config));
-            let (mut service, output) = Service::restore(config, &c.store, now_ms, pinned)?;
+            let stored = c.stored_rollout(&config.name)?;
+            let state_path = c.state_path(&config.name);
+            let clustered = c.store.cluster_side().is_some();
+            // In a cluster the kernel keeps the weight it holds until a document is applied.
+            let (mut service, output) = Service::restore(
+                config,
+                stored,
+                &state_path,
+                now_ms,
+                if clustered { None } else { pinned },
+            );
+            if clustered {
+                service.applied = Some(store::Applied {
+                    weight_bp: pinned.map_or(0, crate::domain::Weight::basis_points),
+                    ..store::Applied::default()
+                });
+            }
+            service.heartbeat_ns = now_ns;
             for (b, state) in service.backends_mut() {
                 state.mac = b.mac.or_else(|| neighbours.mac(b.address));
             }
@@ -215,6 +243,31 @@ impl<D: DataPlane> Controller<D> {
         Ok(true)
     }
 
+    /// The rollout a service has in the local store (`None` in a cluster: the documents
+    /// bring it).
+    fn stored_rollout(&self, service: &str) -> Result<Option<Rollout>, ControllerError> {
+        match &self.store {
+            DecisionStore::Local(store) => {
+                store
+                    .load(service)
+                    .map_err(|message| ControllerError::State {
+                        service: service.to_string(),
+                        message,
+                    })
+            }
+            DecisionStore::Cluster(_) => Ok(None),
+        }
+    }
+
+    fn state_path(&self, service: &str) -> std::path::PathBuf {
+        match &self.store {
+            DecisionStore::Local(store) => store.path(service),
+            DecisionStore::Cluster(_) => {
+                std::path::PathBuf::from(format!("the rollout document of {service} in etcd"))
+            }
+        }
+    }
+
     /// The `[dataplane]` section in force.
     pub fn dataplane_config(&self) -> &DataplaneConfig {
         &self.dataplane_config
@@ -243,8 +296,10 @@ impl<D: DataPlane> Controller<D> {
         self.rollout(service).map(Rollout::phase)
     }
 
-    /// Every backend to probe and scrape this poll.
+    /// Every backend to probe and scrape this poll (a cluster node that does not lead probes
+    /// only: its `metrics_url` is empty).
     pub fn targets(&self) -> Vec<Target> {
+        let scrape = self.store.scrapes_upstream();
         self.services
             .iter()
             .flat_map(|s| {
@@ -252,7 +307,11 @@ impl<D: DataPlane> Controller<D> {
                     service: s.config.name.clone(),
                     backend: b.name.clone(),
                     health_url: b.health_url.clone(),
-                    metrics_url: b.metrics_url.clone(),
+                    metrics_url: if scrape {
+                        b.metrics_url.clone()
+                    } else {
+                        String::new()
+                    },
                     max_scrape_bytes: s.config.upstream.max_scrape_bytes,
                 })
             })
@@ -301,6 +360,26 @@ impl<D: DataPlane> Controller<D> {
             let Some(j) = self.services[i].backend_position(&obs.backend) else {
                 continue;
             };
+            if !self.store.scrapes_upstream() {
+                // Health only: the leader scrapes the metrics.
+                let (bcfg, br) = self.services[i].backend_mut(j);
+                if br.health.observe(&obs.health) {
+                    self.dirty = true;
+                    tracing::info!(
+                        service = %obs.service,
+                        backend = %obs.backend,
+                        up = br.health.up == Some(true),
+                        reason = br.health.last_failure.as_deref().unwrap_or(""),
+                        "backend health changed"
+                    );
+                }
+                let mac = bcfg.mac.or_else(|| neighbours.mac(bcfg.address));
+                if mac != br.mac {
+                    br.mac = mac;
+                    self.dirty = true;
+                }
+                continue;
+            }
             let snapshot = upstream::snapshot_of(&obs.metrics, &self.services[i].config.upstream);
             for p in &snapshot.problems {
                 self.metrics
@@ -343,8 +422,16 @@ impl<D: DataPlane> Controller<D> {
             self.program(now_ns)?;
         }
 
+        let decides = self.store.decides();
         for (i, deltas) in deltas.iter().enumerate() {
             let flows = self.flow_counts(i)?;
+            if !decides {
+                // A cluster node that does not lead (or cannot reach the store) only applies:
+                // the rollout holds here.
+                self.write_control(i, now_ns)?;
+                self.record_heartbeat(i, now_ms);
+                continue;
+            }
             let s = &mut self.services[i];
             let poll = s.poll(deltas, flows);
             let out = s.rollout.on_event(
@@ -368,16 +455,22 @@ impl<D: DataPlane> Controller<D> {
                 self.apply_output(i, out, now_ns);
             }
             self.write_control(i, now_ns)?;
-            self.metrics.record_heartbeat(
-                self.services[i].name(),
-                now_ms,
-                self.dataplane_config.heartbeat_timeout,
-            );
+            self.record_heartbeat(i, now_ms);
             self.persist(i);
         }
         self.refresh();
         self.record_samples(now_ms);
         Ok(())
+    }
+
+    fn record_heartbeat(&self, i: usize, now_ms: u64) {
+        if self.store.heartbeat_ok() {
+            self.metrics.record_heartbeat(
+                self.services[i].name(),
+                now_ms,
+                self.dataplane_config.heartbeat_timeout,
+            );
+        }
     }
 
     /// Adds this poll's status of every service to its rollout's history.
@@ -399,7 +492,7 @@ impl<D: DataPlane> Controller<D> {
             return Ok(FlowCounts::default());
         };
         let stats = self.dp.service_stats(index)?;
-        let flows = match s.last_service_stats {
+        let local = match s.last_service_stats {
             Some(last) => FlowCounts {
                 stable: stats.new_flows[GROUP_STABLE as usize]
                     .saturating_sub(last.new_flows[GROUP_STABLE as usize]),
@@ -409,7 +502,11 @@ impl<D: DataPlane> Controller<D> {
             None => FlowCounts::default(),
         };
         s.last_service_stats = Some(stats);
-        Ok(flows)
+        // In a cluster the leader judges the split summed over every node.
+        Ok(match self.store.cluster_side_mut() {
+            None => local,
+            Some(side) => side.flows.remove(s.name()).unwrap_or_default(),
+        })
     }
 
     fn program(&mut self, now_ns: u64) -> Result<(), ControllerError> {
@@ -421,26 +518,46 @@ impl<D: DataPlane> Controller<D> {
 
     /// Writes service `i`'s control entry (weight, epoch, heartbeat): every poll and after
     /// every decision. A newly placed service gets the same entry through its plan.
+    /// The heartbeat is refreshed only while the store allows it (see
+    /// [`DecisionStore::heartbeat_ok`]); otherwise the last one stays.
     fn write_control(&mut self, i: usize, now_ns: u64) -> Result<(), ControllerError> {
+        if self.store.heartbeat_ok() {
+            self.services[i].heartbeat_ns = now_ns;
+        }
         let s = &self.services[i];
         let Some(index) = self.programmer.service_index(s.name()) else {
             return Ok(());
         };
-        let control = s.control(self.dataplane_config.heartbeat_timeout, now_ns);
+        let control = s.control(self.dataplane_config.heartbeat_timeout, s.heartbeat_ns);
         self.dp.apply(&[MapWrite::Control { index, control }])?;
         Ok(())
     }
 
-    fn persist(&self, i: usize) {
+    /// Keeps service `i`'s rollout: in `state_dir` on one node, as a document for the store in
+    /// a cluster (leader only).
+    fn persist(&mut self, i: usize) {
         let s = &self.services[i];
-        if let Err(e) = self.store.save(s.name(), &s.rollout) {
-            tracing::error!(service = s.name(), error = %e, "cannot persist rollout state; a restart would lose it");
+        match &mut self.store {
+            DecisionStore::Local(store) => {
+                if let Err(e) = store.save(s.name(), &s.rollout) {
+                    tracing::error!(service = s.name(), error = %e, "cannot persist rollout state; a restart would lose it");
+                }
+            }
+            DecisionStore::Cluster(side) => {
+                if side.leading {
+                    let document = cluster::document_of(s, &side.node, self.hash_seed);
+                    side.queue(document);
+                }
+            }
         }
     }
 
-    /// Applies a rollout output of service `i`: reset epoch, warm-up, decision log,
-    /// notifications.
+    /// Applies a rollout output of service `i`: reset epoch, warm-up, decision log. A cluster
+    /// node that does not decide has nothing to apply (its rollout holds).
     fn apply_output(&mut self, i: usize, out: Output, now_ns: u64) {
+        if !self.store.decides() {
+            return;
+        }
         let decision = out.decision.clone();
         if let Some(warm_up) = self.services[i].apply(out, now_ns, &self.metrics) {
             self.pending_warmups.push(warm_up);

@@ -23,6 +23,24 @@ impl<D: DataPlane> Controller<D> {
             Ok(i) => i,
             Err(e) => return OperatorReply::refused(e),
         };
+        if command.is_mutating()
+            && !matches!(command, OperatorCommand::Reload)
+            && !self.store.decides()
+        {
+            let why = match self.store.cluster_side() {
+                Some(c) if c.store_problem.is_some() => format!(
+                    "etcd is unreachable ({}); the rollout holds until it answers",
+                    c.store_problem.as_deref().unwrap_or_default()
+                ),
+                Some(c) => format!(
+                    "node {} does not lead; the leader ({}) decides",
+                    c.node,
+                    c.leader.as_deref().unwrap_or("none yet")
+                ),
+                None => "this node does not decide".to_string(),
+            };
+            return OperatorReply::refused(why);
+        }
         let action = match command {
             OperatorCommand::Start => Action::Start,
             OperatorCommand::Pause => Action::Pause,

@@ -29,7 +29,7 @@ impl<D: DataPlane> Controller<D> {
         for rt in &self.services {
             let svc = &rt.config;
             let name = svc.name.as_str();
-            let weight = rt.rollout.weight();
+            let weight = rt.kernel_weight();
             self.metrics
                 .weight_ratio
                 .with_label_values(&[name])
@@ -202,8 +202,17 @@ impl<D: DataPlane> Controller<D> {
                     .iter()
                     .map(|s| s.as_str().to_string())
                     .collect(),
+                cluster: rt
+                    .applied
+                    .as_ref()
+                    .map(|a| crate::api::ServiceClusterStatus {
+                        applied_version: a.version,
+                        decided_by: a.decided_by.clone(),
+                        refused: a.refused.clone(),
+                    }),
             });
         }
+        status.cluster = self.cluster_status();
         *self
             .status
             .write()

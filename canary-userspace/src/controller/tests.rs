@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::dataplane::fake::FakeDataPlane;
 use crate::metrics::Metrics;
 use crate::observe::probe::Probe;
-use crate::rollout::Phase;
+use crate::rollout::{Phase, StateStore};
 
 /// The balancer interface's MAC the tests' daemon found.
 const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
@@ -123,7 +123,7 @@ impl FakeBackend {
     }
 }
 
-fn config_text(extra_rollout: &str) -> String {
+pub(super) fn config_text(extra_rollout: &str) -> String {
     format!(
         r#"
 [dataplane]

@@ -187,6 +187,10 @@ pub trait DataPlane {
     fn service_stats(&self, service_index: u32) -> Result<ServiceStats, DataPlaneError>;
     /// Services, VIPs and backends as the maps hold them (for [`Programmer::recover`]).
     fn written_state(&self) -> Result<WrittenState, DataPlaneError>;
+    /// Entries in the flow table and its capacity, when the data plane can tell.
+    fn flow_table_fill(&self) -> Option<crate::cluster::nodes::FlowTableFill> {
+        None
+    }
 }
 
 /// `CLOCK_MONOTONIC` now, in ns: the clock of `bpf_ktime_get_ns`, for `ServiceControl`'s

@@ -105,6 +105,10 @@ impl BackendClient {
     /// in chunks and given up past `max_bytes`, so a backend that streams without end costs
     /// at most that much memory.
     pub async fn scrape(&self, url: &str, max_bytes: u64) -> Result<String, ScrapeProblem> {
+        if url.is_empty() {
+            // Not scraped by this node (a cluster node that does not lead).
+            return Ok(String::new());
+        }
         let mut response = self.http.get(url).send().await.map_err(|e| describe(&e))?;
         let status = response.status();
         if status.is_redirection() {

@@ -560,6 +560,15 @@ pub(super) fn attach(
 }
 
 impl DataPlane for AyaDataPlane {
+    fn flow_table_fill(&self) -> Option<crate::cluster::nodes::FlowTableFill> {
+        // Walks the keys only (a hash table holds few entries compared with its capacity).
+        let entries = self.flows.keys().flatten().count();
+        Some(crate::cluster::nodes::FlowTableFill {
+            entries: entries as u64,
+            capacity: u64::from(self.flow_table_capacity),
+        })
+    }
+
     fn apply(&mut self, writes: &[MapWrite]) -> Result<(), DataPlaneError> {
         for w in writes {
             match w {
