@@ -23,6 +23,10 @@ fn cluster(tag: char, configure: impl FnOnce(&mut DeploymentSpec)) -> ClusterDep
     spec.lab.stable = 2;
     spec.lab.canary = 1;
     spec.min_samples = 50;
+    // Every new connection follows the weight, even one that reuses the 5-tuple of a connection
+    // that ended a moment ago (the load generator reuses ports within seconds); the default
+    // `syn_replace_after` (5 s) would send such a SYN after the previous connection's backend.
+    spec.syn_replace_after = "0s".into();
     configure(&mut spec);
     ClusterDeployment::up(spec, &format!("{}s", LEASE_TTL.as_secs())).expect("cluster lab up")
 }

@@ -39,7 +39,8 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         bail!("building the workspace binaries failed ({status})");
     }
     let mut test = Command::new(&cargo);
-    test.args(["test", "--workspace", "--", "--test-threads=1"])
+    // Every test binary runs even after one fails, so that one run reports every failure.
+    test.args(["test", "--workspace", "--no-fail-fast", "--", "--test-threads=1"])
         .args(&options.test_args)
         .current_dir(&root);
     let status = test
