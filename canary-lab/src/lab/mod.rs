@@ -35,9 +35,9 @@ use std::sync::{Mutex, PoisonError};
 pub use error::LabError;
 pub use peer_xdp::PEER_XDP_PIN;
 pub use plan::{
-    LabPlan, LabSpec, MacAddr, Node, PeerXdp, Role, MAX_BACKENDS_PER_GROUP, MAX_BALANCERS,
+    ipv6_of, LabPlan, LabSpec, MacAddr, Node, PeerXdp, Role, MAX_BACKENDS_PER_GROUP, MAX_BALANCERS,
     MAX_CLIENTS, MAX_EXTRA_ADDRESSES, MAX_TAG_LEN, NAME_PREFIX, NETNS_IFNAME, PREFIX_LEN,
-    SERVICE_PORT, STATE_ROOT, VIP,
+    PREFIX_LEN6, SERVICE_PORT, STATE_ROOT, VIP, VIP6,
 };
 pub use process::{LabProcess, ProcessRecord};
 pub use record::LabRecord;
@@ -117,6 +117,11 @@ impl Lab {
 
     pub fn vip(&self) -> std::net::Ipv4Addr {
         self.plan.vip
+    }
+
+    /// The IPv6 VIP (the lab is dual-stack).
+    pub fn vip6(&self) -> std::net::Ipv6Addr {
+        self.plan.vip6
     }
 
     pub fn bridge(&self) -> &str {

@@ -117,10 +117,15 @@ pub struct DataplaneConfig {
     pub syn_replace_after: Duration,
     /// New flows per second per CPU above which new flows take no flow-table entry; 0: off.
     pub flood_guard_rate: u32,
+    /// A UDP flow's flow-table entry without a datagram for this long is idle: the flow's next
+    /// datagram is balanced as a new flow (whole milliseconds; zero: never idle).
+    pub udp_idle_timeout: Duration,
 }
 
 /// Longest `dataplane.syn_replace_after`.
 pub const MAX_SYN_REPLACE_AFTER: Duration = Duration::from_hours(1);
+/// Longest `dataplane.udp_idle_timeout`.
+pub const MAX_UDP_IDLE_TIMEOUT: Duration = Duration::from_hours(24);
 /// Smallest non-zero `dataplane.flood_guard_rate`.
 pub const MIN_FLOOD_GUARD_RATE: u64 = 100;
 

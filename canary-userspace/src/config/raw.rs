@@ -69,6 +69,7 @@ pub struct RawDataplane {
     pub hash_seed: u32,
     pub syn_replace_after: String,
     pub flood_guard_rate: u64,
+    pub udp_idle_timeout: String,
 }
 
 impl Default for RawDataplane {
@@ -83,6 +84,7 @@ impl Default for RawDataplane {
             hash_seed: DEFAULT_HASH_SEED,
             syn_replace_after: "5s".into(),
             flood_guard_rate: 0,
+            udp_idle_timeout: "30s".into(),
         }
     }
 }
@@ -287,6 +289,7 @@ pub(crate) const DATAPLANE_KEYS: &[&str] = &[
     "hash_seed",
     "syn_replace_after",
     "flood_guard_rate",
+    "udp_idle_timeout",
 ];
 pub(crate) const ADMIN_KEYS: &[&str] = &[
     "listen",

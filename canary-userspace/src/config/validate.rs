@@ -12,7 +12,7 @@ use super::raw::{
 };
 use super::{
     AdminConfig, BackendConfig, Config, DataplaneConfig, Problem, RolloutConfig, ServiceConfig,
-    Thresholds, UpstreamConfig, MAX_SYN_REPLACE_AFTER, MIN_FLOOD_GUARD_RATE,
+    Thresholds, UpstreamConfig, MAX_SYN_REPLACE_AFTER, MAX_UDP_IDLE_TIMEOUT, MIN_FLOOD_GUARD_RATE,
 };
 use crate::domain::{
     Affinity, Group, MissingPolicy, Protocol, RollbackMode, StartMode, Weight, XdpMode,
@@ -455,6 +455,7 @@ fn dataplane(c: &mut Checker, d: &RawDataplane) -> (Option<DataplaneConfig>, Opt
     let heartbeat_timeout = c.duration("dataplane.heartbeat_timeout", &d.heartbeat_timeout);
     let syn_replace_after = syn_replace_after(c, &d.syn_replace_after);
     let flood_guard_rate = flood_guard_rate(c, d.flood_guard_rate);
+    let udp_idle_timeout = udp_idle_timeout(c, &d.udp_idle_timeout);
     for (key, value) in [
         ("dataplane.state_dir", &d.state_dir),
         ("dataplane.bpffs", &d.bpffs),
@@ -464,20 +465,29 @@ fn dataplane(c: &mut Checker, d: &RawDataplane) -> (Option<DataplaneConfig>, Opt
         }
     }
 
-    let config = match (xdp_mode, heartbeat_timeout, syn_replace_after) {
-        (Some(xdp_mode), Some(heartbeat_timeout), Some(syn_replace_after)) => {
-            Some(DataplaneConfig {
-                interface: d.interface.clone(),
-                xdp_mode,
-                flow_table_size,
-                heartbeat_timeout,
-                state_dir: PathBuf::from(&d.state_dir),
-                bpffs: PathBuf::from(&d.bpffs),
-                hash_seed: d.hash_seed,
-                syn_replace_after,
-                flood_guard_rate,
-            })
-        }
+    let config = match (
+        xdp_mode,
+        heartbeat_timeout,
+        syn_replace_after,
+        udp_idle_timeout,
+    ) {
+        (
+            Some(xdp_mode),
+            Some(heartbeat_timeout),
+            Some(syn_replace_after),
+            Some(udp_idle_timeout),
+        ) => Some(DataplaneConfig {
+            interface: d.interface.clone(),
+            xdp_mode,
+            flow_table_size,
+            heartbeat_timeout,
+            state_dir: PathBuf::from(&d.state_dir),
+            bpffs: PathBuf::from(&d.bpffs),
+            hash_seed: d.hash_seed,
+            syn_replace_after,
+            flood_guard_rate,
+            udp_idle_timeout,
+        }),
         _ => None,
     };
     (config, heartbeat_timeout)
@@ -508,6 +518,37 @@ fn syn_replace_after(c: &mut Checker, value: &str) -> Option<Duration> {
         c.bad(
             KEY,
             format!("\"{value}\" is not whole milliseconds (the data plane counts in ms); write it like \"5s\" or \"1500ms\""),
+        );
+        return None;
+    }
+    Some(d)
+}
+
+/// `dataplane.udp_idle_timeout`: zero (UDP entries never idle out) or whole milliseconds up to
+/// [`MAX_UDP_IDLE_TIMEOUT`].
+fn udp_idle_timeout(c: &mut Checker, value: &str) -> Option<Duration> {
+    const KEY: &str = "dataplane.udp_idle_timeout";
+    let d = match humantime::parse_duration(value.trim()) {
+        Ok(d) => d,
+        Err(e) => {
+            c.bad(
+                KEY,
+                format!("\"{value}\" is not a duration ({e}); write it like \"30s\" or \"2m\", or \"0s\" to keep UDP entries until the flow table evicts them"),
+            );
+            return None;
+        }
+    };
+    if d > MAX_UDP_IDLE_TIMEOUT {
+        c.bad(
+            KEY,
+            format!("\"{value}\" is too long; give at most \"24h\" (default \"30s\": longer than a UDP client pauses between datagrams of one flow)"),
+        );
+        return None;
+    }
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        c.bad(
+            KEY,
+            format!("\"{value}\" is not whole milliseconds (the data plane counts in ms); write it like \"30s\" or \"1500ms\""),
         );
         return None;
     }
