@@ -10,8 +10,8 @@ use std::time::Duration;
 use canary_lab::deployment::DeploymentSpec;
 use canary_lab::lab::LabSpec;
 use e2e_support::{
-    flow_delta, flows, group_sum, load_all_clients, new_conn_load, service_status, settle_counters,
-    start, totals, wait_status, Background,
+    flow_delta, flows, group_sum, load_all_clients, new_conn_load, settle_counters, start, totals,
+    wait_status, Background,
 };
 
 #[test]
@@ -26,8 +26,11 @@ fn healthy_canary_on_an_ipv6_vip_is_promoted_without_a_failed_request() {
     spec.syn_replace_after = "0s".into();
     let d = start(spec);
 
-    // The daemon found every backend's MAC by itself (no MAC in the config): NDP.
-    let s = service_status(&d);
+    // The daemon finds every backend's MAC by itself (no MAC in the config): its health probe
+    // fills the neighbour table (NDP), read at the next poll.
+    let (s, _) = wait_status(&d, "every backend up", Duration::from_secs(15), |s| {
+        s.backends.iter().all(|b| b.up)
+    });
     for b in &s.backends {
         assert!(b.address.contains(':'), "IPv6 backend address: {b:?}");
         assert!(b.up, "backend {} is not up: {:?}", b.name, b.down_reason);

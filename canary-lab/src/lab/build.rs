@@ -150,18 +150,31 @@ impl Lab {
         }
         let vip = format!("{}/32", self.plan.vip);
         let vip6 = format!("{}/128", self.plan.vip6);
+        // The IPv6 VIP is deprecated (`preferred_lft 0`): still answered for and received on,
+        // never picked as the source of the node's own connections or neighbour solicitations.
+        // (Source selection prefers the longest matching prefix, and a /128 VIP beats the
+        // node's /64 address: the daemon's probes would leave from the VIP and their answers
+        // go to a backend's own `lo`.)
+        let vip6_args = [
+            "addr",
+            "replace",
+            vip6.as_str(),
+            "preferred_lft",
+            "0",
+            "nodad",
+        ];
         let several = !self.plan.more_balancers.is_empty();
         match node.role {
             // With several balancers clients route the VIP through them (no ARP for it).
             Role::LoadBalancer if several => {}
             Role::LoadBalancer => {
                 ip_n(&["addr", "replace", &vip, "dev", NETNS_IFNAME])?;
-                ip_n(&["addr", "replace", &vip6, "dev", NETNS_IFNAME, "nodad"])?;
+                ip_n(&[&vip6_args[..], &["dev", NETNS_IFNAME]].concat())?;
             }
             Role::Etcd => {}
             Role::Stable | Role::Canary => {
                 ip_n(&["addr", "replace", &vip, "dev", "lo"])?;
-                ip_n(&["addr", "replace", &vip6, "dev", "lo", "nodad"])?;
+                ip_n(&[&vip6_args[..], &["dev", "lo"]].concat())?;
                 // Replies leave straight for the client over the bridge.
                 ip_n(&["route", "replace", "default", "dev", NETNS_IFNAME])?;
             }
