@@ -18,7 +18,7 @@ pub const STATE_ROOT: &str = "/run/canary-lab";
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
 /// The IPv6 service address (see [`ipv6_of`]): the lab is dual-stack.
 pub const VIP6: Ipv6Addr = ipv6_of(VIP);
-/// IPv6 addresses are configured with this prefix length: all of the lab's 2001:db8::/64 is
+/// IPv6 addresses are configured with this prefix length: all of the lab's `2001:db8::/64` is
 /// on-link.
 pub const PREFIX_LEN6: u8 = 64;
 /// The port the lab's model servers listen on.
@@ -30,7 +30,7 @@ pub const PREFIX_LEN: u8 = 15;
 pub const NETNS_IFNAME: &str = "eth0";
 
 /// The IPv6 address of a lab IPv4 address: each decimal byte written as a hex group, in
-/// 2001:db8::/64, so that `198.18.0.11` is `2001:db8::198:18:0:11`.
+/// `2001:db8::/64`, so that `198.18.0.11` is `2001:db8::198:18:0:11`.
 pub const fn ipv6_of(v4: Ipv4Addr) -> Ipv6Addr {
     const fn group(b: u8) -> u16 {
         (b / 100) as u16 * 0x100 + (b / 10 % 10) as u16 * 0x10 + (b % 10) as u16
