@@ -93,7 +93,9 @@ pub fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
         let s = addr_words(&key.src);
         let d = addr_words(&key.dst);
         murmur3_words(
-            &[s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3], ports, protocol],
+            &[
+                s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3], ports, protocol,
+            ],
             seed,
         )
     } else {
@@ -264,7 +266,10 @@ mod tests {
     fn from_hash_stays_in_range() {
         for h in [0, 1, 9_999, 10_000, u32::MAX / 2, u32::MAX - 1, u32::MAX] {
             let s = Selection::from_hash(h);
-            assert!(s.bucket < BUCKETS && s.slot < MAGLEV_TABLE_SIZE, "{h}: {s:?}");
+            assert!(
+                s.bucket < BUCKETS && s.slot < MAGLEV_TABLE_SIZE,
+                "{h}: {s:?}"
+            );
         }
         assert_eq!(Selection::from_hash(u32::MAX).slot, MAGLEV_TABLE_SIZE - 1);
         assert_eq!(Selection::from_hash(12_345).bucket, 2_345);

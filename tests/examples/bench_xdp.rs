@@ -16,10 +16,7 @@ fn main() -> std::process::ExitCode {
         match arg.as_str() {
             "--baseline" => {
                 options.baseline = args.next().map(PathBuf::from);
-                options.baseline_name = options
-                    .baseline
-                    .as_ref()
-                    .map(|p| p.display().to_string());
+                options.baseline_name = options.baseline.as_ref().map(|p| p.display().to_string());
             }
             "--lru-variant" => options.lru_variant = args.next().map(PathBuf::from),
             "--quick" => {

@@ -44,8 +44,8 @@ use serde::Serialize;
 use crate::packet::{arp_request, v4, Tuple, ETH_LEN};
 use crate::scenario::{Scenario, ServiceSpec};
 use crate::xdp::{
-    error_chain, monotonic_ns, object_path, pin_to_cpu, Dataplane, LoadOptions, XdpError,
-    XDP_PASS, XDP_TX,
+    error_chain, monotonic_ns, object_path, pin_to_cpu, Dataplane, LoadOptions, XdpError, XDP_PASS,
+    XDP_TX,
 };
 
 use canary_common::maps::{PASS_PROGRAM, PROGRAM};
@@ -576,13 +576,27 @@ pub fn run(options: BenchOptions) -> Result<Report, BenchError> {
                 samples[i].push(ns);
             }
         };
-        measure_object(&options, &scenario, &current, &frames, true, &mut |n, ns| {
-            push("", n, ns);
-        })?;
+        measure_object(
+            &options,
+            &scenario,
+            &current,
+            &frames,
+            true,
+            &mut |n, ns| {
+                push("", n, ns);
+            },
+        )?;
         if let Some(baseline) = &options.baseline {
-            measure_object(&options, &scenario, baseline, &frames, false, &mut |n, ns| {
-                push("base_", n, ns);
-            })?;
+            measure_object(
+                &options,
+                &scenario,
+                baseline,
+                &frames,
+                false,
+                &mut |n, ns| {
+                    push("base_", n, ns);
+                },
+            )?;
         }
         if let Some(variant) = &options.lru_variant {
             let fresh = loaded(&scenario, variant)?;

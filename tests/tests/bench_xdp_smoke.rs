@@ -22,7 +22,12 @@ fn every_benchmark_case_takes_its_path() {
     assert_eq!(report.cases.len(), 14);
     assert_eq!(report.comparisons.len(), 3);
     for c in &report.comparisons {
-        assert!(c.ratio.is_finite() && c.ratio > 0.0, "{}: {}", c.case, c.ratio);
+        assert!(
+            c.ratio.is_finite() && c.ratio > 0.0,
+            "{}: {}",
+            c.case,
+            c.ratio
+        );
     }
     for case in &report.cases {
         assert_eq!(case.samples_ns.len(), 2, "{}", case.name);

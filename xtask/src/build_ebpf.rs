@@ -113,11 +113,17 @@ pub(crate) fn build_upgrade_variant(
     Ok(object)
 }
 
+// Used by the launcher side of `cargo xtask bench` only.
+#[cfg(not(feature = "bench"))]
 /// Target directory (under `canary-ebpf/target/`) of the LRU variant.
 pub(crate) const LRU_VARIANT_DIR: &str = "lru-variant";
+// Used by the launcher side of `cargo xtask bench` only.
+#[cfg(not(feature = "bench"))]
 /// The eBPF crate's feature that selects the other flow-table LRU (see `canary-ebpf/src/maps.rs`).
 pub(crate) const LRU_VARIANT_FEATURE: &str = "percpu-lru";
 
+// Used by the launcher side of `cargo xtask bench` only.
+#[cfg(not(feature = "bench"))]
 /// Builds the current source with the flow table's other LRU (the benchmark compares a shared
 /// LRU list with per-CPU lists) and returns the object's path.
 pub(crate) fn build_lru_variant(workspace_root: &Path, toolchain: &Toolchain) -> Result<PathBuf> {
@@ -146,6 +152,8 @@ pub(crate) fn build_lru_variant(workspace_root: &Path, toolchain: &Toolchain) ->
     Ok(object)
 }
 
+// Used by the launcher side of `cargo xtask bench` only.
+#[cfg(not(feature = "bench"))]
 /// Builds the object of git revision `rev` (its source exported with `git archive` into
 /// `target/bench/baseline/<commit>/`, built once and reused) and returns its path.
 pub(crate) fn build_revision(
@@ -170,8 +178,7 @@ pub(crate) fn build_revision(
     if object.is_file() {
         return Ok(object);
     }
-    std::fs::create_dir_all(&source)
-        .with_context(|| format!("create {}", source.display()))?;
+    std::fs::create_dir_all(&source).with_context(|| format!("create {}", source.display()))?;
     let status = Command::new("sh")
         .arg("-c")
         .arg("git archive --format=tar \"$1\" | tar -x -C \"$2\"")
@@ -182,7 +189,10 @@ pub(crate) fn build_revision(
         .status()
         .context("cannot run git archive")?;
     if !status.success() {
-        bail!("exporting {commit} into {} failed ({status})", source.display());
+        bail!(
+            "exporting {commit} into {} failed ({status})",
+            source.display()
+        );
     }
     build(&source, true, toolchain)
 }

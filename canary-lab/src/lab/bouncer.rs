@@ -64,11 +64,11 @@ pub(super) fn instructions(backend: MacAddr, ours: MacAddr) -> [u64; 19] {
         insn(MOV32_IMM, 5, 0, 0, half([s[0], s[1]])),
         insn(STXH, 2, 5, 6, 0), // 12: source MAC, bytes 0-1
         insn(MOV32_IMM, 5, 0, 0, word([s[2], s[3], s[4], s[5]])),
-        insn(STXW, 2, 5, 8, 0),               // 14: source MAC, bytes 2-5
-        insn(MOV64_IMM, 0, 0, 0, XDP_TX),     // 15
-        insn(EXIT, 0, 0, 0, 0),               // 16
-        insn(MOV64_IMM, 0, 0, 0, XDP_PASS),   // 17: pass
-        insn(EXIT, 0, 0, 0, 0),               // 18
+        insn(STXW, 2, 5, 8, 0),             // 14: source MAC, bytes 2-5
+        insn(MOV64_IMM, 0, 0, 0, XDP_TX),   // 15
+        insn(EXIT, 0, 0, 0, 0),             // 16
+        insn(MOV64_IMM, 0, 0, 0, XDP_PASS), // 17: pass
+        insn(EXIT, 0, 0, 0, 0),             // 18
     ]
 }
 

@@ -20,7 +20,10 @@ pub(super) fn run(options: &Options) -> Result<()> {
     let mut extra: Vec<std::ffi::OsString> = Vec::new();
     if matches!(target, Target::Xdp | Target::All) {
         let variant = build_ebpf::build_lru_variant(&root, &toolchain)?;
-        println!("bench: eBPF object with the other flow-table LRU {}", variant.display());
+        println!(
+            "bench: eBPF object with the other flow-table LRU {}",
+            variant.display()
+        );
         extra.push("--lru-variant-object".into());
         extra.push(variant.into());
         if let Some(rev) = &options.baseline {
