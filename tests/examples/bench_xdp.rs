@@ -2,8 +2,9 @@
 //! Run as root: `cargo run --release -p canary-tests --example bench_xdp [-- OPTIONS]`.
 //!
 //! Options: `--baseline <object>` (another build to compare with), `--lru-variant <object>`
-//! (the same source built with the `percpu-lru` feature), `--quick` (2 rounds, fewer packets:
-//! for trying a change, not for publishing).
+//! (the same source built with the `percpu-lru` feature), `--runs N`, `--single-shot N`
+//! (packets per single-shot case and round), `--quick` (2 rounds, fewer packets: for trying a
+//! change, not for publishing).
 
 use std::path::PathBuf;
 
@@ -19,6 +20,10 @@ fn main() -> std::process::ExitCode {
                 options.baseline_name = options.baseline.as_ref().map(|p| p.display().to_string());
             }
             "--lru-variant" => options.lru_variant = args.next().map(PathBuf::from),
+            "--runs" => options.runs = args.next().and_then(|n| n.parse().ok()).unwrap_or(5),
+            "--single-shot" => {
+                options.single_shot = args.next().and_then(|n| n.parse().ok()).unwrap_or(250_000);
+            }
             "--quick" => {
                 options.runs = 2;
                 options.repeat = 200_000;
