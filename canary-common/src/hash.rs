@@ -4,11 +4,7 @@
 //! for a given seed, so every balancer node with the same seed sends a flow to the same bucket.
 //! Loops are over constant-length arrays, which the verifier accepts (and LLVM unrolls).
 
-use crate::{FlowKey, BUCKETS, MAGLEV_TABLE_SIZE};
-
-/// Salt that derives the Maglev slot hash from the bucket hash's seed, so the slot inside a
-/// group is independent of the bucket that chose the group.
-const SLOT_SALT: u32 = 0x9e37_79b9;
+use crate::{FlowKey, BUCKETS, FAMILY_IPV6, MAGLEV_TABLE_SIZE};
 
 /// The scramble of one 32-bit block before it is mixed into the state.
 #[inline(always)]
@@ -80,31 +76,46 @@ fn addr_words(a: &[u8; 16]) -> [u32; 4] {
     ]
 }
 
-/// Hash of the whole 5-tuple (`flow` affinity).
+/// The first 4 bytes of an address as one little-endian word (an IPv4 address).
+#[inline(always)]
+fn first_word(a: &[u8; 16]) -> u32 {
+    u32::from_le_bytes([a[0], a[1], a[2], a[3]])
+}
+
+/// Hash of the whole 5-tuple (`flow` affinity). An IPv4 key is hashed over its 4 meaningful
+/// words (source, destination, ports, protocol and family), not over the 12 zero bytes of each
+/// 16-byte address field: the family word keeps IPv4 and IPv6 keys apart.
 #[inline(always)]
 pub fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
-    let s = addr_words(&key.src);
-    let d = addr_words(&key.dst);
-    let words = [
-        s[0],
-        s[1],
-        s[2],
-        s[3],
-        d[0],
-        d[1],
-        d[2],
-        d[3],
-        u32::from(key.src_port) | (u32::from(key.dst_port) << 16),
-        u32::from(key.protocol) | (u32::from(key.family) << 8),
-    ];
-    murmur3_words(&words, seed)
+    let ports = u32::from(key.src_port) | (u32::from(key.dst_port) << 16);
+    let protocol = u32::from(key.protocol) | (u32::from(key.family) << 8);
+    if key.family == FAMILY_IPV6 {
+        let s = addr_words(&key.src);
+        let d = addr_words(&key.dst);
+        murmur3_words(
+            &[
+                s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3], ports, protocol,
+            ],
+            seed,
+        )
+    } else {
+        murmur3_words(
+            &[first_word(&key.src), first_word(&key.dst), ports, protocol],
+            seed,
+        )
+    }
 }
 
 /// Hash of the client address only (`client-ip` affinity): every port of a client agrees.
 #[inline(always)]
 pub fn client_hash(key: &FlowKey, seed: u32) -> u32 {
-    let s = addr_words(&key.src);
-    murmur3_words(&[s[0], s[1], s[2], s[3], u32::from(key.family)], seed)
+    let family = u32::from(key.family);
+    if key.family == FAMILY_IPV6 {
+        let s = addr_words(&key.src);
+        murmur3_words(&[s[0], s[1], s[2], s[3], family], seed)
+    } else {
+        murmur3_words(&[first_word(&key.src), family], seed)
+    }
 }
 
 /// Where a new flow lands: its bucket (`0..BUCKETS`, compared with the canary weight) and its
@@ -115,35 +126,43 @@ pub struct Selection {
     pub slot: u32,
 }
 
-/// Bucket of a flow for the given affinity.
+/// The hash of a flow for the given affinity.
 #[inline(always)]
-pub fn bucket_of(key: &FlowKey, client_ip_affinity: bool, seed: u32) -> u32 {
-    let h = if client_ip_affinity {
+pub fn selection_hash(key: &FlowKey, client_ip_affinity: bool, seed: u32) -> u32 {
+    if client_ip_affinity {
         client_hash(key, seed)
     } else {
         flow_hash(key, seed)
-    };
-    h % BUCKETS
+    }
+}
+
+/// Bucket of a flow for the given affinity.
+#[inline(always)]
+pub fn bucket_of(key: &FlowKey, client_ip_affinity: bool, seed: u32) -> u32 {
+    Selection::from_hash(selection_hash(key, client_ip_affinity, seed)).bucket
 }
 
 /// Maglev slot of a flow for the given affinity (independent of its bucket).
 #[inline(always)]
 pub fn slot_of(key: &FlowKey, client_ip_affinity: bool, seed: u32) -> u32 {
-    let seed = seed ^ SLOT_SALT;
-    let h = if client_ip_affinity {
-        client_hash(key, seed)
-    } else {
-        flow_hash(key, seed)
-    };
-    h % MAGLEV_TABLE_SIZE
+    Selection::from_hash(selection_hash(key, client_ip_affinity, seed)).slot
 }
 
 impl Selection {
     #[inline(always)]
     pub fn of(key: &FlowKey, client_ip_affinity: bool, seed: u32) -> Self {
+        Self::from_hash(selection_hash(key, client_ip_affinity, seed))
+    }
+
+    /// Bucket and slot from one 32-bit hash: the bucket is the hash modulo `BUCKETS` (its low
+    /// digits), the slot the hash scaled onto the table (`h * MAGLEV_TABLE_SIZE / 2^32`, its
+    /// high bits). The hash is uniform, so the slot is uniform whatever the bucket: every
+    /// range of buckets (a group's share) spreads evenly over the group's Maglev table.
+    #[inline(always)]
+    pub const fn from_hash(h: u32) -> Self {
         Selection {
-            bucket: bucket_of(key, client_ip_affinity, seed),
-            slot: slot_of(key, client_ip_affinity, seed),
+            bucket: h % BUCKETS,
+            slot: ((h as u64 * MAGLEV_TABLE_SIZE as u64) >> 32) as u32,
         }
     }
 }
@@ -210,6 +229,50 @@ mod tests {
             Selection::of(&key([198, 18, 1, 1], 1000), false, 42),
             Selection::of(&key([198, 18, 1, 1], 65000), false, 42)
         );
+    }
+
+    #[test]
+    fn slots_are_uniform_inside_a_bucket_range() {
+        // The canary group's flows are those with a bucket below the weight: their slots must
+        // still cover the group's table evenly (the bucket and slot come from one hash).
+        let mut deciles = [0u32; 10];
+        let mut canary = 0;
+        for i in 0..400_000u32 {
+            let k = key([198, 18, (i >> 16) as u8 | 2, (i >> 8) as u8], i as u16);
+            let s = Selection::of(&k, false, 1);
+            if s.bucket < 1_000 {
+                canary += 1;
+                deciles[(s.slot * 10 / MAGLEV_TABLE_SIZE) as usize] += 1;
+            }
+        }
+        assert!((38_000..=42_000).contains(&canary), "{canary} canary flows");
+        for d in deciles {
+            let share = f64::from(d) / f64::from(canary);
+            assert!((0.095..=0.105).contains(&share), "decile share {share}");
+        }
+    }
+
+    #[test]
+    fn ipv4_and_ipv6_keys_never_share_a_hash_input() {
+        // The same 16 address bytes as IPv4 (first 4 bytes) and IPv6: different hashes.
+        let v4 = key([198, 18, 1, 1], 40000);
+        let mut v6 = v4;
+        v6.family = crate::FAMILY_IPV6;
+        assert_ne!(flow_hash(&v4, 3), flow_hash(&v6, 3));
+        assert_ne!(client_hash(&v4, 3), client_hash(&v6, 3));
+    }
+
+    #[test]
+    fn from_hash_stays_in_range() {
+        for h in [0, 1, 9_999, 10_000, u32::MAX / 2, u32::MAX - 1, u32::MAX] {
+            let s = Selection::from_hash(h);
+            assert!(
+                s.bucket < BUCKETS && s.slot < MAGLEV_TABLE_SIZE,
+                "{h}: {s:?}"
+            );
+        }
+        assert_eq!(Selection::from_hash(u32::MAX).slot, MAGLEV_TABLE_SIZE - 1);
+        assert_eq!(Selection::from_hash(12_345).bucket, 2_345);
     }
 
     #[test]

@@ -116,7 +116,8 @@ pub struct ServiceControl {
     /// Rollback "reset" epoch (`CLOCK_MONOTONIC` ns): canary flows created before it are re-chosen.
     /// 0 = none.
     pub reset_epoch_ns: u64,
-    /// Last daemon heartbeat, `CLOCK_MONOTONIC` ns (the clock of `bpf_ktime_get_ns`).
+    /// Last daemon heartbeat, `CLOCK_MONOTONIC` ns (the program compares it with the kernel's
+    /// coarse `CLOCK_MONOTONIC`, `bpf_ktime_get_coarse_ns`, up to one timer tick behind).
     pub heartbeat_ns: u64,
     /// Dead-man switch: when `|now - heartbeat_ns| > heartbeat_timeout_ns` (a heartbeat too far
     /// in the future is as stale as an old one), new flows go to stable only. 0 disables the
@@ -192,7 +193,8 @@ pub struct FlowKey {
 pub struct FlowEntry {
     pub backend: u32,
     pub group: u32,
-    /// When the flow was first seen (`CLOCK_MONOTONIC` ns).
+    /// When the flow was first seen (`CLOCK_MONOTONIC` ns, read from the kernel's coarse
+    /// clock: up to one timer tick early).
     pub created_ns: u64,
     /// UDP flows: when the flow's last datagram was seen (`CLOCK_MONOTONIC` ns), for the idle
     /// timeout. TCP flows: when the entry was written.

@@ -35,9 +35,21 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 pub static MAGLEV: Array<u32> = Array::with_max_entries(MAGLEV_ENTRIES, 0);
 
 /// Established flows. Userspace resizes it at load time (`EbpfLoader::set_max_entries`).
+///
+/// One LRU list shared by all CPUs. Per-CPU lists (`BPF_F_NO_COMMON_LRU`, the `percpu-lru`
+/// feature, built only for the benchmark's comparison) split the entries evenly between the
+/// CPUs: a CPU could then hold only `max_entries / CPUs` flows before evicting its own, so a
+/// table sized for the flows would hold a fraction of them whenever the flows are not spread
+/// evenly over the CPUs.
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowEntry> =
-    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, FLOWS_MAP_FLAGS);
+
+/// `BPF_F_NO_COMMON_LRU`.
+#[cfg(feature = "percpu-lru")]
+const FLOWS_MAP_FLAGS: u32 = 1 << 1;
+#[cfg(not(feature = "percpu-lru"))]
+const FLOWS_MAP_FLAGS: u32 = 0;
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);

@@ -138,10 +138,16 @@ fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> XdpError {
 impl Dataplane {
     /// Loads the object at [`object_path`] with empty maps.
     pub fn load(options: LoadOptions) -> Result<Self, XdpError> {
+        Self::load_object(&object_path(), options)
+    }
+
+    /// Loads the object at `path` (another build of the program: the benchmark's baseline or
+    /// variant) with empty maps.
+    pub fn load_object(path: &std::path::Path, options: LoadOptions) -> Result<Self, XdpError> {
         if !is_root() {
             return Err(XdpError::NotRoot);
         }
-        let path = object_path();
+        let path = path.to_path_buf();
         if !path.is_file() {
             return Err(XdpError::ObjectMissing { path });
         }

@@ -3,6 +3,7 @@
 //! Needs root; run with `--test-threads=1`.
 
 use canary_tests::bench_xdp::{run, BenchOptions};
+use canary_tests::xdp::object_path;
 
 #[test]
 fn every_benchmark_case_takes_its_path() {
@@ -11,9 +12,23 @@ fn every_benchmark_case_takes_its_path() {
         repeat: 1_000,
         single_shot: 1_000,
         cpu: None,
+        // The object under test stands in for the baseline and the LRU variant: this checks
+        // that the before/after and two-CPU cases run and take their paths.
+        baseline: Some(object_path()),
+        baseline_name: Some("itself".to_owned()),
+        lru_variant: Some(object_path()),
     })
     .unwrap_or_else(|e| panic!("{}", canary_tests::bench_xdp::describe(&e)));
-    assert_eq!(report.cases.len(), 8);
+    assert_eq!(report.cases.len(), 14);
+    assert_eq!(report.comparisons.len(), 3);
+    for c in &report.comparisons {
+        assert!(
+            c.ratio.is_finite() && c.ratio > 0.0,
+            "{}: {}",
+            c.case,
+            c.ratio
+        );
+    }
     for case in &report.cases {
         assert_eq!(case.samples_ns.len(), 2, "{}", case.name);
         assert!(
@@ -29,4 +44,5 @@ fn every_benchmark_case_takes_its_path() {
     }
     let table = report.table();
     assert!(table.contains("established") && table.contains("single_new_flow_insert"));
+    assert!(table.contains("dual_insert_percpu_lru") && table.contains("Before (baseline itself)"));
 }

@@ -75,7 +75,7 @@ pub(crate) fn build(
     toolchain: &Toolchain,
 ) -> Result<PathBuf> {
     let target_dir = workspace_root.join(EBPF_CRATE_DIR).join("target");
-    cargo_build(workspace_root, &target_dir, release, toolchain, &[])?;
+    cargo_build(workspace_root, &target_dir, release, toolchain, &[], &[])?;
     let object = object_path(workspace_root, release);
     if !object.is_file() {
         bail!(
@@ -101,6 +101,7 @@ pub(crate) fn build_upgrade_variant(
         true,
         toolchain,
         &[("CARGO_PROFILE_RELEASE_OPT_LEVEL", "2")],
+        &[],
     )?;
     let object = upgrade_variant_path(workspace_root);
     if !object.is_file() {
@@ -112,12 +113,97 @@ pub(crate) fn build_upgrade_variant(
     Ok(object)
 }
 
+// Used by the launcher side of `cargo xtask bench` only.
+#[cfg(not(feature = "bench"))]
+/// Target directory (under `canary-ebpf/target/`) of the LRU variant.
+pub(crate) const LRU_VARIANT_DIR: &str = "lru-variant";
+// Used by the launcher side of `cargo xtask bench` only.
+#[cfg(not(feature = "bench"))]
+/// The eBPF crate's feature that selects the other flow-table LRU (see `canary-ebpf/src/maps.rs`).
+pub(crate) const LRU_VARIANT_FEATURE: &str = "percpu-lru";
+
+// Used by the launcher side of `cargo xtask bench` only.
+#[cfg(not(feature = "bench"))]
+/// Builds the current source with the flow table's other LRU (the benchmark compares a shared
+/// LRU list with per-CPU lists) and returns the object's path.
+pub(crate) fn build_lru_variant(workspace_root: &Path, toolchain: &Toolchain) -> Result<PathBuf> {
+    let target_dir = workspace_root
+        .join(EBPF_CRATE_DIR)
+        .join("target")
+        .join(LRU_VARIANT_DIR);
+    cargo_build(
+        workspace_root,
+        &target_dir,
+        true,
+        toolchain,
+        &[],
+        &["--features", LRU_VARIANT_FEATURE],
+    )?;
+    let object = target_dir
+        .join(BPF_TARGET)
+        .join("release")
+        .join(OBJECT_NAME);
+    if !object.is_file() {
+        bail!(
+            "the eBPF variant build succeeded but {} is missing",
+            object.display()
+        );
+    }
+    Ok(object)
+}
+
+// Used by the launcher side of `cargo xtask bench` only.
+#[cfg(not(feature = "bench"))]
+/// Builds the object of git revision `rev` (its source exported with `git archive` into
+/// `target/bench/baseline/<commit>/`, built once and reused) and returns its path.
+pub(crate) fn build_revision(
+    workspace_root: &Path,
+    rev: &str,
+    toolchain: &Toolchain,
+) -> Result<PathBuf> {
+    let out = Command::new("git")
+        .args(["rev-parse", "--verify", &format!("{rev}^{{commit}}")])
+        .current_dir(workspace_root)
+        .output()
+        .context("cannot run git")?;
+    if !out.status.success() {
+        bail!(
+            "baseline revision {rev:?} is not a commit of this repository: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let commit = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let source = workspace_root.join("target/bench/baseline").join(&commit);
+    let object = object_path(&source, true);
+    if object.is_file() {
+        return Ok(object);
+    }
+    std::fs::create_dir_all(&source).with_context(|| format!("create {}", source.display()))?;
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("git archive --format=tar \"$1\" | tar -x -C \"$2\"")
+        .arg("sh")
+        .arg(&commit)
+        .arg(&source)
+        .current_dir(workspace_root)
+        .status()
+        .context("cannot run git archive")?;
+    if !status.success() {
+        bail!(
+            "exporting {commit} into {} failed ({status})",
+            source.display()
+        );
+    }
+    build(&source, true, toolchain)
+}
+
 fn cargo_build(
     workspace_root: &Path,
     target_dir: &Path,
     release: bool,
     toolchain: &Toolchain,
     env: &[(&str, &str)],
+    args: &[&str],
 ) -> Result<()> {
     let crate_dir = workspace_root.join(EBPF_CRATE_DIR);
     let mut cargo = match toolchain.route {
@@ -142,6 +228,7 @@ fn cargo_build(
         .args(["--locked", "--target", BPF_TARGET])
         .arg("--target-dir")
         .arg(target_dir)
+        .args(args)
         .envs(env.iter().copied())
         .current_dir(&crate_dir)
         // The outer `cargo run` sets these for the host toolchain; they must not steer this build.

@@ -14,9 +14,11 @@
 //!
 //! One file per concern: `plan` (names, addresses and MACs; no I/O), `record` (the on-disk
 //! record), `build` (bringing it up), `exec` (commands and processes in its namespaces),
-//! `peer_xdp` (the program on the balancer's bridge-side veth), `teardown`, `status`; `cmd` runs
-//! the host tools and `xdp_pass` loads the builtin pass program.
+//! `peer_xdp` (the program on the balancer's bridge-side veth), `bouncer` (the do-nothing
+//! balancer of the benchmarks), `teardown`, `status`; `cmd` runs the host tools and `xdp_pass`
+//! loads the builtin pass program.
 
+mod bouncer;
 mod build;
 mod cmd;
 mod error;

@@ -84,7 +84,6 @@ fn instructions() -> [u64; 2] {
 /// Load the pass program, attach it in native mode to `ifname` and pin the link at `pin`.
 pub(super) fn attach(ifname: &str, pin: &Path) -> io::Result<()> {
     use std::os::fd::AsRawFd as _;
-    use std::os::unix::ffi::OsStrExt as _;
 
     let c_ifname = CString::new(ifname).map_err(io::Error::other)?;
     // SAFETY: a valid NUL-terminated string.
@@ -92,20 +91,7 @@ pub(super) fn attach(ifname: &str, pin: &Path) -> io::Result<()> {
     if ifindex == 0 {
         return Err(context("find interface", &io::Error::last_os_error()));
     }
-    let insns = instructions();
-    let license = c"GPL";
-    let mut name = [0u8; 16];
-    name[..9].copy_from_slice(b"lab_xpass");
-    let mut load = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_XDP,
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        prog_name: name,
-        expected_attach_type: BPF_XDP,
-        ..ProgLoadAttr::default()
-    };
-    let prog = bpf(BPF_PROG_LOAD, &mut load).map_err(|e| context("load program", &e))?;
+    let prog = load(&instructions(), b"lab_xpass")?;
     let mut link = LinkCreateAttr {
         prog_fd: prog.as_raw_fd().cast_unsigned(),
         target_ifindex: ifindex,
@@ -113,10 +99,41 @@ pub(super) fn attach(ifname: &str, pin: &Path) -> io::Result<()> {
         flags: XDP_FLAGS_DRV_MODE,
     };
     let link = bpf(BPF_LINK_CREATE, &mut link).map_err(|e| context("create XDP link", &e))?;
+    pin_fd(&link, pin)
+}
+
+/// Loads an XDP program made of `insns` (named `name`, at most 15 bytes) and pins it at `pin`:
+/// it can then be attached in any namespace (`ip link set dev ... xdpdrv pinned <pin>`).
+pub(super) fn load_and_pin(insns: &[u64], name: &[u8], pin: &Path) -> io::Result<()> {
+    let prog = load(insns, name)?;
+    pin_fd(&prog, pin)
+}
+
+fn load(insns: &[u64], name: &[u8]) -> io::Result<OwnedFd> {
+    let license = c"GPL";
+    let mut prog_name = [0u8; 16];
+    let len = name.len().min(15);
+    prog_name[..len].copy_from_slice(&name[..len]);
+    let mut load = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_XDP,
+        insn_cnt: u32::try_from(insns.len()).map_err(io::Error::other)?,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        prog_name,
+        expected_attach_type: BPF_XDP,
+        ..ProgLoadAttr::default()
+    };
+    bpf(BPF_PROG_LOAD, &mut load).map_err(|e| context("load program", &e))
+}
+
+fn pin_fd(fd: &OwnedFd, pin: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::ffi::OsStrExt as _;
+
     let c_pin = CString::new(pin.as_os_str().as_bytes()).map_err(io::Error::other)?;
     let mut pin_attr = ObjPinAttr {
         pathname: c_pin.as_ptr() as u64,
-        bpf_fd: link.as_raw_fd().cast_unsigned(),
+        bpf_fd: fd.as_raw_fd().cast_unsigned(),
         ..ObjPinAttr::default()
     };
     // BPF_OBJ_PIN returns 0, not an fd.
@@ -131,7 +148,7 @@ pub(super) fn attach(ifname: &str, pin: &Path) -> io::Result<()> {
     };
     if ret < 0 {
         return Err(context(
-            &format!("pin link at {}", pin.display()),
+            &format!("pin at {}", pin.display()),
             &io::Error::last_os_error(),
         ));
     }

@@ -4,10 +4,11 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use super::Target;
+use super::{Options, Target};
 use crate::{build_ebpf, setup};
 
-pub(super) fn run(target: Target) -> Result<()> {
+pub(super) fn run(options: &Options) -> Result<()> {
+    let target = options.target;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("benchmarks need root (network namespaces, XDP, BPF statistics): run `cargo xtask bench` as root");
@@ -16,6 +17,22 @@ pub(super) fn run(target: Target) -> Result<()> {
     let toolchain = setup::ensure()?;
     let object = build_ebpf::build(&root, true, &toolchain)?;
     println!("bench: eBPF object {}", object.display());
+    let mut extra: Vec<std::ffi::OsString> = Vec::new();
+    if matches!(target, Target::Xdp | Target::All) {
+        let variant = build_ebpf::build_lru_variant(&root, &toolchain)?;
+        println!(
+            "bench: eBPF object with the other flow-table LRU {}",
+            variant.display()
+        );
+        extra.push("--lru-variant-object".into());
+        extra.push(variant.into());
+        if let Some(rev) = &options.baseline {
+            let baseline = build_ebpf::build_revision(&root, rev, &toolchain)?;
+            println!("bench: baseline eBPF object ({rev}) {}", baseline.display());
+            extra.extend(["--baseline".into(), rev.into(), "--baseline-object".into()]);
+            extra.push(baseline.into());
+        }
+    }
 
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     // The lab runs the daemon, model server and load generator from the same release target
@@ -43,6 +60,7 @@ pub(super) fn run(target: Target) -> Result<()> {
             "bench",
             target.name(),
         ])
+        .args(&extra)
         .current_dir(&root);
     let status = bench
         .status()

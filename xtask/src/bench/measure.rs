@@ -3,9 +3,10 @@
 use anyhow::{anyhow, Result};
 
 use super::report;
-use super::{e2e, install, judge, rollout, scale, xdp, Target};
+use super::{e2e, install, judge, rollout, scale, xdp, Options, Target};
 
-pub(super) fn run(target: Target) -> Result<()> {
+pub(super) fn run(options: &Options) -> Result<()> {
+    let target = options.target;
     let targets: Vec<Target> = match target {
         Target::All => vec![
             Target::Xdp,
@@ -23,7 +24,7 @@ pub(super) fn run(target: Target) -> Result<()> {
         println!("\n=== bench {} ===", t.name());
         let started = std::time::Instant::now();
         let section = match t {
-            Target::Xdp => xdp::run(),
+            Target::Xdp => xdp::run(options),
             Target::E2e => e2e::run(),
             Target::Rollout => rollout::run(),
             Target::Judge => Ok(judge::run()),

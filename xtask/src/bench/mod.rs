@@ -73,15 +73,25 @@ pub(crate) struct Options {
     /// The benchmark to run.
     #[arg(value_enum, default_value = "all")]
     pub target: Target,
+    /// xdp: also measure the eBPF object built from this git revision (for example `main`), in
+    /// the same run, interleaved with the current one: before and after side by side.
+    #[arg(long, value_name = "REV")]
+    pub baseline: Option<String>,
+    /// Set by the launcher: the baseline object it built, and its revision.
+    #[arg(long, hide = true, requires = "baseline")]
+    pub baseline_object: Option<std::path::PathBuf>,
+    /// Set by the launcher: the current source built with the other flow-table LRU.
+    #[arg(long, hide = true)]
+    pub lru_variant_object: Option<std::path::PathBuf>,
 }
 
 pub(crate) fn run(options: &Options) -> anyhow::Result<()> {
     #[cfg(feature = "bench")]
     {
-        measure::run(options.target)
+        measure::run(options)
     }
     #[cfg(not(feature = "bench"))]
     {
-        launch::run(options.target)
+        launch::run(options)
     }
 }
