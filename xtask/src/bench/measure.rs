@@ -3,7 +3,7 @@
 use anyhow::{anyhow, Result};
 
 use super::report;
-use super::{e2e, install, judge, rollout, scale, xdp, Target};
+use super::{cluster, e2e, install, judge, rollout, scale, xdp, Target};
 
 pub(super) fn run(target: Target) -> Result<()> {
     let targets: Vec<Target> = match target {
@@ -13,6 +13,7 @@ pub(super) fn run(target: Target) -> Result<()> {
             Target::Rollout,
             Target::Judge,
             Target::Scale,
+            Target::Cluster,
         ],
         t => vec![t],
     };
@@ -28,6 +29,7 @@ pub(super) fn run(target: Target) -> Result<()> {
             Target::Rollout => rollout::run(),
             Target::Judge => Ok(judge::run()),
             Target::Scale => scale::run(),
+            Target::Cluster => cluster::run(),
             Target::All => unreachable!("expanded above"),
         };
         match section {
