@@ -2,7 +2,7 @@
 //! rollout through etcd; the leader is killed with `SIGKILL` (by PID) mid-rollout, another node
 //! takes over and finishes it. The live view shows every node, who leads, and what each applied.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -116,6 +116,8 @@ fn watch(d: &mut ClusterDeployment, tag: &str, timeout: Duration) -> Result<Outc
     let mut first_step: Option<Instant> = None;
     let mut ended_at: Option<Instant> = None;
     let mut end_flows: Option<(u64, u64)> = None;
+    // Largest per-group request count seen per step window (`group@weight`).
+    let mut requests: BTreeMap<String, u64> = BTreeMap::new();
     loop {
         let observer = alive[0];
         let status = match d.status(observer) {
@@ -136,6 +138,12 @@ fn watch(d: &mut ClusterDeployment, tag: &str, timeout: Duration) -> Result<Outc
         let service = &status.services[0];
         if matches!(service.phase.as_str(), "stepping" | "promoted") {
             first_step.get_or_insert_with(Instant::now);
+        }
+        for g in &service.groups {
+            let e = requests
+                .entry(format!("{}@{}", g.group, service.weight_percent))
+                .or_default();
+            *e = (*e).max(g.requests);
         }
         for line in new_decisions(service, &mut seen, None) {
             println!("{line}");
@@ -217,6 +225,10 @@ fn watch(d: &mut ClusterDeployment, tag: &str, timeout: Duration) -> Result<Outc
                 .map_or("-", |d| d.reason.as_str())
                 .to_string();
             end_flows = Some(flows_over(d, &alive));
+            for (key, n) in &requests {
+                let group = key.split('@').next().unwrap_or("?").to_string();
+                *out.requests.entry(group).or_default() += n;
+            }
             ended_at = Some(Instant::now());
             println!(
                 "[{:>5.1}s] rollout ended ({}); load continues for {} s to show where new flows go",
@@ -287,8 +299,13 @@ pub(super) fn render_cluster_view(
         cluster.map_or("-", |c| c.node.as_str()),
     );
     let nodes = cluster.map(|c| c.nodes.as_slice()).unwrap_or_default();
+    let killed_name = killed.map(|k| k.killed.as_str());
     for n in nodes {
-        let role = if Some(n.name.as_str()) == leader {
+        // A killed node's report stays in etcd until its lease runs out (and it may still be
+        // named leader until then): it is marked as killed all the same.
+        let role = if Some(n.name.as_str()) == killed_name {
+            "KILLED"
+        } else if Some(n.name.as_str()) == leader {
             "LEADER"
         } else {
             "follower"
@@ -322,13 +339,11 @@ pub(super) fn render_cluster_view(
         );
     }
     if let Some(k) = killed {
-        if !nodes.iter().any(|n| n.name == k.killed) {
-            let _ = writeln!(
-                out,
-                "         node {:<5} KILLED   (kill -9 {}; its lease expired, its report is gone)",
-                k.killed, k.pid
-            );
-        }
+        let _ = writeln!(
+            out,
+            "         ({} killed with kill -9 {}: its report stays until its lease runs out)",
+            k.killed, k.pid
+        );
     }
     out
 }
@@ -415,18 +430,20 @@ mod tests {
     }
 
     #[test]
-    fn a_killed_node_is_shown_once_its_report_is_gone() {
+    fn a_killed_node_is_marked_until_and_after_its_report_is_gone() {
         let t = Takeover {
             killed: "lb2".into(),
             pid: 4242,
             ..Takeover::default()
         };
-        let v = render_cluster_view(Duration::ZERO, "demo3", &status("lb2"), Some(&t));
-        assert!(v.contains("node lb2   KILLED   (kill -9 4242"), "{v}");
-        assert_eq!(v.matches("lb2").count(), 1, "{v}");
-        // While its report is still in etcd, the node is listed with it, not as killed.
+        // While its report is still in etcd the node is listed with it, marked as killed.
         let v = render_cluster_view(Duration::ZERO, "demo3", &status(""), Some(&t));
-        assert!(!v.contains("KILLED"), "{v}");
+        assert!(v.contains("node lb2   KILLED   alive document    40"), "{v}");
+        assert!(v.contains("(lb2 killed with kill -9 4242"), "{v}");
+        // Once its lease ran out only the note names it.
+        let v = render_cluster_view(Duration::ZERO, "demo3", &status("lb2"), Some(&t));
+        assert!(!v.contains("node lb2"), "{v}");
+        assert!(v.contains("(lb2 killed with kill -9 4242"), "{v}");
     }
 
     #[test]
