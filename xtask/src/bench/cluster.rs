@@ -109,22 +109,26 @@ fn log_time(line: &str) -> Option<f64> {
     let stamp = line.split_whitespace().next()?;
     let stamp = stamp.strip_suffix('Z')?;
     let (date, time) = stamp.split_once('T')?;
-    let mut d = date.split('-').map(str::parse::<i64>);
-    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let mut t = time.split(':');
-    let (h, min, s) = (
-        t.next()?.parse::<f64>().ok()?,
-        t.next()?.parse::<f64>().ok()?,
-        t.next()?.parse::<f64>().ok()?,
+    let mut parts = date.split('-').map(str::parse::<i64>);
+    let (year, month, day) = (
+        parts.next()?.ok()?,
+        parts.next()?.ok()?,
+        parts.next()?.ok()?,
+    );
+    let mut clock = time.split(':').map(str::parse::<f64>);
+    let (hours, minutes, seconds) = (
+        clock.next()?.ok()?,
+        clock.next()?.ok()?,
+        clock.next()?.ok()?,
     );
     // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days as f64 * 86_400.0 + h * 3600.0 + min * 60.0 + s)
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    Some(days as f64 * 86_400.0 + hours * 3600.0 + minutes * 60.0 + seconds)
 }
 
 /// The integer after `field=` in a log line.
@@ -371,14 +375,14 @@ fn rerouted_share(d: &ClusterDeployment, removed: usize) -> Result<f64> {
     let vip = d.lab.vip();
     let lookups = || -> Result<Vec<String>> {
         let mut argv: Vec<String> = vec!["ip".into(), "-o".into(), "-batch".into(), "-".into()];
-        let batch: String = (0..ROUTE_SAMPLES)
-            .map(|p| {
-                format!(
-                    "route get {vip} from {src} ipproto tcp sport {} dport {SERVICE_PORT}\n",
-                    20_000 + p
-                )
-            })
-            .collect();
+        let mut batch = String::new();
+        for p in 0..ROUTE_SAMPLES {
+            let _ = writeln!(
+                batch,
+                "route get {vip} from {src} ipproto tcp sport {} dport {SERVICE_PORT}",
+                20_000 + p
+            );
+        }
         let path = d.lab.state_dir().join("route-batch.txt");
         std::fs::write(&path, batch)?;
         argv[3] = path.display().to_string();
@@ -532,7 +536,6 @@ pub(super) fn run() -> Result<Section> {
     let tx = apply(&m.promotions, &|p| p.etcd.bytes_sent);
     let kill_leader = summary(&m.kills.iter().map(|k| k.to_leader_s).collect::<Vec<_>>());
     let kill_applied = summary(&m.kills.iter().map(|k| k.to_applied_s).collect::<Vec<_>>());
-    let rerouted = summary(&m.rerouted);
     let count = |t: &[RemovalTrial], f: &dyn Fn(&RemovalTrial) -> u64| {
         summary(&t.iter().map(|t| f(t) as f64).collect::<Vec<_>>())
     };
@@ -697,8 +700,8 @@ mod tests {
     fn log_lines_give_time_and_version() {
         let line = "2026-12-02T07:16:36.250000Z  INFO canary_userspace::daemon: document published service=\"sentiment\" version=42 lease=7a";
         let t = log_time(line).unwrap();
-        // 2026-12-02 is day 20_424 since the epoch.
-        assert!((t - (20_424.0 * 86_400.0 + 7.0 * 3600.0 + 16.0 * 60.0 + 36.25)).abs() < 1e-6);
+        // 2026-12-02 is day 20_789 since the epoch.
+        assert!((t - (20_789.0 * 86_400.0 + 7.0 * 3600.0 + 16.0 * 60.0 + 36.25)).abs() < 1e-6);
         assert_eq!(field_u64(line, "version"), Some(42));
         let events = log_events(&format!("{line}\nother\n"), "document published");
         assert_eq!(events.len(), 1);
