@@ -17,9 +17,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use canary_userspace::api::{ServiceStatus, Status};
 use canary_userspace::cluster::config::RawCluster;
 use canary_userspace::config::raw::RawConfig;
-use canary_userspace::api::{ServiceStatus, Status};
 
 use crate::deployment::{
     all_probed, config, toml_text, DaemonCommand, DeploymentError, DeploymentSpec, ADMIN_PORT,
@@ -389,7 +389,12 @@ impl ClusterDeployment {
     /// Cumulative new flows per backend counted by node `i`'s kernel.
     pub fn node_backend_flows(&self, i: usize) -> BTreeMap<String, u64> {
         self.service_status(i)
-            .map(|s| s.backends.into_iter().map(|b| (b.name, b.new_flows)).collect())
+            .map(|s| {
+                s.backends
+                    .into_iter()
+                    .map(|b| (b.name, b.new_flows))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }

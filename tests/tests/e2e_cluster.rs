@@ -52,7 +52,9 @@ fn refused(s: &Status) -> Option<&str> {
 }
 
 fn cluster_of(s: &Status) -> &ClusterStatus {
-    s.cluster.as_ref().expect("a cluster node's status has a cluster block")
+    s.cluster
+        .as_ref()
+        .expect("a cluster node's status has a cluster block")
 }
 
 /// The node every node agrees leads, once they all do.
@@ -525,14 +527,14 @@ fn etcd_stopped_rollout_holds_forwarding_continues_then_resumes() {
                 i,
                 "etcd reported unreachable",
                 Duration::from_secs(10),
-                |s| s.cluster.as_ref().is_some_and(|c| c.store_problem.is_some()),
+                |s| {
+                    s.cluster
+                        .as_ref()
+                        .is_some_and(|c| c.store_problem.is_some())
+                },
             )
             .unwrap();
-        println!(
-            "{}: {:?}",
-            d.nodes[i].name,
-            cluster_of(&s).store_problem
-        );
+        println!("{}: {:?}", d.nodes[i].name, cluster_of(&s).store_problem);
         held.push(weight(&s));
     }
     // Longer than a step: nothing moves.
@@ -574,7 +576,9 @@ fn etcd_stopped_rollout_holds_forwarding_continues_then_resumes() {
     d.etcd.restart().expect("etcd restarts");
     for i in 0..3 {
         d.wait_for(i, "etcd reachable again", Duration::from_secs(20), |s| {
-            s.cluster.as_ref().is_some_and(|c| c.store_problem.is_none())
+            s.cluster
+                .as_ref()
+                .is_some_and(|c| c.store_problem.is_none())
         })
         .unwrap();
     }
@@ -653,8 +657,7 @@ fn frozen_leader_past_its_lease_writes_no_decision_after_it_resumes() {
         |s| {
             s.cluster.as_ref().is_some_and(|c| {
                 c.leader.is_some()
-                    && (!c.leading
-                        || lease_of(&d.log(li)).as_deref() != Some(old_lease.as_str()))
+                    && (!c.leading || lease_of(&d.log(li)).as_deref() != Some(old_lease.as_str()))
             })
         },
     )

@@ -49,13 +49,12 @@ impl Dataplane {
             .ok_or_else(|| dp_err(name, "open")(XdpError::MissingMap(name)))?;
         let mut array: PerCpuArray<_, V> =
             PerCpuArray::try_from(map).map_err(map_err(name, "open"))?;
-        let zeros = PerCpuValues::try_from(vec![V::default(); cpus]).map_err(|e| {
-            DataPlaneError::Map {
+        let zeros =
+            PerCpuValues::try_from(vec![V::default(); cpus]).map_err(|e| DataPlaneError::Map {
                 map: name,
                 operation: "zero",
                 source: Box::new(e),
-            }
-        })?;
+            })?;
         array.set(index, zeros, 0).map_err(map_err(name, "zero"))
     }
 
@@ -122,9 +121,9 @@ impl DataPlane for Dataplane {
                 MapWrite::VipSet { key, services } => self
                     .set_vip(key, *services)
                     .map_err(dp_err(maps::VIPS, "set"))?,
-                MapWrite::VipRemove { key } => self
-                    .set_vip(key, 0)
-                    .map_err(dp_err(maps::VIPS, "remove"))?,
+                MapWrite::VipRemove { key } => {
+                    self.set_vip(key, 0).map_err(dp_err(maps::VIPS, "remove"))?
+                }
             }
         }
         Ok(())
@@ -135,8 +134,7 @@ impl DataPlane for Dataplane {
     }
 
     fn set_global_config(&mut self, config: &GlobalConfig) -> Result<(), DataPlaneError> {
-        self.set_config(config)
-            .map_err(dp_err(maps::CONFIG, "set"))
+        self.set_config(config).map_err(dp_err(maps::CONFIG, "set"))
     }
 
     fn global_config(&self) -> Result<GlobalConfig, DataPlaneError> {
@@ -168,7 +166,9 @@ impl DataPlane for Dataplane {
             Array::try_from(map).map_err(map_err(maps::BACKENDS, "open"))?;
         let mut backends = Vec::new();
         for index in 0..array.len() {
-            let b = array.get(&index, 0).map_err(map_err(maps::BACKENDS, "get"))?;
+            let b = array
+                .get(&index, 0)
+                .map_err(map_err(maps::BACKENDS, "get"))?;
             if b != Backend::default() {
                 backends.push((index, b));
             }

@@ -151,7 +151,12 @@ fn three_loaded_programs_pick_the_same_group_and_backend_at_every_weight() {
             // A new 5-tuple per weight (a tuple seen before is pinned by the flow table).
             let client = Ipv4Addr::new(198, 18, 1 + w as u8, (i % 200) as u8 + 1);
             let sport = 20_000 + i * 7;
-            let tuple = Tuple::tcp(v4(198, 18, 1 + w as u8, (i % 200) as u8 + 1), sport, vip, 8080);
+            let tuple = Tuple::tcp(
+                v4(198, 18, 1 + w as u8, (i % 200) as u8 + 1),
+                sport,
+                vip,
+                8080,
+            );
             let frame = tuple.frame();
             let answers: Vec<(&str, Group)> = nodes
                 .iter()
@@ -203,7 +208,11 @@ fn three_loaded_programs_pick_the_same_group_and_backend_at_every_weight() {
             "canary share {canary} at weight {percent}%"
         );
         if percent > 0.0 && percent < 100.0 {
-            assert_eq!(backends.len(), 5, "every backend chosen at {percent}%: {backends:?}");
+            assert_eq!(
+                backends.len(),
+                5,
+                "every backend chosen at {percent}%: {backends:?}"
+            );
         }
     }
 }

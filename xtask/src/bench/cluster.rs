@@ -189,7 +189,11 @@ fn etcd_counters(d: &ClusterDeployment) -> Result<EtcdCounters> {
         .lab
         .exec_in(&node.netns, &["curl", "-sS", "-m", "5", url.as_str()])?;
     Ok(EtcdCounters {
-        unary_calls: metric_sum(&text, "grpc_server_handled_total", Some("grpc_type=\"unary\"")),
+        unary_calls: metric_sum(
+            &text,
+            "grpc_server_handled_total",
+            Some("grpc_type=\"unary\""),
+        ),
         messages_received: metric_sum(&text, "grpc_server_msg_received_total", None),
         bytes_received: metric_sum(&text, "etcd_network_client_grpc_received_bytes_total", None),
         bytes_sent: metric_sum(&text, "etcd_network_client_grpc_sent_bytes_total", None),
@@ -223,7 +227,11 @@ fn promotion(d: &ClusterDeployment) -> Result<Promotion> {
             break;
         }
         if started.elapsed() > Duration::from_mins(3) {
-            bail!("no promotion in 3 min (phase {}, weight {})", phase(&s), weight(&s));
+            bail!(
+                "no promotion in 3 min (phase {}, weight {})",
+                phase(&s),
+                weight(&s)
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -414,7 +422,11 @@ fn rerouted_share(d: &ClusterDeployment, removed: usize) -> Result<f64> {
     let after = lookups()?;
     d.lab.route_vip_via(&all)?;
     if before.len() != usize::from(ROUTE_SAMPLES) || before.len() != after.len() {
-        bail!("ip route get answered {} and {} lines", before.len(), after.len());
+        bail!(
+            "ip route get answered {} and {} lines",
+            before.len(),
+            after.len()
+        );
     }
     let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
     Ok(moved as f64 / before.len() as f64)
@@ -484,7 +496,9 @@ fn removal_trial(
 fn set_weight_everywhere(d: &ClusterDeployment, w: f64) -> Result<()> {
     cli(d, 0, &["set-weight", &format!("{w}")])?;
     for i in 0..d.nodes.len() {
-        wait_until(d, i, Duration::from_secs(10), |s| (weight(s) - w).abs() < 1e-9)?;
+        wait_until(d, i, Duration::from_secs(10), |s| {
+            (weight(s) - w).abs() < 1e-9
+        })?;
     }
     Ok(())
 }
@@ -612,7 +626,10 @@ pub(super) fn run() -> Result<Section> {
             ),
         ],
     ];
-    let mut md = heading("cluster: three nodes behind ECMP, one rollout through etcd", &machine);
+    let mut md = heading(
+        "cluster: three nodes behind ECMP, one rollout through etcd",
+        &machine,
+    );
     let _ = write!(
         md,
         "`cargo xtask bench cluster`. Median of {TRIALS} trials (min - max), one lab: three balancer \
@@ -631,7 +648,10 @@ pub(super) fn run() -> Result<Section> {
          from stable to canary) limits the breaks to moved stable connections whose bucket lies between the \
          old and the new weight.\n\n"
     );
-    md.push_str(&table(&["measurement", "median (min - max)", "note"], &rows));
+    md.push_str(&table(
+        &["measurement", "median (min - max)", "note"],
+        &rows,
+    ));
     Ok(Section {
         name: "cluster",
         markdown: md,
@@ -718,10 +738,23 @@ mod tests {
             grpc_server_handled_total_other 99\n\
             etcd_network_client_grpc_sent_bytes_total 1.5e+03\n";
         assert!(
-            (metric_sum(exposition, "grpc_server_handled_total", Some("grpc_type=\"unary\"")) - 10.0).abs()
+            (metric_sum(
+                exposition,
+                "grpc_server_handled_total",
+                Some("grpc_type=\"unary\"")
+            ) - 10.0)
+                .abs()
                 < 1e-9
         );
         assert!((metric_sum(exposition, "grpc_server_handled_total", None) - 13.0).abs() < 1e-9);
-        assert!((metric_sum(exposition, "etcd_network_client_grpc_sent_bytes_total", None) - 1500.0).abs() < 1e-9);
+        assert!(
+            (metric_sum(
+                exposition,
+                "etcd_network_client_grpc_sent_bytes_total",
+                None
+            ) - 1500.0)
+                .abs()
+                < 1e-9
+        );
     }
 }

@@ -151,8 +151,7 @@ fn watch(d: &mut ClusterDeployment, tag: &str, timeout: Duration) -> Result<Outc
         let leader = status.cluster.as_ref().and_then(|c| c.leader.clone());
 
         // The leader dies mid-rollout: kill -9 by PID, no clean-up, its lease runs out.
-        if takeover.is_none() && service.phase == "stepping" && service.weight_percent >= KILL_AT
-        {
+        if takeover.is_none() && service.phase == "stepping" && service.weight_percent >= KILL_AT {
             if let Some(li) = leader.as_deref().and_then(|l| d.index_of(l)) {
                 let pid = d.nodes[li].daemon.as_ref().map_or(0, LabProcess::pid);
                 d.kill_node(li);
@@ -438,7 +437,10 @@ mod tests {
         };
         // While its report is still in etcd the node is listed with it, marked as killed.
         let v = render_cluster_view(Duration::ZERO, "demo3", &status(""), Some(&t));
-        assert!(v.contains("node lb2   KILLED   alive document    40"), "{v}");
+        assert!(
+            v.contains("node lb2   KILLED   alive document    40"),
+            "{v}"
+        );
         assert!(v.contains("(lb2 killed with kill -9 4242"), "{v}");
         // Once its lease ran out only the note names it.
         let v = render_cluster_view(Duration::ZERO, "demo3", &status("lb2"), Some(&t));
