@@ -122,7 +122,7 @@ impl DataPlane for Dataplane {
                     .set_vip(key, *services)
                     .map_err(dp_err(maps::VIPS, "set"))?,
                 MapWrite::VipRemove { key } => {
-                    self.set_vip(key, 0).map_err(dp_err(maps::VIPS, "remove"))?
+                    self.set_vip(key, 0).map_err(dp_err(maps::VIPS, "remove"))?;
                 }
             }
         }
