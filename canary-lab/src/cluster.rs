@@ -17,10 +17,13 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use canary_userspace::api::{ServiceStatus, Status};
 use canary_userspace::cluster::config::RawCluster;
 use canary_userspace::config::raw::RawConfig;
 
-use crate::deployment::{config, toml_text, DeploymentError, DeploymentSpec, ADMIN_PORT};
+use crate::deployment::{
+    all_probed, config, toml_text, DaemonCommand, DeploymentError, DeploymentSpec, ADMIN_PORT,
+};
 use crate::etcd::{Etcd, EtcdOptions};
 use crate::lab::{Lab, LabProcess, Node, SERVICE_PORT};
 use crate::loadgen::{LoadSpec, Report};
@@ -167,55 +170,34 @@ impl ClusterDeployment {
         std::fs::write(&self.nodes[i].config_path, text).map_err(io("write config"))
     }
 
+    /// How node `i`'s daemon is started and its status read.
+    fn daemon_command(&self, i: usize) -> DaemonCommand<'_> {
+        DaemonCommand {
+            lab: &self.lab,
+            netns: &self.nodes[i].netns,
+            canary_bin: &self.canary_bin,
+            config_path: &self.nodes[i].config_path,
+            spec: &self.spec,
+        }
+    }
+
     /// Starts node `i`'s daemon (a running one is killed first) and waits until it has probed every
     /// backend and applied a rollout document (or refused one).
     pub fn start_node(&mut self, i: usize) -> Result<(), DeploymentError> {
         self.kill_node(i);
-        let node = &self.nodes[i];
-        let mut argv = vec![
-            self.canary_bin.to_string_lossy().into_owned(),
-            "run".into(),
-            "--config".into(),
-            node.config_path.to_string_lossy().into_owned(),
-        ];
-        if let Some(object) = &self.spec.bpf_object {
-            argv.extend(["--bpf-object".into(), object.to_string_lossy().into_owned()]);
-        }
-        let proc = self
-            .lab
-            .spawn_in_env(&node.netns, &argv, &[("RUST_LOG", "info")])?;
+        let mut proc = self.daemon_command(i).spawn()?;
+        let ready = self
+            .daemon_command(i)
+            .wait_ready(&mut proc, Duration::from_secs(30), |s| {
+                all_probed(s)
+                    && s.services.iter().all(|svc| {
+                        svc.cluster
+                            .as_ref()
+                            .is_some_and(|c| c.applied_version.is_some() || c.refused.is_some())
+                    })
+            });
         self.nodes[i].daemon = Some(proc);
-        let start = Instant::now();
-        let waited = Duration::from_secs(30);
-        while start.elapsed() < waited {
-            if let Ok(status) = self.status(i) {
-                let ready = status["services"].as_array().is_some_and(|s| {
-                    !s.is_empty()
-                        && s.iter().all(|svc| {
-                            let probed = svc["backends"].as_array().is_some_and(|b| {
-                                b.iter()
-                                    .all(|b| b["down_reason"].as_str() != Some("not probed yet"))
-                            });
-                            let applied = !svc["cluster"]["applied_version"].is_null()
-                                || !svc["cluster"]["refused"].is_null();
-                            probed && applied
-                        })
-                });
-                if ready {
-                    return Ok(());
-                }
-            }
-            if let Some(d) = &mut self.nodes[i].daemon {
-                if !d.is_running() {
-                    break;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        Err(DeploymentError::NotReady {
-            waited,
-            log: self.log_tail(i),
-        })
+        ready
     }
 
     /// Starts every node, in order.
@@ -267,20 +249,21 @@ impl ClusterDeployment {
         Ok(self.lab.output_in(&self.nodes[i].netns, &argv)?)
     }
 
-    /// `canary status --json` on node `i`, parsed.
-    pub fn status(&self, i: usize) -> Result<serde_json::Value, DeploymentError> {
-        let out = self.cli(i, &["status", "--json"])?;
-        if !out.status.success() {
-            return Err(DeploymentError::Io(format!(
-                "canary status on {} failed: {}",
-                self.nodes[i].name,
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
-        serde_json::from_slice(&out.stdout).map_err(|e| DeploymentError::Parse {
-            what: "canary status --json".into(),
-            message: e.to_string(),
-        })
+    /// `canary status --json` on node `i`, read into the daemon's status types.
+    pub fn status(&self, i: usize) -> Result<Status, DeploymentError> {
+        self.daemon_command(i).status()
+    }
+
+    /// Node `i`'s first service.
+    pub fn service_status(&self, i: usize) -> Result<ServiceStatus, DeploymentError> {
+        self.status(i)?
+            .services
+            .into_iter()
+            .next()
+            .ok_or_else(|| DeploymentError::Parse {
+                what: format!("canary status --json on {}", self.nodes[i].name),
+                message: "it lists no service".into(),
+            })
     }
 
     /// Node `i`'s Prometheus exposition.
@@ -298,18 +281,21 @@ impl ClusterDeployment {
         i: usize,
         what: &str,
         timeout: Duration,
-        pred: impl Fn(&serde_json::Value) -> bool,
-    ) -> Result<serde_json::Value, DeploymentError> {
+        pred: impl Fn(&Status) -> bool,
+    ) -> Result<Status, DeploymentError> {
         let start = Instant::now();
         let mut last = String::new();
         while start.elapsed() < timeout {
             match self.status(i) {
                 Ok(s) if pred(&s) => return Ok(s),
                 Ok(s) => {
-                    last = format!(
-                        "phase {} weight {} cluster {}",
-                        s["services"][0]["phase"], s["services"][0]["weight_percent"], s["cluster"]
-                    );
+                    last = match s.services.first() {
+                        Some(svc) => format!(
+                            "phase {} weight {} cluster {:?}",
+                            svc.phase, svc.weight_percent, s.cluster
+                        ),
+                        None => format!("no service; cluster {:?}", s.cluster),
+                    };
                 }
                 Err(e) => last = e.to_string(),
             }
@@ -324,8 +310,7 @@ impl ClusterDeployment {
 
     /// The node that leads, as node `i` sees it.
     pub fn leader_seen_by(&self, i: usize) -> Option<String> {
-        let s = self.status(i).ok()?;
-        s["cluster"]["leader"].as_str().map(str::to_string)
+        self.status(i).ok()?.cluster?.leader
     }
 
     /// Index of the node called `name`.
@@ -403,16 +388,11 @@ impl ClusterDeployment {
 
     /// Cumulative new flows per backend counted by node `i`'s kernel.
     pub fn node_backend_flows(&self, i: usize) -> BTreeMap<String, u64> {
-        let Ok(s) = self.status(i) else {
-            return BTreeMap::new();
-        };
-        s["services"][0]["backends"]
-            .as_array()
-            .map(|bs| {
-                bs.iter()
-                    .filter_map(|b| {
-                        Some((b["name"].as_str()?.to_string(), b["new_flows"].as_u64()?))
-                    })
+        self.service_status(i)
+            .map(|s| {
+                s.backends
+                    .into_iter()
+                    .map(|b| (b.name, b.new_flows))
                     .collect()
             })
             .unwrap_or_default()

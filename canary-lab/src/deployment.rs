@@ -222,49 +222,15 @@ impl Deployment {
     /// every backend has been probed.
     pub fn start_daemon(&mut self) -> Result<(), DeploymentError> {
         let lb = self.lab.load_balancer()?.netns.clone();
-        let mut argv = Vec::new();
-        if let Some(n) = self.spec.daemon_open_files {
-            // prlimit execs the daemon in place: the PID stays the daemon's.
-            argv.extend(["prlimit".to_string(), format!("--nofile={n}:{n}")]);
-        }
-        argv.extend([
-            self.canary_bin.to_string_lossy().into_owned(),
-            "run".into(),
-            "--config".into(),
-            self.config_path.to_string_lossy().into_owned(),
-        ]);
-        if let Some(object) = &self.spec.bpf_object {
-            argv.extend(["--bpf-object".into(), object.to_string_lossy().into_owned()]);
-        }
-        let proc = self.lab.spawn_in_env(&lb, &argv, &[("RUST_LOG", "info")])?;
-        self.daemon = Some(proc);
-        let start = Instant::now();
-        let waited = Duration::from_secs(20);
-        while start.elapsed() < waited {
-            if let Ok(status) = self.status() {
-                // Ready once the first poll has placed every service: before it, /status lists
-                // no services at all, and traffic to the VIP would not be balanced yet.
-                let probed = !status.services.is_empty()
-                    && status.services.iter().all(|svc| {
-                        svc.backends
-                            .iter()
-                            .all(|b| b.down_reason.as_deref() != Some("not probed yet"))
-                    });
-                if probed {
-                    return Ok(());
-                }
-            }
-            if let Some(d) = &mut self.daemon {
-                if !d.is_running() {
-                    break;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        Err(DeploymentError::NotReady {
-            waited,
-            log: self.daemon_log_tail(),
-        })
+        let daemon = DaemonCommand {
+            lab: &self.lab,
+            netns: &lb,
+            canary_bin: &self.canary_bin,
+            config_path: &self.config_path,
+            spec: &self.spec,
+        };
+        let proc = self.daemon.insert(daemon.spawn()?);
+        daemon.wait_ready(proc, Duration::from_secs(20), all_probed)
     }
 
     /// `SIGKILL` to the daemon by PID (no clean-up runs: pins, link and state stay as they were)
@@ -400,17 +366,7 @@ impl Deployment {
 
     /// `canary status --json`, read into the daemon's own status types.
     pub fn status(&self) -> Result<Status, DeploymentError> {
-        let out = self.cli(&["status", "--json"])?;
-        if !out.status.success() {
-            return Err(DeploymentError::Io(format!(
-                "canary status failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
-        serde_json::from_slice(&out.stdout).map_err(|e| DeploymentError::Parse {
-            what: "canary status --json".into(),
-            message: e.to_string(),
-        })
+        status_from(&self.cli(&["status", "--json"])?, "the load balancer")
     }
 
     /// The first service's status.
@@ -555,6 +511,102 @@ impl Deployment {
             )))
         }
     }
+}
+
+/// How `canary run` is started in one namespace: the binary, its config and the spec's
+/// launch settings (open-file limit, `--bpf-object`). Shared by the single-node and the
+/// cluster deployments.
+pub struct DaemonCommand<'a> {
+    pub lab: &'a Lab,
+    pub netns: &'a str,
+    pub canary_bin: &'a Path,
+    pub config_path: &'a Path,
+    pub spec: &'a DeploymentSpec,
+}
+
+impl DaemonCommand<'_> {
+    /// The command line of the daemon.
+    pub fn argv(&self) -> Vec<String> {
+        let mut argv = Vec::new();
+        if let Some(n) = self.spec.daemon_open_files {
+            // prlimit execs the daemon in place: the PID stays the daemon's.
+            argv.extend(["prlimit".to_string(), format!("--nofile={n}:{n}")]);
+        }
+        argv.extend([
+            path_text(self.canary_bin),
+            "run".into(),
+            "--config".into(),
+            path_text(self.config_path),
+        ]);
+        if let Some(object) = &self.spec.bpf_object {
+            argv.extend(["--bpf-object".into(), path_text(object)]);
+        }
+        argv
+    }
+
+    /// Starts the daemon in its namespace (logging at `info`).
+    pub fn spawn(&self) -> Result<LabProcess, DeploymentError> {
+        Ok(self
+            .lab
+            .spawn_in_env(self.netns, &self.argv(), &[("RUST_LOG", "info")])?)
+    }
+
+    /// `canary status --json` from the daemon's namespace, read into the status types.
+    pub fn status(&self) -> Result<Status, DeploymentError> {
+        let mut argv = vec![path_text(self.canary_bin)];
+        argv.extend(["status".into(), "--json".into(), "--config".into()]);
+        argv.push(path_text(self.config_path));
+        status_from(&self.lab.output_in(self.netns, &argv)?, self.netns)
+    }
+
+    /// Waits until the daemon's status satisfies `ready`; fails with the end of its log when it
+    /// exits or `waited` passes first.
+    pub fn wait_ready(
+        &self,
+        daemon: &mut LabProcess,
+        waited: Duration,
+        ready: impl Fn(&Status) -> bool,
+    ) -> Result<(), DeploymentError> {
+        let start = Instant::now();
+        while start.elapsed() < waited {
+            if self.status().is_ok_and(|s| ready(&s)) {
+                return Ok(());
+            }
+            if !daemon.is_running() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err(DeploymentError::NotReady {
+            waited,
+            log: daemon.log_tail(40),
+        })
+    }
+}
+
+/// Ready once the first poll has placed every service and probed every backend: before it,
+/// /status lists no services at all, and traffic to the VIP would not be balanced yet.
+pub fn all_probed(status: &Status) -> bool {
+    !status.services.is_empty()
+        && status.services.iter().all(|svc| {
+            svc.backends
+                .iter()
+                .all(|b| b.down_reason.as_deref() != Some("not probed yet"))
+        })
+}
+
+/// The status printed by `canary status --json` (`out`), or why there is none.
+pub fn status_from(out: &std::process::Output, node: &str) -> Result<Status, DeploymentError> {
+    if !out.status.success() {
+        return Err(DeploymentError::Io(format!(
+            "canary status in {node} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| DeploymentError::Parse {
+        what: "canary status --json".into(),
+        message: e.to_string(),
+    })
 }
 
 /// The daemon's `dataplane.state_dir` in this lab.

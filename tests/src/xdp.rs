@@ -5,6 +5,8 @@
 
 use std::path::PathBuf;
 
+mod daemon;
+
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfError, EbpfLoader};

@@ -11,7 +11,7 @@ use canary_lab::cluster::ClusterDeployment;
 use canary_lab::deployment::{metric_value, DeploymentSpec};
 use canary_lab::lab::LabSpec;
 use canary_lab::loadgen::Report;
-use serde_json::Value;
+use canary_userspace::api::{ClusterStatus, ServiceStatus, Status};
 
 /// Lease TTL of every node (the shortest allowed): a dead leader is replaced within 2x this.
 const LEASE_TTL: Duration = Duration::from_secs(3);
@@ -31,16 +31,30 @@ fn cluster(tag: char, configure: impl FnOnce(&mut DeploymentSpec)) -> ClusterDep
     ClusterDeployment::up(spec, &format!("{}s", LEASE_TTL.as_secs())).expect("cluster lab up")
 }
 
-fn service(s: &Value) -> &Value {
-    &s["services"][0]
+fn service(s: &Status) -> &ServiceStatus {
+    s.services.first().expect("the status lists the service")
 }
 
-fn weight(s: &Value) -> f64 {
-    service(s)["weight_percent"].as_f64().unwrap_or(-1.0)
+fn weight(s: &Status) -> f64 {
+    s.services.first().map_or(-1.0, |svc| svc.weight_percent)
 }
 
-fn applied_version(s: &Value) -> Option<u64> {
-    service(s)["cluster"]["applied_version"].as_u64()
+fn phase(s: &Status) -> &str {
+    s.services.first().map_or("", |svc| svc.phase.as_str())
+}
+
+fn applied_version(s: &Status) -> Option<u64> {
+    s.services.first()?.cluster.as_ref()?.applied_version
+}
+
+fn refused(s: &Status) -> Option<&str> {
+    s.services.first()?.cluster.as_ref()?.refused.as_deref()
+}
+
+fn cluster_of(s: &Status) -> &ClusterStatus {
+    s.cluster
+        .as_ref()
+        .expect("a cluster node's status has a cluster block")
 }
 
 /// The node every node agrees leads, once they all do.
@@ -169,17 +183,13 @@ fn group(flows: &BTreeMap<String, u64>, prefix: &str) -> u64 {
 }
 
 /// The weights each step and promotion moved to, in order.
-fn promote_targets(s: &Value) -> Vec<f64> {
-    service(s)["events"]
-        .as_array()
-        .map(|es| {
-            es.iter()
-                .filter(|e| e["action"] == "step" || e["action"] == "promote")
-                // Weights are basis points in the decision log.
-                .filter_map(|e| e["to"].as_f64().map(|bp| bp / 100.0))
-                .collect()
-        })
-        .unwrap_or_default()
+fn promote_targets(s: &Status) -> Vec<f64> {
+    service(s)
+        .events
+        .iter()
+        .filter(|e| matches!(e.action.as_str(), "step" | "promote"))
+        .map(|e| e.to.percent())
+        .collect()
 }
 
 #[test]
@@ -197,13 +207,13 @@ fn promotion_across_three_nodes_applied_by_every_node_within_a_poll() {
     let mut first_seen: BTreeMap<u64, Vec<Option<Instant>>> = BTreeMap::new();
     let start = Instant::now();
     loop {
-        let statuses: Vec<Value> = (0..3).map(|i| d.status(i).expect("status")).collect();
+        let statuses: Vec<Status> = (0..3).map(|i| d.status(i).expect("status")).collect();
         for (i, s) in statuses.iter().enumerate() {
             let w = (weight(s) * 100.0).round() as u64;
             let entry = first_seen.entry(w).or_insert_with(|| vec![None; 3]);
             entry[i].get_or_insert_with(Instant::now);
         }
-        if statuses.iter().all(|s| service(s)["phase"] == "promoted") {
+        if statuses.iter().all(|s| phase(s) == "promoted") {
             break;
         }
         assert!(
@@ -211,7 +221,7 @@ fn promotion_across_three_nodes_applied_by_every_node_within_a_poll() {
             "not promoted on every node: {:?}",
             statuses
                 .iter()
-                .map(|s| (service(s)["phase"].clone(), weight(s)))
+                .map(|s| (phase(s).to_string(), weight(s)))
                 .collect::<Vec<_>>()
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -233,7 +243,7 @@ fn promotion_across_three_nodes_applied_by_every_node_within_a_poll() {
             "weight {w} bp reached the nodes {spread:?} apart (poll interval 1 s)"
         );
     }
-    let statuses: Vec<Value> = (0..3).map(|i| d.status(i).unwrap()).collect();
+    let statuses: Vec<Status> = (0..3).map(|i| d.status(i).unwrap()).collect();
     let versions: Vec<Option<u64>> = statuses.iter().map(applied_version).collect();
     assert!(
         versions.iter().all(|v| v.is_some() && *v == versions[0]),
@@ -258,29 +268,28 @@ fn promotion_across_three_nodes_applied_by_every_node_within_a_poll() {
             "every node's report at the final version",
             Duration::from_secs(5),
             |s| {
-                s["cluster"]["nodes"].as_array().is_some_and(|ns| {
-                    ns.len() == 3
-                        && ns
-                            .iter()
-                            .all(|n| n["applied_versions"]["sentiment"].as_u64() == versions[0])
+                s.cluster.as_ref().is_some_and(|c| {
+                    c.nodes.len() == 3
+                        && c.nodes.iter().all(|n| {
+                            n.applied_versions.get("sentiment").copied().flatten() == versions[0]
+                        })
                 })
             },
         )
         .unwrap();
-    let cluster = &leader_status["cluster"];
+    let cluster = cluster_of(&leader_status);
     println!(
         "{}",
         String::from_utf8_lossy(&d.cli(li, &["status"]).unwrap().stdout)
     );
-    let nodes = cluster["nodes"].as_array().unwrap();
-    assert_eq!(nodes.len(), 3, "{cluster}");
-    for n in nodes {
-        assert_eq!(n["alive"], true, "{n}");
-        assert!(n["flow_table_entries"].as_u64().unwrap() > 0, "{n}");
+    assert_eq!(cluster.nodes.len(), 3, "{cluster:?}");
+    for n in &cluster.nodes {
+        assert!(n.alive, "{n:?}");
+        assert!(n.flow_table_entries > 0, "{n:?}");
         assert_eq!(
-            n["applied_versions"]["sentiment"].as_u64(),
+            n.applied_versions.get("sentiment").copied().flatten(),
             versions[0],
-            "{n}"
+            "{n:?}"
         );
     }
     // At 100 % the summed split is all canary: new flows after the promotion go to canary on
@@ -321,7 +330,7 @@ fn leader_killed_mid_rollout_another_node_resumes_at_the_same_step() {
             weight(s) >= 25.0
         })
         .expect("the rollout steps");
-    let step_before = service(&at_25)["step"].as_u64();
+    let step_before = service(&at_25).step;
     // The leader now (leadership may have moved since the start on a loaded machine).
     let leader = wait_leader(&d, &[0, 1, 2], Duration::from_secs(10));
     let li = d.index_of(&leader).unwrap();
@@ -353,13 +362,13 @@ fn leader_killed_mid_rollout_another_node_resumes_at_the_same_step() {
     let ni = d.index_of(&new_leader).unwrap();
     let s = d.status(ni).unwrap();
     assert!(
-        service(&s)["step"].as_u64() >= step_before,
-        "the new leader went back a step: {}",
-        service(&s)
+        service(&s).step >= step_before,
+        "the new leader went back a step: {:?}",
+        service(&s).step
     );
     let done = d
         .wait_for(ni, "promotion", Duration::from_secs(90), |s| {
-            service(s)["phase"] == "promoted"
+            phase(s) == "promoted"
         })
         .expect("the new leader finishes the rollout");
     load.finish("through the leader's death");
@@ -461,13 +470,10 @@ fn node_with_a_different_config_refuses_the_document_and_keeps_its_weight() {
     .unwrap();
     let s = d
         .wait_for(2, "refusal", Duration::from_secs(10), |s| {
-            service(s)["cluster"]["refused"].as_str().is_some()
+            refused(s).is_some()
         })
         .unwrap();
-    let why = service(&s)["cluster"]["refused"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let why = refused(&s).unwrap().to_string();
     println!("lb2: {why}");
     assert!(why.contains("hash_seed 12345 here"), "{why}");
     assert!(why.contains("the last applied weight stays"), "{why}");
@@ -521,10 +527,14 @@ fn etcd_stopped_rollout_holds_forwarding_continues_then_resumes() {
                 i,
                 "etcd reported unreachable",
                 Duration::from_secs(10),
-                |s| s["cluster"]["store_problem"].is_string(),
+                |s| {
+                    s.cluster
+                        .as_ref()
+                        .is_some_and(|c| c.store_problem.is_some())
+                },
             )
             .unwrap();
-        println!("{}: {}", d.nodes[i].name, s["cluster"]["store_problem"]);
+        println!("{}: {:?}", d.nodes[i].name, cluster_of(&s).store_problem);
         held.push(weight(&s));
     }
     // Longer than a step: nothing moves.
@@ -536,11 +546,11 @@ fn etcd_stopped_rollout_holds_forwarding_continues_then_resumes() {
             "node {} moved while etcd was down",
             d.nodes[i].name
         );
-        assert!(s["cluster"]["store_problem"].is_string());
+        assert!(cluster_of(&s).store_problem.is_some());
     }
     // Past heartbeat_timeout without etcd: new flows go to stable only, on every node.
     d.wait_for(0, "heartbeat held", Duration::from_secs(5), |s| {
-        s["cluster"]["heartbeat_held"] == true
+        s.cluster.as_ref().is_some_and(|c| c.heartbeat_held)
     })
     .unwrap();
     std::thread::sleep(Duration::from_secs(5).saturating_sub(stopped.elapsed()));
@@ -566,7 +576,9 @@ fn etcd_stopped_rollout_holds_forwarding_continues_then_resumes() {
     d.etcd.restart().expect("etcd restarts");
     for i in 0..3 {
         d.wait_for(i, "etcd reachable again", Duration::from_secs(20), |s| {
-            s["cluster"]["store_problem"].is_null()
+            s.cluster
+                .as_ref()
+                .is_some_and(|c| c.store_problem.is_none())
         })
         .unwrap();
     }
@@ -576,7 +588,7 @@ fn etcd_stopped_rollout_holds_forwarding_continues_then_resumes() {
         li,
         "promotion after etcd returned",
         Duration::from_mins(1),
-        |s| service(s)["phase"] == "promoted",
+        |s| phase(s) == "promoted",
     )
     .unwrap();
     load.finish("through the etcd outage");
@@ -593,7 +605,7 @@ fn frozen_leader_past_its_lease_writes_no_decision_after_it_resumes() {
     let li = d.index_of(&leader).unwrap();
     let load = LoadLoop::start(&d);
     d.wait_for(li, "stepping", Duration::from_secs(30), |s| {
-        service(s)["phase"] == "stepping"
+        phase(s) == "stepping"
     })
     .unwrap();
     let leader = wait_leader(&d, &[0, 1, 2], Duration::from_secs(10));
@@ -643,9 +655,10 @@ fn frozen_leader_past_its_lease_writes_no_decision_after_it_resumes() {
         "the old leader steps down",
         Duration::from_secs(10),
         |s| {
-            s["cluster"]["leader"].is_string()
-                && (s["cluster"]["leading"] == false
-                    || lease_of(&d.log(li)).as_deref() != Some(old_lease.as_str()))
+            s.cluster.as_ref().is_some_and(|c| {
+                c.leader.is_some()
+                    && (!c.leading || lease_of(&d.log(li)).as_deref() != Some(old_lease.as_str()))
+            })
         },
     )
     .unwrap();
@@ -661,7 +674,7 @@ fn frozen_leader_past_its_lease_writes_no_decision_after_it_resumes() {
     println!("after the resume: {refused} write(s) refused by the fence; none published");
     for i in 0..3 {
         d.wait_for(i, "a leader again", Duration::from_secs(15), |s| {
-            s["cluster"]["leader"].is_string()
+            s.cluster.as_ref().is_some_and(|c| c.leader.is_some())
         })
         .unwrap();
     }
@@ -725,7 +738,7 @@ fn restarted_node_applies_the_current_document_before_it_takes_traffic() {
     let all: Vec<&str> = d.nodes.iter().map(|n| n.name.as_str()).collect();
     d.lab.route_vip_via(&all).unwrap();
     d.wait_for(li, "promotion", Duration::from_mins(1), |s| {
-        service(s)["phase"] == "promoted"
+        phase(s) == "promoted"
     })
     .unwrap();
     d.wait_for(follower, "promotion applied", Duration::from_secs(5), |s| {

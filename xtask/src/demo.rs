@@ -1,17 +1,22 @@
 //! `cargo xtask demo`: the whole system in one command, on one machine, as root.
 //!
-//! Sets up the toolchain, builds the XDP object and the workspace binaries, then plays two
-//! canary rollouts in a lab of network namespaces with real TCP load through the XDP balancer,
+//! Sets up the toolchain, builds the XDP object and the workspace binaries, then plays three
+//! canary rollouts in labs of network namespaces with real TCP load through the XDP balancer,
 //! on canary-model or, with `--backend fastapi`, on the `FastAPI` example served by uvicorn:
 //!
 //! 1. a healthy v2 is stepped 10 -> 25 -> 50 -> 75 -> 100 % and promoted;
 //! 2. a v2 that starts answering 30 % errors once it serves 25 % is rolled back; the demo
-//!    measures how long that took.
+//!    measures how long that took;
+//! 3. three balancer nodes behind an ECMP route share the rollout through etcd; the leader is
+//!    killed with `kill -9` at 25 %, another node takes over and promotes (see [`cluster`]).
 //!
 //! While a rollout moves, a block refreshed about every second shows the configured against
-//! the measured split, each group's error rate, latency and prediction mix, and every decision
-//! of the controller with its reason. Exit code 0 only when both outcomes happened. The labs
-//! are removed at the end, on error, and on Ctrl-C.
+//! the measured split, each group's error rate, latency and prediction mix (in scenario 3: every
+//! node, who leads, and what each applied), and every decision of the controller with its
+//! reason. `--scenario N` plays only the named scenarios. Exit code 0 only when every outcome
+//! happened. The labs are removed at the end, on error, and on Ctrl-C.
+
+mod cluster;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
@@ -31,8 +36,8 @@ use clap::Args;
 
 use crate::{build_ebpf, lab::require_root, setup};
 
-/// Lab tags of the two scenarios (each gets a fresh lab, so no state carries over).
-const TAGS: [&str; 2] = ["demo1", "demo2"];
+/// Lab tags of the three scenarios (each gets a fresh lab, so no state carries over).
+const TAGS: [&str; 3] = ["demo1", "demo2", "demo3"];
 /// The fault of scenario 2, sent to every canary backend once the weight reaches [`FAULT_AT`].
 const FAULT: &str = r#"{"error_rate": 0.3}"#;
 /// Canary weight (percent) at which scenario 2 injects its fault.
@@ -56,6 +61,10 @@ pub(crate) struct Options {
     /// Give up on a scenario after this many seconds (default: 80; 240 for the `FastAPI` example).
     #[arg(long)]
     pub scenario_timeout: Option<u64>,
+    /// Play only these scenarios (1 promotion, 2 rollback, 3 leader killed in a 3-node
+    /// cluster); repeatable. Default: all three.
+    #[arg(long = "scenario", value_parser = clap::value_parser!(u8).range(1..=3))]
+    pub scenarios: Vec<u8>,
 }
 
 /// How hard the demo drives a model server, and how its judge is set for that load.
@@ -106,21 +115,34 @@ impl Profile {
 enum Scenario {
     Healthy,
     Faulty,
+    LeaderKilled,
 }
 
 impl Scenario {
+    const ALL: [Scenario; 3] = [Scenario::Healthy, Scenario::Faulty, Scenario::LeaderKilled];
+
     fn title(self) -> &'static str {
         match self {
             Scenario::Healthy => "scenario 1: a healthy v2 is promoted",
             Scenario::Faulty => "scenario 2: a v2 that fails at 25% is rolled back",
+            Scenario::LeaderKilled => {
+                "scenario 3: three nodes, the leader killed at 25%, another node promotes"
+            }
         }
     }
 
     fn tag(self) -> &'static str {
-        match self {
-            Scenario::Healthy => TAGS[0],
-            Scenario::Faulty => TAGS[1],
-        }
+        TAGS[self as usize]
+    }
+
+    /// The scenarios `--scenario` names (numbered from 1), all of them when none is named.
+    fn selected(numbers: &[u8]) -> Vec<Scenario> {
+        Scenario::ALL
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| numbers.is_empty() || numbers.contains(&(*i as u8 + 1)))
+            .map(|(_, s)| s)
+            .collect()
     }
 }
 
@@ -150,6 +172,8 @@ struct Outcome {
     requests: BTreeMap<String, u64>,
     /// The scenario's `canary report` (SVG), if written.
     report: Option<std::path::PathBuf>,
+    /// Scenario 3: the leader killed and the node that took over.
+    takeover: Option<cluster::Takeover>,
 }
 
 impl Outcome {
@@ -177,6 +201,7 @@ impl Outcome {
         match scenario {
             Scenario::Healthy => self.promoted_through_all_steps(),
             Scenario::Faulty => self.rolled_back_after_fault(),
+            Scenario::LeaderKilled => cluster::passed(self),
         }
     }
 }
@@ -198,7 +223,7 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         .scenario_timeout
         .map_or(profile.timeout, Duration::from_secs);
     let mut results = Vec::new();
-    for scenario in [Scenario::Healthy, Scenario::Faulty] {
+    for scenario in Scenario::selected(&options.scenarios) {
         println!("\n=== {} ({}) ===", scenario.title(), options.backend);
         let outcome = play(scenario, options.backend, timeout)
             .with_context(|| format!("{} failed to run", scenario.title()))?;
@@ -239,7 +264,7 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     if results.iter().all(|(s, o)| o.passed(*s)) {
         Ok(())
     } else {
-        bail!("the demo did not show both outcomes (see the summary above)")
+        bail!("the demo did not show every outcome (see the summary above)")
     }
 }
 
@@ -329,6 +354,9 @@ fn unix_ms() -> u64 {
 }
 
 fn play(scenario: Scenario, server: ModelServer, timeout: Duration) -> Result<Outcome> {
+    if scenario == Scenario::LeaderKilled {
+        return cluster::play(scenario.tag(), server, timeout);
+    }
     let t0 = Instant::now();
     let profile = Profile::of(server);
     println!(
@@ -736,6 +764,9 @@ fn summary_line(scenario: Scenario, o: &Outcome) -> String {
         o.reason,
         requests.join(", "),
     );
+    if scenario == Scenario::LeaderKilled {
+        let _ = writeln!(s, "{}", cluster::summary(o));
+    }
     if scenario == Scenario::Faulty {
         let _ = writeln!(
             s,
@@ -846,6 +877,16 @@ mod tests {
             "{}",
             lines[1]
         );
+    }
+
+    #[test]
+    fn scenarios_are_selected_by_number_in_order() {
+        assert_eq!(Scenario::selected(&[]), Scenario::ALL.to_vec());
+        assert_eq!(
+            Scenario::selected(&[3, 1]),
+            vec![Scenario::Healthy, Scenario::LeaderKilled]
+        );
+        assert_eq!(Scenario::LeaderKilled.tag(), "demo3");
     }
 
     #[test]

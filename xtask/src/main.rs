@@ -36,7 +36,7 @@ enum Command {
     Bench(bench::Options),
     /// Bring the network-namespace lab up, down, or show its status (root).
     Lab(lab::Options),
-    /// Build everything and play a promotion and a rollback in a lab, with a live view (root).
+    /// Build everything and play a promotion, a rollback and a leader killed in a 3-node cluster, with a live view (root).
     Demo(demo::Options),
 }
 

@@ -4,6 +4,7 @@
 //! checker. Needs root; run with `--test-threads=1`.
 
 mod backend_choice;
+mod cluster_nodes;
 mod deadman;
 mod flood_guard;
 mod flows;

@@ -3,7 +3,7 @@
 use anyhow::{anyhow, Result};
 
 use super::report;
-use super::{e2e, install, judge, rollout, scale, xdp, Options, Target};
+use super::{cluster, e2e, install, judge, rollout, scale, xdp, Options, Target};
 
 pub(super) fn run(options: &Options) -> Result<()> {
     let target = options.target;
@@ -14,6 +14,7 @@ pub(super) fn run(options: &Options) -> Result<()> {
             Target::Rollout,
             Target::Judge,
             Target::Scale,
+            Target::Cluster,
         ],
         t => vec![t],
     };
@@ -29,6 +30,7 @@ pub(super) fn run(options: &Options) -> Result<()> {
             Target::Rollout => rollout::run(),
             Target::Judge => Ok(judge::run()),
             Target::Scale => scale::run(),
+            Target::Cluster => cluster::run(),
             Target::All => unreachable!("expanded above"),
         };
         match section {

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [xdp|e2e|rollout|judge|scale|all]`: measurements against a baseline taken
+//! `cargo xtask bench [xdp|e2e|rollout|judge|scale|cluster|all]`: measurements against a baseline taken
 //! in the same run, printed as tables, written to `target/bench/<name>.json` and into the
 //! results section of `BENCHMARKS.md`.
 //!
@@ -9,6 +9,8 @@
 
 use clap::{Args, ValueEnum};
 
+#[cfg(feature = "bench")]
+mod cluster;
 #[cfg(feature = "bench")]
 mod e2e;
 #[cfg(feature = "bench")]
@@ -51,6 +53,9 @@ pub(crate) enum Target {
     Judge,
     /// Flow table size and daemon cost per backend count.
     Scale,
+    /// Three nodes behind ECMP through etcd: leader takeover, apply latency, etcd traffic,
+    /// connections broken when a node leaves the route.
+    Cluster,
     /// Everything, in the order above.
     All,
 }
@@ -63,6 +68,7 @@ impl Target {
             Target::Rollout => "rollout",
             Target::Judge => "judge",
             Target::Scale => "scale",
+            Target::Cluster => "cluster",
             Target::All => "all",
         }
     }

@@ -14,7 +14,7 @@ pub(super) const START_MARKER: &str =
 pub(super) const END_MARKER: &str = "<!-- bench-results:end -->";
 
 /// Order of the fragments in the results section.
-pub(super) const ORDER: [&str; 5] = ["xdp", "e2e", "rollout", "judge", "scale"];
+pub(super) const ORDER: [&str; 6] = ["xdp", "e2e", "rollout", "judge", "scale", "cluster"];
 
 /// The machine a result was measured on.
 #[derive(Clone, Debug, Serialize)]
