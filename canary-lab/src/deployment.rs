@@ -573,6 +573,14 @@ pub fn config(
             flood_guard_rate: u64::from(spec.flood_guard_rate),
             state_dir: path_text(&state_dir(lab)),
             bpffs: path_text(&lab.bpffs().join("canary")),
+            // A routed lab's service is `ipip`: its packets leave from the balancer's address.
+            tunnel_source_v4: if lab.plan().spec.routed {
+                lab.load_balancer()
+                    .map(|lb| lb.address.to_string())
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            },
             ..RawDataplane::default()
         },
         admin: RawAdmin {
@@ -608,8 +616,9 @@ fn path_text(path: &Path) -> String {
 }
 
 /// The lab's service: every backend with its group, address, MAC and URLs, and the upstream
-/// preset of the model server.
+/// preset of the model server. In a routed lab: `forwarding = "ipip"`, and no MACs.
 fn lab_service(spec: &DeploymentSpec, lab: &Lab) -> RawService {
+    let routed = lab.plan().spec.routed;
     let backends = [("stable", lab.stable()), ("canary", lab.canary())]
         .into_iter()
         .flat_map(|(group, nodes)| {
@@ -617,7 +626,11 @@ fn lab_service(spec: &DeploymentSpec, lab: &Lab) -> RawService {
                 name: n.name.clone(),
                 group: group.into(),
                 address: n.address.to_string(),
-                mac: n.mac.to_string(),
+                mac: if routed {
+                    String::new()
+                } else {
+                    n.mac.to_string()
+                },
                 health_url: n.url("/healthz"),
                 metrics_url: n.url("/metrics"),
             })
@@ -628,6 +641,7 @@ fn lab_service(spec: &DeploymentSpec, lab: &Lab) -> RawService {
         vip: format!("{}:{SERVICE_PORT}", lab.vip()),
         protocol: "tcp".into(),
         affinity: spec.affinity.clone(),
+        forwarding: if routed { "ipip" } else { "l2" }.into(),
         backends,
         rollout: RawRollout::default(),
         upstream: RawUpstream {

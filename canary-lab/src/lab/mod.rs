@@ -25,6 +25,7 @@ mod peer_xdp;
 mod plan;
 mod process;
 mod record;
+mod routed;
 mod status;
 mod teardown;
 mod xdp_pass;
@@ -37,10 +38,12 @@ pub use peer_xdp::PEER_XDP_PIN;
 pub use plan::{
     LabPlan, LabSpec, MacAddr, Node, PeerXdp, Role, MAX_BACKENDS_PER_GROUP, MAX_BALANCERS,
     MAX_CLIENTS, MAX_EXTRA_ADDRESSES, MAX_TAG_LEN, NAME_PREFIX, NETNS_IFNAME, PREFIX_LEN,
-    SERVICE_PORT, STATE_ROOT, VIP,
+    ROUTED_ADVMSS, ROUTED_GATEWAY, ROUTED_PREFIX_LEN, ROUTED_SUBNET, ROUTER_ADDRESS, SERVICE_PORT,
+    STATE_ROOT, VIP,
 };
 pub use process::{LabProcess, ProcessRecord};
 pub use record::LabRecord;
+pub use routed::DECAP_PIN_PREFIX;
 pub use status::{LabStatus, NodeStatus, ProcessStatus};
 pub use teardown::leftovers;
 

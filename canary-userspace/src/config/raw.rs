@@ -69,6 +69,12 @@ pub struct RawDataplane {
     pub hash_seed: u32,
     pub syn_replace_after: String,
     pub flood_guard_rate: u64,
+    /// Outer source of IPv4-in-IPv4 packets (`""`: none; needed by IPv4 `ipip` services).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub tunnel_source_v4: String,
+    /// Outer source of IPv6-in-IPv6 packets (`""`: none; needed by IPv6 `ipip` services).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub tunnel_source_v6: String,
 }
 
 impl Default for RawDataplane {
@@ -83,6 +89,8 @@ impl Default for RawDataplane {
             hash_seed: DEFAULT_HASH_SEED,
             syn_replace_after: "5s".into(),
             flood_guard_rate: 0,
+            tunnel_source_v4: String::new(),
+            tunnel_source_v6: String::new(),
         }
     }
 }
@@ -118,6 +126,8 @@ pub struct RawService {
     pub protocol: String,
     #[serde(default = "default_affinity")]
     pub affinity: String,
+    #[serde(default = "default_forwarding")]
+    pub forwarding: String,
     #[serde(default)]
     pub backends: Vec<RawBackend>,
     #[serde(default)]
@@ -132,6 +142,10 @@ fn default_protocol() -> String {
 
 fn default_affinity() -> String {
     "flow".into()
+}
+
+fn default_forwarding() -> String {
+    "l2".into()
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -287,6 +301,8 @@ pub(crate) const DATAPLANE_KEYS: &[&str] = &[
     "hash_seed",
     "syn_replace_after",
     "flood_guard_rate",
+    "tunnel_source_v4",
+    "tunnel_source_v6",
 ];
 pub(crate) const ADMIN_KEYS: &[&str] = &[
     "listen",
@@ -296,7 +312,14 @@ pub(crate) const ADMIN_KEYS: &[&str] = &[
     "idle_timeout",
 ];
 pub(crate) const SERVICE_KEYS: &[&str] = &[
-    "name", "vip", "protocol", "affinity", "backends", "rollout", "upstream",
+    "name",
+    "vip",
+    "protocol",
+    "affinity",
+    "forwarding",
+    "backends",
+    "rollout",
+    "upstream",
 ];
 pub(crate) const BACKEND_KEYS: &[&str] = &[
     "name",

@@ -14,4 +14,5 @@ mod malformed;
 mod misses;
 mod support;
 mod syn;
+mod tunnel;
 mod weights;
