@@ -153,7 +153,7 @@ impl Dataplane {
             path,
             source: Box::new(source),
         })?;
-        for name in [maps::PROGRAM, maps::PASS_PROGRAM] {
+        for name in [maps::PROGRAM, maps::PASS_PROGRAM, maps::DECAP_PROGRAM] {
             let program: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or(XdpError::MissingProgram(name))?

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use canary_lab::deployment::{Deployment, DeploymentSpec};
 use canary_lab::lab::{LabSpec, NETNS_IFNAME, ROUTED_ADVMSS, ROUTED_GATEWAY};
 use canary_lab::loadgen::LoadSpec;
+use canary_userspace::judge::Reason;
 use e2e_support::{cli_ok, new_conn_load, start, totals, vip, wait_status, Background};
 
 fn routed_spec(prefix: char) -> DeploymentSpec {
@@ -87,6 +88,9 @@ fn routed_error_spike_rolls_back() {
     let (_, ok, failed, transport, http) = totals(&reports);
     println!("rolled back: {ok} ok, {failed} failed ({transport} transport, {http} HTTP)");
     assert_eq!(status.phase, "rolled_back");
+    let decision = status.last_decision.as_ref().expect("a last decision");
+    assert_eq!(decision.reason, Reason::ErrorSpike);
+    assert!((status.weight_percent - 0.0).abs() < 1e-9);
     assert_eq!(transport, 0, "only the canary's injected 500s may fail");
 }
 

@@ -15,7 +15,7 @@ use canary_common::{Backend, Tunnel, BACKEND_FLAG_UP, GROUP_STABLE, PROTO_TCP, S
 use canary_lab::lab::LabSpec;
 use canary_tests::packet::{v4, v6, Addr, Tuple};
 use canary_tests::scenario::{Scenario, ServiceSpec};
-use canary_tests::xdp::{action_name, LoadOptions, XDP_DROP, XDP_REDIRECT, XDP_TX};
+use canary_tests::xdp::{action_name, LoadOptions, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
 use nix::sched::{setns, CloneFlags};
 
 use crate::support::Lab;
@@ -457,4 +457,62 @@ fn packets_over_the_egress_mtu_are_dropped_and_counted() {
         DropTunnelTooBig,
     );
     drop(ns);
+}
+
+/// The backends' decapsulation program (`canary_decap`) undoes what the balancer did: the
+/// inner packet, byte for byte, behind the frame's MACs and the inner ethertype.
+#[test]
+fn the_decapsulation_program_restores_the_inner_packet() {
+    let lab = lab();
+    let decap = |frame: &[u8]| {
+        let mut out = Vec::new();
+        let action = lab
+            .dataplane
+            .run_program_into(canary_common::maps::DECAP_PROGRAM, frame, &mut out)
+            .expect("test run");
+        assert_eq!(action, XDP_PASS, "{}", action_name(action));
+        out
+    };
+    let v4_frame = Tuple::tcp(v4(198, 18, 1, 12), 40_007, Addr::V4(VIP4), 80).ack_frame();
+    let v6_frame = Tuple::tcp(v6(0x9), 40_008, v6(0x100), 443).ack_frame();
+    for (what, inner, outer) in [
+        (
+            "IPv4 in IPv4",
+            &v4_frame,
+            ipip4(
+                &v4_frame,
+                SOURCE4,
+                [198, 19, 200, 11],
+                GATEWAY_MAC,
+                LB_IF_MAC,
+            ),
+        ),
+        (
+            "IPv6 in IPv6",
+            &v6_frame,
+            ipip6(
+                &v6_frame,
+                source6(),
+                ip6("2001:db8:201::11"),
+                GATEWAY_MAC,
+                LB_IF_MAC,
+            ),
+        ),
+    ] {
+        let mut want = outer[..12].to_vec();
+        want.extend_from_slice(&inner[12..]);
+        assert_eq!(decap(&outer), want, "{what}");
+    }
+    // Anything else passes untouched: a plain packet, and IPv6 in IPv4 (not what the
+    // balancer sends).
+    assert_eq!(decap(&v4_frame), v4_frame);
+    let mut mixed = ipip4(
+        &v4_frame,
+        SOURCE4,
+        [198, 19, 200, 11],
+        GATEWAY_MAC,
+        LB_IF_MAC,
+    );
+    mixed[14 + 20] = 0x60;
+    assert_eq!(decap(&mixed), mixed);
 }
