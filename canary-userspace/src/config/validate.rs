@@ -482,8 +482,8 @@ fn dataplane(c: &mut Checker, d: &RawDataplane) -> (Option<DataplaneConfig>, Opt
             Some(xdp_mode),
             Some(heartbeat_timeout),
             Some(syn_replace_after),
-            Some(tunnel_source_v4),
-            Some(tunnel_source_v6),
+            Ok(tunnel_source_v4),
+            Ok(tunnel_source_v6),
         ) => Some(DataplaneConfig {
             interface: d.interface.clone(),
             xdp_mode,
@@ -508,27 +508,27 @@ fn dataplane(c: &mut Checker, d: &RawDataplane) -> (Option<DataplaneConfig>, Opt
     (config, heartbeat_timeout)
 }
 
-/// `dataplane.tunnel_source_v4` / `_v6`: `""` (none: `Some(None)`) or a unicast address of
-/// the family; `None` after a problem.
-fn tunnel_source(c: &mut Checker, key: &str, value: &str, v4: bool) -> Option<Option<IpAddr>> {
+/// `dataplane.tunnel_source_v4` / `_v6`: `""` (none: `Ok(None)`) or a unicast address of the
+/// family; `Err` after a problem (reported).
+fn tunnel_source(c: &mut Checker, key: &str, value: &str, v4: bool) -> Result<Option<IpAddr>, ()> {
     if value.is_empty() {
-        return Some(None);
+        return Ok(None);
     }
     let example = if v4 { "198.18.0.2" } else { "2001:db8::2" };
     let family = if v4 { "IPv4" } else { "IPv6" };
     match value.parse::<IpAddr>() {
         Ok(ip) if ip.is_ipv4() != v4 => {
             c.bad(key, format!("\"{value}\" is not an {family} address; give this host's {family} address that IP-in-IP packets leave from, e.g. \"{example}\""));
-            None
+            Err(())
         }
         Ok(ip) if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() => {
             c.bad(key, format!("\"{value}\" is not a unicast address the backends can see; give this host's {family} address that IP-in-IP packets leave from, e.g. \"{example}\""));
-            None
+            Err(())
         }
-        Ok(ip) => Some(Some(ip)),
+        Ok(ip) => Ok(Some(ip)),
         Err(_) => {
             c.bad(key, format!("\"{value}\" is not an IP address; give this host's {family} address that IP-in-IP packets leave from, e.g. \"{example}\", or \"\" for none"));
-            None
+            Err(())
         }
     }
 }
