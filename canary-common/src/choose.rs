@@ -179,6 +179,13 @@ pub const fn syn_keeps_entry(created_ns: u64, now_ns: u64, keep_ms: u32) -> bool
     age < keep_ms as u64 * 1_000_000
 }
 
+/// Whether a UDP flow's entry last seen at `seen_ns` is idle at `now_ns`: no datagram for at
+/// least `idle_ms` (0: never idle). An idle entry's next datagram starts a new flow.
+#[inline(always)]
+pub const fn udp_entry_idle(seen_ns: u64, now_ns: u64, idle_ms: u32) -> bool {
+    idle_ms != 0 && now_ns.saturating_sub(seen_ns) >= idle_ms as u64 * 1_000_000
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -322,6 +329,17 @@ mod tests {
         let c = choose(&f, SVC, at(5_000, 0), &control(0), 0);
         assert_eq!(c.backend, None);
         assert!(!c.deadman_drop());
+    }
+
+    #[test]
+    fn udp_entries_idle_out_after_the_timeout_only() {
+        assert!(!udp_entry_idle(1_000_000_000, 1_999_999_999, 1_000));
+        assert!(udp_entry_idle(1_000_000_000, 2_000_000_000, 1_000));
+        assert!(!udp_entry_idle(0, u64::MAX, 0), "0 ms: never idle");
+        assert!(
+            !udp_entry_idle(10, 5, 1),
+            "a last-seen time in the future is not idle"
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub mod choose;
 pub mod flood_guard;
 pub mod hash;
 
-pub use choose::{choose, heartbeat_stale, syn_keeps_entry, Choice, Tables};
+pub use choose::{choose, heartbeat_stale, syn_keeps_entry, udp_entry_idle, Choice, Tables};
 pub use flood_guard::FloodWindow;
 pub use hash::{
     bucket_of, client_hash, flow_hash, murmur3_bytes, murmur3_words, slot_of, Selection,
@@ -152,6 +152,11 @@ pub struct GlobalConfig {
     /// Flood guard: new flows per second per CPU above which new flows are balanced without a
     /// flow-table entry (`TxFloodGuard`), so a flood cannot evict established flows. 0: off.
     pub flood_guard_rate: u32,
+    /// A UDP flow's entry that has seen no datagram for this long (ms) is idle: the next
+    /// datagram of its 5-tuple is a new flow (`UdpFlowIdle`). 0: UDP entries never idle out
+    /// (only the LRU evicts them).
+    pub udp_idle_timeout_ms: u32,
+    pub _pad2: u32,
 }
 
 /// Do not read or write the flow table (benchmarks: shows what the flow table buys).
@@ -215,6 +220,9 @@ pub struct FlowEntry {
     pub group: u32,
     /// When the flow was first seen (`CLOCK_MONOTONIC` ns).
     pub created_ns: u64,
+    /// UDP flows: when the flow's last datagram was seen (`CLOCK_MONOTONIC` ns), for the idle
+    /// timeout. TCP flows: when the entry was written.
+    pub seen_ns: u64,
 }
 
 /// Per-backend counters (`BACKEND_STATS`, per-CPU array indexed by backend).
@@ -340,12 +348,15 @@ pub enum Counter {
     IcmpErrorForwarded,
     /// Flow table insert failed; the packet was still forwarded.
     FlowInsertFailed,
+    /// A UDP datagram found its flow's entry idle (no datagram for `udp_idle_timeout_ms`):
+    /// balanced as a new flow, whose entry replaces the idle one.
+    UdpFlowIdle,
 }
 
 /// Number of terminal outcomes (they sum to the packets seen).
 pub const OUTCOMES: u32 = Counter::DropTunnelTooBig as u32 + 1;
 /// Number of entries in `COUNTERS`.
-pub const COUNTERS: u32 = Counter::FlowInsertFailed as u32 + 1;
+pub const COUNTERS: u32 = Counter::UdpFlowIdle as u32 + 1;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
@@ -375,6 +386,7 @@ impl Counter {
         Counter::SlotFallback,
         Counter::IcmpErrorForwarded,
         Counter::FlowInsertFailed,
+        Counter::UdpFlowIdle,
     ];
 
     /// Snake-case name used in metrics (`canary_xdp_packets_total{outcome=...}`).
@@ -406,6 +418,7 @@ impl Counter {
             Counter::SlotFallback => "slot_fallback",
             Counter::IcmpErrorForwarded => "icmp_error_forwarded",
             Counter::FlowInsertFailed => "flow_insert_failed",
+            Counter::UdpFlowIdle => "udp_flow_idle",
         }
     }
 
@@ -438,11 +451,11 @@ const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
 const _: () = assert!(core::mem::size_of::<ServiceEntry>() == 8);
 const _: () = assert!(core::mem::size_of::<ServiceControl>() == 32);
-const _: () = assert!(core::mem::size_of::<GlobalConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<GlobalConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<Backend>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<FlowEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<Tunnel>() == 32);
+const _: () = assert!(core::mem::size_of::<FlowEntry>() == 24);
 const _: () = assert!(core::mem::size_of::<BackendStats>() == 24);
 const _: () = assert!(core::mem::size_of::<ServiceStats>() == 32);
 const _: () = assert!(MAGLEV_TABLE_SIZE >= 100 * MAX_BACKENDS_PER_GROUP);

@@ -7,8 +7,8 @@ use core::{
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns};
 use canary_common::{
-    choose, maglev_index, syn_keeps_entry, Backend, Choice, Counter, FlowEntry, FlowKey,
-    GlobalConfig, Selection, ServiceControl, ServiceEntry, ServiceKey, Tables, VipKey,
+    choose, maglev_index, syn_keeps_entry, udp_entry_idle, Backend, Choice, Counter, FlowEntry,
+    FlowKey, GlobalConfig, Selection, ServiceControl, ServiceEntry, ServiceKey, Tables, VipKey,
     BACKEND_FLAG_UP, CONFIG_FLAG_NO_FLOW_TABLE, GROUP_CANARY, NO_BACKEND, SERVICE_FLAG_CLIENT_IP,
     SERVICE_FLAG_IPIP,
 };
@@ -132,8 +132,15 @@ fn choose_backend(
     } else if use_flow_table {
         // SAFETY: copied out at once. An LRU entry recycled meanwhile can only yield another
         // flow's backend, which is validated below like any pinned backend.
-        match unsafe { FLOWS.get(key) }.copied() {
-            Some(flow) => {
+        // (A pointer, so that a UDP datagram can refresh its entry's last-seen time in place.)
+        match FLOWS.get_ptr_mut(key).map(|p| (p, unsafe { *p })) {
+            Some((entry, flow))
+                if segment == Segment::Udp && !udp_entry_alive(entry, &flow, config) =>
+            {
+                // Idle: this datagram starts a new flow, whose entry replaces the idle one.
+                count(Counter::UdpFlowIdle);
+            }
+            Some((_, flow)) => {
                 if !icmp {
                     count(Counter::FlowHit);
                 }
@@ -168,6 +175,21 @@ fn choose_backend(
         fresh = NewFlow::Unpinned;
     }
     new_flow(key, service, control, config, fresh)
+}
+
+/// Whether a UDP flow's entry is still in use (a datagram within `udp_idle_timeout_ms`); if
+/// so its last-seen time becomes now. Only UDP entries pay for this clock read and write.
+#[inline(always)]
+fn udp_entry_alive(entry: *mut FlowEntry, flow: &FlowEntry, config: &GlobalConfig) -> bool {
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if udp_entry_idle(flow.seen_ns, now, config.udp_idle_timeout_ms) {
+        return false;
+    }
+    // SAFETY: a valid map value from the lookup; a racing update of the same field by another
+    // CPU only writes another recent time.
+    unsafe { (*entry).seen_ns = now };
+    true
 }
 
 /// What a choice made by `new_flow` is.
@@ -247,6 +269,7 @@ fn new_flow(
         backend: backend_index,
         group: choice.group,
         created_ns: now,
+        seen_ns: now,
     };
     let records = matches!(fresh, NewFlow::Open | NewFlow::Insert);
     if records && !maps::flood_guard_admits(config.flood_guard_rate, now) {

@@ -70,6 +70,13 @@ pub struct DeploymentSpec {
     pub syn_replace_after: String,
     /// `dataplane.flood_guard_rate` (0: off).
     pub flood_guard_rate: u32,
+    /// `dataplane.udp_idle_timeout`.
+    pub udp_idle_timeout: String,
+    /// The service on the lab's IPv6 VIP, its backends named by their IPv6 addresses and their
+    /// MACs left for the daemon to resolve (NDP); else the IPv4 VIP with configured MACs.
+    pub ipv6: bool,
+    /// The service's `protocol`: `tcp` (HTTP) or `udp` (`canary-model --udp-listen`).
+    pub protocol: String,
     pub error_spike: f64,
     pub max_error_rate_increase: f64,
     pub max_latency_increase_ms: f64,
@@ -120,6 +127,9 @@ impl DeploymentSpec {
             flow_table_size: 65_536,
             syn_replace_after: "5s".into(),
             flood_guard_rate: 0,
+            udp_idle_timeout: "30s".into(),
+            ipv6: false,
+            protocol: "tcp".into(),
             error_spike: 0.10,
             max_error_rate_increase: 0.02,
             max_latency_increase_ms: 50.0,
@@ -571,6 +581,7 @@ pub fn config(
             heartbeat_timeout: spec.heartbeat_timeout.clone(),
             syn_replace_after: spec.syn_replace_after.clone(),
             flood_guard_rate: u64::from(spec.flood_guard_rate),
+            udp_idle_timeout: spec.udp_idle_timeout.clone(),
             state_dir: path_text(&state_dir(lab)),
             bpffs: path_text(&lab.bpffs().join("canary")),
             // A routed lab's service is `ipip`: its packets leave from the balancer's address.
@@ -616,8 +627,10 @@ fn path_text(path: &Path) -> String {
 }
 
 /// The lab's service: every backend with its group, address, MAC and URLs, and the upstream
-/// preset of the model server. In a routed lab: `forwarding = "ipip"`, and no MACs.
+/// preset of the model server. IPv6 (`spec.ipv6`): the IPv6 VIP and addresses, no MACs (the
+/// daemon resolves them). In a routed lab: `forwarding = "ipip"`, and no MACs.
 fn lab_service(spec: &DeploymentSpec, lab: &Lab) -> RawService {
+    let ipv6 = spec.ipv6;
     let routed = lab.plan().spec.routed;
     let backends = [("stable", lab.stable()), ("canary", lab.canary())]
         .into_iter()
@@ -625,21 +638,37 @@ fn lab_service(spec: &DeploymentSpec, lab: &Lab) -> RawService {
             nodes.iter().map(move |n| RawBackend {
                 name: n.name.clone(),
                 group: group.into(),
-                address: n.address.to_string(),
-                mac: if routed {
+                address: if ipv6 {
+                    n.address6.to_string()
+                } else {
+                    n.address.to_string()
+                },
+                mac: if ipv6 || routed {
                     String::new()
                 } else {
                     n.mac.to_string()
                 },
-                health_url: n.url("/healthz"),
-                metrics_url: n.url("/metrics"),
+                health_url: if ipv6 {
+                    n.url6("/healthz")
+                } else {
+                    n.url("/healthz")
+                },
+                metrics_url: if ipv6 {
+                    n.url6("/metrics")
+                } else {
+                    n.url("/metrics")
+                },
             })
         })
         .collect();
     RawService {
         name: "sentiment".into(),
-        vip: format!("{}:{SERVICE_PORT}", lab.vip()),
-        protocol: "tcp".into(),
+        vip: if ipv6 {
+            format!("[{}]:{SERVICE_PORT}", lab.vip6())
+        } else {
+            format!("{}:{SERVICE_PORT}", lab.vip())
+        },
+        protocol: spec.protocol.clone(),
         affinity: spec.affinity.clone(),
         forwarding: if routed { "ipip" } else { "l2" }.into(),
         backends,

@@ -5,3 +5,4 @@ pub mod classifier;
 pub mod fault;
 pub mod metrics;
 pub mod server;
+pub mod udp;

@@ -10,13 +10,21 @@ use canary_model::fault::FaultConfig;
 use canary_model::server::{router, AppState};
 use clap::Parser;
 
-/// Serve a tiny sentiment model: POST /predict, GET /healthz, GET /metrics, GET|POST /fault.
+/// Serve a tiny sentiment model: POST /predict, GET /healthz, GET /metrics, GET|POST /fault,
+/// and predictions over UDP (`--udp-listen`).
 #[derive(Debug, Parser)]
 #[command(disable_version_flag = true)]
 struct Args {
-    /// Address to listen on (0.0.0.0 also accepts traffic for a VIP held on `lo`).
+    /// Address to listen on (0.0.0.0 also accepts traffic for a VIP held on `lo`; [::] takes
+    /// IPv4 and IPv6).
     #[arg(long, default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
+    /// Also answer predictions over UDP on this address (repeatable): one JSON request
+    /// datagram, one JSON answer datagram, same faults and metrics. Behind a direct-server-return
+    /// balancer give the VIP itself (held on `lo`), so answers leave from the address clients
+    /// sent to.
+    #[arg(long = "udp-listen")]
+    udp_listen: Vec<SocketAddr>,
     /// Model version to serve: v1 or v2.
     #[arg(long, default_value = "v1")]
     version: ModelVersion,
@@ -93,6 +101,19 @@ async fn main() -> anyhow::Result<()> {
         faults,
         args.seed,
     )?);
+    for addr in &args.udp_listen {
+        let socket = tokio::net::UdpSocket::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on UDP {addr}"))?;
+        tracing::info!(local = %socket.local_addr()?, "serving predictions over UDP");
+        let state = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = canary_model::udp::serve(socket, state).await {
+                tracing::error!(error = %e, "UDP service failed");
+                std::process::exit(1);
+            }
+        });
+    }
     // One line on stdout that a parent process can wait for (the port when 0 was asked for).
     println!("listening on {local}");
     std::io::stdout().flush()?;

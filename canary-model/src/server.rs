@@ -65,6 +65,11 @@ impl AppState {
         })
     }
 
+    /// The instance name answers carry.
+    pub fn backend(&self) -> &str {
+        &self.backend
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
@@ -100,6 +105,28 @@ async fn predict(
     State(state): State<Arc<AppState>>,
     body: Result<Json<PredictRequest>, JsonRejection>,
 ) -> Response {
+    let body = body.map(|Json(req)| req).map_err(|r| r.body_text());
+    match serve_prediction(&state, body).await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(refusal) => error_body(refusal.status, &refusal.message),
+    }
+}
+
+/// A prediction request that was not answered with a prediction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The HTTP status of the refusal (500 for an injected fault, 400 for a bad request).
+    pub status: StatusCode,
+    pub message: String,
+}
+
+/// One prediction request, whatever carried it (HTTP or a UDP datagram): the faults (crash,
+/// latency, errors, skew) and the metrics apply the same way. `body` is the parsed request or
+/// why it could not be parsed.
+pub async fn serve_prediction(
+    state: &AppState,
+    body: Result<PredictRequest, String>,
+) -> Result<PredictResponse, Refusal> {
     let started = Instant::now();
     let plan = {
         let draws = state.draws();
@@ -114,31 +141,36 @@ async fn predict(
     }
     let m = &state.metrics;
     m.requests.inc();
-    let response = if plan.fail {
+    let answer = if plan.fail {
         m.errors.inc();
-        error_body(StatusCode::INTERNAL_SERVER_ERROR, "injected fault")
+        Err(Refusal {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: "injected fault".into(),
+        })
     } else {
         match body {
-            Err(rejection) => {
+            Err(message) => {
                 m.errors.inc();
-                error_body(StatusCode::BAD_REQUEST, &rejection.body_text())
+                Err(Refusal {
+                    status: StatusCode::BAD_REQUEST,
+                    message,
+                })
             }
-            Ok(Json(req)) => {
+            Ok(req) => {
                 let p = state.classifier.predict(&req.text);
                 let class = plan.force_class.unwrap_or(p.class);
                 m.predictions.with_label_values(&[class.as_str()]).inc();
-                Json(PredictResponse {
+                Ok(PredictResponse {
                     version: state.classifier.version(),
                     prediction: class,
                     confidence: p.confidence,
                     backend: state.backend.clone(),
                 })
-                .into_response()
             }
         }
     };
     m.duration.observe(started.elapsed().as_secs_f64());
-    response
+    answer
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {

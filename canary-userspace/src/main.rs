@@ -235,9 +235,11 @@ fn validate(path: &Path) -> Result<()> {
         Err(e) => format!("unknown ({e})"),
     };
     println!(
-        "  data plane: interface {} (MAC {mac}), syn_replace_after {}, flood guard {}",
+        "  data plane: interface {} (MAC {mac}), syn_replace_after {}, udp_idle_timeout {}, \
+         flood guard {}",
         d.interface,
         humantime::format_duration(d.syn_replace_after),
+        humantime::format_duration(d.udp_idle_timeout),
         if d.flood_guard_rate == 0 {
             "off".to_string()
         } else {

@@ -403,6 +403,7 @@ fn attach_program_restart_from_pins_and_detach() {
             backend: route.backend.as_ref().unwrap().index,
             group: route.group.index(),
             created_ns: 42,
+            seen_ns: 42,
         };
         dp.insert_flow(&seeded, &seeded_entry).unwrap();
 

@@ -4,7 +4,7 @@
 
 use super::cmd::{self, path_str};
 use super::error::io_err;
-use super::{Lab, LabError, Node, PeerXdp, Role, NETNS_IFNAME};
+use super::{Lab, LabError, Node, PeerXdp, Role, NETNS_IFNAME, PREFIX_LEN6};
 
 impl Lab {
     pub(super) fn build(&self) -> Result<(), LabError> {
@@ -111,17 +111,31 @@ impl Lab {
         let mac = node.mac.to_string();
         ip_n(&["link", "set", NETNS_IFNAME, "address", &mac])?;
 
-        let mut sysctls = vec![
-            // No IPv6 chatter (DAD, router solicitations) in counters and captures.
-            "net.ipv6.conf.all.disable_ipv6=1".to_owned(),
-            "net.ipv6.conf.default.disable_ipv6=1".to_owned(),
+        let mut sysctls = Vec::new();
+        // Dual-stack: IPv6 on, its addresses usable at once (no duplicate address detection),
+        // and no router solicitations or advertisements (the lab has no router).
+        for dev in ["all", "default", NETNS_IFNAME] {
+            for (key, value) in [
+                ("disable_ipv6", "0"),
+                ("accept_dad", "0"),
+                ("dad_transmits", "0"),
+                ("router_solicitations", "0"),
+                ("accept_ra", "0"),
+            ] {
+                sysctls.push(format!("net.ipv6.conf.{dev}.{key}={value}"));
+            }
+        }
+        sysctls.extend([
             // Replies from the VIP arrive on an interface that does not hold it (DSR).
             "net.ipv4.conf.all.rp_filter=0".to_owned(),
             "net.ipv4.conf.default.rp_filter=0".to_owned(),
             format!("net.ipv4.conf.{NETNS_IFNAME}.rp_filter=0"),
-        ];
+        ]);
         if matches!(node.role, Role::Stable | Role::Canary) {
-            // Only the load balancer may answer ARP for the VIP.
+            // Only the load balancer may answer ARP for the VIP. (IPv6 needs no setting: a
+            // host answers neighbour solicitations only for addresses on the interface they
+            // arrive on, and solicits from an address of the outgoing interface, so the IPv6
+            // VIP on `lo` is never announced on `eth0`.)
             for dev in ["all", NETNS_IFNAME, "lo"] {
                 sysctls.push(format!("net.ipv4.conf.{dev}.arp_ignore=1"));
                 sysctls.push(format!("net.ipv4.conf.{dev}.arp_announce=2"));
@@ -136,13 +150,32 @@ impl Lab {
             let cidr = format!("{a}/{}", self.prefix_len_of(node));
             ip_n(&["addr", "replace", &cidr, "dev", NETNS_IFNAME])?;
         }
+        for a in node.source_addresses6() {
+            let cidr = format!("{a}/{PREFIX_LEN6}");
+            ip_n(&["addr", "replace", &cidr, "dev", NETNS_IFNAME, "nodad"])?;
+        }
         let vip = format!("{}/32", self.plan.vip);
+        let vip6 = format!("{}/128", self.plan.vip6);
+        // The IPv6 VIP is deprecated (`preferred_lft 0`): still answered for and received on,
+        // never picked as the source of the node's own connections or neighbour solicitations.
+        // (Source selection prefers the longest matching prefix, and a /128 VIP beats the
+        // node's /64 address: the daemon's probes would leave from the VIP and their answers
+        // go to a backend's own `lo`.)
+        let vip6_args = [
+            "addr",
+            "replace",
+            vip6.as_str(),
+            "preferred_lft",
+            "0",
+            "nodad",
+        ];
         let several = !self.plan.more_balancers.is_empty();
         match node.role {
             // With several balancers clients route the VIP through them (no ARP for it).
             Role::LoadBalancer if several => {}
             Role::LoadBalancer => {
                 ip_n(&["addr", "replace", &vip, "dev", NETNS_IFNAME])?;
+                ip_n(&[&vip6_args[..], &["dev", NETNS_IFNAME]].concat())?;
             }
             Role::Etcd | Role::Router => {}
             Role::Stable | Role::Canary if self.plan.spec.routed => {
@@ -150,6 +183,7 @@ impl Lab {
             }
             Role::Stable | Role::Canary => {
                 ip_n(&["addr", "replace", &vip, "dev", "lo"])?;
+                ip_n(&[&vip6_args[..], &["dev", "lo"]].concat())?;
                 // Replies leave straight for the client over the bridge.
                 ip_n(&["route", "replace", "default", "dev", NETNS_IFNAME])?;
             }
@@ -180,6 +214,7 @@ impl Lab {
                             "-q",
                             "-w",
                             "net.ipv4.fib_multipath_hash_policy=1",
+                            "net.ipv6.fib_multipath_hash_policy=1",
                         ],
                     )?;
                     let all: Vec<&str> = self.plan.balancers().map(|b| b.name.as_str()).collect();
@@ -212,21 +247,35 @@ impl Lab {
     /// The VIP's route in client namespace `ns`: one next hop per named balancer (ECMP), or
     /// none (the VIP unreachable) when `balancers` is empty.
     pub(super) fn route_vip_in(&self, ns: &str, balancers: &[&str]) -> Result<(), LabError> {
-        let vip = format!("{}/32", self.plan.vip);
-        let hops: Vec<String> = self
+        let chosen: Vec<&Node> = self
             .plan
             .balancers()
             .filter(|b| balancers.contains(&b.name.as_str()))
-            .map(|b| b.address.to_string())
             .collect();
-        if hops.is_empty() {
-            let _ = cmd::run("ip", &["-n", ns, "route", "del", &vip]);
-            return Ok(());
+        let routes = [
+            (
+                format!("{}/32", self.plan.vip),
+                chosen
+                    .iter()
+                    .map(|b| b.address.to_string())
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                format!("{}/128", self.plan.vip6),
+                chosen.iter().map(|b| b.address6.to_string()).collect(),
+            ),
+        ];
+        for (vip, hops) in &routes {
+            if hops.is_empty() {
+                let _ = cmd::run("ip", &["-n", ns, "route", "del", vip]);
+                continue;
+            }
+            let mut args = vec!["-n", ns, "route", "replace", vip.as_str()];
+            for h in hops {
+                args.extend(["nexthop", "via", h.as_str(), "dev", NETNS_IFNAME]);
+            }
+            cmd::run("ip", &args)?;
         }
-        let mut args = vec!["-n", ns, "route", "replace", &vip];
-        for h in &hops {
-            args.extend(["nexthop", "via", h.as_str(), "dev", NETNS_IFNAME]);
-        }
-        cmd::run("ip", &args).map(drop)
+        Ok(())
     }
 }

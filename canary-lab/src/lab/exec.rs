@@ -111,8 +111,10 @@ impl Lab {
     }
 
     /// Start the model server on every backend: stable as `v1`, canary as `v2`, named after the
-    /// node (`s0`, `k0`, ...), listening on `0.0.0.0:8080` (so the VIP on `lo` works). `extra`
-    /// adds flags per node (for example faults). Waits until each one listens.
+    /// node (`s0`, `k0`, ...), listening on port 8080 of every address (so the VIPs on `lo`
+    /// work): `canary-model` on `[::]` (IPv4 and IPv6) and over UDP on both VIPs, the `FastAPI`
+    /// server on `0.0.0.0`. `extra` adds flags per node (for example faults). Waits until each
+    /// one listens.
     pub fn start_models(
         &self,
         server: ModelServer,
@@ -125,9 +127,22 @@ impl Lab {
             } else {
                 "v1"
             };
-            let listen = std::net::SocketAddr::from(([0, 0, 0, 0], SERVICE_PORT));
+            let mut flags = Vec::new();
+            let listen = if server == ModelServer::CanaryModel {
+                for vip in [
+                    std::net::IpAddr::V4(self.plan.vip),
+                    std::net::IpAddr::V6(self.plan.vip6),
+                ] {
+                    let udp = std::net::SocketAddr::from((vip, SERVICE_PORT));
+                    flags.extend(["--udp-listen".to_string(), udp.to_string()]);
+                }
+                std::net::SocketAddr::from(([0u16; 8], SERVICE_PORT))
+            } else {
+                std::net::SocketAddr::from(([0, 0, 0, 0], SERVICE_PORT))
+            };
+            flags.extend(extra(node));
             let argv = server
-                .argv(listen, version, &node.name, &extra(node))
+                .argv(listen, version, &node.name, &flags)
                 .map_err(|e| {
                     LabError::Spec(format!("cannot run {server} on {}: {e}", node.name))
                 })?;

@@ -36,10 +36,10 @@ use std::sync::{Mutex, PoisonError};
 pub use error::LabError;
 pub use peer_xdp::PEER_XDP_PIN;
 pub use plan::{
-    LabPlan, LabSpec, MacAddr, Node, PeerXdp, Role, MAX_BACKENDS_PER_GROUP, MAX_BALANCERS,
+    ipv6_of, LabPlan, LabSpec, MacAddr, Node, PeerXdp, Role, MAX_BACKENDS_PER_GROUP, MAX_BALANCERS,
     MAX_CLIENTS, MAX_EXTRA_ADDRESSES, MAX_TAG_LEN, NAME_PREFIX, NETNS_IFNAME, PREFIX_LEN,
-    ROUTED_ADVMSS, ROUTED_GATEWAY, ROUTED_PREFIX_LEN, ROUTED_SUBNET, ROUTER_ADDRESS, SERVICE_PORT,
-    STATE_ROOT, VIP,
+    PREFIX_LEN6, ROUTED_ADVMSS, ROUTED_GATEWAY, ROUTED_PREFIX_LEN, ROUTED_SUBNET, ROUTER_ADDRESS,
+    SERVICE_PORT, STATE_ROOT, VIP, VIP6,
 };
 pub use process::{LabProcess, ProcessRecord};
 pub use record::LabRecord;
@@ -120,6 +120,11 @@ impl Lab {
 
     pub fn vip(&self) -> std::net::Ipv4Addr {
         self.plan.vip
+    }
+
+    /// The IPv6 VIP (the lab is dual-stack).
+    pub fn vip6(&self) -> std::net::Ipv6Addr {
+        self.plan.vip6
     }
 
     pub fn bridge(&self) -> &str {

@@ -1,7 +1,7 @@
 //! The lab's layout, computed from its spec: names, addresses, MACs. Pure, no I/O.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,11 @@ pub const MAX_TAG_LEN: usize = 6;
 pub const STATE_ROOT: &str = "/run/canary-lab";
 /// The service address, held by the load balancer (on its veth) and by every backend (on `lo`).
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+/// The IPv6 service address (see [`ipv6_of`]): the lab is dual-stack.
+pub const VIP6: Ipv6Addr = ipv6_of(VIP);
+/// IPv6 addresses are configured with this prefix length: all of the lab's `2001:db8::/64` is
+/// on-link.
+pub const PREFIX_LEN6: u8 = 64;
 /// The port the lab's model servers listen on.
 pub const SERVICE_PORT: u16 = 8080;
 /// Host addresses are configured with this prefix length: all of 198.18.0.0/15 is on-link, so
@@ -23,6 +28,25 @@ pub const SERVICE_PORT: u16 = 8080;
 pub const PREFIX_LEN: u8 = 15;
 /// Name of the lab veth inside every namespace.
 pub const NETNS_IFNAME: &str = "eth0";
+
+/// The IPv6 address of a lab IPv4 address: each decimal byte written as a hex group, in
+/// `2001:db8::/64`, so that `198.18.0.11` is `2001:db8::198:18:0:11`.
+pub const fn ipv6_of(v4: Ipv4Addr) -> Ipv6Addr {
+    const fn group(b: u8) -> u16 {
+        (b / 100) as u16 * 0x100 + (b / 10 % 10) as u16 * 0x10 + (b % 10) as u16
+    }
+    let o = v4.octets();
+    Ipv6Addr::new(
+        0x2001,
+        0xdb8,
+        0,
+        0,
+        group(o[0]),
+        group(o[1]),
+        group(o[2]),
+        group(o[3]),
+    )
+}
 
 const LB_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 /// The router of a routed lab, on the balancers' segment.
@@ -237,6 +261,13 @@ pub struct Node {
     pub mac: MacAddr,
     /// More addresses on `eth0` (clients only), to bind as distinct client sources.
     pub extra_addresses: Vec<Ipv4Addr>,
+    /// IPv6 address on `eth0` (with prefix length `PREFIX_LEN6`): `ipv6_of(address)`.
+    #[serde(default = "unspecified6")]
+    pub address6: Ipv6Addr,
+}
+
+fn unspecified6() -> Ipv6Addr {
+    Ipv6Addr::UNSPECIFIED
 }
 
 impl Node {
@@ -245,11 +276,21 @@ impl Node {
         format!("http://{}:{SERVICE_PORT}{path}", self.address)
     }
 
+    /// `http://[<address6>]:8080<path>` on this node.
+    pub fn url6(&self, path: &str) -> String {
+        format!("http://[{}]:{SERVICE_PORT}{path}", self.address6)
+    }
+
     /// Every address this node sends from.
     pub fn source_addresses(&self) -> Vec<Ipv4Addr> {
         std::iter::once(self.address)
             .chain(self.extra_addresses.iter().copied())
             .collect()
+    }
+
+    /// Every IPv6 address this node sends from (those of `source_addresses`, by `ipv6_of`).
+    pub fn source_addresses6(&self) -> Vec<Ipv6Addr> {
+        self.source_addresses().into_iter().map(ipv6_of).collect()
     }
 }
 
@@ -261,6 +302,9 @@ pub struct LabPlan {
     pub state_dir: PathBuf,
     pub bpffs: PathBuf,
     pub vip: Ipv4Addr,
+    /// The IPv6 VIP, held like `vip`.
+    #[serde(default = "unspecified6")]
+    pub vip6: Ipv6Addr,
     pub load_balancer: Option<Node>,
     /// Balancers after the first (`lb1`, `lb2`, ...), in a lab with several.
     #[serde(default)]
@@ -302,6 +346,7 @@ impl LabPlan {
                 netns,
                 ifname: NETNS_IFNAME.into(),
                 address,
+                address6: ipv6_of(address),
                 mac: mac_for(address),
                 extra_addresses,
             }
@@ -321,6 +366,7 @@ impl LabPlan {
             bpffs: state_dir.join("bpffs"),
             state_dir,
             vip: VIP,
+            vip6: VIP6,
             load_balancer: spec
                 .load_balancer
                 .then(|| node(Role::LoadBalancer, 0, "lb".into(), LB_ADDRESS, 0)),
@@ -416,6 +462,7 @@ mod tests {
         let mut names = HashSet::new();
         let mut addresses = HashSet::new();
         let mut macs = HashSet::new();
+        let mut addresses6 = HashSet::new();
         for n in plan.nodes() {
             assert!(n.host_ifname.len() <= 15, "{}", n.host_ifname);
             assert!(n.host_ifname.starts_with("cnry-abcdef-"));
@@ -427,6 +474,12 @@ mod tests {
                 assert!(addresses.insert(a), "duplicate {a}");
                 assert_ne!(a, VIP);
             }
+            for a in n.source_addresses6() {
+                assert_eq!(a.segments()[..4], [0x2001, 0xdb8, 0, 0], "{a}");
+                assert!(addresses6.insert(a), "duplicate {a}");
+                assert_ne!(a, VIP6);
+            }
+            assert_eq!(n.address6, n.source_addresses6()[0]);
         }
         assert_eq!(
             plan.nodes().count(),
@@ -445,6 +498,15 @@ mod tests {
         assert_eq!(
             plan.stable[0].url("/healthz"),
             "http://198.18.0.11:8080/healthz"
+        );
+        assert_eq!(
+            plan.stable[0].url6("/healthz"),
+            "http://[2001:db8::198:18:0:11]:8080/healthz"
+        );
+        assert_eq!(plan.vip6.to_string(), "2001:db8::198:18:0:100");
+        assert_eq!(
+            ipv6_of(Ipv4Addr::new(198, 19, 39, 250)).to_string(),
+            "2001:db8::198:19:39:250"
         );
         assert_eq!(plan.canary[1].netns, "cnry-t1-k1");
         assert_eq!(plan.canary[1].mac.to_string(), "02:c4:4e:12:00:20");

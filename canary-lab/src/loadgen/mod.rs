@@ -5,6 +5,7 @@
 
 mod http;
 pub mod report;
+mod udp;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -91,6 +92,12 @@ pub struct LoadSpec {
     /// Seed of the random choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// UDP instead of HTTP (`canary-model --udp-listen`): a new-connection worker sends each
+    /// request from a new socket (a new flow), a keep-alive "connection" is one socket that
+    /// sends all its requests (one flow) and keeps it after a failure.
+    #[arg(long)]
+    #[serde(default)]
+    pub udp: bool,
 }
 
 /// Durations as humantime strings in JSON ("1s 500ms").
@@ -129,6 +136,7 @@ impl LoadSpec {
             sources: Vec::new(),
             texts: Vec::new(),
             seed: 1,
+            udp: false,
         }
     }
 
@@ -166,6 +174,9 @@ impl LoadSpec {
         }
         if self.no_reconnect {
             a.push("--no-reconnect".into());
+        }
+        if self.udp {
+            a.push("--udp".into());
         }
         for s in &self.sources {
             a.extend(["--source".into(), s.to_string()]);
@@ -233,7 +244,11 @@ pub async fn run(spec: &LoadSpec) -> Report {
         tasks.spawn(new_connection_worker(shared.clone(), w));
     }
     for c in 0..spec.keepalive {
-        tasks.spawn(keepalive_worker(shared.clone(), c));
+        if spec.udp {
+            tasks.spawn(udp_flow_worker(shared.clone(), c));
+        } else {
+            tasks.spawn(keepalive_worker(shared.clone(), c));
+        }
     }
     let mut all = Recorder::default();
     while let Some(done) = tasks.join_next().await {
@@ -257,15 +272,25 @@ async fn new_connection_worker(shared: Arc<Shared>, worker: usize) -> Recorder {
         let t = Instant::now();
         // The address actually used, also when the kernel picked it.
         let mut local = source;
-        let result = tokio::time::timeout(spec.timeout, async {
-            let mut conn = http::Connection::open(spec.target, source).await?;
-            local = Some(conn.local().ip());
-            let answer = conn.request(spec, &body, user.as_deref(), true).await;
-            conn.close().await;
-            answer
-        })
-        .await
-        .unwrap_or_else(|_| Err(http::timeout_failure(spec.timeout)));
+        let result = if spec.udp {
+            tokio::time::timeout(spec.timeout, async {
+                let mut flow = udp::Flow::open(spec.target, source).await?;
+                local = Some(flow.local().ip());
+                flow.request(&body).await
+            })
+            .await
+            .unwrap_or_else(|_| Err(udp::no_answer(spec.timeout)))
+        } else {
+            tokio::time::timeout(spec.timeout, async {
+                let mut conn = http::Connection::open(spec.target, source).await?;
+                local = Some(conn.local().ip());
+                let answer = conn.request(spec, &body, user.as_deref(), true).await;
+                conn.close().await;
+                answer
+            })
+            .await
+            .unwrap_or_else(|_| Err(http::timeout_failure(spec.timeout)))
+        };
         rec.record(&Outcome {
             mode: Mode::NewConnection,
             source: local,
@@ -360,6 +385,57 @@ async fn keepalive_worker(shared: Arc<Shared>, index: usize) -> Recorder {
     rec
 }
 
+/// One long-lived UDP flow (one socket, one 5-tuple) sending a request every
+/// `keepalive_interval`; reported like a keep-alive connection (which backends answered it). A
+/// failed request (no answer in time) does not end the flow.
+async fn udp_flow_worker(shared: Arc<Shared>, index: usize) -> Recorder {
+    let spec = &shared.spec;
+    let mut rng = StdRng::seed_from_u64(spec.seed.wrapping_mul(7_000_003) + index as u64);
+    let source = shared.source(index);
+    let user = user_for(spec, index);
+    let mut rec = Recorder::default();
+    let offset = spec.keepalive_interval.mul_f64(rng.gen::<f64>());
+    tokio::time::sleep(offset).await;
+    let mut flow = match udp::Flow::open(spec.target, source).await {
+        Ok(f) => f,
+        Err(f) => {
+            if shared.budget.take() {
+                let result = Err(f);
+                let mut report = ConnectionReport::new(index as u64, None, user.clone());
+                report.record(&result);
+                rec.record(&Outcome {
+                    mode: Mode::KeepAlive,
+                    source,
+                    user,
+                    latency: Duration::ZERO,
+                    result,
+                });
+                rec.connection(report);
+            }
+            return rec;
+        }
+    };
+    let mut report = ConnectionReport::new(index as u64, Some(flow.local()), user.clone());
+    while shared.more() {
+        let body = shared.body(&mut rng);
+        let t = Instant::now();
+        let result = tokio::time::timeout(spec.timeout, flow.request(&body))
+            .await
+            .unwrap_or_else(|_| Err(udp::no_answer(spec.timeout)));
+        report.record(&result);
+        rec.record(&Outcome {
+            mode: Mode::KeepAlive,
+            source: Some(flow.local().ip()),
+            user: user.clone(),
+            latency: t.elapsed(),
+            result,
+        });
+        tokio::time::sleep(spec.keepalive_interval).await;
+    }
+    rec.connection(report);
+    rec
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,6 +453,7 @@ mod tests {
         spec.keepalive = 500;
         spec.users = 10;
         spec.no_reconnect = true;
+        spec.udp = true;
         spec.sources = vec!["198.19.0.1".parse().unwrap(), "198.19.0.2".parse().unwrap()];
         spec.texts = vec!["good stuff".into()];
         let mut argv = vec!["canary-loadgen".to_owned()];

@@ -121,10 +121,15 @@ pub struct DataplaneConfig {
     pub tunnel_source_v4: Option<Ipv4Addr>,
     /// Outer source address of IPv6-in-IPv6 packets (`ipip` services with an IPv6 VIP).
     pub tunnel_source_v6: Option<Ipv6Addr>,
+    /// A UDP flow's flow-table entry without a datagram for this long is idle: the flow's next
+    /// datagram is balanced as a new flow (whole milliseconds; zero: never idle).
+    pub udp_idle_timeout: Duration,
 }
 
 /// Longest `dataplane.syn_replace_after`.
 pub const MAX_SYN_REPLACE_AFTER: Duration = Duration::from_hours(1);
+/// Longest `dataplane.udp_idle_timeout`.
+pub const MAX_UDP_IDLE_TIMEOUT: Duration = Duration::from_hours(24);
 /// Smallest non-zero `dataplane.flood_guard_rate`.
 pub const MIN_FLOOD_GUARD_RATE: u64 = 100;
 

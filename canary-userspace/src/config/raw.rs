@@ -75,6 +75,7 @@ pub struct RawDataplane {
     /// Outer source of IPv6-in-IPv6 packets (`""`: none; needed by IPv6 `ipip` services).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub tunnel_source_v6: String,
+    pub udp_idle_timeout: String,
 }
 
 impl Default for RawDataplane {
@@ -91,6 +92,7 @@ impl Default for RawDataplane {
             flood_guard_rate: 0,
             tunnel_source_v4: String::new(),
             tunnel_source_v6: String::new(),
+            udp_idle_timeout: "30s".into(),
         }
     }
 }
@@ -303,6 +305,7 @@ pub(crate) const DATAPLANE_KEYS: &[&str] = &[
     "flood_guard_rate",
     "tunnel_source_v4",
     "tunnel_source_v6",
+    "udp_idle_timeout",
 ];
 pub(crate) const ADMIN_KEYS: &[&str] = &[
     "listen",

@@ -17,6 +17,7 @@ syn_replace_after = "5s"
 flood_guard_rate = 0
 tunnel_source_v4 = ""
 tunnel_source_v6 = ""
+udp_idle_timeout = "30s"
 
 [cluster]
 store = "local"
@@ -437,6 +438,29 @@ fn syn_replace_after_and_flood_guard_rate_are_checked() {
 }
 
 #[test]
+fn udp_idle_timeout_is_checked() {
+    let c = Config::from_toml_str(MINIMAL).unwrap();
+    assert_eq!(c.dataplane.udp_idle_timeout, Duration::from_secs(30));
+    let key = "udp_idle_timeout = \"30s\"";
+    let c = Config::from_toml_str(&with(key, "udp_idle_timeout = \"0s\"")).unwrap();
+    assert_eq!(c.dataplane.udp_idle_timeout, Duration::ZERO);
+    let c = Config::from_toml_str(&with(key, "udp_idle_timeout = \"2m\"")).unwrap();
+    assert_eq!(c.dataplane.udp_idle_timeout, Duration::from_mins(2));
+    assert_problem(
+        &with(key, "udp_idle_timeout = \"idle\""),
+        "dataplane.udp_idle_timeout: \"idle\" is not a duration (expected number at 0); write it like \"30s\" or \"2m\", or \"0s\" to keep UDP entries until the flow table evicts them",
+    );
+    assert_problem(
+        &with(key, "udp_idle_timeout = \"2days\""),
+        "dataplane.udp_idle_timeout: \"2days\" is too long; give at most \"24h\" (default \"30s\": longer than a UDP client pauses between datagrams of one flow)",
+    );
+    assert_problem(
+        &with(key, "udp_idle_timeout = \"10us\""),
+        "dataplane.udp_idle_timeout: \"10us\" is not whole milliseconds (the data plane counts in ms); write it like \"30s\" or \"1500ms\"",
+    );
+}
+
+#[test]
 fn thresholds_and_counts_are_checked() {
     assert_problem(
             &with("max_error_rate_increase = 0.02", "max_error_rate_increase = 2"),
@@ -479,7 +503,7 @@ fn admin_connection_limits() {
         "admin.max_connections: 0 is out of range; use 1 to 4096 connections (default 64)",
     );
     assert_problem(
-        &with("idle_timeout = \"30s\"", "idle_timeout = \"0s\""),
+        &with("\nidle_timeout = \"30s\"", "\nidle_timeout = \"0s\""),
         "admin.idle_timeout: \"0s\" is zero; give a positive duration such as \"15s\"",
     );
 }

@@ -12,7 +12,7 @@ use super::raw::{
 };
 use super::{
     AdminConfig, BackendConfig, Config, DataplaneConfig, Problem, RolloutConfig, ServiceConfig,
-    Thresholds, UpstreamConfig, MAX_SYN_REPLACE_AFTER, MIN_FLOOD_GUARD_RATE,
+    Thresholds, UpstreamConfig, MAX_SYN_REPLACE_AFTER, MAX_UDP_IDLE_TIMEOUT, MIN_FLOOD_GUARD_RATE,
 };
 use crate::domain::{
     Affinity, Forwarding, Group, MissingPolicy, Protocol, RollbackMode, StartMode, Weight, XdpMode,
@@ -462,6 +462,7 @@ fn dataplane(c: &mut Checker, d: &RawDataplane) -> (Option<DataplaneConfig>, Opt
         tunnel_source(c, "dataplane.tunnel_source_v4", &d.tunnel_source_v4, true);
     let tunnel_source_v6 =
         tunnel_source(c, "dataplane.tunnel_source_v6", &d.tunnel_source_v6, false);
+    let udp_idle_timeout = udp_idle_timeout(c, &d.udp_idle_timeout);
     for (key, value) in [
         ("dataplane.state_dir", &d.state_dir),
         ("dataplane.bpffs", &d.bpffs),
@@ -477,6 +478,7 @@ fn dataplane(c: &mut Checker, d: &RawDataplane) -> (Option<DataplaneConfig>, Opt
         syn_replace_after,
         tunnel_source_v4,
         tunnel_source_v6,
+        udp_idle_timeout,
     ) {
         (
             Some(xdp_mode),
@@ -484,6 +486,7 @@ fn dataplane(c: &mut Checker, d: &RawDataplane) -> (Option<DataplaneConfig>, Opt
             Some(syn_replace_after),
             Ok(tunnel_source_v4),
             Ok(tunnel_source_v6),
+            Some(udp_idle_timeout),
         ) => Some(DataplaneConfig {
             interface: d.interface.clone(),
             xdp_mode,
@@ -502,6 +505,7 @@ fn dataplane(c: &mut Checker, d: &RawDataplane) -> (Option<DataplaneConfig>, Opt
                 IpAddr::V6(a) => a,
                 IpAddr::V4(_) => unreachable!("checked to be IPv6"),
             }),
+            udp_idle_timeout,
         }),
         _ => None,
     };
@@ -558,6 +562,37 @@ fn syn_replace_after(c: &mut Checker, value: &str) -> Option<Duration> {
         c.bad(
             KEY,
             format!("\"{value}\" is not whole milliseconds (the data plane counts in ms); write it like \"5s\" or \"1500ms\""),
+        );
+        return None;
+    }
+    Some(d)
+}
+
+/// `dataplane.udp_idle_timeout`: zero (UDP entries never idle out) or whole milliseconds up to
+/// [`MAX_UDP_IDLE_TIMEOUT`].
+fn udp_idle_timeout(c: &mut Checker, value: &str) -> Option<Duration> {
+    const KEY: &str = "dataplane.udp_idle_timeout";
+    let d = match humantime::parse_duration(value.trim()) {
+        Ok(d) => d,
+        Err(e) => {
+            c.bad(
+                KEY,
+                format!("\"{value}\" is not a duration ({e}); write it like \"30s\" or \"2m\", or \"0s\" to keep UDP entries until the flow table evicts them"),
+            );
+            return None;
+        }
+    };
+    if d > MAX_UDP_IDLE_TIMEOUT {
+        c.bad(
+            KEY,
+            format!("\"{value}\" is too long; give at most \"24h\" (default \"30s\": longer than a UDP client pauses between datagrams of one flow)"),
+        );
+        return None;
+    }
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        c.bad(
+            KEY,
+            format!("\"{value}\" is not whole milliseconds (the data plane counts in ms); write it like \"30s\" or \"1500ms\""),
         );
         return None;
     }

@@ -83,6 +83,9 @@ pub fn global_config(
         syn_replace_after_ms: u32::try_from(dataplane.syn_replace_after.as_millis())
             .unwrap_or(u32::MAX),
         flood_guard_rate: dataplane.flood_guard_rate,
+        udp_idle_timeout_ms: u32::try_from(dataplane.udp_idle_timeout.as_millis())
+            .unwrap_or(u32::MAX),
+        _pad2: 0,
     }
 }
 

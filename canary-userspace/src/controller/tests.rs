@@ -1044,7 +1044,7 @@ fn a_rollout_is_recorded_across_a_restart_and_drawn_with_every_series() {
 fn start_writes_every_global_setting() {
     let text = config_text("").replace(
         "heartbeat_timeout = \"30s\"",
-        "heartbeat_timeout = \"30s\"\nhash_seed = 99\nsyn_replace_after = \"2500ms\"\nflood_guard_rate = 20000",
+        "heartbeat_timeout = \"30s\"\nhash_seed = 99\nsyn_replace_after = \"2500ms\"\nflood_guard_rate = 20000\nudp_idle_timeout = \"90s\"",
     );
     let mut dp = FakeDataPlane::new();
     // What a run of an older version left: no MAC, no SYN threshold, no guard.
@@ -1076,6 +1076,8 @@ fn start_writes_every_global_setting() {
             _pad: [0; 2],
             syn_replace_after_ms: 2500,
             flood_guard_rate: 20_000,
+            udp_idle_timeout_ms: 90_000,
+            _pad2: 0,
         }
     );
     // Defaults: 5 s, guard off; an interface without a MAC leaves lb_mac zero.
@@ -1098,9 +1100,10 @@ fn start_writes_every_global_setting() {
             g.lb_mac,
             g.syn_replace_after_ms,
             g.flood_guard_rate,
-            g.hash_seed
+            g.hash_seed,
+            g.udp_idle_timeout_ms
         ),
-        ([0; 6], 5000, 0, crate::config::DEFAULT_HASH_SEED)
+        ([0; 6], 5000, 0, crate::config::DEFAULT_HASH_SEED, 30_000)
     );
     // The interface gets a MAC (or another one) while the daemon runs: written at once, the
     // other settings kept.

@@ -75,4 +75,21 @@ mod tests {
         );
         assert_eq!(parse_neigh(""), None);
     }
+
+    #[test]
+    fn parses_ndp_entries_like_arp_ones() {
+        // `ip neigh show to ADDR` prints IPv6 (NDP) entries in the same form; a router flag
+        // may follow the MAC.
+        assert_eq!(
+            parse_neigh(
+                "2001:db8::198:18:0:11 dev eth0 lladdr 02:c4:4e:12:00:0b router REACHABLE\n"
+            ),
+            Some([2, 0xc4, 0x4e, 0x12, 0, 0x0b])
+        );
+        assert_eq!(
+            parse_neigh("2001:db8::198:18:0:11 dev eth0 lladdr 02:c4:4e:12:00:0b DELAY"),
+            Some([2, 0xc4, 0x4e, 0x12, 0, 0x0b])
+        );
+        assert_eq!(parse_neigh("2001:db8::198:18:0:11 dev eth0 FAILED"), None);
+    }
 }

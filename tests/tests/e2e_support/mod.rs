@@ -40,8 +40,30 @@ pub(crate) fn cli_ok(d: &Deployment, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The service's address: the lab's IPv6 VIP for an IPv6 deployment, else its IPv4 VIP.
 pub(crate) fn vip(d: &Deployment) -> SocketAddr {
-    SocketAddr::from((d.lab.vip(), SERVICE_PORT))
+    if d.spec.ipv6 {
+        SocketAddr::from((d.lab.vip6(), SERVICE_PORT))
+    } else {
+        SocketAddr::from((d.lab.vip(), SERVICE_PORT))
+    }
+}
+
+/// The addresses `client` sends from, of the deployment's family.
+pub(crate) fn client_sources(d: &Deployment, client: &Node) -> Vec<IpAddr> {
+    if d.spec.ipv6 {
+        client
+            .source_addresses6()
+            .into_iter()
+            .map(IpAddr::V6)
+            .collect()
+    } else {
+        client
+            .source_addresses()
+            .into_iter()
+            .map(IpAddr::V4)
+            .collect()
+    }
 }
 
 /// New connections only, bounded by `requests`, from every address of `client`.
@@ -55,11 +77,8 @@ pub(crate) fn new_conn_load(
     l.requests = Some(requests);
     l.duration = Duration::from_mins(1);
     l.new_conns = workers;
-    l.sources = client
-        .source_addresses()
-        .into_iter()
-        .map(IpAddr::V4)
-        .collect();
+    l.udp = d.spec.protocol == "udp";
+    l.sources = client_sources(d, client);
     l
 }
 
@@ -69,11 +88,7 @@ pub(crate) fn load_all_clients(d: &Deployment, spec: &LoadSpec) -> Vec<Report> {
         .map(|i| {
             let mut s = spec.clone();
             s.seed = spec.seed + i as u64;
-            s.sources = d.lab.clients()[i]
-                .source_addresses()
-                .into_iter()
-                .map(IpAddr::V4)
-                .collect();
+            s.sources = client_sources(d, &d.lab.clients()[i]);
             d.spawn_load(i, &s)
                 .unwrap_or_else(|e| panic!("start load in client {i}: {e}"))
         })
@@ -202,11 +217,7 @@ impl<'a> Background<'a> {
                 let mut s = spec.clone();
                 s.duration = chunk;
                 s.requests = None;
-                s.sources = d.lab.clients()[i]
-                    .source_addresses()
-                    .into_iter()
-                    .map(IpAddr::V4)
-                    .collect();
+                s.sources = client_sources(d, &d.lab.clients()[i]);
                 scope.spawn(move || {
                     let mut out = Vec::new();
                     let mut n = 0;

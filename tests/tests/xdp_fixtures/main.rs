@@ -15,4 +15,5 @@ mod misses;
 mod support;
 mod syn;
 mod tunnel;
+mod udp_idle;
 mod weights;
