@@ -179,7 +179,9 @@ impl Lab {
             }
             Role::Etcd | Role::Router => {}
             Role::Stable | Role::Canary if self.plan.spec.routed => {
+                // Replies go through the router (routes added with the router).
                 ip_n(&["addr", "replace", &vip, "dev", "lo"])?;
+                ip_n(&[&vip6_args[..], &["dev", "lo"]].concat())?;
             }
             Role::Stable | Role::Canary => {
                 ip_n(&["addr", "replace", &vip, "dev", "lo"])?;
