@@ -62,10 +62,13 @@ pub mod maps {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const FLOOD_GUARD: &str = "FLOOD_GUARD";
+    pub const TUNNELS: &str = "TUNNELS";
     /// Name of the XDP program in the object.
     pub const PROGRAM: &str = "canary";
     /// A do-nothing `XDP_PASS` program in the same object (veth peers, benchmark floor).
     pub const PASS_PROGRAM: &str = "canary_pass";
+    /// Strips IP-in-IP on a backend whose kernel has no tunnel modules (the lab's backends).
+    pub const DECAP_PROGRAM: &str = "canary_decap";
 }
 
 /// Key of the `SERVICES` hash map: a VIP, port and protocol.
@@ -104,6 +107,10 @@ pub struct ServiceEntry {
 
 /// Affinity by client address only (all ports of a client get the same group and backend).
 pub const SERVICE_FLAG_CLIENT_IP: u32 = 1;
+/// Forwarding by IP-in-IP (`forwarding = "ipip"`): IPv4-in-IPv4 to an IPv4 VIP's backends,
+/// IPv6-in-IPv6 to an IPv6 VIP's, to the backend's `TUNNELS` entry, next hop from the FIB.
+/// Without it: direct server return by MAC rewrite (`l2`).
+pub const SERVICE_FLAG_IPIP: u32 = 2;
 
 /// Per-service control entry (`CONTROL` array, indexed by `ServiceEntry::index`), written by
 /// userspace, read by the program for every new flow.
@@ -171,6 +178,25 @@ pub struct Backend {
 
 /// Backend may receive traffic. Flows pinned to a backend without it are re-chosen.
 pub const BACKEND_FLAG_UP: u16 = 1;
+
+/// The outer addresses of a backend of an IP-in-IP service (`TUNNELS` array, indexed like
+/// `BACKENDS`; all zero for backends of `l2` services). Same family as the service's VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Tunnel {
+    /// Outer destination: the backend's address (IPv4 in the first 4 bytes).
+    pub dst: [u8; 16],
+    /// Outer source: the balancer's tunnel source address of the family.
+    pub src: [u8; 16],
+}
+
+impl Tunnel {
+    /// Whether the entry names no backend (never written, or a backend of an `l2` service).
+    #[must_use]
+    pub fn is_unset(&self) -> bool {
+        self.dst.iter().all(|b| *b == 0)
+    }
+}
 
 /// Key of the LRU `FLOWS` map: the 5-tuple as seen on the wire.
 #[repr(C)]
@@ -282,6 +308,13 @@ pub enum Counter {
     DropIpv6Extensions,
     /// Service has no backend up in either group: `XDP_DROP`.
     DropNoBackend,
+    /// IP-in-IP service: the kernel's FIB has no usable next hop for the backend's outer
+    /// address (no route, unresolved neighbour, forwarding off on the interface) or the
+    /// backend has no tunnel entry: `XDP_DROP`.
+    DropTunnelNoRoute,
+    /// IP-in-IP service: the encapsulated packet would exceed the egress MTU (the FIB's
+    /// `FRAG_NEEDED`): `XDP_DROP`. Clamp the MSS on the backends or raise the path's MTU.
+    DropTunnelTooBig,
     // ---- events, not outcomes ----
     /// A packet that is not a connection's first found its flow's entry.
     FlowHit,
@@ -323,7 +356,7 @@ pub enum Counter {
 }
 
 /// Number of terminal outcomes (they sum to the packets seen).
-pub const OUTCOMES: u32 = Counter::DropNoBackend as u32 + 1;
+pub const OUTCOMES: u32 = Counter::DropTunnelTooBig as u32 + 1;
 /// Number of entries in `COUNTERS`.
 pub const COUNTERS: u32 = Counter::UdpFlowIdle as u32 + 1;
 
@@ -340,6 +373,8 @@ impl Counter {
         Counter::DropFragment,
         Counter::DropIpv6Extensions,
         Counter::DropNoBackend,
+        Counter::DropTunnelNoRoute,
+        Counter::DropTunnelTooBig,
         Counter::FlowHit,
         Counter::FlowMiss,
         Counter::FlowMissTcpNonSyn,
@@ -370,6 +405,8 @@ impl Counter {
             Counter::DropFragment => "drop_fragment",
             Counter::DropIpv6Extensions => "drop_ipv6_extensions",
             Counter::DropNoBackend => "drop_no_backend",
+            Counter::DropTunnelNoRoute => "drop_tunnel_no_route",
+            Counter::DropTunnelTooBig => "drop_tunnel_too_big",
             Counter::FlowHit => "flow_table_hit",
             Counter::FlowMiss => "flow_table_miss",
             Counter::FlowMissTcpNonSyn => "flow_table_miss_tcp_non_syn",
@@ -419,6 +456,7 @@ const _: () = assert!(core::mem::size_of::<ServiceControl>() == 32);
 const _: () = assert!(core::mem::size_of::<GlobalConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<Backend>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<Tunnel>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowEntry>() == 24);
 const _: () = assert!(core::mem::size_of::<BackendStats>() == 24);
 const _: () = assert!(core::mem::size_of::<ServiceStats>() == 32);
@@ -428,7 +466,7 @@ const _: () = assert!(MAGLEV_TABLE_SIZE >= 100 * MAX_BACKENDS_PER_GROUP);
 mod pod {
     use super::{
         Backend, BackendStats, FloodWindow, FlowEntry, FlowKey, GlobalConfig, ServiceControl,
-        ServiceEntry, ServiceKey, ServiceStats, VipKey,
+        ServiceEntry, ServiceKey, ServiceStats, Tunnel, VipKey,
     };
     // SAFETY: all are `#[repr(C)]`, `Copy`, made only of integers and byte arrays, with no
     // implicit padding (sizes asserted above), so every bit pattern is valid.
@@ -443,6 +481,7 @@ mod pod {
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for ServiceStats {}
     unsafe impl aya::Pod for FloodWindow {}
+    unsafe impl aya::Pod for Tunnel {}
 }
 
 #[cfg(test)]

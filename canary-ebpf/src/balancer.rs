@@ -5,16 +5,21 @@ use core::{
     ptr::write_volatile,
 };
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+};
 use canary_common::{
     choose, maglev_index, syn_keeps_entry, udp_entry_idle, Backend, Choice, Counter, FlowEntry,
     FlowKey, GlobalConfig, Selection, ServiceControl, ServiceEntry, ServiceKey, Tables, VipKey,
     BACKEND_FLAG_UP, CONFIG_FLAG_NO_FLOW_TABLE, GROUP_CANARY, NO_BACKEND, SERVICE_FLAG_CLIENT_IP,
+    SERVICE_FLAG_IPIP,
 };
 
 use crate::{
     maps::{self, count, BACKENDS, CONFIG, CONTROL, FLOWS, MAGLEV, SERVICES, VIPS},
     packet::{self, Packet, Segment},
+    tunnel,
 };
 
 /// `BPF_ANY`: create or replace.
@@ -44,10 +49,10 @@ impl AlignedFlowKey {
 
 const _: () = assert!(size_of::<AlignedFlowKey>() == size_of::<FlowKey>());
 
-/// Forwards the packet (`Ok`, with its forwarding outcome: `Tx` or `TxFloodGuard`) or says
-/// which pass/drop outcome it gets (`Err`).
+/// Forwards the packet (`Ok`, with its forwarding outcome, `Tx` or `TxFloodGuard`, and the XDP
+/// action, `XDP_TX` or `XDP_REDIRECT`) or says which pass/drop outcome it gets (`Err`).
 #[inline(always)]
-pub fn try_canary(pkt: &Packet) -> Result<Counter, Counter> {
+pub fn try_canary(pkt: &Packet) -> Result<(Counter, u32), Counter> {
     let mut slot = MaybeUninit::uninit();
     let key = AlignedFlowKey::zeroed_in(&mut slot);
     let transport = packet::parse(pkt, key)?;
@@ -71,12 +76,17 @@ pub fn try_canary(pkt: &Packet) -> Result<Counter, Counter> {
     let config = CONFIG.get(0).ok_or(Counter::PassNotService)?;
     let our_mac = addressed_to_us(pkt, config)?;
     let (backend_index, backend, outcome) = choose_backend(key, segment, &service, config)?;
-    rewrite_macs(pkt, &backend, our_mac)?;
+    let action = if service.flags & SERVICE_FLAG_IPIP != 0 {
+        tunnel::encapsulate(pkt, key.family, backend_index)?
+    } else {
+        rewrite_macs(pkt, &backend, our_mac)?;
+        xdp_action::XDP_TX
+    };
     maps::count_backend_packet(backend_index, pkt.len() as u64);
     if segment == Segment::IcmpError {
         count(Counter::IcmpErrorForwarded);
     }
-    Ok(outcome)
+    Ok((outcome, action))
 }
 
 #[inline(always)]

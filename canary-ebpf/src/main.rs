@@ -5,7 +5,8 @@
 //! LRU flow table that only a flow's first packet may enter (a pure TCP SYN, a UDP datagram;
 //! the flood guard caps how many per second), forwards ICMP errors to the flow they are about,
 //! and forwards by direct server return (MAC rewrite, `XDP_TX`) only frames addressed to the
-//! balancer's MAC. `canary_pass` only returns `XDP_PASS`.
+//! balancer's MAC, or for `ipip` services by IP-in-IP to the next hop the kernel's FIB names
+//! (`tunnel`). `canary_pass` only returns `XDP_PASS`.
 //!
 //! Every packet ends in exactly one terminal outcome (`Counter::is_outcome`), counted here in the
 //! entry point so no path can forget it or count it twice. No path returns `XDP_ABORTED`.
@@ -16,8 +17,10 @@
 #![allow(clippy::inline_always, reason = "see above")]
 
 mod balancer;
+mod decap;
 mod maps;
 mod packet;
+mod tunnel;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use canary_common::Counter;
@@ -31,17 +34,30 @@ use crate::packet::Packet;
     reason = "the #[xdp] macro fixes the signature"
 )]
 pub fn canary(ctx: XdpContext) -> u32 {
-    let outcome = match balancer::try_canary(&Packet::new(&ctx)) {
-        Ok(outcome) | Err(outcome) => outcome,
+    let (outcome, action) = match balancer::try_canary(&Packet::new(&ctx)) {
+        Ok(forwarded) => forwarded,
+        Err(outcome) => (outcome, action_of(outcome)),
     };
     maps::count(outcome);
-    action_of(outcome)
+    action
 }
 
 /// Does nothing: attached to veth peers in labs (`XDP_TX` needs a program on the peer) and the
 /// floor of the per-packet benchmark.
 #[xdp]
 pub fn canary_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// Strips IP-in-IP (IPv4 in IPv4, IPv6 in IPv6) and passes the inner packet: on backends of
+/// `ipip` services whose kernel has no tunnel modules (the lab's). Everything else passes.
+#[xdp]
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "the #[xdp] macro fixes the signature"
+)]
+pub fn canary_decap(ctx: XdpContext) -> u32 {
+    let _ = decap::decapsulate(&Packet::new(&ctx));
     xdp_action::XDP_PASS
 }
 
@@ -53,7 +69,9 @@ fn action_of(outcome: Counter) -> u32 {
         Counter::DropMalformed
         | Counter::DropFragment
         | Counter::DropIpv6Extensions
-        | Counter::DropNoBackend => xdp_action::XDP_DROP,
+        | Counter::DropNoBackend
+        | Counter::DropTunnelNoRoute
+        | Counter::DropTunnelTooBig => xdp_action::XDP_DROP,
         // The pass outcomes, and (never produced as an outcome) the event counters: passing
         // is the harmless default.
         _ => xdp_action::XDP_PASS,

@@ -9,8 +9,9 @@ use aya_ebpf::{
 };
 use canary_common::{
     maps as names, Backend, BackendStats, Counter, FloodWindow, FlowEntry, FlowKey, GlobalConfig,
-    ServiceControl, ServiceEntry, ServiceKey, ServiceStats, VipKey, COUNTERS as COUNTER_ENTRIES,
-    DEFAULT_FLOW_TABLE_SIZE, GROUP_CANARY, MAGLEV_ENTRIES, MAX_BACKENDS, MAX_SERVICES,
+    ServiceControl, ServiceEntry, ServiceKey, ServiceStats, Tunnel, VipKey,
+    COUNTERS as COUNTER_ENTRIES, DEFAULT_FLOW_TABLE_SIZE, GROUP_CANARY, MAGLEV_ENTRIES,
+    MAX_BACKENDS, MAX_SERVICES,
 };
 
 #[map]
@@ -66,6 +67,10 @@ pub static SERVICE_STATS: PerCpuArray<ServiceStats> =
 #[map]
 pub static FLOOD_GUARD: PerCpuArray<FloodWindow> = PerCpuArray::with_max_entries(1, 0);
 
+/// Outer addresses of the backends of IP-in-IP services, indexed like `BACKENDS`.
+#[map]
+pub static TUNNELS: Array<Tunnel> = Array::with_max_entries(MAX_BACKENDS, 0);
+
 const fn same_name(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     if a.len() != b.len() {
@@ -92,8 +97,10 @@ const _: () = assert!(same_name(names::COUNTERS, "COUNTERS"));
 const _: () = assert!(same_name(names::BACKEND_STATS, "BACKEND_STATS"));
 const _: () = assert!(same_name(names::SERVICE_STATS, "SERVICE_STATS"));
 const _: () = assert!(same_name(names::FLOOD_GUARD, "FLOOD_GUARD"));
+const _: () = assert!(same_name(names::TUNNELS, "TUNNELS"));
 const _: () = assert!(same_name(names::PROGRAM, "canary"));
 const _: () = assert!(same_name(names::PASS_PROGRAM, "canary_pass"));
+const _: () = assert!(same_name(names::DECAP_PROGRAM, "canary_decap"));
 
 /// Adds one to a global counter (outcome or event) on this CPU.
 #[inline(always)]

@@ -79,6 +79,35 @@ impl Packet {
         unsafe { read_volatile(addr_of!((*self.ctx).data_end)) as usize }
     }
 
+    /// The program's context (for helpers that take it).
+    #[inline(always)]
+    pub fn ctx(&self) -> *mut xdp_md {
+        self.ctx.cast_mut()
+    }
+
+    /// Moves the frame's start by `delta` bytes (negative: grows it at the front) and returns
+    /// the frame as it is now; `None` if the kernel refused. Every pointer into the frame taken
+    /// before is invalid afterwards.
+    #[inline(always)]
+    pub fn adjust_head(&self, delta: i32) -> Option<Packet> {
+        // SAFETY: `ctx` is the program's context; the helper checks the bounds itself.
+        if unsafe { aya_ebpf::helpers::bpf_xdp_adjust_head(self.ctx(), delta) } != 0 {
+            return None;
+        }
+        // SAFETY: as in `fresh_end`; data and data_end were just set by the helper.
+        let (start, end) = unsafe {
+            (
+                read_volatile(addr_of!((*self.ctx).data)) as usize,
+                read_volatile(addr_of!((*self.ctx).data_end)) as usize,
+            )
+        };
+        Some(Packet {
+            ctx: self.ctx,
+            start,
+            end,
+        })
+    }
+
     /// Length of the whole frame in bytes.
     #[inline(always)]
     pub fn len(&self) -> usize {

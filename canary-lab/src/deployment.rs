@@ -636,6 +636,14 @@ pub fn config(
             udp_idle_timeout: spec.udp_idle_timeout.clone(),
             state_dir: path_text(&state_dir(lab)),
             bpffs: path_text(&lab.bpffs().join("canary")),
+            // A routed lab's service is `ipip`: its packets leave from the balancer's address.
+            tunnel_source_v4: if lab.plan().spec.routed {
+                lab.load_balancer()
+                    .map(|lb| lb.address.to_string())
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            },
             ..RawDataplane::default()
         },
         admin: RawAdmin {
@@ -672,9 +680,10 @@ fn path_text(path: &Path) -> String {
 
 /// The lab's service: every backend with its group, address, MAC and URLs, and the upstream
 /// preset of the model server. IPv6 (`spec.ipv6`): the IPv6 VIP and addresses, no MACs (the
-/// daemon resolves them).
+/// daemon resolves them). In a routed lab: `forwarding = "ipip"`, and no MACs.
 fn lab_service(spec: &DeploymentSpec, lab: &Lab) -> RawService {
     let ipv6 = spec.ipv6;
+    let routed = lab.plan().spec.routed;
     let backends = [("stable", lab.stable()), ("canary", lab.canary())]
         .into_iter()
         .flat_map(|(group, nodes)| {
@@ -686,7 +695,7 @@ fn lab_service(spec: &DeploymentSpec, lab: &Lab) -> RawService {
                 } else {
                     n.address.to_string()
                 },
-                mac: if ipv6 {
+                mac: if ipv6 || routed {
                     String::new()
                 } else {
                     n.mac.to_string()
@@ -713,6 +722,7 @@ fn lab_service(spec: &DeploymentSpec, lab: &Lab) -> RawService {
         },
         protocol: spec.protocol.clone(),
         affinity: spec.affinity.clone(),
+        forwarding: if routed { "ipip" } else { "l2" }.into(),
         backends,
         rollout: RawRollout::default(),
         upstream: RawUpstream {

@@ -110,6 +110,12 @@ keyword_enum!(
     Affinity { Flow = "flow", ClientIp = "client-ip" }
 );
 keyword_enum!(
+    /// How a service's packets reach its backends: `l2` rewrites the destination MAC (backends
+    /// on the balancer's segment), `ipip` encapsulates them IP-in-IP to the backend's address
+    /// (routed backends).
+    Forwarding { L2 = "l2", Ipip = "ipip" }
+);
+keyword_enum!(
     /// Backend group of a service.
     Group { Stable = "stable", Canary = "canary" }
 );
@@ -133,6 +139,16 @@ keyword_enum!(
 impl Default for Affinity {
     fn default() -> Self {
         Affinity::Flow
+    }
+}
+
+#[allow(
+    clippy::derivable_impls,
+    reason = "the enum comes from keyword_enum!, which derives no Default"
+)]
+impl Default for Forwarding {
+    fn default() -> Self {
+        Forwarding::L2
     }
 }
 

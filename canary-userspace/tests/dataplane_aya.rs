@@ -19,7 +19,7 @@ use canary_userspace::dataplane::aya::{
 use canary_userspace::dataplane::{
     flow_key, monotonic_ns, BackendSpec, DataPlane, MapWrite, Programmer, ServiceSpec,
 };
-use canary_userspace::domain::{Affinity, Group, Protocol};
+use canary_userspace::domain::{Affinity, Forwarding, Group, Protocol};
 
 const LB_IF: &str = "cdp0";
 const PEER_IF: &str = "cdp1";
@@ -184,6 +184,7 @@ fn service() -> ServiceSpec {
         name: name.into(),
         group,
         mac: [0x02, 0, 0, 0, 0x10, last],
+        tunnel: canary_common::Tunnel::default(),
         up: true,
     };
     ServiceSpec {
@@ -191,6 +192,7 @@ fn service() -> ServiceSpec {
         vip: "198.18.200.100:8080".parse().unwrap(),
         protocol: Protocol::Udp,
         affinity: Affinity::Flow,
+        forwarding: Forwarding::L2,
         backends: vec![
             b("v1-a", Group::Stable, 1),
             b("v1-b", Group::Stable, 2),

@@ -12,7 +12,7 @@ use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use canary_common::{
     maglev_index, maps, Backend, BackendStats, FlowEntry, FlowKey, GlobalConfig, ServiceControl,
-    ServiceEntry, ServiceKey, ServiceStats, VipKey, COUNTERS, MAGLEV_TABLE_SIZE,
+    ServiceEntry, ServiceKey, ServiceStats, Tunnel, VipKey, COUNTERS, MAGLEV_TABLE_SIZE,
 };
 
 /// Environment variable naming the object to load instead of the default build output.
@@ -161,7 +161,7 @@ impl Dataplane {
             path,
             source: Box::new(source),
         })?;
-        for name in [maps::PROGRAM, maps::PASS_PROGRAM] {
+        for name in [maps::PROGRAM, maps::PASS_PROGRAM, maps::DECAP_PROGRAM] {
             let program: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or(XdpError::MissingProgram(name))?
@@ -250,6 +250,13 @@ impl Dataplane {
         self.array::<Backend>(maps::BACKENDS)?
             .set(index, backend, 0)
             .map_err(map_err(maps::BACKENDS))
+    }
+
+    /// Writes a backend's IP-in-IP outer addresses (`TUNNELS`).
+    pub fn set_tunnel(&mut self, index: u32, tunnel: &Tunnel) -> Result<(), XdpError> {
+        self.array::<Tunnel>(maps::TUNNELS)?
+            .set(index, tunnel, 0)
+            .map_err(map_err(maps::TUNNELS))
     }
 
     /// Writes a whole (service, group) lookup table (`MAGLEV_TABLE_SIZE` backend indices).
@@ -380,6 +387,33 @@ impl Dataplane {
     pub fn run_or_panic(&self, frame: &[u8]) -> Run {
         self.run(frame)
             .unwrap_or_else(|e| panic!("test run failed: {}", error_chain(&e)))
+    }
+
+    /// Runs `canary` once on `frame` as if it arrived on interface `ifindex` of the calling
+    /// thread's network namespace (what `bpf_fib_lookup` starts from).
+    pub fn run_on_interface(&self, frame: &[u8], ifindex: u32) -> Result<Run, XdpError> {
+        if frame.len() < MIN_TEST_FRAME {
+            return Err(XdpError::FrameTooShort(frame.len()));
+        }
+        let program = self.program(maps::PROGRAM)?;
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex.
+        let md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
+        let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let mut output = vec![0u8; frame.len() + OUT_SLACK];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(output.as_mut_slice()),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::default()
+            })
+            .map_err(prog_err(maps::PROGRAM))?;
+        output.truncate(result.data_size_out as usize);
+        Ok(Run {
+            action: result.return_value,
+            output,
+        })
     }
 
     /// Runs the named program once on `frame`.

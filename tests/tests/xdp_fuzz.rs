@@ -596,11 +596,16 @@ fn random_and_mutated_frames_never_abort_or_forward_garbage() {
         .collect();
     eprintln!("{PACKETS} frames: {}", summary.join(" "));
     // The mix must reach every outcome, or the test proves less than it claims. The flood
-    // guard is off here (its outcome depends on time, not on the frame: tested on its own).
-    for c in Counter::ALL
-        .iter()
-        .filter(|c| c.is_outcome() && **c != Counter::TxFloodGuard)
-    {
+    // guard is off here (its outcome depends on time, not on the frame: tested on its own), and
+    // no service forwards by IP-in-IP (the tunnel outcomes depend on the routes of the
+    // namespace: tested in the packet fixtures).
+    for c in Counter::ALL.iter().filter(|c| {
+        c.is_outcome()
+            && !matches!(
+                c,
+                Counter::TxFloodGuard | Counter::DropTunnelNoRoute | Counter::DropTunnelTooBig
+            )
+    }) {
         assert!(
             expected[*c as usize] > 100,
             "outcome {} barely exercised",

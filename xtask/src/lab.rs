@@ -39,6 +39,10 @@ pub(crate) struct UpOptions {
     /// over all of them (L4 hash) and an etcd namespace (`kv`) is added for cluster mode.
     #[arg(long, default_value_t = 1)]
     pub balancers: usize,
+    /// Backends in their own subnet (198.19.100.0/24) behind a router namespace, each running
+    /// the IP-in-IP decapsulation program: for services with `forwarding = "ipip"`.
+    #[arg(long)]
+    pub routed: bool,
     #[command(flatten)]
     pub tag: TagOption,
 }
@@ -59,6 +63,7 @@ pub(crate) fn run(options: &Options) -> Result<()> {
                 canary: up.canary,
                 clients: up.clients,
                 balancers: up.balancers,
+                routed: up.routed,
                 ..LabSpec::new(up.tag.tag.clone())
             };
             // Keep it: `lab down` (or `Lab::down_tag`) removes it later.

@@ -4,7 +4,7 @@
 
 use super::cmd::{self, path_str};
 use super::error::io_err;
-use super::{Lab, LabError, Node, PeerXdp, Role, NETNS_IFNAME, PREFIX_LEN, PREFIX_LEN6};
+use super::{Lab, LabError, Node, PeerXdp, Role, NETNS_IFNAME, PREFIX_LEN6};
 
 impl Lab {
     pub(super) fn build(&self) -> Result<(), LabError> {
@@ -42,12 +42,18 @@ impl Lab {
         cmd::host_sysctl(&format!("net.ipv6.conf.{}.disable_ipv6", plan.bridge), "1")?;
         cmd::run("ip", &["link", "set", &plan.bridge, "up"])?;
 
+        if let Some(bridge) = &plan.backend_bridge {
+            self.build_bridge(bridge)?;
+        }
         let existing = cmd::netns_list()?;
         for node in plan.nodes() {
             self.build_node(node, existing.contains(&node.netns))?;
         }
         if plan.load_balancer.is_some() && plan.spec.peer_xdp == PeerXdp::Builtin {
             self.attach_builtin_peer_xdp()?;
+        }
+        if plan.spec.routed {
+            self.build_routes()?;
         }
         Ok(())
     }
@@ -91,7 +97,7 @@ impl Lab {
                 "set",
                 &node.host_ifname,
                 "master",
-                &self.plan.bridge,
+                self.bridge_of(node),
                 "up",
             ],
         )?;
@@ -141,7 +147,7 @@ impl Lab {
 
         ip_n(&["link", "set", NETNS_IFNAME, "up"])?;
         for a in node.source_addresses() {
-            let cidr = format!("{a}/{PREFIX_LEN}");
+            let cidr = format!("{a}/{}", self.prefix_len_of(node));
             ip_n(&["addr", "replace", &cidr, "dev", NETNS_IFNAME])?;
         }
         for a in node.source_addresses6() {
@@ -171,7 +177,12 @@ impl Lab {
                 ip_n(&["addr", "replace", &vip, "dev", NETNS_IFNAME])?;
                 ip_n(&[&vip6_args[..], &["dev", NETNS_IFNAME]].concat())?;
             }
-            Role::Etcd => {}
+            Role::Etcd | Role::Router => {}
+            Role::Stable | Role::Canary if self.plan.spec.routed => {
+                // Replies go through the router (routes added with the router).
+                ip_n(&["addr", "replace", &vip, "dev", "lo"])?;
+                ip_n(&[&vip6_args[..], &["dev", "lo"]].concat())?;
+            }
             Role::Stable | Role::Canary => {
                 ip_n(&["addr", "replace", &vip, "dev", "lo"])?;
                 ip_n(&[&vip6_args[..], &["dev", "lo"]].concat())?;

@@ -27,6 +27,7 @@ mod peer_xdp;
 mod plan;
 mod process;
 mod record;
+mod routed;
 mod status;
 mod teardown;
 mod xdp_pass;
@@ -39,10 +40,12 @@ pub use peer_xdp::PEER_XDP_PIN;
 pub use plan::{
     ipv6_of, LabPlan, LabSpec, MacAddr, Node, PeerXdp, Role, MAX_BACKENDS_PER_GROUP, MAX_BALANCERS,
     MAX_CLIENTS, MAX_EXTRA_ADDRESSES, MAX_TAG_LEN, NAME_PREFIX, NETNS_IFNAME, PREFIX_LEN,
-    PREFIX_LEN6, SERVICE_PORT, STATE_ROOT, VIP, VIP6,
+    PREFIX_LEN6, ROUTED_ADVMSS, ROUTED_GATEWAY, ROUTED_PREFIX_LEN, ROUTED_SUBNET, ROUTER_ADDRESS,
+    SERVICE_PORT, STATE_ROOT, VIP, VIP6,
 };
 pub use process::{LabProcess, ProcessRecord};
 pub use record::LabRecord;
+pub use routed::DECAP_PIN_PREFIX;
 pub use status::{LabStatus, NodeStatus, ProcessStatus};
 pub use teardown::leftovers;
 

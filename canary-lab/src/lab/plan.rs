@@ -49,6 +49,17 @@ pub const fn ipv6_of(v4: Ipv4Addr) -> Ipv6Addr {
 }
 
 const LB_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// The router of a routed lab, on the balancers' segment.
+pub const ROUTER_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// The backends' subnet of a routed lab (`/24`; the router is `.1`). Client extra addresses
+/// (198.19.<client>.x, at most 40 clients) never reach it.
+pub const ROUTED_SUBNET: Ipv4Addr = Ipv4Addr::new(198, 19, 100, 0);
+pub const ROUTED_PREFIX_LEN: u8 = 24;
+/// The router's address in the backends' subnet.
+pub const ROUTED_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 19, 100, 1);
+/// The MSS backends of a routed lab advertise (`advmss` on their route to the clients): a
+/// 1500-byte MTU less 20 bytes of outer IPv4 header, 20 of IPv4 and 20 of TCP.
+pub const ROUTED_ADVMSS: u16 = 1440;
 /// The etcd namespace of a lab with several balancers.
 const ETCD_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 9);
 /// Most balancer namespaces in one lab (198.18.0.2 to .7).
@@ -71,6 +82,8 @@ pub enum Role {
     Canary,
     /// The etcd of a lab with several balancers (cluster mode).
     Etcd,
+    /// The router between the balancers' segment and the backends' subnet (routed labs).
+    Router,
 }
 
 impl fmt::Display for Role {
@@ -81,6 +94,7 @@ impl fmt::Display for Role {
             Role::Stable => "stable",
             Role::Canary => "canary",
             Role::Etcd => "etcd",
+            Role::Router => "router",
         })
     }
 }
@@ -115,6 +129,9 @@ pub struct LabSpec {
     /// Balancer namespaces (with `load_balancer`). Above 1, clients reach the VIP through an
     /// ECMP multipath route over all of them (L4 hash), and an etcd namespace (`kv`) is added.
     pub balancers: usize,
+    /// Backends in their own subnet (`ROUTED_SUBNET`) behind a router namespace (`rt`), for
+    /// `forwarding = "ipip"`; each backend runs the IP-in-IP decapsulation program.
+    pub routed: bool,
 }
 
 impl Default for LabSpec {
@@ -128,6 +145,7 @@ impl Default for LabSpec {
             client_extra_addresses: 0,
             peer_xdp: PeerXdp::Builtin,
             balancers: 1,
+            routed: false,
         }
     }
 }
@@ -297,9 +315,15 @@ pub struct LabPlan {
     pub clients: Vec<Node>,
     pub stable: Vec<Node>,
     pub canary: Vec<Node>,
+    /// The router of a routed lab (`rt`: `eth0` on the bridge, `eth1` on the backends' bridge).
+    #[serde(default)]
+    pub router: Option<Node>,
+    /// The backends' bridge of a routed lab (`cnry-<tag>-bb`).
+    #[serde(default)]
+    pub backend_bridge: Option<String>,
 }
 
-fn mac_for(address: Ipv4Addr) -> MacAddr {
+pub(super) fn mac_for(address: Ipv4Addr) -> MacAddr {
     // Locally administered, unicast; the address's last three bytes keep it unique in the lab.
     let o = address.octets();
     MacAddr([0x02, 0xc4, 0x4e, o[1], o[2], o[3]])
@@ -328,6 +352,14 @@ impl LabPlan {
             }
         };
         let host = |base: u8, i: usize| Ipv4Addr::new(198, 18, 0, base + i as u8);
+        let backend = |base: u8, i: usize| {
+            if spec.routed {
+                let o = ROUTED_SUBNET.octets();
+                Ipv4Addr::new(o[0], o[1], o[2], base + i as u8)
+            } else {
+                host(base, i)
+            }
+        };
         let state_dir = PathBuf::from(STATE_ROOT).join(tag);
         Ok(Self {
             bridge: format!("{NAME_PREFIX}{tag}-br"),
@@ -363,11 +395,15 @@ impl LabPlan {
                 })
                 .collect(),
             stable: (0..spec.stable)
-                .map(|i| node(Role::Stable, i, format!("s{i}"), host(STABLE_BASE, i), 0))
+                .map(|i| node(Role::Stable, i, format!("s{i}"), backend(STABLE_BASE, i), 0))
                 .collect(),
             canary: (0..spec.canary)
-                .map(|i| node(Role::Canary, i, format!("k{i}"), host(CANARY_BASE, i), 0))
+                .map(|i| node(Role::Canary, i, format!("k{i}"), backend(CANARY_BASE, i), 0))
                 .collect(),
+            router: spec
+                .routed
+                .then(|| node(Role::Router, 0, "rt".into(), ROUTER_ADDRESS, 0)),
+            backend_bridge: spec.routed.then(|| format!("{NAME_PREFIX}{tag}-bb")),
             spec: spec.clone(),
         })
     }
@@ -378,6 +414,7 @@ impl LabPlan {
             .iter()
             .chain(&self.more_balancers)
             .chain(&self.etcd)
+            .chain(&self.router)
             .chain(&self.clients)
             .chain(&self.stable)
             .chain(&self.canary)

@@ -19,14 +19,14 @@ mod validate;
 
 use std::ffi::CString;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    Affinity, Group, MissingPolicy, Protocol, RollbackMode, StartMode, Weight, XdpMode,
+    Affinity, Forwarding, Group, MissingPolicy, Protocol, RollbackMode, StartMode, Weight, XdpMode,
 };
 use crate::upstream::preset::{self, Preset};
 use crate::upstream::Selector;
@@ -117,6 +117,10 @@ pub struct DataplaneConfig {
     pub syn_replace_after: Duration,
     /// New flows per second per CPU above which new flows take no flow-table entry; 0: off.
     pub flood_guard_rate: u32,
+    /// Outer source address of IPv4-in-IPv4 packets (`ipip` services with an IPv4 VIP).
+    pub tunnel_source_v4: Option<Ipv4Addr>,
+    /// Outer source address of IPv6-in-IPv6 packets (`ipip` services with an IPv6 VIP).
+    pub tunnel_source_v6: Option<Ipv6Addr>,
     /// A UDP flow's flow-table entry without a datagram for this long is idle: the flow's next
     /// datagram is balanced as a new flow (whole milliseconds; zero: never idle).
     pub udp_idle_timeout: Duration,
@@ -154,6 +158,10 @@ pub struct ServiceConfig {
     pub vip: SocketAddr,
     pub protocol: Protocol,
     pub affinity: Affinity,
+    pub forwarding: Forwarding,
+    /// `ipip`: the outer source address (the dataplane's `tunnel_source_v4` or `_v6`, by the
+    /// VIP's family); `None` for `l2`.
+    pub tunnel_source: Option<IpAddr>,
     pub backends: Vec<BackendConfig>,
     pub rollout: RolloutConfig,
     pub upstream: UpstreamConfig,
@@ -183,7 +191,7 @@ pub struct BackendConfig {
     pub name: String,
     pub group: Group,
     pub address: IpAddr,
-    /// `None`: resolve from the neighbour table.
+    /// `None`: resolve from the neighbour table (`l2` services; `ipip` ones need no MAC).
     pub mac: Option<[u8; 6]>,
     pub health_url: String,
     pub metrics_url: String,

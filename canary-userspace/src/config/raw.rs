@@ -69,6 +69,12 @@ pub struct RawDataplane {
     pub hash_seed: u32,
     pub syn_replace_after: String,
     pub flood_guard_rate: u64,
+    /// Outer source of IPv4-in-IPv4 packets (`""`: none; needed by IPv4 `ipip` services).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub tunnel_source_v4: String,
+    /// Outer source of IPv6-in-IPv6 packets (`""`: none; needed by IPv6 `ipip` services).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub tunnel_source_v6: String,
     pub udp_idle_timeout: String,
 }
 
@@ -84,6 +90,8 @@ impl Default for RawDataplane {
             hash_seed: DEFAULT_HASH_SEED,
             syn_replace_after: "5s".into(),
             flood_guard_rate: 0,
+            tunnel_source_v4: String::new(),
+            tunnel_source_v6: String::new(),
             udp_idle_timeout: "30s".into(),
         }
     }
@@ -120,6 +128,8 @@ pub struct RawService {
     pub protocol: String,
     #[serde(default = "default_affinity")]
     pub affinity: String,
+    #[serde(default = "default_forwarding")]
+    pub forwarding: String,
     #[serde(default)]
     pub backends: Vec<RawBackend>,
     #[serde(default)]
@@ -134,6 +144,10 @@ fn default_protocol() -> String {
 
 fn default_affinity() -> String {
     "flow".into()
+}
+
+fn default_forwarding() -> String {
+    "l2".into()
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -289,6 +303,8 @@ pub(crate) const DATAPLANE_KEYS: &[&str] = &[
     "hash_seed",
     "syn_replace_after",
     "flood_guard_rate",
+    "tunnel_source_v4",
+    "tunnel_source_v6",
     "udp_idle_timeout",
 ];
 pub(crate) const ADMIN_KEYS: &[&str] = &[
@@ -299,7 +315,14 @@ pub(crate) const ADMIN_KEYS: &[&str] = &[
     "idle_timeout",
 ];
 pub(crate) const SERVICE_KEYS: &[&str] = &[
-    "name", "vip", "protocol", "affinity", "backends", "rollout", "upstream",
+    "name",
+    "vip",
+    "protocol",
+    "affinity",
+    "forwarding",
+    "backends",
+    "rollout",
+    "upstream",
 ];
 pub(crate) const BACKEND_KEYS: &[&str] = &[
     "name",

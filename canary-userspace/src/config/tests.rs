@@ -15,6 +15,8 @@ bpffs = "/sys/fs/bpf/canary"
 hash_seed = 1667329633
 syn_replace_after = "5s"
 flood_guard_rate = 0
+tunnel_source_v4 = ""
+tunnel_source_v6 = ""
 udp_idle_timeout = "30s"
 
 [cluster]
@@ -32,6 +34,7 @@ name = "sentiment"
 vip = "198.18.0.100:8080"
 protocol = "tcp"
 affinity = "flow"
+forwarding = "l2"
 
   [[services.backends]]
   name = "v1-a"
@@ -158,6 +161,52 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.services[0].rollout, full.services[0].rollout);
     assert_eq!(c.services[0].protocol, Protocol::Tcp);
     assert_eq!(c.services[0].affinity, Affinity::Flow);
+}
+
+#[test]
+fn ipip_forwarding_needs_a_tunnel_source_and_backends_of_the_vip_family() {
+    let ipip = with("forwarding = \"l2\"", "forwarding = \"ipip\"")
+        .replace("  mac = \"02:00:c6:12:00:15\"\n", "");
+    assert_problem(
+        &ipip,
+        "services[0].forwarding: \"ipip\" needs the balancer's outer source address for the VIP's family; set [dataplane] tunnel_source_v4 = \"198.18.0.2\" (an address of this host the backends can see), or use forwarding = \"l2\"",
+    );
+    let sourced = ipip.replace(
+        "tunnel_source_v4 = \"\"",
+        "tunnel_source_v4 = \"198.18.0.2\"",
+    );
+    let c = Config::from_toml_str(&sourced).expect("ipip with a source is valid");
+    assert_eq!(c.services[0].forwarding, Forwarding::Ipip);
+    assert_eq!(
+        c.services[0].tunnel_source,
+        Some("198.18.0.2".parse().unwrap())
+    );
+    assert_eq!(c.services[0].backends[1].mac, None);
+    let full = Config::from_toml_str(FULL).unwrap();
+    assert_eq!(full.services[0].forwarding, Forwarding::L2);
+    assert_eq!(full.services[0].tunnel_source, None);
+
+    assert_problem(
+        &sourced.replace("address = \"198.18.0.21\"", "address = \"2001:db8::21\""),
+        "services[0].backends[1].address: 2001:db8::21 is IPv6 but the VIP is IPv4; forwarding = \"ipip\" carries IPv4 in IPv4 and IPv6 in IPv6, so give the backend's IPv4 address",
+    );
+    assert_problem(
+        &with("forwarding = \"l2\"", "forwarding = \"ipip\"")
+            .replace("tunnel_source_v4 = \"\"", "tunnel_source_v4 = \"198.18.0.2\""),
+        "services[0].backends[1].mac: is not used with forwarding = \"ipip\" (the next hop's MAC comes from the kernel's routes); remove it",
+    );
+    assert_problem(
+        &with("forwarding = \"l2\"", "forwarding = \"gre\""),
+        "services[0].forwarding: \"gre\" is not allowed; use one of \"l2\", \"ipip\"",
+    );
+    assert_problem(
+        &with("tunnel_source_v4 = \"\"", "tunnel_source_v4 = \"2001:db8::2\""),
+        "dataplane.tunnel_source_v4: \"2001:db8::2\" is not an IPv4 address; give this host's IPv4 address that IP-in-IP packets leave from, e.g. \"198.18.0.2\"",
+    );
+    assert_problem(
+        &with("tunnel_source_v6 = \"\"", "tunnel_source_v6 = \"nope\""),
+        "dataplane.tunnel_source_v6: \"nope\" is not an IP address; give this host's IPv6 address that IP-in-IP packets leave from, e.g. \"2001:db8::2\", or \"\" for none",
+    );
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Every check of a raw config, one function per section; all problems are collected.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use super::{
     Thresholds, UpstreamConfig, MAX_SYN_REPLACE_AFTER, MAX_UDP_IDLE_TIMEOUT, MIN_FLOOD_GUARD_RATE,
 };
 use crate::domain::{
-    Affinity, Group, MissingPolicy, Protocol, RollbackMode, StartMode, Weight, XdpMode,
+    Affinity, Forwarding, Group, MissingPolicy, Protocol, RollbackMode, StartMode, Weight, XdpMode,
 };
 use crate::judge::Signal;
 use crate::notify::{EventKind, NotifyConfig};
@@ -298,7 +298,10 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
     };
     let (dataplane, heartbeat_timeout) = dataplane(&mut c, &raw.dataplane);
     let admin = admin(&mut c, &raw.admin);
-    let (services, longest_poll) = services(&mut c, &raw.services);
+    let tunnel_sources = dataplane
+        .as_ref()
+        .map(|d| (d.tunnel_source_v4, d.tunnel_source_v6));
+    let (services, longest_poll) = services(&mut c, &raw.services, tunnel_sources);
     let notify = notify_sinks(&mut c, &raw.notify);
     if let Some(hb) = heartbeat_timeout {
         if hb < 2 * longest_poll {
@@ -455,6 +458,10 @@ fn dataplane(c: &mut Checker, d: &RawDataplane) -> (Option<DataplaneConfig>, Opt
     let heartbeat_timeout = c.duration("dataplane.heartbeat_timeout", &d.heartbeat_timeout);
     let syn_replace_after = syn_replace_after(c, &d.syn_replace_after);
     let flood_guard_rate = flood_guard_rate(c, d.flood_guard_rate);
+    let tunnel_source_v4 =
+        tunnel_source(c, "dataplane.tunnel_source_v4", &d.tunnel_source_v4, true);
+    let tunnel_source_v6 =
+        tunnel_source(c, "dataplane.tunnel_source_v6", &d.tunnel_source_v6, false);
     let udp_idle_timeout = udp_idle_timeout(c, &d.udp_idle_timeout);
     for (key, value) in [
         ("dataplane.state_dir", &d.state_dir),
@@ -469,12 +476,16 @@ fn dataplane(c: &mut Checker, d: &RawDataplane) -> (Option<DataplaneConfig>, Opt
         xdp_mode,
         heartbeat_timeout,
         syn_replace_after,
+        tunnel_source_v4,
+        tunnel_source_v6,
         udp_idle_timeout,
     ) {
         (
             Some(xdp_mode),
             Some(heartbeat_timeout),
             Some(syn_replace_after),
+            Ok(tunnel_source_v4),
+            Ok(tunnel_source_v6),
             Some(udp_idle_timeout),
         ) => Some(DataplaneConfig {
             interface: d.interface.clone(),
@@ -486,11 +497,44 @@ fn dataplane(c: &mut Checker, d: &RawDataplane) -> (Option<DataplaneConfig>, Opt
             hash_seed: d.hash_seed,
             syn_replace_after,
             flood_guard_rate,
+            tunnel_source_v4: tunnel_source_v4.map(|a| match a {
+                IpAddr::V4(a) => a,
+                IpAddr::V6(_) => unreachable!("checked to be IPv4"),
+            }),
+            tunnel_source_v6: tunnel_source_v6.map(|a| match a {
+                IpAddr::V6(a) => a,
+                IpAddr::V4(_) => unreachable!("checked to be IPv6"),
+            }),
             udp_idle_timeout,
         }),
         _ => None,
     };
     (config, heartbeat_timeout)
+}
+
+/// `dataplane.tunnel_source_v4` / `_v6`: `""` (none: `Ok(None)`) or a unicast address of the
+/// family; `Err` after a problem (reported).
+fn tunnel_source(c: &mut Checker, key: &str, value: &str, v4: bool) -> Result<Option<IpAddr>, ()> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let example = if v4 { "198.18.0.2" } else { "2001:db8::2" };
+    let family = if v4 { "IPv4" } else { "IPv6" };
+    match value.parse::<IpAddr>() {
+        Ok(ip) if ip.is_ipv4() != v4 => {
+            c.bad(key, format!("\"{value}\" is not an {family} address; give this host's {family} address that IP-in-IP packets leave from, e.g. \"{example}\""));
+            Err(())
+        }
+        Ok(ip) if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() => {
+            c.bad(key, format!("\"{value}\" is not a unicast address the backends can see; give this host's {family} address that IP-in-IP packets leave from, e.g. \"{example}\""));
+            Err(())
+        }
+        Ok(ip) => Ok(Some(ip)),
+        Err(_) => {
+            c.bad(key, format!("\"{value}\" is not an IP address; give this host's {family} address that IP-in-IP packets leave from, e.g. \"{example}\", or \"\" for none"));
+            Err(())
+        }
+    }
 }
 
 /// `dataplane.syn_replace_after`: zero (every SYN replaces its 5-tuple's entry) or whole
@@ -620,7 +664,11 @@ fn admin(c: &mut Checker, a: &RawAdmin) -> Option<AdminConfig> {
 
 /// `[[services]]`: each service, and what must hold across them. Also returns the longest
 /// poll interval.
-fn services(c: &mut Checker, raw: &[RawService]) -> (Vec<ServiceConfig>, Duration) {
+fn services(
+    c: &mut Checker,
+    raw: &[RawService],
+    tunnel_sources: Option<(Option<Ipv4Addr>, Option<Ipv6Addr>)>,
+) -> (Vec<ServiceConfig>, Duration) {
     if raw.is_empty() {
         c.bad(
             "services",
@@ -680,18 +728,43 @@ fn services(c: &mut Checker, raw: &[RawService]) -> (Vec<ServiceConfig>, Duratio
             Affinity::parse,
             Affinity::CHOICES,
         );
+        let forwarding = c.keyword(
+            &format!("{sk}.forwarding"),
+            &s.forwarding,
+            Forwarding::parse,
+            Forwarding::CHOICES,
+        );
+        let tunnel_source = match (forwarding, vip, tunnel_sources) {
+            (Some(Forwarding::Ipip), Some(vip), Some((v4, v6))) => {
+                let (source, key, example) = if vip.is_ipv4() {
+                    (v4.map(IpAddr::V4), "tunnel_source_v4", "198.18.0.2")
+                } else {
+                    (v6.map(IpAddr::V6), "tunnel_source_v6", "2001:db8::2")
+                };
+                if source.is_none() {
+                    c.bad(
+                        format!("{sk}.forwarding"),
+                        format!("\"ipip\" needs the balancer's outer source address for the VIP's family; set [dataplane] {key} = \"{example}\" (an address of this host the backends can see), or use forwarding = \"l2\""),
+                    );
+                }
+                source
+            }
+            _ => None,
+        };
 
-        let backends = backends(c, &sk, &s.backends, vip);
+        let backends = backends(c, &sk, &s.backends, vip, forwarding);
         let rollout = rollout(c, &format!("{sk}.rollout"), &s.rollout, &mut longest_poll);
         let upstream = upstream(c, &format!("{sk}.upstream"), &s.upstream);
-        if let (Some(vip), Some(protocol), Some(affinity), Some(rollout)) =
-            (vip, protocol, affinity, rollout)
+        if let (Some(vip), Some(protocol), Some(affinity), Some(forwarding), Some(rollout)) =
+            (vip, protocol, affinity, forwarding, rollout)
         {
             services.push(ServiceConfig {
                 name: s.name.clone(),
                 vip,
                 protocol,
                 affinity,
+                forwarding,
+                tunnel_source,
                 backends,
                 rollout,
                 upstream,
@@ -707,6 +780,7 @@ fn backends(
     sk: &str,
     raw: &[RawBackend],
     vip: Option<SocketAddr>,
+    forwarding: Option<Forwarding>,
 ) -> Vec<BackendConfig> {
     let mut names: BTreeMap<&str, usize> = BTreeMap::new();
     let mut addresses: BTreeMap<IpAddr, usize> = BTreeMap::new();
@@ -733,7 +807,25 @@ fn backends(
                 c.bad(format!("{bk}.address"), format!("{a} is already the address of {sk}.backends[{first}]; each backend is listed once"));
             }
         }
-        let mac = parse_mac(c, &format!("{bk}.mac"), &b.mac);
+        let ipip = forwarding == Some(Forwarding::Ipip);
+        if let (true, Some(a), Some(v)) = (ipip, address, vip) {
+            if a.is_ipv4() != v.is_ipv4() {
+                let (family, vip_family) = if a.is_ipv4() {
+                    ("IPv4", "IPv6")
+                } else {
+                    ("IPv6", "IPv4")
+                };
+                c.bad(format!("{bk}.address"), format!("{a} is {family} but the VIP is {vip_family}; forwarding = \"ipip\" carries IPv4 in IPv4 and IPv6 in IPv6, so give the backend's {vip_family} address"));
+            }
+        }
+        if ipip && !b.mac.is_empty() {
+            c.bad(format!("{bk}.mac"), "is not used with forwarding = \"ipip\" (the next hop's MAC comes from the kernel's routes); remove it");
+        }
+        let mac = if ipip {
+            None
+        } else {
+            parse_mac(c, &format!("{bk}.mac"), &b.mac)
+        };
         let port = vip.map_or(0, |v| v.port());
         let default_url =
             |path: &str| address.map(|a| format!("http://{}:{port}{path}", host_for_url(a)));

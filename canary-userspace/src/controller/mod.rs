@@ -204,8 +204,9 @@ impl<D: DataPlane> Controller<D> {
                 });
             }
             service.heartbeat_ns = now_ns;
+            let forwarding = service.config.forwarding;
             for (b, state) in service.backends_mut() {
-                state.mac = b.mac.or_else(|| neighbours.mac(b.address));
+                state.mac = backend_mac(forwarding, b, neighbours);
             }
             c.services.push(service);
             c.apply_output(c.services.len() - 1, output, 0);
@@ -370,6 +371,7 @@ impl<D: DataPlane> Controller<D> {
             };
             if !self.store.scrapes_upstream() {
                 // Health only: the leader scrapes the metrics.
+                let forwarding = self.services[i].config.forwarding;
                 let (bcfg, br) = self.services[i].backend_mut(j);
                 if br.health.observe(&obs.health) {
                     self.dirty = true;
@@ -381,7 +383,7 @@ impl<D: DataPlane> Controller<D> {
                         "backend health changed"
                     );
                 }
-                let mac = bcfg.mac.or_else(|| neighbours.mac(bcfg.address));
+                let mac = backend_mac(forwarding, bcfg, neighbours);
                 if mac != br.mac {
                     br.mac = mac;
                     self.dirty = true;
@@ -395,6 +397,7 @@ impl<D: DataPlane> Controller<D> {
                     .with_label_values(&[&obs.service, &obs.backend, p.reason.as_str()])
                     .inc();
             }
+            let forwarding = self.services[i].config.forwarding;
             let (bcfg, br) = self.services[i].backend_mut(j);
             if let crate::observe::probe::Probe::Unknown(why) = &obs.health {
                 tracing::warn!(
@@ -413,7 +416,7 @@ impl<D: DataPlane> Controller<D> {
                     "backend health changed"
                 );
             }
-            let mac = bcfg.mac.or_else(|| neighbours.mac(bcfg.address));
+            let mac = backend_mac(forwarding, bcfg, neighbours);
             if mac != br.mac {
                 br.mac = mac;
                 self.dirty = true;
@@ -620,5 +623,18 @@ impl<D: DataPlane> Controller<D> {
         }
         self.persist(i);
         self.refresh();
+    }
+}
+
+/// The MAC a backend's frames go to: configured, or from the neighbour table (`l2`). An
+/// `ipip` backend needs none (the kernel's FIB names the next hop): its MAC is known, and zero.
+fn backend_mac(
+    forwarding: crate::domain::Forwarding,
+    b: &crate::config::BackendConfig,
+    neighbours: &dyn Neighbours,
+) -> Option<[u8; 6]> {
+    match forwarding {
+        crate::domain::Forwarding::Ipip => Some([0; 6]),
+        crate::domain::Forwarding::L2 => b.mac.or_else(|| neighbours.mac(b.address)),
     }
 }

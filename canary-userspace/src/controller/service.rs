@@ -4,12 +4,12 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use canary_common::{ServiceControl, ServiceStats};
+use canary_common::{ServiceControl, ServiceStats, Tunnel};
 
 use super::store::Applied;
 use crate::config::{BackendConfig, ServiceConfig};
 use crate::dataplane::{BackendSpec, ServiceSpec};
-use crate::domain::{Group, RollbackMode, Weight};
+use crate::domain::{Forwarding, Group, RollbackMode, Weight};
 use crate::judge::FlowCounts;
 use crate::metrics::Metrics;
 use crate::observe::{Health, WarmUp};
@@ -241,6 +241,18 @@ impl Service {
         }
     }
 
+    /// A backend's outer addresses: for `ipip` services, from the tunnel source to the
+    /// backend's address; none for `l2` services.
+    fn tunnel(&self, b: &BackendConfig) -> Tunnel {
+        match (self.config.forwarding, self.config.tunnel_source) {
+            (Forwarding::Ipip, Some(source)) => Tunnel {
+                dst: crate::dataplane::vip_key(b.address).addr,
+                src: crate::dataplane::vip_key(source).addr,
+            },
+            _ => Tunnel::default(),
+        }
+    }
+
     /// The service as the data plane should hold it now.
     pub(super) fn spec(&self, heartbeat_timeout: Duration, now_ns: u64) -> ServiceSpec {
         ServiceSpec {
@@ -248,12 +260,14 @@ impl Service {
             vip: self.config.vip,
             protocol: self.config.protocol,
             affinity: self.config.affinity,
+            forwarding: self.config.forwarding,
             backends: self
                 .backends()
                 .map(|(b, state)| BackendSpec {
                     name: b.name.clone(),
                     group: b.group,
                     mac: state.mac.unwrap_or_default(),
+                    tunnel: self.tunnel(b),
                     up: state.up(),
                 })
                 .collect(),

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use canary_common::{
     choose, maglev_index, Backend, BackendStats, Choice, FlowKey, GlobalConfig, Selection,
-    ServiceControl, ServiceEntry, ServiceKey, ServiceStats, Tables, VipKey, GROUP_CANARY,
+    ServiceControl, ServiceEntry, ServiceKey, ServiceStats, Tables, Tunnel, VipKey, GROUP_CANARY,
     MAGLEV_ENTRIES, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND,
     SERVICE_FLAG_CLIENT_IP,
 };
@@ -23,6 +23,7 @@ pub struct FakeDataPlane {
     pub vips: HashMap<VipKey, u32>,
     pub control: Vec<ServiceControl>,
     pub backends: Vec<Backend>,
+    pub tunnels: Vec<Tunnel>,
     pub maglev: Vec<u32>,
     pub counters: Counters,
     pub backend_stats: Vec<BackendStats>,
@@ -47,6 +48,7 @@ impl FakeDataPlane {
             vips: HashMap::new(),
             control: vec![ServiceControl::default(); MAX_SERVICES as usize],
             backends: vec![Backend::default(); MAX_BACKENDS as usize],
+            tunnels: vec![Tunnel::default(); MAX_BACKENDS as usize],
             maglev: vec![0; MAGLEV_ENTRIES as usize],
             counters: Counters::default(),
             backend_stats: vec![BackendStats::default(); MAX_BACKENDS as usize],
@@ -134,8 +136,13 @@ impl DataPlane for FakeDataPlane {
                     let i = Self::check(maps::BACKEND_STATS, *index, MAX_BACKENDS)?;
                     self.backend_stats[i] = BackendStats::default();
                 }
-                MapWrite::Backend { index, backend } => {
+                MapWrite::Backend {
+                    index,
+                    backend,
+                    tunnel,
+                } => {
                     let i = Self::check(maps::BACKENDS, *index, MAX_BACKENDS)?;
+                    self.tunnels[i] = *tunnel;
                     self.backends[i] = *backend;
                 }
                 MapWrite::MaglevSlots {
@@ -219,6 +226,13 @@ impl DataPlane for FakeDataPlane {
                 .enumerate()
                 .filter(|(_, b)| **b != Backend::default())
                 .map(|(i, b)| (i as u32, *b))
+                .collect(),
+            tunnels: self
+                .tunnels
+                .iter()
+                .enumerate()
+                .filter(|(i, t)| !t.is_unset() && self.backends[*i] != Backend::default())
+                .map(|(i, t)| (i as u32, *t))
                 .collect(),
         })
     }

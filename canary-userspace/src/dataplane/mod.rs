@@ -38,10 +38,10 @@ use std::net::SocketAddr;
 
 use canary_common::{
     Backend, BackendStats, Counter, GlobalConfig, ServiceControl, ServiceEntry, ServiceKey,
-    ServiceStats, VipKey, COUNTERS,
+    ServiceStats, Tunnel, VipKey, COUNTERS,
 };
 
-use crate::domain::{Affinity, Group, Protocol};
+use crate::domain::{Affinity, Forwarding, Group, Protocol};
 
 pub use interface::interface_mac;
 pub use keys::{flow_key, service_key, vip_key};
@@ -54,8 +54,10 @@ pub struct BackendSpec {
     /// Unique within the service; the identity that keeps its index across reloads.
     pub name: String,
     pub group: Group,
-    /// Destination MAC of forwarded frames.
+    /// Destination MAC of forwarded frames (`l2` services; zero for `ipip` ones).
     pub mac: [u8; 6],
+    /// Outer addresses (`ipip` services; all zero for `l2` ones).
+    pub tunnel: Tunnel,
     /// Healthy: in its group's Maglev table. Down backends keep their index; flows pinned to
     /// them are re-chosen by the kernel.
     pub up: bool,
@@ -69,6 +71,7 @@ pub struct ServiceSpec {
     pub vip: SocketAddr,
     pub protocol: Protocol,
     pub affinity: Affinity,
+    pub forwarding: Forwarding,
     pub backends: Vec<BackendSpec>,
     /// Written to `CONTROL` only when the service is newly placed at an index (never for a
     /// service that already exists or was recovered after a restart: its weight is kept).
@@ -86,9 +89,11 @@ pub enum MapWrite {
     ResetBackendStats {
         index: u32,
     },
+    /// `BACKENDS[index]` and `TUNNELS[index]` (the tunnel written first).
     Backend {
         index: u32,
         backend: Backend,
+        tunnel: Tunnel,
     },
     /// `MAGLEV[maglev_index(service_index, group, slot)] = backend` for each pair.
     MaglevSlots {
@@ -123,6 +128,8 @@ pub struct WrittenState {
     pub vips: Vec<(VipKey, u32)>,
     /// Entries of `BACKENDS` that are not all zero.
     pub backends: Vec<(u32, Backend)>,
+    /// Entries of `TUNNELS` that are set, of those backends.
+    pub tunnels: Vec<(u32, Tunnel)>,
 }
 
 /// The global counters summed over CPUs, indexed by `Counter as usize`.

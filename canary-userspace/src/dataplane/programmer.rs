@@ -8,13 +8,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 
 use canary_common::{
-    Backend, ServiceEntry, ServiceKey, VipKey, BACKEND_FLAG_UP, MAX_BACKENDS,
-    MAX_BACKENDS_PER_GROUP, MAX_SERVICES, NO_BACKEND, SERVICE_FLAG_CLIENT_IP,
+    Backend, ServiceEntry, ServiceKey, Tunnel, VipKey, BACKEND_FLAG_UP, MAX_BACKENDS,
+    MAX_BACKENDS_PER_GROUP, MAX_SERVICES, NO_BACKEND, SERVICE_FLAG_CLIENT_IP, SERVICE_FLAG_IPIP,
 };
 
 use super::keys::{service_key, vip_key};
 use super::{maglev, DataPlane, DataPlaneError, MapWrite, ServiceSpec, WrittenState};
-use crate::domain::{Affinity, Group, Protocol};
+use crate::domain::{Affinity, Forwarding, Group, Protocol};
 
 /// Why a desired state cannot be programmed. Nothing is written when planning fails.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,6 +45,7 @@ pub struct PlacedBackend {
     pub index: u32,
     pub group: Group,
     pub mac: [u8; 6],
+    pub tunnel: Tunnel,
     pub up: bool,
 }
 
@@ -57,6 +58,15 @@ impl PlacedBackend {
             group: self.group.index(),
         }
     }
+
+    /// Its `BACKENDS` and `TUNNELS` entries as one write.
+    fn write(&self, service_index: u32) -> MapWrite {
+        MapWrite::Backend {
+            index: self.index,
+            backend: self.entry(service_index),
+            tunnel: self.tunnel,
+        }
+    }
 }
 
 /// A service placed at an index, with what is known to be in its maps.
@@ -67,6 +77,7 @@ pub struct PlacedService {
     pub vip: SocketAddr,
     pub protocol: Protocol,
     pub affinity: Affinity,
+    pub forwarding: Forwarding,
     pub backends: Vec<PlacedBackend>,
     /// Per group, the table as written (backend indices), `None` when unknown.
     tables: [Option<Vec<u32>>; 2],
@@ -87,6 +98,9 @@ impl PlacedService {
             flags: match self.affinity {
                 Affinity::Flow => 0,
                 Affinity::ClientIp => SERVICE_FLAG_CLIENT_IP,
+            } | match self.forwarding {
+                Forwarding::L2 => 0,
+                Forwarding::Ipip => SERVICE_FLAG_IPIP,
             },
         }
     }
@@ -137,6 +151,7 @@ impl PlacedService {
             vip: spec.vip,
             protocol: spec.protocol,
             affinity: spec.affinity,
+            forwarding: spec.forwarding,
             backends: Vec::new(),
             tables: [None, None],
             written_entry: None,
@@ -152,12 +167,17 @@ impl PlacedService {
         self.vip = spec.vip;
         self.protocol = spec.protocol;
         self.affinity = spec.affinity;
+        self.forwarding = spec.forwarding;
         let mut changes = ServiceChanges::default();
         let mut backends = Vec::with_capacity(spec.backends.len());
         for b in &spec.backends {
             let old = self.backends.iter().find(|p| p.name == b.name);
             let (index, fresh, old_entry) = if let Some(p) = old {
-                (p.index, false, self.known.then(|| p.entry(self.index)))
+                (
+                    p.index,
+                    false,
+                    self.known.then(|| (p.entry(self.index), p.tunnel)),
+                )
             } else {
                 let (i, reused) = indices
                     .allocate(&self.name, &b.name)
@@ -172,16 +192,14 @@ impl PlacedService {
                 index,
                 group: b.group,
                 mac: b.mac,
+                tunnel: b.tunnel,
                 up: b.up,
             };
             let entry = placed.entry(self.index);
-            if old_entry != Some(entry) {
-                let write = MapWrite::Backend {
-                    index,
-                    backend: entry,
-                };
+            if old_entry != Some((entry, placed.tunnel)) {
+                let write = placed.write(self.index);
                 // Going down: after the tables; anything else: before them.
-                if old_entry.is_some_and(|o| o.flags & BACKEND_FLAG_UP != 0) && !b.up {
+                if old_entry.is_some_and(|(o, _)| o.flags & BACKEND_FLAG_UP != 0) && !b.up {
                     changes.lowered.push(write);
                 } else {
                     changes.writes.push(write);
@@ -205,14 +223,13 @@ impl PlacedService {
 
     /// Marks a backend of this service down (written after the tables) and retires its index.
     fn retire(&self, b: &PlacedBackend, indices: &mut BackendIndices, lowered: &mut Vec<MapWrite>) {
-        lowered.push(MapWrite::Backend {
-            index: b.index,
-            backend: PlacedBackend {
+        lowered.push(
+            PlacedBackend {
                 up: false,
                 ..b.clone()
             }
-            .entry(self.index),
-        });
+            .write(self.index),
+        );
         indices.retire(Some(&self.name), Some(&b.name), b.index);
     }
 
@@ -421,10 +438,19 @@ impl Programmer {
             let mut placed = PlacedService::new(spec, entry.index);
             placed.written_entry = Some((key, *entry));
             for b in &spec.backends {
+                // `l2` backends by MAC, `ipip` ones by tunnel (their MAC is zero).
+                let tunnel_of = |i: u32| {
+                    state
+                        .tunnels
+                        .iter()
+                        .find(|(t, _)| *t == i)
+                        .map_or_else(Tunnel::default, |(_, t)| *t)
+                };
                 let found = state.backends.iter().find(|(i, be)| {
                     be.service_index == entry.index
                         && be.mac == b.mac
-                        && b.mac != [0; 6]
+                        && tunnel_of(*i) == b.tunnel
+                        && (b.mac != [0; 6] || !b.tunnel.is_unset())
                         && !claimed_backends.contains(i)
                 });
                 if let Some((i, be)) = found {
@@ -434,6 +460,7 @@ impl Programmer {
                         index: *i,
                         group: Group::from_index(be.group).unwrap_or(b.group),
                         mac: be.mac,
+                        tunnel: tunnel_of(*i),
                         up: be.flags & BACKEND_FLAG_UP != 0,
                     });
                 }
@@ -599,6 +626,7 @@ impl Programmer {
             lowered.push(MapWrite::Backend {
                 index,
                 backend: Backend::default(),
+                tunnel: Tunnel::default(),
             });
             next.indices.retire(None, None, index);
         }

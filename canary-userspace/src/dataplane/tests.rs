@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use canary_common::{
     maglev_index, Backend, ServiceControl, ServiceStats, BACKEND_FLAG_UP, BUCKETS, FAMILY_IPV4,
     FAMILY_IPV6, GROUP_CANARY, GROUP_STABLE, MAGLEV_TABLE_SIZE, MAX_BACKENDS,
-    MAX_BACKENDS_PER_GROUP, NO_BACKEND,
+    MAX_BACKENDS_PER_GROUP, NO_BACKEND, SERVICE_FLAG_IPIP,
 };
 
 use super::fake::FakeDataPlane;
@@ -22,6 +22,7 @@ fn backend(name: &str, group: Group, n: u8) -> BackendSpec {
         name: name.to_owned(),
         group,
         mac: [2, 0, 0, 0, 0, n],
+        tunnel: canary_common::Tunnel::default(),
         up: true,
     }
 }
@@ -32,6 +33,7 @@ fn service(name: &str, vip: &str, backends: Vec<BackendSpec>) -> ServiceSpec {
         vip: vip.parse().unwrap(),
         protocol: Protocol::Tcp,
         affinity: Affinity::Flow,
+        forwarding: Forwarding::L2,
         backends,
         initial_control: ServiceControl {
             canary_weight: 0,
@@ -186,7 +188,7 @@ fn removed_backend_goes_down_after_the_slots_and_keeps_its_index_until_reused() 
     let maglev = position(&dp.writes, |w| matches!(w, MapWrite::MaglevSlots { .. }));
     let down = position(
         &dp.writes,
-        |w| matches!(w, MapWrite::Backend { index, backend } if *index == gone && backend.flags == 0),
+        |w| matches!(w, MapWrite::Backend { index, backend, .. } if *index == gone && backend.flags == 0),
     );
     assert!(maglev < down, "slots move off before the backend goes down");
     let stable = maglev_index(p.service_index("sentiment").unwrap(), GROUP_STABLE, 0) as usize;
@@ -381,6 +383,58 @@ fn removed_service_stops_first_and_its_index_is_reused_with_fresh_stats() {
     p.program(&mut dp, &[]).unwrap();
     assert!(dp.services.is_empty() && dp.vips.is_empty());
     assert!(dp.backends.iter().all(|e| e.flags == 0));
+}
+
+/// An `ipip` service: backends without MACs, each with its tunnel.
+fn routed() -> ServiceSpec {
+    let mut spec = sentiment();
+    spec.forwarding = Forwarding::Ipip;
+    for (i, b) in spec.backends.iter_mut().enumerate() {
+        b.mac = [0; 6];
+        b.tunnel = canary_common::Tunnel {
+            dst: vip_key(format!("198.19.100.{}", 11 + i).parse().unwrap()).addr,
+            src: vip_key("198.18.0.2".parse().unwrap()).addr,
+        };
+    }
+    spec
+}
+
+#[test]
+fn ipip_services_are_flagged_and_their_tunnels_written_and_recovered() {
+    let spec = routed();
+    let (p, mut dp) = programmed(std::slice::from_ref(&spec));
+    let idx = p.service_index("sentiment").unwrap();
+    let entry = dp.services[&service_key(spec.vip, spec.protocol)];
+    assert_eq!(entry.flags & SERVICE_FLAG_IPIP, SERVICE_FLAG_IPIP);
+    for b in &spec.backends {
+        let i = p.backend_index("sentiment", &b.name).unwrap() as usize;
+        assert_eq!(dp.tunnels[i], b.tunnel, "{}", b.name);
+        assert_eq!(dp.backends[i].service_index, idx);
+    }
+    // After a restart, backends without MACs are found again by their tunnels.
+    let mut q = Programmer::recover(&dp.written_state().unwrap(), std::slice::from_ref(&spec));
+    for b in &spec.backends {
+        assert_eq!(
+            q.backend_index("sentiment", &b.name),
+            p.backend_index("sentiment", &b.name)
+        );
+    }
+    dp.writes.clear();
+    q.program(&mut dp, std::slice::from_ref(&spec)).unwrap();
+    assert!(
+        !dp.writes
+            .iter()
+            .any(|w| matches!(w, MapWrite::Backend { .. })),
+        "{:?}",
+        dp.writes
+    );
+    // Back to l2: the flag goes, the tunnels are cleared.
+    let mut l2 = sentiment();
+    l2.forwarding = Forwarding::L2;
+    q.program(&mut dp, std::slice::from_ref(&l2)).unwrap();
+    let entry = dp.services[&service_key(l2.vip, l2.protocol)];
+    assert_eq!(entry.flags & SERVICE_FLAG_IPIP, 0);
+    assert!(dp.tunnels.iter().all(canary_common::Tunnel::is_unset));
 }
 
 #[test]
@@ -598,6 +652,7 @@ fn a_slot_naming_an_unusable_backend_falls_back_inside_the_group() {
         dp.apply(&[MapWrite::Backend {
             index: v1a,
             backend: unusable,
+            tunnel: canary_common::Tunnel::default(),
         }])
         .unwrap();
         let (mut in_group, mut other_group) = (0, 0);

@@ -15,5 +15,6 @@ mod malformed;
 mod misses;
 mod support;
 mod syn;
+mod tunnel;
 mod udp_idle;
 mod weights;

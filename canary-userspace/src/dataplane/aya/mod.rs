@@ -22,7 +22,8 @@ use aya::programs::{ProgramError, Xdp, XdpMode};
 use aya::EbpfLoader;
 use canary_common::{
     maps, Backend, BackendStats, FlowEntry, FlowKey, GlobalConfig, ServiceControl, ServiceEntry,
-    ServiceKey, ServiceStats, VipKey, COUNTERS, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
+    ServiceKey, ServiceStats, Tunnel, VipKey, COUNTERS, MAGLEV_TABLE_SIZE, MAX_BACKENDS,
+    MAX_SERVICES,
 };
 
 use crate::dataplane::{Counters, DataPlane, DataPlaneError, MapWrite, WrittenState};
@@ -43,7 +44,7 @@ pub use pins::{
 pub const LINK_PIN: &str = "link";
 
 /// Every map the program has, all pinned.
-pub const ALL_MAPS: [&str; 11] = [
+pub const ALL_MAPS: [&str; 12] = [
     maps::CONFIG,
     maps::SERVICES,
     maps::VIPS,
@@ -55,12 +56,14 @@ pub const ALL_MAPS: [&str; 11] = [
     maps::BACKEND_STATS,
     maps::SERVICE_STATS,
     maps::FLOOD_GUARD,
+    maps::TUNNELS,
 ];
 
 /// Maps that pins of an earlier version may lack: re-opening creates and pins them. They hold
-/// only the program's own short-lived state (the flood guard's current one-second window), so
-/// a fresh one loses nothing; every other missing pin stops a re-open.
-pub const MAPS_CREATED_ON_REOPEN: [&str; 1] = [maps::FLOOD_GUARD];
+/// only the program's own short-lived state (the flood guard's current one-second window), or
+/// what no earlier version wrote (the tunnels of `ipip` services), so a fresh one loses
+/// nothing; every other missing pin stops a re-open.
+pub const MAPS_CREATED_ON_REOPEN: [&str; 2] = [maps::FLOOD_GUARD, maps::TUNNELS];
 
 /// `dataplane.xdp_mode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -254,6 +257,7 @@ pub struct AyaDataPlane {
     vips: HashMap<MapData, VipKey, u32>,
     control: Array<MapData, ServiceControl>,
     backends: Array<MapData, Backend>,
+    tunnels: Array<MapData, Tunnel>,
     maglev: Array<MapData, u32>,
     flows: HashMap<MapData, FlowKey, FlowEntry>,
     counters: PerCpuArray<MapData, u64>,
@@ -465,6 +469,7 @@ impl AyaDataPlane {
             vips: typed(maps::VIPS, map(maps::VIPS)?)?,
             control: typed(maps::CONTROL, map(maps::CONTROL)?)?,
             backends: typed(maps::BACKENDS, map(maps::BACKENDS)?)?,
+            tunnels: typed(maps::TUNNELS, map(maps::TUNNELS)?)?,
             maglev: typed(maps::MAGLEV, map(maps::MAGLEV)?)?,
             flows: typed(maps::FLOWS, flows)?,
             counters: typed(maps::COUNTERS, map(maps::COUNTERS)?)?,
@@ -584,10 +589,19 @@ impl DataPlane for AyaDataPlane {
                         .set(*index, zero, 0)
                         .map_err(|e| map_err(maps::BACKEND_STATS, "update", e))?;
                 }
-                MapWrite::Backend { index, backend } => self
-                    .backends
-                    .set(*index, backend, 0)
-                    .map_err(|e| map_err(maps::BACKENDS, "update", e))?,
+                MapWrite::Backend {
+                    index,
+                    backend,
+                    tunnel,
+                } => {
+                    // The tunnel first: a backend entry is never read without its tunnel.
+                    self.tunnels
+                        .set(*index, tunnel, 0)
+                        .map_err(|e| map_err(maps::TUNNELS, "update", e))?;
+                    self.backends
+                        .set(*index, backend, 0)
+                        .map_err(|e| map_err(maps::BACKENDS, "update", e))?;
+                }
                 MapWrite::MaglevSlots {
                     service_index,
                     group,
@@ -698,19 +712,28 @@ impl DataPlane for AyaDataPlane {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| map_err(maps::VIPS, "iterate", e))?;
         let mut backends = Vec::new();
+        let mut tunnels = Vec::new();
         for i in 0..MAX_BACKENDS {
             let b = self
                 .backends
                 .get(&i, 0)
                 .map_err(|e| map_err(maps::BACKENDS, "lookup", e))?;
             if b != Backend::default() {
+                let tunnel = self
+                    .tunnels
+                    .get(&i, 0)
+                    .map_err(|e| map_err(maps::TUNNELS, "lookup", e))?;
                 backends.push((i, b));
+                if !tunnel.is_unset() {
+                    tunnels.push((i, tunnel));
+                }
             }
         }
         Ok(WrittenState {
             services,
             vips,
             backends,
+            tunnels,
         })
     }
 }

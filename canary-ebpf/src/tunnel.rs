@@ -1,0 +1,231 @@
+//! IP-in-IP forwarding (`forwarding = "ipip"`): the packet is wrapped in an outer IP header of
+//! its own family (IPv4-in-IPv4, protocol 4; IPv6-in-IPv6, next header 41) from the tunnel
+//! source to the backend's address (`TUNNELS`), and sent to the next hop the kernel's FIB
+//! names (`bpf_fib_lookup`): `XDP_TX` when that is the interface the frame came in on,
+//! `bpf_redirect` otherwise.
+//!
+//! The FIB also checks the egress MTU against the outer length: a packet that would not fit is
+//! dropped and counted (`DropTunnelTooBig`), never sent to be lost further on. Nothing is
+//! written to the frame before the lookup succeeded.
+
+use core::{
+    mem::{size_of, MaybeUninit},
+    ptr::write_volatile,
+};
+
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED},
+    helpers::{bpf_fib_lookup, bpf_redirect},
+};
+use canary_common::{Counter, Tunnel, FAMILY_IPV4};
+
+use crate::{
+    maps::TUNNELS,
+    packet::{Packet, ETH_HEADER_LEN},
+};
+
+const IPV4_HEADER_LEN: usize = 20;
+const IPV6_HEADER_LEN: usize = 40;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const PROTO_IPIP: u8 = 4;
+const PROTO_IPV6: u8 = 41;
+const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
+const ETHERTYPE_IPV6: [u8; 2] = [0x86, 0xdd];
+/// TTL / hop limit of the outer header.
+const OUTER_TTL: u8 = 64;
+/// The don't-fragment bit in the first byte of the IPv4 flags/offset field.
+const IPV4_DF: u8 = 0x40;
+
+/// FIB lookup parameters on an 8-byte aligned stack slot, zeroed by 8-byte stores (see
+/// `AlignedFlowKey` in `balancer`: a zeroing `Default` would become a byte-wise loop).
+#[repr(C, align(8))]
+struct AlignedFib(FibParams);
+
+const _: () = assert!(size_of::<AlignedFib>() % 8 == 0);
+
+impl AlignedFib {
+    #[inline(always)]
+    fn zeroed_in(slot: &mut MaybeUninit<AlignedFib>) -> &mut FibParams {
+        let words = slot.as_mut_ptr().cast::<u64>();
+        for i in 0..size_of::<AlignedFib>() / 8 {
+            // SAFETY: `i` words of 8 bytes stay inside the 8-aligned slot.
+            unsafe { write_volatile(words.add(i), 0) };
+        }
+        // SAFETY: every byte is written, and all-zero is valid for this plain C struct.
+        unsafe { &mut slot.assume_init_mut().0 }
+    }
+}
+
+/// Encapsulates the frame for the backend at `backend_index` and returns the XDP action
+/// (`XDP_TX` or `XDP_REDIRECT`), or the drop outcome.
+#[inline(always)]
+pub fn encapsulate(pkt: &Packet, family: u8, backend_index: u32) -> Result<u32, Counter> {
+    let tunnel = TUNNELS
+        .get(backend_index)
+        .ok_or(Counter::DropTunnelNoRoute)?;
+    if family == FAMILY_IPV4 {
+        encapsulate_v4(pkt, tunnel)
+    } else {
+        encapsulate_v6(pkt, tunnel)
+    }
+}
+
+/// The kernel's next hop for the outer packet (`fib` filled in), or the drop outcome.
+#[inline(always)]
+fn lookup(pkt: &Packet, fib: &mut FibParams) -> Result<(), Counter> {
+    // SAFETY: the context is the program's; `fib` is a valid, writable parameter block.
+    let rc = unsafe { bpf_fib_lookup(pkt.ctx().cast(), fib, size_of::<FibParams>() as i32, 0) };
+    match rc {
+        0 => Ok(()),
+        rc if rc == i64::from(BPF_FIB_LKUP_RET_FRAG_NEEDED) => Err(Counter::DropTunnelTooBig),
+        _ => Err(Counter::DropTunnelNoRoute),
+    }
+}
+
+/// `XDP_TX` when the next hop is behind the interface the frame came in on, else a redirect.
+#[inline(always)]
+fn send(ingress: u32, egress: u32) -> u32 {
+    if egress == ingress {
+        xdp_action::XDP_TX
+    } else {
+        // SAFETY: a helper on plain integers; it only records the target.
+        unsafe { bpf_redirect(egress, 0) };
+        xdp_action::XDP_REDIRECT
+    }
+}
+
+#[inline(always)]
+fn ingress_ifindex(pkt: &Packet) -> u32 {
+    // SAFETY: the program's context, valid for the whole invocation.
+    unsafe { (*pkt.ctx()).ingress_ifindex }
+}
+
+/// The one's-complement checksum of an IPv4 header whose checksum field is zero.
+#[inline(always)]
+fn ipv4_checksum(header: &[u8; IPV4_HEADER_LEN]) -> u16 {
+    let mut sum = 0u32;
+    for i in 0..IPV4_HEADER_LEN / 2 {
+        sum += u32::from(u16::from_be_bytes([header[2 * i], header[2 * i + 1]]));
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+#[inline(always)]
+fn encapsulate_v4(pkt: &Packet, tunnel: &Tunnel) -> Result<u32, Counter> {
+    if u32::from_ne_bytes([tunnel.dst[0], tunnel.dst[1], tunnel.dst[2], tunnel.dst[3]]) == 0 {
+        return Err(Counter::DropTunnelNoRoute);
+    }
+    let inner = pkt
+        .bytes::<IPV4_HEADER_LEN>(ETH_HEADER_LEN)
+        .ok_or(Counter::DropMalformed)?;
+    let tos = inner[1];
+    let df = inner[6] & IPV4_DF;
+    let outer_len = u32::from(u16::from_be_bytes([inner[2], inner[3]])) + IPV4_HEADER_LEN as u32;
+    if outer_len > u32::from(u16::MAX) {
+        return Err(Counter::DropTunnelTooBig);
+    }
+    let ingress = ingress_ifindex(pkt);
+    let mut slot = MaybeUninit::uninit();
+    let fib = AlignedFib::zeroed_in(&mut slot);
+    fib.family = AF_INET;
+    fib.l4_protocol = PROTO_IPIP;
+    fib.__bindgen_anon_1.tot_len = outer_len as u16;
+    fib.ifindex = ingress;
+    fib.__bindgen_anon_2.tos = tos;
+    fib.__bindgen_anon_3.ipv4_src =
+        u32::from_ne_bytes([tunnel.src[0], tunnel.src[1], tunnel.src[2], tunnel.src[3]]);
+    fib.__bindgen_anon_4.ipv4_dst =
+        u32::from_ne_bytes([tunnel.dst[0], tunnel.dst[1], tunnel.dst[2], tunnel.dst[3]]);
+    lookup(pkt, fib)?;
+
+    let mut ip = [0u8; IPV4_HEADER_LEN];
+    ip[0] = 0x45;
+    ip[1] = tos;
+    ip[2..4].copy_from_slice(&(outer_len as u16).to_be_bytes());
+    ip[6] = df;
+    ip[8] = OUTER_TTL;
+    ip[9] = PROTO_IPIP;
+    ip[12..16].copy_from_slice(&tunnel.src[..4]);
+    ip[16..20].copy_from_slice(&tunnel.dst[..4]);
+    let checksum = ipv4_checksum(&ip).to_be_bytes();
+    ip[10] = checksum[0];
+    ip[11] = checksum[1];
+
+    let pkt = pkt
+        .adjust_head(-(IPV4_HEADER_LEN as i32))
+        .ok_or(Counter::DropTunnelNoRoute)?;
+    let head = pkt
+        .bytes_mut::<{ ETH_HEADER_LEN + IPV4_HEADER_LEN }>(0)
+        .ok_or(Counter::DropMalformed)?;
+    // SAFETY: `head` covers the new Ethernet and outer IP headers inside the frame.
+    let head = unsafe { &mut *head };
+    head[..6].copy_from_slice(&fib.dmac);
+    head[6..12].copy_from_slice(&fib.smac);
+    head[12..14].copy_from_slice(&ETHERTYPE_IPV4);
+    head[ETH_HEADER_LEN..].copy_from_slice(&ip);
+    Ok(send(ingress, fib.ifindex))
+}
+
+#[inline(always)]
+fn encapsulate_v6(pkt: &Packet, tunnel: &Tunnel) -> Result<u32, Counter> {
+    let dst = words(&tunnel.dst);
+    if dst[0] | dst[1] | dst[2] | dst[3] == 0 {
+        return Err(Counter::DropTunnelNoRoute);
+    }
+    let inner = pkt
+        .bytes::<IPV6_HEADER_LEN>(ETH_HEADER_LEN)
+        .ok_or(Counter::DropMalformed)?;
+    // Version, traffic class and flow label as the inner packet has them.
+    let first = [inner[0], inner[1], inner[2], inner[3]];
+    let outer_payload =
+        u32::from(u16::from_be_bytes([inner[4], inner[5]])) + IPV6_HEADER_LEN as u32;
+    if outer_payload > u32::from(u16::MAX) {
+        return Err(Counter::DropTunnelTooBig);
+    }
+    let ingress = ingress_ifindex(pkt);
+    let mut slot = MaybeUninit::uninit();
+    let fib = AlignedFib::zeroed_in(&mut slot);
+    fib.family = AF_INET6;
+    fib.l4_protocol = PROTO_IPV6;
+    fib.__bindgen_anon_1.tot_len = (outer_payload + IPV6_HEADER_LEN as u32) as u16;
+    fib.ifindex = ingress;
+    fib.__bindgen_anon_3.ipv6_src = words(&tunnel.src);
+    fib.__bindgen_anon_4.ipv6_dst = dst;
+    lookup(pkt, fib)?;
+
+    let mut ip = [0u8; IPV6_HEADER_LEN];
+    ip[..4].copy_from_slice(&first);
+    ip[4..6].copy_from_slice(&(outer_payload as u16).to_be_bytes());
+    ip[6] = PROTO_IPV6;
+    ip[7] = OUTER_TTL;
+    ip[8..24].copy_from_slice(&tunnel.src);
+    ip[24..40].copy_from_slice(&tunnel.dst);
+
+    let pkt = pkt
+        .adjust_head(-(IPV6_HEADER_LEN as i32))
+        .ok_or(Counter::DropTunnelNoRoute)?;
+    let head = pkt
+        .bytes_mut::<{ ETH_HEADER_LEN + IPV6_HEADER_LEN }>(0)
+        .ok_or(Counter::DropMalformed)?;
+    // SAFETY: `head` covers the new Ethernet and outer IP headers inside the frame.
+    let head = unsafe { &mut *head };
+    head[..6].copy_from_slice(&fib.dmac);
+    head[6..12].copy_from_slice(&fib.smac);
+    head[12..14].copy_from_slice(&ETHERTYPE_IPV6);
+    head[ETH_HEADER_LEN..].copy_from_slice(&ip);
+    Ok(send(ingress, fib.ifindex))
+}
+
+/// An address as the FIB's four 32-bit words (bytes kept in wire order).
+#[inline(always)]
+fn words(addr: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]),
+        u32::from_ne_bytes([addr[4], addr[5], addr[6], addr[7]]),
+        u32::from_ne_bytes([addr[8], addr[9], addr[10], addr[11]]),
+        u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]),
+    ]
+}

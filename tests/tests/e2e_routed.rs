@@ -1,0 +1,249 @@
+//! Routed backends (`cargo xtask lab up --routed`, `forwarding = "ipip"`): the backends sit in
+//! 198.19.100.0/24 behind a router namespace, the balancer encapsulates IPv4-in-IPv4 to them and
+//! each backend decapsulates with the object's `canary_decap` program. The promotion, the
+//! error-spike rollback and flow safety behave as with `l2`; full-size requests pass with the
+//! lab's MSS clamp (`advmss 1440`) and are dropped and counted without it.
+
+mod e2e_support;
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use canary_lab::deployment::{Deployment, DeploymentSpec};
+use canary_lab::lab::{LabSpec, NETNS_IFNAME, ROUTED_ADVMSS, ROUTED_GATEWAY};
+use canary_lab::loadgen::LoadSpec;
+use canary_userspace::judge::Reason;
+use e2e_support::{cli_ok, new_conn_load, start, totals, vip, wait_status, Background};
+
+fn routed_spec(prefix: char) -> DeploymentSpec {
+    let mut spec = DeploymentSpec::new(LabSpec::unique_tag(prefix));
+    spec.lab.routed = true;
+    spec.lab.clients = 2;
+    spec.lab.stable = 2;
+    spec.lab.canary = 2;
+    spec.lab.client_extra_addresses = 20;
+    spec.syn_replace_after = "0s".into();
+    spec
+}
+
+/// `canary_xdp_packets_total{outcome=...}` from the daemon's /metrics.
+fn outcome(d: &Deployment, name: &str) -> u64 {
+    let (code, body) = d
+        .admin_http("GET", "/metrics", None, None)
+        .expect("GET /metrics");
+    assert_eq!(code, 200, "{body}");
+    let needle = format!("canary_xdp_packets_total{{outcome=\"{name}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[test]
+fn routed_canary_is_promoted_with_no_failed_request() {
+    let d = start(routed_spec('r'));
+    let mut load = new_conn_load(&d, &d.lab.clients()[0], 0, 21);
+    load.interval = Duration::from_millis(40);
+    let (status, reports) = std::thread::scope(|scope| {
+        let bg = Background::start(scope, &d, &load, Duration::from_secs(2));
+        let (s, _) = wait_status(&d, "promotion to 100%", Duration::from_mins(2), |s| {
+            s.phase == "promoted" || s.phase == "rolled_back"
+        });
+        (s, bg.finish())
+    });
+    let (requests, ok, failed, transport, http) = totals(&reports);
+    println!(
+        "phase {}: {requests} requests, {ok} ok, {failed} failed ({transport} transport, {http} \
+         HTTP); decisions {:#?}",
+        status.phase,
+        e2e_support::decisions(&status)
+    );
+    assert_eq!(status.phase, "promoted");
+    assert!(ok > 0);
+    assert_eq!(failed, 0, "no request fails during a routed promotion");
+    assert_eq!(outcome(&d, "drop_tunnel_no_route"), 0);
+    assert!(outcome(&d, "tx") > 0);
+}
+
+#[test]
+fn routed_error_spike_rolls_back() {
+    let mut spec = routed_spec('s');
+    spec.start = "paused".into();
+    spec.poll_interval = "1s".into();
+    let d = start(spec);
+    cli_ok(&d, &["set-weight", "25"]);
+    let mut load = new_conn_load(&d, &d.lab.clients()[0], 0, 21);
+    load.interval = Duration::from_millis(20);
+    let (status, reports) = std::thread::scope(|scope| {
+        let bg = Background::start(scope, &d, &load, Duration::from_secs(2));
+        std::thread::sleep(Duration::from_secs(4));
+        for k in d.lab.canary() {
+            d.fault(k, r#"{"error_rate":0.3}"#).expect("fault");
+        }
+        let (s, _) = wait_status(&d, "rollback", Duration::from_secs(20), |s| {
+            s.phase == "rolled_back"
+        });
+        (s, bg.finish())
+    });
+    let (_, ok, failed, transport, http) = totals(&reports);
+    println!("rolled back: {ok} ok, {failed} failed ({transport} transport, {http} HTTP)");
+    assert_eq!(status.phase, "rolled_back");
+    let decision = status.last_decision.as_ref().expect("a last decision");
+    assert_eq!(decision.reason, Reason::ErrorSpike);
+    assert!((status.weight_percent - 0.0).abs() < 1e-9);
+    assert_eq!(transport, 0, "only the canary's injected 500s may fail");
+}
+
+#[test]
+fn routed_keepalive_connections_stay_on_their_backend() {
+    let mut spec = routed_spec('k');
+    spec.start = "paused".into();
+    spec.rollback = "drain".into();
+    let d = start(spec);
+    cli_ok(&d, &["set-weight", "10"]);
+    let mut l = LoadSpec::new(vip(&d));
+    l.new_conns = 0;
+    l.keepalive = 200;
+    l.keepalive_interval = Duration::from_secs(1);
+    l.duration = Duration::from_secs(25);
+    l.no_reconnect = true;
+    l.timeout = Duration::from_secs(3);
+    l.sources = d.lab.clients()[0]
+        .source_addresses()
+        .into_iter()
+        .map(IpAddr::V4)
+        .collect();
+    let load = d.spawn_load(0, &l).unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    for w in ["50", "100"] {
+        cli_ok(&d, &["set-weight", w]);
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    cli_ok(&d, &["rollback"]);
+    let r = d.wait_load(load, Duration::from_mins(1)).unwrap();
+    let k = &r.keep_alive_connections;
+    println!(
+        "{} connections, {} requests, {} failed ({:?}), moved {}, broken {}",
+        k.connections, r.requests, r.failed, r.failures, k.moved, k.broken
+    );
+    assert_eq!(k.connections, 200);
+    assert_eq!(r.failed, 0, "{:?}", r.failure_samples);
+    assert_eq!(k.broken, 0);
+    assert_eq!(k.moved, 0);
+}
+
+/// POSTs a `size`-byte JSON body to the VIP from client 0 (curl); the HTTP status, or the error.
+fn large_post(d: &Deployment, size: usize, timeout_s: u64) -> Result<u16, String> {
+    let body = format!("{{\"text\":\"{}\"}}", "great movie ".repeat(size / 12));
+    let path = d.lab.state_dir().join(format!("large-{size}.json"));
+    std::fs::write(&path, body).map_err(|e| e.to_string())?;
+    let url = format!("http://{}/predict", vip(d));
+    let out = d
+        .lab
+        .output_in(
+            &d.lab.clients()[0].netns,
+            &[
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-m",
+                &timeout_s.to_string(),
+                "-w",
+                "%{http_code}",
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                &format!("@{}", path.display()),
+                &url,
+            ],
+        )
+        .map_err(|e| e.to_string())?;
+    let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if out.status.success() {
+        code.parse().map_err(|_| format!("status {code:?}"))
+    } else {
+        Err(format!(
+            "curl failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+#[test]
+fn full_size_transfers_pass_with_the_mss_clamp_and_are_counted_without_it() {
+    let d = start(routed_spec('m'));
+    // Large requests: many full-size segments from the client, each encapsulated.
+    let t = Instant::now();
+    for _ in 0..5 {
+        assert_eq!(large_post(&d, 400_000, 20), Ok(200));
+    }
+    println!("5 requests of 400 kB in {:.1?}", t.elapsed());
+    // Responses of more than one full-size segment (direct from the backends through the
+    // router, never encapsulated): the metrics page with its headers.
+    for _ in 0..10 {
+        let (code, body, _) = e2e_support::in_netns(&d.lab.clients()[0].netns, || {
+            e2e_support::http_get(vip(&d), "/metrics", Duration::from_secs(5))
+        })
+        .unwrap();
+        assert_eq!(code, 200);
+        assert!(body.len() > 1400, "metrics page of {} bytes", body.len());
+    }
+    assert_eq!(outcome(&d, "drop_tunnel_too_big"), 0);
+
+    // Without the clamp the client's 1460-byte segments would leave at 1520 bytes: dropped
+    // and counted, never silently lost.
+    let gateway = ROUTED_GATEWAY.to_string();
+    for b in d.lab.backends() {
+        d.lab
+            .exec_in(
+                &b.netns,
+                &[
+                    "ip",
+                    "route",
+                    "replace",
+                    "default",
+                    "via",
+                    &gateway,
+                    "dev",
+                    NETNS_IFNAME,
+                ],
+            )
+            .unwrap();
+    }
+    let failed = large_post(&d, 400_000, 5);
+    let too_big = outcome(&d, "drop_tunnel_too_big");
+    println!("without the clamp: {failed:?}; drop_tunnel_too_big {too_big}");
+    assert!(
+        failed.is_err(),
+        "a full-size request passed without the clamp"
+    );
+    assert!(
+        too_big > 0,
+        "the dropped full-size packets were not counted"
+    );
+
+    // The clamp back: full-size transfers pass again.
+    let advmss = ROUTED_ADVMSS.to_string();
+    for b in d.lab.backends() {
+        d.lab
+            .exec_in(
+                &b.netns,
+                &[
+                    "ip",
+                    "route",
+                    "replace",
+                    "default",
+                    "via",
+                    &gateway,
+                    "dev",
+                    NETNS_IFNAME,
+                    "advmss",
+                    &advmss,
+                ],
+            )
+            .unwrap();
+    }
+    assert_eq!(large_post(&d, 400_000, 20), Ok(200));
+}
