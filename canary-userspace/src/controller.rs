@@ -20,7 +20,9 @@ use crate::judge::FlowCounts;
 use crate::metrics::{set_counter, LatencyHistogram, Metrics};
 use crate::observe::neighbour::Neighbours;
 use crate::observe::{Health, Observation, Target, WarmUp};
-use crate::rollout::{Action, Decision, Event, Output, Phase, Poll, Rollout, StateStore};
+use crate::rollout::{
+    Action, BackendPoll, Decision, Event, Output, Phase, Poll, Rollout, StateStore,
+};
 use crate::status::{BackendStatus, GroupStatus, ServiceStatus, Status};
 use crate::upstream::{self, Series, Snapshot, Window};
 
@@ -367,10 +369,26 @@ impl<D: DataPlane> Controller<D> {
                     .collect();
                 upstream::aggregate(windows)
             };
+            let mut backends = Vec::new();
+            for g in Group::BOTH {
+                for b in svc
+                    .group(g)
+                    .filter(|b| rt.backends[&b.name].health.up == Some(true))
+                {
+                    if let Some(window) = deltas.get(&(svc.name.clone(), b.name.clone())) {
+                        backends.push(BackendPoll {
+                            group: g,
+                            backend: b.name.clone(),
+                            window: window.clone(),
+                        });
+                    }
+                }
+            }
             let poll = Poll {
                 stable: window_of(Group::Stable),
                 canary: window_of(Group::Canary),
                 flows,
+                backends,
             };
             let rt = self
                 .services

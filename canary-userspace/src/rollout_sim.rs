@@ -309,6 +309,7 @@ fn run_rollout(
                 stable: n_stable,
                 canary: n_canary,
             },
+            backends: Vec::new(),
         };
         let mut out = rollout.on_event(t, Event::Poll(poll), cfg, &params.upstream);
         if rollout.phase() == Phase::Stepping && rollout.evaluation_due(t, cfg) {

@@ -8,7 +8,8 @@ use std::time::Duration;
 use canary_common::{MAX_BACKENDS, MAX_BACKENDS_PER_GROUP, MAX_SERVICES};
 
 use super::raw::{
-    RawAdmin, RawBackend, RawConfig, RawDataplane, RawRollout, RawService, RawUpstream,
+    RawAdmin, RawBackend, RawConfig, RawDataplane, RawRollout, RawService, RawThresholds,
+    RawUpstream,
 };
 use super::{
     AdminConfig, BackendConfig, Config, DataplaneConfig, Problem, RolloutConfig, ServiceConfig,
@@ -603,8 +604,30 @@ fn rollout(
             "must be at least 1 (evaluation intervals with missing metrics before acting)",
         );
     }
-    let t = &r.thresholds;
-    let tk = format!("{rk}.thresholds");
+    let thresholds = thresholds(c, &format!("{rk}.thresholds"), &r.thresholds);
+
+    let (Some(interval), Some(poll_interval), Some(rollback), Some(start), Some(metrics_missing)) =
+        (interval, poll_interval, rollback, start, metrics_missing)
+    else {
+        return None;
+    };
+    Some(RolloutConfig {
+        steps,
+        interval,
+        poll_interval,
+        min_samples: r.min_samples,
+        warmup_requests: r.warmup_requests,
+        warmup_url,
+        rollback,
+        start,
+        metrics_missing,
+        metrics_missing_intervals: r.metrics_missing_intervals,
+        thresholds,
+    })
+}
+
+/// `[services.rollout.thresholds]`
+fn thresholds(c: &mut Checker, tk: &str, t: &RawThresholds) -> Thresholds {
     c.fraction(
         &format!("{tk}.max_error_rate_increase"),
         t.max_error_rate_increase,
@@ -621,6 +644,25 @@ fn rollout(
                 t.max_latency_increase_ms
             ),
         );
+    }
+    for (key, value, example) in [
+        (
+            "max_error_rate_ratio",
+            t.max_error_rate_ratio,
+            "1.5 for at most 1.5 times stable's error rate",
+        ),
+        (
+            "max_latency_ratio",
+            t.max_latency_ratio,
+            "1.2 for at most 1.2 times stable's latency",
+        ),
+    ] {
+        if !(value.is_finite() && (value == 0.0 || (value > 1.0 && value <= 1000.0))) {
+            c.bad(
+                format!("{tk}.{key}"),
+                format!("{value} is out of range; give a factor above 1 (canary at most that many times stable), e.g. {example}, or 0 to switch it off"),
+            );
+        }
     }
     c.fraction(
         &format!("{tk}.error_spike"),
@@ -647,31 +689,15 @@ fn rollout(
             ),
         );
     }
-
-    let (Some(interval), Some(poll_interval), Some(rollback), Some(start), Some(metrics_missing)) =
-        (interval, poll_interval, rollback, start, metrics_missing)
-    else {
-        return None;
-    };
-    Some(RolloutConfig {
-        steps,
-        interval,
-        poll_interval,
-        min_samples: r.min_samples,
-        warmup_requests: r.warmup_requests,
-        warmup_url,
-        rollback,
-        start,
-        metrics_missing,
-        metrics_missing_intervals: r.metrics_missing_intervals,
-        thresholds: Thresholds {
-            max_error_rate_increase: t.max_error_rate_increase,
-            max_latency_increase_ms: t.max_latency_increase_ms,
-            error_spike: t.error_spike,
-            max_prediction_shift: t.max_prediction_shift,
-            confidence: t.confidence,
-        },
-    })
+    Thresholds {
+        max_error_rate_increase: t.max_error_rate_increase,
+        max_error_rate_ratio: t.max_error_rate_ratio,
+        max_latency_increase_ms: t.max_latency_increase_ms,
+        max_latency_ratio: t.max_latency_ratio,
+        error_spike: t.error_spike,
+        max_prediction_shift: t.max_prediction_shift,
+        confidence: t.confidence,
+    }
 }
 
 /// `[services.upstream]`

@@ -38,20 +38,24 @@ use crate::config::{RolloutConfig, Thresholds, UpstreamConfig};
 use crate::domain::Weight;
 use crate::upstream::{Series, Window};
 
+pub mod clusters;
+mod predictions;
 mod report;
+pub mod sequential;
 mod signals;
+pub mod spike;
 mod stats;
 #[cfg(test)]
 pub(crate) mod tests;
 
+pub use clusters::Batches;
+use clusters::{above_units, design_effect, error_units, latency_units, RatioSums};
+use predictions::predictions;
 pub use report::{Judgement, Reason, Signal, SignalReport, SignalVerdict, Verdict};
-use signals::{enabled, error_rate, flow_share, latency_mean, latency_p95, predictions};
-pub use stats::alpha_at_look;
-use stats::z_upper;
-
-/// Minimum canary errors in one poll for an error spike, so one unlucky request in a quiet
-/// poll does not roll back.
-pub const SPIKE_MIN_ERRORS: u64 = 5;
+pub use sequential::{spike_level, Levels};
+use signals::{enabled, error_rate, flow_share, latency_mean, latency_p95, Look, Tolerance};
+pub use spike::{error_spike, PollErrors, SPIKE_POLLS};
+use stats::moments_ms;
 
 /// New flows the kernel sent to each group over the window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,11 +76,83 @@ impl FlowCounts {
 pub struct JudgeInput<'a> {
     pub stable: &'a Window,
     pub canary: &'a Window,
+    /// Each group's units (backend x run of polls) over the same window, for the design
+    /// effects: `[stable, canary]`.
+    pub units: [&'a Batches; 2],
     pub flows: FlowCounts,
     /// The configured canary weight over the window.
     pub weight: Weight,
-    /// 1-based index of this look among the looks of the rollout that tested.
-    pub look: u32,
+    /// 1-based index of this step window among the rollout's windows.
+    pub window: u32,
+}
+
+/// Steps below 100 %: the windows the budget is planned for.
+pub fn judged_steps(rollout: &RolloutConfig) -> u32 {
+    rollout
+        .steps
+        .iter()
+        .filter(|w| **w < Weight::FULL)
+        .count()
+        .try_into()
+        .unwrap_or(u32::MAX)
+}
+
+/// The tolerances of the error rate and of latency (mean and p95).
+fn tolerances(t: &Thresholds) -> (Tolerance, Tolerance) {
+    let ratio = |r: f64| (r > 0.0).then_some(r);
+    (
+        Tolerance {
+            absolute: t.max_error_rate_increase,
+            ratio: ratio(t.max_error_rate_ratio),
+        },
+        Tolerance {
+            absolute: t.max_latency_increase_ms,
+            ratio: ratio(t.max_latency_ratio),
+        },
+    )
+}
+
+/// Design effects `[stable, canary]` of the error rate from the window's units.
+pub fn error_design_effect(units: [&Batches; 2]) -> [f64; 2] {
+    let sums = units.map(|u| RatioSums::new(&error_units(u)));
+    let variance = |s: &RatioSums| {
+        let p = if s.n > 0.0 { s.y / s.n } else { 0.0 };
+        p * (1.0 - p)
+    };
+    design_effect([
+        (&sums[0], variance(&sums[0])),
+        (&sums[1], variance(&sums[1])),
+    ])
+}
+
+fn latency_design_effects(
+    units: [&Batches; 2],
+    stable: &crate::upstream::Histogram,
+    canary: &crate::upstream::Histogram,
+) -> ([f64; 2], [f64; 2]) {
+    // Mean: residuals of the per-unit sums against the per-request variance from buckets.
+    let sums = units.map(|u| RatioSums::new(&latency_units(u)));
+    let var = |h: &crate::upstream::Histogram| moments_ms(h).map_or(0.0, |m| m.1);
+    let mean = design_effect([(&sums[0], var(stable)), (&sums[1], var(canary))]);
+    // p95: the share of requests above the bucket bound nearest stable's p95.
+    let p95 = stable
+        .value_at_rank(0.95 * stable.count)
+        .and_then(|v| {
+            stable
+                .bounds
+                .iter()
+                .copied()
+                .min_by(|a, b| (a - v).abs().total_cmp(&(b - v).abs()))
+        })
+        .map_or([1.0, 1.0], |le| {
+            let sums = units.map(|u| RatioSums::new(&above_units(u, le)));
+            let var = |s: &RatioSums| {
+                let q = if s.n > 0.0 { s.y / s.n } else { 0.0 };
+                q * (1.0 - q)
+            };
+            design_effect([(&sums[0], var(&sums[0])), (&sums[1], var(&sums[1]))])
+        });
+    (mean, p95)
 }
 
 /// Judges one window. Pure: the same input gives the same judgement.
@@ -89,12 +165,15 @@ pub fn judge(
     let alpha = 1.0 - t.confidence;
     let (latency_on, predictions_on) = enabled(upstream);
     let mut signals = Vec::new();
-    let hold = |reason, signals| Judgement {
-        verdict: Verdict::Hold,
+    let rollback_signals = 1 + 2 * u32::from(latency_on) + u32::from(predictions_on);
+    let levels = Levels::new(alpha, input.window, judged_steps(rollout), rollback_signals);
+    let judgement = |verdict, reason, signals| Judgement {
+        verdict,
         reason,
-        look: None,
-        alpha: 0.0,
-        rollback_signals: 0,
+        window: input.window,
+        rollback_level: levels.rollback,
+        promote_level: levels.promote,
+        rollback_signals,
         signals,
     };
 
@@ -123,7 +202,7 @@ pub fn judge(
         r.verdict = SignalVerdict::Missing;
         r.note = format!("missing: {}", missing.join(", "));
         signals.push(r);
-        return hold(Reason::MetricsMissing, signals);
+        return judgement(Verdict::Hold, Reason::MetricsMissing, signals);
     }
     let get = |s: &Series<u64>| s.present().copied().unwrap_or(0);
     let (n_s, n_c) = (get(&input.stable.requests), get(&input.canary.requests));
@@ -138,23 +217,33 @@ pub fn judge(
     );
     samples.stable = Some(n_s as f64);
     samples.canary = Some(n_c as f64);
-    if n_s < rollout.min_samples || n_c < rollout.min_samples {
+    let enough = n_s >= rollout.min_samples && n_c >= rollout.min_samples;
+    if enough {
+        samples.verdict = SignalVerdict::Ok;
+    } else {
         samples.verdict = SignalVerdict::Inconclusive;
-        samples.note = "too few requests to judge yet".into();
-        signals.push(samples);
-        signals.push(flow_share(input.flows, input.weight, alpha));
-        return hold(Reason::InsufficientSamples, signals);
+        samples.note =
+            "too few requests to promote yet; strong evidence of harm still rolls back".into();
     }
-    samples.verdict = SignalVerdict::Ok;
     signals.push(samples);
+    if n_s == 0 || n_c == 0 {
+        signals.push(flow_share(input.flows, input.weight, alpha));
+        return judgement(Verdict::Hold, Reason::InsufficientSamples, signals);
+    }
 
-    let look = input.look.max(1);
-    let a_k = alpha_at_look(alpha, look);
-    let rollback_signals = 1 + 2 * u32::from(latency_on) + u32::from(predictions_on);
-    let a_r = a_k / f64::from(rollback_signals);
-    let (z_r, z_p) = (z_upper(a_r), z_upper(a_k));
-
-    signals.push(error_rate((n_s, x_s), (n_c, x_c), t, z_r, z_p));
+    let look = Look {
+        rollback: levels.rollback,
+        promote: levels.promote,
+        n_ref: rollout.min_samples.max(1) as f64,
+    };
+    let (error_tolerance, latency_tolerance) = tolerances(t);
+    signals.push(error_rate(
+        (n_s, x_s),
+        (n_c, x_c),
+        error_design_effect(input.units),
+        error_tolerance,
+        look,
+    ));
     if latency_on {
         let (Some(hs), Some(hc)) = (
             input.stable.latency.present(),
@@ -162,8 +251,9 @@ pub fn judge(
         ) else {
             unreachable!("missing latency was handled above");
         };
-        signals.push(latency_mean(hs, hc, t, z_r, z_p));
-        signals.push(latency_p95(hs, hc, t, a_r, a_k));
+        let (mean_deff, p95_deff) = latency_design_effects(input.units, hs, hc);
+        signals.push(latency_mean(hs, hc, mean_deff, latency_tolerance, look));
+        signals.push(latency_p95(hs, hc, p95_deff, latency_tolerance, look));
     }
     if predictions_on {
         let (Some(ps), Some(pc)) = (
@@ -172,7 +262,13 @@ pub fn judge(
         ) else {
             unreachable!("missing predictions were handled above");
         };
-        signals.push(predictions(ps, pc, t, a_r, a_k));
+        signals.push(predictions(
+            ps,
+            pc,
+            input.units,
+            t.max_prediction_shift,
+            look,
+        ));
     }
     signals.push(flow_share(input.flows, input.weight, alpha));
 
@@ -183,6 +279,14 @@ pub fn judge(
         .find(|s| s.verdict == SignalVerdict::Fail)
     {
         (Verdict::Rollback, fail.signal.reason())
+    } else if !enough {
+        (Verdict::Hold, Reason::InsufficientSamples)
+    } else if signals
+        .iter()
+        .filter(judged)
+        .any(|s| s.verdict == SignalVerdict::NoData)
+    {
+        (Verdict::Hold, Reason::NoData)
     } else if signals
         .iter()
         .filter(judged)
@@ -192,41 +296,5 @@ pub fn judge(
     } else {
         (Verdict::Hold, Reason::Inconclusive)
     };
-    Judgement {
-        verdict,
-        reason,
-        look: Some(look),
-        alpha: a_k,
-        rollback_signals,
-        signals,
-    }
-}
-
-/// Error spike over one poll: canary error rate above `error_spike` with at least
-/// [`SPIKE_MIN_ERRORS`] errors. `None` when the poll has no canary requests or errors are
-/// missing.
-pub fn error_spike(canary_poll: &Window, thresholds: &Thresholds) -> Option<SignalReport> {
-    let n = *canary_poll.requests.present()?;
-    let x = (*canary_poll.errors.present()?).min(n);
-    if n == 0 {
-        return None;
-    }
-    let rate = x as f64 / n as f64;
-    let mut r = SignalReport::new(
-        Signal::ErrorSpike,
-        "canary error rate over one poll",
-        0,
-        n,
-        thresholds.error_spike,
-    );
-    r.canary = Some(rate);
-    r.estimate = Some(rate);
-    r.verdict = if rate > thresholds.error_spike && x >= SPIKE_MIN_ERRORS {
-        SignalVerdict::Fail
-    } else {
-        SignalVerdict::Ok
-    };
-    r.note =
-        format!("{x} errors of {n} requests (a spike needs at least {SPIKE_MIN_ERRORS} errors)");
-    Some(r)
+    judgement(verdict, reason, signals)
 }

@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::Weight;
+use crate::domain::{Group, Weight};
 use crate::judge::{FlowCounts, Judgement, Reason};
 use crate::upstream::Window;
 
@@ -58,6 +58,18 @@ pub struct Poll {
     pub stable: Window,
     pub canary: Window,
     pub flows: FlowCounts,
+    /// The same poll per backend (the backends aggregated into `stable` and `canary`): the
+    /// judge's units for variances that survive clustering.
+    #[serde(default)]
+    pub backends: Vec<BackendPoll>,
+}
+
+/// One backend's increase over one poll.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendPoll {
+    pub group: Group,
+    pub backend: String,
+    pub window: Window,
 }
 
 /// What the controller reports.
