@@ -1,4 +1,4 @@
-//! The admin HTTP API: `GET /metrics`, `GET /status`, `GET /v1/route`, and the operator verbs
+//! The admin HTTP API, routes only: `GET /metrics`, `GET /status`, `GET /v1/route`, and the operator verbs
 //! (`POST /v1/services/{service}/{verb}`, `POST /v1/reload`).
 //!
 //! The API does no work itself: reads come from the shared status and metrics registry, and
@@ -14,72 +14,11 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::status::Status;
-
-/// An operator verb, for one service (or the only one).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "verb", rename_all = "kebab-case")]
-pub enum OperatorCommand {
-    /// Start a rollout now (the canary group must have backends).
-    Start,
-    Pause,
-    Resume,
-    /// Move to the next step, or straight to 100% with `full`.
-    Promote {
-        full: bool,
-    },
-    Rollback,
-    /// Set the canary weight by hand (percent, 0.01 resolution); pauses the rollout.
-    SetWeight {
-        percent: f64,
-    },
-    /// Which group and backend a new flow would get now.
-    Route {
-        src: SocketAddr,
-        dst: SocketAddr,
-        protocol: String,
-    },
-    /// Re-read the configuration file.
-    Reload,
-}
-
-impl OperatorCommand {
-    /// Whether the verb changes anything (and so needs the token).
-    pub fn is_mutating(&self) -> bool {
-        !matches!(self, OperatorCommand::Route { .. })
-    }
-}
-
-/// What the controller answers.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct OperatorReply {
-    pub ok: bool,
-    pub message: String,
-    /// Extra detail (e.g. the route answer).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<serde_json::Value>,
-}
-
-impl OperatorReply {
-    pub fn ok(message: impl Into<String>) -> Self {
-        OperatorReply {
-            ok: true,
-            message: message.into(),
-            detail: None,
-        }
-    }
-    pub fn refused(message: impl Into<String>) -> Self {
-        OperatorReply {
-            ok: false,
-            message: message.into(),
-            detail: None,
-        }
-    }
-}
+use crate::api::{OperatorCommand, OperatorReply, Status};
 
 /// A verb on its way to the controller, with the channel for its answer.
 #[derive(Debug)]
@@ -270,23 +209,6 @@ async fn forward(
 
 fn reply(code: StatusCode, body: OperatorReply) -> Response {
     (code, Json(body)).into_response()
-}
-
-/// Bind and serve until `shutdown` resolves.
-pub async fn serve(
-    listen: SocketAddr,
-    state: AdminState,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("cannot listen on admin.listen = {listen}: {e}; choose a free address/port"),
-        )
-    })?;
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
 }
 
 #[cfg(test)]

@@ -12,48 +12,35 @@ use anyhow::{bail, Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use crate::admin::{self, AdminState, OperatorCommand, OperatorReply, OperatorRequest};
-use crate::client::read_token;
-use crate::config::{self, Config};
-use crate::controller::Controller;
-use crate::dataplane::aya::{AyaDataPlane, Opened, Options, XdpAttachMode};
-use crate::dataplane::monotonic_ns;
-use crate::domain::XdpMode;
-use crate::metrics::Metrics;
-use crate::observe::neighbour::KernelNeighbours;
-use crate::observe::probe::{observe, BackendClient};
-use crate::observe::WarmUp;
-use crate::rollout::StateStore;
-use crate::status::Status;
+use canary_userspace::admin::{self, AdminState, OperatorRequest};
+use canary_userspace::api::{OperatorCommand, OperatorReply, Status};
+use canary_userspace::config::{load_config, read_token};
+use canary_userspace::controller::Controller;
+use canary_userspace::dataplane::aya::{AyaDataPlane, Opened, Options, XdpAttachMode};
+use canary_userspace::dataplane::monotonic_ns;
+use canary_userspace::domain::XdpMode;
+use canary_userspace::metrics::Metrics;
+use canary_userspace::observe::neighbour::KernelNeighbours;
+use canary_userspace::observe::probe::{observe, BackendClient};
+use canary_userspace::observe::WarmUp;
+use canary_userspace::rollout::StateStore;
 
 /// `canary run` options.
 #[derive(Clone, Debug)]
-pub struct RunOptions {
-    pub config: PathBuf,
-    pub bpf_object: Option<PathBuf>,
+pub(crate) struct RunOptions {
+    pub(crate) config: PathBuf,
+    pub(crate) bpf_object: Option<PathBuf>,
 }
 
 /// Wall-clock milliseconds: rollout times survive restarts.
-pub fn now_ms() -> u64 {
+fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Reads and validates a config file; errors name the file.
-pub fn read_config(path: &std::path::Path) -> Result<Config> {
-    Config::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
-}
-
-/// [`read_config`], plus the check that `dataplane.interface` exists here.
-pub fn load_config(path: &std::path::Path) -> Result<Config> {
-    let config = read_config(path)?;
-    config::check_interface(&config.dataplane.interface)?;
-    Ok(config)
-}
-
 /// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(options: RunOptions) -> Result<()> {
+pub(crate) async fn run(options: RunOptions) -> Result<()> {
     let config = load_config(&options.config)?;
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {

@@ -7,9 +7,14 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use canary_userspace::admin::OperatorCommand;
-use canary_userspace::client::{self, Endpoint};
-use canary_userspace::daemon::{self, RunOptions};
+mod cli;
+mod daemon;
+
+use canary_userspace::api::OperatorCommand;
+use canary_userspace::config::{load_config, read_config};
+use cli::client::{self, Endpoint};
+use cli::render;
+use daemon::RunOptions;
 
 #[derive(Parser)]
 #[command(
@@ -146,8 +151,8 @@ fn init_logs(format: LogFormat) {
 fn endpoint(t: &Target) -> Result<Endpoint> {
     let from_config = match &t.config {
         Some(path) => {
-            let c = daemon::read_config(path)?;
-            Some((c.admin.listen.to_string(), c.admin.token_file.clone()))
+            let c = read_config(path)?;
+            Some((c.admin.listen.to_string(), c.admin.token_file))
         }
         None => None,
     };
@@ -161,7 +166,7 @@ async fn verb(t: &Target, command: OperatorCommand) -> Result<()> {
 }
 
 fn validate(path: &Path) -> Result<()> {
-    let config = daemon::load_config(path)?;
+    let config = load_config(path)?;
     println!(
         "{}: ok ({} service{})",
         path.display(),
@@ -197,10 +202,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else if let Some(name) = &target.service {
                 let s = status.service(Some(name)).map_err(anyhow::Error::msg)?;
-                print!("{}", s.render());
+                print!("{}", render::service(s));
             } else {
                 for s in &status.services {
-                    print!("{}", s.render());
+                    print!("{}", render::service(s));
                 }
             }
             Ok(())
@@ -232,7 +237,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Reload { target } => verb(&target, OperatorCommand::Reload).await,
         Command::Detach { config, bpffs } => {
             let dir = match (config, bpffs) {
-                (Some(path), _) => daemon::read_config(&path)?.dataplane.bpffs,
+                (Some(path), _) => read_config(&path)?.dataplane.bpffs,
                 (None, Some(dir)) => dir,
                 (None, None) => PathBuf::from("/sys/fs/bpf/canary"),
             };

@@ -14,20 +14,20 @@ use clap::Args;
 use crate::setup::{self, CompilerRoute, Toolchain};
 
 /// The eBPF crate, relative to the workspace root.
-pub const EBPF_CRATE_DIR: &str = "canary-ebpf";
-pub const BPF_TARGET: &str = "bpfel-unknown-none";
+pub(crate) const EBPF_CRATE_DIR: &str = "canary-ebpf";
+pub(crate) const BPF_TARGET: &str = "bpfel-unknown-none";
 /// Name of the object file (the eBPF crate's binary).
-pub const OBJECT_NAME: &str = "canary-ebpf";
+pub(crate) const OBJECT_NAME: &str = "canary-ebpf";
 
 #[derive(Args, Debug, Clone, Copy)]
-pub struct Options {
+pub(crate) struct Options {
     /// Optimised build (the one tests, benchmarks and the embedded object use).
     #[arg(long)]
     pub release: bool,
 }
 
 /// Path of the built object: `<root>/canary-ebpf/target/bpfel-unknown-none/{release,debug}/canary-ebpf`.
-pub fn object_path(workspace_root: &Path, release: bool) -> PathBuf {
+pub(crate) fn object_path(workspace_root: &Path, release: bool) -> PathBuf {
     workspace_root
         .join(EBPF_CRATE_DIR)
         .join("target")
@@ -36,7 +36,7 @@ pub fn object_path(workspace_root: &Path, release: bool) -> PathBuf {
         .join(OBJECT_NAME)
 }
 
-pub fn run(options: Options) -> Result<()> {
+pub(crate) fn run(options: Options) -> Result<()> {
     let toolchain = setup::ensure()?;
     let object = build(&crate::workspace_root(), options.release, &toolchain)?;
     println!("{}", object.display());
@@ -44,7 +44,11 @@ pub fn run(options: Options) -> Result<()> {
 }
 
 /// Builds the object with the installed toolchain and returns its path.
-pub fn build(workspace_root: &Path, release: bool, toolchain: &Toolchain) -> Result<PathBuf> {
+pub(crate) fn build(
+    workspace_root: &Path,
+    release: bool,
+    toolchain: &Toolchain,
+) -> Result<PathBuf> {
     let crate_dir = workspace_root.join(EBPF_CRATE_DIR);
     let mut cargo = match toolchain.route {
         CompilerRoute::RustupNightly => {

@@ -41,7 +41,7 @@ const VIEW_EVERY: Duration = Duration::from_secs(1);
 const SETTLE: Duration = Duration::from_secs(3);
 
 #[derive(Args, Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// Skip set-up and builds: use the binaries already built (`CANARY_BIN_DIR` or next to xtask).
     #[arg(long)]
     pub no_build: bool,
@@ -128,7 +128,7 @@ impl Outcome {
     }
 }
 
-pub fn run(options: &Options) -> Result<()> {
+pub(crate) fn run(options: &Options) -> Result<()> {
     require_root("demo")?;
     let started = Instant::now();
     install_interrupt_handler()?;
@@ -735,7 +735,7 @@ mod tests {
         assert!(!stable_still_chosen.passed(Scenario::Healthy));
         let skipped_a_step = Outcome {
             weights: vec![10.0, 50.0, 75.0, 100.0],
-            ..promoted.clone()
+            ..promoted
         };
         assert!(!skipped_a_step.passed(Scenario::Healthy));
         let rolled_back = Outcome {

@@ -6,16 +6,16 @@ use canary_lab::lab::{Lab, LabSpec};
 use clap::{Args, Subcommand};
 
 /// Tag of the lab when none is given (names are `cnry-<tag>-...`).
-pub const DEFAULT_TAG: &str = "lab";
+pub(crate) const DEFAULT_TAG: &str = "lab";
 
 #[derive(Args, Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     #[command(subcommand)]
     pub command: LabCommand,
 }
 
 #[derive(Subcommand, Debug, Clone)]
-pub enum LabCommand {
+pub(crate) enum LabCommand {
     /// Create the lab, or complete it when it partly exists (re-running is harmless).
     Up(UpOptions),
     /// Remove the lab: processes, pins, mounts, links, namespaces, state; fails naming leftovers.
@@ -25,7 +25,7 @@ pub enum LabCommand {
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct UpOptions {
+pub(crate) struct UpOptions {
     /// Stable backend namespaces.
     #[arg(long, default_value_t = 3)]
     pub stable: usize,
@@ -40,13 +40,13 @@ pub struct UpOptions {
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct TagOption {
+pub(crate) struct TagOption {
     /// Lab tag, 1 to 6 characters of a-z and 0-9; separates labs that run side by side.
     #[arg(long, default_value = DEFAULT_TAG)]
     pub tag: String,
 }
 
-pub fn run(options: &Options) -> Result<()> {
+pub(crate) fn run(options: &Options) -> Result<()> {
     match &options.command {
         LabCommand::Up(up) => {
             require_root("lab up")?;
@@ -85,7 +85,7 @@ pub fn run(options: &Options) -> Result<()> {
 }
 
 /// Fails with the command to run instead when not root.
-pub fn require_root(what: &str) -> Result<()> {
+pub(crate) fn require_root(what: &str) -> Result<()> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!(

@@ -11,13 +11,13 @@ use clap::Args;
 use crate::{build_ebpf, setup};
 
 #[derive(Args, Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// Extra arguments for the test binaries (e.g. a test name filter).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub test_args: Vec<String>,
 }
 
-pub fn run(options: &Options) -> Result<()> {
+pub(crate) fn run(options: &Options) -> Result<()> {
     let root = crate::workspace_root();
     let toolchain = setup::ensure()?;
     let object = build_ebpf::build(&root, true, &toolchain)?;
@@ -36,7 +36,7 @@ pub fn run(options: &Options) -> Result<()> {
     if !status.success() {
         bail!("building the workspace binaries failed ({status})");
     }
-    let mut test = Command::new(cargo);
+    let mut test = Command::new(&cargo);
     test.args(["test", "--workspace", "--", "--test-threads=1"])
         .args(&options.test_args)
         .current_dir(&root);
@@ -45,6 +45,30 @@ pub fn run(options: &Options) -> Result<()> {
         .with_context(|| format!("cannot start {test:?}"))?;
     if !status.success() {
         bail!("tests failed ({status})");
+    }
+    // The judge's rollout simulator is part of the benchmark code (xtask's `bench` feature).
+    let filters: Vec<String> = if options.test_args.is_empty() {
+        vec!["bench::sim::".into()]
+    } else {
+        options.test_args.clone()
+    };
+    let mut sim = Command::new(&cargo);
+    sim.args([
+        "test",
+        "-p",
+        "xtask",
+        "--features",
+        "bench",
+        "--",
+        "--test-threads=1",
+    ])
+    .args(&filters)
+    .current_dir(&root);
+    let status = sim
+        .status()
+        .with_context(|| format!("cannot start {sim:?}"))?;
+    if !status.success() {
+        bail!("tests of the rollout simulator failed ({status})");
     }
     Ok(())
 }

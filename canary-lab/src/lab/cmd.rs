@@ -14,7 +14,7 @@ fn describe(program: &str, args: &[&str]) -> String {
 }
 
 /// Run a command; fail with its stderr when it exits non-zero.
-pub fn run(program: &str, args: &[&str]) -> Result<String, LabError> {
+pub(super) fn run(program: &str, args: &[&str]) -> Result<String, LabError> {
     let out = output(program, args)?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -28,7 +28,7 @@ pub fn run(program: &str, args: &[&str]) -> Result<String, LabError> {
 }
 
 /// Run a command and return its output whatever its exit status.
-pub fn output(program: &str, args: &[&str]) -> Result<Output, LabError> {
+pub(super) fn output(program: &str, args: &[&str]) -> Result<Output, LabError> {
     Command::new(program)
         .args(args)
         .output()
@@ -39,7 +39,7 @@ pub fn output(program: &str, args: &[&str]) -> Result<Output, LabError> {
 }
 
 /// Names of the network namespaces that exist (`ip netns list`).
-pub fn netns_list() -> Result<HashSet<String>, LabError> {
+pub(super) fn netns_list() -> Result<HashSet<String>, LabError> {
     let out = run("ip", &["netns", "list"])?;
     Ok(out
         .lines()
@@ -49,7 +49,7 @@ pub fn netns_list() -> Result<HashSet<String>, LabError> {
 }
 
 /// Names of the links in the host namespace.
-pub fn host_links() -> Result<HashSet<String>, LabError> {
+pub(super) fn host_links() -> Result<HashSet<String>, LabError> {
     Ok(std::fs::read_dir("/sys/class/net")
         .map_err(|source| LabError::Io {
             what: "list /sys/class/net".into(),
@@ -60,12 +60,12 @@ pub fn host_links() -> Result<HashSet<String>, LabError> {
         .collect())
 }
 
-pub fn host_link_exists(name: &str) -> bool {
+pub(super) fn host_link_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
 }
 
 /// Links inside a namespace.
-pub fn netns_links(netns: &str) -> Result<HashSet<String>, LabError> {
+pub(super) fn netns_links(netns: &str) -> Result<HashSet<String>, LabError> {
     let out = run("ip", &["-n", netns, "-o", "link", "show"])?;
     // `2: eth0@if5: <...` -> `eth0`
     Ok(out
@@ -76,7 +76,7 @@ pub fn netns_links(netns: &str) -> Result<HashSet<String>, LabError> {
 }
 
 /// Mount points at or below `dir` in this process's mount namespace.
-pub fn mounts_under(dir: &Path) -> Vec<std::path::PathBuf> {
+pub(super) fn mounts_under(dir: &Path) -> Vec<std::path::PathBuf> {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return Vec::new();
     };
@@ -96,7 +96,7 @@ fn unescape_mount_path(p: &str) -> String {
 }
 
 /// Write a sysctl of the host namespace directly (`net.ipv6.conf.X.disable_ipv6` style key).
-pub fn host_sysctl(key: &str, value: &str) -> Result<(), LabError> {
+pub(super) fn host_sysctl(key: &str, value: &str) -> Result<(), LabError> {
     let path = Path::new("/proc/sys").join(key.replace('.', "/"));
     std::fs::write(&path, value).map_err(|source| LabError::Io {
         what: format!("write {}", path.display()),
@@ -106,7 +106,7 @@ pub fn host_sysctl(key: &str, value: &str) -> Result<(), LabError> {
 
 /// Start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`); tells a
 /// process apart from a later one that reuses its PID.
-pub fn process_start_time(pid: u32) -> Option<u64> {
+pub(super) fn process_start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces and parentheses: fields resume after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -114,7 +114,7 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
 }
 
 /// Whether a process with this PID and start time is still alive (and not a zombie).
-pub fn process_alive(pid: u32, start_time: u64) -> bool {
+pub(super) fn process_alive(pid: u32, start_time: u64) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
@@ -126,7 +126,7 @@ pub fn process_alive(pid: u32, start_time: u64) -> bool {
 }
 
 /// Send a signal to one process by PID.
-pub fn signal(pid: u32, sig: i32) {
+pub(super) fn signal(pid: u32, sig: i32) {
     let Ok(pid) = i32::try_from(pid) else { return };
     // SAFETY: kill(2) with a positive PID signals only that process; errors (ESRCH) are ignored
     // because the process may already be gone.

@@ -82,7 +82,7 @@ fn instructions() -> [u64; 2] {
 }
 
 /// Load the pass program, attach it in native mode to `ifname` and pin the link at `pin`.
-pub fn attach(ifname: &str, pin: &Path) -> io::Result<()> {
+pub(super) fn attach(ifname: &str, pin: &Path) -> io::Result<()> {
     use std::os::fd::AsRawFd as _;
     use std::os::unix::ffi::OsStrExt as _;
 

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use super::report::{Answer, Failure, FailureKind};
 use super::LoadSpec;
 
-pub fn timeout_failure(t: Duration) -> Failure {
+pub(super) fn timeout_failure(t: Duration) -> Failure {
     Failure {
         kind: FailureKind::Timeout,
         status: None,
@@ -61,7 +61,7 @@ fn failure(kind: FailureKind, detail: impl std::fmt::Display) -> Failure {
     }
 }
 
-pub struct Connection {
+pub(super) struct Connection {
     sender: SendRequest<Full<Bytes>>,
     driver: JoinHandle<Result<(), hyper::Error>>,
     local: SocketAddr,
@@ -70,7 +70,7 @@ pub struct Connection {
 
 impl Connection {
     /// Connect from `source` (any port) or from the address the kernel picks.
-    pub async fn open(target: SocketAddr, source: Option<IpAddr>) -> Result<Self, Failure> {
+    pub(super) async fn open(target: SocketAddr, source: Option<IpAddr>) -> Result<Self, Failure> {
         let socket = if target.is_ipv4() {
             TcpSocket::new_v4()
         } else {
@@ -102,12 +102,12 @@ impl Connection {
         })
     }
 
-    pub fn local(&self) -> SocketAddr {
+    pub(super) fn local(&self) -> SocketAddr {
         self.local
     }
 
     /// One POST of `body`; `close` asks the server to close the connection after answering.
-    pub async fn request(
+    pub(super) async fn request(
         &mut self,
         spec: &LoadSpec,
         body: &str,
@@ -167,7 +167,7 @@ impl Connection {
     }
 
     /// Close our side and wait for the connection to finish.
-    pub async fn close(self) {
+    pub(super) async fn close(self) {
         drop(self.sender);
         let _ = tokio::time::timeout(Duration::from_secs(1), self.driver).await;
     }

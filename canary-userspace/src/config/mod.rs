@@ -23,6 +23,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
@@ -309,6 +310,32 @@ impl Config {
     pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
         self.services.iter().find(|s| s.name == name)
     }
+}
+
+/// Read a token file: its content, trimmed; empty is an error.
+pub fn read_token(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read token file {}", path.display()))?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        bail!(
+            "token file {} is empty; put the admin token in it",
+            path.display()
+        );
+    }
+    Ok(token)
+}
+
+/// Reads and validates a config file; errors name the file.
+pub fn read_config(path: &Path) -> anyhow::Result<Config> {
+    Config::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// [`read_config`], plus the check that `dataplane.interface` exists here.
+pub fn load_config(path: &Path) -> anyhow::Result<Config> {
+    let config = read_config(path)?;
+    check_interface(&config.dataplane.interface)?;
+    Ok(config)
 }
 
 /// Resolves `dataplane.interface` in the current network namespace, returning its ifindex.

@@ -433,3 +433,20 @@ fn interface_check_uses_this_namespace() {
             "dataplane.interface: no network interface named `nosuchif0` in this network namespace; use one listed by `ip link`"
         );
 }
+
+#[test]
+fn token_files_are_trimmed_and_must_not_be_empty() {
+    let dir = std::env::temp_dir().join(format!("canary-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good");
+    std::fs::write(&good, "abc\n").unwrap();
+    assert_eq!(read_token(&good).unwrap(), "abc");
+    let empty = dir.join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    assert!(read_token(&empty)
+        .unwrap_err()
+        .to_string()
+        .contains("empty"));
+    assert!(read_token(&dir.join("missing")).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

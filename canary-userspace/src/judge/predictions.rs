@@ -28,7 +28,7 @@ use super::signals::Look;
 use super::stats::{folded_mean_inverse, wilson};
 
 /// Classes expected fewer times than this in either group are pooled.
-pub const SPARSE_EXPECTED: f64 = 5.0;
+pub(super) const SPARSE_EXPECTED: f64 = 5.0;
 
 /// The cells of the table: each a set of classes (one class, or the pooled sparse ones).
 fn cells<'a>(

@@ -19,7 +19,7 @@ pub(super) struct Tolerance {
 
 impl Tolerance {
     /// The allowed difference when stable's value is `stable`: the tighter of the two.
-    pub fn at(self, stable: f64) -> f64 {
+    pub(super) fn at(self, stable: f64) -> f64 {
         match self.ratio {
             Some(r) if stable.is_finite() => self.absolute.min((r - 1.0) * stable.max(0.0)),
             _ => self.absolute,

@@ -195,7 +195,7 @@ fn aggregation_is_strict_and_merges_bucket_layouts() {
     assert_eq!(h.cumulative, [11.0]);
     assert_eq!(h.count, 15.0);
     assert_eq!(g.predictions.present().unwrap()["x"], 4);
-    let mut c = b.clone();
+    let mut c = b;
     c.errors = Series::Missing;
     let g = aggregate([&a, &c]);
     assert_eq!(

@@ -11,7 +11,7 @@ use canary_lab::deployment::{Deployment, DeploymentSpec};
 use canary_lab::lab::{Node, SERVICE_PORT};
 use canary_lab::loadgen::{LoadSpec, Report};
 
-pub fn require_root() {
+pub(crate) fn require_root() {
     // SAFETY: geteuid has no preconditions.
     assert!(
         unsafe { libc::geteuid() } == 0,
@@ -20,13 +20,13 @@ pub fn require_root() {
 }
 
 /// Brings the deployment up or fails the test with the reason.
-pub fn start(spec: DeploymentSpec) -> Deployment {
+pub(crate) fn start(spec: DeploymentSpec) -> Deployment {
     require_root();
     Deployment::start(spec).unwrap_or_else(|e| panic!("deployment does not start: {e}"))
 }
 
 /// Runs a `canary` CLI verb and fails the test if it fails.
-pub fn cli_ok(d: &Deployment, args: &[&str]) -> String {
+pub(crate) fn cli_ok(d: &Deployment, args: &[&str]) -> String {
     let out = d
         .cli(args)
         .unwrap_or_else(|e| panic!("canary {args:?}: {e}"));
@@ -39,12 +39,17 @@ pub fn cli_ok(d: &Deployment, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-pub fn vip(d: &Deployment) -> SocketAddr {
+pub(crate) fn vip(d: &Deployment) -> SocketAddr {
     SocketAddr::from((d.lab.vip(), SERVICE_PORT))
 }
 
 /// New connections only, bounded by `requests`, from every address of `client`.
-pub fn new_conn_load(d: &Deployment, client: &Node, requests: u64, workers: usize) -> LoadSpec {
+pub(crate) fn new_conn_load(
+    d: &Deployment,
+    client: &Node,
+    requests: u64,
+    workers: usize,
+) -> LoadSpec {
     let mut l = LoadSpec::new(vip(d));
     l.requests = Some(requests);
     l.duration = Duration::from_mins(1);
@@ -58,7 +63,7 @@ pub fn new_conn_load(d: &Deployment, client: &Node, requests: u64, workers: usiz
 }
 
 /// Runs `spec` in every client at once (seed differs per client) and returns the reports.
-pub fn load_all_clients(d: &Deployment, spec: &LoadSpec) -> Vec<Report> {
+pub(crate) fn load_all_clients(d: &Deployment, spec: &LoadSpec) -> Vec<Report> {
     let procs: Vec<_> = (0..d.lab.clients().len())
         .map(|i| {
             let mut s = spec.clone();
@@ -82,13 +87,13 @@ pub fn load_all_clients(d: &Deployment, spec: &LoadSpec) -> Vec<Report> {
 }
 
 /// Kernel new-flow counters per backend, read through the daemon's status.
-pub fn flows(d: &Deployment) -> BTreeMap<String, u64> {
+pub(crate) fn flows(d: &Deployment) -> BTreeMap<String, u64> {
     d.backend_new_flows()
         .unwrap_or_else(|e| panic!("read backend counters: {e}"))
 }
 
 /// `after - before` per backend.
-pub fn flow_delta(
+pub(crate) fn flow_delta(
     before: &BTreeMap<String, u64>,
     after: &BTreeMap<String, u64>,
 ) -> BTreeMap<String, u64> {
@@ -99,7 +104,7 @@ pub fn flow_delta(
 }
 
 /// Sum of the counters of backends whose name starts with `prefix` (`s` stable, `k` canary).
-pub fn group_sum(m: &BTreeMap<String, u64>, prefix: &str) -> u64 {
+pub(crate) fn group_sum(m: &BTreeMap<String, u64>, prefix: &str) -> u64 {
     m.iter()
         .filter(|(k, _)| k.starts_with(prefix))
         .map(|(_, v)| v)
@@ -107,12 +112,12 @@ pub fn group_sum(m: &BTreeMap<String, u64>, prefix: &str) -> u64 {
 }
 
 /// Waits for the daemon to publish counters newer than `since` (one poll later, plus margin).
-pub fn settle_counters() {
+pub(crate) fn settle_counters() {
     std::thread::sleep(Duration::from_millis(2200));
 }
 
 /// Polls the first service's status until `pred`, failing the test with the daemon log.
-pub fn wait_status(
+pub(crate) fn wait_status(
     d: &Deployment,
     what: &str,
     timeout: Duration,
@@ -126,7 +131,7 @@ pub fn wait_status(
 }
 
 /// The decisions in the status, as `action/reason: message` lines.
-pub fn decisions(status: &serde_json::Value) -> Vec<String> {
+pub(crate) fn decisions(status: &serde_json::Value) -> Vec<String> {
     status["events"]
         .as_array()
         .map(|es| {
@@ -138,12 +143,12 @@ pub fn decisions(status: &serde_json::Value) -> Vec<String> {
 }
 
 /// Failures that are not an HTTP status from the backend (connect, reset, timeout, ...).
-pub fn transport_failures(r: &Report) -> u64 {
+pub(crate) fn transport_failures(r: &Report) -> u64 {
     let f = &r.failures;
     f.connect + f.reset + f.timeout + f.closed + f.invalid_body + f.other
 }
 
-pub fn merge_versions(reports: &[Report]) -> BTreeMap<String, u64> {
+pub(crate) fn merge_versions(reports: &[Report]) -> BTreeMap<String, u64> {
     let mut m = BTreeMap::new();
     for r in reports {
         for (k, v) in &r.versions {
@@ -155,13 +160,13 @@ pub fn merge_versions(reports: &[Report]) -> BTreeMap<String, u64> {
 
 /// Load in the background, in chunks of `chunk`, from every client until dropped or stopped;
 /// the reports of all chunks are kept.
-pub struct Background<'a> {
+pub(crate) struct Background<'a> {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     handles: Vec<std::thread::ScopedJoinHandle<'a, Vec<Report>>>,
 }
 
 impl<'a> Background<'a> {
-    pub fn start(
+    pub(crate) fn start(
         scope: &'a std::thread::Scope<'a, '_>,
         d: &'a Deployment,
         spec: &LoadSpec,
@@ -198,7 +203,7 @@ impl<'a> Background<'a> {
     }
 
     /// Stops after the running chunks and returns every chunk's report.
-    pub fn finish(self) -> Vec<Report> {
+    pub(crate) fn finish(self) -> Vec<Report> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.handles
             .into_iter()
@@ -208,7 +213,7 @@ impl<'a> Background<'a> {
 }
 
 /// Totals of several reports: requests, ok, failed, transport failures, HTTP status failures.
-pub fn totals(reports: &[Report]) -> (u64, u64, u64, u64, u64) {
+pub(crate) fn totals(reports: &[Report]) -> (u64, u64, u64, u64, u64) {
     reports.iter().fold((0, 0, 0, 0, 0), |a, r| {
         (
             a.0 + r.requests,

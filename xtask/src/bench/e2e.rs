@@ -18,10 +18,9 @@ use serde::Serialize;
 
 use super::install;
 use super::labkit::{self, BpfStats, WrkResult};
-use super::measure::heading;
 use super::procstat;
 use super::proxies::{self, Upstream};
-use super::report::{bench_dir, table, Machine, Section};
+use super::report::{bench_dir, heading, table, Machine, Section};
 use super::stats::{median, verdict};
 
 const ROUNDS: usize = 5;
@@ -215,7 +214,7 @@ fn measure(
     })
 }
 
-pub fn run() -> Result<Section> {
+pub(super) fn run() -> Result<Section> {
     let machine = Machine::current();
     let venv = install::ensure_venv(&bench_dir())?;
     let _stats = BpfStats::enable()?;

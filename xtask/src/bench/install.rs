@@ -7,7 +7,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 /// (executable, Debian package providing it).
-pub const DEBIAN: [(&str, &str); 5] = [
+pub(super) const DEBIAN: [(&str, &str); 5] = [
     ("/usr/sbin/nginx", "nginx-light"),
     (
         "/usr/lib/nginx/modules/ngx_stream_module.so",
@@ -20,10 +20,10 @@ pub const DEBIAN: [(&str, &str); 5] = [
 
 /// `PyPI` packages of the application router.
 /// `uvicorn[standard]` (uvloop, httptools) as the `FastAPI` documentation recommends for serving.
-pub const PYPI: [&str; 3] = ["fastapi", "uvicorn[standard]", "httpx"];
+pub(super) const PYPI: [&str; 3] = ["fastapi", "uvicorn[standard]", "httpx"];
 
 /// Installs the Debian packages whose file is missing.
-pub fn ensure_debian() -> Result<()> {
+pub(super) fn ensure_debian() -> Result<()> {
     let missing: Vec<&str> = DEBIAN
         .iter()
         .filter(|(path, _)| !Path::new(path).exists())
@@ -58,7 +58,7 @@ pub fn ensure_debian() -> Result<()> {
 }
 
 /// `target/bench/venv` with the router's packages; returns its directory.
-pub fn ensure_venv(bench_dir: &Path) -> Result<PathBuf> {
+pub(super) fn ensure_venv(bench_dir: &Path) -> Result<PathBuf> {
     let venv = bench_dir.join("venv");
     let python = venv.join("bin/python");
     let imports = || {

@@ -2,17 +2,15 @@
 
 use std::fmt::Write as _;
 
-use canary_userspace::rollout_sim::{simulate, Scenario, ScenarioReport, SimParams};
-
-use super::measure::heading;
-use super::report::{table, Machine, Section};
+use super::report::{heading, table, Machine, Section};
+use super::sim::{simulate, Scenario, ScenarioReport, SimParams};
 use super::stats::verdict;
 
 /// Rollouts per scenario.
-pub const ROLLOUTS: usize = 1000;
+pub(super) const ROLLOUTS: usize = 1000;
 const SEED: u64 = 20_240_601;
 
-pub fn run() -> Section {
+pub(super) fn run() -> Section {
     let machine = Machine::current();
     let params = SimParams::default();
     let scenarios = Scenario::standard();

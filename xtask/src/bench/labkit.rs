@@ -11,11 +11,12 @@ use canary_lab::lab::Lab;
 use serde::Serialize;
 
 /// Body of every benchmark request (a short text for the model's classifier).
-pub const PREDICT_BODY: &str = r#"{"text":"the service was quick and the staff were friendly"}"#;
+pub(super) const PREDICT_BODY: &str =
+    r#"{"text":"the service was quick and the staff were friendly"}"#;
 
 /// Namespace-local TCP settings for load with many short connections: a wide port range and
 /// `TIME_WAIT` reuse, so that a run does not starve the next of ports.
-pub fn tune_netns(lab: &Lab, netns: &str) -> Result<()> {
+pub(super) fn tune_netns(lab: &Lab, netns: &str) -> Result<()> {
     lab.exec_in(
         netns,
         &[
@@ -32,7 +33,12 @@ pub fn tune_netns(lab: &Lab, netns: &str) -> Result<()> {
 }
 
 /// Waits until `POST /predict` on `target` answers 200 from `netns`.
-pub fn wait_http(lab: &Lab, netns: &str, target: SocketAddr, timeout: Duration) -> Result<()> {
+pub(super) fn wait_http(
+    lab: &Lab,
+    netns: &str,
+    target: SocketAddr,
+    timeout: Duration,
+) -> Result<()> {
     let start = Instant::now();
     let url = format!("http://{target}/predict");
     loop {
@@ -64,14 +70,14 @@ pub fn wait_http(lab: &Lab, netns: &str, target: SocketAddr, timeout: Duration) 
 
 /// Turns on `kernel.bpf_stats_enabled` (programs' run time and count) and restores the
 /// previous value when dropped.
-pub struct BpfStats {
+pub(super) struct BpfStats {
     previous: String,
 }
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 impl BpfStats {
-    pub fn enable() -> Result<Self> {
+    pub(super) fn enable() -> Result<Self> {
         let previous = std::fs::read_to_string(BPF_STATS)
             .with_context(|| format!("read {BPF_STATS}"))?
             .trim()
@@ -88,7 +94,7 @@ impl Drop for BpfStats {
 }
 
 /// Id of the XDP program attached to `ifname` in `netns`.
-pub fn xdp_prog_id(lab: &Lab, netns: &str, ifname: &str) -> Result<u64> {
+pub(super) fn xdp_prog_id(lab: &Lab, netns: &str, ifname: &str) -> Result<u64> {
     let out = lab.exec_in(netns, &["ip", "-j", "-d", "link", "show", "dev", ifname])?;
     let v: serde_json::Value = serde_json::from_str(&out).context("parse `ip -j link` output")?;
     find_prog_id(&v[0]["xdp"])
@@ -108,12 +114,12 @@ fn find_prog_id(v: &serde_json::Value) -> Option<u64> {
 
 /// A program's cumulative run time and run count (`kernel.bpf_stats_enabled` must be on).
 #[derive(Clone, Copy, Debug, Default, Serialize)]
-pub struct ProgStats {
+pub(super) struct ProgStats {
     pub run_time_ns: u64,
     pub run_cnt: u64,
 }
 
-pub fn prog_stats(id: u64) -> Result<ProgStats> {
+pub(super) fn prog_stats(id: u64) -> Result<ProgStats> {
     let out = std::process::Command::new("bpftool")
         .args(["prog", "show", "id", &id.to_string(), "--json"])
         .output()
@@ -133,7 +139,7 @@ pub fn prog_stats(id: u64) -> Result<ProgStats> {
 
 /// What one `wrk` run measured.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct WrkResult {
+pub(super) struct WrkResult {
     pub requests: u64,
     pub seconds: f64,
     pub errors: u64,
@@ -144,14 +150,14 @@ pub struct WrkResult {
 }
 
 impl WrkResult {
-    pub fn requests_per_second(&self) -> f64 {
+    pub(super) fn requests_per_second(&self) -> f64 {
         self.requests as f64 / self.seconds.max(1e-9)
     }
 }
 
 /// The `wrk` script: POST /predict, optionally closing every connection after one request,
 /// and a machine-readable summary line.
-pub fn wrk_script(close: bool) -> String {
+pub(super) fn wrk_script(close: bool) -> String {
     let mut s = String::new();
     s.push_str("wrk.method = \"POST\"\n");
     let _ = writeln!(s, "wrk.body = '{PREDICT_BODY}'");
@@ -171,7 +177,7 @@ pub fn wrk_script(close: bool) -> String {
 }
 
 /// Runs `wrk` in `netns` against `url` and reads its summary and CPU time.
-pub fn run_wrk(
+pub(super) fn run_wrk(
     lab: &Lab,
     netns: &str,
     script: &Path,
@@ -197,7 +203,7 @@ pub fn run_wrk(
 }
 
 /// Parses the `WRKJSON` line and the children line of `times`.
-pub fn parse_wrk(text: &str) -> Result<WrkResult> {
+pub(super) fn parse_wrk(text: &str) -> Result<WrkResult> {
     let json = text
         .lines()
         .find_map(|l| l.strip_prefix("WRKJSON "))

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use super::Target;
 use crate::{build_ebpf, setup};
 
-pub fn run(target: Target) -> Result<()> {
+pub(super) fn run(target: Target) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("benchmarks need root (network namespaces, XDP, BPF statistics): run `cargo xtask bench` as root");

@@ -2,10 +2,10 @@
 
 use anyhow::{anyhow, Result};
 
-use super::report::{self, Machine};
+use super::report;
 use super::{e2e, install, judge, rollout, scale, xdp, Target};
 
-pub fn run(target: Target) -> Result<()> {
+pub(super) fn run(target: Target) -> Result<()> {
     let targets: Vec<Target> = match target {
         Target::All => vec![
             Target::Xdp,
@@ -62,11 +62,6 @@ fn ensure_benchmarks_md() -> Result<()> {
         )
     })?;
     report::replace_results(&text, "").map(drop)
-}
-
-/// The heading and machine line every fragment starts with.
-pub fn heading(title: &str, machine: &Machine) -> String {
-    format!("### {title}\n\n{}\n\n", machine.line())
 }
 
 /// Allows this thread on every CPU again.

@@ -32,13 +32,15 @@ mod rollout;
 #[cfg(feature = "bench")]
 mod scale;
 #[cfg(feature = "bench")]
+mod sim;
+#[cfg(feature = "bench")]
 mod stats;
 #[cfg(feature = "bench")]
 mod xdp;
 
 /// Which benchmark to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Target {
+pub(crate) enum Target {
     /// Per-packet cost of the XDP program (`BPF_PROG_TEST_RUN`).
     Xdp,
     /// Request path through the XDP balancer vs nginx, `HAProxy` and a `FastAPI` router.
@@ -54,7 +56,7 @@ pub enum Target {
 }
 
 impl Target {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Target::Xdp => "xdp",
             Target::E2e => "e2e",
@@ -67,13 +69,13 @@ impl Target {
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// The benchmark to run.
     #[arg(value_enum, default_value = "all")]
     pub target: Target,
 }
 
-pub fn run(options: &Options) -> anyhow::Result<()> {
+pub(crate) fn run(options: &Options) -> anyhow::Result<()> {
     #[cfg(feature = "bench")]
     {
         measure::run(options.target)

@@ -21,7 +21,7 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
 }
 
 /// User plus system CPU time of one process (its threads included, children not).
-pub fn cpu_time(pid: u32) -> Option<Duration> {
+pub(super) fn cpu_time(pid: u32) -> Option<Duration> {
     let f = stat_fields(pid)?;
     // After the name: state(0) ppid(1) ... utime(11) stime(12).
     let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
@@ -33,7 +33,7 @@ fn parent(pid: u32) -> Option<u32> {
 }
 
 /// `root` and every live descendant.
-pub fn tree(root: u32) -> Vec<u32> {
+pub(super) fn tree(root: u32) -> Vec<u32> {
     let all: Vec<(u32, u32)> = std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -53,12 +53,12 @@ pub fn tree(root: u32) -> Vec<u32> {
 
 /// CPU time of a process tree now (processes that already exited are not counted: take
 /// readings while the tree runs).
-pub fn tree_cpu_time(root: u32) -> Duration {
+pub(super) fn tree_cpu_time(root: u32) -> Duration {
     tree(root).into_iter().filter_map(cpu_time).sum()
 }
 
 /// Resident set size in bytes.
-pub fn rss_bytes(pid: u32) -> Option<u64> {
+pub(super) fn rss_bytes(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: u64 = text
         .lines()
@@ -72,7 +72,7 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
 
 /// Busy and total clock ticks of all CPUs since boot (`/proc/stat`; idle and iowait count as
 /// not busy).
-pub fn machine_ticks() -> Option<(u64, u64)> {
+pub(super) fn machine_ticks() -> Option<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/stat").ok()?;
     let line = text.lines().find(|l| l.starts_with("cpu "))?;
     let v: Vec<u64> = line
@@ -86,7 +86,7 @@ pub fn machine_ticks() -> Option<(u64, u64)> {
 }
 
 /// Percent of all CPUs busy between two `machine_ticks` readings.
-pub fn busy_percent(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> f64 {
+pub(super) fn busy_percent(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> f64 {
     match (before, after) {
         (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => 100.0 * (b1 - b0) as f64 / (t1 - t0) as f64,
         _ => f64::NAN,

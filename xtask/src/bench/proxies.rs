@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// One upstream server and its integer weight.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Upstream {
+pub(super) struct Upstream {
     pub name: String,
     pub address: SocketAddrV4,
     pub canary: bool,
@@ -18,14 +18,14 @@ pub struct Upstream {
 /// Integer weights giving the canary group `canary_percent` of new connections, split evenly
 /// inside each group: stable servers share `100 - p`, canary servers share `p` (scaled so
 /// that every weight is a whole number).
-pub fn weights(stable: usize, canary: usize, canary_percent: u32) -> (u32, u32) {
+pub(super) fn weights(stable: usize, canary: usize, canary_percent: u32) -> (u32, u32) {
     let (s, c) = (stable.max(1) as u32, canary.max(1) as u32);
     // Weight per stable server = (100 - p) * c, per canary server = p * s: the group totals
     // are then (100 - p) * s * c and p * s * c.
     ((100 - canary_percent) * c, canary_percent * s)
 }
 
-pub fn nginx_conf(listen: SocketAddrV4, upstreams: &[Upstream], dir: &str) -> String {
+pub(super) fn nginx_conf(listen: SocketAddrV4, upstreams: &[Upstream], dir: &str) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
@@ -51,7 +51,7 @@ pub fn nginx_conf(listen: SocketAddrV4, upstreams: &[Upstream], dir: &str) -> St
     t
 }
 
-pub fn haproxy_cfg(listen: SocketAddrV4, upstreams: &[Upstream]) -> String {
+pub(super) fn haproxy_cfg(listen: SocketAddrV4, upstreams: &[Upstream]) -> String {
     let mut t = String::new();
     let _ = writeln!(t, "global");
     let _ = writeln!(t, "    nbthread 2");
@@ -75,7 +75,7 @@ pub fn haproxy_cfg(listen: SocketAddrV4, upstreams: &[Upstream]) -> String {
 
 /// The application router: the usual `FastAPI` canary pattern (pick v2 with probability
 /// `CANARY_WEIGHT`, else v1; forward the request with a shared httpx client).
-pub const ROUTER_PY: &str = r#"import os
+pub(super) const ROUTER_PY: &str = r#"import os
 import random
 
 import httpx
@@ -102,7 +102,7 @@ async def route(path: str, request: Request):
 "#;
 
 /// `ROUTER_V1` / `ROUTER_V2` values: comma-separated `ip:port` of each group.
-pub fn router_groups(upstreams: &[Upstream]) -> (String, String) {
+pub(super) fn router_groups(upstreams: &[Upstream]) -> (String, String) {
     let join = |canary: bool| {
         upstreams
             .iter()
@@ -115,7 +115,7 @@ pub fn router_groups(upstreams: &[Upstream]) -> (String, String) {
 }
 
 /// Listening addresses of the peers on the load balancer (its own address, not the VIP).
-pub fn peer_listen(lb: Ipv4Addr, port: u16) -> SocketAddrV4 {
+pub(super) fn peer_listen(lb: Ipv4Addr, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(lb, port)
 }
 

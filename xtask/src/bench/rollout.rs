@@ -21,8 +21,7 @@ use canary_lab::loadgen::{LoadSpec, Report};
 use serde::Serialize;
 
 use super::labkit;
-use super::measure::heading;
-use super::report::{table, Machine, Section};
+use super::report::{heading, table, Machine, Section};
 use super::stats::{summary, verdict, Summary};
 
 const TRIALS: usize = 5;
@@ -240,7 +239,7 @@ fn promotion_under_load(flow_table: bool) -> Result<Vec<PromotionTrial>> {
     Ok(trials)
 }
 
-pub fn run() -> Result<Section> {
+pub(super) fn run() -> Result<Section> {
     let machine = Machine::current();
     let fault = fault_reaction().context("fault reaction")?;
 

@@ -16,9 +16,8 @@ use canary_tests::scenario::{Scenario, ServiceSpec};
 use canary_tests::xdp::{error_chain, pin_to_cpu, Dataplane, LoadOptions, XDP_TX};
 use serde::Serialize;
 
-use super::measure::heading;
 use super::procstat;
-use super::report::{table, Machine, Section};
+use super::report::{heading, table, Machine, Section};
 use super::stats::{summary, Summary};
 
 const TABLE_SIZES: [u32; 3] = [1 << 16, 1 << 20, 1 << 22];
@@ -325,7 +324,7 @@ fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
 }
 
-pub fn run() -> Result<Section> {
+pub(super) fn run() -> Result<Section> {
     let machine = Machine::current();
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let pinned = pin_to_cpu(usize::from(cpus > 1)).is_ok();

@@ -4,13 +4,13 @@ use serde::Serialize;
 
 /// Median, min and max of a set of samples.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-pub struct Summary {
+pub(super) struct Summary {
     pub median: f64,
     pub min: f64,
     pub max: f64,
 }
 
-pub fn median(samples: &[f64]) -> f64 {
+pub(super) fn median(samples: &[f64]) -> f64 {
     let mut sorted: Vec<f64> = samples.iter().copied().filter(|v| !v.is_nan()).collect();
     sorted.sort_by(f64::total_cmp);
     match sorted.len() {
@@ -20,7 +20,7 @@ pub fn median(samples: &[f64]) -> f64 {
     }
 }
 
-pub fn summary(samples: &[f64]) -> Summary {
+pub(super) fn summary(samples: &[f64]) -> Summary {
     Summary {
         median: median(samples),
         min: samples.iter().copied().fold(f64::INFINITY, f64::min),
@@ -29,7 +29,7 @@ pub fn summary(samples: &[f64]) -> Summary {
 }
 
 /// "met" / "MISSED" for a target check.
-pub fn verdict(met: bool) -> &'static str {
+pub(super) fn verdict(met: bool) -> &'static str {
     if met {
         "met"
     } else {

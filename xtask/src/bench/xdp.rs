@@ -3,12 +3,11 @@
 use anyhow::{anyhow, Result};
 use std::fmt::Write as _;
 
-use super::measure::heading;
-use super::report::{Machine, Section};
+use super::report::{heading, Machine, Section};
 use super::stats::verdict;
 use canary_tests::bench_xdp::{self, BenchOptions};
 
-pub fn run() -> Result<Section> {
+pub(super) fn run() -> Result<Section> {
     let machine = Machine::current();
     let report = bench_xdp::run(BenchOptions::default())
         .map_err(|e| anyhow!("{}", bench_xdp::describe(&e)))?;

@@ -14,15 +14,15 @@ use rand_distr::{Binomial, Distribution, Poisson, StandardNormal};
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, Normal};
 
-use crate::config::{RolloutConfig, UpstreamConfig};
-use crate::domain::Weight;
-use crate::judge::{FlowCounts, Reason};
-use crate::rollout::{DecisionAction, Event, Phase, Poll, Rollout};
-use crate::upstream::{Histogram, Series, Window};
+use canary_userspace::config::{RolloutConfig, UpstreamConfig};
+use canary_userspace::domain::Weight;
+use canary_userspace::judge::{FlowCounts, Reason};
+use canary_userspace::rollout::{DecisionAction, Event, Phase, Poll, Rollout};
+use canary_userspace::upstream::{Histogram, Series, Window};
 
 /// How the canary differs from stable.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Scenario {
+pub(super) struct Scenario {
     pub name: String,
     /// Added to the base error rate (0.02 = +2 percentage points).
     pub error_increase: f64,
@@ -34,7 +34,7 @@ pub struct Scenario {
 
 impl Scenario {
     /// A/A, +2 and +5 percentage points of errors, +50 ms, 60/40 -> 80/20 predictions.
-    pub fn standard() -> Vec<Scenario> {
+    pub(super) fn standard() -> Vec<Scenario> {
         let s = |name: &str, e, l, p| Scenario {
             name: name.to_string(),
             error_increase: e,
@@ -49,18 +49,11 @@ impl Scenario {
             s("predictions 60/40 -> 80/20", 0.0, 0.0, Some(0.8)),
         ]
     }
-
-    /// Whether the canary is identical to stable (a rollback is a false alarm).
-    pub fn is_identical(&self) -> bool {
-        self.error_increase == 0.0
-            && self.latency_increase_ms == 0.0
-            && self.canary_first_class_share.is_none()
-    }
 }
 
 /// The simulated service and its rollout settings.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct SimParams {
+pub(super) struct SimParams {
     /// Total requests per second over both groups (one request per new flow).
     pub requests_per_second: f64,
     pub base_error_rate: f64,
@@ -97,7 +90,7 @@ impl Default for SimParams {
 
 /// How one simulated rollout ended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RolloutResult {
+pub(super) struct RolloutResult {
     pub outcome: Phase,
     pub reason: Option<Reason>,
     /// Canary weight when it was rolled back (before the rollback).
@@ -109,7 +102,7 @@ pub struct RolloutResult {
 
 /// Summary of a scenario over many rollouts.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ScenarioReport {
+pub(super) struct ScenarioReport {
     pub scenario: String,
     pub rollouts: usize,
     pub promoted: usize,
@@ -258,7 +251,12 @@ fn poisson(rng: &mut StdRng, mean: f64) -> u64 {
 }
 
 /// Runs one rollout from the first step to its end (or `max_seconds`).
-pub fn simulate_rollout(scenario: &Scenario, params: &SimParams, seed: u64) -> RolloutResult {
+#[cfg(test)]
+pub(super) fn simulate_rollout(
+    scenario: &Scenario,
+    params: &SimParams,
+    seed: u64,
+) -> RolloutResult {
     let (stable, canary) = models(scenario, params);
     run_rollout(&stable, &canary, params, seed)
 }
@@ -348,7 +346,7 @@ fn quantile(values: &mut [f64], q: f64) -> Option<f64> {
 
 /// Runs `rollouts` seeded rollouts of one scenario and summarises them. Rollout `i` uses
 /// seed `seed + i`, so results are reproducible and scenarios share their traffic draws.
-pub fn simulate(
+pub(super) fn simulate(
     scenario: &Scenario,
     params: &SimParams,
     rollouts: usize,
@@ -395,14 +393,6 @@ pub fn simulate(
         seconds_to_promotion_p90: quantile(&mut to_promotion, 0.9),
         rollback_reasons: reasons,
     }
-}
-
-/// [`simulate`] for every [`Scenario::standard`] scenario.
-pub fn simulate_standard(params: &SimParams, rollouts: usize, seed: u64) -> Vec<ScenarioReport> {
-    Scenario::standard()
-        .iter()
-        .map(|s| simulate(s, params, rollouts, seed))
-        .collect()
 }
 
 #[cfg(test)]

@@ -5,23 +5,23 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::admin::{OperatorCommand, OperatorReply};
-use crate::status::Status;
+use canary_userspace::api::{OperatorCommand, OperatorReply, Status};
+use canary_userspace::config::read_token;
 
 /// Default admin address when neither `--admin` nor `--config` is given.
-pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9100";
+pub(crate) const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9100";
 
 /// How to reach the daemon.
 #[derive(Clone, Debug)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// Base URL, without a trailing slash.
-    pub url: String,
-    pub token: Option<String>,
+    pub(crate) url: String,
+    pub(crate) token: Option<String>,
 }
 
 impl Endpoint {
     /// `--admin`/`--token-file` win; otherwise the config file's `admin.listen`/`token_file`.
-    pub fn resolve(
+    pub(crate) fn resolve(
         admin: Option<&str>,
         token_file: Option<&Path>,
         config_admin: Option<(String, Option<PathBuf>)>,
@@ -39,20 +39,6 @@ impl Endpoint {
     }
 }
 
-/// Read a token file: its content, trimmed; empty is an error.
-pub fn read_token(path: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read token file {}", path.display()))?;
-    let token = text.trim().to_string();
-    if token.is_empty() {
-        bail!(
-            "token file {} is empty; put the admin token in it",
-            path.display()
-        );
-    }
-    Ok(token)
-}
-
 fn http() -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -68,7 +54,7 @@ fn unreachable(endpoint: &Endpoint, e: &reqwest::Error) -> anyhow::Error {
 }
 
 /// `GET /status`.
-pub async fn status(endpoint: &Endpoint) -> Result<Status> {
+pub(crate) async fn status(endpoint: &Endpoint) -> Result<Status> {
     let response = http()?
         .get(format!("{}/status", endpoint.url))
         .send()
@@ -84,7 +70,7 @@ pub async fn status(endpoint: &Endpoint) -> Result<Status> {
 }
 
 /// Send an operator verb; an `Err` carries the daemon's explanation.
-pub async fn command(
+pub(crate) async fn command(
     endpoint: &Endpoint,
     service: Option<&str>,
     command: &OperatorCommand,
@@ -161,22 +147,5 @@ mod tests {
         )
         .unwrap();
         assert_eq!(e.url, "http://198.18.0.1:9100");
-    }
-
-    #[test]
-    fn token_files_are_trimmed_and_must_not_be_empty() {
-        let dir = std::env::temp_dir().join(format!("canary-token-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let good = dir.join("good");
-        std::fs::write(&good, "abc\n").unwrap();
-        assert_eq!(read_token(&good).unwrap(), "abc");
-        let empty = dir.join("empty");
-        std::fs::write(&empty, "\n").unwrap();
-        assert!(read_token(&empty)
-            .unwrap_err()
-            .to_string()
-            .contains("empty"));
-        assert!(read_token(&dir.join("missing")).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

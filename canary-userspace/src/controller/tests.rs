@@ -8,12 +8,12 @@ use std::sync::{Arc, RwLock};
 use canary_common::{BACKEND_FLAG_UP, GROUP_CANARY, GROUP_STABLE};
 
 use super::*;
+use crate::api::{OperatorCommand, Status};
 use crate::config::Config;
 use crate::dataplane::fake::FakeDataPlane;
 use crate::metrics::Metrics;
 use crate::observe::probe::Probe;
 use crate::rollout::Phase;
-use crate::status::Status;
 
 const BOUNDS: [f64; 8] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
@@ -604,7 +604,7 @@ fn reload_refuses_dataplane_changes_and_keeps_the_running_config() {
         .unwrap_err();
     assert!(err.to_string().contains("[dataplane]"), "{err}");
     assert_eq!(
-        sim.c.config().dataplane.heartbeat_timeout,
+        sim.c.dataplane_config().heartbeat_timeout,
         std::time::Duration::from_secs(30)
     );
 }

@@ -1,0 +1,125 @@
+//! `canary status` as text.
+
+use std::fmt::Write as _;
+
+use canary_userspace::api::ServiceStatus;
+
+fn opt(v: Option<f64>, scale: f64, digits: usize) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{:.*}", digits, v * scale))
+}
+
+/// A service as a readable multi-line table (`canary status`).
+pub(crate) fn service(s: &ServiceStatus) -> String {
+    let mut out = String::new();
+    let step = match s.step {
+        Some(i) => format!("{}/{}", i + 1, s.steps.len()),
+        None => "-".to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "service {} ({} {})  phase {}{}  step {}  weight {:.2}%  measured {}",
+        s.name,
+        s.protocol,
+        s.vip,
+        s.phase,
+        if s.paused { " (paused)" } else { "" },
+        step,
+        s.weight_percent,
+        s.measured_canary_share
+            .map_or_else(|| "-".to_string(), |s| format!("{:.2}%", s * 100.0)),
+    );
+    let _ = writeln!(
+        out,
+        "  {:<7} {:>9} {:>8} {:>9} {:>9} {:>9}  predictions",
+        "group", "requests", "errors", "err%", "mean ms", "p95 ms"
+    );
+    for g in &s.groups {
+        let preds: Vec<String> = g
+            .predictions
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {:<7} {:>9} {:>8} {:>9} {:>9} {:>9}  {}",
+            g.group,
+            g.requests,
+            g.errors,
+            opt(g.error_rate, 100.0, 2),
+            opt(g.latency_mean_seconds, 1000.0, 1),
+            opt(g.latency_p95_seconds, 1000.0, 1),
+            preds.join(" "),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  {:<12} {:<7} {:<16} {:<5} {:>10} {:>9}",
+        "backend", "group", "address", "up", "packets", "flows"
+    );
+    for b in &s.backends {
+        let _ = writeln!(
+            out,
+            "  {:<12} {:<7} {:<16} {:<5} {:>10} {:>9}{}",
+            b.name,
+            b.group,
+            b.address,
+            if b.up { "yes" } else { "no" },
+            b.packets,
+            b.new_flows,
+            b.down_reason
+                .as_ref()
+                .map(|r| format!("  ({r})"))
+                .unwrap_or_default(),
+        );
+    }
+    if let Some(d) = &s.last_decision {
+        let _ = writeln!(out, "  last decision: {d}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use canary_userspace::api::{BackendStatus, GroupStatus};
+
+    use super::*;
+
+    #[test]
+    fn render_shows_groups_backends_and_decision() {
+        let s = ServiceStatus {
+            name: "sentiment".into(),
+            vip: "198.18.0.100:8080".into(),
+            protocol: "tcp".into(),
+            phase: "stepping".into(),
+            step: Some(1),
+            steps: vec![10.0, 25.0, 50.0, 75.0, 100.0],
+            weight_percent: 25.0,
+            measured_canary_share: Some(0.2512),
+            groups: vec![GroupStatus {
+                group: "stable".into(),
+                requests: 1000,
+                errors: 10,
+                error_rate: Some(0.01),
+                ..GroupStatus::default()
+            }],
+            backends: vec![BackendStatus {
+                name: "v1-a".into(),
+                group: "stable".into(),
+                up: false,
+                down_reason: Some("health check failed 3 times".into()),
+                ..BackendStatus::default()
+            }],
+            ..ServiceStatus::default()
+        };
+        let text = service(&s);
+        for needle in [
+            "phase stepping",
+            "step 2/5",
+            "25.12%",
+            "1.00",
+            "health check failed",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+    }
+}
