@@ -13,15 +13,21 @@
 //! units (the CR1 sandwich: `k/(k-1) * sum (y_i - R n_i)^2 / N^2`). Its *design effect* is that
 //! variance over the one independent requests would give; the judge multiplies its i.i.d.
 //! variances by the design effect (never below 1), so correlated requests widen the bounds.
+//! A design effect above 1 is itself estimated, from few units or few flows: at a bound with
+//! multiplier `z`, its excess over 1 is scaled by `(t_df / z)^2`, the Student quantile at the
+//! same tail probability over `z` (a `t` reference distribution, as cluster-robust tests use),
+//! with `df` the units (or the group's new flows, if fewer) minus one.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use statrs::distribution::{ContinuousCDF, Normal, StudentsT};
 
 use crate::upstream::{Series, Window};
 
-/// Most batches kept per backend before pairs are merged (then half as many remain).
-const MAX_BATCHES_PER_BACKEND: usize = 32;
+/// Most batches kept per backend before pairs are merged (then half as many remain): few and
+/// long, so that a batch holds whole flows.
+const MAX_BATCHES_PER_BACKEND: usize = 8;
 /// Most batches kept per group, over all its backends (bounds the persisted state).
 const MAX_BATCHES_PER_GROUP: usize = 512;
 /// Units needed before a design effect is estimated from them at all.
@@ -134,81 +140,176 @@ impl RatioSums {
     }
 }
 
-/// Design effect of a ratio estimated from units of both groups: the cluster-robust variance
-/// over the variance the same requests would give if independent (per request variance
-/// `request_variance` for each group, e.g. `p (1 - p)`), pooled over both groups (their clients
-/// are drawn from the same population), and also per group when it has enough units: the
-/// larger applies. At least 1; exactly 1 when no group has [`MIN_UNITS`] units.
-pub fn design_effect(groups: [(&RatioSums, f64); 2]) -> [f64; 2] {
-    let mut pooled_num = 0.0;
-    let mut pooled_den = 0.0;
-    let mut own = [1.0; 2];
-    for (i, (sums, request_variance)) in groups.iter().enumerate() {
-        let Some(cr) = sums.cluster_variance() else {
-            continue;
-        };
-        let iid = request_variance / sums.n;
-        if iid > 0.0 {
-            own[i] = (cr / iid).max(1.0);
-            // Pool the variance sums on the request scale.
-            pooled_num += cr * sums.n * sums.n;
-            pooled_den += request_variance * sums.n;
+/// An estimated design effect with the degrees of freedom of its estimate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DesignEffect {
+    /// At least 1.
+    pub value: f64,
+    /// Degrees of freedom of the estimate (infinite when it is exactly 1 by default).
+    pub df: f64,
+}
+
+impl DesignEffect {
+    /// Independent requests.
+    pub const NONE: DesignEffect = DesignEffect {
+        value: 1.0,
+        df: f64::INFINITY,
+    };
+
+    /// At most `flows - 1` degrees of freedom: clusters cannot be more than the flows that
+    /// carried the requests (`flows == 0`: not counted, no cap).
+    #[must_use]
+    pub fn capped_by_flows(self, flows: u64) -> DesignEffect {
+        if flows == 0 {
+            return self;
+        }
+        DesignEffect {
+            df: self.df.min(flows.saturating_sub(1).max(1) as f64),
+            ..self
         }
     }
-    let pooled = if pooled_den > 0.0 {
-        (pooled_num / pooled_den).max(1.0)
-    } else {
-        1.0
+
+    /// The factor for the i.i.d. variance at a bound with multiplier `z`: 1 plus the excess
+    /// of the design effect, scaled by `(t_df / z)^2` at the tail probability of `z`.
+    pub fn factor(self, z: f64) -> f64 {
+        if self.value <= 1.0 || !self.df.is_finite() || z <= 0.0 {
+            return self.value.max(1.0);
+        }
+        let tail = Normal::standard().sf(z);
+        let t = StudentsT::new(0.0, 1.0, self.df.max(1.0)).map_or(z, |d| d.inverse_cdf(1.0 - tail));
+        1.0 + (self.value - 1.0) * (t / z).max(1.0).powi(2)
+    }
+}
+
+/// The units the design effects are estimated from: the current window's, and the previous
+/// window's (the clients are the same whatever the weight; early in a step, when batches are
+/// still short, the previous window's long batches see clustering that the new ones cannot).
+#[derive(Clone, Copy, Debug)]
+pub struct Units<'a> {
+    /// `[stable, canary]` over the current window.
+    pub current: [&'a Batches; 2],
+    /// `[stable, canary]` over the previous window (empty in the first).
+    pub earlier: [&'a Batches; 2],
+}
+
+/// One group's units over one window, summed for a ratio.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Segment {
+    /// 0 stable, 1 canary.
+    pub group: usize,
+    /// From the current window (the only ones a group's own estimate uses).
+    pub current: bool,
+    pub sums: RatioSums,
+    /// Per request variance of the quantity if requests were independent.
+    pub request_variance: f64,
+}
+
+impl Units<'_> {
+    /// The segments of a ratio: `extract` gives a unit's `(n, y)`, `variance(group, ratio)`
+    /// the per request variance at the segment's ratio.
+    pub fn segments(
+        &self,
+        extract: impl Fn(&Window) -> Option<(f64, f64)>,
+        variance: impl Fn(usize, f64) -> f64,
+    ) -> Vec<Segment> {
+        let mut out = Vec::with_capacity(4);
+        for (current, groups) in [(true, self.current), (false, self.earlier)] {
+            for (group, batches) in groups.iter().enumerate() {
+                let pairs: Vec<(f64, f64)> = batches.units().filter_map(&extract).collect();
+                let sums = RatioSums::new(&pairs);
+                if sums.n > 0.0 {
+                    out.push(Segment {
+                        group,
+                        current,
+                        sums,
+                        request_variance: variance(group, sums.y / sums.n),
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Design effects `[stable, canary]` of a ratio: the cluster-robust variance over the
+/// variance the same requests would give if independent. Both groups' clients come from one
+/// population, so the estimate pools every segment with [`MIN_UNITS`] units (each around its
+/// own mean); a group whose own current estimate is significantly larger (beyond twice its
+/// sampling error, `sqrt(2 / (k - 1))` relative for `k` units) gets its own. At least 1;
+/// exactly 1 (independent) when no segment has enough units.
+pub fn design_effect(segments: &[Segment]) -> [DesignEffect; 2] {
+    let mut pooled_num = 0.0;
+    let mut pooled_den = 0.0;
+    let mut pooled_units = 0;
+    let mut own = [None; 2];
+    for seg in segments {
+        let Some(cr) = seg.sums.cluster_variance() else {
+            continue;
+        };
+        let iid = seg.request_variance / seg.sums.n;
+        if iid <= 0.0 {
+            continue;
+        }
+        if seg.current {
+            own[seg.group] = Some((cr / iid, seg.sums.units));
+        }
+        // Pool the variance sums on the request scale.
+        pooled_num += cr * seg.sums.n * seg.sums.n;
+        pooled_den += seg.request_variance * seg.sums.n;
+        pooled_units += seg.sums.units;
+    }
+    if pooled_den <= 0.0 {
+        return [DesignEffect::NONE; 2];
+    }
+    let pooled = DesignEffect {
+        value: (pooled_num / pooled_den).max(1.0),
+        df: pooled_units.saturating_sub(2).max(1) as f64,
     };
-    [own[0].max(pooled), own[1].max(pooled)]
+    own.map(|o| match o {
+        Some((d, k)) if d > pooled.value * (1.0 + 2.0 * (2.0 / (k as f64 - 1.0)).sqrt()) => {
+            DesignEffect {
+                value: d,
+                df: (k - 1) as f64,
+            }
+        }
+        _ => pooled,
+    })
 }
 
-/// Per-unit `(requests, errors)`.
-pub fn error_units(units: &Batches) -> Vec<(f64, f64)> {
-    units
-        .units()
-        .filter_map(|w| match (&w.requests, &w.errors) {
-            (Series::Present(n), Series::Present(x)) => Some((*n as f64, (*x).min(*n) as f64)),
-            _ => None,
-        })
-        .collect()
+/// A unit's `(requests, errors)`.
+pub fn errors_of(w: &Window) -> Option<(f64, f64)> {
+    match (&w.requests, &w.errors) {
+        (Series::Present(n), Series::Present(x)) => Some((*n as f64, (*x).min(*n) as f64)),
+        _ => None,
+    }
 }
 
-/// Per-unit `(observations, sum of latencies in ms)`.
-pub fn latency_units(units: &Batches) -> Vec<(f64, f64)> {
-    units
-        .units()
-        .filter_map(|w| w.latency.present().map(|h| (h.count, h.sum * 1000.0)))
-        .collect()
+/// A unit's `(observations, sum of latencies in ms)`.
+pub fn latency_of(w: &Window) -> Option<(f64, f64)> {
+    w.latency.present().map(|h| (h.count, h.sum * 1000.0))
 }
 
-/// Per-unit `(observations, observations above the bound `le` seconds)`; units whose
-/// histogram lacks that bound are left out.
-pub fn above_units(units: &Batches, le: f64) -> Vec<(f64, f64)> {
-    units
-        .units()
-        .filter_map(|w| {
-            let h = w.latency.present()?;
-            let i = h
-                .bounds
-                .iter()
-                .position(|b| (*b - le).abs() <= 1e-12 * le.abs())?;
-            Some((h.count, (h.count - h.cumulative[i]).max(0.0)))
-        })
-        .collect()
+/// A unit's `(observations, observations above the bound le seconds)`; `None` when its
+/// histogram lacks that bound.
+pub fn above(le: f64) -> impl Fn(&Window) -> Option<(f64, f64)> {
+    move |w: &Window| {
+        let h = w.latency.present()?;
+        let i = h
+            .bounds
+            .iter()
+            .position(|b| (*b - le).abs() <= 1e-12 * le.abs())?;
+        Some((h.count, (h.count - h.cumulative[i]).max(0.0)))
+    }
 }
 
-/// Per-unit `(predictions, predictions of one of `classes`)`.
-pub fn class_units(units: &Batches, classes: &[&str]) -> Vec<(f64, f64)> {
-    units
-        .units()
-        .filter_map(|w| {
-            let p = w.predictions.present()?;
-            let n: u64 = p.values().sum();
-            let y: u64 = classes.iter().filter_map(|c| p.get(*c)).sum();
-            Some((n as f64, y as f64))
-        })
-        .collect()
+/// A unit's `(predictions, predictions of one of classes)`.
+pub fn of_classes<'a>(classes: &'a [&'a str]) -> impl Fn(&Window) -> Option<(f64, f64)> + 'a {
+    move |w: &Window| {
+        let p = w.predictions.present()?;
+        let n: u64 = p.values().sum();
+        let y: u64 = classes.iter().filter_map(|c| p.get(*c)).sum();
+        Some((n as f64, y as f64))
+    }
 }
 
 #[cfg(test)]
@@ -286,18 +387,58 @@ mod tests {
                 })
                 .collect()
         };
+        let seg = |group, sums| Segment {
+            group,
+            current: true,
+            sums,
+            request_variance: p * (1.0 - p),
+        };
         let iid = RatioSums::new(&units(&mut rng, 0.0, 50, 400));
-        let [d, _] = design_effect([(&iid, p * (1.0 - p)), (&RatioSums::default(), 0.0)]);
-        assert!(d < 1.3, "{d}");
+        let [d, _] = design_effect(&[seg(0, iid)]);
+        assert!(d.value < 1.3, "{d:?}");
         let clustered = RatioSums::new(&units(&mut rng, 0.2, 50, 400));
-        let [d, other] = design_effect([(&clustered, p * (1.0 - p)), (&RatioSums::default(), 0.0)]);
+        let [d, other] = design_effect(&[seg(0, clustered)]);
         let truth = 1.0 + 49.0 * 0.2;
-        assert!((d / truth - 1.0).abs() < 0.3, "{d} vs {truth}");
+        assert!((d.value / truth - 1.0).abs() < 0.3, "{d:?} vs {truth}");
         // Pooled: the other group (too few units of its own) gets it too.
-        assert!((other - d).abs() < 1e-9 || other >= 1.0);
+        assert_eq!(other, d);
+        // A group clustered when the other is not keeps its own (larger) design effect.
+        let iid = RatioSums::new(&units(&mut rng, 0.0, 50, 400));
+        let [a, b] = design_effect(&[seg(0, iid), seg(1, clustered)]);
+        assert!(b.value > 1.5 * a.value, "{a:?} {b:?}");
+        assert!((b.df - 399.0).abs() < 1e-9 && (a.df - 798.0).abs() < 1e-9);
+        // An earlier window's units count for the pooled estimate, not for a group's own.
+        let earlier = Segment {
+            current: false,
+            ..seg(1, clustered)
+        };
+        let [a, b] = design_effect(&[seg(0, iid), earlier]);
+        assert!(
+            a.value > 2.0 && (a.value - b.value).abs() < 1e-9,
+            "{a:?} {b:?}"
+        );
         // Too few units: no estimate, design effect 1.
         let few = RatioSums::new(&units(&mut rng, 0.2, 50, 3));
         assert!(few.cluster_variance().is_none());
         let _ = rng.gen::<u8>();
+    }
+
+    #[test]
+    fn an_estimated_design_effect_widens_more_with_few_units() {
+        let z = 4.0;
+        assert!((DesignEffect::NONE.factor(z) - 1.0).abs() < 1e-12);
+        let many = DesignEffect {
+            value: 5.0,
+            df: 1000.0,
+        };
+        let few = DesignEffect {
+            value: 5.0,
+            df: 10.0,
+        };
+        assert!((many.factor(z) - 5.0).abs() < 0.2, "{}", many.factor(z));
+        assert!(few.factor(z) > 8.0, "{}", few.factor(z));
+        // Few flows cap the degrees of freedom.
+        assert!((many.capped_by_flows(11).df - 10.0).abs() < 1e-12);
+        assert!((many.capped_by_flows(0).df - 1000.0).abs() < 1e-12);
     }
 }

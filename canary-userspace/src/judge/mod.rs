@@ -48,8 +48,8 @@ mod stats;
 #[cfg(test)]
 pub(crate) mod tests;
 
-pub use clusters::Batches;
-use clusters::{above_units, design_effect, error_units, latency_units, RatioSums};
+use clusters::{above, design_effect, errors_of, latency_of};
+pub use clusters::{Batches, DesignEffect, Units};
 use predictions::predictions;
 pub use report::{Judgement, Reason, Signal, SignalReport, SignalVerdict, Verdict};
 pub use sequential::{spike_level, Levels};
@@ -76,9 +76,8 @@ impl FlowCounts {
 pub struct JudgeInput<'a> {
     pub stable: &'a Window,
     pub canary: &'a Window,
-    /// Each group's units (backend x run of polls) over the same window, for the design
-    /// effects: `[stable, canary]`.
-    pub units: [&'a Batches; 2],
+    /// Each group's units (backend x run of polls), for the design effects.
+    pub units: Units<'a>,
     pub flows: FlowCounts,
     /// The configured canary weight over the window.
     pub weight: Weight,
@@ -112,28 +111,41 @@ fn tolerances(t: &Thresholds) -> (Tolerance, Tolerance) {
     )
 }
 
-/// Design effects `[stable, canary]` of the error rate from the window's units.
-pub fn error_design_effect(units: [&Batches; 2]) -> [f64; 2] {
-    let sums = units.map(|u| RatioSums::new(&error_units(u)));
-    let variance = |s: &RatioSums| {
-        let p = if s.n > 0.0 { s.y / s.n } else { 0.0 };
-        p * (1.0 - p)
-    };
-    design_effect([
-        (&sums[0], variance(&sums[0])),
-        (&sums[1], variance(&sums[1])),
-    ])
+/// Each group needs this many new flows in the window before the judge rolls back (when the
+/// kernel counted flows): with fewer, the canary's numbers may be a few clients' own.
+pub const MIN_FLOWS: u64 = 50;
+
+/// Whether the window holds enough flows per group to tell the canary from its clients.
+pub fn enough_flows(flows: FlowCounts) -> bool {
+    (flows.stable == 0 && flows.canary == 0)
+        || (flows.stable >= MIN_FLOWS && flows.canary >= MIN_FLOWS)
+}
+
+/// Design effects `[stable, canary]` of the error rate, their degrees of freedom capped by
+/// each group's new flows.
+pub fn error_design_effect(units: &Units<'_>, flows: FlowCounts) -> [DesignEffect; 2] {
+    cap(
+        design_effect(&units.segments(errors_of, |_, p| p * (1.0 - p))),
+        flows,
+    )
+}
+
+fn cap(d: [DesignEffect; 2], flows: FlowCounts) -> [DesignEffect; 2] {
+    [
+        d[0].capped_by_flows(flows.stable),
+        d[1].capped_by_flows(flows.canary),
+    ]
 }
 
 fn latency_design_effects(
-    units: [&Batches; 2],
+    units: &Units<'_>,
+    flows: FlowCounts,
     stable: &crate::upstream::Histogram,
     canary: &crate::upstream::Histogram,
-) -> ([f64; 2], [f64; 2]) {
+) -> ([DesignEffect; 2], [DesignEffect; 2]) {
     // Mean: residuals of the per-unit sums against the per-request variance from buckets.
-    let sums = units.map(|u| RatioSums::new(&latency_units(u)));
-    let var = |h: &crate::upstream::Histogram| moments_ms(h).map_or(0.0, |m| m.1);
-    let mean = design_effect([(&sums[0], var(stable)), (&sums[1], var(canary))]);
+    let var = [stable, canary].map(|h| moments_ms(h).map_or(0.0, |m| m.1));
+    let mean = design_effect(&units.segments(latency_of, |g, _| var[g]));
     // p95: the share of requests above the bucket bound nearest stable's p95.
     let p95 = stable
         .value_at_rank(0.95 * stable.count)
@@ -144,15 +156,10 @@ fn latency_design_effects(
                 .copied()
                 .min_by(|a, b| (a - v).abs().total_cmp(&(b - v).abs()))
         })
-        .map_or([1.0, 1.0], |le| {
-            let sums = units.map(|u| RatioSums::new(&above_units(u, le)));
-            let var = |s: &RatioSums| {
-                let q = if s.n > 0.0 { s.y / s.n } else { 0.0 };
-                q * (1.0 - q)
-            };
-            design_effect([(&sums[0], var(&sums[0])), (&sums[1], var(&sums[1]))])
+        .map_or([DesignEffect::NONE; 2], |le| {
+            design_effect(&units.segments(above(le), |_, q| q * (1.0 - q)))
         });
-    (mean, p95)
+    (cap(mean, flows), cap(p95, flows))
 }
 
 /// Judges one window. Pure: the same input gives the same judgement.
@@ -240,7 +247,7 @@ pub fn judge(
     signals.push(error_rate(
         (n_s, x_s),
         (n_c, x_c),
-        error_design_effect(input.units),
+        error_design_effect(&input.units, input.flows),
         error_tolerance,
         look,
     ));
@@ -251,7 +258,7 @@ pub fn judge(
         ) else {
             unreachable!("missing latency was handled above");
         };
-        let (mean_deff, p95_deff) = latency_design_effects(input.units, hs, hc);
+        let (mean_deff, p95_deff) = latency_design_effects(&input.units, input.flows, hs, hc);
         signals.push(latency_mean(hs, hc, mean_deff, latency_tolerance, look));
         signals.push(latency_p95(hs, hc, p95_deff, latency_tolerance, look));
     }
@@ -265,7 +272,8 @@ pub fn judge(
         signals.push(predictions(
             ps,
             pc,
-            input.units,
+            &input.units,
+            [input.flows.stable, input.flows.canary],
             t.max_prediction_shift,
             look,
         ));
@@ -273,11 +281,24 @@ pub fn judge(
     signals.push(flow_share(input.flows, input.weight, alpha));
 
     let judged = |s: &&SignalReport| !matches!(s.signal, Signal::Samples | Signal::FlowShare);
-    let (verdict, reason) = if let Some(fail) = signals
+    let fail = signals
+        .iter()
+        .filter(judged)
+        .find(|s| s.verdict == SignalVerdict::Fail);
+    let independent = enough_flows(input.flows);
+    if fail.is_some() && !independent {
+        if let Some(samples) = signals.iter_mut().find(|s| s.signal == Signal::Samples) {
+            samples.note = format!(
+                "fewer than {MIN_FLOWS} new flows in a group: too few clients to tell the canary from its clients; no rollback yet"
+            );
+        }
+    }
+    let fail = signals
         .iter()
         .filter(judged)
         .find(|s| s.verdict == SignalVerdict::Fail)
-    {
+        .filter(|_| independent);
+    let (verdict, reason) = if let Some(fail) = fail {
         (Verdict::Rollback, fail.signal.reason())
     } else if !enough {
         (Verdict::Hold, Reason::InsufficientSamples)

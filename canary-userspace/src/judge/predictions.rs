@@ -21,9 +21,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use statrs::distribution::{ChiSquared, ContinuousCDF};
 
-use super::clusters::{class_units, design_effect, Batches, RatioSums};
+use super::clusters::{design_effect, of_classes, DesignEffect, Units};
 use super::report::{finite, Signal, SignalReport, SignalVerdict};
-use super::sequential::{cs_z, intrinsic_ratio, pairs};
+use super::sequential::{cs_z, intrinsic_ratio, mixture_z, pairs};
 use super::signals::Look;
 use super::stats::{folded_mean_inverse, wilson};
 
@@ -79,7 +79,8 @@ fn cells<'a>(
 pub(super) fn predictions(
     stable: &BTreeMap<String, u64>,
     canary: &BTreeMap<String, u64>,
-    units: [&Batches; 2],
+    units: &Units<'_>,
+    flows: [u64; 2],
     threshold: f64,
     look: Look,
 ) -> SignalReport {
@@ -117,21 +118,33 @@ pub(super) fn predictions(
     let table = cells(&names, count, n);
     let cell_count = |g: usize, cell: &[&str]| -> f64 { cell.iter().map(|c| count(g, c)).sum() };
 
-    // Design effect: Rao-Scott's first order, the mean over cells of each cell's design effect.
-    let mut deff = [0.0; 2];
-    for cell in &table {
-        let sums = [
-            RatioSums::new(&class_units(units[0], cell)),
-            RatioSums::new(&class_units(units[1], cell)),
-        ];
-        let p = (cell_count(0, cell) + cell_count(1, cell)) / (n[0] + n[1]);
-        let d = design_effect([(&sums[0], p * (1.0 - p)), (&sums[1], p * (1.0 - p))]);
-        deff[0] += d[0];
-        deff[1] += d[1];
-    }
+    // Design effect: Rao-Scott's first order, the mean over cells of each cell's design effect
+    // (with the fewest degrees of freedom among them).
     let k = table.len() as f64;
-    deff = [deff[0] / k, deff[1] / k];
-    r.design_effect = Some(deff[0].max(deff[1]));
+    let mut sum = [0.0; 2];
+    let mut dfs = [f64::INFINITY; 2];
+    for cell in &table {
+        let d = design_effect(&units.segments(of_classes(cell), |_, p| p * (1.0 - p)));
+        for g in 0..2 {
+            sum[g] += d[g].value;
+            dfs[g] = dfs[g].min(d[g].df);
+        }
+    }
+    let design = [0, 1].map(|g| {
+        DesignEffect {
+            value: sum[g] / k,
+            df: dfs[g],
+        }
+        .capped_by_flows(flows[g])
+    });
+    r.design_effect = Some(design[0].value.max(design[1].value));
+    let m = pairs(n[0] / design[0].value, n[1] / design[1].value);
+    let z = cs_z(look.promote / 2.0, m, look.n_ref / 2.0);
+    let rr = intrinsic_ratio(m, look.n_ref / 2.0, look.rollback);
+    // The design effects' factors at the promotion bound and at the rollback test.
+    let deff = [design[0].factor(z), design[1].factor(z)];
+    let z_r = mixture_z(look.rollback, rr);
+    let deff_r = design[0].factor(z_r).max(design[1].factor(z_r));
 
     // Chi-square over the cells.
     let total = n[0] + n[1];
@@ -155,19 +168,16 @@ pub(super) fn predictions(
             .sqrt();
         plug_in += (p[1] - p[0]).abs() / 2.0;
     }
-    let chi2_adj = chi2 / deff[0].max(deff[1]);
+    let chi2_adj = chi2 / deff_r;
     let df = k - 1.0;
     r.statistic = Some(chi2_adj);
     r.p_value = Some(ChiSquared::new(df).map_or(1.0, |d| d.sf(chi2_adj)));
-    let m = pairs(n[0] / deff[0], n[1] / deff[1]);
-    let rr = intrinsic_ratio(m, look.n_ref / 2.0, look.rollback);
     let significant =
         chi2_adj * rr / (1.0 + rr) >= 2.0 * (1.0 / look.rollback).ln() + df * (1.0 + rr).ln();
 
     // Bias-corrected estimate and upper bound of the distance.
     let estimate = (sigma_sum * folded_mean_inverse(abs_sum / sigma_sum) / 2.0).min(1.0);
     let lipschitz = (deff[0] / n[0] + deff[1] / n[1]).sqrt();
-    let z = cs_z(look.promote / 2.0, m, look.n_ref / 2.0);
     let upper_cells = sigma_sum * folded_mean_inverse((abs_sum + z * lipschitz) / sigma_sum) / 2.0;
     let hidden: f64 = table
         .iter()

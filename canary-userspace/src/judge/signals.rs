@@ -1,6 +1,7 @@
 //! One test per signal (error rate, mean and p95 latency, flow share), each returning a
 //! [`SignalReport`], and the decision rule they share. Predictions have their own module.
 
+use super::clusters::DesignEffect;
 use super::report::{finite, Signal, SignalReport, SignalVerdict};
 use super::sequential::{cs_z, pairs};
 use super::stats::{moments_ms, newcombe, normal_sf, quantile_ms, ratio_upper, wilson, Interval};
@@ -82,7 +83,7 @@ pub(super) fn decide(report: &mut SignalReport, b: &Bounds, tolerance: Tolerance
 pub(super) fn error_rate(
     stable: (u64, u64),
     canary: (u64, u64),
-    deff: [f64; 2],
+    deff: [DesignEffect; 2],
     tolerance: Tolerance,
     look: Look,
 ) -> SignalReport {
@@ -103,24 +104,27 @@ pub(super) fn error_rate(
     let (p_s, p_c) = (x_s / n_s, x_c / n_c);
     r.stable = Some(p_s);
     r.canary = Some(p_c);
-    r.design_effect = Some(deff[0].max(deff[1]));
-    let (es, ec) = (
-        (x_s / deff[0], n_s / deff[0]),
-        (x_c / deff[1], n_c / deff[1]),
-    );
+    r.design_effect = Some(deff[0].value.max(deff[1].value));
     let pooled = (x_s + x_c) / (n_s + n_c);
-    let se0 = (pooled * (1.0 - pooled) * (deff[0] / n_s + deff[1] / n_c)).sqrt();
+    let se0 = (pooled * (1.0 - pooled) * (deff[0].value / n_s + deff[1].value / n_c)).sqrt();
     if se0 > 0.0 {
         let z = (p_c - p_s) / se0;
         r.statistic = Some(z);
         r.p_value = Some(normal_sf(z));
     }
-    let m = pairs(es.1, ec.1);
+    let m = pairs(n_s / deff[0].value, n_c / deff[1].value);
     let (z_r, z_p) = (
         cs_z(look.rollback, m, look.n_ref / 2.0),
         cs_z(look.promote, m, look.n_ref / 2.0),
     );
+    // Effective counts at each bound: divided by the design effect's factor there.
+    let effective = |z: f64| {
+        let (f_s, f_c) = (deff[0].factor(z), deff[1].factor(z));
+        ((x_s / f_s, n_s / f_s), (x_c / f_c, n_c / f_c))
+    };
+    let (es, ec) = effective(z_r);
     let (lower, _) = newcombe(ec.0, ec.1, es.0, es.1, z_r);
+    let (es, ec) = effective(z_p);
     let (_, upper) = newcombe(ec.0, ec.1, es.0, es.1, z_p);
     let interval = |(x, n): (f64, f64)| -> Interval {
         let (l, u) = wilson(x, n, z_p);
@@ -141,7 +145,7 @@ pub(super) fn error_rate(
 pub(super) fn latency_mean(
     stable: &Histogram,
     canary: &Histogram,
-    deff: [f64; 2],
+    deff: [DesignEffect; 2],
     tolerance: Tolerance,
     look: Look,
 ) -> SignalReport {
@@ -160,47 +164,52 @@ pub(super) fn latency_mean(
     };
     r.stable = Some(m_s);
     r.canary = Some(m_c);
-    r.design_effect = Some(deff[0].max(deff[1]));
+    r.design_effect = Some(deff[0].value.max(deff[1].value));
     let (n_s, n_c) = (n_s as f64, n_c as f64);
-    let (var_s, var_c) = (v_s * deff[0] / n_s, v_c * deff[1] / n_c);
-    let se = (var_s + var_c).sqrt();
+    let variances = |f_s: f64, f_c: f64| (v_s * f_s / n_s, v_c * f_c / n_c);
+    let (var_s, var_c) = variances(deff[0].value, deff[1].value);
     let d = m_c - m_s;
+    let se = (var_s + var_c).sqrt();
     if se > 0.0 {
         r.statistic = Some(d / se);
         r.p_value = Some(normal_sf(d / se));
     }
-    let m = pairs(n_s / deff[0], n_c / deff[1]);
+    let m = pairs(n_s / deff[0].value, n_c / deff[1].value);
     let (z_r, z_p) = (
         cs_z(look.rollback, m, look.n_ref / 2.0),
         cs_z(look.promote, m, look.n_ref / 2.0),
     );
+    let (vr_s, vr_c) = variances(deff[0].factor(z_r), deff[1].factor(z_r));
+    let (vp_s, vp_c) = variances(deff[0].factor(z_p), deff[1].factor(z_p));
     let interval = |mean: f64, var: f64| -> Interval {
         (mean, mean - z_p * var.sqrt(), mean + z_p * var.sqrt())
     };
     let bounds = Bounds {
         estimate: d,
         stable: m_s,
-        lower: d - z_r * se,
-        upper: d + z_p * se,
-        ratio_upper: ratio_upper(interval(m_c, var_c), interval(m_s, var_s)),
+        lower: d - z_r * (vr_s + vr_c).sqrt(),
+        upper: d + z_p * (vp_s + vp_c).sqrt(),
+        ratio_upper: ratio_upper(interval(m_c, vp_c), interval(m_s, vp_s)),
     };
     decide(&mut r, &bounds, tolerance);
     r
 }
 
-/// p95 latency: distribution-free order-statistic bounds per group (the rank variance times
-/// the design effect), each at half the level (Bonferroni).
+/// p95 latency: distribution-free order-statistic intervals per group (the rank variance
+/// times the design effect), read through the bucket-interpolated quantile, combined for the
+/// difference by MOVER (Zou and Donner: each side's distance to its limit, in quadrature), as
+/// Newcombe's interval combines Wilson intervals.
 pub(super) fn latency_p95(
     stable: &Histogram,
     canary: &Histogram,
-    deff: [f64; 2],
+    deff: [DesignEffect; 2],
     tolerance: Tolerance,
     look: Look,
 ) -> SignalReport {
     const Q: f64 = 0.95;
     let mut r = SignalReport::new(
         Signal::LatencyP95,
-        "difference of p95 (bucket-interpolated), order-statistic confidence sequences per group, Bonferroni",
+        "difference of p95 (bucket-interpolated), order-statistic intervals per group combined by MOVER, confidence sequence",
         stable.count.round() as u64,
         canary.count.round() as u64,
         tolerance.absolute,
@@ -210,12 +219,22 @@ pub(super) fn latency_p95(
         r.note = "no latency observations in a group".into();
         return r;
     }
-    r.design_effect = Some(deff[0].max(deff[1]));
-    let z = |a: f64, h: &Histogram, deff: f64| cs_z(a / 2.0, h.count / deff, look.n_ref);
-    let (est_s, _, high_s_r) = quantile_ms(stable, Q, z(look.rollback, stable, deff[0]), deff[0]);
-    let (est_c, low_c_r, _) = quantile_ms(canary, Q, z(look.rollback, canary, deff[1]), deff[1]);
-    let (_, low_s_p, _) = quantile_ms(stable, Q, z(look.promote, stable, deff[0]), deff[0]);
-    let (_, _, high_c_p) = quantile_ms(canary, Q, z(look.promote, canary, deff[1]), deff[1]);
+    r.design_effect = Some(deff[0].value.max(deff[1].value));
+    let m = pairs(stable.count / deff[0].value, canary.count / deff[1].value);
+    let (z_r, z_p) = (
+        cs_z(look.rollback, m, look.n_ref / 2.0),
+        cs_z(look.promote, m, look.n_ref / 2.0),
+    );
+    let (est_s, low_s_p, high_s_r) = {
+        let (e, _, h) = quantile_ms(stable, Q, z_r, deff[0].factor(z_r));
+        let (_, l, _) = quantile_ms(stable, Q, z_p, deff[0].factor(z_p));
+        (e, l, h)
+    };
+    let (est_c, low_c_r, high_c_p) = {
+        let (e, l, _) = quantile_ms(canary, Q, z_r, deff[1].factor(z_r));
+        let (_, _, h) = quantile_ms(canary, Q, z_p, deff[1].factor(z_p));
+        (e, l, h)
+    };
     r.stable = est_s;
     r.canary = est_c;
     let (Some(est_s), Some(est_c)) = (est_s, est_c) else {
@@ -224,14 +243,19 @@ pub(super) fn latency_p95(
             "p95 lies in the +Inf bucket; add larger buckets to the backend's histogram".into();
         return r;
     };
-    let lower = high_s_r.map_or(f64::NEG_INFINITY, |h| low_c_r - h);
-    let upper = high_c_p.map_or(f64::INFINITY, |h| h - low_s_p);
+    let d = est_c - est_s;
+    let lower = high_s_r.map_or(f64::NEG_INFINITY, |h| {
+        d - ((est_c - low_c_r).powi(2) + (h - est_s).powi(2)).sqrt()
+    });
+    let upper = high_c_p.map_or(f64::INFINITY, |h| {
+        d + ((h - est_c).powi(2) + (est_s - low_s_p).powi(2)).sqrt()
+    });
     let ratio_up = match high_c_p {
-        Some(h) if low_s_p > 0.0 => h / low_s_p,
-        _ => f64::INFINITY,
+        Some(h) => ratio_upper((est_c, low_c_r, h), (est_s, low_s_p, est_s)),
+        None => f64::INFINITY,
     };
     let bounds = Bounds {
-        estimate: est_c - est_s,
+        estimate: d,
         stable: est_s,
         lower,
         upper,

@@ -11,6 +11,9 @@
 //! error budget holds over any number of polls. A spike also needs the canary's rate over those
 //! polls above `error_spike`.
 
+use statrs::distribution::{ContinuousCDF, Normal};
+
+use super::clusters::DesignEffect;
 use super::report::{Signal, SignalReport, SignalVerdict};
 use super::stats::binomial_upper_tail;
 
@@ -24,7 +27,7 @@ pub type PollErrors = ((u64, u64), (u64, u64));
 /// poll, with the design effect `deff` of errors. `None` without canary requests.
 pub fn error_spike(
     recent: &[PollErrors],
-    deff: f64,
+    deff: DesignEffect,
     level: f64,
     error_spike: f64,
 ) -> Option<SignalReport> {
@@ -32,7 +35,9 @@ pub fn error_spike(
     if latest.1 .0 == 0 {
         return None;
     }
-    let deff = deff.max(1.0);
+    // The design effect's factor at the normal quantile of this test's level.
+    let z = Normal::standard().inverse_cdf(1.0 - (level / 2.0).clamp(1e-300, 0.5));
+    let deff = deff.factor(z);
     let spans = if recent.len() > 1 {
         vec![1, recent.len().min(SPIKE_POLLS)]
     } else {
@@ -107,7 +112,7 @@ mod tests {
     fn thirty_percent_against_one_percent_fails_in_one_poll() {
         // 200 requests a second at 10 %, at the 100th poll of the rollout.
         let level = spike_level(0.01, 100);
-        let r = error_spike(&[poll(1800, 18, 200, 60)], 1.0, level, 0.10).unwrap();
+        let r = error_spike(&[poll(1800, 18, 200, 60)], DesignEffect::NONE, level, 0.10).unwrap();
         assert_eq!(r.verdict, SignalVerdict::Fail, "{r}");
         // Still at the 1000th poll, and with the latest poll after two healthy ones.
         let level = spike_level(0.01, 1000);
@@ -116,7 +121,7 @@ mod tests {
             poll(1800, 18, 200, 2),
             poll(1800, 18, 200, 60),
         ];
-        let r = error_spike(&recent, 1.0, level, 0.10).unwrap();
+        let r = error_spike(&recent, DesignEffect::NONE, level, 0.10).unwrap();
         assert_eq!(r.verdict, SignalVerdict::Fail, "{r}");
     }
 
@@ -126,9 +131,21 @@ mod tests {
     /// of a rollout, that is not a spike; nor is 12 % on both sides at the first poll.
     #[test]
     fn same_rate_as_stable_is_no_spike() {
-        let r = error_spike(&[poll(1450, 72, 161, 20)], 1.0, spike_level(0.01, 30), 0.10).unwrap();
+        let r = error_spike(
+            &[poll(1450, 72, 161, 20)],
+            DesignEffect::NONE,
+            spike_level(0.01, 30),
+            0.10,
+        )
+        .unwrap();
         assert_eq!(r.verdict, SignalVerdict::Ok, "{r}");
-        let r = error_spike(&[poll(1450, 174, 161, 20)], 1.0, spike_level(0.01, 1), 0.10).unwrap();
+        let r = error_spike(
+            &[poll(1450, 174, 161, 20)],
+            DesignEffect::NONE,
+            spike_level(0.01, 1),
+            0.10,
+        )
+        .unwrap();
         assert_eq!(r.verdict, SignalVerdict::Ok, "{r}");
         assert!(r.p_value.unwrap() > 0.1, "{r}");
     }
@@ -137,14 +154,20 @@ mod tests {
     fn a_high_rate_with_little_evidence_or_below_the_threshold_is_no_spike() {
         let level = spike_level(0.01, 1);
         // 3 of 10 against 0 of 90: p = 0.1^3, not enough.
-        let r = error_spike(&[poll(90, 0, 10, 3)], 1.0, level, 0.10).unwrap();
+        let r = error_spike(&[poll(90, 0, 10, 3)], DesignEffect::NONE, level, 0.10).unwrap();
         assert_eq!(r.verdict, SignalVerdict::Ok, "{r}");
         // Significant, but 8 % is below error_spike: the step's judge handles it.
-        let r = error_spike(&[poll(18_000, 180, 2000, 160)], 1.0, level, 0.10).unwrap();
+        let r = error_spike(
+            &[poll(18_000, 180, 2000, 160)],
+            DesignEffect::NONE,
+            level,
+            0.10,
+        )
+        .unwrap();
         assert!(r.p_value.unwrap() < level, "{r}");
         assert_eq!(r.verdict, SignalVerdict::Ok, "{r}");
-        assert!(error_spike(&[poll(100, 0, 0, 0)], 1.0, level, 0.1).is_none());
-        assert!(error_spike(&[], 1.0, level, 0.1).is_none());
+        assert!(error_spike(&[poll(100, 0, 0, 0)], DesignEffect::NONE, level, 0.1).is_none());
+        assert!(error_spike(&[], DesignEffect::NONE, level, 0.1).is_none());
     }
 
     #[test]
@@ -152,12 +175,24 @@ mod tests {
         let level = spike_level(0.01, 10);
         let recent = [poll(900, 9, 100, 20)];
         assert_eq!(
-            error_spike(&recent, 1.0, level, 0.1).unwrap().verdict,
+            error_spike(&recent, DesignEffect::NONE, level, 0.1)
+                .unwrap()
+                .verdict,
             SignalVerdict::Fail
         );
         // One client's burst of errors, with a design effect of 10: not a spike.
         assert_eq!(
-            error_spike(&recent, 10.0, level, 0.1).unwrap().verdict,
+            error_spike(
+                &recent,
+                DesignEffect {
+                    value: 10.0,
+                    df: 100.0
+                },
+                level,
+                0.1
+            )
+            .unwrap()
+            .verdict,
             SignalVerdict::Ok
         );
     }
@@ -182,7 +217,8 @@ mod tests {
                 if recent.len() > SPIKE_POLLS {
                     recent.remove(0);
                 }
-                let r = error_spike(&recent, 1.0, spike_level(alpha, j), 0.1).unwrap();
+                let r =
+                    error_spike(&recent, DesignEffect::NONE, spike_level(alpha, j), 0.1).unwrap();
                 if r.verdict == SignalVerdict::Fail {
                     fired += 1;
                     break;

@@ -46,7 +46,10 @@ fn healthy(n: u64) -> Window {
     window(n, n / 100, lognormal_histogram(n, 100.0, 0.5, 0.0), 0.6)
 }
 
-const NO_UNITS: [&Batches; 2] = [&EMPTY, &EMPTY];
+const NO_UNITS: Units<'static> = Units {
+    current: [&EMPTY, &EMPTY],
+    earlier: [&EMPTY, &EMPTY],
+};
 static EMPTY: Batches = Batches {
     backends: std::collections::BTreeMap::new(),
 };
@@ -348,4 +351,280 @@ fn quantile_interpolation_matches_prometheus() {
         sum: 10.0,
     };
     assert!(over.value_at_rank(95.0).is_none());
+}
+
+/// Units of one backend: `polls` windows of `n` requests with the given errors.
+fn backend_units(batches: &mut Batches, name: &str, n: u64, errors: &[u64]) {
+    for &x in errors {
+        batches.add(
+            name,
+            &Window {
+                requests: Series::Present(n),
+                errors: Series::Present(x),
+                latency: Series::Present(lognormal_histogram(n, 100.0, 0.5, 0.0)),
+                predictions: Series::Present(BTreeMap::from([
+                    ("positive".to_string(), n * 6 / 10),
+                    ("negative".to_string(), n - n * 6 / 10),
+                ])),
+            },
+        );
+    }
+}
+
+/// What the i.i.d. bounds got wrong: a few clients that fail often land on the canary's
+/// backends (clustered errors, as keep-alive connections make them). The same totals judged
+/// as independent requests roll back; with the units the judge sees the clustering (the
+/// stable side has it too) and does not.
+#[test]
+fn clustered_errors_widen_the_bounds() {
+    // Errors come in runs of 4 polls, a different run on each backend (a client that fails
+    // often, on its keep-alive connection). Stable: 4 backends x 32 polls x 150 requests.
+    let burst = |i: usize, b: usize, size: u64| if (i / 4 + b) % 4 == 0 { size } else { 0 };
+    let mut stable_units = Batches::default();
+    for b in 0..4 {
+        let errors: Vec<u64> = (0..32).map(|i| burst(i, b, 6)).collect();
+        backend_units(&mut stable_units, &format!("s{b}"), 150, &errors);
+    }
+    // Canary: 2 backends x 32 polls x 50 requests.
+    let mut canary_units = Batches::default();
+    for b in 0..2 {
+        let errors: Vec<u64> = (0..32).map(|i| burst(i, b, 5)).collect();
+        backend_units(&mut canary_units, &format!("c{b}"), 50, &errors);
+    }
+    let total = |u: &Batches| -> (u64, u64) {
+        u.units().fold((0, 0), |(n, x), w| {
+            (
+                n + w.requests.present().unwrap(),
+                x + w.errors.present().unwrap(),
+            )
+        })
+    };
+    let ((n_s, x_s), (n_c, x_c)) = (total(&stable_units), total(&canary_units));
+    let stable = window(n_s, x_s, lognormal_histogram(n_s, 100.0, 0.5, 0.0), 0.6);
+    let canary = window(n_c, x_c, lognormal_histogram(n_c, 100.0, 0.5, 0.0), 0.6);
+    assert!((x_c as f64 / n_c as f64) > 2.0 * (x_s as f64 / n_s as f64));
+    let flows = FlowCounts {
+        stable: 5000,
+        canary: 1000,
+    };
+    let judged = |units: Units<'_>| {
+        let input = JudgeInput {
+            stable: &stable,
+            canary: &canary,
+            units,
+            flows,
+            weight: Weight::from_basis_points(1000),
+            window: 1,
+        };
+        judge(
+            &input,
+            &RolloutConfig::default(),
+            &UpstreamConfig::default(),
+        )
+    };
+    let naive = judged(NO_UNITS);
+    assert_eq!(
+        (naive.verdict, naive.reason),
+        (Verdict::Rollback, Reason::ErrorRate),
+        "{naive}"
+    );
+    let robust = judged(Units {
+        current: [&stable_units, &canary_units],
+        earlier: [&EMPTY, &EMPTY],
+    });
+    let e = robust.signal(Signal::ErrorRate).unwrap();
+    assert_ne!(e.verdict, SignalVerdict::Fail, "{robust}");
+    assert!(e.design_effect.unwrap() > 2.0, "{e}");
+    assert_ne!(robust.verdict, Verdict::Rollback, "{robust}");
+}
+
+/// Few flows: a canary whose numbers come from a handful of clients is not rolled back on
+/// them, however clear they look.
+#[test]
+fn too_few_flows_hold_a_rollback() {
+    let mut canary = healthy(4000);
+    canary.errors = Series::Present(240);
+    let stable = healthy(20_000);
+    let input = |flows| JudgeInput {
+        stable: &stable,
+        canary: &canary,
+        units: NO_UNITS,
+        flows,
+        weight: Weight::from_basis_points(1000),
+        window: 1,
+    };
+    let cfg = RolloutConfig::default();
+    let few = judge(
+        &input(FlowCounts {
+            stable: 400,
+            canary: 12,
+        }),
+        &cfg,
+        &UpstreamConfig::default(),
+    );
+    assert_eq!(few.verdict, Verdict::Hold, "{few}");
+    assert!(few.signals[0].note.contains("too few clients"), "{few}");
+    let many = judge(
+        &input(FlowCounts {
+            stable: 400,
+            canary: 60,
+        }),
+        &cfg,
+        &UpstreamConfig::default(),
+    );
+    assert_eq!(many.verdict, Verdict::Rollback, "{many}");
+}
+
+fn class_window(n: u64, shares: &[f64], rng: &mut rand::rngs::StdRng) -> Window {
+    use rand_distr::{Binomial, Distribution};
+    // Multinomial by sequential binomials.
+    let mut left = n;
+    let mut rest = 1.0;
+    let mut classes = BTreeMap::new();
+    for (i, p) in shares.iter().enumerate() {
+        let c = if i + 1 == shares.len() || rest <= 0.0 {
+            left
+        } else {
+            Binomial::new(left, (p / rest).min(1.0))
+                .unwrap()
+                .sample(rng)
+        };
+        classes.insert(format!("c{i:03}"), c);
+        left -= c;
+        rest -= p;
+    }
+    Window {
+        requests: Series::Present(n),
+        errors: Series::Present(n / 100),
+        latency: Series::Present(lognormal_histogram(n, 100.0, 0.5, 0.0)),
+        predictions: Series::Present(classes),
+    }
+}
+
+fn zipf(k: usize) -> Vec<f64> {
+    let raw: Vec<f64> = (1..=k).map(|i| 1.0 / i as f64).collect();
+    let total: f64 = raw.iter().sum();
+    raw.iter().map(|v| v / total).collect()
+}
+
+/// Twenty classes (Zipf): the same distribution passes; one moved by 0.2 toward uniform rolls
+/// back.
+#[test]
+fn twenty_classes_pass_when_equal_and_fail_when_shifted() {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20);
+    let shares = zipf(20);
+    let stable = class_window(18_000, &shares, &mut rng);
+    let same = class_window(2000, &shares, &mut rng);
+    let j = run(&stable, &same, 1);
+    let p = j.signal(Signal::Predictions).unwrap();
+    assert_eq!(p.verdict, SignalVerdict::Pass, "{p}");
+    assert!(p.note.starts_with("20 classes"), "{p}");
+    // Toward uniform by a mixture whose total variation distance is 0.2.
+    let to_uniform: f64 = shares.iter().map(|s| (s - 0.05).abs()).sum::<f64>() / 2.0;
+    let w = 0.2 / to_uniform;
+    let shifted: Vec<f64> = shares.iter().map(|s| (1.0 - w) * s + w * 0.05).collect();
+    let moved = class_window(2000, &shifted, &mut rng);
+    let j = run(&stable, &moved, 1);
+    assert_eq!(
+        (j.verdict, j.reason),
+        (Verdict::Rollback, Reason::PredictionShift),
+        "{j}"
+    );
+    let p = j.signal(Signal::Predictions).unwrap();
+    assert!((p.estimate.unwrap() - 0.2).abs() < 0.05, "{p}");
+}
+
+/// Sparse classes are pooled: twenty classes with a small canary leave the rare ones in one
+/// cell (the chi-square approximation needs expected counts of 5).
+#[test]
+fn sparse_classes_are_pooled() {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+    let shares = zipf(20);
+    let stable = class_window(9000, &shares, &mut rng);
+    let canary = class_window(150, &shares, &mut rng);
+    let j = run(&stable, &canary, 1);
+    let p = j.signal(Signal::Predictions).unwrap();
+    let pooled: usize = p
+        .note
+        .split(" pooled")
+        .next()
+        .and_then(|s| s.rsplit('(').next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap();
+    assert!(pooled >= 5, "{p}");
+    assert_ne!(p.verdict, SignalVerdict::Fail, "{p}");
+}
+
+/// What the plug-in distance got wrong: with 100 equally likely classes every class adds its
+/// noise, so the plug-in distance of two identical distributions is far above zero and the
+/// old bound (plug-in plus per-class margins) stays above the threshold at 4,000 canary
+/// requests. The bias-corrected bound passes.
+#[test]
+fn many_classes_pass_with_the_bias_corrected_bound() {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(100);
+    let shares = vec![0.01; 100];
+    let stable = class_window(36_000, &shares, &mut rng);
+    let canary = class_window(4000, &shares, &mut rng);
+    let j = run(&stable, &canary, 1);
+    let p = j.signal(Signal::Predictions).unwrap();
+    let plug_in: f64 = p
+        .note
+        .rsplit("plug-in distance ")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(plug_in > 0.05, "{p}");
+    assert!(p.estimate.unwrap() < plug_in / 2.0, "{p}");
+    // The old bound: plug-in plus a Bonferroni margin per class.
+    let margin: f64 = 100.0 * (0.01 * 0.99 * (1.0 / 4000.0 + 1.0 / 36_000.0_f64)).sqrt();
+    assert!(plug_in + 3.9 * margin / 2.0 > 0.1);
+    assert_eq!(p.verdict, SignalVerdict::Pass, "{p}");
+}
+
+/// What the absolute margin got wrong: at 0.1 % errors a canary ten times worse is within
+/// +2 percentage points and was promoted; a relative threshold rolls it back.
+#[test]
+fn a_ratio_catches_ten_times_worse_at_a_low_rate() {
+    let stable = window(
+        40_000,
+        40,
+        lognormal_histogram(40_000, 100.0, 0.5, 0.0),
+        0.6,
+    );
+    let canary = window(5000, 50, lognormal_histogram(5000, 100.0, 0.5, 0.0), 0.6);
+    let absolute = run(&stable, &canary, 1);
+    assert_eq!(absolute.verdict, Verdict::Promote, "{absolute}");
+    let mut cfg = RolloutConfig::default();
+    cfg.thresholds.max_error_rate_ratio = 2.0;
+    let relative = run_with(&stable, &canary, 1, &cfg);
+    assert_eq!(
+        (relative.verdict, relative.reason),
+        (Verdict::Rollback, Reason::ErrorRate),
+        "{relative}"
+    );
+    let e = relative.signal(Signal::ErrorRate).unwrap();
+    assert!((e.ratio.unwrap() - 10.0).abs() < 1e-9, "{e}");
+    // An equal canary is not rolled back by the ratio; proving "at most 2x" at 0.1 % takes
+    // many requests, so it holds.
+    let equal = window(5000, 5, lognormal_histogram(5000, 100.0, 0.5, 0.0), 0.6);
+    let j = run_with(&stable, &equal, 1, &cfg);
+    assert_eq!(j.verdict, Verdict::Hold, "{j}");
+    assert!(j.signal(Signal::ErrorRate).unwrap().ratio_upper.unwrap() > 2.0);
+}
+
+#[test]
+fn latency_ratio_applies_to_mean_and_p95() {
+    let mut cfg = RolloutConfig::default();
+    cfg.thresholds.max_latency_ratio = 1.2;
+    // +30 ms on a 100 ms median is within +50 ms but 1.3x.
+    let stable = healthy(20_000);
+    let slower = window(4000, 40, lognormal_histogram(4000, 100.0, 0.5, 30.0), 0.6);
+    assert_eq!(run(&stable, &slower, 1).verdict, Verdict::Promote);
+    let j = run_with(&stable, &slower, 1, &cfg);
+    assert_eq!(j.verdict, Verdict::Rollback, "{j}");
+    assert!(matches!(j.reason, Reason::LatencyMean | Reason::LatencyP95));
 }

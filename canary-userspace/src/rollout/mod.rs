@@ -60,6 +60,9 @@ pub struct StepWindow {
     /// Each group's units (backend x run of polls): `[stable, canary]`.
     #[serde(default)]
     pub units: [Batches; 2],
+    /// The previous window's units (design effects early in a step).
+    #[serde(default)]
+    pub earlier: [Batches; 2],
     /// Requests and errors of the latest polls (at most [`judge::SPIKE_POLLS`]), for the spike
     /// check.
     #[serde(default)]
@@ -71,6 +74,16 @@ pub struct StepWindow {
     skip_next: bool,
     /// The next poll follows the warm-up: no spike check either.
     after_warmup: bool,
+}
+
+impl StepWindow {
+    /// The units the judge estimates design effects from.
+    pub fn units(&self) -> judge::Units<'_> {
+        judge::Units {
+            current: [&self.units[0], &self.units[1]],
+            earlier: [&self.earlier[0], &self.earlier[1]],
+        }
+    }
 }
 
 /// The rollout of one service. See the module documentation.
@@ -227,8 +240,15 @@ impl Rollout {
         self.last_evaluation_ms = at_ms;
         self.missing_intervals = 0;
         self.windows += 1;
+        let old = std::mem::take(&mut self.window);
+        let earlier = if old.units.iter().all(Batches::is_empty) {
+            old.earlier
+        } else {
+            old.units
+        };
         self.window = StepWindow {
             skip_next: true,
+            earlier,
             ..StepWindow::default()
         };
     }
@@ -452,18 +472,17 @@ impl Rollout {
         }
         // The spike check runs even while paused: it guards against a canary that fails
         // outright, which no operator means to keep serving.
-        if self.window.recent.last().is_some_and(|p| p.1 .0 > 0) {
+        if self.window.recent.last().is_some_and(|p| p.1 .0 > 0)
+            && judge::enough_flows(self.window.flows)
+        {
             self.spike_polls += 1;
             let alpha = 1.0 - cfg.thresholds.confidence;
             let level = judge::spike_level(alpha, self.spike_polls);
-            let [d_s, d_c] =
-                judge::error_design_effect([&self.window.units[0], &self.window.units[1]]);
-            if let Some(report) = judge::error_spike(
-                &self.window.recent,
-                d_s.max(d_c),
-                level,
-                cfg.thresholds.error_spike,
-            ) {
+            let [d_s, d_c] = judge::error_design_effect(&self.window.units(), self.window.flows);
+            let deff = if d_c.value >= d_s.value { d_c } else { d_s };
+            if let Some(report) =
+                judge::error_spike(&self.window.recent, deff, level, cfg.thresholds.error_spike)
+            {
                 if report.verdict == SignalVerdict::Fail {
                     let message = format!("error spike: {}", report.note);
                     let judgement = Judgement {
@@ -509,7 +528,7 @@ impl Rollout {
         let input = JudgeInput {
             stable: &self.window.stable,
             canary: &self.window.canary,
-            units: [&self.window.units[0], &self.window.units[1]],
+            units: self.window.units(),
             flows: self.window.flows,
             weight: self.weight,
             window: self.windows.max(1),
