@@ -33,6 +33,8 @@ pub struct Metrics {
     /// Requests a backend reports per new flow the kernel sent it (cross-check).
     pub upstream_flow_ratio: GaugeVec,
     pub decisions: IntCounterVec,
+    /// 1 while a judged signal has no data (the judge holds for it).
+    pub signal_without_data: IntGaugeVec,
     pub xdp_packets: IntCounterVec,
     pub xdp_events: IntCounterVec,
     pub latency: UpstreamLatency,
@@ -99,6 +101,10 @@ impl Metrics {
                 opts("canary_decisions_total", "Decisions taken, by action and reason."),
                 &["service", "action", "reason"],
             )?,
+            signal_without_data: IntGaugeVec::new(
+                opts("canary_signal_without_data", "1 while a judged signal has no data (no latency observations, no predictions, p95 in the +Inf bucket): the judge holds, and metrics_missing applies."),
+                &["service", "signal"],
+            )?,
             xdp_packets: IntCounterVec::new(
                 opts("canary_xdp_packets_total", "Packets seen by the XDP program, by terminal outcome."),
                 &["outcome"],
@@ -124,6 +130,8 @@ impl Metrics {
         m.registry
             .register(Box::new(m.upstream_flow_ratio.clone()))?;
         m.registry.register(Box::new(m.decisions.clone()))?;
+        m.registry
+            .register(Box::new(m.signal_without_data.clone()))?;
         m.registry.register(Box::new(m.xdp_packets.clone()))?;
         m.registry.register(Box::new(m.xdp_events.clone()))?;
         m.registry.register(Box::new(m.latency.clone()))?;

@@ -72,6 +72,9 @@ pub(crate) fn service(s: &ServiceStatus) -> String {
                 .unwrap_or_default(),
         );
     }
+    for w in &s.signals_without_data {
+        let _ = writeln!(out, "  NO DATA for {}: {}", w.signal, w.why);
+    }
     if let Some(d) = &s.last_decision {
         let _ = writeln!(out, "  last decision: {d}");
     }
@@ -80,7 +83,7 @@ pub(crate) fn service(s: &ServiceStatus) -> String {
 
 #[cfg(test)]
 mod tests {
-    use canary_userspace::api::{BackendStatus, GroupStatus};
+    use canary_userspace::api::{BackendStatus, GroupStatus, SignalWithoutData};
 
     use super::*;
 
@@ -109,6 +112,10 @@ mod tests {
                 down_reason: Some("health check failed 3 times".into()),
                 ..BackendStatus::default()
             }],
+            signals_without_data: vec![SignalWithoutData {
+                signal: "latency_p95".into(),
+                why: "p95 lies in the +Inf bucket".into(),
+            }],
             ..ServiceStatus::default()
         };
         let text = service(&s);
@@ -118,6 +125,7 @@ mod tests {
             "25.12%",
             "1.00",
             "health check failed",
+            "NO DATA for latency_p95: p95 lies in the +Inf bucket",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

@@ -226,14 +226,14 @@ pub(super) fn latency_p95(
         cs_z(look.promote, m, look.n_ref / 2.0),
     );
     let (est_s, low_s_p, high_s_r) = {
-        let (e, _, h) = quantile_ms(stable, Q, z_r, deff[0].factor(z_r));
-        let (_, l, _) = quantile_ms(stable, Q, z_p, deff[0].factor(z_p));
-        (e, l, h)
+        let (estimate, _, high) = quantile_ms(stable, Q, z_r, deff[0].factor(z_r));
+        let (_, low, _) = quantile_ms(stable, Q, z_p, deff[0].factor(z_p));
+        (estimate, low, high)
     };
     let (est_c, low_c_r, high_c_p) = {
-        let (e, l, _) = quantile_ms(canary, Q, z_r, deff[1].factor(z_r));
-        let (_, _, h) = quantile_ms(canary, Q, z_p, deff[1].factor(z_p));
-        (e, l, h)
+        let (estimate, low, _) = quantile_ms(canary, Q, z_r, deff[1].factor(z_r));
+        let (_, _, high) = quantile_ms(canary, Q, z_p, deff[1].factor(z_p));
+        (estimate, low, high)
     };
     r.stable = est_s;
     r.canary = est_c;

@@ -379,7 +379,13 @@ fn backend_units(batches: &mut Batches, name: &str, n: u64, errors: &[u64]) {
 fn clustered_errors_widen_the_bounds() {
     // Errors come in runs of 4 polls, a different run on each backend (a client that fails
     // often, on its keep-alive connection). Stable: 4 backends x 32 polls x 150 requests.
-    let burst = |i: usize, b: usize, size: u64| if (i / 4 + b) % 4 == 0 { size } else { 0 };
+    let burst = |i: usize, b: usize, size: u64| {
+        if (i / 4 + b).is_multiple_of(4) {
+            size
+        } else {
+            0
+        }
+    };
     let mut stable_units = Batches::default();
     for b in 0..4 {
         let errors: Vec<u64> = (0..32).map(|i| burst(i, b, 6)).collect();

@@ -70,6 +70,9 @@ pub struct StepWindow {
     polls_since_evaluation: u32,
     /// Series missing in the latest poll (`canary.errors`, ...).
     pub missing_now: Vec<String>,
+    /// Judged signals without data at the latest evaluation, each `signal: why`.
+    #[serde(default)]
+    pub without_data: Vec<(Signal, String)>,
     /// The next poll straddles a weight change: leave it out.
     skip_next: bool,
     /// The next poll follows the warm-up: no spike check either.
@@ -534,6 +537,15 @@ impl Rollout {
             window: self.windows.max(1),
         };
         let j = judge::judge(&input, cfg, upstream);
+        self.window.without_data = if j.reason == Reason::NoData {
+            j.signals
+                .iter()
+                .filter(|s| s.verdict == SignalVerdict::NoData)
+                .map(|s| (s.signal, s.note.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         match j.reason {
             Reason::MetricsMissing => {
                 let what = j
