@@ -1,36 +1,36 @@
-//! The judge: canary against stable over one window, per signal, with an explanation.
+//! The judge: canary against stable over one step's window, per signal, with an explanation.
 //!
 //! # Statistical method
 //!
-//! Each signal is a difference `canary - stable` with a threshold `t` (error rate, mean
-//! latency, p95 latency; for predictions the total variation distance). At every look the
-//! judge forms one-sided confidence bounds on that difference:
+//! Each signal is a difference `canary - stable` with an absolute threshold `t` and, when set, a
+//! ratio `r` (error rate; mean and p95 latency; for predictions the total variation distance):
 //!
-//! * error rate: Newcombe's hybrid score interval for a difference of two proportions (Wilson
-//!   intervals per group, good coverage near 0 % errors);
-//! * mean latency: Welch normal interval, means from `_sum / _count`, variances from bucket
-//!   midpoints (grouping only inflates them, so the bound is conservative);
-//! * p95 latency: distribution-free order-statistic interval per group (binomial ranks around
-//!   `0.95 n`, read through the bucket-interpolated quantile, as Prometheus estimates it),
-//!   combined by Bonferroni;
-//! * predictions: chi-square test of homogeneity (2 x classes table, `statrs`) and an upper
-//!   bound on the total variation distance from simultaneous per-class intervals.
+//! * error rate: Newcombe's hybrid score interval (Wilson per group) on effective counts;
+//! * mean latency: Welch normal bounds, means from `_sum / _count`, variances from bucket
+//!   midpoints;
+//! * p95 latency: distribution-free order-statistic intervals per group, read through the
+//!   bucket-interpolated quantile (as Prometheus estimates it), combined by MOVER;
+//! * predictions: a sequential chi-square test over pooled classes and a bias-corrected
+//!   bound on the total variation distance (`predictions.rs`);
+//! * a ratio's upper bound: MOVER-R from the same per-group intervals.
 //!
-//! Repeated looks are controlled by alpha spending with a convergent series: look `k`
-//! (counted over the whole rollout, only looks that tested) spends `a_k = a * 6 / (pi^2 k^2)`
-//! where `a = 1 - confidence`, so the sum over unboundedly many looks is `a` (union bound; no
-//! fixed number of looks needed, and holds may repeat). Rollback tests are also split over
-//! the active signals (Bonferroni), so P(any rollback of a canary that is no worse on every
-//! signal) <= `a`. Promotion needs every signal to pass, an intersection-union test, so
-//! P(promoting a canary worse by >= `t` on some signal) <= `a` without a split.
+//! Every bound is a confidence sequence ([`sequential`]): valid at every sample size at once, so
+//! the judge looks after every poll. Variances are multiplied by design effects estimated from
+//! backend x poll-run units ([`clusters`]), so correlated requests widen the bounds.
 //!
-//! Decision per signal: **pass** when the upper bound is below `t` (non-inferiority); **fail**
-//! when the lower bound at the rollback level is above 0 (canary significantly worse) and the
-//! estimate exceeds `t / 2` (the data favour "worse by `t`" over "as good": the likelihood
-//! ratio of the two in a normal model) and the signal does not pass. A canary worse by `t`
-//! or more is rolled back with high power once the bounds are tighter than `t / 2`; one worse
-//! by less than `t` may go either way. Any fail rolls back; all pass promotes; otherwise
-//! hold. Below `min_samples` in either group, or with metrics missing, the judge holds.
+//! Budget, `a = 1 - confidence` per rollout: the rollback side gives [`sequential::SPIKE_SHARE`]
+//! to the error spike ([`spike`]) and the rest to the step windows
+//! ([`sequential::window_share`]), split over the signals that can roll back (Bonferroni): P(any
+//! rollback of a canary that is no worse on every signal) <= `a`. Promotion needs every signal
+//! to pass at level `a` (intersection-union): P(promoting a canary worse than a threshold) <=
+//! `a`.
+//!
+//! Decision per signal: **pass** when the upper bound is below `t` (and the ratio's below `r`);
+//! **fail** when the lower bound at the rollback level is above 0 and the estimate exceeds half
+//! the allowed difference (`min(t, (r - 1) stable)`), and it does not pass. Any fail rolls back
+//! (at any sample size, once each group had [`MIN_FLOWS`] new flows); all pass with
+//! `min_samples` in each group promotes; otherwise hold. Missing metrics hold; a signal without
+//! data holds with [`Reason::NoData`].
 
 use serde::{Deserialize, Serialize};
 
