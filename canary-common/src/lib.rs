@@ -14,8 +14,12 @@
     reason = "explicit padding fields must be public so both sides can build the structs"
 )]
 
+pub mod choose;
+pub mod flood_guard;
 pub mod hash;
 
+pub use choose::{choose, heartbeat_stale, syn_keeps_entry, Choice, Tables};
+pub use flood_guard::FloodWindow;
 pub use hash::{
     bucket_of, client_hash, flow_hash, murmur3_bytes, murmur3_words, slot_of, Selection,
 };
@@ -57,6 +61,7 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
+    pub const FLOOD_GUARD: &str = "FLOOD_GUARD";
     /// Name of the XDP program in the object.
     pub const PROGRAM: &str = "canary";
     /// A do-nothing `XDP_PASS` program in the same object (veth peers, benchmark floor).
@@ -113,8 +118,9 @@ pub struct ServiceControl {
     pub reset_epoch_ns: u64,
     /// Last daemon heartbeat, `CLOCK_MONOTONIC` ns (the clock of `bpf_ktime_get_ns`).
     pub heartbeat_ns: u64,
-    /// Dead-man switch: when `now - heartbeat_ns > heartbeat_timeout_ns`, new flows go to
-    /// stable only. 0 disables the switch.
+    /// Dead-man switch: when `|now - heartbeat_ns| > heartbeat_timeout_ns` (a heartbeat too far
+    /// in the future is as stale as an old one), new flows go to stable only. 0 disables the
+    /// switch.
     pub heartbeat_timeout_ns: u64,
 }
 
@@ -126,10 +132,19 @@ pub struct GlobalConfig {
     pub hash_seed: u32,
     /// `CONFIG_FLAG_*`.
     pub flags: u32,
-    /// Source MAC written into forwarded frames (the interface's). All zero: keep the frame's
-    /// destination MAC (which was ours) as the new source.
+    /// The balancer's MAC (its interface's): only frames addressed to it are balanced, and it
+    /// is the source of forwarded frames. All zero (a configuration that predates it): any
+    /// unicast destination is taken as ours and kept as the source. Frames to a group
+    /// (broadcast, multicast) address are never balanced.
     pub lb_mac: [u8; 6],
     pub _pad: [u8; 2],
+    /// A TCP SYN (without ACK, RST, FIN) replaces its 5-tuple's flow-table entry only when the
+    /// entry is at least this old (ms); a younger entry is the same connection's (a
+    /// retransmitted SYN) or a spoof, and the SYN follows it. 0: every SYN replaces.
+    pub syn_replace_after_ms: u32,
+    /// Flood guard: new flows per second per CPU above which new flows are balanced without a
+    /// flow-table entry (`TxFloodGuard`), so a flood cannot evict established flows. 0: off.
+    pub flood_guard_rate: u32,
 }
 
 /// Do not read or write the flow table (benchmarks: shows what the flow table buys).
@@ -232,29 +247,64 @@ impl ServiceStats {
 pub enum Counter {
     /// Forwarded to a backend (`XDP_TX`).
     Tx = 0,
+    /// Forwarded to a backend (`XDP_TX`) as a new flow without a flow-table entry: this CPU
+    /// saw more new flows in the current second than `flood_guard_rate`.
+    TxFloodGuard,
     /// Not IPv4/IPv6 (ARP, VLAN-tagged, other ethertypes): `XDP_PASS`.
     PassNotIp,
     /// IP, but not to a configured service (address, port or protocol): `XDP_PASS`.
     PassNotService,
     /// To a VIP address with a protocol other than TCP/UDP (ICMP, ...): `XDP_PASS`.
     PassOtherProtocol,
-    /// IPv6 with more extension headers than the program walks: `XDP_PASS`.
-    PassIpv6Extensions,
+    /// To a service, but the Ethernet destination is not the balancer's MAC (`lb_mac`): another
+    /// host's frame, flooded or seen in promiscuous mode. `XDP_PASS`.
+    PassNotOurMac,
+    /// To a service, but the Ethernet destination is a group (broadcast or multicast) address:
+    /// `XDP_PASS`.
+    PassMulticastMac,
     /// Truncated or inconsistent headers: `XDP_DROP`.
     DropMalformed,
     /// IP fragment to a VIP address (ports unknowable for non-first fragments): `XDP_DROP`.
+    /// IPv6 atomic fragments (offset 0, no more fragments) are whole packets, not counted here.
     DropFragment,
+    /// IPv6 to a VIP address with more extension headers than the program walks (4): its
+    /// ports cannot be read. `XDP_DROP`.
+    DropIpv6Extensions,
     /// Service has no backend up in either group: `XDP_DROP`.
     DropNoBackend,
     // ---- events, not outcomes ----
+    /// A packet that is not a connection's first found its flow's entry.
     FlowHit,
+    /// A packet that is not a connection's first (a UDP datagram, a TCP segment other than a
+    /// SYN) found no entry. UDP: a new flow, which takes an entry.
     FlowMiss,
+    /// The TCP part of `FlowMiss`: a segment in the middle of a connection whose entry is gone
+    /// (evicted, or never there: spoofed), balanced by the current weight without an entry. A
+    /// connection that was pinned may have moved: alert on it.
+    FlowMissTcpNonSyn,
+    /// A SYN found an entry of its 5-tuple younger than `syn_replace_after_ms` (its
+    /// connection's retransmitted SYN, or a spoof) and followed it.
+    SynKeptFlow,
+    /// A SYN replaced an older entry of its 5-tuple (a client reusing its port), or one whose
+    /// backend can no longer take the flow.
+    SynReplacedFlow,
     /// Flow pinned to a backend that is down (or gone): re-chosen.
     FlowRechosenDown,
     /// Canary flow older than the service's reset epoch: re-chosen.
     FlowRechosenReset,
+    /// New flow sent to stable instead of canary: the daemon's heartbeat was stale.
     DeadmanFallback,
+    /// New flow dropped: the heartbeat was stale and stable had no usable backend (the
+    /// dead-man switch never sends new flows into canary).
+    DeadmanDrop,
+    /// New flow sent to the other group: its own had no usable backend.
     GroupFallback,
+    /// New flow whose Maglev slot named a backend that cannot take it (down, or of another
+    /// service or group: the table is being rewritten); a later slot of the same group served.
+    SlotFallback,
+    /// An ICMP destination-unreachable (`ICMPv6`: destination unreachable, packet too big)
+    /// about a service flow, forwarded to the flow's backend (counted `Tx` as well).
+    IcmpErrorForwarded,
     /// Flow table insert failed; the packet was still forwarded.
     FlowInsertFailed,
 }
@@ -267,19 +317,28 @@ pub const COUNTERS: u32 = Counter::FlowInsertFailed as u32 + 1;
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
         Counter::Tx,
+        Counter::TxFloodGuard,
         Counter::PassNotIp,
         Counter::PassNotService,
         Counter::PassOtherProtocol,
-        Counter::PassIpv6Extensions,
+        Counter::PassNotOurMac,
+        Counter::PassMulticastMac,
         Counter::DropMalformed,
         Counter::DropFragment,
+        Counter::DropIpv6Extensions,
         Counter::DropNoBackend,
         Counter::FlowHit,
         Counter::FlowMiss,
+        Counter::FlowMissTcpNonSyn,
+        Counter::SynKeptFlow,
+        Counter::SynReplacedFlow,
         Counter::FlowRechosenDown,
         Counter::FlowRechosenReset,
         Counter::DeadmanFallback,
+        Counter::DeadmanDrop,
         Counter::GroupFallback,
+        Counter::SlotFallback,
+        Counter::IcmpErrorForwarded,
         Counter::FlowInsertFailed,
     ];
 
@@ -287,19 +346,28 @@ impl Counter {
     pub const fn name(self) -> &'static str {
         match self {
             Counter::Tx => "tx",
+            Counter::TxFloodGuard => "tx_flood_guard",
             Counter::PassNotIp => "pass_not_ip",
             Counter::PassNotService => "pass_not_service",
             Counter::PassOtherProtocol => "pass_other_protocol",
-            Counter::PassIpv6Extensions => "pass_ipv6_extensions",
+            Counter::PassNotOurMac => "pass_not_our_mac",
+            Counter::PassMulticastMac => "pass_multicast_mac",
             Counter::DropMalformed => "drop_malformed",
             Counter::DropFragment => "drop_fragment",
+            Counter::DropIpv6Extensions => "drop_ipv6_extensions",
             Counter::DropNoBackend => "drop_no_backend",
             Counter::FlowHit => "flow_table_hit",
             Counter::FlowMiss => "flow_table_miss",
+            Counter::FlowMissTcpNonSyn => "flow_table_miss_tcp_non_syn",
+            Counter::SynKeptFlow => "syn_kept_flow",
+            Counter::SynReplacedFlow => "syn_replaced_flow",
             Counter::FlowRechosenDown => "flow_rechosen_backend_down",
             Counter::FlowRechosenReset => "flow_rechosen_reset",
             Counter::DeadmanFallback => "deadman_fallback",
+            Counter::DeadmanDrop => "deadman_drop",
             Counter::GroupFallback => "group_fallback",
+            Counter::SlotFallback => "slot_fallback",
+            Counter::IcmpErrorForwarded => "icmp_error_forwarded",
             Counter::FlowInsertFailed => "flow_insert_failed",
         }
     }
@@ -333,7 +401,7 @@ const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
 const _: () = assert!(core::mem::size_of::<ServiceEntry>() == 8);
 const _: () = assert!(core::mem::size_of::<ServiceControl>() == 32);
-const _: () = assert!(core::mem::size_of::<GlobalConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<GlobalConfig>() == 24);
 const _: () = assert!(core::mem::size_of::<Backend>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowEntry>() == 16);
@@ -344,8 +412,8 @@ const _: () = assert!(MAGLEV_TABLE_SIZE >= 100 * MAX_BACKENDS_PER_GROUP);
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        Backend, BackendStats, FlowEntry, FlowKey, GlobalConfig, ServiceControl, ServiceEntry,
-        ServiceKey, ServiceStats, VipKey,
+        Backend, BackendStats, FloodWindow, FlowEntry, FlowKey, GlobalConfig, ServiceControl,
+        ServiceEntry, ServiceKey, ServiceStats, VipKey,
     };
     // SAFETY: all are `#[repr(C)]`, `Copy`, made only of integers and byte arrays, with no
     // implicit padding (sizes asserted above), so every bit pattern is valid.
@@ -359,6 +427,7 @@ mod pod {
     unsafe impl aya::Pod for FlowEntry {}
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for ServiceStats {}
+    unsafe impl aya::Pod for FloodWindow {}
 }
 
 #[cfg(test)]

@@ -7,10 +7,9 @@ use core::{
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use canary_common::{
-    group_for_bucket, maglev_index, Backend, Counter, FlowEntry, FlowKey, GlobalConfig, Selection,
-    ServiceControl, ServiceEntry, ServiceKey, VipKey, BACKEND_FLAG_UP, BUCKETS,
-    CONFIG_FLAG_NO_FLOW_TABLE, GROUP_CANARY, GROUP_STABLE, MAX_BACKENDS, NO_BACKEND,
-    SERVICE_FLAG_CLIENT_IP,
+    choose, maglev_index, syn_keeps_entry, Backend, Choice, Counter, FlowEntry, FlowKey,
+    GlobalConfig, Selection, ServiceControl, ServiceEntry, ServiceKey, Tables, VipKey,
+    BACKEND_FLAG_UP, CONFIG_FLAG_NO_FLOW_TABLE, GROUP_CANARY, NO_BACKEND, SERVICE_FLAG_CLIENT_IP,
 };
 
 use crate::{
@@ -20,6 +19,8 @@ use crate::{
 
 /// `BPF_ANY`: create or replace.
 const BPF_ANY: u64 = 0;
+/// `BPF_NOEXIST`: create only.
+const BPF_NOEXIST: u64 = 1;
 
 /// A flow key on an 8-byte aligned stack slot, zeroed by five 8-byte stores.
 #[repr(C, align(8))]
@@ -43,9 +44,10 @@ impl AlignedFlowKey {
 
 const _: () = assert!(size_of::<AlignedFlowKey>() == size_of::<FlowKey>());
 
-/// Forwards the packet (`Ok`) or says which pass/drop outcome it gets (`Err`).
+/// Forwards the packet (`Ok`, with its forwarding outcome: `Tx` or `TxFloodGuard`) or says
+/// which pass/drop outcome it gets (`Err`).
 #[inline(always)]
-pub fn try_canary(pkt: &Packet) -> Result<(), Counter> {
+pub fn try_canary(pkt: &Packet) -> Result<Counter, Counter> {
     let mut slot = MaybeUninit::uninit();
     let key = AlignedFlowKey::zeroed_in(&mut slot);
     let transport = packet::parse(pkt, key)?;
@@ -65,10 +67,14 @@ pub fn try_canary(pkt: &Packet) -> Result<(), Counter> {
     // is PassNotService whether or not the address is a VIP.
     let service = service_of(key).ok_or(Counter::PassNotService)?;
     let config = CONFIG.get(0).copied().unwrap_or_default();
-    let (backend_index, backend) = choose_backend(key, segment, &service, &config)?;
-    rewrite_macs(pkt, &backend, &config)?;
+    addressed_to_us(pkt, &config)?;
+    let (backend_index, backend, outcome) = choose_backend(key, segment, &service, &config)?;
+    rewrite_macs(pkt, &backend)?;
     maps::count_backend_packet(backend_index, pkt.len() as u64);
-    Ok(())
+    if segment == Segment::IcmpError {
+        count(Counter::IcmpErrorForwarded);
+    }
+    Ok(outcome)
 }
 
 #[inline(always)]
@@ -93,46 +99,85 @@ fn service_of(key: &FlowKey) -> Option<ServiceEntry> {
     unsafe { SERVICES.get(service) }.copied()
 }
 
-/// The backend of an established flow, or of a new one (recorded in the flow table).
+/// The backend of an established flow, or of a new one (recorded in the flow table), and the
+/// forwarding outcome.
 #[inline(always)]
 fn choose_backend(
     key: &FlowKey,
     segment: Segment,
     service: &ServiceEntry,
     config: &GlobalConfig,
-) -> Result<(u32, Backend), Counter> {
+) -> Result<(u32, Backend, Counter), Counter> {
     // An index outside CONTROL is a userspace bug; such a service has no usable backend.
     let control = CONTROL
         .get(service.index)
         .copied()
         .ok_or(Counter::DropNoBackend)?;
     let use_flow_table = config.flags & CONFIG_FLAG_NO_FLOW_TABLE == 0;
-    if use_flow_table {
-        // A SYN without ACK opens a new connection: an entry of the same 5-tuple belongs to an
-        // earlier one (a client reusing its port after the backend closed first) and must not
-        // pin it. No lookup; the new entry replaces the old (BPF_ANY).
-        let pinned = if segment.opens_connection {
-            None
-        } else {
-            // SAFETY: copied out at once. An LRU entry recycled meanwhile can only yield
-            // another flow's backend, which is validated below like any pinned backend.
-            unsafe { FLOWS.get(key) }.copied()
-        };
-        match pinned {
+    let mut fresh = NewFlow::Insert;
+    // An ICMP error follows its flow's entry, or the choice a new flow would get; it neither
+    // takes nor changes an entry, and is neither a hit nor a miss.
+    let icmp = segment == Segment::IcmpError;
+    if segment == Segment::Syn {
+        // A SYN opens a new connection: it is balanced afresh, and its entry is inserted only
+        // if the 5-tuple has none (no lookup first: that is the common case). An entry it finds
+        // is dealt with in `new_flow`.
+        fresh = NewFlow::Open;
+    } else if use_flow_table {
+        // SAFETY: copied out at once. An LRU entry recycled meanwhile can only yield another
+        // flow's backend, which is validated below like any pinned backend.
+        match unsafe { FLOWS.get(key) }.copied() {
             Some(flow) => {
-                count(Counter::FlowHit);
+                if !icmp {
+                    count(Counter::FlowHit);
+                }
                 match pinned_backend(&flow, service.index) {
-                    None => count(Counter::FlowRechosenDown),
+                    None if !icmp => count(Counter::FlowRechosenDown),
                     Some(_) if reset_applies(&flow, &control) => {
-                        count(Counter::FlowRechosenReset);
+                        if !icmp {
+                            count(Counter::FlowRechosenReset);
+                        }
                     }
-                    Some(backend) => return Ok((flow.backend, backend)),
+                    Some(backend) => return Ok((flow.backend, backend, Counter::Tx)),
+                    None => {}
                 }
             }
-            None => count(Counter::FlowMiss),
+            None if !icmp => {
+                count(Counter::FlowMiss);
+                // Only a connection's first packet may take an entry: a segment from its
+                // middle is balanced by the current weight and leaves the table alone (spoofed
+                // ACKs, RSTs and FINs cannot evict established flows).
+                if segment == Segment::TcpOther {
+                    count(Counter::FlowMissTcpNonSyn);
+                    fresh = NewFlow::Unpinned;
+                }
+            }
+            None => {}
         }
     }
-    new_flow(key, service, &control, config, use_flow_table)
+    if !use_flow_table {
+        fresh = NewFlow::NoTable;
+    }
+    if icmp {
+        fresh = NewFlow::Unpinned;
+    }
+    new_flow(key, service, &control, config, fresh)
+}
+
+/// What a choice made by `new_flow` is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NewFlow {
+    /// A connection's SYN: a new flow, recorded unless its 5-tuple has an entry young enough
+    /// to be the same connection's (which the SYN then follows).
+    Open,
+    /// A new flow (a UDP flow's first datagram) or a re-chosen one: counted as a new flow, and
+    /// recorded in the flow table, replacing any entry.
+    Insert,
+    /// A new flow with the flow table switched off (`CONFIG_FLAG_NO_FLOW_TABLE`).
+    NoTable,
+    /// A segment from the middle of a connection without an entry, or an ICMP error about a
+    /// flow: balanced, not recorded, not counted as a new flow.
+    Unpinned,
 }
 
 /// The backend a flow is pinned to, if it is still up and still serves this service.
@@ -151,99 +196,157 @@ fn reset_applies(flow: &FlowEntry, control: &ServiceControl) -> bool {
         && flow.created_ns < control.reset_epoch_ns
 }
 
+/// The XDP program's view of the tables the new-flow choice reads.
+struct MapTables;
+
+impl Tables for MapTables {
+    #[inline(always)]
+    fn slot(&self, service_index: u32, group: u32, slot: u32) -> u32 {
+        MAGLEV
+            .get(maglev_index(service_index, group, slot))
+            .copied()
+            .unwrap_or(NO_BACKEND)
+    }
+
+    #[inline(always)]
+    fn backend(&self, index: u32) -> Option<Backend> {
+        BACKENDS.get(index).copied()
+    }
+}
+
 #[inline(always)]
 fn new_flow(
     key: &FlowKey,
     service: &ServiceEntry,
     control: &ServiceControl,
     config: &GlobalConfig,
-    use_flow_table: bool,
-) -> Result<(u32, Backend), Counter> {
+    fresh: NewFlow,
+) -> Result<(u32, Backend, Counter), Counter> {
     let selection = Selection::of(
         key,
         service.flags & SERVICE_FLAG_CLIENT_IP != 0,
         config.hash_seed,
     );
-    let weight = if control.canary_weight > BUCKETS {
-        BUCKETS
-    } else {
-        control.canary_weight
-    };
-    let mut group = group_for_bucket(selection.bucket, weight);
-
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    // A stale heartbeat means the controller is gone: no new canary flows. A heartbeat in the
-    // future (written just after `now` was read) counts as fresh.
-    let stale = control.heartbeat_timeout_ns != 0
-        && now.saturating_sub(control.heartbeat_ns) > control.heartbeat_timeout_ns;
-    let deadman = stale && group == GROUP_CANARY;
-    if deadman {
-        group = GROUP_STABLE;
-        count(Counter::DeadmanFallback);
-        maps::count_service_deadman_fallback(service.index);
-    }
-
-    let (group, backend_index, backend) =
-        if let Some((index, backend)) = usable_backend(service.index, group, selection.slot) {
-            (group, index, backend)
-        } else {
-            let other = if group == GROUP_CANARY {
-                GROUP_STABLE
-            } else {
-                GROUP_CANARY
-            };
-            // A flow the dead-man switch moved off the canary must not fall back into it.
-            if deadman && other == GROUP_CANARY {
-                return Err(Counter::DropNoBackend);
-            }
-            let (index, backend) = usable_backend(service.index, other, selection.slot)
-                .ok_or(Counter::DropNoBackend)?;
-            count(Counter::GroupFallback);
-            maps::count_service_group_fallback(service.index);
-            (other, index, backend)
-        };
-
-    if use_flow_table {
-        let entry = FlowEntry {
-            backend: backend_index,
-            group,
-            created_ns: now,
-        };
-        if FLOWS.insert(key, entry, BPF_ANY).is_err() {
-            count(Counter::FlowInsertFailed);
+    let choice = choose(&MapTables, service.index, selection, control, now);
+    let counted = fresh != NewFlow::Unpinned;
+    let Some((backend_index, backend)) = choice.backend else {
+        if counted && choice.deadman_drop() {
+            count(Counter::DeadmanDrop);
         }
+        return Err(Counter::DropNoBackend);
+    };
+    let entry = FlowEntry {
+        backend: backend_index,
+        group: choice.group,
+        created_ns: now,
+    };
+    let records = matches!(fresh, NewFlow::Open | NewFlow::Insert);
+    if records && !maps::flood_guard_admits(config.flood_guard_rate, now) {
+        // Above the rate: balanced, not recorded (a flood cannot evict established flows).
+        count_new_flow(service.index, backend_index, &choice);
+        return Ok((backend_index, backend, Counter::TxFloodGuard));
     }
-    maps::count_service_new_flow(service.index, group);
-    maps::count_backend_new_flow(backend_index);
-    Ok((backend_index, backend))
+    match fresh {
+        NewFlow::Open => {
+            if FLOWS.insert(key, entry, BPF_NOEXIST).is_err() {
+                // SAFETY: copied out at once (see `choose_backend`).
+                match unsafe { FLOWS.get(key) }.copied() {
+                    Some(old) => {
+                        if let Some(kept) = kept_by_syn(&old, service.index, control, config, now) {
+                            count(Counter::SynKeptFlow);
+                            return Ok((kept.0, kept.1, Counter::Tx));
+                        }
+                        count(Counter::SynReplacedFlow);
+                        if FLOWS.insert(key, entry, BPF_ANY).is_err() {
+                            count(Counter::FlowInsertFailed);
+                        }
+                    }
+                    None => count(Counter::FlowInsertFailed),
+                }
+            }
+        }
+        NewFlow::Insert => {
+            if FLOWS.insert(key, entry, BPF_ANY).is_err() {
+                count(Counter::FlowInsertFailed);
+            }
+        }
+        NewFlow::NoTable | NewFlow::Unpinned => {}
+    }
+    if counted {
+        count_new_flow(service.index, backend_index, &choice);
+    }
+    Ok((backend_index, backend, Counter::Tx))
 }
 
-/// The backend in a group's Maglev slot, if the slot has one and it is up.
+/// The backend a SYN follows instead of opening a new flow: its 5-tuple's entry is younger
+/// than `syn_replace_after_ms` (the same connection's retransmitted SYN, or a spoof) and its
+/// backend can still take the flow.
 #[inline(always)]
-fn usable_backend(service_index: u32, group: u32, slot: u32) -> Option<(u32, Backend)> {
-    let index = *MAGLEV.get(maglev_index(service_index, group, slot))?;
-    if index == NO_BACKEND || index >= MAX_BACKENDS {
+fn kept_by_syn(
+    old: &FlowEntry,
+    service_index: u32,
+    control: &ServiceControl,
+    config: &GlobalConfig,
+    now: u64,
+) -> Option<(u32, Backend)> {
+    if !syn_keeps_entry(old.created_ns, now, config.syn_replace_after_ms)
+        || reset_applies(old, control)
+    {
         return None;
     }
-    let backend = BACKENDS.get(index).copied()?;
-    (backend.flags & BACKEND_FLAG_UP != 0).then_some((index, backend))
+    pinned_backend(old, service_index).map(|backend| (old.backend, backend))
 }
 
-/// Direct server return: destination MAC = the backend's; source MAC = ours (the configured
-/// one, or the frame's destination MAC, which was ours). Nothing else changes.
+/// The counters of a new flow and of how it was chosen.
 #[inline(always)]
-fn rewrite_macs(pkt: &Packet, backend: &Backend, config: &GlobalConfig) -> Result<(), Counter> {
+fn count_new_flow(service_index: u32, backend_index: u32, choice: &Choice) {
+    if choice.deadman_fallback {
+        count(Counter::DeadmanFallback);
+        maps::count_service_deadman_fallback(service_index);
+    }
+    if choice.group_fallback {
+        count(Counter::GroupFallback);
+        maps::count_service_group_fallback(service_index);
+    }
+    if choice.slot_fallback {
+        count(Counter::SlotFallback);
+    }
+    maps::count_service_new_flow(service_index, choice.group);
+    maps::count_backend_new_flow(backend_index);
+}
+
+/// Whether the frame is addressed to the balancer: a unicast destination MAC equal to `lb_mac`
+/// (any unicast one while `lb_mac` is unset). Forwarding anything else would make its
+/// destination the source of the forwarded frame.
+#[inline(always)]
+fn addressed_to_us(pkt: &Packet, config: &GlobalConfig) -> Result<(), Counter> {
+    let dst = pkt.bytes::<6>(0).ok_or(Counter::DropMalformed)?;
+    if dst[0] & 1 != 0 {
+        return Err(Counter::PassMulticastMac);
+    }
+    // Byte-wise: a slice comparison would need `bcmp`, which BPF does not have.
+    let mut differs = 0;
+    let mut configured = 0;
+    for i in 0..6 {
+        differs |= dst[i] ^ config.lb_mac[i];
+        configured |= config.lb_mac[i];
+    }
+    if configured != 0 && differs != 0 {
+        return Err(Counter::PassNotOurMac);
+    }
+    Ok(())
+}
+
+/// Direct server return: destination MAC = the backend's; source MAC = ours, which is the
+/// frame's destination (`addressed_to_us` checked it). Nothing else changes.
+#[inline(always)]
+fn rewrite_macs(pkt: &Packet, backend: &Backend) -> Result<(), Counter> {
     let eth = pkt.bytes_mut::<12>(0).ok_or(Counter::DropMalformed)?;
     // SAFETY: `eth` covers 12 bytes inside the frame (checked by `bytes_mut`).
     let eth = unsafe { &mut *eth };
-    // Byte-wise test: a slice comparison would need `bcmp`, which BPF does not have.
-    let lb_mac_unset = config.lb_mac.iter().fold(0, |acc, b| acc | b) == 0;
-    let mut source = config.lb_mac;
-    if lb_mac_unset {
-        source.copy_from_slice(&eth[..6]);
-    }
+    eth.copy_within(..6, 6);
     eth[..6].copy_from_slice(&backend.mac);
-    eth[6..].copy_from_slice(&source);
     Ok(())
 }

@@ -30,8 +30,7 @@ use crate::packet::Packet;
 )]
 pub fn canary(ctx: XdpContext) -> u32 {
     let outcome = match balancer::try_canary(&Packet::new(&ctx)) {
-        Ok(()) => Counter::Tx,
-        Err(outcome) => outcome,
+        Ok(outcome) | Err(outcome) => outcome,
     };
     maps::count(outcome);
     action_of(outcome)
@@ -48,10 +47,11 @@ pub fn canary_pass(_ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn action_of(outcome: Counter) -> u32 {
     match outcome {
-        Counter::Tx => xdp_action::XDP_TX,
-        Counter::DropMalformed | Counter::DropFragment | Counter::DropNoBackend => {
-            xdp_action::XDP_DROP
-        }
+        Counter::Tx | Counter::TxFloodGuard => xdp_action::XDP_TX,
+        Counter::DropMalformed
+        | Counter::DropFragment
+        | Counter::DropIpv6Extensions
+        | Counter::DropNoBackend => xdp_action::XDP_DROP,
         // The pass outcomes, and (never produced as an outcome) the event counters: passing
         // is the harmless default.
         _ => xdp_action::XDP_PASS,

@@ -8,7 +8,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use canary_common::{
-    maps as names, Backend, BackendStats, Counter, FlowEntry, FlowKey, GlobalConfig,
+    maps as names, Backend, BackendStats, Counter, FloodWindow, FlowEntry, FlowKey, GlobalConfig,
     ServiceControl, ServiceEntry, ServiceKey, ServiceStats, VipKey, COUNTERS as COUNTER_ENTRIES,
     DEFAULT_FLOW_TABLE_SIZE, GROUP_CANARY, MAGLEV_ENTRIES, MAX_BACKENDS, MAX_SERVICES,
 };
@@ -50,6 +50,10 @@ pub static BACKEND_STATS: PerCpuArray<BackendStats> =
 pub static SERVICE_STATS: PerCpuArray<ServiceStats> =
     PerCpuArray::with_max_entries(MAX_SERVICES, 0);
 
+/// This CPU's flood-guard window.
+#[map]
+pub static FLOOD_GUARD: PerCpuArray<FloodWindow> = PerCpuArray::with_max_entries(1, 0);
+
 const fn same_name(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     if a.len() != b.len() {
@@ -75,6 +79,7 @@ const _: () = assert!(same_name(names::FLOWS, "FLOWS"));
 const _: () = assert!(same_name(names::COUNTERS, "COUNTERS"));
 const _: () = assert!(same_name(names::BACKEND_STATS, "BACKEND_STATS"));
 const _: () = assert!(same_name(names::SERVICE_STATS, "SERVICE_STATS"));
+const _: () = assert!(same_name(names::FLOOD_GUARD, "FLOOD_GUARD"));
 const _: () = assert!(same_name(names::PROGRAM, "canary"));
 const _: () = assert!(same_name(names::PASS_PROGRAM, "canary_pass"));
 
@@ -84,6 +89,19 @@ pub fn count(counter: Counter) {
     if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: a per-CPU slot, written only by this CPU while the program runs.
         unsafe { *value += 1 };
+    }
+}
+
+/// Whether this CPU's flood guard lets one more new flow take a flow-table entry now.
+#[inline(always)]
+pub fn flood_guard_admits(rate: u32, now_ns: u64) -> bool {
+    if rate == 0 {
+        return true;
+    }
+    match FLOOD_GUARD.get_ptr_mut(0) {
+        // SAFETY: as in `count`.
+        Some(window) => unsafe { (*window).admit(rate, now_ns) },
+        None => true,
     }
 }
 

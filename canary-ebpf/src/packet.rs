@@ -24,15 +24,33 @@ const IPV6_HOP_BY_HOP: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
 const IPV6_FRAGMENT: u8 = 44;
 const IPV6_DEST_OPTIONS: u8 = 60;
+/// Length of a Fragment header, and the least of any extension header.
+const IPV6_FRAGMENT_HEADER_LEN: usize = 8;
+/// Fragment offset and more-fragments flag of a Fragment header's second 16 bits.
+const IPV6_FRAGMENT_OFFSET_AND_MORE: u16 = 0xfff9;
 /// Extension headers walked before giving up (keeps the program small for the verifier).
 const MAX_IPV6_EXTENSIONS: usize = 4;
 
 const TCP_MIN_HEADER_LEN: usize = 20;
 /// Offset of the flags byte (CWR ECE URG ACK PSH RST SYN FIN) in the TCP header.
 const TCP_FLAGS_OFFSET: usize = 13;
+const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 const UDP_HEADER_LEN: usize = 8;
+
+const PROTO_ICMP: u8 = 1;
+const PROTO_ICMPV6: u8 = 58;
+const ICMP_HEADER_LEN: usize = 8;
+/// ICMP destination unreachable (all codes: "fragmentation needed" is code 4).
+const ICMP_DEST_UNREACHABLE: u8 = 3;
+const ICMPV6_DEST_UNREACHABLE: u8 = 1;
+const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+/// Fragment offset of the IPv4 flags/offset field (a quoted packet with an offset has no ports).
+const IPV4_OFFSET_MASK: u16 = 0x1fff;
+/// Bytes of the quoted packet's transport header read: its two ports.
+const QUOTED_PORTS_LEN: usize = 4;
 
 /// The frame of one XDP invocation.
 pub struct Packet {
@@ -89,22 +107,30 @@ impl Packet {
     }
 }
 
-/// A complete TCP or UDP header, as far as the balancer cares beyond the ports.
-#[derive(Clone, Copy)]
-pub struct Segment {
-    /// A TCP SYN without ACK: the first packet of a connection, which starts a new flow even
-    /// if its 5-tuple is still in the flow table (a client reusing a port).
-    pub opens_connection: bool,
+/// What a complete TCP or UDP header says about the flow, as far as the balancer cares.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Segment {
+    /// A TCP SYN without ACK, RST or FIN: the first packet of a connection.
+    Syn,
+    /// Any other TCP segment: the middle or end of a connection.
+    TcpOther,
+    /// A UDP datagram (UDP has no connection start).
+    Udp,
+    /// An ICMP error about a flow (the key is the flow's, read from the quoted packet): it
+    /// follows the flow and never opens one.
+    IcmpError,
 }
 
-/// What a packet with a valid IP header carries: `Ok` when it has a complete TCP or UDP header
-/// (ports in the flow key). Otherwise the outcome it gets if it is addressed to a VIP:
-/// `DropFragment`, `DropMalformed`, `PassIpv6Extensions` or `PassOtherProtocol`.
+/// What a packet with a readable IP header carries: `Ok` when it has a complete TCP or UDP
+/// header (ports in the flow key). Otherwise the outcome it gets if it is addressed to a VIP:
+/// `DropFragment`, `DropMalformed`, `DropIpv6Extensions` or `PassOtherProtocol` (anything
+/// else is passed as `PassNotService`).
 pub type Transport = Result<Segment, Counter>;
 
 /// Parses Ethernet and IP into `key` (addresses and family; ports and protocol when the
 /// transport is `Ok`), and the TCP/UDP header when there is one to read. `Err` is an outcome
-/// that does not depend on the destination (`PassNotIp`, `DropMalformed`).
+/// that does not depend on the destination (`PassNotIp`, or `DropMalformed` for a frame too
+/// short to hold an IP header: its destination is unknown).
 ///
 /// `key` is written in place (not returned) so that LLVM keeps it in one stack slot instead
 /// of splitting it into 40 byte-sized values merged from the IPv4 and IPv6 paths and spilled.
@@ -126,23 +152,23 @@ fn parse_ipv4(pkt: &Packet, key: &mut FlowKey) -> Result<Transport, Counter> {
     let ip = pkt
         .bytes::<IPV4_MIN_HEADER_LEN>(ETH_HEADER_LEN)
         .ok_or(Counter::DropMalformed)?;
-    if ip[0] >> 4 != 4 {
-        return Err(Counter::DropMalformed);
-    }
+    // The addresses first: whether a bad header matters depends on where it goes (a VIP's
+    // traffic is dropped, anyone else's passed).
+    key.family = FAMILY_IPV4;
+    key.src[..4].copy_from_slice(&ip[12..16]);
+    key.dst[..4].copy_from_slice(&ip[16..20]);
+
     let header_len = usize::from(ip[0] & 0x0f) * 4;
     let available = pkt.len() - ETH_HEADER_LEN;
     let total_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    if header_len < IPV4_MIN_HEADER_LEN
+    if ip[0] >> 4 != 4
+        || header_len < IPV4_MIN_HEADER_LEN
         || header_len > available
         || total_len < header_len
         || total_len > available
     {
-        return Err(Counter::DropMalformed);
+        return Ok(Err(Counter::DropMalformed));
     }
-
-    key.family = FAMILY_IPV4;
-    key.src[..4].copy_from_slice(&ip[12..16]);
-    key.dst[..4].copy_from_slice(&ip[16..20]);
 
     // Ports are never read from a fragment: a non-first fragment has none, and a first
     // fragment alone would pin a flow whose other fragments cannot follow it.
@@ -166,17 +192,14 @@ fn parse_ipv6(pkt: &Packet, key: &mut FlowKey) -> Result<Transport, Counter> {
     let ip = pkt
         .bytes::<IPV6_HEADER_LEN>(ETH_HEADER_LEN)
         .ok_or(Counter::DropMalformed)?;
-    if ip[0] >> 4 != 6 {
-        return Err(Counter::DropMalformed);
-    }
-    let payload_len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
-    if payload_len + IPV6_HEADER_LEN > pkt.len() - ETH_HEADER_LEN {
-        return Err(Counter::DropMalformed);
-    }
-
     key.family = FAMILY_IPV6;
     key.src.copy_from_slice(&ip[8..24]);
     key.dst.copy_from_slice(&ip[24..40]);
+
+    let payload_len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    if ip[0] >> 4 != 6 || payload_len + IPV6_HEADER_LEN > pkt.len() - ETH_HEADER_LEN {
+        return Ok(Err(Counter::DropMalformed));
+    }
 
     let end = ETH_HEADER_LEN + IPV6_HEADER_LEN + payload_len;
     let transport = match skip_ipv6_extensions(pkt, ip[6], ETH_HEADER_LEN + IPV6_HEADER_LEN, end) {
@@ -186,8 +209,9 @@ fn parse_ipv6(pkt: &Packet, key: &mut FlowKey) -> Result<Transport, Counter> {
     Ok(transport)
 }
 
-/// Walks Hop-by-Hop, Routing and Destination Options headers from `offset` (the first one's
-/// type is `next`), up to `MAX_IPV6_EXTENSIONS`. Returns the upper-layer protocol and its offset.
+/// Walks Hop-by-Hop, Routing, Destination Options and atomic Fragment headers from `offset`
+/// (the first one's type is `next`), up to `MAX_IPV6_EXTENSIONS`. Returns the upper-layer
+/// protocol and its offset.
 #[inline(always)]
 fn skip_ipv6_extensions(
     pkt: &Packet,
@@ -197,15 +221,25 @@ fn skip_ipv6_extensions(
 ) -> Result<(u8, usize), Counter> {
     for _ in 0..MAX_IPV6_EXTENSIONS {
         match next {
-            IPV6_FRAGMENT => return Err(Counter::DropFragment),
-            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTIONS => {}
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTIONS | IPV6_FRAGMENT => {}
             _ => return Ok((next, offset)),
         }
-        if offset + 2 > end {
+        if offset + IPV6_FRAGMENT_HEADER_LEN > end {
             return Err(Counter::DropMalformed);
         }
-        let ext = pkt.bytes::<2>(offset).ok_or(Counter::DropMalformed)?;
-        let len = (usize::from(ext[1]) + 1) * 8;
+        // Every extension header is at least 8 bytes.
+        let ext = pkt
+            .bytes::<IPV6_FRAGMENT_HEADER_LEN>(offset)
+            .ok_or(Counter::DropMalformed)?;
+        let len = if next == IPV6_FRAGMENT {
+            // An atomic fragment (offset 0, no more fragments: RFC 6946) is a whole packet.
+            if u16::from_be_bytes([ext[2], ext[3]]) & IPV6_FRAGMENT_OFFSET_AND_MORE != 0 {
+                return Err(Counter::DropFragment);
+            }
+            IPV6_FRAGMENT_HEADER_LEN
+        } else {
+            (usize::from(ext[1]) + 1) * 8
+        };
         if offset + len > end {
             return Err(Counter::DropMalformed);
         }
@@ -213,10 +247,105 @@ fn skip_ipv6_extensions(
         offset += len;
     }
     match next {
-        IPV6_FRAGMENT => Err(Counter::DropFragment),
-        IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTIONS => Err(Counter::PassIpv6Extensions),
+        IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTIONS | IPV6_FRAGMENT => {
+            Err(Counter::DropIpv6Extensions)
+        }
         _ => Ok((next, offset)),
     }
+}
+
+/// Whether two byte arrays are equal, byte by byte (a slice comparison would need `bcmp`,
+/// which BPF does not have).
+#[inline(always)]
+fn same<const N: usize>(a: &[u8; N], b: &[u8; N]) -> bool {
+    let mut differs = 0;
+    for i in 0..N {
+        differs |= a[i] ^ b[i];
+    }
+    differs == 0
+}
+
+/// Sets the flow of an ICMP error: the quoted packet went from the VIP (already `key.dst`) to
+/// the client (`client`), so the flow is its reverse. `ports` are the quoted source and
+/// destination ports.
+#[inline(always)]
+fn reversed_flow(key: &mut FlowKey, protocol: u8, ports: &[u8; QUOTED_PORTS_LEN]) -> Transport {
+    if protocol != PROTO_TCP && protocol != PROTO_UDP {
+        return Err(Counter::PassOtherProtocol);
+    }
+    key.protocol = protocol;
+    key.src_port = u16::from_ne_bytes([ports[2], ports[3]]);
+    key.dst_port = u16::from_ne_bytes([ports[0], ports[1]]);
+    Ok(Segment::IcmpError)
+}
+
+/// An ICMP destination-unreachable error to a VIP about a packet the VIP sent (a backend's
+/// direct reply): its flow, from the quoted IPv4 header and ports. Anything else is
+/// `PassOtherProtocol`: the balancer's own stack may want it.
+#[inline(always)]
+fn parse_icmp_error(pkt: &Packet, key: &mut FlowKey, offset: usize, end: usize) -> Transport {
+    let inner_at = offset + ICMP_HEADER_LEN;
+    if inner_at + IPV4_MIN_HEADER_LEN + QUOTED_PORTS_LEN > end {
+        return Err(Counter::PassOtherProtocol);
+    }
+    let icmp = pkt
+        .bytes::<ICMP_HEADER_LEN>(offset)
+        .ok_or(Counter::PassOtherProtocol)?;
+    if icmp[0] != ICMP_DEST_UNREACHABLE {
+        return Err(Counter::PassOtherProtocol);
+    }
+    let inner = pkt
+        .bytes::<IPV4_MIN_HEADER_LEN>(inner_at)
+        .ok_or(Counter::PassOtherProtocol)?;
+    let inner_len = usize::from(inner[0] & 0x0f) * 4;
+    let from_vip = same(
+        &[inner[12], inner[13], inner[14], inner[15]],
+        &[key.dst[0], key.dst[1], key.dst[2], key.dst[3]],
+    );
+    if inner[0] >> 4 != 4
+        || inner_len < IPV4_MIN_HEADER_LEN
+        || u16::from_be_bytes([inner[6], inner[7]]) & IPV4_OFFSET_MASK != 0
+        || !from_vip
+        || inner_at + inner_len + QUOTED_PORTS_LEN > end
+    {
+        return Err(Counter::PassOtherProtocol);
+    }
+    let protocol = inner[9];
+    key.src[..4].copy_from_slice(&inner[16..20]);
+    let ports = pkt
+        .bytes::<QUOTED_PORTS_LEN>(inner_at + inner_len)
+        .ok_or(Counter::PassOtherProtocol)?;
+    reversed_flow(key, protocol, ports)
+}
+
+/// As [`parse_icmp_error`] for `ICMPv6` destination unreachable and packet too big (the quoted
+/// IPv6 header must be followed by TCP or UDP directly).
+#[inline(always)]
+fn parse_icmpv6_error(pkt: &Packet, key: &mut FlowKey, offset: usize, end: usize) -> Transport {
+    let inner_at = offset + ICMP_HEADER_LEN;
+    if inner_at + IPV6_HEADER_LEN + QUOTED_PORTS_LEN > end {
+        return Err(Counter::PassOtherProtocol);
+    }
+    let icmp = pkt
+        .bytes::<ICMP_HEADER_LEN>(offset)
+        .ok_or(Counter::PassOtherProtocol)?;
+    if icmp[0] != ICMPV6_DEST_UNREACHABLE && icmp[0] != ICMPV6_PACKET_TOO_BIG {
+        return Err(Counter::PassOtherProtocol);
+    }
+    let inner = pkt
+        .bytes::<IPV6_HEADER_LEN>(inner_at)
+        .ok_or(Counter::PassOtherProtocol)?;
+    let mut source = [0u8; 16];
+    source.copy_from_slice(&inner[8..24]);
+    if inner[0] >> 4 != 6 || !same(&source, &key.dst) {
+        return Err(Counter::PassOtherProtocol);
+    }
+    let protocol = inner[6];
+    key.src.copy_from_slice(&inner[24..40]);
+    let ports = pkt
+        .bytes::<QUOTED_PORTS_LEN>(inner_at + IPV6_HEADER_LEN)
+        .ok_or(Counter::PassOtherProtocol)?;
+    reversed_flow(key, protocol, ports)
 }
 
 /// Reads the ports (and for TCP the flags) of a TCP or UDP header at `offset`; the header must
@@ -229,7 +358,7 @@ fn parse_transport(
     offset: usize,
     end: usize,
 ) -> Transport {
-    let (ports, opens_connection) = match protocol {
+    let (ports, segment) = match protocol {
         PROTO_TCP => {
             if offset + TCP_MIN_HEADER_LEN > end {
                 return Err(Counter::DropMalformed);
@@ -243,10 +372,14 @@ fn parse_transport(
             }
             // The flags byte lies inside the 20 bytes already checked: no new packet access.
             let flags = tcp[TCP_FLAGS_OFFSET];
-            (
-                [tcp[0], tcp[1], tcp[2], tcp[3]],
-                flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
-            )
+            // Only a pure SYN opens a connection: with ACK it answers one, with RST or FIN it
+            // is no connection start (a scan, or a spoof meant to re-pin a flow).
+            let segment = if flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN {
+                Segment::Syn
+            } else {
+                Segment::TcpOther
+            };
+            ([tcp[0], tcp[1], tcp[2], tcp[3]], segment)
         }
         PROTO_UDP => {
             if offset + UDP_HEADER_LEN > end {
@@ -255,7 +388,11 @@ fn parse_transport(
             let udp = pkt
                 .bytes::<UDP_HEADER_LEN>(offset)
                 .ok_or(Counter::DropMalformed)?;
-            ([udp[0], udp[1], udp[2], udp[3]], false)
+            ([udp[0], udp[1], udp[2], udp[3]], Segment::Udp)
+        }
+        PROTO_ICMP if key.family == FAMILY_IPV4 => return parse_icmp_error(pkt, key, offset, end),
+        PROTO_ICMPV6 if key.family == FAMILY_IPV6 => {
+            return parse_icmpv6_error(pkt, key, offset, end)
         }
         _ => return Err(Counter::PassOtherProtocol),
     };
@@ -263,5 +400,5 @@ fn parse_transport(
     // Kept in network byte order: the in-memory bytes equal the wire bytes.
     key.src_port = u16::from_ne_bytes([ports[0], ports[1]]);
     key.dst_port = u16::from_ne_bytes([ports[2], ports[3]]);
-    Ok(Segment { opens_connection })
+    Ok(segment)
 }

@@ -87,6 +87,7 @@ pub fn locate_or_build(name: &str, package: &str) -> Result<PathBuf, BinError> {
     locate(name, package)
 }
 
-fn workspace_root() -> Option<&'static Path> {
+/// The workspace root (this crate's parent directory, as built).
+pub(crate) fn workspace_root() -> Option<&'static Path> {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent()
 }

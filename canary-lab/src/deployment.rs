@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::bins;
 use crate::lab::{Lab, LabError, LabProcess, LabSpec, Node, SERVICE_PORT};
 use crate::loadgen::{LoadSpec, Report};
+use crate::server::ModelServer;
 
 /// Port of the daemon's admin API inside the load balancer's namespace.
 pub const ADMIN_PORT: u16 = 9100;
@@ -47,6 +48,10 @@ pub struct DeploymentSpec {
     pub poll_interval: String,
     pub min_samples: u64,
     pub warmup_requests: u32,
+    /// `""`: each canary backend's health URL.
+    pub warmup_url: String,
+    /// `""`: warm-up GETs; else the JSON body of warm-up POSTs.
+    pub warmup_body: String,
     /// `drain` or `reset`.
     pub rollback: String,
     /// `auto` or `paused`.
@@ -61,10 +66,20 @@ pub struct DeploymentSpec {
     pub max_latency_increase_ms: f64,
     pub max_prediction_shift: f64,
     pub confidence: f64,
-    /// Admin token; `None` = no token file.
+    /// Admin token written to a token file (mode 0600); `None` = no `token_file`: the daemon
+    /// generates one in its state directory.
     pub token: Option<String>,
-    /// Extra `canary-model` flags per backend node.
+    /// `--bpf-object PATH` for the daemon; `None` = the object embedded in the binary.
+    pub bpf_object: Option<PathBuf>,
+    /// Run the daemon with this open-file limit (soft and hard, via `prlimit`).
+    pub daemon_open_files: Option<u64>,
+    /// The model server on every backend.
+    pub server: ModelServer,
+    /// Extra model-server flags per backend node (faults: both servers take the same flags).
     pub model_args: fn(&Node) -> Vec<String>,
+    /// A `[[services]]` section to use instead of the generated one (for example from
+    /// `canary init`); the rollout settings above are appended to it.
+    pub service_section: Option<String>,
 }
 
 fn no_args(_: &Node) -> Vec<String> {
@@ -82,6 +97,8 @@ impl DeploymentSpec {
             poll_interval: "1s".into(),
             min_samples: 200,
             warmup_requests: 5,
+            warmup_url: String::new(),
+            warmup_body: String::new(),
             rollback: "drain".into(),
             start: "auto".into(),
             metrics_missing: "hold".into(),
@@ -94,7 +111,11 @@ impl DeploymentSpec {
             max_prediction_shift: 0.10,
             confidence: 0.99,
             token: None,
+            bpf_object: None,
+            daemon_open_files: None,
+            server: ModelServer::CanaryModel,
             model_args: no_args,
+            service_section: None,
         }
     }
 }
@@ -118,27 +139,38 @@ fn io(what: &str) -> impl Fn(std::io::Error) -> DeploymentError + '_ {
 impl Deployment {
     /// Lab up, model servers started, config written, daemon started and ready.
     pub fn start(spec: DeploymentSpec) -> Result<Self, DeploymentError> {
+        let mut d = Deployment::up(spec)?;
+        d.write_config()?;
+        d.start_daemon()?;
+        Ok(d)
+    }
+
+    /// Lab up and model servers started; no config written and no daemon yet (see
+    /// [`Deployment::write_config`] and [`Deployment::start_daemon`]).
+    pub fn up(spec: DeploymentSpec) -> Result<Self, DeploymentError> {
         let canary_bin = bins::locate("canary", "canary-userspace")?;
-        let model_bin = bins::locate("canary-model", "canary-model")?;
         let loadgen_bin = bins::locate("canary-loadgen", "canary-lab")?;
         let lab = Lab::up(&spec.lab)?;
-        let args = spec.model_args;
-        let models = lab.start_models(&model_bin, args)?;
+        let models = lab.start_models(spec.server, spec.model_args)?;
         let token_path = match &spec.token {
             Some(t) => {
+                use std::io::Write as _;
+                use std::os::unix::fs::OpenOptionsExt as _;
                 let p = lab.state_dir().join("admin.token");
-                std::fs::write(&p, t).map_err(io("write token file"))?;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&p)
+                    .and_then(|mut f| f.write_all(t.as_bytes()))
+                    .map_err(io("write token file"))?;
                 Some(p)
             }
             None => None,
         };
         let config_path = lab.state_dir().join("canary.toml");
-        std::fs::write(
-            &config_path,
-            config_text(&spec, &lab, token_path.as_deref()),
-        )
-        .map_err(io("write config"))?;
-        let mut d = Deployment {
+        Ok(Deployment {
             spec,
             lab,
             canary_bin,
@@ -147,21 +179,36 @@ impl Deployment {
             token_path,
             models,
             daemon: None,
-        };
-        d.start_daemon()?;
-        Ok(d)
+        })
+    }
+
+    /// Writes the daemon's config for the spec as it is now.
+    pub fn write_config(&self) -> Result<(), DeploymentError> {
+        std::fs::write(
+            &self.config_path,
+            config_text(&self.spec, &self.lab, self.token_path.as_deref()),
+        )
+        .map_err(io("write config"))
     }
 
     /// Starts `canary run` in the load balancer and waits until its admin API answers and
     /// every backend has been probed.
     pub fn start_daemon(&mut self) -> Result<(), DeploymentError> {
         let lb = self.lab.load_balancer()?.netns.clone();
-        let argv = [
+        let mut argv = Vec::new();
+        if let Some(n) = self.spec.daemon_open_files {
+            // prlimit execs the daemon in place: the PID stays the daemon's.
+            argv.extend(["prlimit".to_string(), format!("--nofile={n}:{n}")]);
+        }
+        argv.extend([
             self.canary_bin.to_string_lossy().into_owned(),
             "run".into(),
             "--config".into(),
             self.config_path.to_string_lossy().into_owned(),
-        ];
+        ]);
+        if let Some(object) = &self.spec.bpf_object {
+            argv.extend(["--bpf-object".into(), object.to_string_lossy().into_owned()]);
+        }
         let proc = self.lab.spawn_in_env(&lb, &argv, &[("RUST_LOG", "info")])?;
         self.daemon = Some(proc);
         let start = Instant::now();
@@ -260,6 +307,23 @@ impl Deployment {
                 String::from_utf8_lossy(&out.stderr)
             ))),
         }
+    }
+
+    /// The daemon's state directory (`dataplane.state_dir`).
+    pub fn daemon_state_dir(&self) -> PathBuf {
+        state_dir(&self.lab)
+    }
+
+    /// The admin token the daemon uses: the configured one, else the one it generated in its
+    /// state directory.
+    pub fn admin_token(&self) -> Result<String, DeploymentError> {
+        let path = self
+            .token_path
+            .clone()
+            .unwrap_or_else(|| self.daemon_state_dir().join("admin.token"));
+        std::fs::read_to_string(&path)
+            .map(|t| t.trim().to_string())
+            .map_err(io("read the admin token"))
     }
 
     /// The daemon's Prometheus exposition (`GET /metrics` on the admin API).
@@ -464,6 +528,11 @@ impl Deployment {
     }
 }
 
+/// The daemon's `dataplane.state_dir` in this lab.
+pub fn state_dir(lab: &Lab) -> PathBuf {
+    lab.state_dir().join("canary-state")
+}
+
 /// The daemon config for this lab.
 pub fn config_text(spec: &DeploymentSpec, lab: &Lab, token_file: Option<&Path>) -> String {
     let mut t = String::new();
@@ -472,32 +541,18 @@ pub fn config_text(spec: &DeploymentSpec, lab: &Lab, token_file: Option<&Path>) 
     let _ = writeln!(t, "xdp_mode = \"auto\"");
     let _ = writeln!(t, "flow_table_size = {}", spec.flow_table_size);
     let _ = writeln!(t, "heartbeat_timeout = \"{}\"", spec.heartbeat_timeout);
-    let _ = writeln!(
-        t,
-        "state_dir = \"{}\"",
-        lab.state_dir().join("canary-state").display()
-    );
+    let _ = writeln!(t, "state_dir = \"{}\"", state_dir(lab).display());
     let _ = writeln!(t, "bpffs = \"{}\"", lab.bpffs().join("canary").display());
     let _ = writeln!(t, "\n[admin]");
     let _ = writeln!(t, "listen = \"127.0.0.1:{ADMIN_PORT}\"");
     if let Some(p) = token_file {
         let _ = writeln!(t, "token_file = \"{}\"", p.display());
     }
-    let _ = writeln!(t, "\n[[services]]");
-    let _ = writeln!(t, "name = \"sentiment\"");
-    let _ = writeln!(t, "vip = \"{}:{SERVICE_PORT}\"", lab.vip());
-    let _ = writeln!(t, "protocol = \"tcp\"");
-    let _ = writeln!(t, "affinity = \"{}\"", spec.affinity);
-    for (group, nodes) in [("stable", lab.stable()), ("canary", lab.canary())] {
-        for n in nodes {
-            let _ = writeln!(t, "\n  [[services.backends]]");
-            let _ = writeln!(t, "  name = \"{}\"", n.name);
-            let _ = writeln!(t, "  group = \"{group}\"");
-            let _ = writeln!(t, "  address = \"{}\"", n.address);
-            let _ = writeln!(t, "  mac = \"{}\"", n.mac);
-            let _ = writeln!(t, "  health_url = \"{}\"", n.url("/healthz"));
-            let _ = writeln!(t, "  metrics_url = \"{}\"", n.url("/metrics"));
+    match &spec.service_section {
+        Some(section) => {
+            let _ = writeln!(t, "\n{}", section.trim_end());
         }
+        None => service_section(&mut t, spec, lab),
     }
     let steps: Vec<String> = spec.steps.iter().map(|s| format!("{s}")).collect();
     let _ = writeln!(t, "\n  [services.rollout]");
@@ -506,6 +561,8 @@ pub fn config_text(spec: &DeploymentSpec, lab: &Lab, token_file: Option<&Path>) 
     let _ = writeln!(t, "  poll_interval = \"{}\"", spec.poll_interval);
     let _ = writeln!(t, "  min_samples = {}", spec.min_samples);
     let _ = writeln!(t, "  warmup_requests = {}", spec.warmup_requests);
+    let _ = writeln!(t, "  warmup_url = {}", toml_string(&spec.warmup_url));
+    let _ = writeln!(t, "  warmup_body = {}", toml_string(&spec.warmup_body));
     let _ = writeln!(t, "  rollback = \"{}\"", spec.rollback);
     let _ = writeln!(t, "  start = \"{}\"", spec.start);
     let _ = writeln!(t, "  metrics_missing = \"{}\"", spec.metrics_missing);
@@ -529,6 +586,38 @@ pub fn config_text(spec: &DeploymentSpec, lab: &Lab, token_file: Option<&Path>) 
     let _ = writeln!(t, "  max_prediction_shift = {}", spec.max_prediction_shift);
     let _ = writeln!(t, "  confidence = {}", spec.confidence);
     t
+}
+
+/// A TOML string literal (no escapes needed inside single quotes, else a basic string).
+fn toml_string(s: &str) -> String {
+    if s.contains('\'') || s.contains('\n') {
+        format!("{s:?}")
+    } else {
+        format!("'{s}'")
+    }
+}
+
+/// The lab's service: every backend with its group, address, MAC and URLs, and the upstream
+/// preset of the model server.
+fn service_section(t: &mut String, spec: &DeploymentSpec, lab: &Lab) {
+    let _ = writeln!(t, "\n[[services]]");
+    let _ = writeln!(t, "name = \"sentiment\"");
+    let _ = writeln!(t, "vip = \"{}:{SERVICE_PORT}\"", lab.vip());
+    let _ = writeln!(t, "protocol = \"tcp\"");
+    let _ = writeln!(t, "affinity = \"{}\"", spec.affinity);
+    for (group, nodes) in [("stable", lab.stable()), ("canary", lab.canary())] {
+        for n in nodes {
+            let _ = writeln!(t, "\n  [[services.backends]]");
+            let _ = writeln!(t, "  name = \"{}\"", n.name);
+            let _ = writeln!(t, "  group = \"{group}\"");
+            let _ = writeln!(t, "  address = \"{}\"", n.address);
+            let _ = writeln!(t, "  mac = \"{}\"", n.mac);
+            let _ = writeln!(t, "  health_url = \"{}\"", n.url("/healthz"));
+            let _ = writeln!(t, "  metrics_url = \"{}\"", n.url("/metrics"));
+        }
+    }
+    let _ = writeln!(t, "\n  [services.upstream]");
+    let _ = writeln!(t, "  preset = \"{}\"", spec.server.preset());
 }
 
 /// The value of the sample `name{labels}` in a Prometheus text exposition: every given label

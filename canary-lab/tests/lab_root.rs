@@ -1,12 +1,12 @@
 //! Root-only: real namespaces, veths, a bridge, model servers and the load generator.
 //! Skipped (with a message) when not root. Each test uses its own lab tag.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use canary_lab::bins;
 use canary_lab::lab::{leftovers, Lab, LabSpec, Role, SERVICE_PORT};
 use canary_lab::loadgen::{LoadSpec, Report};
+use canary_lab::server::ModelServer;
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -22,8 +22,10 @@ macro_rules! require_root {
     };
 }
 
-fn model_binary() -> PathBuf {
-    bins::locate_or_build("canary-model", "canary-model").expect("canary-model binary")
+/// canary-model, built first if needed (the lab finds it next to the test binaries).
+fn model_server() -> ModelServer {
+    bins::locate_or_build("canary-model", "canary-model").expect("canary-model binary");
+    ModelServer::CanaryModel
 }
 
 fn run_loadgen(lab: &Lab, netns: &str, spec: &LoadSpec) -> Report {
@@ -46,7 +48,7 @@ fn client_reaches_backends_directly_and_down_leaves_nothing() {
     let tag = spec.tag.clone();
     let lab = Lab::up(&spec).expect("lab up");
     let models = lab
-        .start_models(&model_binary(), |_| Vec::new())
+        .start_models(model_server(), |_| Vec::new())
         .expect("models start");
     assert_eq!(models.len(), 2);
     let client = lab.clients()[0].clone();
@@ -182,7 +184,7 @@ fn up_is_idempotent_and_down_ends_detached_processes() {
         "VIP resolved to the LB: {neigh}"
     );
     // The LB reaches a backend's model server (the controller's health and metrics path).
-    let _models = lab.start_models(&model_binary(), |_| Vec::new()).unwrap();
+    let _models = lab.start_models(model_server(), |_| Vec::new()).unwrap();
     let mut health = LoadSpec::new(
         format!("{}:{SERVICE_PORT}", lab.stable()[0].address)
             .parse()

@@ -30,6 +30,8 @@ pub struct FaultConfig {
     pub health_failing: bool,
     /// Make `/metrics` answer 500 (a broken exporter while requests are still served).
     pub metrics_failing: bool,
+    /// Make `/metrics` stream junk series without end (a hostile or runaway exporter).
+    pub metrics_flood: bool,
 }
 
 impl Default for FaultConfig {
@@ -44,6 +46,7 @@ impl Default for FaultConfig {
             crash_after: None,
             health_failing: false,
             metrics_failing: false,
+            metrics_flood: false,
         }
     }
 }
@@ -89,6 +92,7 @@ pub struct FaultUpdate {
     pub clear_crash: Option<bool>,
     pub health_failing: Option<bool>,
     pub metrics_failing: Option<bool>,
+    pub metrics_flood: Option<bool>,
     /// Exit the process right after answering this request.
     pub crash: Option<bool>,
     /// Reset every fault to its default before applying the other fields.
@@ -132,6 +136,9 @@ impl FaultUpdate {
         }
         if let Some(v) = self.metrics_failing {
             next.metrics_failing = v;
+        }
+        if let Some(v) = self.metrics_flood {
+            next.metrics_flood = v;
         }
         next.validate()?;
         Ok(next)
@@ -185,6 +192,10 @@ impl FaultState {
 
     pub fn metrics_failing(&self) -> bool {
         self.config.metrics_failing
+    }
+
+    pub fn metrics_flood(&self) -> bool {
+        self.config.metrics_flood
     }
 
     /// Decide the fate of the next request and run the counters down.
@@ -303,6 +314,7 @@ mod tests {
                 error_rate: Some(0.25),
                 health_failing: Some(true),
                 metrics_failing: Some(true),
+                metrics_flood: Some(true),
                 ..FaultUpdate::default()
             })
             .unwrap()
@@ -311,6 +323,7 @@ mod tests {
         assert_eq!(cfg.latency_ms, 7, "untouched field keeps its value");
         assert!(s.health_failing());
         assert!(s.metrics_failing());
+        assert!(s.metrics_flood());
 
         let err = s
             .update(&FaultUpdate {

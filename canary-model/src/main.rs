@@ -50,6 +50,9 @@ struct Args {
     /// Start with /metrics answering 500.
     #[arg(long)]
     metrics_failing: bool,
+    /// Start with /metrics streaming junk series without end.
+    #[arg(long)]
+    metrics_flood: bool,
     /// Seed of the fault draws, for reproducible runs.
     #[arg(long)]
     seed: Option<u64>,
@@ -75,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
         crash_after: args.crash_after,
         health_failing: args.health_failing,
         metrics_failing: args.metrics_failing,
+        metrics_flood: args.metrics_flood,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

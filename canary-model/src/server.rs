@@ -3,6 +3,9 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use std::fmt::Write as _;
+
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -146,7 +149,27 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// Junk series without end, as fast as the connection takes them.
+fn flood() -> Body {
+    let chunk: Bytes = (0..1000u32)
+        .fold(String::new(), |mut s, i| {
+            let _ = writeln!(s, "junk_series_{i}{{flood=\"{i}\"}} {i}");
+            s
+        })
+        .into();
+    Body::from_stream(futures_util::stream::repeat_with(move || {
+        Ok::<_, std::convert::Infallible>(chunk.clone())
+    }))
+}
+
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    if state.faults().metrics_flood() {
+        return (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            flood(),
+        )
+            .into_response();
+    }
     if state.faults().metrics_failing() {
         return (
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -246,3 +246,34 @@ fn binary_crashes_on_the_nth_request() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[tokio::test]
+async fn metrics_flood_streams_junk_without_end() {
+    let addr = start(
+        ModelVersion::V1,
+        FaultConfig {
+            metrics_flood: true,
+            ..FaultConfig::default()
+        },
+    )
+    .await;
+    let mut conn = connect(addr).await;
+    conn.get_mut()
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    // Far more than any exposition, and still going: read 16 MiB, then hang up.
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut read = 0usize;
+    let mut text = String::new();
+    while read < 16 << 20 {
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the answer ended after {read} bytes");
+        if text.len() < 4096 {
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        read += n;
+    }
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.contains("junk_series_1{flood=\"1\"} 1\n"), "{text}");
+}

@@ -3,8 +3,10 @@
 //!
 //! The API does no work itself: reads come from the shared status and metrics registry, and
 //! every verb is sent to the controller task as an [`OperatorRequest`], which answers with what it
-//! did. When a token is configured, every mutating call must carry `Authorization: Bearer
-//! <token>`; a missing or wrong token gets 401 and nothing is sent to the controller.
+//! did. Every mutating call must carry `Authorization: Bearer <token>` (the token of
+//! [`crate::token`]: configured or generated, never absent); a missing or wrong token gets 401
+//! and nothing is sent to the controller. Reads (`/status`, `/metrics`, `/v1/route`) are open
+//! to whoever can reach `admin.listen`.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -15,10 +17,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{OperatorCommand, OperatorReply, Status};
+use crate::token::TokenDigest;
 
 /// A verb on its way to the controller, with the channel for its answer.
 #[derive(Debug)]
@@ -34,8 +36,8 @@ pub struct AdminState {
     pub status: Arc<RwLock<Status>>,
     pub registry: prometheus::Registry,
     pub requests: mpsc::Sender<OperatorRequest>,
-    /// The bearer token mutating calls need; `None` = no token configured.
-    pub token: Option<Arc<str>>,
+    /// The bearer token mutating calls need (its digest).
+    pub token: TokenDigest,
 }
 
 /// The API's routes.
@@ -160,21 +162,17 @@ async fn service_verb(
 }
 
 fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), Box<Response>> {
-    let Some(token) = &state.token else {
-        return Ok(());
-    };
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if presented.is_some_and(|p| state.token.matches(p)) {
         Ok(())
     } else {
         Err(Box::new(reply(
             StatusCode::UNAUTHORIZED,
             OperatorReply::refused(
-                "missing or wrong token: send `Authorization: Bearer <token>` with the token from admin.token_file (canary CLI: --token-file)",
+                "missing or wrong token: send `Authorization: Bearer <token>` with the token from admin.token_file, or from state_dir/admin.token when none is configured (the canary CLI finds it with --config or --token-file)",
             ),
         )))
     }
@@ -217,7 +215,7 @@ mod tests {
 
     /// Spawns the API on a loopback port with a controller stub that records the verbs it got.
     async fn start(
-        token: Option<&str>,
+        token: &str,
     ) -> (
         SocketAddr,
         Arc<std::sync::Mutex<Vec<OperatorCommand>>>,
@@ -238,19 +236,27 @@ mod tests {
             status: Arc::new(RwLock::new(Status::default())),
             registry: prometheus::Registry::new(),
             requests: tx,
-            token: token.map(Arc::from),
+            token: TokenDigest::new(token),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            axum::serve(listener, router(state)).await.unwrap();
-        });
+        let limits = crate::admin_server::Limits {
+            max_connections: 16,
+            header_read_timeout: std::time::Duration::from_secs(5),
+            idle_timeout: std::time::Duration::from_secs(5),
+        };
+        tokio::spawn(crate::admin_server::serve(
+            listener,
+            router(state),
+            limits,
+            std::future::pending(),
+        ));
         (addr, seen, controller)
     }
 
     #[tokio::test]
     async fn mutations_need_the_token_when_configured() {
-        let (addr, seen, _c) = start(Some("s3cret")).await;
+        let (addr, seen, _c) = start("s3cret").await;
         let client = reqwest::Client::new();
         let url = format!("http://{addr}/v1/services/_/pause");
 
@@ -290,11 +296,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn verbs_are_parsed_without_a_token() {
-        let (addr, seen, _c) = start(None).await;
+    async fn verbs_are_parsed() {
+        let (addr, seen, _c) = start("t").await;
         let client = reqwest::Client::new();
         let ok = client
             .post(format!("http://{addr}/v1/services/sentiment/set-weight"))
+            .bearer_auth("t")
             .json(&serde_json::json!({"percent": 12.5}))
             .send()
             .await
@@ -302,18 +309,21 @@ mod tests {
         assert_eq!(ok.status(), 200);
         let missing = client
             .post(format!("http://{addr}/v1/services/sentiment/set-weight"))
+            .bearer_auth("t")
             .send()
             .await
             .unwrap();
         assert_eq!(missing.status(), 400);
         let unknown = client
             .post(format!("http://{addr}/v1/services/sentiment/explode"))
+            .bearer_auth("t")
             .send()
             .await
             .unwrap();
         assert_eq!(unknown.status(), 404);
         let full = client
             .post(format!("http://{addr}/v1/services/_/promote"))
+            .bearer_auth("t")
             .json(&serde_json::json!({"full": true}))
             .send()
             .await

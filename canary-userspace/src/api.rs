@@ -142,6 +142,12 @@ pub struct BackendStatus {
     /// Requests the backend itself reports (its `requests` series), if scraped.
     pub reported_requests: Option<f64>,
     pub metrics_ok: bool,
+    /// Why its metrics, or some of its series, are missing (failed scrape, malformed series).
+    #[serde(default)]
+    pub metrics_problem: Option<String>,
+    /// The model versions it reports (`upstream.version_label`), if configured.
+    #[serde(default)]
+    pub reported_versions: Vec<String>,
 }
 
 impl Status {

@@ -1,5 +1,6 @@
 //! `canary`: the daemon (`canary run`) and its command-line interface.
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,6 +13,7 @@ mod daemon;
 
 use canary_userspace::api::OperatorCommand;
 use canary_userspace::config::{load_config, read_config};
+use canary_userspace::init;
 use cli::client::{self, Endpoint};
 use cli::render;
 use daemon::RunOptions;
@@ -45,7 +47,8 @@ struct Target {
     /// Admin API base URL (default `http://127.0.0.1:9100`).
     #[arg(long, env = "CANARY_ADMIN")]
     admin: Option<String>,
-    /// File holding the admin token (mutating verbs need it when the daemon has one).
+    /// File holding the admin token (verbs need it; default: the config's `admin.token_file`,
+    /// else `state_dir/admin.token`, else /var/lib/canary/admin.token).
     #[arg(long, env = "CANARY_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// Service to act on (needed when several are configured).
@@ -67,6 +70,28 @@ enum Command {
     Validate {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Print a service section for the backends, recognised from what their /metrics export:
+    /// the requests, errors, latency and predictions series (a preset when one matches).
+    Init {
+        /// A stable backend's metrics URL, `http://ADDRESS:PORT/metrics`; repeat for each.
+        #[arg(long = "metrics-url", value_name = "URL", required = true)]
+        metrics_urls: Vec<String>,
+        /// A canary backend's metrics URL; repeat for each (none: a service without rollout).
+        #[arg(long = "canary-metrics-url", value_name = "URL")]
+        canary_metrics_urls: Vec<String>,
+        /// The address clients connect to, `IP:PORT` (the backends serve on the same port).
+        #[arg(long)]
+        vip: SocketAddr,
+        /// The service's name.
+        #[arg(long, default_value = "model")]
+        name: String,
+        /// The path the model answers on (selected where requests carry a route label).
+        #[arg(long, default_value = init::recognise::DEFAULT_ROUTE)]
+        route: String,
+        /// The path of each backend's health endpoint (2xx while it can take traffic).
+        #[arg(long, default_value = "/healthz")]
+        health_path: String,
     },
     /// Show phase, step, split, per-group figures and the last decision.
     Status {
@@ -143,7 +168,10 @@ fn init_logs(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Human => builder.init(),
+        // Colour only on a terminal: a file or the journal gets plain text.
+        LogFormat::Human => builder
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
         LogFormat::Json => builder.json().init(),
     }
 }
@@ -152,7 +180,11 @@ fn endpoint(t: &Target) -> Result<Endpoint> {
     let from_config = match &t.config {
         Some(path) => {
             let c = read_config(path)?;
-            Some((c.admin.listen.to_string(), c.admin.token_file))
+            Some(client::ConfigTarget {
+                listen: c.admin.listen.to_string(),
+                token_file: c.admin.token_file,
+                state_dir: c.dataplane.state_dir,
+            })
         }
         None => None,
     };
@@ -188,6 +220,9 @@ fn validate(path: &Path) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(" -> ")
         );
+        for line in s.upstream.describe() {
+            println!("    {line}");
+        }
     }
     Ok(())
 }
@@ -196,6 +231,26 @@ async fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run { config, bpf_object } => daemon::run(RunOptions { config, bpf_object }).await,
         Command::Validate { config } => validate(&config),
+        Command::Init {
+            metrics_urls,
+            canary_metrics_urls,
+            vip,
+            name,
+            route,
+            health_path,
+        } => {
+            let section = cli::init::run(&cli::init::Options {
+                name,
+                vip,
+                stable: metrics_urls,
+                canary: canary_metrics_urls,
+                route,
+                health_path,
+            })
+            .await?;
+            print!("{section}");
+            Ok(())
+        }
         Command::Status { target, json } => {
             let status = client::status(&endpoint(&target)?).await?;
             if json {
@@ -240,6 +295,12 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 (Some(path), _) => read_config(&path)?.dataplane.bpffs,
                 (None, Some(dir)) => dir,
                 (None, None) => PathBuf::from("/sys/fs/bpf/canary"),
+            };
+            // Not while a daemon drives these pins (it would keep writing to a detached program).
+            let _lock = if dir.is_dir() {
+                Some(canary_userspace::lock::DaemonLock::pins(&dir)?)
+            } else {
+                None
             };
             let detached = canary_userspace::dataplane::aya::detach(&dir)
                 .with_context(|| format!("cannot detach from {}", dir.display()))?;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType};
-use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Phases exported by `canary_rollout_phase` (1 for the current one, 0 for the others).
 pub const PHASES: [&str; 5] = ["idle", "pending", "stepping", "promoted", "rolled_back"];
@@ -30,11 +30,22 @@ pub struct Metrics {
     pub measured_split: GaugeVec,
     pub upstream_requests: IntCounterVec,
     pub upstream_errors: IntCounterVec,
+    /// Failed scrapes and unusable series, per backend and reason.
+    pub upstream_scrape_errors: IntCounterVec,
     /// Requests a backend reports per new flow the kernel sent it (cross-check).
     pub upstream_flow_ratio: GaugeVec,
     pub decisions: IntCounterVec,
     /// 1 while a judged signal has no data (the judge holds for it).
     pub signal_without_data: IntGaugeVec,
+    /// Consecutive hold decisions at the current weight (see [`Metrics::record_decision`]).
+    pub held_intervals: IntGaugeVec,
+    /// Wall-clock time of the last heartbeat written to the kernel, per service.
+    pub heartbeat_timestamp: GaugeVec,
+    /// `dataplane.heartbeat_timeout`, per service (the dead-man switch's limit).
+    pub heartbeat_timeout: GaugeVec,
+    pub upstream_predictions: IntCounterVec,
+    /// Size of the (pinned) flow table, in entries.
+    pub flow_table_entries_limit: IntGauge,
     pub xdp_packets: IntCounterVec,
     pub xdp_events: IntCounterVec,
     pub latency: UpstreamLatency,
@@ -93,6 +104,10 @@ impl Metrics {
                 opts("canary_upstream_errors_total", "Failed requests the backends of the group report."),
                 &["service", "group"],
             )?,
+            upstream_scrape_errors: IntCounterVec::new(
+                opts("canary_upstream_scrape_errors_total", "Polls in which a backend's metrics, or one of its series, could not be used, by reason (the series count as missing)."),
+                &["service", "backend", "reason"],
+            )?,
             upstream_flow_ratio: GaugeVec::new(
                 opts("canary_upstream_requests_per_flow_ratio", "Requests the backend reports per new flow the kernel sent it (a dead exporter shows as 0)."),
                 sgb,
@@ -105,6 +120,26 @@ impl Metrics {
                 opts("canary_signal_without_data", "1 while a judged signal has no data (no latency observations, no predictions, p95 in the +Inf bucket): the judge holds, and metrics_missing applies."),
                 &["service", "signal"],
             )?,
+            held_intervals: IntGaugeVec::new(
+                opts("canary_rollout_held_intervals", "Evaluations in a row that held the rollout at its weight (0 after any other decision)."),
+                &["service"],
+            )?,
+            heartbeat_timestamp: GaugeVec::new(
+                opts("canary_heartbeat_timestamp_seconds", "Unix time of the last heartbeat the daemon wrote for the service (the dead-man switch engages heartbeat_timeout later)."),
+                &["service"],
+            )?,
+            heartbeat_timeout: GaugeVec::new(
+                opts("canary_heartbeat_timeout_seconds", "Heartbeat age after which the kernel sends the service's new flows to stable only (dead-man switch)."),
+                &["service"],
+            )?,
+            upstream_predictions: IntCounterVec::new(
+                opts("canary_upstream_predictions_total", "Predictions the backends of the group report, by predicted class."),
+                &["service", "group", "class"],
+            )?,
+            flow_table_entries_limit: IntGauge::with_opts(opts(
+                "canary_flow_table_entries_limit",
+                "Size of the flow table in entries (an LRU table: when full, the least recently used flow is evicted).",
+            ))?,
             xdp_packets: IntCounterVec::new(
                 opts("canary_xdp_packets_total", "Packets seen by the XDP program, by terminal outcome."),
                 &["outcome"],
@@ -128,10 +163,20 @@ impl Metrics {
         m.registry.register(Box::new(m.upstream_requests.clone()))?;
         m.registry.register(Box::new(m.upstream_errors.clone()))?;
         m.registry
+            .register(Box::new(m.upstream_scrape_errors.clone()))?;
+        m.registry
             .register(Box::new(m.upstream_flow_ratio.clone()))?;
         m.registry.register(Box::new(m.decisions.clone()))?;
         m.registry
             .register(Box::new(m.signal_without_data.clone()))?;
+        m.registry.register(Box::new(m.held_intervals.clone()))?;
+        m.registry
+            .register(Box::new(m.heartbeat_timestamp.clone()))?;
+        m.registry.register(Box::new(m.heartbeat_timeout.clone()))?;
+        m.registry
+            .register(Box::new(m.upstream_predictions.clone()))?;
+        m.registry
+            .register(Box::new(m.flow_table_entries_limit.clone()))?;
         m.registry.register(Box::new(m.xdp_packets.clone()))?;
         m.registry.register(Box::new(m.xdp_events.clone()))?;
         m.registry.register(Box::new(m.latency.clone()))?;
@@ -145,6 +190,30 @@ impl Metrics {
                 .with_label_values(&[service, p])
                 .set(i64::from(p == phase));
         }
+    }
+
+    /// Counts a decision (`canary_decisions_total`) and tracks how many evaluations in a row
+    /// held the rollout: a hold adds one, any other decision starts again from zero.
+    pub fn record_decision(&self, service: &str, action: &str, reason: &str) {
+        self.decisions
+            .with_label_values(&[service, action, reason])
+            .inc();
+        let held = self.held_intervals.with_label_values(&[service]);
+        if action == "hold" {
+            held.inc();
+        } else {
+            held.set(0);
+        }
+    }
+
+    /// A heartbeat was written for `service` at `at_ms` (Unix milliseconds).
+    pub fn record_heartbeat(&self, service: &str, at_ms: u64, timeout: std::time::Duration) {
+        self.heartbeat_timestamp
+            .with_label_values(&[service])
+            .set(at_ms as f64 / 1000.0);
+        self.heartbeat_timeout
+            .with_label_values(&[service])
+            .set(timeout.as_secs_f64());
     }
 }
 
@@ -277,6 +346,49 @@ mod tests {
             "canary_upstream_latency_seconds_bucket{group=\"canary\",service=\"s\",le=\"0.5\"} 9",
             "canary_upstream_latency_seconds_bucket{group=\"canary\",service=\"s\",le=\"+Inf\"} 10",
             "canary_upstream_latency_seconds_count{group=\"canary\",service=\"s\"} 10",
+        ] {
+            assert!(t.contains(needle), "missing {needle:?} in\n{t}");
+        }
+    }
+
+    #[test]
+    fn held_intervals_count_holds_in_a_row_and_reset_on_any_other_decision() {
+        let m = Metrics::new().unwrap();
+        let held = |s: &str| m.held_intervals.with_label_values(&[s]).get();
+        m.record_decision("s", "step", "healthy");
+        assert_eq!(held("s"), 0);
+        for n in 1..=3 {
+            m.record_decision("s", "hold", "inconclusive");
+            assert_eq!(held("s"), n);
+        }
+        m.record_decision("t", "hold", "insufficient_samples");
+        assert_eq!(held("t"), 1, "per service");
+        assert_eq!(held("s"), 3);
+        m.record_decision("s", "hold", "metrics_missing");
+        assert_eq!(held("s"), 4, "any hold reason counts");
+        m.record_decision("s", "rollback", "error_spike");
+        assert_eq!(held("s"), 0);
+        assert_eq!(
+            m.decisions
+                .with_label_values(&["s", "hold", "inconclusive"])
+                .get(),
+            3
+        );
+        let t = text(&m.registry);
+        assert!(
+            t.contains("canary_rollout_held_intervals{service=\"t\"} 1"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn heartbeat_gauges_give_the_dead_man_deadline() {
+        let m = Metrics::new().unwrap();
+        m.record_heartbeat("s", 1_700_000_000_250, std::time::Duration::from_secs(30));
+        let t = text(&m.registry);
+        for needle in [
+            "canary_heartbeat_timestamp_seconds{service=\"s\"} 1700000000.25",
+            "canary_heartbeat_timeout_seconds{service=\"s\"} 30",
         ] {
             assert!(t.contains(needle), "missing {needle:?} in\n{t}");
         }

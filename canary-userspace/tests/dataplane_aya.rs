@@ -75,7 +75,12 @@ struct Namespace(String);
 
 impl Namespace {
     fn create() -> Namespace {
-        let name = format!("canary-dp-{}", std::process::id());
+        Self::create_tagged("")
+    }
+
+    /// A namespace whose name carries `tag` (tests that may run at the same time differ).
+    fn create_tagged(tag: &str) -> Namespace {
+        let name = format!("canary-dp{tag}-{}", std::process::id());
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         run(&["ip", "netns", "add", &name]);
         let ns = Namespace(name);
@@ -150,7 +155,11 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn create() -> Scratch {
-        let dir = std::env::temp_dir().join(format!("canary-dp-test-{}", std::process::id()));
+        Self::create_tagged("")
+    }
+
+    fn create_tagged(tag: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("canary-dp-test{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         Scratch(dir)
     }
@@ -397,7 +406,7 @@ fn attach_program_restart_from_pins_and_detach() {
         drop(dp);
         drop(programmer);
         let (dp, opened) = AyaDataPlane::open(&options(&bpffs, LB_IF)).expect("reopen");
-        assert_eq!(opened, Opened::Reopened);
+        assert_eq!(opened, Opened::Reopened { replaced: None });
         assert_eq!(
             dp.control(index).unwrap().canary_weight,
             2500,
@@ -465,4 +474,92 @@ fn missing_object_is_a_clear_error() {
     assert!(AyaError::NoObject
         .to_string()
         .contains("cargo xtask build-ebpf --release"));
+}
+
+/// Pins a new map of the given definition at `path` (a stale pin of another layout).
+fn pin_map(path: &Path, map_type: u32, key: u32, value: u32, entries: u32) {
+    let def = aya_obj::Map::new_from_params(map_type, key, value, entries, 0);
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    let map = ::aya::maps::MapData::create(def, &name, None).expect("create map");
+    map.pin(path).expect("pin map");
+}
+
+const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+
+#[test]
+fn pins_of_another_layout_are_refused_on_both_paths() {
+    if !prerequisites() {
+        return;
+    }
+    let ns = Namespace::create_tagged("l");
+    let scratch = Scratch::create_tagged("l");
+    let bpffs = scratch.bpffs_mount().join("canary");
+    let link = bpffs.join(aya::LINK_PIN);
+    ns.run_inside(|| {
+        aya::ensure_bpffs(&bpffs).unwrap();
+        let refused = |what: &str| {
+            let err = AyaDataPlane::open(&options(&bpffs, LB_IF))
+                .err()
+                .unwrap_or_else(|| panic!("{what}: opened with an incompatible pin"));
+            let text = err.to_string();
+            println!("{what}: {text}");
+            assert!(matches!(err, AyaError::IncompatiblePin { .. }), "{text}");
+            assert!(text.contains("canary detach"), "{text}");
+            text
+        };
+
+        // ---- load-and-attach path (no link pinned): stale map pins ----
+        let backends = bpffs.join(canary_common::maps::BACKENDS);
+        pin_map(
+            &backends,
+            BPF_MAP_TYPE_ARRAY,
+            4,
+            32,
+            canary_common::MAX_BACKENDS,
+        );
+        let text = refused("BACKENDS with 32-byte values");
+        assert!(
+            text.contains("BACKENDS") && text.contains("value size is 32 bytes"),
+            "{text}"
+        );
+        assert!(text.contains("the object's is 16 bytes"), "{text}");
+        assert!(!link.exists(), "nothing attached");
+        std::fs::remove_file(&backends).unwrap();
+
+        let flows = bpffs.join(canary_common::maps::FLOWS);
+        let key = u32::try_from(std::mem::size_of::<canary_common::FlowKey>()).unwrap();
+        let value = u32::try_from(std::mem::size_of::<FlowEntry>()).unwrap();
+        pin_map(&flows, BPF_MAP_TYPE_HASH, key, value, 10);
+        let text = refused("FLOWS as a 10-entry plain hash");
+        assert!(
+            text.contains("type is hash (1)") && text.contains("lru_hash (9)"),
+            "{text}"
+        );
+        assert!(!link.exists(), "nothing attached");
+        std::fs::remove_file(&flows).unwrap();
+
+        // ---- reopen path (link pinned): a map pin swapped for one of another layout ----
+        let (dp, _) = AyaDataPlane::open(&options(&bpffs, LB_IF)).expect("open");
+        drop(dp);
+        assert!(link.exists());
+        std::fs::remove_file(&backends).unwrap();
+        pin_map(
+            &backends,
+            BPF_MAP_TYPE_ARRAY,
+            4,
+            32,
+            canary_common::MAX_BACKENDS,
+        );
+        let text = refused("reopen with BACKENDS of 32-byte values");
+        assert!(text.contains("value size is 32 bytes"), "{text}");
+        assert!(link.exists(), "the running program stays attached");
+    });
+    let link_shown = output(&["ip", "-n", &ns.0, "-d", "link", "show", LB_IF]);
+    assert!(
+        link_shown.contains("prog/xdp"),
+        "still attached: {link_shown}"
+    );
+    drop(scratch);
+    drop(ns);
 }

@@ -33,10 +33,11 @@ pub const TCP_ACK: u8 = 0x10;
 /// Offset of the flags byte in the TCP header.
 pub const TCP_FLAGS_OFFSET: usize = 13;
 
-/// Whether a TCP segment with these flags opens a connection (SYN set, ACK clear): such a
-/// segment always starts a new flow, whatever the flow table holds for its 5-tuple.
+/// Whether a TCP segment with these flags opens a connection (SYN set; ACK, RST and FIN
+/// clear): such a segment starts a new flow, unless its 5-tuple has an entry younger than
+/// `syn_replace_after_ms`.
 pub fn opens_connection(tcp_flags: u8) -> bool {
-    tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN
 }
 
 const PAYLOAD: &[u8] = b"canary test payload";
@@ -125,6 +126,22 @@ impl Tuple {
         self.segment(TCP_SYN, payload)
     }
 
+    /// The IP packet (no Ethernet header) a backend sends back to the client of this flow by
+    /// direct server return: from the VIP and service port to the client, `len` bytes of it at
+    /// most (what an ICMP error quotes).
+    pub fn reply_packet(&self, len: usize) -> Vec<u8> {
+        let reply = Tuple {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            protocol: self.protocol,
+        };
+        let frame = reply.segment(TCP_ACK | TCP_PSH, &[0x5a; 1_400]);
+        let ip = &frame[ETH_LEN..];
+        ip[..len.min(ip.len())].to_vec()
+    }
+
     /// A frame of an established connection: for TCP an ACK (follows the flow table), for UDP
     /// the same as [`Tuple::frame`].
     pub fn ack_frame(&self) -> Vec<u8> {
@@ -196,6 +213,41 @@ pub fn icmp_echo(src: Addr, dst: Addr) -> Vec<u8> {
             .ipv6(s, d, TTL)
             .icmpv6_echo_request(1, 1)
             .write(&mut out, PAYLOAD),
+        _ => panic!("mixed address families"),
+    }
+    .expect("writing to a Vec cannot fail");
+    out
+}
+
+/// ICMP destination unreachable (IPv4 type 3); code 4 is "fragmentation needed".
+pub const ICMP_DEST_UNREACHABLE: u8 = 3;
+pub const ICMP_FRAGMENTATION_NEEDED: u8 = 4;
+/// `ICMPv6` destination unreachable (type 1) and packet too big (type 2).
+pub const ICMPV6_DEST_UNREACHABLE: u8 = 1;
+pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+
+/// An ICMP (IPv4) or `ICMPv6` error from `router` to `to`, sent to the balancer's MAC, quoting
+/// `quoted` (an IP packet from its IP header on, as much of it as the router quotes). `rest` is
+/// the ICMP header's bytes 5-8 (the MTU of "fragmentation needed" and "packet too big").
+pub fn icmp_error(
+    router: Addr,
+    to: Addr,
+    icmp_type: u8,
+    code: u8,
+    rest: [u8; 4],
+    quoted: &[u8],
+) -> Vec<u8> {
+    let eth = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
+    let mut out = Vec::new();
+    match (router, to) {
+        (Addr::V4(s), Addr::V4(d)) => eth
+            .ipv4(s, d, TTL)
+            .icmpv4_raw(icmp_type, code, rest)
+            .write(&mut out, quoted),
+        (Addr::V6(s), Addr::V6(d)) => eth
+            .ipv6(s, d, TTL)
+            .icmpv6_raw(icmp_type, code, rest)
+            .write(&mut out, quoted),
         _ => panic!("mixed address families"),
     }
     .expect("writing to a Vec cannot fail");
@@ -326,6 +378,36 @@ pub fn ipv6_with_extensions(frame: &[u8], extensions: &[(u8, u8)]) -> Vec<u8> {
     out.extend_from_slice(&frame[ETH_LEN + IPV6_LEN..]);
     let payload = u16::from_be_bytes([out[ETH_LEN + 4], out[ETH_LEN + 5]]) + chain.len() as u16;
     out[ETH_LEN + 4..ETH_LEN + 6].copy_from_slice(&payload.to_be_bytes());
+    out
+}
+
+/// Inserts an IPv6 fragment header right after the IPv6 header: `offset_units` (8-byte
+/// units) and the more-fragments flag. Offset 0 without more fragments is an atomic fragment
+/// (RFC 6946): a whole packet that carries a fragment header.
+pub fn ipv6_with_fragment_header(frame: &[u8], offset_units: u16, more_fragments: bool) -> Vec<u8> {
+    let nh_offset = ETH_LEN + 6;
+    let mut header = vec![frame[nh_offset], 0];
+    let field = (offset_units << 3) | u16::from(more_fragments);
+    header.extend_from_slice(&field.to_be_bytes());
+    header.extend_from_slice(&0x0bad_cafe_u32.to_be_bytes());
+    let mut out = frame[..ETH_LEN + IPV6_LEN].to_vec();
+    out[nh_offset] = IPV6_FRAGMENT;
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&frame[ETH_LEN + IPV6_LEN..]);
+    let payload = u16::from_be_bytes([out[ETH_LEN + 4], out[ETH_LEN + 5]]) + 8;
+    out[ETH_LEN + 4..ETH_LEN + 6].copy_from_slice(&payload.to_be_bytes());
+    out
+}
+
+/// Sets the IPv4 TTL (and fixes the checksum) or the IPv6 hop limit of a frame.
+pub fn with_ttl(frame: &[u8], ttl: u8) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    if u16::from_be_bytes([out[12], out[13]]) == ETHERTYPE_IPV4 {
+        out[ETH_LEN + 8] = ttl;
+        ipv4_fix_checksum(&mut out);
+    } else {
+        out[ETH_LEN + 7] = ttl;
+    }
     out
 }
 

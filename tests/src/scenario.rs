@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use canary_common::choose::GROUP_PROBES;
 use canary_common::{
     group_for_bucket, Backend, FlowKey, GlobalConfig, Selection, ServiceControl, ServiceEntry,
     ServiceKey, VipKey, BACKEND_FLAG_UP, BUCKETS, GROUP_CANARY, GROUP_STABLE, MAGLEV_TABLE_SIZE,
@@ -18,8 +19,9 @@ use crate::xdp::{Dataplane, XdpError};
 
 /// Hash seed used by the test configurations.
 pub const TEST_SEED: u32 = 0x00c0_ffee;
-/// Source MAC the balancer writes (`GlobalConfig::lb_mac`) in the test configurations.
-pub const CONFIGURED_LB_MAC: [u8; 6] = [0x02, 0x1b, 0xaa, 0xbb, 0xcc, 0xdd];
+/// The balancer's MAC in the test configurations (`GlobalConfig::lb_mac`): test frames are
+/// addressed to it, and forwarded frames carry it as their source.
+pub const CONFIGURED_LB_MAC: [u8; 6] = crate::packet::LB_MAC;
 
 /// The MAC of backend `index` in tests: unique per backend.
 pub fn backend_mac(index: u32) -> [u8; 6] {
@@ -115,6 +117,9 @@ pub struct Choice {
     pub group_fallback: bool,
     /// The dead-man switch moved the flow from canary to stable.
     pub deadman: bool,
+    /// The flow's own Maglev slot named a backend that could not take it; a later slot of the
+    /// same group did.
+    pub slot_fallback: bool,
 }
 
 /// A whole configuration: global settings, backends and services.
@@ -136,9 +141,8 @@ impl Scenario {
         Self {
             config: GlobalConfig {
                 hash_seed: TEST_SEED,
-                flags: 0,
                 lb_mac: CONFIGURED_LB_MAC,
-                _pad: [0; 2],
+                ..GlobalConfig::default()
             },
             backends: BTreeMap::new(),
             services: Vec::new(),
@@ -255,12 +259,24 @@ impl Scenario {
             });
     }
 
-    fn usable(&self, backend: u32) -> bool {
+    /// Whether `backend` may take a new flow of `service` in `group`: it exists, is up, and
+    /// belongs to that service and group.
+    fn usable(&self, backend: u32, service: u32, group: u32) -> bool {
         backend < MAX_BACKENDS
-            && self
-                .backends
-                .get(&backend)
-                .is_some_and(|b| b.flags & BACKEND_FLAG_UP != 0)
+            && self.backends.get(&backend).is_some_and(|b| {
+                b.flags & BACKEND_FLAG_UP != 0 && b.service_index == service && b.group == group
+            })
+    }
+
+    /// The group the bucket rule gives a new flow of `service` (before the dead-man switch and
+    /// any fallback).
+    pub fn bucket_group(&self, service: &ServiceSpec, key: &FlowKey) -> u32 {
+        let selection = Selection::of(
+            key,
+            service.flags & SERVICE_FLAG_CLIENT_IP != 0,
+            self.config.hash_seed,
+        );
+        group_for_bucket(selection.bucket, service.control.canary_weight.min(BUCKETS))
     }
 
     /// The choice the contract prescribes for a new flow of `service` (step 8), given whether
@@ -283,20 +299,27 @@ impl Scenario {
             group = GROUP_STABLE;
             deadman = true;
         }
-        let at = |group: u32| {
+        // The group's table (as `install` writes it) from the flow's slot on, at most
+        // GROUP_PROBES slots; an empty group has NO_BACKEND in every slot.
+        let at = |group: u32| -> Option<(u32, bool)> {
             let table = service.group(group);
             if table.is_empty() {
                 return None;
             }
-            let backend = table[selection.slot as usize % table.len()];
-            self.usable(backend).then_some(backend)
+            (0..GROUP_PROBES).find_map(|probe| {
+                let slot = (selection.slot + probe) % MAGLEV_TABLE_SIZE;
+                let backend = table[slot as usize % table.len()];
+                self.usable(backend, service.index, group)
+                    .then_some((backend, probe != 0))
+            })
         };
-        if let Some(backend) = at(group) {
+        if let Some((backend, slot_fallback)) = at(group) {
             return Some(Choice {
                 backend,
                 group,
                 group_fallback: false,
                 deadman,
+                slot_fallback,
             });
         }
         let other = if group == GROUP_CANARY {
@@ -304,14 +327,16 @@ impl Scenario {
         } else {
             GROUP_CANARY
         };
-        if deadman && other == GROUP_CANARY {
+        // A stale heartbeat allows stable only: never a fallback into canary.
+        if deadman_tripped {
             return None;
         }
-        at(other).map(|backend| Choice {
+        at(other).map(|(backend, slot_fallback)| Choice {
             backend,
             group: other,
             group_fallback: true,
             deadman,
+            slot_fallback,
         })
     }
 }

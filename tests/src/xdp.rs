@@ -316,6 +316,13 @@ impl Dataplane {
         }
     }
 
+    /// Writes a flow table entry (a flow the program did not create, or an edited one).
+    pub fn set_flow(&mut self, key: &FlowKey, entry: &FlowEntry) -> Result<(), XdpError> {
+        self.hash::<FlowKey, FlowEntry>(maps::FLOWS)?
+            .insert(key, entry, 0)
+            .map_err(map_err(maps::FLOWS))
+    }
+
     /// Number of entries in the flow table.
     pub fn flow_count(&self) -> Result<usize, XdpError> {
         let map = self

@@ -1,5 +1,6 @@
-//! With an admin token configured, every mutating call without it (or with a wrong one) is
-//! refused with 401 and changes nothing; with the token the same calls work.
+//! Every mutating call without the admin token (or with a wrong one) is refused with 401 and
+//! changes nothing; with the token the same calls work. Without `admin.token_file` the daemon
+//! generates a token (the CLI finds it); a token file other users can read is refused.
 
 mod e2e_support;
 
@@ -116,4 +117,87 @@ fn mutations_need_the_token() {
     // The CLI finds the token through the config's token_file.
     cli_ok(&d, &["start"]);
     assert_ne!(d.service_status().unwrap()["phase"], "rolled_back");
+}
+
+/// Without `admin.token_file` the daemon still needs a token for every verb: it generates one
+/// in its state directory (mode 0600), which the CLI finds through `--config`.
+#[test]
+fn verbs_need_a_token_even_without_a_token_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut spec = DeploymentSpec::new(LabSpec::unique_tag('g'));
+    spec.lab.clients = 1;
+    spec.lab.stable = 1;
+    spec.lab.canary = 1;
+    spec.start = "paused".into();
+    assert!(spec.token.is_none());
+    let d = start(spec);
+    let generated = d.daemon_state_dir().join("admin.token");
+    let mode = std::fs::metadata(&generated)
+        .unwrap_or_else(|e| panic!("{}: {e}", generated.display()))
+        .permissions()
+        .mode();
+    println!("generated {} mode {:o}", generated.display(), mode & 0o777);
+    assert_eq!(mode & 0o777, 0o600);
+    let before = d.service_status().unwrap()["weight_percent"].clone();
+
+    for token in [None, Some("wrong-token"), Some("")] {
+        let (code, answer) = d
+            .admin_http(
+                "POST",
+                "/v1/services/sentiment/set-weight",
+                token,
+                Some(r#"{"percent":90}"#),
+            )
+            .unwrap();
+        println!(
+            "set-weight 90 with token {token:?}: {code} {}",
+            answer.trim()
+        );
+        assert_eq!(code, 401);
+    }
+    assert_eq!(d.service_status().unwrap()["weight_percent"], before);
+
+    // The CLI finds the generated token through the config's state_dir, without flags.
+    cli_ok(&d, &["set-weight", "15"]);
+    assert_eq!(d.service_status().unwrap()["weight_percent"], 15.0);
+    // With the token, the API accepts the verb.
+    let token = d.admin_token().unwrap();
+    let (code, _) = d
+        .admin_http(
+            "POST",
+            "/v1/services/sentiment/set-weight",
+            Some(&token),
+            Some(r#"{"percent":20}"#),
+        )
+        .unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(d.service_status().unwrap()["weight_percent"], 20.0);
+}
+
+/// A token file other users can read is refused at start, with the fix named.
+#[test]
+fn a_token_file_readable_by_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut spec = DeploymentSpec::new(LabSpec::unique_tag('p'));
+    spec.lab.clients = 1;
+    spec.lab.stable = 1;
+    spec.lab.canary = 1;
+    spec.token = Some(TOKEN.into());
+    let mut d = start(spec);
+    let path = d.token_path.clone().unwrap();
+    d.stop_daemon().expect("daemon running");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = d
+        .start_daemon()
+        .expect_err("a 0644 token file must stop the start");
+    let log = d.daemon_log();
+    println!("start with a 0644 token file: {err}");
+    assert!(
+        log.contains(&format!("chmod 600 {}", path.display())),
+        "the fix is named: {log}"
+    );
+    assert!(!log.contains("XDP program attached") && !log.contains("re-attached"));
+    d.daemon.take();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    d.start_daemon().expect("starts with a private token file");
 }

@@ -24,6 +24,9 @@ pub(crate) struct Options {
     /// Optimised build (the one tests, benchmarks and the embedded object use).
     #[arg(long)]
     pub release: bool,
+    /// Also build the upgrade variant the upgrade test needs (same source, other code).
+    #[arg(long)]
+    pub upgrade_variant: bool,
 }
 
 /// Path of the built object: `<root>/canary-ebpf/target/bpfel-unknown-none/{release,debug}/canary-ebpf`.
@@ -40,7 +43,29 @@ pub(crate) fn run(options: Options) -> Result<()> {
     let toolchain = setup::ensure()?;
     let object = build(&crate::workspace_root(), options.release, &toolchain)?;
     println!("{}", object.display());
+    if options.upgrade_variant {
+        println!(
+            "{}",
+            build_upgrade_variant(&crate::workspace_root(), &toolchain)?.display()
+        );
+    }
     Ok(())
+}
+
+/// Target directory (under `canary-ebpf/target/`) of the upgrade variant.
+pub(crate) const UPGRADE_VARIANT_DIR: &str = "upgrade-variant";
+
+/// Path of the upgrade variant: the same source built with another optimisation level, so its
+/// program's instructions (and kernel tag) differ while its maps are the same. The upgrade
+/// test attaches the real object, then restarts the daemon with this one.
+pub(crate) fn upgrade_variant_path(workspace_root: &Path) -> PathBuf {
+    workspace_root
+        .join(EBPF_CRATE_DIR)
+        .join("target")
+        .join(UPGRADE_VARIANT_DIR)
+        .join(BPF_TARGET)
+        .join("release")
+        .join(OBJECT_NAME)
 }
 
 /// Builds the object with the installed toolchain and returns its path.
@@ -49,6 +74,51 @@ pub(crate) fn build(
     release: bool,
     toolchain: &Toolchain,
 ) -> Result<PathBuf> {
+    let target_dir = workspace_root.join(EBPF_CRATE_DIR).join("target");
+    cargo_build(workspace_root, &target_dir, release, toolchain, &[])?;
+    let object = object_path(workspace_root, release);
+    if !object.is_file() {
+        bail!(
+            "the eBPF build succeeded but {} is missing",
+            object.display()
+        );
+    }
+    Ok(object)
+}
+
+/// Builds the upgrade variant ([`upgrade_variant_path`]) and returns its path.
+pub(crate) fn build_upgrade_variant(
+    workspace_root: &Path,
+    toolchain: &Toolchain,
+) -> Result<PathBuf> {
+    let target_dir = workspace_root
+        .join(EBPF_CRATE_DIR)
+        .join("target")
+        .join(UPGRADE_VARIANT_DIR);
+    cargo_build(
+        workspace_root,
+        &target_dir,
+        true,
+        toolchain,
+        &[("CARGO_PROFILE_RELEASE_OPT_LEVEL", "2")],
+    )?;
+    let object = upgrade_variant_path(workspace_root);
+    if !object.is_file() {
+        bail!(
+            "the eBPF variant build succeeded but {} is missing",
+            object.display()
+        );
+    }
+    Ok(object)
+}
+
+fn cargo_build(
+    workspace_root: &Path,
+    target_dir: &Path,
+    release: bool,
+    toolchain: &Toolchain,
+    env: &[(&str, &str)],
+) -> Result<()> {
     let crate_dir = workspace_root.join(EBPF_CRATE_DIR);
     let mut cargo = match toolchain.route {
         CompilerRoute::RustupNightly => {
@@ -71,7 +141,8 @@ pub(crate) fn build(
     cargo
         .args(["--locked", "--target", BPF_TARGET])
         .arg("--target-dir")
-        .arg(crate_dir.join("target"))
+        .arg(target_dir)
+        .envs(env.iter().copied())
         .current_dir(&crate_dir)
         // The outer `cargo run` sets these for the host toolchain; they must not steer this build.
         .env_remove("RUSTUP_TOOLCHAIN")
@@ -91,12 +162,5 @@ pub(crate) fn build(
     if !status.success() {
         bail!("building the eBPF object failed ({status}); command: {cargo:?}");
     }
-    let object = object_path(workspace_root, release);
-    if !object.is_file() {
-        bail!(
-            "the eBPF build succeeded but {} is missing",
-            object.display()
-        );
-    }
-    Ok(object)
+    Ok(())
 }

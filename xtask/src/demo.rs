@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: the whole system in one command, on one machine, as root.
 //!
 //! Sets up the toolchain, builds the XDP object and the workspace binaries, then plays two
-//! canary rollouts in a lab of network namespaces with real TCP load through the XDP balancer:
+//! canary rollouts in a lab of network namespaces with real TCP load through the XDP balancer,
+//! on canary-model or, with `--backend fastapi`, on the `FastAPI` example served by uvicorn:
 //!
 //! 1. a healthy v2 is stepped 10 -> 25 -> 50 -> 75 -> 100 % and promoted;
 //! 2. a v2 that starts answering 30 % errors once it serves 25 % is rolled back; the demo
@@ -22,6 +23,7 @@ use anyhow::{bail, Context, Result};
 use canary_lab::deployment::{Deployment, DeploymentSpec};
 use canary_lab::lab::{leftovers, Lab, LabProcess, SERVICE_PORT};
 use canary_lab::loadgen::LoadSpec;
+use canary_lab::server::ModelServer;
 use clap::Args;
 use serde_json::Value;
 
@@ -45,9 +47,56 @@ pub(crate) struct Options {
     /// Skip set-up and builds: use the binaries already built (`CANARY_BIN_DIR` or next to xtask).
     #[arg(long)]
     pub no_build: bool,
-    /// Give up on a scenario after this many seconds.
-    #[arg(long, default_value_t = 80)]
-    pub scenario_timeout: u64,
+    /// The model server on the backends: `canary-model`, `fastapi` (the `FastAPI` example with
+    /// `prometheus_client`) or `fastapi-instrumentator`.
+    #[arg(long, default_value = "canary-model")]
+    pub backend: ModelServer,
+    /// Give up on a scenario after this many seconds (default: 80; 240 for the `FastAPI` example).
+    #[arg(long)]
+    pub scenario_timeout: Option<u64>,
+}
+
+/// How hard the demo drives a model server, and how its judge is set for that load.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Profile {
+    /// New-connection workers per client, and the pause of each between requests.
+    workers: usize,
+    interval: Duration,
+    min_samples: u64,
+    /// `None`: the judge's defaults.
+    confidence: Option<f64>,
+    max_latency_increase_ms: Option<f64>,
+    max_prediction_shift: Option<f64>,
+    timeout: Duration,
+}
+
+impl Profile {
+    fn of(server: ModelServer) -> Profile {
+        match server {
+            // About 1,000 requests per second in total.
+            ModelServer::CanaryModel => Profile {
+                workers: 6,
+                interval: Duration::from_millis(5),
+                min_samples: 300,
+                confidence: None,
+                max_latency_increase_ms: None,
+                max_prediction_shift: None,
+                timeout: Duration::from_secs(80),
+            },
+            // About 120 requests per second: five uvicorn processes (one each) share the
+            // machine with the rest of the lab. Fewer samples per step, so wider limits keep a
+            // healthy v2 from waiting for statistical power; the fault still exceeds them.
+            ModelServer::Fastapi(_) => Profile {
+                workers: 6,
+                interval: Duration::from_millis(100),
+                min_samples: 150,
+                confidence: Some(0.95),
+                max_latency_increase_ms: Some(150.0),
+                max_prediction_shift: Some(0.25),
+                timeout: Duration::from_mins(4),
+            },
+        }
+    }
 }
 
 /// One rollout to play.
@@ -140,11 +189,14 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         Lab::down_tag(tag).with_context(|| format!("removing the leftover lab {tag}"))?;
     }
 
-    let timeout = Duration::from_secs(options.scenario_timeout);
+    let profile = Profile::of(options.backend);
+    let timeout = options
+        .scenario_timeout
+        .map_or(profile.timeout, Duration::from_secs);
     let mut results = Vec::new();
     for scenario in [Scenario::Healthy, Scenario::Faulty] {
-        println!("\n=== {} ===", scenario.title());
-        let outcome = play(scenario, timeout)
+        println!("\n=== {} ({}) ===", scenario.title(), options.backend);
+        let outcome = play(scenario, options.backend, timeout)
             .with_context(|| format!("{} failed to run", scenario.title()))?;
         println!(
             "--- {}: {} ---",
@@ -220,28 +272,39 @@ fn build() -> Result<()> {
 }
 
 /// The daemon config of the demo: short steps, enough samples for the judge to decide at the
-/// load below (about 1,000 requests per second in total).
-fn deployment_spec(tag: &str) -> DeploymentSpec {
+/// load of the server's [`Profile`].
+fn deployment_spec(tag: &str, server: ModelServer) -> DeploymentSpec {
+    let profile = Profile::of(server);
     let mut spec = DeploymentSpec::new(tag);
+    spec.server = server;
     spec.lab.clients = 2;
     spec.lab.stable = 3;
     spec.lab.canary = 2;
     spec.steps = STEPS.to_vec();
     spec.interval = "3s".into();
     spec.poll_interval = "1s".into();
-    spec.min_samples = 300;
+    spec.min_samples = profile.min_samples;
     spec.warmup_requests = 5;
     spec.rollback = "drain".into();
+    if let Some(c) = profile.confidence {
+        spec.confidence = c;
+    }
+    if let Some(ms) = profile.max_latency_increase_ms {
+        spec.max_latency_increase_ms = ms;
+    }
+    if let Some(shift) = profile.max_prediction_shift {
+        spec.max_prediction_shift = shift;
+    }
     spec
 }
 
 /// Continuous load from every client: new connections only, so every request is a fresh
 /// choice by the balancer and the split follows the weight.
-fn load_spec(vip: SocketAddr, client: usize, duration: Duration) -> LoadSpec {
+fn load_spec(vip: SocketAddr, client: usize, duration: Duration, profile: Profile) -> LoadSpec {
     let mut load = LoadSpec::new(vip);
     load.duration = duration;
-    load.new_conns = 6;
-    load.interval = Duration::from_millis(5);
+    load.new_conns = profile.workers;
+    load.interval = profile.interval;
     load.timeout = Duration::from_secs(2);
     load.seed = client as u64 + 1;
     load
@@ -253,13 +316,16 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn play(scenario: Scenario, timeout: Duration) -> Result<Outcome> {
+fn play(scenario: Scenario, server: ModelServer, timeout: Duration) -> Result<Outcome> {
     let t0 = Instant::now();
+    let profile = Profile::of(server);
     println!(
-        "bringing up lab {} (3 stable v1, 2 canary v2, 2 clients), model servers and `canary run`",
-        scenario.tag()
+        "bringing up lab {} (3 stable v1, 2 canary v2, 2 clients), {server} on every backend \
+         (upstream preset {}) and `canary run`",
+        scenario.tag(),
+        server.preset()
     );
-    let d = Deployment::start(deployment_spec(scenario.tag()))?;
+    let d = Deployment::start(deployment_spec(scenario.tag(), server))?;
     println!(
         "ready in {:.1} s; VIP {}:{SERVICE_PORT}; config {}",
         t0.elapsed().as_secs_f64(),
@@ -270,12 +336,12 @@ fn play(scenario: Scenario, timeout: Duration) -> Result<Outcome> {
     // Bounded so that nothing outlives a demo that is killed hard; ended when the scenario is.
     let load_for = timeout + Duration::from_secs(30);
     let mut loads: Vec<LabProcess> = (0..d.lab.clients().len())
-        .map(|c| d.spawn_load(c, &load_spec(vip, c, load_for)))
+        .map(|c| d.spawn_load(c, &load_spec(vip, c, load_for, profile)))
         .collect::<Result<_, _>>()?;
     println!(
         "load: {} clients x {} new-connection workers, continuous",
         loads.len(),
-        load_spec(vip, 0, load_for).new_conns
+        profile.workers
     );
     let outcome = watch(&d, scenario, timeout);
     for l in &mut loads {

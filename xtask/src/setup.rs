@@ -1,4 +1,5 @@
-//! `cargo xtask setup`: makes sure everything needed to build the eBPF object is installed.
+//! `cargo xtask setup`: makes sure everything needed to build the eBPF object is installed, and
+//! the `FastAPI` example's virtualenv.
 //!
 //! Idempotent and cheap when nothing is missing: presence is checked with `dpkg-query`, file
 //! tests and `bpf-linker --version` (each a few milliseconds); package managers and rustup are
@@ -13,6 +14,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use canary_lab::fastapi;
 
 /// Debian packages: LLVM 22 to build `bpf-linker` against, and the tools the labs use.
 const APT_PACKAGES: &[&str] = &[
@@ -24,6 +26,15 @@ const APT_PACKAGES: &[&str] = &[
     "ethtool",
     "curl",
 ];
+/// Real components the tests start: Prometheus and `promtool` (the alerting rules and the
+/// dashboard's queries, against a daemon in the lab) and `systemd-analyze` (the unit files).
+const TEST_TOOL_PACKAGES: &[&str] = &["prometheus", "systemd"];
+/// Debian's Python with `venv` and `ensurepip`, for when the `python3` on PATH cannot make a
+/// virtualenv.
+const APT_PYTHON_PACKAGES: &[&str] = &["python3", "python3-venv"];
+const DEBIAN_PYTHON: &str = "/usr/bin/python3";
+/// The oldest Python the `FastAPI` example's pinned packages support.
+const MIN_PYTHON: (u32, u32) = (3, 11);
 /// Debian's packaged compiler with a prebuilt `core` for the BPF targets (route 2).
 const DEBIAN_RUSTC_PACKAGES: &[&str] = &["rustc-web", "libstd-rust-web-dev-bpf"];
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
@@ -82,9 +93,12 @@ pub fn ensure() -> Result<Toolchain> {
         check_without_root()?;
     }
     setup.ensure_apt_packages(APT_PACKAGES)?;
+    setup.ensure_cluster_store()?;
     let route = setup.ensure_compiler()?;
     let linker_dir = setup.ensure_bpf_linker()?;
+    setup.ensure_test_tools()?;
     record_route(route);
+    setup.ensure_fastapi_venv()?;
 
     let elapsed = started.elapsed().as_secs_f64();
     if setup.actions == 0 {
@@ -138,6 +152,24 @@ impl Setup {
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
         self.actions += 1;
         Ok(())
+    }
+
+    /// Prometheus, promtool and systemd-analyze for the tests. Without root this only says
+    /// what is missing: building does not need them.
+    fn ensure_test_tools(&mut self) -> Result<()> {
+        let missing = missing_apt_packages(TEST_TOOL_PACKAGES)?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if !self.is_root {
+            let list = missing.join(" ");
+            println!(
+                "setup: the tests need Debian packages {list}: `sudo apt-get install -y {list}` \
+                 (or run `sudo -E cargo xtask setup`)"
+            );
+            return Ok(());
+        }
+        self.apt_install(&missing)
     }
 
     /// Route 1 when rustup has (or can get) nightly with rust-src, else route 2.
@@ -238,6 +270,78 @@ impl Setup {
             )
         })
     }
+}
+
+/// The `FastAPI` example's virtualenv (`examples/fastapi/.venv`), filled by pip from the Python
+/// package index with the pinned `requirements.txt`. A no-op when the virtualenv holds a copy
+/// identical to `requirements.txt` (written only after a successful install) and its interpreter
+/// still exists.
+impl Setup {
+    fn ensure_fastapi_venv(&mut self) -> Result<()> {
+        let requirements = fastapi::requirements();
+        let wanted = fs::read(&requirements)
+            .with_context(|| format!("cannot read {}", requirements.display()))?;
+        let stamp = fastapi::requirements_stamp();
+        if fastapi::venv_python().exists() && fs::read(&stamp).is_ok_and(|s| s == wanted) {
+            return Ok(());
+        }
+        let python = self.python_with_venv()?;
+        let venv = fastapi::venv_dir();
+        step(&format!(
+            "{} -m venv --clear {}",
+            python.display(),
+            venv.display()
+        ));
+        run(Command::new(&python)
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv))?;
+        step(&format!("pip install -r {}", requirements.display()));
+        run(Command::new(fastapi::venv_python())
+            .args(["-m", "pip", "install", "--quiet", "--no-input"])
+            .args(["--disable-pip-version-check", "-r"])
+            .arg(&requirements))?;
+        fs::write(&stamp, &wanted).with_context(|| format!("cannot write {}", stamp.display()))?;
+        self.actions += 1;
+        Ok(())
+    }
+
+    /// The `python3` on PATH if it can make virtualenvs, else Debian's (installed if missing).
+    fn python_with_venv(&mut self) -> Result<PathBuf> {
+        if let Some(python) = find_in_path("python3").filter(|p| can_make_venvs(p)) {
+            return Ok(python);
+        }
+        let missing = missing_apt_packages(APT_PYTHON_PACKAGES)?;
+        if !missing.is_empty() {
+            self.require_root_for(&missing)?;
+            self.apt_install(&missing)?;
+        }
+        let python = PathBuf::from(DEBIAN_PYTHON);
+        if !can_make_venvs(&python) {
+            bail!(
+                "no Python {}.{} or newer with the venv module: neither `python3` on PATH nor \
+                 {DEBIAN_PYTHON} (from `apt-get install {}`) can create a virtualenv. Put such a \
+                 python3 first on PATH and run `cargo xtask setup` again",
+                MIN_PYTHON.0,
+                MIN_PYTHON.1,
+                APT_PYTHON_PACKAGES.join(" ")
+            );
+        }
+        Ok(python)
+    }
+}
+
+/// Whether `python` is recent enough and has `venv` and `ensurepip` (Debian ships `ensurepip` in
+/// `python3-venv`, without which `python3 -m venv` fails).
+fn can_make_venvs(python: &Path) -> bool {
+    let check = format!(
+        "import sys, venv, ensurepip; sys.exit(0 if sys.version_info >= {MIN_PYTHON:?} else 1)"
+    );
+    Command::new(python)
+        .args(["-c", &check])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Not root: fail early, naming everything that only root can install.
@@ -402,4 +506,20 @@ fn record_route(route: CompilerRoute) {
         let _ = fs::create_dir_all(dir);
     }
     let _ = fs::write(&path, format!("{}\n", route.as_str()));
+}
+
+/// Cluster mode's store: Debian's etcd 3.4 (`etcd`, `etcdctl`; nothing is started, tests and labs
+/// start their own), and `protoc` with protobuf's well-known `.proto` files, which the
+/// `etcd-client` crate's build script needs to generate its gRPC code.
+const CLUSTER_PACKAGES: &[&str] = &[
+    "etcd-server",
+    "etcd-client",
+    "protobuf-compiler",
+    "libprotobuf-dev",
+];
+
+impl Setup {
+    fn ensure_cluster_store(&mut self) -> Result<()> {
+        self.ensure_apt_packages(CLUSTER_PACKAGES)
+    }
 }

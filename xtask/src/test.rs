@@ -22,6 +22,8 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     let toolchain = setup::ensure()?;
     let object = build_ebpf::build(&root, true, &toolchain)?;
     println!("test: eBPF object {}", object.display());
+    let variant = build_ebpf::build_upgrade_variant(&root, &toolchain)?;
+    println!("test: eBPF upgrade variant {}", variant.display());
 
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     // The end-to-end tests run the workspace's binaries (daemon, model server, load generator)

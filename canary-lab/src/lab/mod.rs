@@ -35,6 +35,8 @@ pub use plan::{
 };
 pub use process::{LabProcess, ProcessRecord};
 
+use crate::server::ModelServer;
+
 /// Name of the builtin peer XDP link's pin inside the lab's bpffs.
 pub const PEER_XDP_PIN: &str = "lab_peer_xdp_pass";
 
@@ -498,9 +500,22 @@ impl Lab {
         if pin.exists() {
             std::fs::remove_file(&pin).map_err(io_err(format!("remove {}", pin.display())))?;
         }
-        // A netlink-attached program (for example `ip link set ... xdpdrv`); none is fine.
-        cmd::run("ip", &["link", "set", "dev", &ifname, "xdp", "off"])?;
-        Ok(())
+        // A netlink-attached program (for example `ip link set ... xdpdrv`); none is fine. The
+        // kernel frees a link whose last pin went away asynchronously: until it has, netlink
+        // refuses with "active BPF XDP link", so wait for that (bounded) rather than fail.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match cmd::run("ip", &["link", "set", "dev", &ifname, "xdp", "off"]) {
+                Ok(_) => return Ok(()),
+                Err(e)
+                    if e.to_string().contains("active BPF XDP link")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Whether an XDP program is attached to the load balancer's peer veth.
@@ -622,7 +637,7 @@ impl Lab {
     /// adds flags per node (for example faults). Waits until each one listens.
     pub fn start_models(
         &self,
-        model_binary: &Path,
+        server: ModelServer,
         extra: impl Fn(&Node) -> Vec<String>,
     ) -> Result<Vec<LabProcess>, LabError> {
         let mut procs = Vec::new();
@@ -632,20 +647,16 @@ impl Lab {
             } else {
                 "v1"
             };
-            let mut argv: Vec<String> = vec![
-                path_str(model_binary).to_owned(),
-                "--listen".into(),
-                format!("0.0.0.0:{SERVICE_PORT}"),
-                "--version".into(),
-                version.into(),
-                "--name".into(),
-                node.name.clone(),
-            ];
-            argv.extend(extra(node));
+            let listen = std::net::SocketAddr::from(([0, 0, 0, 0], SERVICE_PORT));
+            let argv = server
+                .argv(listen, version, &node.name, &extra(node))
+                .map_err(|e| {
+                    LabError::Spec(format!("cannot run {server} on {}: {e}", node.name))
+                })?;
             procs.push(self.spawn_in(&node.netns, &argv)?);
         }
         for p in &mut procs {
-            p.wait_for_log("listening on", Duration::from_secs(10))?;
+            p.wait_for_log("listening on", server.start_timeout())?;
         }
         Ok(procs)
     }

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 
 use canary_userspace::api::{OperatorCommand, OperatorReply, Status};
 use canary_userspace::config::read_token;
+use canary_userspace::token::{token_path, DEFAULT_STATE_DIR};
 
 /// Default admin address when neither `--admin` nor `--config` is given.
 pub(crate) const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9100";
@@ -16,24 +17,50 @@ pub(crate) const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9100";
 pub(crate) struct Endpoint {
     /// Base URL, without a trailing slash.
     pub(crate) url: String,
-    pub(crate) token: Option<String>,
+    /// The admin token; `Err` says why there is none (reads work without it, verbs do not).
+    pub(crate) token: Result<String, String>,
+}
+
+/// What a config file tells the CLI.
+#[derive(Clone, Debug)]
+pub(crate) struct ConfigTarget {
+    /// `admin.listen`.
+    pub(crate) listen: String,
+    /// `admin.token_file`.
+    pub(crate) token_file: Option<PathBuf>,
+    /// `dataplane.state_dir` (the generated token lives there).
+    pub(crate) state_dir: PathBuf,
 }
 
 impl Endpoint {
-    /// `--admin`/`--token-file` win; otherwise the config file's `admin.listen`/`token_file`.
+    /// `--admin`/`--token-file` win; otherwise the config file's `admin.listen` and token
+    /// (`admin.token_file`, else the generated `state_dir/admin.token`); without a config, the
+    /// default address and `/var/lib/canary/admin.token`. A token file given explicitly must
+    /// be readable; the generated one may be missing (reads need no token).
     pub(crate) fn resolve(
         admin: Option<&str>,
         token_file: Option<&Path>,
-        config_admin: Option<(String, Option<PathBuf>)>,
+        config: Option<ConfigTarget>,
     ) -> Result<Self> {
-        let (url, config_token) = match (admin, config_admin) {
-            (Some(url), _) => (url.trim_end_matches('/').to_string(), None),
-            (None, Some((listen, token))) => (format!("http://{listen}"), token),
-            (None, None) => (DEFAULT_ADMIN_URL.to_string(), None),
+        let url = match (admin, &config) {
+            (Some(url), _) => url.trim_end_matches('/').to_string(),
+            (None, Some(c)) => format!("http://{}", c.listen),
+            (None, None) => DEFAULT_ADMIN_URL.to_string(),
         };
-        let token = match token_file.map(Path::to_path_buf).or(config_token) {
-            Some(path) => Some(read_token(&path)?),
-            None => None,
+        let explicit = token_file
+            .map(Path::to_path_buf)
+            .or_else(|| config.as_ref().and_then(|c| c.token_file.clone()));
+        let token = if let Some(path) = explicit {
+            Ok(read_token(&path)?)
+        } else {
+            let state_dir =
+                config.map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), |c| c.state_dir);
+            let path = token_path(None, &state_dir);
+            read_token(&path).map_err(|e| {
+                format!(
+                    "no admin token: {e}. The daemon generates it there when admin.token_file is not set: run this as a user that can read it (root), or pass --config FILE (its state_dir) or --token-file FILE"
+                )
+            })
         };
         Ok(Endpoint { url, token })
     }
@@ -110,9 +137,10 @@ pub(crate) async fn command(
                 .json(&body)
         }
     };
-    let request = match &endpoint.token {
-        Some(t) => request.bearer_auth(t),
-        None => request,
+    let request = match (&endpoint.token, command.is_mutating()) {
+        (Ok(t), _) => request.bearer_auth(t),
+        (Err(why), true) => bail!("{why}"),
+        (Err(_), false) => request,
     };
     let response = request
         .send()
@@ -133,19 +161,47 @@ pub(crate) async fn command(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    fn target(listen: &str, state_dir: &Path) -> ConfigTarget {
+        ConfigTarget {
+            listen: listen.into(),
+            token_file: None,
+            state_dir: state_dir.to_owned(),
+        }
+    }
 
     #[test]
     fn endpoint_precedence() {
-        let e = Endpoint::resolve(None, None, None).unwrap();
-        assert_eq!(e.url, DEFAULT_ADMIN_URL);
-        let e = Endpoint::resolve(None, None, Some(("127.0.0.1:9200".into(), None))).unwrap();
+        let dir = std::env::temp_dir().join(format!("canary-endpoint-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let e = Endpoint::resolve(None, None, Some(target("127.0.0.1:9200", &dir))).unwrap();
         assert_eq!(e.url, "http://127.0.0.1:9200");
+        // No generated token yet: reads work, verbs say where the token should be.
+        let why = e.token.unwrap_err();
+        assert!(why.contains("admin.token"), "{why}");
         let e = Endpoint::resolve(
             Some("http://198.18.0.1:9100/"),
             None,
-            Some(("127.0.0.1:9200".into(), None)),
+            Some(target("127.0.0.1:9200", &dir)),
         )
         .unwrap();
         assert_eq!(e.url, "http://198.18.0.1:9100");
+
+        // The generated token in the config's state_dir is found without flags.
+        let token = canary_userspace::token::load_or_generate(&dir).unwrap();
+        let e = Endpoint::resolve(None, None, Some(target("127.0.0.1:9200", &dir))).unwrap();
+        assert_eq!(e.token.unwrap(), token);
+        // --token-file wins, and must be readable and private.
+        let explicit = dir.join("explicit");
+        std::fs::write(&explicit, "other\n").unwrap();
+        std::fs::set_permissions(&explicit, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = Endpoint::resolve(None, Some(&explicit), Some(target("x:1", &dir))).unwrap();
+        assert_eq!(e.token.unwrap(), "other");
+        std::fs::set_permissions(&explicit, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Endpoint::resolve(None, Some(&explicit), None).unwrap_err();
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+        assert!(Endpoint::resolve(None, Some(&dir.join("missing")), None).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -59,18 +59,26 @@ pub(crate) fn service(s: &ServiceStatus) -> String {
     for b in &s.backends {
         let _ = writeln!(
             out,
-            "  {:<12} {:<7} {:<16} {:<5} {:>10} {:>9}{}",
+            "  {:<12} {:<7} {:<16} {:<5} {:>10} {:>9}{}{}",
             b.name,
             b.group,
             b.address,
             if b.up { "yes" } else { "no" },
             b.packets,
             b.new_flows,
+            if b.reported_versions.is_empty() {
+                String::new()
+            } else {
+                format!("  version {}", b.reported_versions.join(","))
+            },
             b.down_reason
                 .as_ref()
                 .map(|r| format!("  ({r})"))
                 .unwrap_or_default(),
         );
+        if let Some(p) = &b.metrics_problem {
+            let _ = writeln!(out, "  {:<12} metrics: {p}", "");
+        }
     }
     for w in &s.signals_without_data {
         let _ = writeln!(out, "  NO DATA for {}: {}", w.signal, w.why);

@@ -23,12 +23,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
     Affinity, Group, MissingPolicy, Protocol, RollbackMode, StartMode, Weight, XdpMode,
 };
+use crate::upstream::preset::{self, Preset};
+use crate::upstream::Selector;
 
 /// One mistake in a config file: the key path (`services[0].backends[1].address`) and what is
 /// wrong with it, including how to fix it.
@@ -116,8 +117,15 @@ pub const DEFAULT_HASH_SEED: u32 = 0x6361_6e61;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
-    /// `None` when `token_file = ""` (allowed only on a loopback `listen`).
+    /// `None` when `token_file = ""` (allowed only on a loopback `listen`): the daemon then
+    /// generates a token in `state_dir` ([`crate::token::GENERATED_TOKEN_FILE`]).
     pub token_file: Option<PathBuf>,
+    /// Open admin connections at most; a new one beyond it closes the oldest idle one.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this time.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in progress is closed after this time.
+    pub idle_timeout: Duration,
 }
 
 /// `[[services]]`
@@ -173,6 +181,8 @@ pub struct RolloutConfig {
     pub warmup_requests: u32,
     /// `None`: use each canary backend's `health_url`.
     pub warmup_url: Option<String>,
+    /// JSON body: warm-up requests are POSTs of it (they run the model); `None`: GETs.
+    pub warmup_body: Option<String>,
     pub rollback: RollbackMode,
     pub start: StartMode,
     pub metrics_missing: MissingPolicy,
@@ -200,15 +210,90 @@ pub struct Thresholds {
     pub confidence: f64,
 }
 
-/// `[services.upstream]`: series names in the backends' Prometheus exposition. An empty
-/// `latency` or `predictions` turns that signal off.
+/// `[services.upstream]`: which series of the backends' Prometheus exposition the judge reads
+/// (selectors with label matchers; an empty `latency` or `predictions` turns that signal off),
+/// and how much of a backend's exposition the daemon reads at most.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpstreamConfig {
-    pub requests: String,
-    pub errors: String,
-    pub latency: String,
-    pub predictions: String,
+    /// The preset the selectors came from, if any (explicit keys override it).
+    pub preset: Option<String>,
+    pub requests: Selector,
+    pub errors: Selector,
+    pub latency: Selector,
+    pub predictions: Selector,
     pub prediction_label: String,
+    /// Label naming the model version on the selected series (`""`: none); shown in status.
+    pub version_label: String,
+    /// A larger `/metrics` body is a failed scrape.
+    pub max_scrape_bytes: u64,
+    /// More samples in one exposition is a failed scrape.
+    pub max_series: usize,
+    /// More prediction classes make the predictions series missing.
+    pub max_prediction_classes: usize,
+}
+
+/// Default `upstream.max_scrape_bytes`: 4 MiB, a hundred times a large real exposition.
+pub const DEFAULT_MAX_SCRAPE_BYTES: u64 = 4 << 20;
+/// Default `upstream.max_series`.
+pub const DEFAULT_MAX_SERIES: usize = 20_000;
+/// Default `upstream.max_prediction_classes`.
+pub const DEFAULT_MAX_PREDICTION_CLASSES: usize = 1_000;
+
+impl UpstreamConfig {
+    /// The resolved selectors and limits, one per line, as `canary validate` prints them.
+    pub fn describe(&self) -> Vec<String> {
+        let or_off = |s: &Selector| {
+            if s.is_empty() {
+                "off".to_string()
+            } else {
+                s.to_string()
+            }
+        };
+        let mut lines = vec![
+            format!(
+                "upstream ({}):",
+                self.preset
+                    .as_deref()
+                    .map_or_else(|| "no preset".to_string(), |p| format!("preset {p}"))
+            ),
+            format!("  requests     {}", or_off(&self.requests)),
+            format!("  errors       {}", or_off(&self.errors)),
+            format!("  latency      {}", or_off(&self.latency)),
+        ];
+        lines.push(if self.predictions.is_empty() {
+            "  predictions  off".to_string()
+        } else {
+            format!(
+                "  predictions  {}, class label `{}`",
+                self.predictions, self.prediction_label
+            )
+        });
+        if !self.version_label.is_empty() {
+            lines.push(format!("  version      label `{}`", self.version_label));
+        }
+        lines.push(format!(
+            "  limits       {} bytes, {} series, {} prediction classes per scrape",
+            self.max_scrape_bytes, self.max_series, self.max_prediction_classes
+        ));
+        lines
+    }
+
+    /// The selectors of a preset, with the default limits.
+    pub fn from_preset(p: &Preset) -> UpstreamConfig {
+        let parse = |s: &str| Selector::parse(s).expect("preset selectors are valid");
+        UpstreamConfig {
+            preset: Some(p.name.to_string()),
+            requests: parse(p.requests),
+            errors: parse(p.errors),
+            latency: parse(p.latency),
+            predictions: parse(p.predictions),
+            prediction_label: p.prediction_label.to_string(),
+            version_label: p.version_label.to_string(),
+            max_scrape_bytes: DEFAULT_MAX_SCRAPE_BYTES,
+            max_series: DEFAULT_MAX_SERIES,
+            max_prediction_classes: DEFAULT_MAX_PREDICTION_CLASSES,
+        }
+    }
 }
 
 impl Default for Thresholds {
@@ -226,13 +311,11 @@ impl Default for Thresholds {
 }
 
 impl Default for UpstreamConfig {
+    /// `canary-model`'s series, without naming the preset.
     fn default() -> Self {
         UpstreamConfig {
-            requests: "requests_total".into(),
-            errors: "request_errors_total".into(),
-            latency: "request_duration_seconds".into(),
-            predictions: "predictions_total".into(),
-            prediction_label: "class".into(),
+            preset: None,
+            ..UpstreamConfig::from_preset(&preset::CANARY_MODEL)
         }
     }
 }
@@ -249,6 +332,7 @@ impl Default for RolloutConfig {
             min_samples: 1000,
             warmup_requests: 20,
             warmup_url: None,
+            warmup_body: None,
             rollback: RollbackMode::Drain,
             start: StartMode::Auto,
             metrics_missing: MissingPolicy::Hold,
@@ -312,19 +396,8 @@ impl Config {
     }
 }
 
-/// Read a token file: its content, trimmed; empty is an error.
-pub fn read_token(path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read token file {}", path.display()))?;
-    let token = text.trim().to_string();
-    if token.is_empty() {
-        bail!(
-            "token file {} is empty; put the admin token in it",
-            path.display()
-        );
-    }
-    Ok(token)
-}
+/// Reads a token file (trimmed; refused when empty or readable by other users).
+pub use crate::token::read_token;
 
 /// Reads and validates a config file; errors name the file.
 pub fn read_config(path: &Path) -> anyhow::Result<Config> {

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Problem, Thresholds, UpstreamConfig, DEFAULT_HASH_SEED};
+use super::{Problem, Thresholds, DEFAULT_HASH_SEED};
 
 #[derive(Clone, Debug, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -48,6 +48,9 @@ impl Default for RawDataplane {
 pub struct RawAdmin {
     pub listen: String,
     pub token_file: String,
+    pub max_connections: u64,
+    pub header_read_timeout: String,
+    pub idle_timeout: String,
 }
 
 impl Default for RawAdmin {
@@ -55,6 +58,9 @@ impl Default for RawAdmin {
         RawAdmin {
             listen: "127.0.0.1:9100".into(),
             token_file: String::new(),
+            max_connections: 64,
+            header_read_timeout: "5s".into(),
+            idle_timeout: "30s".into(),
         }
     }
 }
@@ -107,6 +113,7 @@ pub struct RawRollout {
     pub min_samples: u64,
     pub warmup_requests: u32,
     pub warmup_url: String,
+    pub warmup_body: String,
     pub rollback: String,
     pub start: String,
     pub metrics_missing: String,
@@ -123,6 +130,7 @@ impl Default for RawRollout {
             min_samples: 1000,
             warmup_requests: 20,
             warmup_url: String::new(),
+            warmup_body: String::new(),
             rollback: "drain".into(),
             start: "auto".into(),
             metrics_missing: "hold".into(),
@@ -159,25 +167,42 @@ impl Default for RawThresholds {
     }
 }
 
+/// `[services.upstream]`: a selector left out comes from the preset, or from the defaults.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawUpstream {
-    pub requests: String,
-    pub errors: String,
-    pub latency: String,
-    pub predictions: String,
-    pub prediction_label: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predictions: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prediction_label: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version_label: Option<String>,
+    pub max_scrape_bytes: u64,
+    pub max_series: u64,
+    pub max_prediction_classes: u64,
 }
 
 impl Default for RawUpstream {
     fn default() -> Self {
-        let u = UpstreamConfig::default();
         RawUpstream {
-            requests: u.requests,
-            errors: u.errors,
-            latency: u.latency,
-            predictions: u.predictions,
-            prediction_label: u.prediction_label,
+            preset: None,
+            requests: None,
+            errors: None,
+            latency: None,
+            predictions: None,
+            prediction_label: None,
+            version_label: None,
+            max_scrape_bytes: super::DEFAULT_MAX_SCRAPE_BYTES,
+            max_series: super::DEFAULT_MAX_SERIES as u64,
+            max_prediction_classes: super::DEFAULT_MAX_PREDICTION_CLASSES as u64,
         }
     }
 }
@@ -196,7 +221,13 @@ pub(super) const DATAPLANE_KEYS: &[&str] = &[
     "bpffs",
     "hash_seed",
 ];
-pub(super) const ADMIN_KEYS: &[&str] = &["listen", "token_file"];
+pub(super) const ADMIN_KEYS: &[&str] = &[
+    "listen",
+    "token_file",
+    "max_connections",
+    "header_read_timeout",
+    "idle_timeout",
+];
 pub(super) const SERVICE_KEYS: &[&str] = &[
     "name", "vip", "protocol", "affinity", "backends", "rollout", "upstream",
 ];
@@ -215,6 +246,7 @@ pub(super) const ROLLOUT_KEYS: &[&str] = &[
     "min_samples",
     "warmup_requests",
     "warmup_url",
+    "warmup_body",
     "rollback",
     "start",
     "metrics_missing",
@@ -231,11 +263,16 @@ pub(super) const THRESHOLD_KEYS: &[&str] = &[
     "confidence",
 ];
 pub(super) const UPSTREAM_KEYS: &[&str] = &[
+    "preset",
     "requests",
     "errors",
     "latency",
     "predictions",
     "prediction_label",
+    "version_label",
+    "max_scrape_bytes",
+    "max_series",
+    "max_prediction_classes",
 ];
 
 fn edit_distance(a: &str, b: &str) -> usize {

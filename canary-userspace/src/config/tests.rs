@@ -17,6 +17,9 @@ hash_seed = 1667329633
 [admin]
 listen = "127.0.0.1:9100"
 token_file = ""
+max_connections = 64
+header_read_timeout = "5s"
+idle_timeout = "30s"
 
 [[services]]
 name = "sentiment"
@@ -45,6 +48,7 @@ affinity = "flow"
   min_samples = 1000
   warmup_requests = 20
   warmup_url = ""
+  warmup_body = ""
   rollback = "drain"
   start = "auto"
   metrics_missing = "hold"
@@ -60,11 +64,16 @@ affinity = "flow"
   confidence = 0.99
 
   [services.upstream]
+  preset = ""
   requests = "requests_total"
   errors = "request_errors_total"
   latency = "request_duration_seconds"
   predictions = "predictions_total"
   prediction_label = "class"
+  version_label = ""
+  max_scrape_bytes = 4194304
+  max_series = 20000
+  max_prediction_classes = 1000
 "#;
 
 const MINIMAL: &str = r#"
@@ -371,8 +380,24 @@ fn thresholds_and_counts_are_checked() {
     );
     assert_problem(
             &with("requests = \"requests_total\"", "requests = \"\""),
-            "services[0].upstream.requests: must not be empty; give the series name the backends export",
+            "services[0].upstream.requests: must not be empty; give the series the backends export, e.g. 'http_requests_total{route=\"/predict\"}'",
         );
+}
+
+#[test]
+fn admin_connection_limits() {
+    let c = Config::from_toml_str(FULL).unwrap();
+    assert_eq!(c.admin.max_connections, 64);
+    assert_eq!(c.admin.header_read_timeout, Duration::from_secs(5));
+    assert_eq!(c.admin.idle_timeout, Duration::from_secs(30));
+    assert_problem(
+        &with("max_connections = 64", "max_connections = 0"),
+        "admin.max_connections: 0 is out of range; use 1 to 4096 connections (default 64)",
+    );
+    assert_problem(
+        &with("idle_timeout = \"30s\"", "idle_timeout = \"0s\""),
+        "admin.idle_timeout: \"0s\" is zero; give a positive duration such as \"15s\"",
+    );
 }
 
 #[test]
@@ -434,19 +459,194 @@ fn interface_check_uses_this_namespace() {
         );
 }
 
+fn upstream_of(section: &str) -> Result<UpstreamConfig, Vec<String>> {
+    let text = format!("{MINIMAL}\n  [services.upstream]\n{section}\n");
+    match Config::from_toml_str(&text) {
+        Ok(c) => Ok(c.services[0].upstream.clone()),
+        Err(e) => Err(e.problems().iter().map(ToString::to_string).collect()),
+    }
+}
+
 #[test]
-fn token_files_are_trimmed_and_must_not_be_empty() {
-    let dir = std::env::temp_dir().join(format!("canary-token-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let good = dir.join("good");
-    std::fs::write(&good, "abc\n").unwrap();
-    assert_eq!(read_token(&good).unwrap(), "abc");
-    let empty = dir.join("empty");
-    std::fs::write(&empty, "\n").unwrap();
-    assert!(read_token(&empty)
-        .unwrap_err()
-        .to_string()
-        .contains("empty"));
-    assert!(read_token(&dir.join("missing")).is_err());
-    std::fs::remove_dir_all(&dir).unwrap();
+fn upstream_selectors_are_parsed_with_label_matchers() {
+    let u = upstream_of(
+        r#"  requests = 'http_requests_total{route="/predict"}'
+  errors = 'http_requests_total{route="/predict", status=~"5.."}'
+  latency = 'http_request_duration_seconds{route!="/healthz"}'
+  predictions = 'model_predictions_total{model_version!~"v0|test"}'"#,
+    )
+    .expect("valid");
+    assert_eq!(
+        u.requests.to_string(),
+        r#"http_requests_total{route="/predict"}"#
+    );
+    assert_eq!(
+        u.errors.to_string(),
+        r#"http_requests_total{route="/predict",status=~"5.."}"#
+    );
+    assert_eq!(
+        u.latency.matchers()[0].op,
+        crate::upstream::MatchOp::NotEqual
+    );
+    assert_eq!(
+        u.predictions.matchers()[0].op,
+        crate::upstream::MatchOp::NotMatches
+    );
+    // "" switches latency and predictions off.
+    let u = upstream_of("  latency = \"\"\n  predictions = \"\"").expect("valid");
+    assert!(u.latency.is_empty() && u.predictions.is_empty());
+}
+
+#[test]
+fn bad_selectors_are_reported_with_the_key_and_a_fix() {
+    let p = upstream_of(
+        r#"  requests = 'http_requests_total{route="/predict"'
+  errors = 'http_requests_total{status=~"5..("}'
+  latency = 'http_request_duration_seconds{route=="/predict"}'
+  predictions = 'model predictions'"#,
+    )
+    .unwrap_err();
+    let fix = "; write a metric name with optional label matchers (=, !=, =~, !~), e.g. 'http_requests_total{route=\"/predict\",status=~\"5..\"}'";
+    let expected = [
+        format!("services[0].upstream.requests: 'http_requests_total{{route=\"/predict\"' is not a series selector: the label matchers have no closing `}}`{fix}"),
+        format!("services[0].upstream.errors: 'http_requests_total{{status=~\"5..(\"}}' is not a series selector: the regular expression for `status` is not valid: unclosed group{fix}"),
+        format!("services[0].upstream.latency: 'http_request_duration_seconds{{route==\"/predict\"}}' is not a series selector: unknown operator \"==\" after label `route`; use =, !=, =~ or !~{fix}"),
+        format!("services[0].upstream.predictions: 'model predictions' is not a series selector: \"model\" is not a metric name (letters, digits, '_' and ':', not starting with a digit){fix}"),
+    ];
+    assert_eq!(p, expected);
+}
+
+#[test]
+fn latency_selector_names_the_histogram_and_leaves_le_alone() {
+    let p = upstream_of("  latency = 'request_duration_seconds_bucket'").unwrap_err();
+    assert_eq!(p, ["services[0].upstream.latency: \"request_duration_seconds_bucket\" is one part of a histogram; give the histogram's name without \"_bucket\", e.g. \"request_duration_seconds\""]);
+    let p = upstream_of("  latency = 'request_duration_seconds{le=\"0.1\"}'").unwrap_err();
+    assert_eq!(p, ["services[0].upstream.latency: matches the label `le`, the bucket bound, which every bucket needs; match the other labels only"]);
+    let p = upstream_of("  version_label = \"model-version\"").unwrap_err();
+    assert!(
+        p[0].starts_with(
+            "services[0].upstream.version_label: \"model-version\" is not a label name"
+        ),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn presets_fill_every_series_and_explicit_keys_override_them() {
+    let u = upstream_of("  preset = \"prometheus-client\"").expect("valid");
+    assert_eq!(u.preset.as_deref(), Some("prometheus-client"));
+    assert_eq!(
+        u.requests.to_string(),
+        r#"http_requests_total{route="/predict"}"#
+    );
+    assert_eq!(
+        u.errors.to_string(),
+        r#"http_requests_total{route="/predict",status=~"5.."}"#
+    );
+    assert_eq!(
+        u.latency.to_string(),
+        r#"http_request_duration_seconds{route="/predict"}"#
+    );
+    assert_eq!(u.predictions.to_string(), "model_predictions_total");
+    assert_eq!(u.prediction_label, "class");
+    assert_eq!(u.version_label, "model_version");
+
+    let u = upstream_of("  preset = \"fastapi-instrumentator\"\n  requests = 'http_requests_total{handler=\"/v1/predict\"}'\n  latency = \"\"").expect("valid");
+    assert_eq!(
+        u.requests.to_string(),
+        r#"http_requests_total{handler="/v1/predict"}"#
+    );
+    assert_eq!(
+        u.errors.to_string(),
+        r#"http_requests_total{handler="/predict",status="5xx"}"#,
+        "keys not given come from the preset"
+    );
+    assert!(u.latency.is_empty());
+
+    let u = upstream_of("  preset = \"canary-model\"").expect("valid");
+    assert_eq!(
+        UpstreamConfig { preset: None, ..u },
+        UpstreamConfig::default(),
+        "the defaults are canary-model's series"
+    );
+
+    let p = upstream_of("  preset = \"flask\"").unwrap_err();
+    assert_eq!(p, ["services[0].upstream.preset: \"flask\" is not a preset; use one of \"canary-model\", \"prometheus-client\", \"fastapi-instrumentator\", or leave it out and give every series"]);
+}
+
+#[test]
+fn scrape_limits_are_checked() {
+    let u = upstream_of(
+        "  max_scrape_bytes = 65536\n  max_series = 500\n  max_prediction_classes = 20",
+    )
+    .expect("valid");
+    assert_eq!(
+        (u.max_scrape_bytes, u.max_series, u.max_prediction_classes),
+        (65536, 500, 20)
+    );
+    let d = UpstreamConfig::default();
+    assert_eq!(
+        (d.max_scrape_bytes, d.max_series, d.max_prediction_classes),
+        (4 << 20, 20_000, 1_000)
+    );
+    let p = upstream_of("  max_scrape_bytes = 100\n  max_series = 0\n  max_prediction_classes = 1")
+        .unwrap_err();
+    assert_eq!(
+        p,
+        [
+            "services[0].upstream.max_scrape_bytes: 100 is out of range; give 4096 to 1073741824 (bytes of one /metrics answer)",
+            "services[0].upstream.max_series: 0 is out of range; give 10 to 10000000 (series in one exposition)",
+            "services[0].upstream.max_prediction_classes: 1 is out of range; give 2 to 100000 (prediction classes per backend)",
+        ]
+    );
+}
+
+#[test]
+fn warm_up_posts_a_json_body_to_the_warm_up_url() {
+    let text = with(
+        "  warmup_url = \"\"\n  warmup_body = \"\"\n",
+        "  warmup_url = \"http://{address}:8080/predict\"\n  warmup_body = '{\"text\": \"warm-up\"}'\n",
+    );
+    let c = Config::from_toml_str(&text).expect("valid");
+    let r = &c.services[0].rollout;
+    assert_eq!(r.warmup_body.as_deref(), Some("{\"text\": \"warm-up\"}"));
+    assert_eq!(
+        r.warmup_url.as_deref(),
+        Some("http://{address}:8080/predict")
+    );
+
+    let p = problems(&with(
+        "  warmup_body = \"\"\n",
+        "  warmup_body = \"{text\"\n",
+    ));
+    assert!(
+        p.iter()
+            .any(|p| p.starts_with("services[0].rollout.warmup_body: is not JSON")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter().any(|p| p.contains("is set but warmup_url is not")),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn resolved_upstream_selectors_are_described() {
+    let u = upstream_of("  preset = \"prometheus-client\"\n  latency = \"\"").expect("valid");
+    assert_eq!(
+        u.describe(),
+        [
+            "upstream (preset prometheus-client):",
+            "  requests     http_requests_total{route=\"/predict\"}",
+            "  errors       http_requests_total{route=\"/predict\",status=~\"5..\"}",
+            "  latency      off",
+            "  predictions  model_predictions_total, class label `class`",
+            "  version      label `model_version`",
+            "  limits       4194304 bytes, 20000 series, 1000 prediction classes per scrape",
+        ]
+    );
+    assert_eq!(
+        UpstreamConfig::default().describe()[0],
+        "upstream (no preset):"
+    );
 }

@@ -18,6 +18,7 @@ use super::{
 use crate::domain::{
     Affinity, Group, MissingPolicy, Protocol, RollbackMode, StartMode, Weight, XdpMode,
 };
+use crate::upstream::{preset, valid_label_name, Selector};
 
 struct Checker {
     problems: Vec<Problem>,
@@ -123,26 +124,45 @@ impl Checker {
         }
     }
 
-    fn metric_name(&mut self, key: &str, value: &str, optional: bool) {
-        if value.is_empty() {
-            if !optional {
+    /// A series selector: the explicit value if given, else the preset's (or default's).
+    fn selector(
+        &mut self,
+        key: &str,
+        explicit: Option<&str>,
+        base: &Selector,
+        optional: bool,
+    ) -> Option<Selector> {
+        let Some(text) = explicit else {
+            return Some(base.clone());
+        };
+        match Selector::parse(text) {
+            Ok(s) if s.is_empty() && !optional => {
                 self.bad(
                     key,
-                    "must not be empty; give the series name the backends export",
+                    "must not be empty; give the series the backends export, e.g. 'http_requests_total{route=\"/predict\"}'",
                 );
+                None
             }
-            return;
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.bad(
+                    key,
+                    format!("'{text}' is not a series selector: {e}; write a metric name with optional label matchers (=, !=, =~, !~), e.g. 'http_requests_total{{route=\"/predict\",status=~\"5..\"}}'"),
+                );
+                None
+            }
         }
-        let mut chars = value.chars();
-        let first_ok = chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':');
-        if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+    }
+
+    /// A whole number in `lo..=hi`.
+    fn limit(&mut self, key: &str, value: u64, lo: u64, hi: u64, what: &str) -> u64 {
+        if !(lo..=hi).contains(&value) {
             self.bad(
                 key,
-                format!("\"{value}\" is not a Prometheus series name; use letters, digits, '_' and ':' (not starting with a digit)"),
+                format!("{value} is out of range; give {lo} to {hi} ({what})"),
             );
         }
+        value
     }
 }
 
@@ -381,7 +401,30 @@ fn admin(c: &mut Checker, a: &RawAdmin) -> Option<AdminConfig> {
         }
     }
 
-    listen.map(|listen| AdminConfig { listen, token_file })
+    let max_connections = if (1..=4096).contains(&a.max_connections) {
+        a.max_connections as usize
+    } else {
+        c.bad(
+            "admin.max_connections",
+            format!(
+                "{} is out of range; use 1 to 4096 connections (default 64)",
+                a.max_connections
+            ),
+        );
+        0
+    };
+    let header_read_timeout = c.duration("admin.header_read_timeout", &a.header_read_timeout);
+    let idle_timeout = c.duration("admin.idle_timeout", &a.idle_timeout);
+    match (listen, header_read_timeout, idle_timeout) {
+        (Some(listen), Some(header_read_timeout), Some(idle_timeout)) => Some(AdminConfig {
+            listen,
+            token_file,
+            max_connections,
+            header_read_timeout,
+            idle_timeout,
+        }),
+        _ => None,
+    }
 }
 
 /// `[[services]]`: each service, and what must hold across them. Also returns the longest
@@ -580,6 +623,21 @@ fn rollout(
     if let Some(u) = &warmup_url {
         c.url(&format!("{rk}.warmup_url"), u);
     }
+    let warmup_body = (!r.warmup_body.is_empty()).then(|| r.warmup_body.clone());
+    if let Some(body) = &warmup_body {
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(body) {
+            c.bad(
+                format!("{rk}.warmup_body"),
+                format!("is not JSON ({e}); give the body of one request the model answers, e.g. '{{\"text\": \"warm-up\"}}', or \"\" for GETs"),
+            );
+        }
+        if warmup_url.is_none() {
+            c.bad(
+                format!("{rk}.warmup_body"),
+                "is set but warmup_url is not: the body is POSTed to warmup_url (the health endpoint takes no body); set warmup_url, e.g. \"http://{address}:8080/predict\"".to_string(),
+            );
+        }
+    }
     let rollback = c.keyword(
         &format!("{rk}.rollback"),
         &r.rollback,
@@ -618,6 +676,7 @@ fn rollout(
         min_samples: r.min_samples,
         warmup_requests: r.warmup_requests,
         warmup_url,
+        warmup_body,
         rollback,
         start,
         metrics_missing,
@@ -700,28 +759,117 @@ fn thresholds(c: &mut Checker, tk: &str, t: &RawThresholds) -> Thresholds {
     }
 }
 
-/// `[services.upstream]`
+/// `[services.upstream]`: the preset (or the defaults), each explicit selector over it, and
+/// the limits.
 fn upstream(c: &mut Checker, uk: &str, u: &RawUpstream) -> UpstreamConfig {
-    c.metric_name(&format!("{uk}.requests"), &u.requests, false);
-    c.metric_name(&format!("{uk}.errors"), &u.errors, false);
-    c.metric_name(&format!("{uk}.latency"), &u.latency, true);
-    c.metric_name(&format!("{uk}.predictions"), &u.predictions, true);
-    if !u.predictions.is_empty() {
-        let l = &u.prediction_label;
-        let ok = !l.is_empty()
-            && !l.starts_with(|ch: char| ch.is_ascii_digit())
-            && l.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
-            && l != "le";
-        if !ok {
-            c.bad(format!("{uk}.prediction_label"), format!("\"{l}\" is not a usable label name; give the label that holds the predicted class, e.g. \"class\""));
+    let preset_name = u.preset.as_deref().filter(|p| !p.is_empty());
+    let found = preset_name.map(|name| (name, preset::find(name)));
+    let base = if let Some((_, Some(p))) = found {
+        UpstreamConfig::from_preset(p)
+    } else {
+        if let Some((name, None)) = found {
+            let list = preset::names()
+                .iter()
+                .map(|n| format!("\"{n}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            c.bad(
+                format!("{uk}.preset"),
+                format!("\"{name}\" is not a preset; use one of {list}, or leave it out and give every series"),
+            );
+        }
+        UpstreamConfig::default()
+    };
+    let requests = c.selector(
+        &format!("{uk}.requests"),
+        u.requests.as_deref(),
+        &base.requests,
+        false,
+    );
+    let errors = c.selector(
+        &format!("{uk}.errors"),
+        u.errors.as_deref(),
+        &base.errors,
+        false,
+    );
+    let latency = c.selector(
+        &format!("{uk}.latency"),
+        u.latency.as_deref(),
+        &base.latency,
+        true,
+    );
+    let predictions = c.selector(
+        &format!("{uk}.predictions"),
+        u.predictions.as_deref(),
+        &base.predictions,
+        true,
+    );
+    if let Some(l) = &latency {
+        let m = l.metric();
+        if let Some(suffix) = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find(|s| m.ends_with(**s))
+        {
+            c.bad(
+                format!("{uk}.latency"),
+                format!("\"{m}\" is one part of a histogram; give the histogram's name without \"{suffix}\", e.g. \"{}\"", &m[..m.len() - suffix.len()]),
+            );
+        }
+        if l.matchers().iter().any(|x| x.label == "le") {
+            c.bad(
+                format!("{uk}.latency"),
+                "matches the label `le`, the bucket bound, which every bucket needs; match the other labels only",
+            );
         }
     }
+    let prediction_label = u
+        .prediction_label
+        .clone()
+        .unwrap_or_else(|| base.prediction_label.clone());
+    if predictions.as_ref().is_some_and(|p| !p.is_empty())
+        && (!valid_label_name(&prediction_label) || prediction_label == "le")
+    {
+        c.bad(format!("{uk}.prediction_label"), format!("\"{prediction_label}\" is not a usable label name; give the label that holds the predicted class, e.g. \"class\""));
+    }
+    let version_label = u
+        .version_label
+        .clone()
+        .unwrap_or_else(|| base.version_label.clone());
+    if !version_label.is_empty() && !valid_label_name(&version_label) {
+        c.bad(format!("{uk}.version_label"), format!("\"{version_label}\" is not a label name; give the label that holds the model version, e.g. \"model_version\", or \"\" for none"));
+    }
+    let max_scrape_bytes = c.limit(
+        &format!("{uk}.max_scrape_bytes"),
+        u.max_scrape_bytes,
+        4096,
+        1 << 30,
+        "bytes of one /metrics answer",
+    );
+    let max_series = c.limit(
+        &format!("{uk}.max_series"),
+        u.max_series,
+        10,
+        10_000_000,
+        "series in one exposition",
+    );
+    let max_prediction_classes = c.limit(
+        &format!("{uk}.max_prediction_classes"),
+        u.max_prediction_classes,
+        2,
+        100_000,
+        "prediction classes per backend",
+    );
 
     UpstreamConfig {
-        requests: u.requests.clone(),
-        errors: u.errors.clone(),
-        latency: u.latency.clone(),
-        predictions: u.predictions.clone(),
-        prediction_label: u.prediction_label.clone(),
+        preset: preset_name.map(str::to_string),
+        requests: requests.unwrap_or_default(),
+        errors: errors.unwrap_or_default(),
+        latency: latency.unwrap_or_default(),
+        predictions: predictions.unwrap_or_default(),
+        prediction_label,
+        version_label,
+        max_scrape_bytes,
+        max_series: usize::try_from(max_series).unwrap_or(usize::MAX),
+        max_prediction_classes: usize::try_from(max_prediction_classes).unwrap_or(usize::MAX),
     }
 }

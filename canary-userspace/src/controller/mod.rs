@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::observe::neighbour::Neighbours;
 use crate::observe::{Observation, Target, WarmUp};
 use crate::rollout::{Event, Output, Phase, Poll, Rollout, StateStore};
-use crate::upstream::{self, Snapshot, Window};
+use crate::upstream::{self, Window};
 use service::Service;
 
 /// Errors that stop the controller from starting or reloading.
@@ -39,10 +39,25 @@ pub enum ControllerError {
     Program(#[from] dataplane::ProgramError),
     #[error("data plane: {0}")]
     DataPlane(#[from] dataplane::DataPlaneError),
-    #[error("rollout state of service {service:?} is unreadable: {message}; fix or delete the file to start that rollout over")]
+    #[error("rollout state of service {service:?} is not usable: {message}; fix that field or delete the file (the rollout then continues at the weight the data plane holds, or starts over when there is none); nothing was changed")]
     State { service: String, message: String },
     #[error("reload refused: {0}")]
     Reload(String),
+}
+
+/// The canary weight the data plane holds for a service (found by its VIP and protocol in the
+/// written maps), after a restart.
+fn pinned_weight<D: DataPlane>(
+    dp: &D,
+    written: &dataplane::WrittenState,
+    config: &crate::config::ServiceConfig,
+) -> Option<crate::domain::Weight> {
+    let key = dataplane::service_key(config.vip, config.protocol);
+    let (_, entry) = written.services.iter().find(|(k, _)| *k == key)?;
+    let control = dp.control(entry.index).ok()?;
+    Some(crate::domain::Weight::from_basis_points(
+        control.canary_weight,
+    ))
 }
 
 /// The controller of all services.
@@ -100,20 +115,36 @@ impl<D: DataPlane> Controller<D> {
             dirty: true,
             pending_warmups: Vec::new(),
         };
+        // Every state file is read and checked before anything is written.
+        for config in &services {
+            c.store
+                .load(&config.name)
+                .map_err(|message| ControllerError::State {
+                    service: config.name.clone(),
+                    message,
+                })?;
+        }
+        let written = if recovered {
+            Some(c.dp.written_state()?)
+        } else {
+            None
+        };
         let mut global = c.dp.global_config()?;
         global.hash_seed = c.hash_seed;
         c.dp.set_global_config(&global)?;
         for config in services {
-            let (mut service, output) = Service::restore(config, &c.store, now_ms)?;
+            let pinned = written
+                .as_ref()
+                .and_then(|w| pinned_weight(&c.dp, w, &config));
+            let (mut service, output) = Service::restore(config, &c.store, now_ms, pinned)?;
             for (b, state) in service.backends_mut() {
                 state.mac = b.mac.or_else(|| neighbours.mac(b.address));
             }
             c.services.push(service);
             c.apply_output(c.services.len() - 1, output, 0);
         }
-        if recovered {
+        if let Some(written) = written {
             // Same indices as before the restart, so no established flow moves.
-            let written = c.dp.written_state()?;
             c.programmer = Programmer::recover(&written, &c.desired(now_ns));
             for s in &mut c.services {
                 s.reset_epoch_ns = c
@@ -166,6 +197,7 @@ impl<D: DataPlane> Controller<D> {
                     backend: b.name.clone(),
                     health_url: b.health_url.clone(),
                     metrics_url: b.metrics_url.clone(),
+                    max_scrape_bytes: s.config.upstream.max_scrape_bytes,
                 })
             })
             .collect()
@@ -213,12 +245,21 @@ impl<D: DataPlane> Controller<D> {
             let Some(j) = self.services[i].backend_position(&obs.backend) else {
                 continue;
             };
-            let upstream_config = &self.services[i].config.upstream;
-            let parsed = obs
-                .metrics
-                .as_ref()
-                .map(|text| upstream::parse_exposition(text, upstream_config));
+            let snapshot = upstream::snapshot_of(&obs.metrics, &self.services[i].config.upstream);
+            for p in &snapshot.problems {
+                self.metrics
+                    .upstream_scrape_errors
+                    .with_label_values(&[&obs.service, &obs.backend, p.reason.as_str()])
+                    .inc();
+            }
             let (bcfg, br) = self.services[i].backend_mut(j);
+            if let crate::observe::probe::Probe::Unknown(why) = &obs.health {
+                tracing::warn!(
+                    service = %obs.service,
+                    backend = %obs.backend,
+                    "health probe not counted: {why}"
+                );
+            }
             if br.health.observe(&obs.health) {
                 self.dirty = true;
                 tracing::info!(
@@ -234,23 +275,13 @@ impl<D: DataPlane> Controller<D> {
                 br.mac = mac;
                 self.dirty = true;
             }
-            let snapshot = match parsed {
-                Ok(Ok(s)) => {
-                    br.metrics_error = (!s.problems.is_empty()).then(|| s.problems.join("; "));
-                    s
-                }
-                Ok(Err(e)) => {
-                    br.metrics_error = Some(e.to_string());
-                    Snapshot::missing()
-                }
-                Err(e) => {
-                    br.metrics_error = Some(e.clone());
-                    Snapshot::missing()
-                }
-            };
+            br.metrics_error = (!snapshot.problems.is_empty()).then(|| {
+                let all: Vec<String> = snapshot.problems.iter().map(ToString::to_string).collect();
+                all.join("; ")
+            });
             br.reported_requests = snapshot.requests.present().copied();
             let delta = snapshot.delta_since(&br.baseline);
-            br.baseline.advance(&snapshot);
+            br.baseline.advance(&snapshot, delta.reset);
             deltas[i][j] = Some(delta.window);
         }
 
@@ -288,6 +319,11 @@ impl<D: DataPlane> Controller<D> {
                 self.apply_output(i, out, now_ns);
             }
             self.write_control(i, now_ns)?;
+            self.metrics.record_heartbeat(
+                self.services[i].name(),
+                now_ms,
+                self.dataplane_config.heartbeat_timeout,
+            );
             self.persist(i);
         }
         self.refresh();

@@ -30,7 +30,7 @@ impl<D: DataPlane> Controller<D> {
         let mut added = Vec::new();
         for config in &new.services {
             if self.service(&config.name).is_none() {
-                added.push(Service::restore(config.clone(), &self.store, now_ms)?);
+                added.push(Service::restore(config.clone(), &self.store, now_ms, None)?);
             }
         }
         let mut added = added.into_iter();

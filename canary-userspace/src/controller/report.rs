@@ -150,6 +150,8 @@ impl<D: DataPlane> Controller<D> {
                     new_flows: stats.new_flows,
                     reported_requests: br.reported_requests,
                     metrics_ok: br.metrics_error.is_none(),
+                    metrics_problem: br.metrics_error.clone(),
+                    reported_versions: br.baseline.versions.clone(),
                 });
             }
             for (g, (requests, errors)) in reported {
@@ -161,6 +163,24 @@ impl<D: DataPlane> Controller<D> {
                     &self.metrics.upstream_errors.with_label_values(&[name, g]),
                     errors,
                 );
+            }
+            for g in [Group::Stable, Group::Canary] {
+                let mut classes: BTreeMap<&str, f64> = BTreeMap::new();
+                for (b, br) in rt.backends() {
+                    if b.group != g {
+                        continue;
+                    }
+                    for (class, n) in br.baseline.predictions.present().into_iter().flatten() {
+                        *classes.entry(class).or_default() += n;
+                    }
+                }
+                for (class, n) in classes {
+                    let labels = [name, g.as_str(), class];
+                    set_counter(
+                        &self.metrics.upstream_predictions.with_label_values(&labels),
+                        n as u64,
+                    );
+                }
             }
             status.services.push(ServiceStatus {
                 name: svc.name.clone(),

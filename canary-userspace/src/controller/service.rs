@@ -9,7 +9,7 @@ use canary_common::{ServiceControl, ServiceStats};
 use super::ControllerError;
 use crate::config::{BackendConfig, ServiceConfig};
 use crate::dataplane::{BackendSpec, ServiceSpec};
-use crate::domain::{Group, RollbackMode};
+use crate::domain::{Group, RollbackMode, Weight};
 use crate::metrics::Metrics;
 use crate::observe::{Health, WarmUp};
 use crate::rollout::{BackendPoll, Decision, Event, Output, Rollout, StateStore};
@@ -57,12 +57,14 @@ pub(super) struct Service {
 }
 
 impl Service {
-    /// The service with its rollout restored from `store` (or a new one), and what the
-    /// rollout asks for now. Backends start "not probed yet".
+    /// The service with its rollout restored from `store`, or, when the state file is missing
+    /// and the data plane still holds a canary weight (`pinned`, after a restart), continued at
+    /// that weight, or new; and what the rollout asks for now. Backends start "not probed yet".
     pub(super) fn restore(
         config: ServiceConfig,
         store: &StateStore,
         now_ms: u64,
+        pinned: Option<Weight>,
     ) -> Result<(Service, Output), ControllerError> {
         let fingerprint = config.canary_fingerprint();
         let stored = store
@@ -72,6 +74,10 @@ impl Service {
                 message,
             })?;
         let (rollout, output) = match stored {
+            None if pinned.is_some_and(|w| w > Weight::ZERO) && !fingerprint.is_empty() => {
+                let weight = pinned.expect("checked above");
+                Rollout::adopt(now_ms, fingerprint, weight, &store.path(&config.name))
+            }
             Some(mut r) => {
                 let out = r.on_event(
                     now_ms,
@@ -244,6 +250,7 @@ impl Service {
                 service: service.to_string(),
                 urls,
                 requests: rollout.warmup_requests,
+                body: rollout.warmup_body.clone(),
             });
         }
         if let Some(d) = out.decision {
@@ -257,10 +264,7 @@ impl Service {
                 phase = d.phase.as_str(),
                 "{d}"
             );
-            metrics
-                .decisions
-                .with_label_values(&[service, d.action.as_str(), d.reason.as_str()])
-                .inc();
+            metrics.record_decision(service, d.action.as_str(), d.reason.as_str());
             self.events.push_back(d);
             while self.events.len() > EVENTS_KEPT {
                 self.events.pop_front();

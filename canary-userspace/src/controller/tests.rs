@@ -30,6 +30,8 @@ struct FakeBackend {
     metrics_up: bool,
     /// Whether served requests are observed in the latency histogram.
     records_latency: bool,
+    /// Exported instead of the real request count (a lying or broken exporter).
+    requests_text: Option<String>,
 }
 
 /// How a version behaves.
@@ -79,10 +81,13 @@ impl FakeBackend {
 
     fn exposition(&self) -> String {
         let mut t = String::new();
+        let requests = self
+            .requests_text
+            .clone()
+            .unwrap_or_else(|| self.requests.to_string());
         let _ = writeln!(
             t,
-            "# TYPE requests_total counter\nrequests_total {}",
-            self.requests
+            "# TYPE requests_total counter\nrequests_total {requests}"
         );
         let _ = writeln!(
             t,
@@ -271,7 +276,10 @@ impl Sim {
                 metrics: if b.metrics_up {
                     Ok(b.exposition())
                 } else {
-                    Err("metrics endpoint answered 500".into())
+                    Err(crate::upstream::ScrapeProblem {
+                        reason: crate::upstream::ScrapeReason::HttpStatus,
+                        message: "metrics endpoint answered 500".into(),
+                    })
                 },
             })
             .collect();
@@ -585,6 +593,60 @@ fn metrics_follow_the_rollout_the_kernel_and_the_backends() {
 }
 
 #[test]
+fn operator_metrics_follow_holds_heartbeats_and_predictions() {
+    let mut sim = Sim::new("operator-metrics", "");
+    // 2 canary requests a second: every evaluation of the first step holds (min_samples 300).
+    sim.rate = 20;
+    sim.run_until(100, |s| s.weight_bp() == 1000);
+    let stepped_at = sim.t;
+    while sim.t < stepped_at + 31 {
+        sim.tick();
+    }
+    let status = sim.c.status.read().unwrap().clone();
+    let holds_in_a_row = status.services[0]
+        .events
+        .iter()
+        .rev()
+        .take_while(|d| d.action.as_str() == "hold")
+        .count();
+    assert_eq!(holds_in_a_row, 3, "{:?}", status.services[0].events);
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&sim.c.metrics.registry.gather())
+        .unwrap();
+    let b = &sim.backends;
+    for needle in [
+        "canary_rollout_held_intervals{service=\"sentiment\"} 3".to_string(),
+        format!("canary_heartbeat_timestamp_seconds{{service=\"sentiment\"}} {}", sim.t),
+        "canary_heartbeat_timeout_seconds{service=\"sentiment\"} 30".to_string(),
+        format!(
+            "canary_upstream_predictions_total{{class=\"positive\",group=\"stable\",service=\"sentiment\"}} {}",
+            b["s0"].positive + b["s1"].positive
+        ),
+        format!(
+            "canary_upstream_predictions_total{{class=\"negative\",group=\"canary\",service=\"sentiment\"}} {}",
+            b["k0"].negative
+        ),
+    ] {
+        assert!(text.contains(&needle), "missing {needle:?} in\n{text}");
+    }
+
+    // A step (operator promotion here) starts the count again.
+    sim.c.on_operator(
+        sim.t * 1000,
+        sim.t * 1_000_000_000,
+        None,
+        &OperatorCommand::Promote { full: false },
+    );
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&sim.c.metrics.registry.gather())
+        .unwrap();
+    assert!(
+        text.contains("canary_rollout_held_intervals{service=\"sentiment\"} 0"),
+        "{text}"
+    );
+}
+
+#[test]
 fn a_new_rollout_logs_its_start_once() {
     let mut sim = Sim::new("events", "");
     sim.tick();
@@ -657,4 +719,106 @@ fn reload_refuses_dataplane_changes_and_keeps_the_running_config() {
         sim.c.dataplane_config().heartbeat_timeout,
         std::time::Duration::from_secs(30)
     );
+}
+
+#[test]
+fn a_count_beyond_2_53_is_a_missing_series_not_a_crash() {
+    let mut sim = Sim::new("huge-count", "");
+    sim.run_until(100, |s| s.weight_bp() == 1000);
+    // Summed over polls and backends, this overflowed u64 (a panic in a debug build).
+    for name in ["s0", "k0"] {
+        sim.backends.get_mut(name).unwrap().requests_text = Some("1e30".into());
+    }
+    let seen = sim.run_until(30, |_| false);
+    assert_eq!(
+        seen,
+        vec![1000],
+        "judged on a count it cannot hold: {seen:?}"
+    );
+    let status = sim.c.status.read().unwrap().clone();
+    let k0 = status.services[0]
+        .backends
+        .iter()
+        .find(|b| b.name == "k0")
+        .unwrap();
+    assert!(!k0.metrics_ok);
+    let problem = k0.metrics_problem.as_deref().unwrap_or_default();
+    assert_eq!(
+        problem,
+        "requests (requests_total): requests_total = 1e30 is not a count (a whole number from 0 to 2^53)"
+    );
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&sim.c.metrics.registry.gather())
+        .unwrap();
+    let needle = "canary_upstream_scrape_errors_total{backend=\"k0\",reason=\"not_a_count\",service=\"sentiment\"} 30";
+    assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    // The exporter recovers: the rollout goes on.
+    for name in ["s0", "k0"] {
+        sim.backends.get_mut(name).unwrap().requests_text = None;
+    }
+    let seen = sim.run_until(100, |s| s.weight_bp() > 1000);
+    assert!(sim.weight_bp() > 1000, "weights {seen:?}");
+}
+
+#[test]
+fn a_state_file_with_an_impossible_weight_is_refused_naming_file_and_field() {
+    let mut sim = Sim::new("bad-weight", "");
+    sim.run_until(100, |s| s.weight_bp() == 2500);
+    let dir = sim.store_dir.clone();
+    let path = dir.join("rollout-sentiment.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    json["weight"] = 4_000_000_000u64.into();
+    std::fs::write(&path, json.to_string()).unwrap();
+    let dp = std::mem::take(sim.c.dataplane_mut());
+    sim.store_dir = std::env::temp_dir().join("canary-ctl-unused");
+    drop(sim);
+
+    let config = Config::from_toml_str(&config_text("")).unwrap();
+    let err = Controller::new(
+        config,
+        dp,
+        true,
+        StateStore::new(&dir),
+        Metrics::new().unwrap(),
+        Arc::new(RwLock::new(Status::default())),
+        7,
+        &BTreeMap::new(),
+        0,
+        1,
+    )
+    .err()
+    .expect("an impossible weight is refused");
+    let text = err.to_string();
+    assert!(text.contains(&path.display().to_string()), "{text}");
+    assert!(text.contains("`weight`"), "{text}");
+    assert!(text.contains("4000000000"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_missing_state_file_adopts_the_weight_the_data_plane_holds() {
+    let mut sim = Sim::new("adopt", "");
+    sim.run_until(100, |s| s.weight_bp() == 5000);
+    assert_eq!(sim.kernel_weight(), 5000);
+    let dir = sim.store_dir.clone();
+    std::fs::remove_file(dir.join("rollout-sentiment.json")).unwrap();
+    let dp = std::mem::take(sim.c.dataplane_mut());
+    sim.store_dir = std::env::temp_dir().join("canary-ctl-unused");
+    drop(sim);
+
+    let mut again = Sim::with_store(dir, dp, true, "");
+    let r = again.c.rollout("sentiment").unwrap();
+    assert_eq!(
+        (r.phase(), r.weight().basis_points()),
+        (Phase::Stepping, 5000)
+    );
+    let d = r.last_decision().unwrap();
+    assert!(d.message.contains("is missing"), "{}", d.message);
+    assert!(again.c.take_warmups().is_empty(), "no new warm-up");
+    again.tick();
+    assert_eq!(again.kernel_weight(), 5000, "not reset to 0 %");
+    // It keeps going from there.
+    again.run_until(200, |s| s.phase() == Phase::Promoted);
+    assert_eq!(again.phase(), Phase::Promoted);
 }

@@ -41,6 +41,8 @@ pub enum Reason {
     WarmupDone,
     /// Rollout paused: no automatic step.
     Paused,
+    /// The state file was missing; the weight the data plane held was adopted.
+    StateMissing,
 }
 
 impl Reason {
@@ -60,6 +62,7 @@ impl Reason {
             Reason::CanaryChanged => "canary_changed",
             Reason::WarmupDone => "warmup_done",
             Reason::Paused => "paused",
+            Reason::StateMissing => "state_missing",
         }
     }
 }

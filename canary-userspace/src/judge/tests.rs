@@ -228,7 +228,7 @@ fn missing_metrics_hold_and_are_named() {
     assert_eq!(j.signals[0].note, "missing: canary.latency");
     // A switched-off signal is not required.
     let upstream = UpstreamConfig {
-        latency: String::new(),
+        latency: crate::upstream::Selector::default(),
         ..UpstreamConfig::default()
     };
     let stable = healthy(20_000);

@@ -32,7 +32,7 @@ mod store;
 mod tests;
 
 pub use decision::{Action, BackendPoll, Decision, DecisionAction, Event, Output, Phase, Poll};
-pub use store::StateStore;
+pub use store::{write_durably, StateStore};
 
 /// An operator action that does not apply now.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +47,14 @@ pub enum RolloutError {
     /// Persisted state could not be read back.
     #[error("rollout state is unreadable ({0}); delete the state file to start over")]
     State(#[from] serde_json::Error),
+}
+
+/// Restored state that cannot be right, with the field at fault.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("field `{field}` {problem}")]
+pub struct InvalidState {
+    pub field: &'static str,
+    pub problem: String,
 }
 
 /// The data of the current step.
@@ -137,6 +145,47 @@ impl Rollout {
         (r, out)
     }
 
+    /// A rollout for a canary group whose state file is missing while the data plane still
+    /// holds canary weight `weight` (the file was deleted or lost, the maps were not): the
+    /// rollout continues at that weight instead of silently starting over at 0 %, with a fresh
+    /// judging window; at 100 % it is promoted.
+    pub fn adopt(
+        at_ms: u64,
+        fingerprint: Vec<String>,
+        weight: Weight,
+        path: &std::path::Path,
+    ) -> (Rollout, Output) {
+        let mut r = Rollout {
+            phase: Phase::Stepping,
+            weight: Weight::ZERO,
+            paused: false,
+            warmed_up: true,
+            canary: fingerprint,
+            started_at_ms: at_ms,
+            step_started_at_ms: at_ms,
+            last_evaluation_ms: at_ms,
+            windows: 0,
+            spike_polls: 0,
+            missing_intervals: 0,
+            window: StepWindow::default(),
+            last_decision: None,
+        };
+        r.enter_weight(at_ms, weight);
+        let d = r.record(
+            at_ms,
+            DecisionAction::SetWeight,
+            Reason::StateMissing,
+            Weight::ZERO,
+            format!(
+                "state file {} is missing but the data plane holds {weight}: continuing at that weight (a new judging window starts)",
+                path.display()
+            ),
+            None,
+        );
+        let out = r.output(Some(d));
+        (r, out)
+    }
+
     pub fn phase(&self) -> Phase {
         self.phase
     }
@@ -197,6 +246,59 @@ impl Rollout {
     /// Restores persisted state.
     pub fn from_json(text: &str) -> Result<Rollout, RolloutError> {
         Ok(serde_json::from_str(text)?)
+    }
+
+    /// Checks restored state before it is used: every weight within 0..=100 % and the weight
+    /// consistent with the phase. Steps do not constrain a stepping weight further: the operator
+    /// may set any weight below 100 % (`set-weight`), and a resumed rollout steps up from there.
+    /// The error names the field.
+    pub fn validate(&self) -> Result<(), InvalidState> {
+        let bad = |field: &'static str, problem: String| Err(InvalidState { field, problem });
+        let bp = self.weight.basis_points();
+        if bp > Weight::FULL.basis_points() {
+            return bad(
+                "weight",
+                format!("is {bp} basis points; at most 10000 (100 %)"),
+            );
+        }
+        if let Some(d) = &self.last_decision {
+            for (field, w) in [("last_decision.from", d.from), ("last_decision.to", d.to)] {
+                if w.basis_points() > Weight::FULL.basis_points() {
+                    return bad(
+                        field,
+                        format!(
+                            "is {} basis points; at most 10000 (100 %)",
+                            w.basis_points()
+                        ),
+                    );
+                }
+            }
+        }
+        let expected = match self.phase {
+            Phase::Idle | Phase::Pending | Phase::RolledBack => (bp == 0).then_some(()).ok_or("0"),
+            Phase::Promoted => (self.weight == Weight::FULL)
+                .then_some(())
+                .ok_or("10000 (100 %)"),
+            Phase::Stepping => (self.weight < Weight::FULL)
+                .then_some(())
+                .ok_or("below 10000 (100 % is the promoted phase)"),
+        };
+        if let Err(want) = expected {
+            return bad(
+                "weight",
+                format!(
+                    "is {bp} basis points in phase {}; that phase has weight {want}",
+                    self.phase
+                ),
+            );
+        }
+        if self.phase == Phase::Idle && !self.canary.is_empty() {
+            return bad(
+                "phase",
+                "is idle but a canary group is recorded; an idle rollout has none".into(),
+            );
+        }
+        Ok(())
     }
 
     fn output(&self, decision: Option<Decision>) -> Output {

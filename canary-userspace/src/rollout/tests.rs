@@ -657,3 +657,60 @@ fn decisions_display_and_serialize() {
         (d.action, d.reason, d.to)
     );
 }
+
+/// Sets `field` in the persisted JSON of `r` to `value`.
+fn tampered(r: &Rollout, field: &str, value: serde_json::Value) -> Rollout {
+    let mut json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+    json[field] = value;
+    Rollout::from_json(&json.to_string()).expect("still parses")
+}
+
+#[test]
+fn restored_state_is_validated_and_names_the_field() {
+    let cfg = cfg();
+    let r = started(&cfg);
+    assert_eq!(r.phase(), Phase::Stepping);
+    assert_eq!(r.validate(), Ok(()));
+
+    // A weight of 4,000,000,000 basis points parses but is refused.
+    let e = tampered(&r, "weight", 4_000_000_000u64.into())
+        .validate()
+        .unwrap_err();
+    assert_eq!(e.field, "weight");
+    assert!(e.to_string().contains("4000000000"), "{e}");
+    assert!(e.to_string().contains("at most 10000"), "{e}");
+
+    // Weights the phase cannot have.
+    let e = tampered(&r, "weight", 10_000.into())
+        .validate()
+        .unwrap_err();
+    assert_eq!(e.field, "weight");
+    assert!(e.to_string().contains("phase stepping"), "{e}");
+    let e = tampered(&r, "phase", "promoted".into())
+        .validate()
+        .unwrap_err();
+    assert!(e.to_string().contains("phase promoted"), "{e}");
+    let e = tampered(&r, "phase", "rolled_back".into())
+        .validate()
+        .unwrap_err();
+    assert_eq!(e.field, "weight");
+    let e = tampered(&r, "phase", "idle".into()).validate().unwrap_err();
+    assert_eq!(e.field, "weight");
+
+    // Operator weights off the configured steps are valid while stepping.
+    let mut manual = started(&cfg);
+    manual
+        .on_action(
+            1000,
+            Action::SetWeight(Weight::from_basis_points(1234)),
+            &cfg,
+        )
+        .unwrap();
+    manual.on_action(2000, Action::Resume, &cfg).unwrap();
+    assert_eq!(manual.validate(), Ok(()));
+    // Promoted and rolled back are valid too.
+    manual.on_action(3000, Action::PromoteFull, &cfg).unwrap();
+    assert_eq!(manual.validate(), Ok(()));
+    manual.on_action(4000, Action::Rollback, &cfg).unwrap();
+    assert_eq!(manual.validate(), Ok(()));
+}

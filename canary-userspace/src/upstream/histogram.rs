@@ -71,9 +71,36 @@ impl Histogram {
         out
     }
 
-    /// Sum of two histograms over their shared bounds.
+    /// No observation at all (whatever the bounds).
+    pub fn is_zero(&self) -> bool {
+        self.count == 0.0 && self.sum == 0.0 && self.cumulative.iter().all(|c| *c == 0.0)
+    }
+
+    /// Whether this histogram cannot have grown from `earlier`: a count went down or the
+    /// buckets changed (a new process). Growing from an empty histogram is always possible.
+    pub(super) fn went_backwards_from(&self, earlier: &Histogram) -> bool {
+        if earlier.is_zero() {
+            return false;
+        }
+        self.bounds != earlier.bounds
+            || self.count < earlier.count
+            || self
+                .cumulative
+                .iter()
+                .zip(&earlier.cumulative)
+                .any(|(now, before)| now < before)
+    }
+
+    /// Sum of two histograms over their shared bounds. An empty histogram adds nothing and
+    /// keeps the other's bounds.
     #[must_use]
     pub fn plus(&self, other: &Histogram) -> Histogram {
+        if other.is_zero() {
+            return self.clone();
+        }
+        if self.is_zero() {
+            return other.clone();
+        }
         let shared: Vec<f64> = self
             .bounds
             .iter()
@@ -98,7 +125,10 @@ impl Histogram {
     /// `self - earlier`, or `None` when the histogram went backwards or changed layout
     /// (the backend restarted: the counts start again from zero).
     pub(super) fn minus(&self, earlier: &Histogram) -> Option<Histogram> {
-        if self.bounds != earlier.bounds || self.count < earlier.count {
+        if earlier.is_zero() {
+            return Some(self.clone());
+        }
+        if self.went_backwards_from(earlier) {
             return None;
         }
         let mut cumulative = Vec::with_capacity(self.cumulative.len());

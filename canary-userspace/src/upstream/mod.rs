@@ -1,21 +1,98 @@
 //! What backends report about themselves: their Prometheus text exposition parsed into a
-//! [`Snapshot`] of the series named in `[services.upstream]`, deltas between two snapshots of
-//! one backend (surviving counter resets when a backend restarts), and sums over a group.
+//! [`Snapshot`] of the series selected in `[services.upstream]`, deltas between two snapshots of
+//! one backend (surviving backend restarts), and sums over a group.
 //!
 //! A series that is not in the exposition is [`Series::Missing`], never zero: the judge must
-//! tell "no errors" from "no error counter".
+//! tell "no errors" from "no error counter". A series whose metric is there but none of whose
+//! label sets match the selector is zero (a `5..` status that never happened).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::UpstreamConfig;
+
 mod exposition;
 mod histogram;
+pub mod preset;
+mod selector;
 #[cfg(test)]
 mod tests;
 
-pub use exposition::{parse_exposition, UpstreamError};
+pub(crate) use exposition::read_sample;
+pub use exposition::{parse_exposition, MAX_COUNT};
 pub use histogram::Histogram;
+pub use selector::{valid_label_name, MatchOp, Matcher, Selector, SelectorError};
+
+/// Why a backend's metrics, or one of its series, could not be used: the `reason` label of
+/// `canary_upstream_scrape_errors_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScrapeReason {
+    /// No connection to the metrics endpoint.
+    Connect,
+    /// No complete answer within the poll's time budget.
+    Timeout,
+    /// The endpoint answered with a status other than 2xx or 3xx.
+    HttpStatus,
+    /// The endpoint answered with a redirect (never followed).
+    Redirect,
+    /// The body is larger than `upstream.max_scrape_bytes`.
+    TooLarge,
+    /// The body could not be read (connection reset, bad encoding, not UTF-8).
+    Body,
+    /// The body is not a Prometheus text exposition.
+    Format,
+    /// More series than `upstream.max_series`.
+    TooManySeries,
+    /// More prediction classes than `upstream.max_prediction_classes`.
+    TooManyClasses,
+    /// A count that is not a whole number from 0 to 2^53.
+    NotACount,
+    /// A series that cannot be read as configured (a histogram without `+Inf`, ...).
+    Malformed,
+}
+
+impl ScrapeReason {
+    pub const ALL: [ScrapeReason; 11] = [
+        ScrapeReason::Connect,
+        ScrapeReason::Timeout,
+        ScrapeReason::HttpStatus,
+        ScrapeReason::Redirect,
+        ScrapeReason::TooLarge,
+        ScrapeReason::Body,
+        ScrapeReason::Format,
+        ScrapeReason::TooManySeries,
+        ScrapeReason::TooManyClasses,
+        ScrapeReason::NotACount,
+        ScrapeReason::Malformed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScrapeReason::Connect => "connect",
+            ScrapeReason::Timeout => "timeout",
+            ScrapeReason::HttpStatus => "http_status",
+            ScrapeReason::Redirect => "redirect",
+            ScrapeReason::TooLarge => "too_large",
+            ScrapeReason::Body => "body",
+            ScrapeReason::Format => "format",
+            ScrapeReason::TooManySeries => "too_many_series",
+            ScrapeReason::TooManyClasses => "too_many_classes",
+            ScrapeReason::NotACount => "not_a_count",
+            ScrapeReason::Malformed => "malformed",
+        }
+    }
+}
+
+/// A failed scrape, or one series of a backend that could not be used, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ScrapeProblem {
+    pub reason: ScrapeReason,
+    /// For the operator: what was wrong and, where it helps, what to change.
+    pub message: String,
+}
 
 /// A value that a backend reported, or the explicit fact that it did not.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -60,8 +137,12 @@ pub struct Snapshot {
     pub latency: Series<Histogram>,
     /// Predictions per class (value of the configured label).
     pub predictions: Series<BTreeMap<String, f64>>,
-    /// Series that were present but malformed (reported as missing), for the operator.
-    pub problems: Vec<String>,
+    /// Values of `upstream.version_label` on the selected series (the model version the
+    /// backend says it serves), sorted.
+    #[serde(default)]
+    pub versions: Vec<String>,
+    /// Why the scrape failed, or which series were present but unusable (reported as missing).
+    pub problems: Vec<ScrapeProblem>,
 }
 
 impl Default for Snapshot {
@@ -70,7 +151,9 @@ impl Default for Snapshot {
     }
 }
 
-/// Increases over a time span: one backend between two snapshots, or a whole group.
+/// Increases over a time span: one backend between two snapshots, or a whole group. Counts
+/// saturate at 2^53 ([`MAX_COUNT`]), far beyond any real window, so that sums of them never
+/// overflow.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Window {
     pub requests: Series<u64>,
@@ -89,20 +172,29 @@ impl Default for Window {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Delta {
     pub window: Window,
-    /// Some counter went backwards: the backend restarted and the window counts from zero.
+    /// Some series went backwards: the backend restarted and the window counts from zero.
     pub reset: bool,
 }
 
-fn counter_delta(now: &Series<f64>, earlier: &Series<f64>, reset: &mut bool) -> Series<u64> {
-    match (now, earlier) {
+/// The largest count a [`Window`] holds.
+const MAX_WINDOW_COUNT: u64 = MAX_COUNT as u64;
+
+/// `a + b`, saturating at [`MAX_WINDOW_COUNT`].
+fn add(a: u64, b: u64) -> u64 {
+    a.saturating_add(b).min(MAX_WINDOW_COUNT)
+}
+
+/// Whole count of a difference of two counts (both at most 2^53, so exact).
+fn whole(v: f64) -> u64 {
+    (v.round().max(0.0) as u64).min(MAX_WINDOW_COUNT)
+}
+
+fn counter_delta(now: &Series<f64>, base: &Series<f64>) -> Series<u64> {
+    match (now, base) {
         (Series::Missing, _) => Series::Missing,
         // First sight: no baseline, the increase is counted from here.
         (Series::Present(_), Series::Missing) => Series::Present(0),
-        (Series::Present(n), Series::Present(e)) if n < e => {
-            *reset = true;
-            Series::Present(n.round() as u64)
-        }
-        (Series::Present(n), Series::Present(e)) => Series::Present((n - e).round() as u64),
+        (Series::Present(n), Series::Present(b)) => Series::Present(whole(n - b)),
     }
 }
 
@@ -114,57 +206,84 @@ impl Snapshot {
             errors: Series::Missing,
             latency: Series::Missing,
             predictions: Series::Missing,
+            versions: Vec::new(),
             problems: Vec::new(),
         }
     }
 
-    /// Increase from `earlier` to `self`. A counter that went backwards means the backend
-    /// restarted: its current value is the increase. A series seen for the first time has
-    /// increased by zero (there is no baseline); a series missing now is missing.
-    pub fn delta_since(&self, earlier: &Snapshot) -> Delta {
-        let mut reset = false;
-        let requests = counter_delta(&self.requests, &earlier.requests, &mut reset);
-        let errors = counter_delta(&self.errors, &earlier.errors, &mut reset);
+    /// Every series at zero: the baseline of a backend that just restarted.
+    fn zero() -> Snapshot {
+        Snapshot {
+            requests: Series::Present(0.0),
+            errors: Series::Present(0.0),
+            latency: Series::Present(Histogram::empty(Vec::new())),
+            predictions: Series::Present(BTreeMap::new()),
+            versions: Vec::new(),
+            problems: Vec::new(),
+        }
+    }
+
+    /// Whether some series present in both went backwards since `earlier` (a counter, a
+    /// bucket, a class that decreased or vanished, a histogram whose buckets changed): the
+    /// backend restarted.
+    pub fn went_backwards_from(&self, earlier: &Snapshot) -> bool {
+        let counter = |now: &Series<f64>, then: &Series<f64>| matches!((now, then), (Series::Present(n), Series::Present(t)) if n < t);
         let latency = match (&self.latency, &earlier.latency) {
+            (Series::Present(n), Series::Present(t)) => n.went_backwards_from(t),
+            _ => false,
+        };
+        let predictions = match (&self.predictions, &earlier.predictions) {
+            (Series::Present(n), Series::Present(t)) => t
+                .iter()
+                .any(|(class, then)| n.get(class).is_none_or(|now| now < then)),
+            _ => false,
+        };
+        counter(&self.requests, &earlier.requests)
+            || counter(&self.errors, &earlier.errors)
+            || latency
+            || predictions
+    }
+
+    /// Increase from `earlier` to `self`. If any series went backwards the backend restarted,
+    /// and the current value of every series is its increase (a per-series rule would miss
+    /// the errors of a crash-looping backend whose error count happens to end higher). A
+    /// series seen for the first time has increased by zero (there is no baseline); a series
+    /// missing now is missing.
+    pub fn delta_since(&self, earlier: &Snapshot) -> Delta {
+        let reset = self.went_backwards_from(earlier);
+        let zero;
+        let base = if reset {
+            zero = Snapshot::zero();
+            &zero
+        } else {
+            earlier
+        };
+        let latency = match (&self.latency, &base.latency) {
             (Series::Missing, _) => Series::Missing,
             (Series::Present(n), Series::Missing) => {
                 Series::Present(Histogram::empty(n.bounds.clone()))
             }
-            (Series::Present(n), Series::Present(e)) => {
-                Series::Present(n.minus(e).unwrap_or_else(|| {
-                    reset = true;
-                    n.clone()
-                }))
+            // Cannot fail: a histogram that went backwards made this a reset, whose baseline
+            // is zero.
+            (Series::Present(n), Series::Present(b)) => {
+                Series::Present(n.minus(b).unwrap_or_else(|| n.clone()))
             }
         };
-        let predictions = match (&self.predictions, &earlier.predictions) {
+        let predictions = match (&self.predictions, &base.predictions) {
             (Series::Missing, _) => Series::Missing,
             (Series::Present(n), Series::Missing) => {
                 Series::Present(n.keys().map(|k| (k.clone(), 0)).collect())
             }
-            (Series::Present(n), Series::Present(e)) => {
-                let went_back = e.iter().any(|(k, v)| n.get(k).is_none_or(|nv| nv < v));
-                if went_back {
-                    reset = true;
-                }
-                Series::Present(
-                    n.iter()
-                        .map(|(k, v)| {
-                            let base = if went_back {
-                                0.0
-                            } else {
-                                e.get(k).copied().unwrap_or(0.0)
-                            };
-                            (k.clone(), (v - base).round() as u64)
-                        })
-                        .collect(),
-                )
-            }
+            (Series::Present(n), Series::Present(b)) => Series::Present(
+                n.iter()
+                    .map(|(k, v)| (k.clone(), whole(v - b.get(k).copied().unwrap_or(0.0))))
+                    .collect(),
+            ),
         };
         Delta {
             window: Window {
-                requests,
-                errors,
+                requests: counter_delta(&self.requests, &base.requests),
+                errors: counter_delta(&self.errors, &base.errors),
                 latency,
                 predictions,
             },
@@ -174,25 +293,44 @@ impl Snapshot {
 
     /// Moves the baseline forward to `newer`, series by series, keeping the old value of a
     /// series that `newer` lacks: a scrape that fails once does not lose the increase, the
-    /// next good scrape covers both polls.
-    pub fn advance(&mut self, newer: &Snapshot) {
+    /// next good scrape covers both polls. After a restart (`reset`, from
+    /// [`Snapshot::delta_since`]) a series that `newer` lacks starts again from zero.
+    pub fn advance(&mut self, newer: &Snapshot, reset: bool) {
         fn keep<T: Clone>(old: &mut Series<T>, new: &Series<T>) {
             if let Series::Present(v) = new {
                 *old = Series::Present(v.clone());
             }
         }
+        if reset {
+            *self = Snapshot::zero();
+        }
         keep(&mut self.requests, &newer.requests);
         keep(&mut self.errors, &newer.errors);
         keep(&mut self.latency, &newer.latency);
         keep(&mut self.predictions, &newer.predictions);
+        self.versions.clone_from(&newer.versions);
         self.problems.clone_from(&newer.problems);
     }
+}
+
+/// The snapshot of one scrape: the parsed exposition, or every series missing with the reason
+/// the scrape failed.
+pub fn snapshot_of(scrape: &Result<String, ScrapeProblem>, series: &UpstreamConfig) -> Snapshot {
+    let parsed = match scrape {
+        Ok(text) => parse_exposition(text, series),
+        Err(problem) => Err(problem.clone()),
+    };
+    parsed.unwrap_or_else(|problem| Snapshot {
+        problems: vec![problem],
+        ..Snapshot::missing()
+    })
 }
 
 fn add_counts(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
     let mut out = a.clone();
     for (k, v) in b {
-        *out.entry(k.clone()).or_default() += v;
+        let total = out.entry(k.clone()).or_default();
+        *total = add(*total, *v);
     }
     out
 }
@@ -229,8 +367,8 @@ impl Window {
                 (Series::Present(m), Series::Present(t)) => *mine = Series::Present(add(m, t)),
             }
         }
-        acc(&mut self.requests, &other.requests, |a, b| a + b);
-        acc(&mut self.errors, &other.errors, |a, b| a + b);
+        acc(&mut self.requests, &other.requests, |a, b| add(*a, *b));
+        acc(&mut self.errors, &other.errors, |a, b| add(*a, *b));
         acc(&mut self.latency, &other.latency, Histogram::plus);
         acc(&mut self.predictions, &other.predictions, add_counts);
     }
@@ -270,8 +408,8 @@ pub fn aggregate<'a>(windows: impl IntoIterator<Item = &'a Window>) -> Window {
     let mut latency = None;
     let mut predictions = None;
     for w in windows {
-        strict(&mut requests, &w.requests, |a, b| a + b);
-        strict(&mut errors, &w.errors, |a, b| a + b);
+        strict(&mut requests, &w.requests, |a, b| add(*a, *b));
+        strict(&mut errors, &w.errors, |a, b| add(*a, *b));
         strict(&mut latency, &w.latency, Histogram::plus);
         strict(&mut predictions, &w.predictions, add_counts);
     }

@@ -203,12 +203,20 @@ impl<'a> Background<'a> {
     }
 
     /// Stops after the running chunks and returns every chunk's report.
-    pub(crate) fn finish(self) -> Vec<Report> {
+    pub(crate) fn finish(mut self) -> Vec<Report> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.handles
+        std::mem::take(&mut self.handles)
             .into_iter()
             .flat_map(|h| h.join().expect("background load thread"))
             .collect()
+    }
+}
+
+impl Drop for Background<'_> {
+    /// A test that fails while the load runs stops it: the scope then ends after the running
+    /// chunks, the failure is reported and the lab is torn down (instead of waiting forever).
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -223,4 +231,71 @@ pub(crate) fn totals(reports: &[Report]) -> (u64, u64, u64, u64, u64) {
             a.4 + r.failures.status,
         )
     })
+}
+
+/// Runs `f` on a thread that has entered network namespace `netns` (sockets it opens live
+/// there, and stay usable after it returns).
+pub(crate) fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/run/netns/{netns}");
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let file =
+                    std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+                f()
+            })
+            .join()
+            .expect("thread in the namespace")
+    })
+}
+
+/// Raises this process's open-file soft limit to the hard limit; returns the new soft limit.
+pub(crate) fn raise_open_files() -> u64 {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut l), 0);
+        l.rlim_cur = l.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &raw const l), 0);
+    }
+    l.rlim_cur
+}
+
+/// `GET path` on a fresh connection to `addr` with a `timeout` for the whole exchange;
+/// returns the status code, the body and how long it took.
+pub(crate) fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String, Duration), String> {
+    use std::io::{Read as _, Write as _};
+    let t = Instant::now();
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not an HTTP answer: {text:?}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body, t.elapsed()))
 }

@@ -3,8 +3,13 @@
 //!
 //! Pins (under `bpffs`, default `/sys/fs/bpf/canary`): one file per map, named as in
 //! `canary_common::maps`, and `link` (the XDP `bpf_link`). The pinned link keeps the program
-//! attached after the daemon exits, so a restart re-opens the pins instead of loading anew: no
-//! detach, no packet lost, no flow table reset. [`detach`] removes the link and the pins.
+//! attached after the daemon exits, so a restart re-opens the pins instead of attaching anew:
+//! no detach, no packet lost, no flow table reset. Every reused map pin is first checked
+//! against the object's own map definitions ([`layout`]); a pin of another layout is refused
+//! with the steps to migrate. When the object's program differs from the attached one (a new
+//! binary), it is loaded against the pinned maps and swapped in atomically through the pinned
+//! link (`bpf_link_update`), so established flows stay. [`detach`] removes the link and the
+//! pins.
 
 use std::ffi::CString;
 use std::io;
@@ -12,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::xdp::XdpLink;
 use aya::programs::{ProgramError, Xdp, XdpMode};
 use aya::EbpfLoader;
 use canary_common::{
@@ -21,14 +27,17 @@ use canary_common::{
 
 use crate::dataplane::{Counters, DataPlane, DataPlaneError, MapWrite, WrittenState};
 
+pub mod layout;
 mod object;
 mod pass;
 mod pins;
 
 pub use object::{embedded_object, object_bytes, OBJECT_BUILD_PATH};
 pub use pass::PassProgram;
-use pins::pinned_link_ifindex;
-pub use pins::{detach, ensure_bpffs, is_bpffs, mount_bpffs, Detached};
+pub use pins::{
+    detach, ensure_bpffs, is_bpffs, mount_bpffs, parse_link_fdinfo, pinned_link_info, Detached,
+    LinkInfo,
+};
 
 /// Name of the pinned XDP link in the bpffs directory.
 pub const LINK_PIN: &str = "link";
@@ -92,7 +101,7 @@ pub struct Options {
 }
 
 /// What [`AyaDataPlane::open`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Opened {
     /// Loaded the object, attached it in this mode, pinned maps and link. `maps_reused`: some
     /// pinned maps already existed (an earlier run died before pinning its link) and were
@@ -102,8 +111,24 @@ pub enum Opened {
         maps_reused: bool,
     },
     /// Re-opened the pinned maps and link of a running program (after a restart): nothing was
-    /// detached or reset.
-    Reopened,
+    /// detached or reset. `replaced`: the object's program differed from the attached one and
+    /// replaced it in place.
+    Reopened { replaced: Option<Replaced> },
+}
+
+impl Opened {
+    /// Whether the maps (and what the daemon wrote into them) come from an earlier run.
+    pub fn recovered(&self) -> bool {
+        matches!(self, Opened::Reopened { .. })
+    }
+}
+
+/// A program replaced through the pinned link: tags (the kernel's hash of the instructions) of
+/// the program before and after.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replaced {
+    pub from_tag: String,
+    pub to_tag: String,
 }
 
 /// Errors of loading, attaching, pinning and map access.
@@ -154,6 +179,23 @@ pub enum AyaError {
     PinnedMapMissing { dir: PathBuf, path: PathBuf },
     #[error("opening pin {path} failed: {message}")]
     OpenPin { path: PathBuf, message: String },
+    /// The object's map definitions could not be read.
+    #[error("cannot read the map definitions of the eBPF object: {0}")]
+    Layout(String),
+    /// A pinned map of another layout than the object's.
+    #[error("{}", layout::describe(path, dir, mismatch))]
+    IncompatiblePin {
+        path: PathBuf,
+        dir: PathBuf,
+        mismatch: Box<layout::Mismatch>,
+    },
+    /// The new program could not replace the attached one.
+    #[error("replacing the attached XDP program through {path} failed: {source}; the old program stays attached")]
+    Replace {
+        path: PathBuf,
+        #[source]
+        source: ProgramError,
+    },
     #[error("map {map} in the object or pin has an unexpected type or layout: {source} (object and binary are from different versions; rebuild, or `canary detach` to drop old pins)")]
     MapType {
         map: &'static str,
@@ -226,6 +268,23 @@ impl std::fmt::Debug for AyaDataPlane {
     }
 }
 
+/// The `canary` XDP program of a loaded object.
+fn program(ebpf: &mut aya::Ebpf) -> Result<&mut Xdp, AyaError> {
+    ebpf.program_mut(maps::PROGRAM)
+        .ok_or(AyaError::ProgramMissing(maps::PROGRAM))?
+        .try_into()
+        .map_err(|_| AyaError::ProgramMissing(maps::PROGRAM))
+}
+
+fn take_map(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<Map, AyaError> {
+    ebpf.take_map(name).ok_or(AyaError::MapType {
+        map: name,
+        source: MapError::InvalidName {
+            name: name.to_owned(),
+        },
+    })
+}
+
 fn typed<T>(name: &'static str, map: Map) -> Result<T, AyaError>
 where
     T: TryFrom<Map, Error = MapError>,
@@ -248,26 +307,30 @@ fn capacity(name: &'static str, map: &Map) -> Result<u32, AyaError> {
 
 impl AyaDataPlane {
     /// Opens the data plane: re-opens the pins when the link is pinned in `options.bpffs`
-    /// (after a restart), otherwise loads the object, attaches `canary` to the interface and
-    /// pins maps and link. Mounts a bpffs at the pin directory's parent when none is there.
+    /// (after a restart; the program is replaced in place when the object's differs),
+    /// otherwise loads the object, attaches `canary` to the interface and pins maps and link.
+    /// Every existing map pin must match the object's layout. Mounts a bpffs at the pin
+    /// directory's parent when none is there.
     pub fn open(options: &Options) -> Result<(AyaDataPlane, Opened), AyaError> {
         ensure_bpffs(&options.bpffs)?;
+        let bytes = object_bytes(options.object.as_deref())?;
+        layout::check_pins(&options.bpffs, &layout::object_layout(&bytes)?)?;
         let link_path = options.bpffs.join(LINK_PIN);
         if link_path.exists() {
             let configured = interface_index(&options.interface).unwrap_or(0);
-            let pinned = pinned_link_ifindex(&link_path).map_err(|e| AyaError::OpenPin {
+            let link = pinned_link_info(&link_path).map_err(|e| AyaError::OpenPin {
                 path: link_path.clone(),
                 message: e.to_string(),
             })?;
-            if pinned != 0 {
-                if pinned != configured {
+            if link.ifindex != 0 {
+                if link.ifindex != configured {
                     return Err(AyaError::OtherInterface {
                         interface: options.interface.clone(),
-                        pinned,
+                        pinned: link.ifindex,
                         configured,
                     });
                 }
-                return Ok((Self::reopen(&options.bpffs)?, Opened::Reopened));
+                return Self::reopen(options, &bytes, &link);
             }
             // Its interface was deleted: the link is dead; attach anew, keeping the maps.
             std::fs::remove_file(&link_path).map_err(|source| AyaError::Unpin {
@@ -275,11 +338,36 @@ impl AyaDataPlane {
                 source,
             })?;
         }
-        Self::load_and_attach(options)
+        Self::load_and_attach(options, &bytes)
     }
 
-    fn reopen(bpffs: &Path) -> Result<AyaDataPlane, AyaError> {
-        let open = |name: &'static str| -> Result<Map, AyaError> {
+    /// Loads the object with every map from its pin (existing pins reused, missing ones
+    /// created and pinned) and loads the program into the kernel, not attached.
+    fn load(options: &Options, bytes: &[u8]) -> Result<aya::Ebpf, AyaError> {
+        let mut loader = EbpfLoader::new();
+        for name in ALL_MAPS {
+            loader.map_pin_path(name, options.bpffs.join(name));
+        }
+        loader.map_max_entries(maps::FLOWS, options.flow_table_size);
+        let mut ebpf = loader
+            .load(bytes)
+            .map_err(|e| AyaError::Load(Box::new(e)))?;
+        program(&mut ebpf)?
+            .load()
+            .map_err(|source| AyaError::ProgramLoad {
+                program: maps::PROGRAM,
+                source,
+            })?;
+        Ok(ebpf)
+    }
+
+    fn reopen(
+        options: &Options,
+        bytes: &[u8],
+        attached: &LinkInfo,
+    ) -> Result<(AyaDataPlane, Opened), AyaError> {
+        let bpffs = &options.bpffs;
+        for name in ALL_MAPS {
             let path = bpffs.join(name);
             if !path.exists() {
                 return Err(AyaError::PinnedMapMissing {
@@ -287,44 +375,57 @@ impl AyaDataPlane {
                     path,
                 });
             }
-            let data = MapData::from_pin(&path).map_err(|e| AyaError::OpenPin {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-            Map::from_map_data(data).map_err(|source| AyaError::MapType { map: name, source })
-        };
+        }
+        let mut ebpf = Self::load(options, bytes)?;
         let link_path = bpffs.join(LINK_PIN);
+        let program = program(&mut ebpf)?;
+        let tag = program
+            .info()
+            .map(|i| format!("{:016x}", i.tag()))
+            .map_err(|source| AyaError::ProgramLoad {
+                program: maps::PROGRAM,
+                source,
+            })?;
+        let replaced = if tag == attached.prog_tag {
+            None
+        } else {
+            // Atomically swap the program behind the pinned link; the maps are the pinned ones,
+            // so flows, weights and counters carry over.
+            let open = |e: aya::programs::links::LinkError| AyaError::OpenPin {
+                path: link_path.clone(),
+                message: e.to_string(),
+            };
+            let pinned = PinnedLink::from_pin(&link_path).map_err(open)?;
+            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(open)?;
+            let id = program
+                .attach_to_link(link)
+                .map_err(|source| AyaError::Replace {
+                    path: link_path.clone(),
+                    source,
+                })?;
+            // The link stays pinned; this handle only closes our descriptor.
+            drop(program.take_link(id));
+            Some(Replaced {
+                from_tag: attached.prog_tag.clone(),
+                to_tag: tag,
+            })
+        };
         let link = PinnedLink::from_pin(&link_path).map_err(|e| AyaError::OpenPin {
             path: link_path.clone(),
             message: e.to_string(),
         })?;
-        Self::from_maps(open, bpffs, link)
+        let dp = Self::from_maps(|name| take_map(&mut ebpf, name), bpffs, link)?;
+        Ok((dp, Opened::Reopened { replaced }))
     }
 
-    fn load_and_attach(options: &Options) -> Result<(AyaDataPlane, Opened), AyaError> {
-        let bytes = object_bytes(options.object.as_deref())?;
+    fn load_and_attach(
+        options: &Options,
+        bytes: &[u8],
+    ) -> Result<(AyaDataPlane, Opened), AyaError> {
         let bpffs = &options.bpffs;
         let maps_reused = ALL_MAPS.iter().any(|m| bpffs.join(m).exists());
-        let pin_paths: Vec<(&'static str, PathBuf)> =
-            ALL_MAPS.iter().map(|m| (*m, bpffs.join(m))).collect();
-        let mut loader = EbpfLoader::new();
-        // Existing pins are opened and reused, missing ones created and pinned.
-        for (name, path) in &pin_paths {
-            loader.map_pin_path(name, path.as_path());
-        }
-        loader.map_max_entries(maps::FLOWS, options.flow_table_size);
-        let mut ebpf = loader
-            .load(&bytes)
-            .map_err(|e| AyaError::Load(Box::new(e)))?;
-        let program: &mut Xdp = ebpf
-            .program_mut(maps::PROGRAM)
-            .ok_or(AyaError::ProgramMissing(maps::PROGRAM))?
-            .try_into()
-            .map_err(|_| AyaError::ProgramMissing(maps::PROGRAM))?;
-        program.load().map_err(|source| AyaError::ProgramLoad {
-            program: maps::PROGRAM,
-            source,
-        })?;
+        let mut ebpf = Self::load(options, bytes)?;
+        let program = program(&mut ebpf)?;
         let (link_id, mode) = attach(program, &options.interface, options.xdp_mode)?;
         let link = program
             .take_link(link_id)
@@ -339,15 +440,7 @@ impl AyaDataPlane {
             path: link_path,
             source,
         })?;
-        let take = |name: &'static str| {
-            ebpf.take_map(name).ok_or(AyaError::MapType {
-                map: name,
-                source: MapError::InvalidName {
-                    name: name.to_owned(),
-                },
-            })
-        };
-        let dp = Self::from_maps(take, bpffs, link)?;
+        let dp = Self::from_maps(|name| take_map(&mut ebpf, name), bpffs, link)?;
         Ok((dp, Opened::Attached { mode, maps_reused }))
     }
 

@@ -82,6 +82,8 @@ fn bpf_obj_get(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
         bpf_fd: u32,
         file_flags: u32,
         path_fd: i32,
+        /// Explicit, so it is zero: the kernel refuses non-zero bytes past the last field.
+        _pad: u32,
     }
     const BPF_OBJ_GET: libc::c_long = 7;
     let c = c_path(path)?;
@@ -90,6 +92,7 @@ fn bpf_obj_get(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
         bpf_fd: 0,
         file_flags: 0,
         path_fd: 0,
+        _pad: 0,
     };
     // SAFETY: `attr` is a valid bpf_attr prefix for BPF_OBJ_GET that outlives the call, and
     // `c` outlives it too.
@@ -108,15 +111,39 @@ fn bpf_obj_get(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Interface index a pinned XDP link is attached to (0 when its interface is gone).
-pub(super) fn pinned_link_ifindex(path: &Path) -> io::Result<u32> {
+/// What the kernel says of a pinned XDP link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// Interface index it is attached to (0 when its interface is gone).
+    pub ifindex: u32,
+    /// Tag of the program attached through it (16 hex digits), the identity of its code.
+    pub prog_tag: String,
+    pub prog_id: u32,
+}
+
+/// Reads a pinned link's `fdinfo` (aya does not expose the fd).
+pub fn pinned_link_info(path: &Path) -> io::Result<LinkInfo> {
     use std::os::fd::AsRawFd as _;
     let fd = bpf_obj_get(path)?;
     let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("ifindex:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| io::Error::other("pinned link is not an XDP link (no ifindex in fdinfo)"))
+    parse_link_fdinfo(&info)
+}
+
+/// The fields of a link's `fdinfo` text that [`LinkInfo`] holds.
+pub fn parse_link_fdinfo(text: &str) -> io::Result<LinkInfo> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    let ifindex = field("ifindex:")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| io::Error::other("pinned link is not an XDP link (no ifindex in fdinfo)"))?;
+    Ok(LinkInfo {
+        ifindex,
+        prog_tag: field("prog_tag:").unwrap_or_default(),
+        prog_id: field("prog_id:").and_then(|v| v.parse().ok()).unwrap_or(0),
+    })
 }
 
 /// What [`detach`] removed.
@@ -147,4 +174,24 @@ pub fn detach(bpffs: &Path) -> Result<Detached, AyaError> {
     // Not empty (someone else's pins) or absent: leave it.
     let _ = std::fs::remove_dir(bpffs);
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_fdinfo_fields() {
+        let text = "pos:\t0\nflags:\t02000000\nmnt_id:\t15\nino:\t1057\nlink_type:\txdp\n\
+                    link_id:\t7\nprog_tag:\ta04f5eef06a7f555\nprog_id:\t42\nifindex:\t3\n";
+        assert_eq!(
+            parse_link_fdinfo(text).unwrap(),
+            LinkInfo {
+                ifindex: 3,
+                prog_tag: "a04f5eef06a7f555".into(),
+                prog_id: 42
+            }
+        );
+        assert!(parse_link_fdinfo("link_type:\ttracing\n").is_err());
+    }
 }

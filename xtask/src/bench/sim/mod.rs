@@ -3,7 +3,7 @@
 //!
 //! Every second, clients' flows send requests to backends ([`traffic`]); every backend keeps
 //! cumulative counters and, at each poll, exposes them as Prometheus text. The text goes the
-//! way the controller takes it: [`parse_exposition`] with the service's `[services.upstream]`,
+//! way the controller takes it: [`snapshot_of`] (the upstream parser) with the service's `[services.upstream]`,
 //! [`Snapshot::delta_since`] the backend's baseline, [`Snapshot::advance`], the group sums of
 //! [`aggregate`] and the per-backend windows, into the real [`Rollout`] and judge (a poll, then
 //! an evaluation when due). Scrapes fail now and then (a missing snapshot: the next one covers
@@ -20,7 +20,9 @@ use canary_userspace::config::{RolloutConfig, UpstreamConfig};
 use canary_userspace::domain::{Group, Weight};
 use canary_userspace::judge::{FlowCounts, Reason};
 use canary_userspace::rollout::{BackendPoll, DecisionAction, Event, Phase, Poll, Rollout};
-use canary_userspace::upstream::{aggregate, parse_exposition, Snapshot, Window};
+use canary_userspace::upstream::{
+    aggregate, snapshot_of, ScrapeProblem, ScrapeReason, Snapshot, Window,
+};
 
 mod traffic;
 
@@ -167,13 +169,6 @@ impl Scenario {
             })
             .collect();
         (errors, latency)
-    }
-
-    /// Whether the canary is identical to stable (a rollback is a false alarm).
-    pub(super) fn is_identical(&self) -> bool {
-        self.error_increase == 0.0
-            && self.latency_increase_ms == 0.0
-            && self.prediction_shift == 0.0
     }
 
     fn classes(&self) -> Classes {
@@ -511,15 +506,17 @@ fn scrape_all(
             .enumerate()
             .map(|(b, s)| {
                 let fails = forced_failure == Some((g, b)) || rng.gen::<f64>() < failure;
-                let snapshot = if fails {
-                    Snapshot::missing()
+                let scrape = if fails {
+                    Err(ScrapeProblem {
+                        reason: ScrapeReason::Timeout,
+                        message: "no answer within the poll".into(),
+                    })
                 } else {
-                    let text =
-                        service.backends[g][b].exposition(&model.buckets, &model.classes.names);
-                    parse_exposition(&text, upstream).unwrap_or_else(|_| Snapshot::missing())
+                    Ok(service.backends[g][b].exposition(&model.buckets, &model.classes.names))
                 };
+                let snapshot = snapshot_of(&scrape, upstream);
                 let delta = snapshot.delta_since(&s.baseline);
-                s.baseline.advance(&snapshot);
+                s.baseline.advance(&snapshot, delta.reset);
                 delta.window
             })
             .collect()

@@ -1,0 +1,1 @@
+"""A two-version sentiment model served by FastAPI, instrumented for Prometheus."""
