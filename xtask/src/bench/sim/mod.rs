@@ -587,6 +587,7 @@ pub(super) fn simulate_all(
     let chunks = rollouts.div_ceil(CHUNK);
     let jobs = scenarios.len() * chunks;
     let next = AtomicUsize::new(0);
+    let started = std::time::Instant::now();
     let results: Mutex<Vec<Vec<Option<RolloutResult>>>> =
         Mutex::new(vec![vec![None; rollouts]; scenarios.len()]);
     std::thread::scope(|s| {
@@ -608,6 +609,20 @@ pub(super) fn simulate_all(
                 let mut all = results.lock().expect("results lock");
                 for (i, r) in done {
                     all[si][i] = Some(r);
+                }
+                if all[si].iter().all(Option::is_some) {
+                    // Progress: a scenario is complete.
+                    let rs: Vec<RolloutResult> = all[si].iter().flatten().cloned().collect();
+                    let r = summarise(&scenarios[si], &rs);
+                    eprintln!(
+                        "judge: {:>5.0} s  {}: rolled back {}, before 50 % {}, promoted {}, unfinished {}",
+                        started.elapsed().as_secs_f64(),
+                        r.scenario.name,
+                        r.rolled_back.show(),
+                        r.rolled_back_before_half.show(),
+                        r.promoted,
+                        r.unfinished
+                    );
                 }
             });
         }
