@@ -130,6 +130,20 @@ pub fn error_design_effect(units: &Units<'_>, flows: FlowCounts) -> [DesignEffec
     )
 }
 
+/// The design effect of errors for the error spike test: stable's alone (its current and
+/// previous window's units). Under the spike's null hypothesis the canary's errors behave as
+/// stable's; the canary's own units hold the very change the test looks for (a canary that
+/// starts failing mid-step has runs of polls before and after), which would read as clustering
+/// and blunt the test exactly when it must act.
+pub fn spike_design_effect(units: &Units<'_>, flows: FlowCounts) -> DesignEffect {
+    let stable: Vec<_> = units
+        .segments(errors_of, |_, p| p * (1.0 - p))
+        .into_iter()
+        .filter(|s| s.group == 0)
+        .collect();
+    design_effect(&stable)[0].capped_by_flows(flows.stable)
+}
+
 fn cap(d: [DesignEffect; 2], flows: FlowCounts) -> [DesignEffect; 2] {
     [
         d[0].capped_by_flows(flows.stable),

@@ -583,8 +583,7 @@ impl Rollout {
             self.spike_polls += 1;
             let alpha = 1.0 - cfg.thresholds.confidence;
             let level = judge::spike_level(alpha, self.spike_polls);
-            let [d_s, d_c] = judge::error_design_effect(&self.window.units(), self.window.flows);
-            let deff = if d_c.value >= d_s.value { d_c } else { d_s };
+            let deff = judge::spike_design_effect(&self.window.units(), self.window.flows);
             if let Some(report) =
                 judge::error_spike(&self.window.recent, deff, level, cfg.thresholds.error_spike)
             {

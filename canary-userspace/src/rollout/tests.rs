@@ -236,6 +236,43 @@ fn error_spike_rolls_back_within_one_poll() {
     );
 }
 
+/// A canary that starts failing after many healthy polls: its own runs of polls, before and
+/// after the change, must not read as clustering that blunts the spike test (the spike takes
+/// stable's design effect).
+#[test]
+fn error_spike_after_many_healthy_polls_rolls_back_within_one_poll() {
+    let cfg = cfg();
+    let mut r = started(&cfg);
+    for s in 1..=12 {
+        let out = r.on_event(
+            s * SECOND,
+            Event::Poll(poll(&r, 2000, HEALTHY)),
+            &cfg,
+            &up(),
+        );
+        assert!(out.decision.is_none());
+    }
+    let out = r.on_event(
+        13 * SECOND,
+        Event::Poll(poll(
+            &r,
+            2000,
+            Canary {
+                error_rate: 0.3,
+                ..HEALTHY
+            },
+        )),
+        &cfg,
+        &up(),
+    );
+    let d = out.decision.expect("rolled back on this poll");
+    assert_eq!(
+        (d.action, d.reason, out.weight),
+        (DecisionAction::Rollback, Reason::ErrorSpike, Weight::ZERO),
+        "{d}"
+    );
+}
+
 #[test]
 fn holds_below_min_samples() {
     let cfg = cfg();
