@@ -5,11 +5,11 @@
 //! of both groups together, under "the canary is no worse" each error is a canary error with
 //! at most the canary's share of the requests, so the canary's errors are (at most) binomial;
 //! the p-value is that binomial's upper tail (a conditional test, no nuisance parameter). Counts
-//! are divided by the design effect of errors (clustered requests carry less evidence). It runs
-//! at every poll over the latest poll and over the latest [`SPIKE_POLLS`] polls, each at half
-//! the spike's level for that poll ([`super::sequential::spike_level`]), so its own share of the
-//! error budget holds over any number of polls. A spike also needs the canary's rate over those
-//! polls above `error_spike`.
+//! are divided by stable's design effect of errors ([`super::spike_design_effect`]: clustered
+//! requests carry less evidence). It runs at every poll over the latest poll and over the
+//! latest [`SPIKE_POLLS`] polls, each at half the spike's level for that poll
+//! ([`super::sequential::spike_level`]), so its own share of the error budget holds over any
+//! number of polls. A spike also needs the canary's rate over those polls above `error_spike`.
 
 use statrs::distribution::{ContinuousCDF, Normal};
 
