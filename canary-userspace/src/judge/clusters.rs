@@ -32,6 +32,8 @@ const MAX_BATCHES_PER_BACKEND: usize = 8;
 const MAX_BATCHES_PER_GROUP: usize = 512;
 /// Units needed before a design effect is estimated from them at all.
 pub const MIN_UNITS: usize = 6;
+/// A design effect is at most this many times the requests per new flow.
+pub const FLOW_SIZE_FACTOR: f64 = 2.0;
 
 /// One backend over a run of consecutive polls.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -157,15 +159,20 @@ impl DesignEffect {
     };
 
     /// At most `flows - 1` degrees of freedom: clusters cannot be more than the flows that
-    /// carried the requests (`flows == 0`: not counted, no cap).
+    /// carried the requests. And at most [`FLOW_SIZE_FACTOR`] times the `requests` per new
+    /// flow: clustering by flows (connections, clients) cannot inflate the variance beyond the
+    /// size of a flow (uneven flows up to about twice the mean size); what the units show
+    /// beyond that is variation over time that both groups share (a loaded machine slows
+    /// every backend), which cancels in the difference. `flows == 0`: not counted, no cap.
     #[must_use]
-    pub fn capped_by_flows(self, flows: u64) -> DesignEffect {
+    pub fn capped_by_flows(self, flows: u64, requests: f64) -> DesignEffect {
         if flows == 0 {
             return self;
         }
+        let largest = (FLOW_SIZE_FACTOR * requests / flows as f64).max(1.0);
         DesignEffect {
+            value: self.value.min(largest),
             df: self.df.min(flows.saturating_sub(1).max(1) as f64),
-            ..self
         }
     }
 
@@ -438,7 +445,12 @@ mod tests {
         assert!((many.factor(z) - 5.0).abs() < 0.2, "{}", many.factor(z));
         assert!(few.factor(z) > 8.0, "{}", few.factor(z));
         // Few flows cap the degrees of freedom.
-        assert!((many.capped_by_flows(11).df - 10.0).abs() < 1e-12);
-        assert!((many.capped_by_flows(0).df - 1000.0).abs() < 1e-12);
+        assert!((many.capped_by_flows(11, 1000.0).df - 10.0).abs() < 1e-12);
+        assert!((many.capped_by_flows(0, 1000.0).df - 1000.0).abs() < 1e-12);
+        // A new connection per request: no clustering by flows, whatever the units show.
+        assert!((many.capped_by_flows(1000, 1000.0).value - 2.0).abs() < 1e-12);
+        assert!((many.capped_by_flows(1000, 500.0).value - 1.0).abs() < 1e-12);
+        // Flows of 20 requests leave the estimate alone.
+        assert!((many.capped_by_flows(50, 1000.0).value - 5.0).abs() < 1e-12);
     }
 }

@@ -123,10 +123,15 @@ pub fn enough_flows(flows: FlowCounts) -> bool {
 
 /// Design effects `[stable, canary]` of the error rate, their degrees of freedom capped by
 /// each group's new flows.
-pub fn error_design_effect(units: &Units<'_>, flows: FlowCounts) -> [DesignEffect; 2] {
+pub fn error_design_effect(
+    units: &Units<'_>,
+    flows: FlowCounts,
+    requests: [f64; 2],
+) -> [DesignEffect; 2] {
     cap(
         design_effect(&units.segments(errors_of, |_, p| p * (1.0 - p))),
         flows,
+        requests,
     )
 }
 
@@ -135,19 +140,19 @@ pub fn error_design_effect(units: &Units<'_>, flows: FlowCounts) -> [DesignEffec
 /// stable's; the canary's own units hold the very change the test looks for (a canary that
 /// starts failing mid-step has runs of polls before and after), which would read as clustering
 /// and blunt the test exactly when it must act.
-pub fn spike_design_effect(units: &Units<'_>, flows: FlowCounts) -> DesignEffect {
+pub fn spike_design_effect(units: &Units<'_>, flows: FlowCounts, requests: f64) -> DesignEffect {
     let stable: Vec<_> = units
         .segments(errors_of, |_, p| p * (1.0 - p))
         .into_iter()
         .filter(|s| s.group == 0)
         .collect();
-    design_effect(&stable)[0].capped_by_flows(flows.stable)
+    design_effect(&stable)[0].capped_by_flows(flows.stable, requests)
 }
 
-fn cap(d: [DesignEffect; 2], flows: FlowCounts) -> [DesignEffect; 2] {
+fn cap(d: [DesignEffect; 2], flows: FlowCounts, requests: [f64; 2]) -> [DesignEffect; 2] {
     [
-        d[0].capped_by_flows(flows.stable),
-        d[1].capped_by_flows(flows.canary),
+        d[0].capped_by_flows(flows.stable, requests[0]),
+        d[1].capped_by_flows(flows.canary, requests[1]),
     ]
 }
 
@@ -173,7 +178,8 @@ fn latency_design_effects(
         .map_or([DesignEffect::NONE; 2], |le| {
             design_effect(&units.segments(above(le), |_, q| q * (1.0 - q)))
         });
-    (cap(mean, flows), cap(p95, flows))
+    let counts = [stable.count, canary.count];
+    (cap(mean, flows, counts), cap(p95, flows, counts))
 }
 
 /// Judges one window. Pure: the same input gives the same judgement.
@@ -261,7 +267,7 @@ pub fn judge(
     signals.push(error_rate(
         (n_s, x_s),
         (n_c, x_c),
-        error_design_effect(&input.units, input.flows),
+        error_design_effect(&input.units, input.flows, [n_s as f64, n_c as f64]),
         error_tolerance,
         look,
     ));

@@ -135,7 +135,7 @@ pub(super) fn predictions(
             value: sum[g] / k,
             df: dfs[g],
         }
-        .capped_by_flows(flows[g])
+        .capped_by_flows(flows[g], n[g])
     });
     r.design_effect = Some(design[0].value.max(design[1].value));
     let m = pairs(n[0] / design[0].value, n[1] / design[1].value);

@@ -583,7 +583,12 @@ impl Rollout {
             self.spike_polls += 1;
             let alpha = 1.0 - cfg.thresholds.confidence;
             let level = judge::spike_level(alpha, self.spike_polls);
-            let deff = judge::spike_design_effect(&self.window.units(), self.window.flows);
+            let stable_requests = self.window.stable.requests.present().copied().unwrap_or(0);
+            let deff = judge::spike_design_effect(
+                &self.window.units(),
+                self.window.flows,
+                stable_requests as f64,
+            );
             if let Some(report) =
                 judge::error_spike(&self.window.recent, deff, level, cfg.thresholds.error_spike)
             {
