@@ -161,7 +161,10 @@ pub(super) fn run() -> Section {
     }
     let five = fault_reports
         .iter()
-        .find(|r| r.scenario.error_increase == 0.05 && r.scenario.fault_from_percent.is_none())
+        .find(|r| {
+            (r.scenario.error_increase - 0.05).abs() < 1e-12
+                && r.scenario.fault_from_percent.is_none()
+        })
         .and_then(|r| r.canary_requests_to_rollback_median);
     let _ = writeln!(
         md,

@@ -274,6 +274,7 @@ pub(super) struct RolloutResult {
 }
 
 /// A rate with its 95 % Wilson interval.
+#[allow(clippy::struct_field_names)]
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub(super) struct Rate {
     pub count: usize,
@@ -302,7 +303,7 @@ impl Rate {
 
     /// `0.4 % (0.1 - 1.0)`.
     pub(super) fn show(&self) -> String {
-        let digits = if self.high < 0.1 { 1 } else { 0 };
+        let digits = usize::from(self.high < 0.1);
         format!(
             "{:.*} % ({:.*} - {:.*})",
             digits,
@@ -665,7 +666,7 @@ mod tests {
         let params = SimParams::default();
         let faults: Vec<Scenario> = Scenario::faults()
             .into_iter()
-            .filter(|s| s.fault_from_percent.is_none() && s.base_error_rate == 0.01)
+            .filter(|s| s.fault_from_percent.is_none() && (s.base_error_rate - 0.01).abs() < 1e-12)
             .collect();
         for r in simulate_all(&faults, &params, 40, 11, 2) {
             assert!(r.rolled_back_before_half.rate >= 0.9, "{r:?}");

@@ -270,34 +270,38 @@ impl Service {
         let ln_median = self.model.latency_median_ms.ln();
         let uniform_classes = self.model.classes.shares.len();
         let mut flows = std::mem::take(&mut self.flows);
-        for f in &mut flows {
-            let g = usize::from(f.canary);
-            let b = &behaviour[g];
-            let n = f.left.min(rate);
-            f.left -= n;
-            out.requests[g] += u64::from(n);
-            let counters = &mut self.backends[g][f.backend];
+        for flow in &mut flows {
+            let group = usize::from(flow.canary);
+            let fault = &behaviour[group];
+            let n = flow.left.min(rate);
+            flow.left -= n;
+            out.requests[group] += u64::from(n);
+            let counters = &mut self.backends[group][flow.backend];
             for _ in 0..n {
                 counters.requests += 1;
                 // The client's own failures, plus a fault's extra independent ones.
-                let failed = rng.gen::<f64>() < f.error
-                    || (b.extra_error > 0.0 && rng.gen::<f64>() < b.extra_error);
+                let failed = rng.gen::<f64>() < flow.error
+                    || (fault.extra_error > 0.0 && rng.gen::<f64>() < fault.extra_error);
                 if failed {
                     counters.errors += 1;
                 }
                 let z: f64 = rng.sample(StandardNormal);
-                let ms =
-                    (ln_median + f.latency_offset + residual_sd * z).exp() + b.latency_shift_ms;
+                let ms = (ln_median + flow.latency_offset + residual_sd * z).exp()
+                    + fault.latency_shift_ms;
                 let seconds = ms / 1000.0;
                 let bucket = self.model.buckets.partition_point(|le| *le < seconds);
                 counters.buckets[bucket] += 1;
                 counters.sum_seconds += seconds;
-                let class = if b.class_shift > 0.0 && rng.gen::<f64>() < b.class_shift {
-                    b.shifted_to
+                let class = if fault.class_shift > 0.0 && rng.gen::<f64>() < fault.class_shift {
+                    fault
+                        .shifted_to
                         .unwrap_or_else(|| rng.gen_range(0..uniform_classes))
                 } else {
                     let u = rng.gen::<f64>();
-                    pick(f.classes.as_deref().unwrap_or(&self.cumulative_shares), u)
+                    pick(
+                        flow.classes.as_deref().unwrap_or(&self.cumulative_shares),
+                        u,
+                    )
                 };
                 counters.classes[class] += 1;
             }
