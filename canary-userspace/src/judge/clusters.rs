@@ -16,7 +16,10 @@
 //! A design effect above 1 is itself estimated, from few units or few flows: at a bound with
 //! multiplier `z`, its excess over 1 is scaled by `(t_df / z)^2`, the Student quantile at the
 //! same tail probability over `z` (a `t` reference distribution, as cluster-robust tests use),
-//! with `df` the units (or the group's new flows, if fewer) minus one.
+//! with `df` the units (or the group's new flows, if fewer) minus one. It is at most
+//! [`FLOW_SIZE_FACTOR`] times the group's requests per new flow
+//! ([`DesignEffect::capped_by_flows`]): beyond a flow's size, what the units show is variation
+//! over time that both groups share, which cancels in the difference.
 
 use std::collections::BTreeMap;
 
