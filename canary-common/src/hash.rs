@@ -10,13 +10,17 @@ use crate::{FlowKey, BUCKETS, MAGLEV_TABLE_SIZE};
 /// group is independent of the bucket that chose the group.
 const SLOT_SALT: u32 = 0x9e37_79b9;
 
+/// The scramble of one 32-bit block before it is mixed into the state.
+#[inline(always)]
+const fn scramble(k: u32) -> u32 {
+    k.wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593)
+}
+
 #[inline(always)]
 fn mix_word(mut h: u32, k: u32) -> u32 {
-    let k = k
-        .wrapping_mul(0xcc9e_2d51)
-        .rotate_left(15)
-        .wrapping_mul(0x1b87_3593);
-    h ^= k;
+    h ^= scramble(k);
     h = h.rotate_left(13);
     h.wrapping_mul(5).wrapping_add(0xe654_6b64)
 }
@@ -61,10 +65,7 @@ pub fn murmur3_bytes(data: &[u8], seed: u32) -> u32 {
         for (i, b) in tail.iter().enumerate() {
             k |= u32::from(*b) << (8 * i);
         }
-        h ^= k
-            .wrapping_mul(0xcc9e_2d51)
-            .rotate_left(15)
-            .wrapping_mul(0x1b87_3593);
+        h ^= scramble(k);
     }
     finish(h, data.len() as u32)
 }

@@ -1,9 +1,11 @@
 //! The canary XDP data plane.
 //!
 //! `canary` splits each service's new flows between its stable and canary backend groups by the
-//! bucket rule, pins established flows to their backend through an LRU flow table (a TCP SYN
-//! without ACK always starts a new flow), and forwards by direct server return (MAC rewrite,
-//! `XDP_TX`). `canary_pass` only returns `XDP_PASS`.
+//! bucket rule (`canary_common::choose`), pins established flows to their backend through an
+//! LRU flow table that only a flow's first packet may enter (a pure TCP SYN, a UDP datagram;
+//! the flood guard caps how many per second), forwards ICMP errors to the flow they are about,
+//! and forwards by direct server return (MAC rewrite, `XDP_TX`) only frames addressed to the
+//! balancer's MAC. `canary_pass` only returns `XDP_PASS`.
 //!
 //! Every packet ends in exactly one terminal outcome (`Counter::is_outcome`), counted here in the
 //! entry point so no path can forget it or count it twice. No path returns `XDP_ABORTED`.

@@ -1,5 +1,5 @@
 //! Bounds-checked packet access and header parsing (Ethernet, IPv4, IPv6 with extension headers,
-//! TCP, UDP).
+//! TCP, UDP, and the packet quoted by an ICMP error).
 //!
 //! Headers are read as byte arrays at fixed offsets rather than through `network-types`: its
 //! API changes between releases, and byte offsets from the RFCs are easy to check against a

@@ -3,9 +3,14 @@
 //! status through its own CLI. Used by the end-to-end tests, the demo and the benchmarks.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use canary_userspace::api::{ServiceStatus, Status};
+use canary_userspace::config::raw::{
+    RawAdmin, RawBackend, RawConfig, RawDataplane, RawNotify, RawRollout, RawService,
+    RawThresholds, RawUpstream,
+};
 
 use crate::bins;
 use crate::lab::{Lab, LabError, LabProcess, LabSpec, Node, SERVICE_PORT};
@@ -61,6 +66,10 @@ pub struct DeploymentSpec {
     pub metrics_missing_intervals: u32,
     pub heartbeat_timeout: String,
     pub flow_table_size: u32,
+    /// `dataplane.syn_replace_after`.
+    pub syn_replace_after: String,
+    /// `dataplane.flood_guard_rate` (0: off).
+    pub flood_guard_rate: u32,
     pub error_spike: f64,
     pub max_error_rate_increase: f64,
     pub max_latency_increase_ms: f64,
@@ -80,6 +89,10 @@ pub struct DeploymentSpec {
     /// A `[[services]]` section to use instead of the generated one (for example from
     /// `canary init`); the rollout settings above are appended to it.
     pub service_section: Option<String>,
+    /// `[[notify]]` webhooks.
+    pub notify: Vec<RawNotify>,
+    /// `rollout.dry_run`: signals judged and reported but never acted on.
+    pub dry_run: Vec<String>,
 }
 
 fn no_args(_: &Node) -> Vec<String> {
@@ -105,6 +118,8 @@ impl DeploymentSpec {
             metrics_missing_intervals: 3,
             heartbeat_timeout: "30s".into(),
             flow_table_size: 65_536,
+            syn_replace_after: "5s".into(),
+            flood_guard_rate: 0,
             error_spike: 0.10,
             max_error_rate_increase: 0.02,
             max_latency_increase_ms: 50.0,
@@ -116,6 +131,8 @@ impl DeploymentSpec {
             server: ModelServer::CanaryModel,
             model_args: no_args,
             service_section: None,
+            notify: Vec::new(),
+            dry_run: Vec::new(),
         }
     }
 }
@@ -186,7 +203,7 @@ impl Deployment {
     pub fn write_config(&self) -> Result<(), DeploymentError> {
         std::fs::write(
             &self.config_path,
-            config_text(&self.spec, &self.lab, self.token_path.as_deref()),
+            config_text(&self.spec, &self.lab, self.token_path.as_deref())?,
         )
         .map_err(io("write config"))
     }
@@ -217,15 +234,12 @@ impl Deployment {
             if let Ok(status) = self.status() {
                 // Ready once the first poll has placed every service: before it, /status lists
                 // no services at all, and traffic to the VIP would not be balanced yet.
-                let probed = status["services"].as_array().is_some_and(|s| {
-                    !s.is_empty()
-                        && s.iter().all(|svc| {
-                            svc["backends"].as_array().is_some_and(|b| {
-                                b.iter()
-                                    .all(|b| b["down_reason"].as_str() != Some("not probed yet"))
-                            })
-                        })
-                });
+                let probed = !status.services.is_empty()
+                    && status.services.iter().all(|svc| {
+                        svc.backends
+                            .iter()
+                            .all(|b| b.down_reason.as_deref() != Some("not probed yet"))
+                    });
                 if probed {
                     return Ok(());
                 }
@@ -339,16 +353,10 @@ impl Deployment {
     /// Cumulative new flows the kernel counted per backend (from the status), by name.
     pub fn backend_new_flows(&self) -> Result<BTreeMap<String, u64>, DeploymentError> {
         let s = self.service_status()?;
-        Ok(s["backends"]
-            .as_array()
-            .map(|bs| {
-                bs.iter()
-                    .filter_map(|b| {
-                        Some((b["name"].as_str()?.to_string(), b["new_flows"].as_u64()?))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(s.backends
+            .into_iter()
+            .map(|b| (b.name, b.new_flows))
+            .collect())
     }
 
     /// The last lines of the daemon's log.
@@ -380,8 +388,8 @@ impl Deployment {
         Ok(self.lab.output_in(&self.lb()?, &argv)?)
     }
 
-    /// `canary status --json`, parsed.
-    pub fn status(&self) -> Result<serde_json::Value, DeploymentError> {
+    /// `canary status --json`, read into the daemon's own status types.
+    pub fn status(&self) -> Result<Status, DeploymentError> {
         let out = self.cli(&["status", "--json"])?;
         if !out.status.success() {
             return Err(DeploymentError::Io(format!(
@@ -396,8 +404,15 @@ impl Deployment {
     }
 
     /// The first service's status.
-    pub fn service_status(&self) -> Result<serde_json::Value, DeploymentError> {
-        Ok(self.status()?["services"][0].clone())
+    pub fn service_status(&self) -> Result<ServiceStatus, DeploymentError> {
+        self.status()?
+            .services
+            .into_iter()
+            .next()
+            .ok_or_else(|| DeploymentError::Parse {
+                what: "canary status --json".into(),
+                message: "it lists no service".into(),
+            })
     }
 
     /// Polls the status until `pred` holds.
@@ -405,8 +420,8 @@ impl Deployment {
         &self,
         what: &str,
         timeout: Duration,
-        pred: impl Fn(&serde_json::Value) -> bool,
-    ) -> Result<serde_json::Value, DeploymentError> {
+        pred: impl Fn(&ServiceStatus) -> bool,
+    ) -> Result<ServiceStatus, DeploymentError> {
         let start = Instant::now();
         let mut last = String::new();
         while start.elapsed() < timeout {
@@ -416,7 +431,11 @@ impl Deployment {
                 }
                 last = format!(
                     "phase {} weight {} decision {}",
-                    s["phase"], s["weight_percent"], s["last_decision"]["message"]
+                    s.phase,
+                    s.weight_percent,
+                    s.last_decision
+                        .as_ref()
+                        .map_or("none", |d| d.message.as_str())
                 );
             }
             std::thread::sleep(Duration::from_millis(250));
@@ -533,91 +552,145 @@ pub fn state_dir(lab: &Lab) -> PathBuf {
     lab.state_dir().join("canary-state")
 }
 
-/// The daemon config for this lab.
-pub fn config_text(spec: &DeploymentSpec, lab: &Lab, token_file: Option<&Path>) -> String {
-    let mut t = String::new();
-    let _ = writeln!(t, "[dataplane]");
-    let _ = writeln!(t, "interface = \"eth0\"");
-    let _ = writeln!(t, "xdp_mode = \"auto\"");
-    let _ = writeln!(t, "flow_table_size = {}", spec.flow_table_size);
-    let _ = writeln!(t, "heartbeat_timeout = \"{}\"", spec.heartbeat_timeout);
-    let _ = writeln!(t, "state_dir = \"{}\"", state_dir(lab).display());
-    let _ = writeln!(t, "bpffs = \"{}\"", lab.bpffs().join("canary").display());
-    let _ = writeln!(t, "\n[admin]");
-    let _ = writeln!(t, "listen = \"127.0.0.1:{ADMIN_PORT}\"");
-    if let Some(p) = token_file {
-        let _ = writeln!(t, "token_file = \"{}\"", p.display());
-    }
-    match &spec.service_section {
-        Some(section) => {
-            let _ = writeln!(t, "\n{}", section.trim_end());
-        }
-        None => service_section(&mut t, spec, lab),
-    }
-    let steps: Vec<String> = spec.steps.iter().map(|s| format!("{s}")).collect();
-    let _ = writeln!(t, "\n  [services.rollout]");
-    let _ = writeln!(t, "  steps = [{}]", steps.join(", "));
-    let _ = writeln!(t, "  interval = \"{}\"", spec.interval);
-    let _ = writeln!(t, "  poll_interval = \"{}\"", spec.poll_interval);
-    let _ = writeln!(t, "  min_samples = {}", spec.min_samples);
-    let _ = writeln!(t, "  warmup_requests = {}", spec.warmup_requests);
-    let _ = writeln!(t, "  warmup_url = {}", toml_string(&spec.warmup_url));
-    let _ = writeln!(t, "  warmup_body = {}", toml_string(&spec.warmup_body));
-    let _ = writeln!(t, "  rollback = \"{}\"", spec.rollback);
-    let _ = writeln!(t, "  start = \"{}\"", spec.start);
-    let _ = writeln!(t, "  metrics_missing = \"{}\"", spec.metrics_missing);
-    let _ = writeln!(
-        t,
-        "  metrics_missing_intervals = {}",
-        spec.metrics_missing_intervals
-    );
-    let _ = writeln!(t, "\n  [services.rollout.thresholds]");
-    let _ = writeln!(
-        t,
-        "  max_error_rate_increase = {}",
-        spec.max_error_rate_increase
-    );
-    let _ = writeln!(
-        t,
-        "  max_latency_increase_ms = {}",
-        spec.max_latency_increase_ms
-    );
-    let _ = writeln!(t, "  error_spike = {}", spec.error_spike);
-    let _ = writeln!(t, "  max_prediction_shift = {}", spec.max_prediction_shift);
-    let _ = writeln!(t, "  confidence = {}", spec.confidence);
-    t
+/// The daemon config for this lab, as the daemon's own config types.
+pub fn config(
+    spec: &DeploymentSpec,
+    lab: &Lab,
+    token_file: Option<&Path>,
+) -> Result<RawConfig, DeploymentError> {
+    let mut service = match &spec.service_section {
+        Some(section) => given_service(section)?,
+        None => lab_service(spec, lab),
+    };
+    service.rollout = rollout(spec);
+    Ok(RawConfig {
+        dataplane: RawDataplane {
+            interface: "eth0".into(),
+            xdp_mode: "auto".into(),
+            flow_table_size: u64::from(spec.flow_table_size),
+            heartbeat_timeout: spec.heartbeat_timeout.clone(),
+            syn_replace_after: spec.syn_replace_after.clone(),
+            flood_guard_rate: u64::from(spec.flood_guard_rate),
+            state_dir: path_text(&state_dir(lab)),
+            bpffs: path_text(&lab.bpffs().join("canary")),
+            ..RawDataplane::default()
+        },
+        admin: RawAdmin {
+            listen: format!("127.0.0.1:{ADMIN_PORT}"),
+            token_file: token_file.map(path_text).unwrap_or_default(),
+            ..RawAdmin::default()
+        },
+        services: vec![service],
+        notify: spec.notify.clone(),
+        cluster: canary_userspace::cluster::config::RawCluster::default(),
+    })
 }
 
-/// A TOML string literal (no escapes needed inside single quotes, else a basic string).
-fn toml_string(s: &str) -> String {
-    if s.contains('\'') || s.contains('\n') {
-        format!("{s:?}")
-    } else {
-        format!("'{s}'")
-    }
+/// The daemon config for this lab, as the TOML file the daemon reads.
+pub fn config_text(
+    spec: &DeploymentSpec,
+    lab: &Lab,
+    token_file: Option<&Path>,
+) -> Result<String, DeploymentError> {
+    toml_text(&config(spec, lab, token_file)?)
+}
+
+/// A config as the TOML file the daemon reads.
+pub fn toml_text(config: &RawConfig) -> Result<String, DeploymentError> {
+    toml::to_string(config).map_err(|e| DeploymentError::Parse {
+        what: "the daemon config".into(),
+        message: format!("it does not serialise as TOML: {e}"),
+    })
+}
+
+fn path_text(path: &Path) -> String {
+    path.display().to_string()
 }
 
 /// The lab's service: every backend with its group, address, MAC and URLs, and the upstream
 /// preset of the model server.
-fn service_section(t: &mut String, spec: &DeploymentSpec, lab: &Lab) {
-    let _ = writeln!(t, "\n[[services]]");
-    let _ = writeln!(t, "name = \"sentiment\"");
-    let _ = writeln!(t, "vip = \"{}:{SERVICE_PORT}\"", lab.vip());
-    let _ = writeln!(t, "protocol = \"tcp\"");
-    let _ = writeln!(t, "affinity = \"{}\"", spec.affinity);
-    for (group, nodes) in [("stable", lab.stable()), ("canary", lab.canary())] {
-        for n in nodes {
-            let _ = writeln!(t, "\n  [[services.backends]]");
-            let _ = writeln!(t, "  name = \"{}\"", n.name);
-            let _ = writeln!(t, "  group = \"{group}\"");
-            let _ = writeln!(t, "  address = \"{}\"", n.address);
-            let _ = writeln!(t, "  mac = \"{}\"", n.mac);
-            let _ = writeln!(t, "  health_url = \"{}\"", n.url("/healthz"));
-            let _ = writeln!(t, "  metrics_url = \"{}\"", n.url("/metrics"));
-        }
+fn lab_service(spec: &DeploymentSpec, lab: &Lab) -> RawService {
+    let backends = [("stable", lab.stable()), ("canary", lab.canary())]
+        .into_iter()
+        .flat_map(|(group, nodes)| {
+            nodes.iter().map(move |n| RawBackend {
+                name: n.name.clone(),
+                group: group.into(),
+                address: n.address.to_string(),
+                mac: n.mac.to_string(),
+                health_url: n.url("/healthz"),
+                metrics_url: n.url("/metrics"),
+            })
+        })
+        .collect();
+    RawService {
+        name: "sentiment".into(),
+        vip: format!("{}:{SERVICE_PORT}", lab.vip()),
+        protocol: "tcp".into(),
+        affinity: spec.affinity.clone(),
+        backends,
+        rollout: RawRollout::default(),
+        upstream: RawUpstream {
+            preset: Some(spec.server.preset().into()),
+            ..RawUpstream::default()
+        },
     }
-    let _ = writeln!(t, "\n  [services.upstream]");
-    let _ = writeln!(t, "  preset = \"{}\"", spec.server.preset());
+}
+
+/// The one `[[services]]` table of `section` (for example printed by `canary init`); it must
+/// not have a rollout of its own, the deployment's settings are used.
+fn given_service(section: &str) -> Result<RawService, DeploymentError> {
+    let parse_error = |message: String| DeploymentError::Parse {
+        what: "the given service section".into(),
+        message,
+    };
+    let table: toml::Table = toml::from_str(section).map_err(|e| parse_error(e.to_string()))?;
+    let has_rollout = table
+        .get("services")
+        .and_then(toml::Value::as_array)
+        .is_some_and(|s| s.iter().any(|s| s.get("rollout").is_some()));
+    if has_rollout {
+        return Err(parse_error(
+            "it has a [services.rollout] table; leave it out (the deployment spec sets the \
+             rollout)"
+                .into(),
+        ));
+    }
+    let mut config: RawConfig = table
+        .try_into()
+        .map_err(|e: toml::de::Error| parse_error(e.to_string()))?;
+    match config.services.len() {
+        1 => Ok(config.services.remove(0)),
+        n => Err(parse_error(format!(
+            "it has {n} [[services]] tables; give exactly one"
+        ))),
+    }
+}
+
+/// The deployment's rollout settings.
+fn rollout(spec: &DeploymentSpec) -> RawRollout {
+    RawRollout {
+        steps: spec.steps.clone(),
+        interval: spec.interval.clone(),
+        poll_interval: spec.poll_interval.clone(),
+        min_samples: spec.min_samples,
+        warmup_requests: spec.warmup_requests,
+        warmup_url: spec.warmup_url.clone(),
+        warmup_body: spec.warmup_body.clone(),
+        rollback: spec.rollback.clone(),
+        start: spec.start.clone(),
+        metrics_missing: spec.metrics_missing.clone(),
+        metrics_missing_intervals: spec.metrics_missing_intervals,
+        dry_run: spec.dry_run.clone(),
+        thresholds: RawThresholds {
+            max_error_rate_increase: spec.max_error_rate_increase,
+            max_latency_increase_ms: spec.max_latency_increase_ms,
+            error_spike: spec.error_spike,
+            max_prediction_shift: spec.max_prediction_shift,
+            confidence: spec.confidence,
+            ..RawThresholds::default()
+        },
+    }
 }
 
 /// The value of the sample `name{labels}` in a Prometheus text exposition: every given label
@@ -646,7 +719,58 @@ pub fn metric_value(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Op
 
 #[cfg(test)]
 mod tests {
-    use super::metric_value;
+    use canary_userspace::config::raw::RawConfig;
+    use canary_userspace::config::Config;
+
+    use super::{given_service, metric_value, rollout, toml_text, DeploymentSpec};
+
+    const SECTION: &str = r#"
+[[services]]
+name = "sentiment"
+vip = "198.18.0.100:8080"
+
+  [[services.backends]]
+  name = "s0"
+  group = "stable"
+  address = "198.18.0.20"
+  mac = "02:00:00:00:00:14"
+
+  [services.upstream]
+  preset = "prometheus-client"
+"#;
+
+    #[test]
+    fn a_given_service_gets_the_deployment_rollout_and_the_daemon_accepts_it() {
+        let mut spec = DeploymentSpec::new("t1");
+        spec.steps = vec![20.0, 100.0];
+        spec.confidence = 0.95;
+        let mut service = given_service(SECTION).unwrap();
+        service.rollout = rollout(&spec);
+        let raw = RawConfig {
+            services: vec![service],
+            ..RawConfig::default()
+        };
+        let config = Config::from_toml_str(&toml_text(&raw).unwrap()).unwrap();
+        let service = &config.services[0];
+        assert_eq!(service.backends.len(), 1);
+        let steps: Vec<f64> = service.rollout.steps.iter().map(|w| w.percent()).collect();
+        assert_eq!(steps, [20.0, 100.0]);
+        assert!((service.rollout.thresholds.confidence - 0.95).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_given_service_with_its_own_rollout_or_not_exactly_one_is_refused() {
+        let with_rollout = format!("{SECTION}\n  [services.rollout]\n  steps = [50.0]\n");
+        let err = given_service(&with_rollout).unwrap_err().to_string();
+        assert!(err.contains("[services.rollout]"), "{err}");
+        let two = format!("{SECTION}{}", SECTION.replace("\"sentiment\"", "\"other\""));
+        let err = given_service(&two).unwrap_err().to_string();
+        assert!(err.contains("2 [[services]]"), "{err}");
+        let err = given_service("[[services]]\nname = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("given service section"), "{err}");
+    }
 
     #[test]
     fn metric_values_are_found_by_name_and_labels() {

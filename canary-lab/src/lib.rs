@@ -5,6 +5,7 @@
 //! the model server the backends run ([`server`]).
 
 pub mod bins;
+pub mod cluster;
 pub mod deployment;
 pub mod etcd;
 pub mod fastapi;

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{OperatorCommand, OperatorReply, Status};
+use crate::history::HistoryStore;
 use crate::token::TokenDigest;
 
 /// A verb on its way to the controller, with the channel for its answer.
@@ -38,6 +39,8 @@ pub struct AdminState {
     pub requests: mpsc::Sender<OperatorRequest>,
     /// The bearer token mutating calls need (its digest).
     pub token: TokenDigest,
+    /// The rollouts' recorded histories (`canary report`).
+    pub history: Option<HistoryStore>,
 }
 
 /// The API's routes.
@@ -46,6 +49,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/v1/route", get(route))
+        .route("/v1/history/{service}", get(history_list))
+        .route("/v1/history/{service}/{rollout}", get(history_get))
         .route("/v1/reload", post(reload))
         .route("/v1/services/{service}/{verb}", post(service_verb))
         .with_state(state)
@@ -56,6 +61,75 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     match prometheus::TextEncoder::new().encode_to_string(&families) {
         Ok(text) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// The stored rollouts of a service, oldest first.
+async fn history_list(State(state): State<AdminState>, Path(service): Path<String>) -> Response {
+    let Some(store) = state.history.clone() else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            OperatorReply::refused("this daemon keeps no history"),
+        );
+    };
+    match tokio::task::spawn_blocking(move || store.summaries(&service)).await {
+        Ok(Ok(list)) => Json(list).into_response(),
+        Ok(Err(e)) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            OperatorReply::refused(format!("cannot read the history: {e}")),
+        ),
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            OperatorReply::refused(e.to_string()),
+        ),
+    }
+}
+
+/// One rollout's history; `latest` for the newest.
+async fn history_get(
+    State(state): State<AdminState>,
+    Path((service, rollout)): Path<(String, String)>,
+) -> Response {
+    let Some(store) = state.history.clone() else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            OperatorReply::refused("this daemon keeps no history"),
+        );
+    };
+    let found = tokio::task::spawn_blocking(move || {
+        let ids = store.rollouts(&service)?;
+        let id = if rollout == "latest" {
+            ids.last().copied()
+        } else {
+            rollout.parse::<u64>().ok().filter(|id| ids.contains(id))
+        };
+        let Some(id) = id else {
+            let known: Vec<String> = ids.iter().map(ToString::to_string).collect();
+            return Ok(Err(format!(
+                "no recorded rollout {rollout:?} of service {service:?}; recorded: {}",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        };
+        store
+            .load(&service, id)
+            .map(|h| h.ok_or_else(|| format!("rollout {id} of {service:?} was just removed")))
+    })
+    .await;
+    match found {
+        Ok(Ok(Ok(h))) => Json(h).into_response(),
+        Ok(Ok(Err(why))) => reply(StatusCode::NOT_FOUND, OperatorReply::refused(why)),
+        Ok(Err(e)) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            OperatorReply::refused(format!("cannot read the history: {e}")),
+        ),
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            OperatorReply::refused(e.to_string()),
+        ),
     }
 }
 
@@ -237,6 +311,7 @@ mod tests {
             registry: prometheus::Registry::new(),
             requests: tx,
             token: TokenDigest::new(token),
+            history: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -249,6 +324,7 @@ mod tests {
             listener,
             router(state),
             limits,
+            crate::admin_server::ConnectionMetrics::unregistered(),
             std::future::pending(),
         ));
         (addr, seen, controller)

@@ -7,7 +7,9 @@
 //! in progress (a client that has not finished sending its headers counts as such); if every
 //! connection is busy, the new one is closed. A connection with no request in progress for
 //! `admin.idle_timeout` is closed, and one whose headers do not arrive within
-//! `admin.header_read_timeout` is closed by hyper. Failed accepts for lack of descriptors or
+//! `admin.header_read_timeout` is closed by hyper (whose header timer also runs while a
+//! connection waits for its next request: an idle connection goes after the shorter of the
+//! two). Each closing is counted by reason ([`CloseReason`]). Failed accepts for lack of descriptors or
 //! buffers are retried after a short pause instead of spinning.
 
 use std::collections::BTreeMap;
@@ -28,6 +30,63 @@ pub struct Limits {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+}
+
+/// Why the server closed an admin connection (`canary_admin_connections_closed_total{reason}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// At `admin.max_connections`: the oldest connection without a request in progress was
+    /// closed to make room for a new one.
+    EvictedAtCap,
+    /// At `admin.max_connections` with every connection busy: the new one was closed.
+    RefusedAtCap,
+    /// Its request headers did not arrive within `admin.header_read_timeout`.
+    HeaderTimeout,
+    /// No request in progress for `admin.idle_timeout`.
+    IdleTimeout,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 4] = [
+        CloseReason::EvictedAtCap,
+        CloseReason::RefusedAtCap,
+        CloseReason::HeaderTimeout,
+        CloseReason::IdleTimeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::EvictedAtCap => "evicted_at_cap",
+            CloseReason::RefusedAtCap => "refused_at_cap",
+            CloseReason::HeaderTimeout => "header_timeout",
+            CloseReason::IdleTimeout => "idle_timeout",
+        }
+    }
+}
+
+/// The admin server's own metrics: open connections, and connections it closed by reason.
+#[derive(Clone, Debug)]
+pub struct ConnectionMetrics {
+    pub open: prometheus::IntGauge,
+    pub closed: prometheus::IntCounterVec,
+}
+
+impl ConnectionMetrics {
+    /// Metrics registered nowhere (tests that do not read them).
+    pub fn unregistered() -> Self {
+        ConnectionMetrics {
+            open: prometheus::IntGauge::new("admin_connections", "open").expect("valid name"),
+            closed: prometheus::IntCounterVec::new(
+                prometheus::Opts::new("admin_connections_closed_total", "closed"),
+                &["reason"],
+            )
+            .expect("valid name"),
+        }
+    }
+
+    fn closed(&self, reason: CloseReason) {
+        self.closed.with_label_values(&[reason.as_str()]).inc();
+    }
 }
 
 /// How long a stopping server lets requests in progress finish.
@@ -53,10 +112,11 @@ struct Registry {
 
 impl Registry {
     /// Makes room for one more connection: evicts the oldest idle one when at the cap.
-    /// `false` when every connection is busy.
-    fn make_room(&mut self, max: usize) -> bool {
+    /// `Err(RefusedAtCap)` when every connection is busy; `Ok(Some(EvictedAtCap))` when one was
+    /// evicted.
+    fn make_room(&mut self, max: usize) -> Result<Option<CloseReason>, CloseReason> {
         if self.conns.len() < max {
-            return true;
+            return Ok(None);
         }
         let oldest_idle = self
             .conns
@@ -68,9 +128,9 @@ impl Registry {
                 if let Some(c) = self.conns.remove(&id) {
                     c.evict.notify_one();
                 }
-                true
+                Ok(Some(CloseReason::EvictedAtCap))
             }
-            None => false,
+            None => Err(CloseReason::RefusedAtCap),
         }
     }
 }
@@ -114,8 +174,12 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    metrics: ConnectionMetrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    for reason in CloseReason::ALL {
+        metrics.closed.with_label_values(&[reason.as_str()]);
+    }
     let started = Instant::now();
     let registry = Arc::new(Mutex::new(Registry::default()));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -148,12 +212,17 @@ pub async fn serve(
             let mut reg = registry
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if !reg.make_room(limits.max_connections) {
-                tracing::debug!(
-                    max = limits.max_connections,
-                    "admin API: every connection is busy; closing a new one"
-                );
-                continue;
+            match reg.make_room(limits.max_connections) {
+                Ok(None) => {}
+                Ok(Some(evicted)) => metrics.closed(evicted),
+                Err(refused) => {
+                    metrics.closed(refused);
+                    tracing::debug!(
+                        max = limits.max_connections,
+                        "admin API: every connection is busy; closing a new one"
+                    );
+                    continue;
+                }
             }
             let id = reg.next_id;
             reg.next_id += 1;
@@ -168,8 +237,15 @@ pub async fn serve(
         let router = router.clone();
         let registry = registry.clone();
         let stop = stop_rx.clone();
+        let metrics = metrics.clone();
+        metrics.open.inc();
         tasks.spawn(async move {
-            serve_connection(stream, router, conn, limits, started, stop).await;
+            if let Some(reason) =
+                serve_connection(stream, router, conn, limits, started, stop).await
+            {
+                metrics.closed(reason);
+            }
+            metrics.open.dec();
             registry
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -193,7 +269,7 @@ async fn serve_connection(
     limits: Limits,
     started: Instant,
     mut stop: watch::Receiver<bool>,
-) {
+) -> Option<CloseReason> {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -219,8 +295,14 @@ async fn serve_connection(
         );
         let idle_left = limits.idle_timeout.saturating_sub(idle_for);
         tokio::select! {
-            _ = connection.as_mut() => return,
-            () = conn.evict.notified() => return,
+            done = connection.as_mut() => {
+                return match done {
+                    Err(e) if e.is_timeout() => Some(CloseReason::HeaderTimeout),
+                    _ => None,
+                };
+            }
+            // Counted by the accept loop, which evicted it.
+            () = conn.evict.notified() => return None,
             changed = stop.changed(), if !stopping => {
                 if changed.is_err() || *stop.borrow() {
                     stopping = true;
@@ -234,7 +316,7 @@ async fn serve_connection(
                         .saturating_sub(conn.last_active_ms.load(Ordering::Acquire)),
                 );
                 if !busy && idle_for >= limits.idle_timeout {
-                    return;
+                    return Some(CloseReason::IdleTimeout);
                 }
             }
         }
@@ -253,15 +335,22 @@ mod tests {
         idle_timeout: Duration::from_millis(900),
     };
 
-    async fn start(limits: Limits) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    async fn start(
+        limits: Limits,
+        metrics: &ConnectionMetrics,
+    ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let router = Router::new().route("/status", get(|| async { "ok" }));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve(listener, router, limits, async {
+        tokio::spawn(serve(listener, router, limits, metrics.clone(), async {
             let _ = rx.await;
         }));
         (addr, tx)
+    }
+
+    fn closed(metrics: &ConnectionMetrics, reason: CloseReason) -> u64 {
+        metrics.closed.with_label_values(&[reason.as_str()]).get()
     }
 
     /// A blocking GET /status; the body or the error.
@@ -287,7 +376,7 @@ mod tests {
     }
 
     /// Whether the server closed `s` (EOF or reset) within `within`.
-    fn closed(s: &mut std::net::TcpStream, within: Duration) -> bool {
+    fn closed_by_server(s: &mut std::net::TcpStream, within: Duration) -> bool {
         s.set_read_timeout(Some(within)).unwrap();
         let mut b = [0u8; 64];
         match s.read(&mut b) {
@@ -299,7 +388,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_flood_of_half_sent_requests_never_locks_out_a_new_client() {
-        let (addr, _stop) = start(LIMITS).await;
+        let metrics = ConnectionMetrics::unregistered();
+        let (addr, _stop) = start(LIMITS, &metrics).await;
+        let m = metrics.clone();
         tokio::task::spawn_blocking(move || {
             let flood = half_sent(addr, 100);
             // Far more stalled connections than the cap; a new client is still answered,
@@ -311,9 +402,20 @@ mod tests {
             let mut flood = flood;
             let still_open = flood
                 .iter_mut()
-                .filter_map(|s| (!closed(s, Duration::from_millis(50))).then_some(()))
+                .filter_map(|s| (!closed_by_server(s, Duration::from_millis(50))).then_some(()))
                 .count();
             assert!(still_open <= LIMITS.max_connections, "{still_open} open");
+            // Every connection beyond the cap closed an older one, and the metric says so.
+            let evicted = closed(&m, CloseReason::EvictedAtCap);
+            assert!(
+                evicted >= (101 - LIMITS.max_connections) as u64,
+                "{evicted} evicted at the cap"
+            );
+            assert!(
+                m.open.get() <= i64::try_from(LIMITS.max_connections).unwrap(),
+                "{}",
+                m.open.get()
+            );
         })
         .await
         .unwrap();
@@ -325,18 +427,56 @@ mod tests {
             max_connections: 64,
             ..LIMITS
         };
-        let (addr, _stop) = start(limits).await;
+        let metrics = ConnectionMetrics::unregistered();
+        let (addr, _stop) = start(limits, &metrics).await;
+        let m = metrics.clone();
         tokio::task::spawn_blocking(move || {
             // Headers never finished: closed by the header-read timeout.
             let mut stalled = half_sent(addr, 1).remove(0);
             let t = Instant::now();
-            assert!(closed(&mut stalled, Duration::from_secs(3)));
+            assert!(closed_by_server(&mut stalled, Duration::from_secs(3)));
             assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
-            // Nothing sent at all: closed by the idle timeout.
+            // Nothing sent at all: closed too (hyper's header timer runs from the start).
             let mut silent = std::net::TcpStream::connect(addr).unwrap();
             let t = Instant::now();
-            assert!(closed(&mut silent, Duration::from_secs(3)));
+            assert!(closed_by_server(&mut silent, Duration::from_secs(3)));
             assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+            // A request answered, then nothing: closed by the idle timeout.
+            let mut idle = std::net::TcpStream::connect(addr).unwrap();
+            idle.write_all(b"GET /status HTTP/1.1\r\nhost: x\r\n\r\n")
+                .unwrap();
+            let mut answer = [0u8; 256];
+            assert!(idle.read(&mut answer).unwrap() > 0);
+            let t = Instant::now();
+            assert!(closed_by_server(&mut idle, Duration::from_secs(3)));
+            assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+            // hyper's header timer also runs while a connection waits for its next request:
+            // each of the three went by the header-read timeout, the shorter one here.
+            std::thread::sleep(Duration::from_millis(100));
+            assert_eq!(closed(&m, CloseReason::HeaderTimeout), 3);
+            assert_eq!(closed(&m, CloseReason::IdleTimeout), 0);
+            assert_eq!(closed(&m, CloseReason::EvictedAtCap), 0);
+            assert_eq!(m.open.get(), 0);
+        })
+        .await
+        .unwrap();
+        // With the idle timeout the shorter one, a silent connection goes by it.
+        let limits = Limits {
+            max_connections: 64,
+            header_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_millis(300),
+        };
+        let metrics = ConnectionMetrics::unregistered();
+        let (addr, _stop) = start(limits, &metrics).await;
+        let m = metrics.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut silent = std::net::TcpStream::connect(addr).unwrap();
+            let t = Instant::now();
+            assert!(closed_by_server(&mut silent, Duration::from_secs(3)));
+            assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+            std::thread::sleep(Duration::from_millis(100));
+            assert_eq!(closed(&m, CloseReason::IdleTimeout), 1);
+            assert_eq!(closed(&m, CloseReason::HeaderTimeout), 0);
         })
         .await
         .unwrap();

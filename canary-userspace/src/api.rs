@@ -76,6 +76,56 @@ pub struct Status {
     pub services: Vec<ServiceStatus>,
     /// Terminal outcomes and events of the XDP program since it was loaded, by name.
     pub xdp: BTreeMap<String, u64>,
+    /// Cluster mode (`[cluster] store = "etcd"`): this node, the leader, every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// A cluster as one node sees it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// This node's name.
+    pub node: String,
+    /// The node that leads (decides for all), if one is seen.
+    pub leader: Option<String>,
+    /// Whether this node leads and decides.
+    pub leading: bool,
+    /// Why etcd cannot be used now (the rollout holds); `None` while it answers.
+    pub store_problem: Option<String>,
+    /// The heartbeat is not refreshed (no live leader or no store): after
+    /// `heartbeat_timeout` new flows go to stable only.
+    pub heartbeat_held: bool,
+    /// Every node seen, by name.
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// One node of the cluster, from its report in etcd.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub name: String,
+    /// Its report is in etcd (bound to its lease).
+    pub alive: bool,
+    /// Version of the document it applied, per service.
+    pub applied_versions: BTreeMap<String, Option<u64>>,
+    /// Canary weight it applied, percent, per service.
+    pub applied_weight_percent: BTreeMap<String, Option<f64>>,
+    /// Why it refused a document, per service.
+    pub refused: BTreeMap<String, String>,
+    /// Canary share of the new flows it forwarded between its last two reports (0..1).
+    pub measured_canary_share: Option<f64>,
+    pub flow_table_entries: u64,
+    pub flow_table_capacity: u64,
+}
+
+/// How this node applies a service's rollout documents (cluster mode).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ServiceClusterStatus {
+    /// Version (etcd revision) of the document applied; `None` before the first.
+    pub applied_version: Option<u64>,
+    /// The node that decided the applied document.
+    pub decided_by: Option<String>,
+    /// Why the newest document was refused (config mismatch...), if it was.
+    pub refused: Option<String>,
 }
 
 /// One service's rollout, groups and backends.
@@ -104,6 +154,12 @@ pub struct ServiceStatus {
     pub last_decision: Option<Decision>,
     /// The most recent decisions and operator actions, newest last.
     pub events: Vec<Decision>,
+    /// Signals judged and reported but never holding or rolling back.
+    #[serde(default)]
+    pub dry_run: Vec<String>,
+    /// Cluster mode only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ServiceClusterStatus>,
 }
 
 /// A judged signal that has no data.
@@ -145,6 +201,11 @@ pub struct BackendStatus {
     /// Why its metrics, or some of its series, are missing (failed scrape, malformed series).
     #[serde(default)]
     pub metrics_problem: Option<String>,
+    /// The reason of each problem, as in `canary_upstream_scrape_errors_total{reason}`
+    /// (`refused`, `timeout`, `local`, ...): a failure of this node (`local`) tells apart
+    /// from the backend's own.
+    #[serde(default)]
+    pub metrics_problem_reasons: Vec<String>,
     /// The model versions it reports (`upstream.version_label`), if configured.
     #[serde(default)]
     pub reported_versions: Vec<String>,

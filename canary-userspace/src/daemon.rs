@@ -15,10 +15,15 @@ use tokio::sync::mpsc;
 use canary_userspace::admin::{self, AdminState, OperatorRequest};
 use canary_userspace::admin_server;
 use canary_userspace::api::{OperatorCommand, OperatorReply, Status};
+use canary_userspace::cluster::config::StoreKind;
+use canary_userspace::cluster::link::{ClusterLink, LinkEvent};
+use canary_userspace::cluster::ops::{OperatorAnswer, Verb};
+use canary_userspace::cluster::store::DocumentEvent;
 use canary_userspace::config::{load_config, read_token};
 use canary_userspace::controller::Controller;
+use canary_userspace::controller::DecisionStore;
 use canary_userspace::dataplane::aya::{AyaDataPlane, Opened, Options, XdpAttachMode};
-use canary_userspace::dataplane::monotonic_ns;
+use canary_userspace::dataplane::{interface_mac, monotonic_ns};
 use canary_userspace::domain::XdpMode;
 use canary_userspace::lock::DaemonLock;
 use canary_userspace::metrics::Metrics;
@@ -86,12 +91,26 @@ pub(crate) async fn run(options: RunOptions) -> Result<()> {
     };
     // Rollout state is checked before the data plane is touched: a bad file stops the start
     // with nothing attached or written.
-    let store = StateStore::new(&config.dataplane.state_dir);
-    for svc in &config.services {
-        store
-            .load(&svc.name)
-            .map_err(|e| anyhow::anyhow!("rollout state of service {:?} is not usable: {e}; fix that field or delete the file; nothing was changed", svc.name))?;
-    }
+    let clustered = config.cluster.store == StoreKind::Etcd;
+    let store: DecisionStore = if clustered {
+        DecisionStore::cluster(&config.cluster.node_name)
+    } else {
+        let store = StateStore::new(&config.dataplane.state_dir);
+        for svc in &config.services {
+            store
+                .load(&svc.name)
+                .map_err(|e| anyhow::anyhow!("rollout state of service {:?} is not usable: {e}; fix that field or delete the file; nothing was changed", svc.name))?;
+        }
+        store.into()
+    };
+    let metrics = Metrics::new().context("cannot register metrics")?;
+    // Bearer token files are read before the data plane is touched.
+    let notifier = canary_userspace::notify::start(
+        &config.notify,
+        canary_userspace::notify::node_name(),
+        &metrics,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}; nothing was changed"))?;
     let mode = match config.dataplane.xdp_mode {
         XdpMode::Auto => XdpAttachMode::Auto,
         XdpMode::Native => XdpAttachMode::Native,
@@ -134,12 +153,24 @@ pub(crate) async fn run(options: RunOptions) -> Result<()> {
         );
     }
 
-    let metrics = Metrics::new().context("cannot register metrics")?;
     metrics
         .flow_table_entries_limit
         .set(i64::from(dp.flow_table_capacity()));
     let status = Arc::new(RwLock::new(Status::default()));
-    let hash_seed = config.dataplane.hash_seed;
+    // The balancer's own MAC: only frames addressed to it are balanced, and it is the source
+    // of forwarded frames.
+    let lb_mac = interface_mac(&config.dataplane.interface).with_context(|| {
+        format!(
+            "cannot read the MAC address of dataplane.interface = {:?}",
+            config.dataplane.interface
+        )
+    })?;
+    if lb_mac.is_none() {
+        tracing::warn!(
+            interface = %config.dataplane.interface,
+            "the interface has no Ethernet MAC: frames to any unicast MAC are balanced"
+        );
+    }
     let mut controller = Controller::new(
         config.clone(),
         dp,
@@ -147,13 +178,18 @@ pub(crate) async fn run(options: RunOptions) -> Result<()> {
         store,
         metrics.clone(),
         status.clone(),
-        hash_seed,
+        lb_mac,
         &KernelNeighbours,
         now_ms(),
         monotonic_ns(),
     )?;
+    controller.set_notifier(notifier);
 
     let poll = controller.poll_interval();
+    let mut link = clustered.then(|| {
+        tracing::info!(node = %config.cluster.node_name, endpoints = ?config.cluster.etcd_endpoints, prefix = %config.cluster.prefix, "cluster mode: rollout documents in etcd");
+        ClusterLink::start(&config.cluster, poll)
+    });
     let client = BackendClient::new(poll.mul_f64(0.8).min(Duration::from_secs(2)))
         .context("cannot build the HTTP client")?;
 
@@ -165,6 +201,9 @@ pub(crate) async fn run(options: RunOptions) -> Result<()> {
         registry: metrics.registry.clone(),
         requests: requests_tx,
         token: TokenDigest::new(&token),
+        history: Some(canary_userspace::history::HistoryStore::new(
+            &config.dataplane.state_dir,
+        )),
     };
     let listen = config.admin.listen;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -181,6 +220,10 @@ pub(crate) async fn run(options: RunOptions) -> Result<()> {
         listener,
         admin::router(admin_state),
         limits,
+        admin_server::ConnectionMetrics {
+            open: metrics.admin_connections.clone(),
+            closed: metrics.admin_connections_closed.clone(),
+        },
         async {
             let _ = stop_rx.await;
         },
@@ -197,6 +240,14 @@ pub(crate) async fn run(options: RunOptions) -> Result<()> {
     loop {
         tokio::select! {
             _ = ticker.tick() => {
+                match interface_mac(&config.dataplane.interface) {
+                    Ok(mac) => {
+                        if let Err(e) = controller.update_lb_mac(mac) {
+                            tracing::error!(error = %e, "cannot write the interface's new MAC");
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cannot read the interface's MAC; keeping the last one"),
+                }
                 let observations = observe(&client, controller.targets()).await;
                 match controller.on_poll(now_ms(), monotonic_ns(), &observations, &KernelNeighbours) {
                     // The first poll programs every service: only then is the daemon ready.
@@ -210,13 +261,36 @@ pub(crate) async fn run(options: RunOptions) -> Result<()> {
                 for job in controller.take_warmups() {
                     spawn_warm_up(&client, job, warm_tx.clone());
                 }
+                if let Some(link) = &mut link {
+                    if let Some(report) = controller.node_report(now_ms()) {
+                        link.set_report(report);
+                    }
+                    link.publish(controller.take_documents(), None);
+                }
+            }
+            event = next_link_event(&mut link) => {
+                if let Some(link) = &mut link {
+                    on_link_event(&mut controller, link, event);
+                    for job in controller.take_warmups() {
+                        spawn_warm_up(&client, job, warm_tx.clone());
+                    }
+                }
             }
             Some(service) = warm_done.recv() => {
                 controller.warm_up_done(&service, now_ms(), monotonic_ns());
+                if let Some(link) = &mut link {
+                    link.publish(controller.take_documents(), None);
+                }
             }
             Some(req) = requests.recv() => {
+                if let Some(link) = &link {
+                    if let Some(verb) = cluster_verb(&req.command) {
+                        ask_leader(&controller, link, req, verb);
+                        continue;
+                    }
+                }
                 let reply = match &req.command {
-                    OperatorCommand::Reload => reload(&mut controller, &options),
+                    OperatorCommand::Reload => reload(&mut controller, &options, &config.notify),
                     command => controller.on_operator(now_ms(), monotonic_ns(), req.service.as_deref(), command),
                 };
                 tracing::info!(target: "canary::operator", service = req.service.as_deref().unwrap_or(""), command = ?req.command, ok = reply.ok, "{}", reply.message);
@@ -226,7 +300,7 @@ pub(crate) async fn run(options: RunOptions) -> Result<()> {
                 }
             }
             _ = hup.recv() => {
-                let reply = reload(&mut controller, &options);
+                let reply = reload(&mut controller, &options, &config.notify);
                 tracing::info!(ok = reply.ok, "SIGHUP: {}", reply.message);
             }
             _ = term.recv() => break,
@@ -234,6 +308,9 @@ pub(crate) async fn run(options: RunOptions) -> Result<()> {
         }
     }
     notify(sd_notify::NotifyState::Stopping);
+    if let Some(link) = link {
+        Box::pin(link.stop()).await;
+    }
     let _ = stop_tx.send(());
     let _ = server.await;
     tracing::info!(
@@ -250,12 +327,23 @@ fn notify(state: sd_notify::NotifyState) {
     }
 }
 
-fn reload(controller: &mut Controller<AyaDataPlane>, options: &RunOptions) -> OperatorReply {
+fn reload(
+    controller: &mut Controller<AyaDataPlane>,
+    options: &RunOptions,
+    notify: &[canary_userspace::notify::NotifyConfig],
+) -> OperatorReply {
     match load_config(&options.config) {
-        Ok(new) => match controller.reload(new, now_ms(), monotonic_ns()) {
-            Ok(msg) => OperatorReply::ok(msg),
-            Err(e) => OperatorReply::refused(format!("{e}; the running configuration stays")),
-        },
+        Ok(new) => {
+            let note = if new.notify == notify {
+                ""
+            } else {
+                "; [[notify]] changed but applies only at start: restart the daemon for it"
+            };
+            match controller.reload(new, now_ms(), monotonic_ns()) {
+                Ok(msg) => OperatorReply::ok(format!("{msg}{note}")),
+                Err(e) => OperatorReply::refused(format!("{e}; the running configuration stays")),
+            }
+        }
         Err(e) => OperatorReply::refused(format!(
             "new configuration rejected, the running configuration stays:\n{e:#}"
         )),
@@ -270,5 +358,166 @@ fn spawn_warm_up(client: &BackendClient, job: WarmUp, done: mpsc::Sender<String>
             tracing::info!(service = %job.service, url, ok, sent = job.requests, took_ms = took.as_millis() as u64, "warm-up");
         }
         let _ = done.send(job.service).await;
+    });
+}
+
+/// The next event of the cluster link; never, on one node.
+async fn next_link_event(link: &mut Option<ClusterLink>) -> LinkEvent {
+    match link {
+        Some(link) => link.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Carries a cluster event into the controller (and the leader's documents back out).
+fn on_link_event(
+    controller: &mut Controller<AyaDataPlane>,
+    link: &mut ClusterLink,
+    event: LinkEvent,
+) {
+    match event {
+        LinkEvent::Connected => tracing::info!(node = link.node(), "connected to etcd"),
+        LinkEvent::Election(state) => {
+            controller.on_leader(state.leader.clone());
+            if link.on_election(&state) {
+                controller.give_up_leadership(
+                    state.problem.as_deref().unwrap_or("another node leads now"),
+                );
+            }
+        }
+        LinkEvent::Leadership { fence, documents } => {
+            if link.leads_with(&fence) {
+                tracing::info!(node = link.node(), lease = %format!("{:x}", fence.lease), key = %fence.key, "won the election");
+                controller.take_leadership(&documents, now_ms(), monotonic_ns());
+                link.publish(controller.take_documents(), None);
+            }
+        }
+        LinkEvent::Document(event) => match event {
+            DocumentEvent::Snapshot(documents) => {
+                controller.on_store(None);
+                for d in &documents {
+                    controller.on_document(d, monotonic_ns());
+                }
+            }
+            DocumentEvent::Published(d) => controller.on_document(&d, monotonic_ns()),
+            DocumentEvent::Removed { service, .. } => {
+                tracing::warn!(
+                    service,
+                    "rollout document removed from etcd; the last applied weight stays"
+                );
+            }
+            DocumentEvent::Unreachable(why) => controller.on_store(Some(why)),
+            DocumentEvent::Unreadable { key, problem } => {
+                tracing::error!(key, "unreadable rollout document: {problem}");
+            }
+        },
+        LinkEvent::Reports(Ok(reports)) => {
+            controller.on_store(None);
+            controller.on_node_reports(reports);
+        }
+        LinkEvent::Reports(Err(why)) => controller.on_store(Some(why)),
+        LinkEvent::Published {
+            service,
+            lease,
+            result,
+        } => match result {
+            Ok(version) => {
+                tracing::info!(service, version, lease = %format!("{lease:x}"), "document published");
+            }
+            Err(e) => {
+                tracing::warn!(service, "document not published: {e}");
+                // The store keeps the last published document: decide again from it.
+                controller.give_up_leadership(&e);
+                let state = link.election_state();
+                link.restart_leadership(&state);
+            }
+        },
+        LinkEvent::Requests(batch) => {
+            for request in batch {
+                let command = match request.verb {
+                    Verb::Start => OperatorCommand::Start,
+                    Verb::Pause => OperatorCommand::Pause,
+                    Verb::Resume => OperatorCommand::Resume,
+                    Verb::Promote { full } => OperatorCommand::Promote { full },
+                    Verb::Rollback => OperatorCommand::Rollback,
+                    Verb::SetWeight { weight_bp } => OperatorCommand::SetWeight {
+                        percent: f64::from(weight_bp) / 100.0,
+                    },
+                };
+                let reply = controller.on_operator(
+                    now_ms(),
+                    monotonic_ns(),
+                    Some(&request.service),
+                    &command,
+                );
+                tracing::info!(target: "canary::operator", service = %request.service, from = %request.from_node, command = ?command, ok = reply.ok, "{}", reply.message);
+                let answer = OperatorAnswer {
+                    id: request.id.clone(),
+                    ok: reply.ok,
+                    message: reply.message,
+                    decided_by: link.node().to_string(),
+                    document_version: None,
+                    at_ms: now_ms(),
+                };
+                link.publish(controller.take_documents(), Some(answer));
+            }
+        }
+    }
+}
+
+/// The verbs a cluster's leader carries out (route and reload stay on the node asked).
+fn cluster_verb(command: &OperatorCommand) -> Option<Verb> {
+    Some(match command {
+        OperatorCommand::Start => Verb::Start,
+        OperatorCommand::Pause => Verb::Pause,
+        OperatorCommand::Resume => Verb::Resume,
+        OperatorCommand::Promote { full } => Verb::Promote { full: *full },
+        OperatorCommand::Rollback => Verb::Rollback,
+        OperatorCommand::SetWeight { percent } => {
+            if !(0.0..=100.0).contains(percent) || !percent.is_finite() {
+                return None;
+            }
+            Verb::SetWeight {
+                weight_bp: (percent * 100.0).round() as u32,
+            }
+        }
+        OperatorCommand::Route { .. } | OperatorCommand::Reload => return None,
+    })
+}
+
+/// Sends an operator verb to the leader through etcd; the reply names the deciding node.
+fn ask_leader(
+    controller: &Controller<AyaDataPlane>,
+    link: &ClusterLink,
+    req: OperatorRequest,
+    verb: Verb,
+) {
+    let service = match controller.service_name(req.service.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = req.reply.send(OperatorReply::refused(e));
+            return;
+        }
+    };
+    let answer = link.ask(service.clone(), verb, Duration::from_secs(8));
+    let node = link.node().to_string();
+    tokio::spawn(async move {
+        let reply = match answer.await {
+            Ok(Ok(a)) => OperatorReply {
+                ok: a.ok,
+                message: format!("{} (decided by node {})", a.message, a.decided_by),
+                detail: Some(serde_json::json!({
+                    "decided_by": a.decided_by,
+                    "document_version": a.document_version,
+                    "asked_node": node,
+                })),
+            },
+            Ok(Err(e)) => OperatorReply::refused(format!(
+                "{service}: the leader did not answer: {e}; the rollout is unchanged unless the leader decided after all (see `canary status`)"
+            )),
+            Err(_) => OperatorReply::refused("the request to the leader was dropped"),
+        };
+        tracing::info!(target: "canary::operator", service, ok = reply.ok, "{}", reply.message);
+        let _ = req.reply.send(reply);
     });
 }

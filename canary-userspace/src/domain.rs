@@ -189,6 +189,14 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(mac)
 }
 
+/// A MAC address as `aa:bb:cc:dd:ee:ff` (what [`parse_mac`] reads).
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +226,11 @@ mod tests {
 
     #[test]
     fn mac_syntax() {
+        assert_eq!(format_mac([2, 0, 0xc6, 0x12, 0, 0x0b]), "02:00:c6:12:00:0b");
+        assert_eq!(
+            parse_mac(&format_mac([0xff, 1, 2, 3, 4, 5])),
+            Some([0xff, 1, 2, 3, 4, 5])
+        );
         assert_eq!(parse_mac("ff:00:01:02:03:04"), Some([0xff, 0, 1, 2, 3, 4]));
         assert_eq!(parse_mac("ff:00:01:02:03"), None);
         assert_eq!(parse_mac("ff:00:01:02:03:04:05"), None);

@@ -98,8 +98,26 @@ enum Command {
         #[command(flatten)]
         target: Target,
         /// Print the raw JSON document.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// A live view, redrawn in place until q or Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: exit when the rollout ends (promoted: exit 0; rolled back: exit 1).
+        #[arg(long, requires = "watch")]
+        until_done: bool,
+    },
+    /// Draw a rollout's history (weights, error rate and p95 per group, prediction mix,
+    /// decisions) into an SVG or HTML file.
+    Report {
+        #[command(flatten)]
+        target: Target,
+        /// The rollout's id (its start, Unix milliseconds; `latest` by default).
+        #[arg(long, default_value = "latest")]
+        rollout: String,
+        /// Output file: FILE.svg or FILE.html.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Start a rollout of the current canary group.
     Start {
@@ -199,11 +217,32 @@ async fn verb(t: &Target, command: OperatorCommand) -> Result<()> {
 
 fn validate(path: &Path) -> Result<()> {
     let config = load_config(path)?;
+    let unreadable = canary_userspace::cluster::config::check_files(&config.cluster);
+    if !unreadable.is_empty() {
+        let lines: Vec<String> = unreadable.iter().map(ToString::to_string).collect();
+        anyhow::bail!("{}: {}", path.display(), lines.join("\n"));
+    }
     println!(
         "{}: ok ({} service{})",
         path.display(),
         config.services.len(),
         if config.services.len() == 1 { "" } else { "s" }
+    );
+    let d = &config.dataplane;
+    let mac = match canary_userspace::dataplane::interface_mac(&d.interface) {
+        Ok(Some(mac)) => canary_userspace::domain::format_mac(mac),
+        Ok(None) => "none: frames to any unicast MAC would be balanced".to_string(),
+        Err(e) => format!("unknown ({e})"),
+    };
+    println!(
+        "  data plane: interface {} (MAC {mac}), syn_replace_after {}, flood guard {}",
+        d.interface,
+        humantime::format_duration(d.syn_replace_after),
+        if d.flood_guard_rate == 0 {
+            "off".to_string()
+        } else {
+            format!("above {} new flows/s per CPU", d.flood_guard_rate)
+        }
     );
     for s in &config.services {
         println!(
@@ -224,12 +263,30 @@ fn validate(path: &Path) -> Result<()> {
             println!("    {line}");
         }
     }
+    let c = &config.cluster;
+    match c.store {
+        canary_userspace::cluster::config::StoreKind::Local => {
+            println!(
+                "  cluster: one node, rollout state in {}",
+                config.dataplane.state_dir.display()
+            );
+        }
+        canary_userspace::cluster::config::StoreKind::Etcd => println!(
+            "  cluster: node {} in etcd {} under {}, lease {}",
+            c.node_name,
+            c.etcd_endpoints.join(", "),
+            c.prefix,
+            humantime::format_duration(c.lease_ttl)
+        ),
+    }
     Ok(())
 }
 
 async fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run { config, bpf_object } => daemon::run(RunOptions { config, bpf_object }).await,
+        Command::Run { config, bpf_object } => {
+            Box::pin(daemon::run(RunOptions { config, bpf_object })).await
+        }
         Command::Validate { config } => validate(&config),
         Command::Init {
             metrics_urls,
@@ -251,7 +308,13 @@ async fn dispatch(cli: Cli) -> Result<()> {
             print!("{section}");
             Ok(())
         }
-        Command::Status { target, json } => {
+        Command::Status {
+            target,
+            watch: true,
+            until_done,
+            ..
+        } => cli::watch::run(&endpoint(&target)?, target.service.as_deref(), until_done).await,
+        Command::Status { target, json, .. } => {
             let status = client::status(&endpoint(&target)?).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
@@ -263,8 +326,16 @@ async fn dispatch(cli: Cli) -> Result<()> {
                     print!("{}", render::service(s));
                 }
             }
+            if let (false, Some(cluster)) = (json, &status.cluster) {
+                print!("{}", render::cluster(cluster));
+            }
             Ok(())
         }
+        Command::Report {
+            target,
+            rollout,
+            out,
+        } => report(&target, &rollout, &out).await,
         Command::Start { target } => verb(&target, OperatorCommand::Start).await,
         Command::Promote { target, full } => verb(&target, OperatorCommand::Promote { full }).await,
         Command::Rollback { target } => verb(&target, OperatorCommand::Rollback).await,
@@ -317,6 +388,47 @@ async fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `canary report`: fetch a rollout's history and draw it.
+async fn report(target: &Target, rollout: &str, out: &Path) -> Result<()> {
+    use canary_userspace::history::render;
+    let html = match out.extension().and_then(|e| e.to_str()) {
+        Some("svg") => false,
+        Some("html" | "htm") => true,
+        _ => anyhow::bail!(
+            "--out {}: give a file ending in .svg or .html",
+            out.display()
+        ),
+    };
+    let endpoint = endpoint(target)?;
+    let service = if let Some(s) = &target.service {
+        s.clone()
+    } else {
+        let status = client::status(&endpoint).await?;
+        status
+            .service(None)
+            .map_err(anyhow::Error::msg)?
+            .name
+            .clone()
+    };
+    let history = client::history(&endpoint, &service, rollout).await?;
+    let text = if html {
+        render::html(&history)
+    } else {
+        render::svg(&history)
+    }
+    .map_err(anyhow::Error::msg)?;
+    std::fs::write(out, text).with_context(|| format!("cannot write {}", out.display()))?;
+    println!(
+        "{}: service {}, rollout {} ({} samples, {} decisions)",
+        out.display(),
+        history.service,
+        history.rollout,
+        history.samples.len(),
+        history.decisions.len()
+    );
+    Ok(())
 }
 
 fn main() -> ExitCode {

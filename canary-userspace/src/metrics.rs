@@ -37,6 +37,10 @@ pub struct Metrics {
     pub decisions: IntCounterVec,
     /// 1 while a judged signal has no data (the judge holds for it).
     pub signal_without_data: IntGaugeVec,
+    /// Verdicts of dry-run signals (judged, never acted on).
+    pub dry_run_verdicts: IntCounterVec,
+    pub notify_sent: IntCounterVec,
+    pub notify_dropped: IntCounterVec,
     /// Consecutive hold decisions at the current weight (see [`Metrics::record_decision`]).
     pub held_intervals: IntGaugeVec,
     /// Wall-clock time of the last heartbeat written to the kernel, per service.
@@ -48,6 +52,10 @@ pub struct Metrics {
     pub flow_table_entries_limit: IntGauge,
     pub xdp_packets: IntCounterVec,
     pub xdp_events: IntCounterVec,
+    /// Open admin API connections.
+    pub admin_connections: IntGauge,
+    /// Admin API connections the daemon closed, by reason (cap, timeouts).
+    pub admin_connections_closed: IntCounterVec,
     pub latency: UpstreamLatency,
 }
 
@@ -120,6 +128,18 @@ impl Metrics {
                 opts("canary_signal_without_data", "1 while a judged signal has no data (no latency observations, no predictions, p95 in the +Inf bucket): the judge holds, and metrics_missing applies."),
                 &["service", "signal"],
             )?,
+            dry_run_verdicts: IntCounterVec::new(
+                opts("canary_dry_run_verdicts_total", "Verdicts of dry-run signals (judged and reported, never holding or rolling back), by signal and verdict; verdict=\"fail\" counts what would have rolled back."),
+                &["service", "signal", "verdict"],
+            )?,
+            notify_sent: IntCounterVec::new(
+                opts("canary_notify_sent_total", "Notifications the sink's receiver accepted (2xx)."),
+                &["notify"],
+            )?,
+            notify_dropped: IntCounterVec::new(
+                opts("canary_notify_dropped_total", "Notifications dropped: reason=\"queue_full\" (the sink's queue was full), \"failed\" (every attempt failed), \"closed\"."),
+                &["notify", "reason"],
+            )?,
             held_intervals: IntGaugeVec::new(
                 opts("canary_rollout_held_intervals", "Evaluations in a row that held the rollout at its weight (0 after any other decision)."),
                 &["service"],
@@ -148,6 +168,14 @@ impl Metrics {
                 opts("canary_xdp_events_total", "Events on the XDP program's path (flow table hits, fallbacks, ...)."),
                 &["event"],
             )?,
+            admin_connections: IntGauge::with_opts(opts(
+                "canary_admin_connections",
+                "Open connections to the admin API (at most admin.max_connections).",
+            ))?,
+            admin_connections_closed: IntCounterVec::new(
+                opts("canary_admin_connections_closed_total", "Admin API connections the daemon closed: evicted_at_cap (the oldest idle one, to make room at admin.max_connections), refused_at_cap (every one busy), header_timeout, idle_timeout."),
+                &["reason"],
+            )?,
             latency: UpstreamLatency::default(),
             registry,
         };
@@ -170,6 +198,9 @@ impl Metrics {
         m.registry
             .register(Box::new(m.signal_without_data.clone()))?;
         m.registry.register(Box::new(m.held_intervals.clone()))?;
+        m.registry.register(Box::new(m.dry_run_verdicts.clone()))?;
+        m.registry.register(Box::new(m.notify_sent.clone()))?;
+        m.registry.register(Box::new(m.notify_dropped.clone()))?;
         m.registry
             .register(Box::new(m.heartbeat_timestamp.clone()))?;
         m.registry.register(Box::new(m.heartbeat_timeout.clone()))?;
@@ -179,6 +210,9 @@ impl Metrics {
             .register(Box::new(m.flow_table_entries_limit.clone()))?;
         m.registry.register(Box::new(m.xdp_packets.clone()))?;
         m.registry.register(Box::new(m.xdp_events.clone()))?;
+        m.registry.register(Box::new(m.admin_connections.clone()))?;
+        m.registry
+            .register(Box::new(m.admin_connections_closed.clone()))?;
         m.registry.register(Box::new(m.latency.clone()))?;
         Ok(m)
     }
@@ -402,5 +436,85 @@ mod tests {
         assert_eq!(c.get(), 12);
         set_counter(&c, 3);
         assert_eq!(c.get(), 3);
+    }
+}
+
+#[cfg(test)]
+mod readme {
+    //! The README documents every metric, label value and configuration key the daemon has.
+
+    use super::Metrics;
+
+    const README: &str = include_str!("../../README.md");
+
+    fn documented(name: &str) -> bool {
+        README.contains(&format!("`{name}`"))
+            || README.contains(&format!("`{name}{{"))
+            || README.contains(&format!("{name} ="))
+    }
+
+    #[test]
+    fn every_metric_and_label_value_is_in_the_readme() {
+        let m = Metrics::new().unwrap();
+        let mut missing: Vec<String> = m
+            .registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .chain(
+                [
+                    "canary_upstream_latency_seconds",
+                    "canary_admin_connections_closed_total",
+                ]
+                .map(String::from),
+            )
+            .filter(|n| !documented(n))
+            .collect();
+        let values = canary_common::Counter::ALL
+            .iter()
+            .map(|c| c.name())
+            .chain(
+                crate::upstream::ScrapeReason::ALL
+                    .iter()
+                    .map(|r| r.as_str()),
+            )
+            .chain(
+                crate::admin_server::CloseReason::ALL
+                    .iter()
+                    .map(|r| r.as_str()),
+            )
+            .chain(["queue_full", "failed", "closed"])
+            .chain(crate::notify::EventKind::ALL.iter().map(|k| k.as_str()))
+            .chain(crate::judge::Signal::DECIDING.iter().map(|s| s.as_str()));
+        missing.extend(values.filter(|v| !documented(v)).map(String::from));
+        assert!(missing.is_empty(), "not in README.md: {missing:?}");
+    }
+
+    #[test]
+    fn every_config_key_is_in_the_readme() {
+        use crate::config::raw::*;
+        let missing: Vec<&str> = ROOT_KEYS
+            .iter()
+            .chain(DATAPLANE_KEYS)
+            .chain(ADMIN_KEYS)
+            .chain(SERVICE_KEYS)
+            .chain(BACKEND_KEYS)
+            .chain(ROLLOUT_KEYS)
+            .chain(THRESHOLD_KEYS)
+            .chain(UPSTREAM_KEYS)
+            .chain(NOTIFY_KEYS)
+            .copied()
+            .filter(|k| {
+                !(README.contains(&format!("\n{k} ="))
+                    || README.contains(&format!("  {k} ="))
+                    || README.contains(&format!("[{k}]"))
+                    || README.contains(&format!("[[{k}]]"))
+                    || README.contains(&format!(".{k}]")))
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "config keys not in README.md: {missing:?}"
+        );
     }
 }

@@ -310,6 +310,8 @@ fn attach_program_restart_from_pins_and_detach() {
         for m in aya::ALL_MAPS.iter().chain([&aya::LINK_PIN]) {
             assert!(bpffs.join(m).exists(), "pin {m} missing");
         }
+        // The flood guard's window is pinned too (layout checks, detach).
+        assert!(bpffs.join(canary_common::maps::FLOOD_GUARD).exists());
         assert_eq!(dp.flow_table_capacity(), 4096);
         let _pass = PassProgram::attach(object_override().as_deref(), PEER_IF, XdpAttachMode::Auto)
             .expect("attach canary_pass to the peer");
@@ -486,6 +488,7 @@ fn pin_map(path: &Path, map_type: u32, key: u32, value: u32, entries: u32) {
 
 const BPF_MAP_TYPE_HASH: u32 = 1;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 
 #[test]
 fn pins_of_another_layout_are_refused_on_both_paths() {
@@ -543,6 +546,24 @@ fn pins_of_another_layout_are_refused_on_both_paths() {
         let (dp, _) = AyaDataPlane::open(&options(&bpffs, LB_IF)).expect("open");
         drop(dp);
         assert!(link.exists());
+        // Pins of a version without the flood guard's map: re-opened, the map created and
+        // pinned.
+        let guard = bpffs.join(canary_common::maps::FLOOD_GUARD);
+        std::fs::remove_file(&guard).unwrap();
+        let (dp, opened) =
+            AyaDataPlane::open(&options(&bpffs, LB_IF)).expect("reopen pins that lack FLOOD_GUARD");
+        assert!(matches!(opened, Opened::Reopened { .. }), "{opened:?}");
+        drop(dp);
+        assert!(guard.exists(), "FLOOD_GUARD pinned on reopen");
+        // The flood guard's window of another layout (8-byte values, not 16) is refused.
+        std::fs::remove_file(&guard).unwrap();
+        pin_map(&guard, BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1);
+        let text = refused("FLOOD_GUARD with 8-byte values");
+        assert!(
+            text.contains("FLOOD_GUARD") && text.contains("value size is 8 bytes"),
+            "{text}"
+        );
+        std::fs::remove_file(&guard).unwrap();
         std::fs::remove_file(&backends).unwrap();
         pin_map(
             &backends,

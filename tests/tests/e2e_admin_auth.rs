@@ -22,12 +22,7 @@ fn mutations_need_the_token() {
     cli_ok(&d, &["set-weight", "20"]);
     let snapshot = |d: &canary_lab::deployment::Deployment| {
         let s = d.service_status().expect("status");
-        (
-            s["phase"].clone(),
-            s["weight_percent"].clone(),
-            s["paused"].clone(),
-            s["events"].as_array().map_or(0, Vec::len),
-        )
+        (s.phase, s.weight_percent, s.paused, s.events.len())
     };
     let before = snapshot(&d);
     println!("before: {before:?}");
@@ -102,7 +97,7 @@ fn mutations_need_the_token() {
         .unwrap();
     println!("set-weight 35 with token: {code} {}", answer.trim());
     assert_eq!(code, 200);
-    assert_eq!(d.service_status().unwrap()["weight_percent"], 35.0);
+    e2e_support::assert_weight(&d.service_status().unwrap(), 35.0);
     let (code, _) = d
         .admin_http("POST", &format!("{svc}/rollback"), Some(TOKEN), None)
         .unwrap();
@@ -110,13 +105,13 @@ fn mutations_need_the_token() {
     let s = d.service_status().unwrap();
     println!(
         "rollback with token: {code}, phase {} weight {}",
-        s["phase"], s["weight_percent"]
+        s.phase, s.weight_percent
     );
-    assert_eq!(s["phase"], "rolled_back");
-    assert_eq!(s["weight_percent"], 0.0);
+    assert_eq!(s.phase, "rolled_back");
+    e2e_support::assert_weight(&s, 0.0);
     // The CLI finds the token through the config's token_file.
     cli_ok(&d, &["start"]);
-    assert_ne!(d.service_status().unwrap()["phase"], "rolled_back");
+    assert_ne!(d.service_status().unwrap().phase, "rolled_back");
 }
 
 /// Without `admin.token_file` the daemon still needs a token for every verb: it generates one
@@ -138,7 +133,7 @@ fn verbs_need_a_token_even_without_a_token_file() {
         .mode();
     println!("generated {} mode {:o}", generated.display(), mode & 0o777);
     assert_eq!(mode & 0o777, 0o600);
-    let before = d.service_status().unwrap()["weight_percent"].clone();
+    let before = d.service_status().unwrap().weight_percent;
 
     for token in [None, Some("wrong-token"), Some("")] {
         let (code, answer) = d
@@ -155,11 +150,11 @@ fn verbs_need_a_token_even_without_a_token_file() {
         );
         assert_eq!(code, 401);
     }
-    assert_eq!(d.service_status().unwrap()["weight_percent"], before);
+    e2e_support::assert_weight(&d.service_status().unwrap(), before);
 
     // The CLI finds the generated token through the config's state_dir, without flags.
     cli_ok(&d, &["set-weight", "15"]);
-    assert_eq!(d.service_status().unwrap()["weight_percent"], 15.0);
+    e2e_support::assert_weight(&d.service_status().unwrap(), 15.0);
     // With the token, the API accepts the verb.
     let token = d.admin_token().unwrap();
     let (code, _) = d
@@ -171,7 +166,7 @@ fn verbs_need_a_token_even_without_a_token_file() {
         )
         .unwrap();
     assert_eq!(code, 200);
-    assert_eq!(d.service_status().unwrap()["weight_percent"], 20.0);
+    e2e_support::assert_weight(&d.service_status().unwrap(), 20.0);
 }
 
 /// A token file other users can read is refused at start, with the fix named.

@@ -11,16 +11,32 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use canary_lab::deployment::{Deployment, DeploymentSpec, ADMIN_PORT};
+use canary_lab::deployment::{metric_value, Deployment, DeploymentSpec, ADMIN_PORT};
 use canary_lab::lab::LabSpec;
+use canary_userspace::api::Status;
 use e2e_support::{http_get, in_netns, load_all_clients, new_conn_load, start, totals};
 
 const FLOOD: usize = 1_100;
 const HOLD: Duration = Duration::from_secs(12);
 
 fn xdp_counter(d: &Deployment, name: &str) -> u64 {
-    d.status().unwrap()["xdp"][name].as_u64().unwrap_or(0)
+    d.status().unwrap().xdp.get(name).copied().unwrap_or(0)
 }
+
+/// `canary_admin_connections_closed_total{reason}` now.
+fn closed_admin_connections(d: &Deployment, reason: &str) -> u64 {
+    let metrics = d.daemon_metrics().expect("GET /metrics");
+    metric_value(
+        &metrics,
+        "canary_admin_connections_closed_total",
+        &[("reason", reason)],
+    )
+    .unwrap_or_else(|| panic!("no canary_admin_connections_closed_total{{reason={reason:?}}}"))
+        as u64
+}
+
+/// The default `admin.max_connections`.
+const MAX_CONNECTIONS: usize = 64;
 
 #[test]
 fn half_sent_admin_requests_do_not_take_the_backends_down() {
@@ -35,6 +51,16 @@ fn half_sent_admin_requests_do_not_take_the_backends_down() {
     let admin = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
     assert!(e2e_support::raise_open_files() > 2 * FLOOD as u64);
     let no_backend_before = xdp_counter(&d, "drop_no_backend");
+    let reasons = [
+        "evicted_at_cap",
+        "refused_at_cap",
+        "header_timeout",
+        "idle_timeout",
+    ];
+    let closed_before: Vec<u64> = reasons
+        .iter()
+        .map(|r| closed_admin_connections(&d, r))
+        .collect();
 
     let flooding = AtomicBool::new(true);
     let (flood, samples, reports) = std::thread::scope(|scope| {
@@ -115,10 +141,11 @@ fn half_sent_admin_requests_do_not_take_the_backends_down() {
         match s {
             Ok((200, body, took)) => {
                 worst = worst.max(*took);
-                let status: serde_json::Value = serde_json::from_str(body).expect("status JSON");
-                for b in status["services"][0]["backends"].as_array().unwrap() {
-                    if b["up"] != true {
-                        down.push(format!("{}: {}", b["name"], b["down_reason"]));
+                let status: Status = serde_json::from_str(body).expect("status JSON");
+                let service = status.services.first().expect("a service in the status");
+                for b in &service.backends {
+                    if !b.up {
+                        down.push(format!("{}: {:?}", b.name, b.down_reason));
                     }
                 }
             }
@@ -161,12 +188,28 @@ fn half_sent_admin_requests_do_not_take_the_backends_down() {
     );
     assert_eq!(no_backend, 0);
     assert_eq!(exhausted, 0, "the daemon ran out of descriptors");
+    // The cap did the closing, and the metric shows it.
+    let closed: Vec<u64> = reasons
+        .iter()
+        .zip(&closed_before)
+        .map(|(r, before)| closed_admin_connections(&d, r) - before)
+        .collect();
+    println!("admin connections closed during the flood: {reasons:?} = {closed:?}");
+    assert!(
+        closed[0] >= (opened / 2) as u64,
+        "only {} connections evicted at the cap of {opened} opened",
+        closed[0]
+    );
+    assert!(
+        closed.iter().sum::<u64>() >= (opened - MAX_CONNECTIONS) as u64,
+        "{closed:?} closed of {opened} opened"
+    );
     // And after it, the daemon is fully usable.
     let status = d.service_status().unwrap();
-    assert!(status["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|b| b["up"] == true));
+    assert!(
+        status.backends.iter().all(|b| b.up),
+        "{:?}",
+        status.backends
+    );
     e2e_support::cli_ok(&d, &["set-weight", "10"]);
 }

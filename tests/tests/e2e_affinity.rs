@@ -18,6 +18,11 @@ fn every_connection_of_a_client_lands_in_one_group_through_a_promotion() {
     spec.lab.client_extra_addresses = 40;
     spec.affinity = "client-ip".into();
     spec.start = "paused".into();
+    // Every new connection follows its client's group at the current weight, even one that
+    // reuses the 5-tuple of a connection of the previous step (the load generator reuses ports
+    // within seconds); the default `syn_replace_after` (5 s) would send such a SYN after the
+    // previous connection's backend.
+    spec.syn_replace_after = "0s".into();
     let d = start(spec);
 
     // Per client address: the version it got at each step.

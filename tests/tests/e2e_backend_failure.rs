@@ -9,15 +9,15 @@ use std::time::{Duration, Instant};
 
 use canary_lab::deployment::{Deployment, DeploymentSpec};
 use canary_lab::lab::LabSpec;
-use e2e_support::{cli_ok, decisions, flows, new_conn_load, start, totals, Background};
+use canary_userspace::api::ServiceStatus;
+use canary_userspace::judge::Reason;
+use e2e_support::{
+    backend, cli_ok, decisions, flows, last_message, new_conn_load, start, totals, Background,
+};
 
-fn backend<'a>(s: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    s["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == name)
-        .unwrap()
+/// The reason of the last decision, if there is one.
+fn last_reason(s: &ServiceStatus) -> Option<Reason> {
+    s.last_decision.as_ref().map(|d| d.reason)
 }
 
 /// Waits until `name` is out of its table; returns how long it took and its counter then.
@@ -25,13 +25,13 @@ fn wait_down(d: &Deployment, name: &str, since: Instant) -> (Duration, u64) {
     loop {
         let s = d.service_status().unwrap();
         let b = backend(&s, name);
-        if b["up"] == false {
+        if !b.up {
             println!(
-                "{name} down after {:.2}s: {}",
+                "{name} down after {:.2}s: {:?}",
                 since.elapsed().as_secs_f64(),
-                b["down_reason"]
+                b.down_reason
             );
-            return (since.elapsed(), b["new_flows"].as_u64().unwrap());
+            return (since.elapsed(), b.new_flows);
         }
         assert!(
             since.elapsed() < Duration::from_secs(10),
@@ -81,9 +81,9 @@ fn dead_canary_backend_leaves_its_table_and_the_missing_canary_follows_the_polic
             "4 s later: k0 new flows {k0_flows} -> {}, k1 {k1_before} -> {}; phase {} weight {}; {}",
             after["k0"],
             after["k1"],
-            s["phase"],
-            s["weight_percent"],
-            s["last_decision"]["message"]
+            s.phase,
+            s.weight_percent,
+            last_message(&s)
         );
         assert_eq!(after["k0"], k0_flows, "new flows reached the dead k0");
         assert!(
@@ -91,7 +91,7 @@ fn dead_canary_backend_leaves_its_table_and_the_missing_canary_follows_the_polic
             "the other canary backend takes the canary's share"
         );
         assert_eq!(
-            s["phase"], "stepping",
+            s.phase, "stepping",
             "one dead canary backend alone is not a verdict"
         );
 
@@ -107,18 +107,18 @@ fn dead_canary_backend_leaves_its_table_and_the_missing_canary_follows_the_polic
             &d,
             "rollback on missing canary metrics",
             Duration::from_secs(20),
-            |s| s["phase"] == "rolled_back",
+            |s| s.phase == "rolled_back",
         );
         println!(
-            "canary group gone: rolled back {:.1}s after k1 died: {} ({})",
+            "canary group gone: rolled back {:.1}s after k1 died: {} ({:?})",
             t1.elapsed().as_secs_f64(),
-            s["last_decision"]["message"],
-            s["last_decision"]["reason"]
+            last_message(&s),
+            last_reason(&s)
         );
         for e in decisions(&s) {
             println!("  {e}");
         }
-        assert_eq!(s["last_decision"]["reason"], "metrics_missing");
+        assert_eq!(last_reason(&s), Some(Reason::MetricsMissing));
         bg.finish()
     });
     let (requests, ok, failed, transport, http) = totals(&reports);
@@ -152,25 +152,26 @@ fn metrics_down(policy: &str, tag: char) {
         cli_ok(&d, &["resume"]);
         let t0 = Instant::now();
         let mut max_weight = 0.0_f64;
-        let mut last = serde_json::Value::Null;
+        let mut last = None;
         // Five evaluation intervals with enough samples that a healthy canary would step up.
         while t0.elapsed() < Duration::from_secs(11) {
             let s = d.service_status().unwrap();
-            max_weight = max_weight.max(s["weight_percent"].as_f64().unwrap());
-            let done = s["phase"] == "rolled_back";
-            last = s;
+            max_weight = max_weight.max(s.weight_percent);
+            let done = s.phase == "rolled_back";
+            last = Some(s);
             if done {
                 break;
             }
             std::thread::sleep(Duration::from_millis(250));
         }
+        let last = last.expect("a status");
         println!(
             "metrics_missing = {policy}: after {:.1}s phase {} weight {} (highest {max_weight}); \
              k0 metrics_ok {}",
             t0.elapsed().as_secs_f64(),
-            last["phase"],
-            last["weight_percent"],
-            backend(&last, "k0")["metrics_ok"]
+            last.phase,
+            last.weight_percent,
+            backend(&last, "k0").metrics_ok
         );
         for e in decisions(&last) {
             println!("  {e}");
@@ -180,34 +181,31 @@ fn metrics_down(policy: &str, tag: char) {
             !decisions(&last).iter().any(|e| e.contains("healthy")),
             "a healthy verdict on missing metrics"
         );
-        assert_eq!(backend(&last, "k0")["metrics_ok"], false);
+        assert!(!backend(&last, "k0").metrics_ok);
         if policy == "hold" {
-            assert_eq!(last["phase"], "stepping");
-            assert_eq!(last["weight_percent"], 25.0);
-            assert_eq!(last["last_decision"]["reason"], "metrics_missing");
+            assert_eq!(last.phase, "stepping");
+            e2e_support::assert_weight(&last, 25.0);
+            assert_eq!(last_reason(&last), Some(Reason::MetricsMissing));
             // Metrics back: the same rollout goes on and steps up.
             d.fault(&k0, r#"{"metrics_failing":false}"#).unwrap();
             let (s, waited) = e2e_support::wait_status(
                 &d,
                 "a step up once the metrics are back",
                 Duration::from_secs(30),
-                |s| {
-                    s["weight_percent"].as_f64().unwrap_or(0.0) > 25.0
-                        || s["phase"] == "rolled_back"
-                },
+                |s| s.weight_percent > 25.0 || s.phase == "rolled_back",
             );
             println!(
                 "metrics back: {:.1}s later phase {} weight {} ({})",
                 waited.as_secs_f64(),
-                s["phase"],
-                s["weight_percent"],
-                s["last_decision"]["message"]
+                s.phase,
+                s.weight_percent,
+                last_message(&s)
             );
-            assert_eq!(s["phase"], "stepping");
+            assert_eq!(s.phase, "stepping");
         } else {
-            assert_eq!(last["phase"], "rolled_back");
-            assert_eq!(last["weight_percent"], 0.0);
-            assert_eq!(last["last_decision"]["reason"], "metrics_missing");
+            assert_eq!(last.phase, "rolled_back");
+            e2e_support::assert_weight(&last, 0.0);
+            assert_eq!(last_reason(&last), Some(Reason::MetricsMissing));
         }
         let reports = bg.finish();
         let (requests, ok, failed, _, _) = totals(&reports);

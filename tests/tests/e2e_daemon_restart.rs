@@ -15,7 +15,7 @@ use e2e_support::{
 };
 
 fn xdp_counter(d: &Deployment, name: &str) -> u64 {
-    d.status().unwrap()["xdp"][name].as_u64().unwrap_or(0)
+    d.status().unwrap().xdp.get(name).copied().unwrap_or(0)
 }
 
 #[test]
@@ -32,8 +32,8 @@ fn kill_9_under_load_then_restart_resumes_the_same_step_without_failures() {
     cli_ok(&d, &["resume"]);
     let before = d.service_status().unwrap();
     println!(
-        "before: phase {} step {} weight {} paused {}",
-        before["phase"], before["step"], before["weight_percent"], before["paused"]
+        "before: phase {} step {:?} weight {} paused {}",
+        before.phase, before.step, before.weight_percent, before.paused
     );
 
     // New connections and keep-alive connections for 30 s from both clients.
@@ -64,37 +64,37 @@ fn kill_9_under_load_then_restart_resumes_the_same_step_without_failures() {
     let gap = gap.elapsed();
     let after = d.service_status().unwrap();
     println!(
-        "restarted after {:.1}s: phase {} step {} weight {} paused {}; {}",
+        "restarted after {:.1}s: phase {} step {:?} weight {} paused {}; {}",
         gap.as_secs_f64(),
-        after["phase"],
-        after["step"],
-        after["weight_percent"],
-        after["paused"],
+        after.phase,
+        after.step,
+        after.weight_percent,
+        after.paused,
         d.daemon_log()
             .lines()
             .find(|l| l.contains("re-attached") || l.contains("XDP program attached"))
             .unwrap_or("(no attach line)")
     );
-    assert_eq!(after["phase"], "stepping");
-    assert_eq!(after["step"], before["step"]);
-    assert_eq!(after["weight_percent"], 25.0);
-    assert_eq!(after["paused"], false);
+    assert_eq!(after.phase, "stepping");
+    assert_eq!(after.step, before.step);
+    e2e_support::assert_weight(&after, 25.0);
+    assert!(!after.paused);
 
     // The rollout goes on from there: the next evaluation steps up.
     let (next, waited) = e2e_support::wait_status(
         &d,
         "the next step after the restart",
         Duration::from_secs(30),
-        |s| s["weight_percent"].as_f64().unwrap_or(0.0) > 25.0 || s["phase"] == "rolled_back",
+        |s| s.weight_percent > 25.0 || s.phase == "rolled_back",
     );
     println!(
         "{:.1}s after the restart: phase {} weight {} ({})",
         waited.as_secs_f64(),
-        next["phase"],
-        next["weight_percent"],
-        next["last_decision"]["message"]
+        next.phase,
+        next.weight_percent,
+        e2e_support::last_message(&next)
     );
-    assert_eq!(next["phase"], "stepping");
+    assert_eq!(next.phase, "stepping");
 
     let reports: Vec<_> = procs
         .into_iter()

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use canary_lab::deployment::DeploymentSpec;
 use canary_lab::lab::LabSpec;
+use canary_userspace::judge::Reason;
 use e2e_support::{cli_ok, flows, group_sum, new_conn_load, start, totals, Background};
 
 #[test]
@@ -34,19 +35,13 @@ fn error_spike_at_25_percent_stops_new_canary_flows_within_3_seconds() {
         let mut samples = Vec::new();
         while switch_at.elapsed() < Duration::from_secs(9) {
             if let Ok(s) = d.service_status() {
-                let f: u64 = s["backends"]
-                    .as_array()
-                    .unwrap()
+                let f: u64 = s
+                    .backends
                     .iter()
-                    .filter(|b| b["group"] == "canary")
-                    .map(|b| b["new_flows"].as_u64().unwrap())
+                    .filter(|b| b.group == "canary")
+                    .map(|b| b.new_flows)
                     .sum();
-                samples.push((
-                    switch_at.elapsed(),
-                    f,
-                    s["weight_percent"].as_f64().unwrap(),
-                    s["phase"].as_str().unwrap().to_string(),
-                ));
+                samples.push((switch_at.elapsed(), f, s.weight_percent, s.phase));
             }
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -69,7 +64,10 @@ fn error_spike_at_25_percent_stops_new_canary_flows_within_3_seconds() {
         .unwrap_or_default();
     let rolled_back_at = samples.iter().find(|s| s.3 == "rolled_back").map(|s| s.0);
     let status = d.service_status().unwrap();
-    let decision = &status["last_decision"];
+    let decision = status
+        .last_decision
+        .as_ref()
+        .expect("the status has a last decision");
     let (requests, ok, failed, transport, http) = totals(&reports);
     let codes: std::collections::BTreeSet<String> = reports
         .iter()
@@ -78,18 +76,18 @@ fn error_spike_at_25_percent_stops_new_canary_flows_within_3_seconds() {
     println!(
         "rollback seen at {rolled_back_at:?}; last new canary flow seen at +{:.2}s; decision {} ({}): {}",
         last_increase.as_secs_f64(),
-        decision["action"],
-        decision["reason"],
-        decision["message"]
+        decision.action.as_str(),
+        decision.reason.as_str(),
+        decision.message
     );
     println!(
         "clients: {requests} requests, {ok} ok, {failed} failed: {transport} connection-level, \
          {http} HTTP status (codes {codes:?})"
     );
     println!("final counters {:?}", flows(&d));
-    assert_eq!(status["phase"], "rolled_back");
-    assert_eq!(decision["reason"], "error_spike");
-    assert_eq!(status["weight_percent"], 0.0);
+    assert_eq!(status.phase, "rolled_back");
+    assert_eq!(decision.reason, Reason::ErrorSpike);
+    e2e_support::assert_weight(&status, 0.0);
     assert!(
         last_increase <= Duration::from_secs(3),
         "canary still got new flows {:.2}s after the switch",

@@ -25,8 +25,10 @@ use canary_lab::fastapi::MetricsLibrary;
 use canary_lab::lab::{LabSpec, Node, Role};
 use canary_lab::loadgen::{LoadSpec, Report};
 use canary_lab::server::ModelServer;
+use canary_userspace::api::ServiceStatus;
+use canary_userspace::judge::{Reason, Signal, SignalVerdict};
+use canary_userspace::rollout::Decision;
 use e2e_support::{cli_ok, decisions, new_conn_load, start, totals, wait_status, Background};
-use serde_json::Value;
 
 /// Two v1 backends and one v2 backend of the `FastAPI` example with `library`. The steps keep
 /// the lone v2 backend no busier than each v1 backend until the promotion (at 30 % it takes
@@ -63,36 +65,36 @@ fn load(d: &Deployment) -> LoadSpec {
 
 /// Load in the background until the rollout ends (promoted or rolled back); the final status
 /// and the reports of the load during the rollout.
-fn until_rollout_ends(d: &Deployment) -> (Value, Vec<Report>) {
+fn until_rollout_ends(d: &Deployment) -> (ServiceStatus, Vec<Report>) {
     std::thread::scope(|scope| {
         let bg = Background::start(scope, d, &load(d), Duration::from_secs(2));
         let (s, _) = wait_status(d, "the end of the rollout", Duration::from_mins(3), |s| {
-            s["phase"] == "promoted" || s["phase"] == "rolled_back"
+            s.phase == "promoted" || s.phase == "rolled_back"
         });
         (s, bg.finish())
     })
 }
 
-fn show(what: &str, status: &Value, reports: &[Report]) {
+fn show(what: &str, status: &ServiceStatus, reports: &[Report]) {
     let (requests, ok, failed, transport, http) = totals(reports);
     println!(
         "{what}: phase {} weight {}; load: {requests} requests, {ok} ok, {failed} failed \
          ({transport} transport, {http} HTTP status)",
-        status["phase"], status["weight_percent"]
+        status.phase, status.weight_percent
     );
-    for e in status["events"].as_array().into_iter().flatten() {
-        let undecided: Vec<&str> = e["judgement"]["signals"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|r| r["verdict"] == "inconclusive")
-            .filter_map(|r| r["signal"].as_str())
+    for e in &status.events {
+        let undecided: Vec<&str> = e
+            .judgement
+            .iter()
+            .flat_map(|j| &j.signals)
+            .filter(|r| r.verdict == SignalVerdict::Inconclusive)
+            .map(|r| r.signal.as_str())
             .collect();
         println!(
             "  {}/{}: {}{}",
-            e["action"],
-            e["reason"],
-            e["message"],
+            e.action.as_str(),
+            e.reason.as_str(),
+            e.message,
             if undecided.is_empty() {
                 String::new()
             } else {
@@ -111,14 +113,30 @@ fn canary_only(flags: &[&str], node: &Node) -> Vec<String> {
     }
 }
 
-/// The verdict on `signal` in a decision's judgement.
-fn verdict<'a>(decision: &'a Value, signal: &str) -> &'a str {
-    decision["judgement"]["signals"]
-        .as_array()
-        .and_then(|s| s.iter().find(|r| r["signal"] == signal))
-        .and_then(|r| r["verdict"].as_str())
-        .unwrap_or("absent")
+/// The verdict on `signal` in a decision's judgement (`None`: absent).
+fn verdict(decision: &Decision, signal: Signal) -> Option<SignalVerdict> {
+    decision
+        .judgement
+        .as_ref()
+        .and_then(|j| j.signal(signal))
+        .map(|r| r.verdict)
 }
+
+/// The last decision, failing the test when there is none.
+fn last_decision(status: &ServiceStatus) -> &Decision {
+    status
+        .last_decision
+        .as_ref()
+        .unwrap_or_else(|| panic!("no decision in the status: {status:?}"))
+}
+
+/// The four signals a healthy step passes on.
+const JUDGED: [Signal; 4] = [
+    Signal::ErrorRate,
+    Signal::LatencyMean,
+    Signal::LatencyP95,
+    Signal::Predictions,
+];
 
 fn unix_ms() -> u64 {
     SystemTime::now()
@@ -137,22 +155,26 @@ fn fastapi_healthy_v2_with_prometheus_client_is_promoted_without_a_failed_reques
             println!("failures {:?}: {:?}", r.failures, r.failure_samples);
         }
     }
-    assert_eq!(status["phase"], "promoted", "{:#?}", decisions(&status));
-    assert!((status["weight_percent"].as_f64().unwrap() - 100.0).abs() < 1e-9);
+    assert_eq!(status.phase, "promoted", "{:#?}", decisions(&status));
+    assert!((status.weight_percent - 100.0).abs() < 1e-9);
     let (requests, ok, failed, _, _) = totals(&reports);
     assert_eq!(failed, 0, "no request fails during a healthy rollout");
     assert_eq!(ok, requests);
     // Every promotion was the judge's, on the example's own series read through the preset.
-    let promotions: Vec<&Value> = status["events"]
-        .as_array()
-        .unwrap()
+    let promotions: Vec<&Decision> = status
+        .events
         .iter()
-        .filter(|e| e["reason"] == "healthy")
+        .filter(|e| e.reason == Reason::Healthy)
         .collect();
     assert_eq!(promotions.len(), 2, "{:#?}", decisions(&status));
     for p in promotions {
-        for signal in ["error_rate", "latency_mean", "latency_p95", "predictions"] {
-            assert_eq!(verdict(p, signal), "pass", "{signal} in {p}");
+        for signal in JUDGED {
+            assert_eq!(
+                verdict(p, signal),
+                Some(SignalVerdict::Pass),
+                "{} in {p:#?}",
+                signal.as_str()
+            );
         }
     }
     let versions = e2e_support::merge_versions(&reports);
@@ -170,24 +192,26 @@ fn fastapi_v2_predicting_positive_80_percent_is_rolled_back_by_the_prediction_ga
     let d = start(spec);
     let (status, reports) = until_rollout_ends(&d);
     show("skewed v2", &status, &reports);
-    let decision = &status["last_decision"];
-    assert_eq!(status["phase"], "rolled_back", "{:#?}", decisions(&status));
-    assert_eq!(decision["reason"], "prediction_shift", "{decision:#}");
-    assert!(
-        decision["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("prediction")),
-        "{decision:#}"
+    assert_eq!(status.phase, "rolled_back", "{:#?}", decisions(&status));
+    let decision = last_decision(&status);
+    assert_eq!(decision.reason, Reason::PredictionShift, "{decision:#?}");
+    assert!(decision.message.contains("prediction"), "{decision:#?}");
+    assert_eq!(
+        verdict(decision, Signal::Predictions),
+        Some(SignalVerdict::Fail),
+        "{decision:#?}"
     );
-    assert_eq!(verdict(decision, "predictions"), "fail", "{decision:#}");
-    assert_ne!(verdict(decision, "error_rate"), "fail", "{decision:#}");
-    let shift = decision["judgement"]["signals"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["signal"] == "predictions")
-        .and_then(|r| r["estimate"].as_f64())
-        .unwrap();
+    assert_ne!(
+        verdict(decision, Signal::ErrorRate),
+        Some(SignalVerdict::Fail),
+        "{decision:#?}"
+    );
+    let shift = decision
+        .judgement
+        .as_ref()
+        .and_then(|j| j.signal(Signal::Predictions))
+        .and_then(|r| r.estimate)
+        .unwrap_or_else(|| panic!("no measured prediction shift: {decision:#?}"));
     // 80 % against 60 %: a total variation distance of 0.2.
     assert!((0.12..0.3).contains(&shift), "measured shift {shift}");
     let (_, _, failed, _, _) = totals(&reports);
@@ -215,21 +239,21 @@ fn fastapi_v2_failing_10_percent_is_rolled_back_by_the_spike_rule_at_the_next_po
         let bg = Background::start(scope, &d, &load(&d), Duration::from_secs(2));
         // Healthy first: the spike rule sees the canary's ordinary answers.
         std::thread::sleep(2 * poll);
-        assert_eq!(d.service_status().unwrap()["phase"], "stepping");
+        assert_eq!(d.service_status().unwrap().phase, "stepping");
         let fault_ms = unix_ms();
         d.fault(&d.lab.canary()[0], r#"{"error_rate": 0.1}"#)
             .expect("fault");
         let (s, _) = wait_status(&d, "the rollback", Duration::from_secs(30), |s| {
-            s["phase"] == "rolled_back"
+            s.phase == "rolled_back"
         });
         (fault_ms, s, bg.finish())
     });
     show("v2 at 10 % errors", &status, &reports);
-    let decision = &status["last_decision"];
-    let after = decision["at_ms"].as_u64().unwrap().saturating_sub(fault_ms);
+    let decision = last_decision(&status);
+    let after = decision.at_ms.saturating_sub(fault_ms);
     println!("rolled back {after} ms after the fault");
-    assert_eq!(decision["reason"], "error_spike", "{decision:#}");
-    assert_eq!(status["weight_percent"], 0.0);
+    assert_eq!(decision.reason, Reason::ErrorSpike, "{decision:#?}");
+    e2e_support::assert_weight(&status, 0.0);
     // The poll running when the fault began may hold too few of its errors; the next one,
     // entirely after it, decides.
     assert!(
@@ -246,7 +270,7 @@ fn fastapi_v2_failing_10_percent_is_rolled_back_by_the_spike_rule_at_the_next_po
 
 /// A v2 whose first 40 `/predict` requests take 250 ms more (a cold model), warmed up with
 /// POSTs of a `warmup_body` to `/predict` when `warm_the_model`, else with GETs of `/healthz`.
-fn cold_v2(tag: char, warm_the_model: bool) -> (Value, Vec<Report>) {
+fn cold_v2(tag: char, warm_the_model: bool) -> (ServiceStatus, Vec<Report>) {
     let mut spec = spec(tag, MetricsLibrary::PrometheusClient);
     spec.model_args = |n| canary_only(&["--cold-requests", "40", "--cold-latency-ms", "250"], n);
     spec.warmup_requests = 40;
@@ -271,7 +295,7 @@ fn cold_v2(tag: char, warm_the_model: bool) -> (Value, Vec<Report>) {
 #[test]
 fn fastapi_cold_v2_warmed_up_through_predict_is_promoted() {
     let (status, reports) = cold_v2('i', true);
-    assert_eq!(status["phase"], "promoted", "{:#?}", decisions(&status));
+    assert_eq!(status.phase, "promoted", "{:#?}", decisions(&status));
     let latency_decisions: Vec<String> = decisions(&status)
         .into_iter()
         .filter(|d| d.contains("latency"))
@@ -287,10 +311,10 @@ fn fastapi_cold_v2_warmed_up_through_its_health_endpoint_is_rolled_back_for_late
     // The control of the test above: the same cold v2, but the warm-up never reaches the
     // model, so its slow first answers are judged.
     let (status, _) = cold_v2('j', false);
-    let decision = &status["last_decision"];
-    assert_eq!(status["phase"], "rolled_back", "{:#?}", decisions(&status));
+    assert_eq!(status.phase, "rolled_back", "{:#?}", decisions(&status));
+    let decision = last_decision(&status);
     assert!(
-        decision["reason"] == "latency_p95" || decision["reason"] == "latency_mean",
-        "{decision:#}"
+        matches!(decision.reason, Reason::LatencyP95 | Reason::LatencyMean),
+        "{decision:#?}"
     );
 }

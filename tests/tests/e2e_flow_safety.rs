@@ -82,11 +82,8 @@ fn keepalive_connections_survive_promotion_and_drain_rollback() {
     std::thread::sleep(Duration::from_secs(6));
     cli_ok(&d, &["rollback"]);
     let s = d.service_status().unwrap();
-    println!(
-        "rolled back: phase {} weight {}",
-        s["phase"], s["weight_percent"]
-    );
-    assert_eq!(s["phase"], "rolled_back");
+    println!("rolled back: phase {} weight {}", s.phase, s.weight_percent);
+    assert_eq!(s.phase, "rolled_back");
 
     let first = d.wait_load(first, Duration::from_mins(1)).unwrap();
     let second = d.wait_load(second, Duration::from_mins(1)).unwrap();

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use canary_lab::deployment::{metric_value, Deployment, DeploymentSpec};
 use canary_lab::lab::LabSpec;
+use canary_userspace::api::{BackendStatus, ServiceStatus};
+use canary_userspace::judge::Reason;
 use e2e_support::{cli_ok, new_conn_load, start, Background};
 
 /// Peak resident set size of a process, in bytes (`VmHWM` of /proc/PID/status).
@@ -38,14 +40,8 @@ fn too_large_count(d: &Deployment) -> f64 {
     .unwrap_or(0.0)
 }
 
-fn k0(s: &serde_json::Value) -> serde_json::Value {
-    s["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == "k0")
-        .unwrap()
-        .clone()
+fn k0(s: &ServiceStatus) -> &BackendStatus {
+    e2e_support::backend(s, "k0")
 }
 
 #[test]
@@ -72,12 +68,12 @@ fn an_endless_metrics_answer_costs_bounded_memory_and_counts_as_missing() {
         // the peak RSS.
         std::thread::sleep(Duration::from_secs(3));
         let before = peak_rss(pid);
-        assert_eq!(k0(&d.service_status().unwrap())["metrics_ok"], true);
+        assert!(k0(&d.service_status().unwrap()).metrics_ok);
 
         d.fault(&k0_node, r#"{"metrics_flood":true}"#).unwrap();
         cli_ok(&d, &["resume"]);
         let t0 = Instant::now();
-        let mut last = serde_json::Value::Null;
+        let mut last = None;
         let mut max_weight = 0.0_f64;
         // Ten polls of a backend streaming as fast as the link takes it.
         while t0.elapsed() < Duration::from_secs(10) {
@@ -90,24 +86,25 @@ fn an_endless_metrics_answer_costs_bounded_memory_and_counts_as_missing() {
                 "/status took {:?} during the flood",
                 asked.elapsed()
             );
-            max_weight = max_weight.max(s["weight_percent"].as_f64().unwrap());
-            last = s;
+            max_weight = max_weight.max(s.weight_percent);
+            last = Some(s);
             std::thread::sleep(Duration::from_millis(250));
         }
         let after = peak_rss(pid);
         let rejected = too_large_count(&d);
+        let last = last.expect("a status during the flood");
         let k = k0(&last);
         println!(
             "flood: daemon peak RSS {:.1} MiB before, {:.1} MiB after 10 s; {rejected} scrapes \
-             refused as too large; k0 metrics_ok {} ({}); phase {} weight {} (highest \
+             refused as too large; k0 metrics_ok {} ({:?}); phase {} weight {} (highest \
              {max_weight}); last decision: {}",
             before as f64 / MIB as f64,
             after as f64 / MIB as f64,
-            k["metrics_ok"],
-            k["metrics_problem"],
-            last["phase"],
-            last["weight_percent"],
-            last["last_decision"]["message"],
+            k.metrics_ok,
+            k.metrics_problem,
+            last.phase,
+            last.weight_percent,
+            e2e_support::last_message(&last),
         );
         // 4 MiB of body at most (its buffer's capacity at most 8 MiB), one poll at a time.
         // Without the cap the daemon buffered all it could read within the poll's timeout:
@@ -118,17 +115,20 @@ fn an_endless_metrics_answer_costs_bounded_memory_and_counts_as_missing() {
             (after - before) / MIB
         );
         assert!(rejected >= 5.0, "only {rejected} scrapes were refused");
-        assert_eq!(k["metrics_ok"], false);
-        let problem = k["metrics_problem"].as_str().unwrap_or_default();
+        assert!(!k.metrics_ok);
+        let problem = k.metrics_problem.as_deref().unwrap_or_default();
         assert!(
             problem.starts_with(
                 "metrics answer is larger than upstream.max_scrape_bytes (4194304 bytes)"
             ),
             "{problem}"
         );
-        assert_eq!(last["phase"], "stepping");
+        assert_eq!(last.phase, "stepping");
         assert!(max_weight <= 25.0, "promoted on missing metrics");
-        assert_eq!(last["last_decision"]["reason"], "metrics_missing");
+        assert_eq!(
+            last.last_decision.as_ref().map(|d| d.reason),
+            Some(Reason::MetricsMissing)
+        );
 
         // Sane again: the same rollout goes on.
         d.fault(&k0_node, r#"{"metrics_flood":false}"#).unwrap();
@@ -136,16 +136,16 @@ fn an_endless_metrics_answer_costs_bounded_memory_and_counts_as_missing() {
             &d,
             "a step up once the metrics are sane",
             Duration::from_secs(30),
-            |s| s["weight_percent"].as_f64().unwrap_or(0.0) > 25.0 || s["phase"] == "rolled_back",
+            |s| s.weight_percent > 25.0 || s.phase == "rolled_back",
         );
         println!(
             "metrics sane: {:.1}s later phase {} weight {}",
             waited.as_secs_f64(),
-            s["phase"],
-            s["weight_percent"]
+            s.phase,
+            s.weight_percent
         );
-        assert_eq!(k0(&s)["metrics_ok"], true);
-        assert!(s["weight_percent"].as_f64().unwrap() > 25.0);
+        assert!(k0(&s).metrics_ok);
+        assert!(s.weight_percent > 25.0);
         bg.finish()
     });
 }

@@ -17,8 +17,8 @@ use canary_lab::deployment::{Deployment, DeploymentSpec};
 use canary_lab::fastapi::MetricsLibrary;
 use canary_lab::lab::{LabSpec, SERVICE_PORT};
 use canary_lab::server::ModelServer;
+use canary_userspace::judge::{Reason, Signal, SignalVerdict};
 use e2e_support::{new_conn_load, require_root, wait_status, Background};
-use serde_json::Value;
 
 /// `canary init` for the lab's backends, run in the load balancer's namespace.
 fn init(d: &Deployment) -> Output {
@@ -145,50 +145,46 @@ fn init_then_run(tag: char, server: ModelServer) {
             &d,
             "a step judged on every backend's metrics",
             Duration::from_mins(3),
-            |s| {
-                s["phase"] == "rolled_back"
-                    || s["events"]
-                        .as_array()
-                        .is_some_and(|es| es.iter().any(|e| e["reason"] == "healthy"))
-            },
+            |s| s.phase == "rolled_back" || s.events.iter().any(|e| e.reason == Reason::Healthy),
         );
         bg.finish();
         s
     });
-    for b in status["backends"].as_array().unwrap() {
+    assert!(!status.backends.is_empty(), "{status:?}");
+    for b in &status.backends {
         println!(
-            "  {} {}: up {} metrics_ok {} reported requests {} versions {}",
-            b["group"],
-            b["name"],
-            b["up"],
-            b["metrics_ok"],
-            b["reported_requests"],
-            b["reported_versions"]
+            "  {} {}: up {} metrics_ok {} reported requests {:?} versions {:?}",
+            b.group, b.name, b.up, b.metrics_ok, b.reported_requests, b.reported_versions
         );
-        assert_eq!(b["up"], true, "{b}");
-        assert_eq!(b["metrics_ok"], true, "{b}");
-        assert!(
-            b["reported_requests"].as_f64().is_some_and(|n| n > 0.0),
-            "{b}"
-        );
+        assert!(b.up, "{b:?}");
+        assert!(b.metrics_ok, "{b:?}");
+        assert!(b.reported_requests.is_some_and(|n| n > 0.0), "{b:?}");
     }
-    let healthy: &Value = status["events"]
-        .as_array()
-        .unwrap()
+    let healthy = status
+        .events
         .iter()
-        .find(|e| e["reason"] == "healthy")
+        .find(|e| e.reason == Reason::Healthy)
         .unwrap_or_else(|| {
             panic!(
                 "no step judged healthy: {:#?}",
                 e2e_support::decisions(&status)
             )
         });
-    for r in healthy["judgement"]["signals"].as_array().unwrap() {
-        if ["error_rate", "latency_mean", "latency_p95", "predictions"]
-            .contains(&r["signal"].as_str().unwrap_or(""))
+    let judgement = healthy
+        .judgement
+        .as_ref()
+        .unwrap_or_else(|| panic!("the healthy step has no judgement: {healthy:?}"));
+    for r in &judgement.signals {
+        if [
+            Signal::ErrorRate,
+            Signal::LatencyMean,
+            Signal::LatencyP95,
+            Signal::Predictions,
+        ]
+        .contains(&r.signal)
         {
-            assert_eq!(r["verdict"], "pass", "{r}");
-            assert!(r["n_canary"].as_u64().unwrap() > 0, "{r}");
+            assert_eq!(r.verdict, SignalVerdict::Pass, "{r:?}");
+            assert!(r.n_canary > 0, "{r:?}");
         }
     }
 }

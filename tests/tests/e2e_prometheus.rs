@@ -22,6 +22,7 @@ use canary_lab::prometheus::{samples, series, Prometheus};
 use canary_tests::deploy::{
     dashboard, dashboard_queries, dashboard_variables, deploy_dir, prometheus_config, substitute,
 };
+use canary_userspace::rollout::DecisionAction;
 use e2e_support::{cli_ok, new_conn_load, start, wait_status, Background};
 
 fn unix_now() -> f64 {
@@ -106,7 +107,7 @@ fn dashboard_queries_weight_and_rollback_alert_in_a_real_prometheus() {
                 let from = unix_now();
                 if let Ok(s) = d.service_status() {
                     let to = unix_now();
-                    let ratio = s["weight_percent"].as_f64().unwrap() / 100.0;
+                    let ratio = s.weight_percent / 100.0;
                     status_samples
                         .lock()
                         .unwrap()
@@ -120,9 +121,9 @@ fn dashboard_queries_weight_and_rollback_alert_in_a_real_prometheus() {
         // A rollout to 100 %.
         cli_ok(&d, &["resume"]);
         let (promoted, took) = wait_status(&d, "promotion", Duration::from_mins(3), |s| {
-            s["phase"] == "promoted" || s["phase"] == "rolled_back"
+            s.phase == "promoted" || s.phase == "rolled_back"
         });
-        println!("phase {} after {took:.1?}", promoted["phase"]);
+        println!("phase {} after {took:.1?}", promoted.phase);
         // Prometheus sees the promotion (three scrapes at 100 %) before anything else happens.
         prom.wait_for("scrapes at 100 %", Duration::from_secs(30), |p| {
             let raw = p.query("canary_weight_ratio{service=\"sentiment\"}[5s]", None)?;
@@ -141,13 +142,13 @@ fn dashboard_queries_weight_and_rollback_alert_in_a_real_prometheus() {
             &d,
             "the new rollout's first step",
             Duration::from_mins(1),
-            |s| s["phase"] == "stepping",
+            |s| s.phase == "stepping",
         );
         for k in d.lab.canary() {
             d.fault(k, r#"{"error_rate":0.4}"#).expect("fault");
         }
         let (rolled_back, _) = wait_status(&d, "rollback", Duration::from_mins(1), |s| {
-            s["phase"] == "rolled_back"
+            s.phase == "rolled_back"
         });
         // A few more seconds of traffic and scrapes after the rollback.
         std::thread::sleep(Duration::from_secs(4));
@@ -157,12 +158,15 @@ fn dashboard_queries_weight_and_rollback_alert_in_a_real_prometheus() {
         (promoted, rolled_back)
     });
     assert_eq!(
-        promoted["phase"],
+        promoted.phase,
         "promoted",
         "{:#?}",
         e2e_support::decisions(&promoted)
     );
-    assert_eq!(rolled_back["last_decision"]["action"], "rollback");
+    assert_eq!(
+        rolled_back.last_decision.as_ref().map(|d| d.action),
+        Some(DecisionAction::Rollback)
+    );
 
     // The rollback alert fires.
     let alert = prom

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use canary_lab::deployment::DeploymentSpec;
 use canary_lab::lab::LabSpec;
+use canary_userspace::rollout::DecisionAction;
 use e2e_support::{
     cli_ok, flow_delta, flows, group_sum, load_all_clients, new_conn_load, settle_counters, start,
     totals, wait_status, Background,
@@ -20,6 +21,10 @@ fn healthy_canary_reaches_100_percent_and_stable_gets_no_new_flows() {
     spec.lab.canary = 2;
     // Many client addresses, as real traffic has: each address opens a few hundred connections.
     spec.lab.client_extra_addresses = 40;
+    // Every new connection follows the weight, even one that reuses the 5-tuple of a connection
+    // that ended a moment ago (the load generator reuses ports within seconds); the default
+    // `syn_replace_after` (5 s) would send such a SYN after the previous connection's backend.
+    spec.syn_replace_after = "0s".into();
     let d = start(spec);
     let t0 = Instant::now();
 
@@ -29,13 +34,13 @@ fn healthy_canary_reaches_100_percent_and_stable_gets_no_new_flows() {
     let (promoted, background) = std::thread::scope(|scope| {
         let bg = Background::start(scope, &d, &load, Duration::from_secs(2));
         let (s, _) = wait_status(&d, "promotion to 100%", Duration::from_mins(2), |s| {
-            s["phase"] == "promoted" || s["phase"] == "rolled_back"
+            s.phase == "promoted" || s.phase == "rolled_back"
         });
         (s, bg.finish())
     });
     let took = t0.elapsed();
     let events = e2e_support::decisions(&promoted);
-    println!("phase {} after {took:.1?}; decisions:", promoted["phase"]);
+    println!("phase {} after {took:.1?}; decisions:", promoted.phase);
     for e in &events {
         println!("  {e}");
     }
@@ -44,14 +49,13 @@ fn healthy_canary_reaches_100_percent_and_stable_gets_no_new_flows() {
         "load during the rollout: {requests} requests, {ok} ok, {failed} failed \
          ({transport} transport, {status} HTTP status)"
     );
-    assert_eq!(promoted["phase"], "promoted", "{events:#?}");
-    assert!((promoted["weight_percent"].as_f64().unwrap() - 100.0).abs() < 1e-9);
-    let weights: Vec<f64> = promoted["events"]
-        .as_array()
-        .unwrap()
+    assert_eq!(promoted.phase, "promoted", "{events:#?}");
+    assert!((promoted.weight_percent - 100.0).abs() < 1e-9);
+    let weights: Vec<f64> = promoted
+        .events
         .iter()
-        .filter(|e| e["action"] == "promote")
-        .filter_map(|e| e["to"].as_f64().or_else(|| e["to"]["percent"].as_f64()))
+        .filter(|e| e.action == DecisionAction::Promote)
+        .map(|e| e.to.percent())
         .collect();
     println!("promote decisions to: {weights:?}");
     for r in &background {

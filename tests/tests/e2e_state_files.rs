@@ -46,16 +46,14 @@ fn state_file_deleted_or_tampered_mid_rollout() {
     println!(
         "restarted without {}: phase {} weight {} ({})",
         state.display(),
-        s["phase"],
-        s["weight_percent"],
-        s["last_decision"]["message"]
+        s.phase,
+        s.weight_percent,
+        e2e_support::last_message(&s)
     );
-    assert_eq!(s["phase"], "stepping");
-    assert_eq!(s["weight_percent"], 25.0, "the pinned weight is kept");
-    assert!(s["last_decision"]["message"]
-        .as_str()
-        .unwrap_or("")
-        .contains("is missing"));
+    assert_eq!(s.phase, "stepping");
+    // The pinned weight is kept.
+    e2e_support::assert_weight(&s, 25.0);
+    assert!(e2e_support::last_message(&s).contains("is missing"));
     settle_counters();
     let share = canary_share(&d);
     println!("canary share after the restart: {share:.3}");
@@ -90,5 +88,5 @@ fn state_file_deleted_or_tampered_mid_rollout() {
     // Fixed (here: deleted), the daemon starts and keeps the pinned weight again.
     std::fs::remove_file(&state).unwrap();
     d.start_daemon().unwrap();
-    assert_eq!(d.service_status().unwrap()["weight_percent"], 25.0);
+    e2e_support::assert_weight(&d.service_status().unwrap(), 25.0);
 }

@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use canary_lab::bins;
-use canary_lab::deployment::{config_text, DeploymentSpec};
+use canary_lab::deployment::{self, DeploymentSpec};
 use canary_lab::lab::{Lab, LabProcess, LabSpec, SERVICE_PORT};
 use canary_lab::server::ModelServer;
 use canary_tests::deploy::deploy_dir;
+use canary_userspace::api::Status;
+use canary_userspace::config::raw::RawBackend;
 
 /// An address of the lab's subnet that no node holds: a backend there never answers, so its
 /// health probe lasts the whole probe timeout and the first poll cannot finish early.
@@ -55,17 +57,16 @@ fn setup(prefix: char) -> Setup {
     let models = lab
         .start_models(ModelServer::CanaryModel, |_| Vec::new())
         .unwrap_or_else(|e| panic!("models: {e}"));
-    let silent = format!(
-        "\n  [[services.backends]]\n  name = \"silent\"\n  group = \"stable\"\n  \
-         address = \"{SILENT_BACKEND}\"\n  mac = \"02:00:00:00:00:c8\"\n  \
-         health_url = \"http://{SILENT_BACKEND}:{SERVICE_PORT}/healthz\"\n  \
-         metrics_url = \"http://{SILENT_BACKEND}:{SERVICE_PORT}/metrics\"\n"
-    );
-    let text = config_text(&spec, &lab, None).replacen(
-        "\n  [services.rollout]",
-        &format!("{silent}\n  [services.rollout]"),
-        1,
-    );
+    let mut raw = deployment::config(&spec, &lab, None).unwrap();
+    raw.services[0].backends.push(RawBackend {
+        name: "silent".into(),
+        group: "stable".into(),
+        address: SILENT_BACKEND.into(),
+        mac: "02:00:00:00:00:c8".into(),
+        health_url: format!("http://{SILENT_BACKEND}:{SERVICE_PORT}/healthz"),
+        metrics_url: format!("http://{SILENT_BACKEND}:{SERVICE_PORT}/metrics"),
+    });
+    let text = deployment::toml_text(&raw).unwrap();
     assert!(text.contains("name = \"silent\""));
     let config = lab.state_dir().join("canary.toml");
     std::fs::write(&config, text).unwrap();
@@ -114,7 +115,7 @@ impl Setup {
             .unwrap_or_else(|e| panic!("spawn the daemon: {e}"))
     }
 
-    fn status(&self) -> serde_json::Value {
+    fn status(&self) -> Status {
         let out = self
             .lab
             .output_in(
@@ -179,18 +180,18 @@ fn ready_only_once_the_maps_are_programmed_with_the_units_capabilities() {
     let waited = started.elapsed();
     println!("{message:?} after {waited:.2?}");
     assert_eq!(message.trim(), "READY=1");
-    let service = &status["services"][0];
-    assert_eq!(service["name"], "sentiment", "{status:#}");
-    let backends = service["backends"].as_array().unwrap();
+    let service = status.services.first().expect("a service in the status");
+    assert_eq!(service.name, "sentiment", "{status:#?}");
+    let backends = &service.backends;
     assert_eq!(backends.len(), 3);
     for b in backends {
         assert_ne!(
-            b["down_reason"].as_str(),
+            b.down_reason.as_deref(),
             Some("not probed yet"),
-            "READY=1 before the first poll programmed the maps: {b}"
+            "READY=1 before the first poll programmed the maps: {b:?}"
         );
-        let expect_up = b["name"] != "silent";
-        assert_eq!(b["up"].as_bool(), Some(expect_up), "{b}");
+        let expect_up = b.name != "silent";
+        assert_eq!(b.up, expect_up, "{b:?}");
     }
     // The maps are programmed: a new connection to the VIP is answered by the stable backend.
     let client = &s.lab.clients()[0].netns;

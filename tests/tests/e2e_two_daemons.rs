@@ -90,7 +90,7 @@ fn a_second_daemon_on_the_same_data_plane_is_refused() {
     // The first daemon is untouched and in charge.
     assert!(d.daemon.as_mut().unwrap().is_running());
     let s = d.service_status().unwrap();
-    assert_eq!(s["weight_percent"], 25.0);
+    e2e_support::assert_weight(&s, 25.0);
     settle_counters();
     let reports = load_all_clients(&d, &new_conn_load(&d, &d.lab.clients()[0], 400, 8));
     let (requests, _, failed, _, _) = totals(&reports);
@@ -106,10 +106,7 @@ fn a_second_daemon_on_the_same_data_plane_is_refused() {
     cli_ok(&d, &["rollback"]);
     std::thread::sleep(Duration::from_secs(3));
     let s = d.service_status().unwrap();
-    assert_eq!(
-        (s["phase"].as_str(), s["weight_percent"].as_f64()),
-        (Some("rolled_back"), Some(0.0))
-    );
+    assert_eq!((s.phase.as_str(), s.weight_percent), ("rolled_back", 0.0));
     let reports = load_all_clients(&d, &new_conn_load(&d, &d.lab.clients()[0], 300, 8));
     let versions = e2e_support::merge_versions(&reports);
     println!("after the rollback: versions {versions:?}");

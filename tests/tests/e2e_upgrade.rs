@@ -99,8 +99,15 @@ fn a_new_object_replaces_the_program_in_place_without_failures() {
     assert_eq!(after.prog_tag, tag_b, "B's program is attached");
     assert_ne!(after.prog_id, before.prog_id);
     assert_eq!(after.ifindex, before.ifindex);
+    // The new daemon wrote every setting over the kept CONFIG map.
+    let g = e2e_support::pinned_global_config(&d);
+    assert_eq!(
+        (g.lb_mac, g.syn_replace_after_ms, g.flood_guard_rate),
+        (d.lab.load_balancer().unwrap().mac.0, 5000, 0),
+        "{g:?}"
+    );
     // The rollout and the weight carried over.
-    assert_eq!(d.service_status().unwrap()["weight_percent"], 30.0);
+    e2e_support::assert_weight(&d.service_status().unwrap(), 30.0);
 
     let report = d.wait_load(proc, Duration::from_mins(1)).unwrap();
     let (requests, ok, failed, transport, http) = totals(std::slice::from_ref(&report));

@@ -24,8 +24,10 @@ use canary_lab::deployment::{Deployment, DeploymentSpec};
 use canary_lab::lab::{leftovers, Lab, LabProcess, SERVICE_PORT};
 use canary_lab::loadgen::LoadSpec;
 use canary_lab::server::ModelServer;
+use canary_userspace::api::ServiceStatus;
+use canary_userspace::domain::Weight;
+use canary_userspace::judge::{Judgement, SignalVerdict};
 use clap::Args;
-use serde_json::Value;
 
 use crate::{build_ebpf, lab::require_root, setup};
 
@@ -146,6 +148,8 @@ struct Outcome {
     reason: String,
     /// Requests the backends answered over the scenario, per group.
     requests: BTreeMap<String, u64>,
+    /// The scenario's `canary report` (SVG), if written.
+    report: Option<std::path::PathBuf>,
 }
 
 impl Outcome {
@@ -213,7 +217,15 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     println!("\n=== summary ===");
     for (scenario, o) in &results {
         println!("{}", summary_line(*scenario, o));
+        if let Some(r) = &o.report {
+            println!("  report: {} (and .html beside it)", r.display());
+        }
     }
+    println!(
+        "operators: import deploy/grafana/canary.json into Grafana (Prometheus scrape config and \
+         alert rules in deploy/prometheus/) for the same rollout as a dashboard; \
+         `canary status --watch` shows it live in a terminal; `canary report --out FILE.svg` draws it"
+    );
     let total = started.elapsed();
     let left: Vec<String> = TAGS.iter().flat_map(|tag| leftovers(tag)).collect();
     if left.is_empty() {
@@ -343,13 +355,49 @@ fn play(scenario: Scenario, server: ModelServer, timeout: Duration) -> Result<Ou
         loads.len(),
         profile.workers
     );
+    let lb = d.lab.load_balancer()?.netns.clone();
+    println!(
+        "live view: sudo ip netns exec {lb} {} status --watch --until-done --config {}",
+        d.canary_bin.display(),
+        d.config_path.display()
+    );
     let outcome = watch(&d, scenario, timeout);
     for l in &mut loads {
         l.kill();
     }
-    let outcome = outcome?;
+    let mut outcome = outcome?;
+    outcome.report = write_report(&d, scenario);
     drop(d);
     Ok(outcome)
+}
+
+/// `canary report` of the scenario's rollout, as SVG and HTML under `target/demo/`, outside
+/// the lab (which is removed). Returns the SVG's path, or `None` (with the reason printed).
+fn write_report(d: &Deployment, scenario: Scenario) -> Option<std::path::PathBuf> {
+    let dir = std::env::current_dir().ok()?.join("target").join("demo");
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        println!("report: cannot create {}: {e}", dir.display());
+        return None;
+    }
+    let mut written = None;
+    for ext in ["svg", "html"] {
+        let path = dir.join(format!("report-{}.{ext}", scenario.tag()));
+        let path_text = path.to_string_lossy().into_owned();
+        match d.cli(&["report", "--out", &path_text]) {
+            Ok(out) if out.status.success() => {
+                print!("report: {}", String::from_utf8_lossy(&out.stdout));
+                if ext == "svg" {
+                    written = Some(path);
+                }
+            }
+            Ok(out) => println!(
+                "report: canary report failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(e) => println!("report: cannot run canary report: {e}"),
+        }
+    }
+    written
 }
 
 /// Follows the rollout until it ends (or `timeout`), printing the live view; in scenario 2
@@ -380,8 +428,8 @@ fn watch(d: &Deployment, scenario: Scenario, timeout: Duration) -> Result<Outcom
                 continue;
             }
         };
-        let phase = status["phase"].as_str().unwrap_or("?").to_string();
-        let weight = status["weight_percent"].as_f64().unwrap_or(0.0);
+        let phase = status.phase.clone();
+        let weight = status.weight_percent;
         w.observe(&status, scenario, &phase, weight);
 
         if scenario == Scenario::Faulty
@@ -444,18 +492,19 @@ struct Watch {
 
 impl Watch {
     /// One poll: weights, figures, decisions, timing after the fault, and the view when due.
-    fn observe(&mut self, status: &Value, scenario: Scenario, phase: &str, weight: f64) {
+    fn observe(&mut self, status: &ServiceStatus, scenario: Scenario, phase: &str, weight: f64) {
         if matches!(phase, "stepping" | "promoted" | "rolled_back") {
             self.first_step.get_or_insert_with(Instant::now);
             if self.out.weights.last() != Some(&weight) {
                 self.out.weights.push(weight);
             }
         }
-        for g in status["groups"].as_array().into_iter().flatten() {
-            let name = g["group"].as_str().unwrap_or("?");
-            let n = g["requests"].as_u64().unwrap_or(0);
-            let e = self.requests.entry(format!("{name}@{weight}")).or_default();
-            *e = (*e).max(n);
+        for g in &status.groups {
+            let e = self
+                .requests
+                .entry(format!("{}@{weight}", g.group))
+                .or_default();
+            *e = (*e).max(g.requests);
         }
         let flows = group_flows(status);
         if let (Some(f), Some(before)) = (self.fault_sent, self.poll_flows) {
@@ -480,7 +529,7 @@ impl Watch {
         }
     }
 
-    fn view(&mut self, status: &Value, scenario: Scenario) -> String {
+    fn view(&mut self, status: &ServiceStatus, scenario: Scenario) -> String {
         let flows = group_flows(status);
         let live = self.view_flows.map(|before| delta(flows, before));
         self.view_flows = Some(flows);
@@ -489,7 +538,7 @@ impl Watch {
     }
 
     /// The rollout ended (or timed out): fill in the outcome.
-    fn finish(&mut self, status: &Value, phase: &str, ended: bool, timeout: Duration) {
+    fn finish(&mut self, status: &ServiceStatus, phase: &str, ended: bool, timeout: Duration) {
         self.end_flows = Some(group_flows(status));
         let out = &mut self.out;
         out.phase = if ended {
@@ -501,13 +550,14 @@ impl Watch {
         out.elapsed = self
             .first_step
             .map_or_else(|| self.start.elapsed(), |f| f.elapsed());
-        out.reason = status["last_decision"]["reason"]
-            .as_str()
-            .unwrap_or("-")
+        out.reason = status
+            .last_decision
+            .as_ref()
+            .map_or("-", |d| d.reason.as_str())
             .to_string();
         if let (Some(fault), Some(at), "rolled_back") = (
             out.fault_at_ms,
-            status["last_decision"]["at_ms"].as_u64(),
+            status.last_decision.as_ref().map(|d| d.at_ms),
             phase,
         ) {
             out.rollback_after_ms = Some(at.saturating_sub(fault));
@@ -522,53 +572,60 @@ impl Watch {
 /// Decisions in `status.events` not printed yet, one line each, oldest first. After the fault,
 /// each line also says how long after it the decision came.
 fn new_decisions(
-    status: &Value,
+    status: &ServiceStatus,
     seen: &mut HashSet<String>,
     fault_at_ms: Option<u64>,
 ) -> Vec<String> {
     let mut lines = Vec::new();
-    for e in status["events"].as_array().into_iter().flatten() {
-        let key = format!("{}/{}/{}/{}", e["at_ms"], e["action"], e["reason"], e["to"]);
+    for e in &status.events {
+        let key = format!(
+            "{}/{}/{}/{}",
+            e.at_ms,
+            e.action.as_str(),
+            e.reason.as_str(),
+            e.to.basis_points()
+        );
         if !seen.insert(key) {
             continue;
         }
-        let since_fault = match (fault_at_ms, e["at_ms"].as_u64()) {
-            (Some(f), Some(at)) if at >= f => {
+        let since_fault = match (fault_at_ms, e.at_ms) {
+            (Some(f), at) if at >= f => {
                 format!(" [{:.2} s after the fault]", (at - f) as f64 / 1000.0)
             }
             _ => String::new(),
         };
         lines.push(format!(
             "  >> decision {} ({}): {} -> {}, phase {}: {}{}{}",
-            e["action"].as_str().unwrap_or("?"),
-            e["reason"].as_str().unwrap_or("?"),
-            basis_points(&e["from"]),
-            basis_points(&e["to"]),
-            e["phase"].as_str().unwrap_or("?"),
-            e["message"].as_str().unwrap_or(""),
-            signals(&e["judgement"]),
+            e.action.as_str(),
+            e.reason.as_str(),
+            percent_of(e.from),
+            percent_of(e.to),
+            e.phase.as_str(),
+            e.message,
+            signals(e.judgement.as_ref()),
             since_fault,
         ));
     }
     lines
 }
 
-/// A weight as the daemon serialises it (basis points), in percent.
-fn basis_points(v: &Value) -> String {
-    v.as_u64()
-        .map_or_else(|| "?".into(), |bp| format!("{}%", bp as f64 / 100.0))
+/// A weight in percent.
+fn percent_of(w: Weight) -> String {
+    format!("{}%", w.percent())
 }
 
 /// The judge's per-signal verdicts, compactly: ` [error_rate pass, latency_mean pass, ...]`.
-fn signals(judgement: &Value) -> String {
-    let parts: Vec<String> = judgement["signals"]
-        .as_array()
+fn signals(judgement: Option<&Judgement>) -> String {
+    let parts: Vec<String> = judgement
         .into_iter()
-        .flatten()
-        .filter_map(|s| {
-            let verdict = s["verdict"].as_str()?;
-            let signal = s["signal"].as_str()?;
-            (verdict != "skipped").then(|| format!("{signal} {verdict}"))
+        .flat_map(|j| &j.signals)
+        .filter(|s| s.verdict != SignalVerdict::Skipped)
+        .map(|s| {
+            format!(
+                "{} {}",
+                s.signal.as_str(),
+                s.verdict.to_string().to_lowercase()
+            )
         })
         .collect();
     if parts.is_empty() {
@@ -587,13 +644,12 @@ fn millis(v: Option<f64>) -> String {
 }
 
 /// New flows the kernel counted per group since the daemon loaded the program: (stable, canary).
-fn group_flows(s: &Value) -> (u64, u64) {
+fn group_flows(s: &ServiceStatus) -> (u64, u64) {
     let mut flows = (0, 0);
-    for b in s["backends"].as_array().into_iter().flatten() {
-        let n = b["new_flows"].as_u64().unwrap_or(0);
-        match b["group"].as_str() {
-            Some("canary") => flows.1 += n,
-            _ => flows.0 += n,
+    for b in &s.backends {
+        match b.group.as_str() {
+            "canary" => flows.1 += b.new_flows,
+            _ => flows.0 += b.new_flows,
         }
     }
     flows
@@ -608,11 +664,16 @@ fn delta(now: (u64, u64), before: (u64, u64)) -> (u64, u64) {
 
 /// The live view of one service status: phase and split, then one line per group.
 /// `live`: new flows (stable, canary) the kernel counted since the previous view.
-fn render_view(t: Duration, scenario: Scenario, s: &Value, live: Option<(u64, u64)>) -> String {
+fn render_view(
+    t: Duration,
+    scenario: Scenario,
+    s: &ServiceStatus,
+    live: Option<(u64, u64)>,
+) -> String {
     let mut out = String::new();
-    let step = match (s["step"].as_u64(), s["steps"].as_array()) {
-        (Some(i), Some(steps)) => format!("{}/{}", i + 1, steps.len()),
-        _ => "-".into(),
+    let step = match s.step {
+        Some(i) => format!("{}/{}", i + 1, s.steps.len()),
+        None => "-".into(),
     };
     let live = match live {
         Some((stable, canary)) if stable + canary > 0 => format!(
@@ -627,23 +688,17 @@ fn render_view(t: Duration, scenario: Scenario, s: &Value, live: Option<(u64, u6
         "[{:>5.1}s] {} | phase {:<11} step {:<3} | canary weight {:>6.2}% configured | measured {live} ({} over the last judged window)",
         t.as_secs_f64(),
         scenario.tag(),
-        s["phase"].as_str().unwrap_or("?"),
+        s.phase,
         step,
-        s["weight_percent"].as_f64().unwrap_or(0.0),
-        percent(s["measured_canary_share"].as_f64()),
+        s.weight_percent,
+        percent(s.measured_canary_share),
     );
-    for g in s["groups"].as_array().into_iter().flatten() {
-        let preds = g["predictions"].as_object();
-        let total: u64 = preds
-            .into_iter()
-            .flatten()
-            .filter_map(|(_, v)| v.as_u64())
-            .sum();
-        let mix: Vec<String> = preds
-            .into_iter()
-            .flatten()
-            .map(|(k, v)| {
-                let n = v.as_u64().unwrap_or(0);
+    for g in &s.groups {
+        let total: u64 = g.predictions.values().sum();
+        let mix: Vec<String> = g
+            .predictions
+            .iter()
+            .map(|(k, &n)| {
                 if total == 0 {
                     format!("{k} -")
                 } else {
@@ -654,11 +709,11 @@ fn render_view(t: Duration, scenario: Scenario, s: &Value, live: Option<(u64, u6
         let _ = writeln!(
             out,
             "         {:<6} requests {:>6}  errors {:>7}  latency mean {:>6} ms  p95 {:>6} ms  predictions {}",
-            g["group"].as_str().unwrap_or("?"),
-            g["requests"].as_u64().unwrap_or(0),
-            percent(g["error_rate"].as_f64()),
-            millis(g["latency_mean_seconds"].as_f64()),
-            millis(g["latency_p95_seconds"].as_f64()),
+            g.group,
+            g.requests,
+            percent(g.error_rate),
+            millis(g.latency_mean_seconds),
+            millis(g.latency_p95_seconds),
             if mix.is_empty() { "-".into() } else { mix.join(" ") },
         );
     }
@@ -706,8 +761,14 @@ fn summary_line(scenario: Scenario, o: &Outcome) -> String {
 mod tests {
     use super::*;
 
-    fn status() -> Value {
-        serde_json::json!({
+    fn status() -> ServiceStatus {
+        let signal = |signal: &str, verdict: &str| {
+            serde_json::json!({"signal": signal, "test": "", "n_stable": 900, "n_canary": 300,
+                "threshold": 0.01, "verdict": verdict, "note": ""})
+        };
+        serde_json::from_value(serde_json::json!({
+            "name": "sentiment", "vip": "198.18.0.100:8080", "protocol": "tcp", "paused": false,
+            "backends": [],
             "phase": "stepping", "step": 1, "steps": [10.0, 25.0, 50.0, 75.0, 100.0],
             "weight_percent": 25.0, "measured_canary_share": 0.2481,
             "groups": [
@@ -723,11 +784,13 @@ mod tests {
                  "from": 0, "to": 1000, "message": "warm-up done: first step 10%", "judgement": null},
                 {"at_ms": 4000, "action": "step", "reason": "healthy", "phase": "stepping",
                  "from": 1000, "to": 2500, "message": "every signal passed at look 1",
-                 "judgement": {"signals": [
-                     {"signal": "error_rate", "verdict": "pass"},
-                     {"signal": "latency_p95", "verdict": "skipped"}]}}
+                 "judgement": {"verdict": "promote", "reason": "healthy", "alpha": 0.01,
+                     "rollback_signals": 4, "signals": [
+                         signal("error_rate", "pass"),
+                         signal("latency_p95", "skipped")]}}
             ]
-        })
+        }))
+        .expect("a status as the daemon writes it")
     }
 
     #[test]

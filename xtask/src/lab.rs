@@ -35,6 +35,10 @@ pub(crate) struct UpOptions {
     /// Client namespaces.
     #[arg(long, default_value_t = 2)]
     pub clients: usize,
+    /// Balancer namespaces; above 1 clients reach the VIP through an ECMP multipath route
+    /// over all of them (L4 hash) and an etcd namespace (`kv`) is added for cluster mode.
+    #[arg(long, default_value_t = 1)]
+    pub balancers: usize,
     #[command(flatten)]
     pub tag: TagOption,
 }
@@ -54,6 +58,7 @@ pub(crate) fn run(options: &Options) -> Result<()> {
                 stable: up.stable,
                 canary: up.canary,
                 clients: up.clients,
+                balancers: up.balancers,
                 ..LabSpec::new(up.tag.tag.clone())
             };
             // Keep it: `lab down` (or `Lab::down_tag`) removes it later.

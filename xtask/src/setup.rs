@@ -27,8 +27,9 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
 ];
 /// Real components the tests start: Prometheus and `promtool` (the alerting rules and the
-/// dashboard's queries, against a daemon in the lab) and `systemd-analyze` (the unit files).
-const TEST_TOOL_PACKAGES: &[&str] = &["prometheus", "systemd"];
+/// dashboard's queries, against a daemon in the lab), `systemd-analyze` (the unit files) and
+/// tmux (`canary status --watch` in a pseudo-terminal).
+const TEST_TOOL_PACKAGES: &[&str] = &["prometheus", "systemd", "tmux"];
 /// Debian's Python with `venv` and `ensurepip`, for when the `python3` on PATH cannot make a
 /// virtualenv.
 const APT_PYTHON_PACKAGES: &[&str] = &["python3", "python3-venv"];

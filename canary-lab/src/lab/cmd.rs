@@ -13,14 +13,23 @@ fn describe(program: &str, args: &[&str]) -> String {
         .join(" ")
 }
 
+/// A lab path as a command argument.
+pub(super) fn path_str(p: &Path) -> &str {
+    p.to_str().expect("lab paths are UTF-8")
+}
+
 /// Run a command; fail with its stderr when it exits non-zero.
 pub(super) fn run(program: &str, args: &[&str]) -> Result<String, LabError> {
-    let out = output(program, args)?;
+    stdout_of(describe(program, args), &output(program, args)?)
+}
+
+/// The stdout of a finished `command`, or its exit status and stderr when it failed.
+pub(super) fn stdout_of(command: String, out: &Output) -> Result<String, LabError> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(LabError::Command {
-            command: describe(program, args),
+            command,
             status: out.status.to_string(),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         })

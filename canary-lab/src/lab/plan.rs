@@ -25,6 +25,10 @@ pub const PREFIX_LEN: u8 = 15;
 pub const NETNS_IFNAME: &str = "eth0";
 
 const LB_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// The etcd namespace of a lab with several balancers.
+const ETCD_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 9);
+/// Most balancer namespaces in one lab (198.18.0.2 to .7).
+pub const MAX_BALANCERS: usize = 6;
 const STABLE_BASE: u8 = 11;
 const CANARY_BASE: u8 = 31;
 const CLIENT_BASE: u8 = 51;
@@ -41,6 +45,8 @@ pub enum Role {
     LoadBalancer,
     Stable,
     Canary,
+    /// The etcd of a lab with several balancers (cluster mode).
+    Etcd,
 }
 
 impl fmt::Display for Role {
@@ -50,6 +56,7 @@ impl fmt::Display for Role {
             Role::LoadBalancer => "load-balancer",
             Role::Stable => "stable",
             Role::Canary => "canary",
+            Role::Etcd => "etcd",
         })
     }
 }
@@ -81,6 +88,9 @@ pub struct LabSpec {
     /// Extra addresses per client veth, to emulate many client IPs from one namespace.
     pub client_extra_addresses: usize,
     pub peer_xdp: PeerXdp,
+    /// Balancer namespaces (with `load_balancer`). Above 1, clients reach the VIP through an
+    /// ECMP multipath route over all of them (L4 hash), and an etcd namespace (`kv`) is added.
+    pub balancers: usize,
 }
 
 impl Default for LabSpec {
@@ -93,6 +103,7 @@ impl Default for LabSpec {
             load_balancer: true,
             client_extra_addresses: 0,
             peer_xdp: PeerXdp::Builtin,
+            balancers: 1,
         }
     }
 }
@@ -145,6 +156,7 @@ impl LabSpec {
                 0,
                 MAX_EXTRA_ADDRESSES,
             ),
+            ("balancers", self.balancers, 1, MAX_BALANCERS),
         ];
         for (key, value, min, max) in limits {
             if !(min..=max).contains(&value) {
@@ -181,16 +193,9 @@ impl Serialize for MacAddr {
 impl<'de> Deserialize<'de> for MacAddr {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        let mut out = [0u8; 6];
-        let parts: Vec<&str> = s.split(':').collect();
-        if parts.len() != 6 {
-            return Err(serde::de::Error::custom(format!("bad MAC address `{s}`")));
-        }
-        for (o, p) in out.iter_mut().zip(parts) {
-            *o = u8::from_str_radix(p, 16)
-                .map_err(|_| serde::de::Error::custom(format!("bad MAC address `{s}`")))?;
-        }
-        Ok(MacAddr(out))
+        canary_userspace::domain::parse_mac(&s)
+            .map(MacAddr)
+            .ok_or_else(|| serde::de::Error::custom(format!("bad MAC address `{s}`")))
     }
 }
 
@@ -239,6 +244,12 @@ pub struct LabPlan {
     pub bpffs: PathBuf,
     pub vip: Ipv4Addr,
     pub load_balancer: Option<Node>,
+    /// Balancers after the first (`lb1`, `lb2`, ...), in a lab with several.
+    #[serde(default)]
+    pub more_balancers: Vec<Node>,
+    /// The etcd namespace, in a lab with several balancers.
+    #[serde(default)]
+    pub etcd: Option<Node>,
     pub clients: Vec<Node>,
     pub stable: Vec<Node>,
     pub canary: Vec<Node>,
@@ -281,6 +292,19 @@ impl LabPlan {
             load_balancer: spec
                 .load_balancer
                 .then(|| node(Role::LoadBalancer, 0, "lb".into(), LB_ADDRESS, 0)),
+            more_balancers: if spec.load_balancer {
+                (1..spec.balancers)
+                    .map(|i| {
+                        let o = LB_ADDRESS.octets();
+                        let address = Ipv4Addr::new(o[0], o[1], o[2], o[3] + i as u8);
+                        node(Role::LoadBalancer, i, format!("lb{i}"), address, 0)
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            etcd: (spec.load_balancer && spec.balancers > 1)
+                .then(|| node(Role::Etcd, 0, "kv".into(), ETCD_ADDRESS, 0)),
             clients: (0..spec.clients)
                 .map(|i| {
                     node(
@@ -306,12 +330,19 @@ impl LabPlan {
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
         self.load_balancer
             .iter()
+            .chain(&self.more_balancers)
+            .chain(&self.etcd)
             .chain(&self.clients)
             .chain(&self.stable)
             .chain(&self.canary)
     }
 
     /// Stable then canary backends.
+    /// Every balancer: `lb` first, then `lb1`, `lb2`, ...
+    pub fn balancers(&self) -> impl Iterator<Item = &Node> {
+        self.load_balancer.iter().chain(&self.more_balancers)
+    }
+
     pub fn backends(&self) -> impl Iterator<Item = &Node> {
         self.stable.iter().chain(&self.canary)
     }
@@ -340,6 +371,7 @@ mod tests {
             stable: MAX_BACKENDS_PER_GROUP,
             canary: MAX_BACKENDS_PER_GROUP,
             client_extra_addresses: MAX_EXTRA_ADDRESSES,
+            balancers: MAX_BALANCERS,
             ..LabSpec::default()
         };
         let plan = LabPlan::new(&spec).unwrap();
@@ -361,7 +393,7 @@ mod tests {
         }
         assert_eq!(
             plan.nodes().count(),
-            1 + MAX_CLIENTS + 2 * MAX_BACKENDS_PER_GROUP
+            MAX_BALANCERS + 1 + MAX_CLIENTS + 2 * MAX_BACKENDS_PER_GROUP
         );
         assert!(in_benchmark_range(plan.vip));
     }

@@ -96,6 +96,31 @@ pub(crate) async fn status(endpoint: &Endpoint) -> Result<Status> {
         .context("the daemon's /status is not valid JSON")
 }
 
+/// A rollout's recorded history (`rollout`: an id, or `latest`).
+pub(crate) async fn history(
+    endpoint: &Endpoint,
+    service: &str,
+    rollout: &str,
+) -> Result<canary_userspace::history::History> {
+    let response = http()?
+        .get(format!("{}/v1/history/{service}/{rollout}", endpoint.url))
+        .send()
+        .await
+        .map_err(|e| unreachable(endpoint, &e))?;
+    if !response.status().is_success() {
+        let code = response.status();
+        let why = response
+            .json::<canary_userspace::api::OperatorReply>()
+            .await
+            .map_or_else(|_| code.to_string(), |r| r.message);
+        bail!("{why}");
+    }
+    response
+        .json()
+        .await
+        .context("the daemon's history is not valid JSON")
+}
+
 /// Send an operator verb; an `Err` carries the daemon's explanation.
 pub(crate) async fn command(
     endpoint: &Endpoint,

@@ -5,3 +5,4 @@
 pub(crate) mod client;
 pub(crate) mod init;
 pub(crate) mod render;
+pub(crate) mod watch;

@@ -77,16 +77,90 @@ pub(crate) fn service(s: &ServiceStatus) -> String {
                 .unwrap_or_default(),
         );
         if let Some(p) = &b.metrics_problem {
-            let _ = writeln!(out, "  {:<12} metrics: {p}", "");
+            let reasons = if b.metrics_problem_reasons.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", b.metrics_problem_reasons.join(","))
+            };
+            let _ = writeln!(out, "  {:<12} metrics{reasons}: {p}", "");
         }
     }
     for w in &s.signals_without_data {
         let _ = writeln!(out, "  NO DATA for {}: {}", w.signal, w.why);
     }
+    if !s.dry_run.is_empty() {
+        let _ = writeln!(
+            out,
+            "  dry run (judged, never acted on): {}",
+            s.dry_run.join(", ")
+        );
+    }
     if let Some(d) = &s.last_decision {
         let _ = writeln!(out, "  last decision: {d}");
     }
     out
+}
+
+/// The cluster as one node sees it: who leads, the store, and every node.
+pub(crate) fn cluster(c: &canary_userspace::api::ClusterStatus) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "cluster: this node {}, leader {}{}",
+        c.node,
+        c.leader.as_deref().unwrap_or("none"),
+        if c.leading {
+            " (this node decides)"
+        } else {
+            ""
+        }
+    );
+    match &c.store_problem {
+        Some(why) => {
+            let _ = writeln!(t, "  etcd unreachable, the rollout holds: {why}");
+        }
+        None => {
+            let _ = writeln!(t, "  etcd reachable");
+        }
+    }
+    if c.heartbeat_held {
+        let _ = writeln!(
+            t,
+            "  heartbeat held (no live leader or no etcd): after heartbeat_timeout new flows go to stable"
+        );
+    }
+    let _ = writeln!(
+        t,
+        "  {:<16} {:<6} {:<18} {:<10} {:<9} flow table",
+        "node", "alive", "applied version", "weight %", "canary %"
+    );
+    for n in &c.nodes {
+        let versions: Vec<String> = n
+            .applied_versions
+            .values()
+            .map(|v| v.map_or_else(|| "-".to_string(), |v| v.to_string()))
+            .collect();
+        let weights: Vec<String> = n
+            .applied_weight_percent
+            .values()
+            .map(|w| w.map_or_else(|| "-".to_string(), |w| format!("{w:.2}")))
+            .collect();
+        let _ = writeln!(
+            t,
+            "  {:<16} {:<6} {:<18} {:<10} {:<9} {}/{}",
+            n.name,
+            if n.alive { "yes" } else { "no" },
+            versions.join(","),
+            weights.join(","),
+            opt(n.measured_canary_share, 100.0, 1),
+            n.flow_table_entries,
+            n.flow_table_capacity
+        );
+        for (service, why) in &n.refused {
+            let _ = writeln!(t, "    {service}: {why}");
+        }
+    }
+    t
 }
 
 #[cfg(test)]

@@ -74,7 +74,8 @@ pub struct DecisionRecord {
 
 /// What must be equal on every node for a flow to get the same group and backend on all of
 /// them: the backends of each group (by name; the Maglev table depends only on the set of
-/// names), the flow hash seed and the Maglev table size.
+/// names), the flow hash seed, the Maglev table size and the affinity (which fields of a
+/// flow are hashed).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ConfigFingerprint {
     /// Sorted.
@@ -83,6 +84,9 @@ pub struct ConfigFingerprint {
     pub canary: Vec<String>,
     pub hash_seed: u32,
     pub maglev_size: u32,
+    /// `flow` or `client-ip` (empty when not given).
+    #[serde(default)]
+    pub affinity: String,
 }
 
 /// The fingerprint of one service's data-plane config, from plain inputs (order of the names
@@ -103,10 +107,18 @@ pub fn fingerprint<S: AsRef<str>>(
         canary: sorted(canary),
         hash_seed,
         maglev_size,
+        affinity: String::new(),
     }
 }
 
 impl ConfigFingerprint {
+    /// The same fingerprint with the service's affinity.
+    #[must_use]
+    pub fn with_affinity(mut self, affinity: &str) -> Self {
+        self.affinity = affinity.to_string();
+        self
+    }
+
     /// How `other` (the document's) differs from `self` (this node's), one phrase per
     /// difference; empty when equal.
     pub fn differences(&self, other: &ConfigFingerprint) -> Vec<String> {
@@ -142,6 +154,12 @@ impl ConfigFingerprint {
             out.push(format!(
                 "hash_seed {} here, {} in the leader's config",
                 self.hash_seed, other.hash_seed
+            ));
+        }
+        if self.affinity != other.affinity {
+            out.push(format!(
+                "affinity {} here, {} in the leader's config",
+                self.affinity, other.affinity
             ));
         }
         if self.maglev_size != other.maglev_size {

@@ -24,6 +24,7 @@
 pub mod config;
 pub mod document;
 pub mod election;
+pub mod link;
 pub mod nodes;
 pub mod ops;
 pub mod session;

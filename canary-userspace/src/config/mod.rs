@@ -95,6 +95,10 @@ pub struct Config {
     pub dataplane: DataplaneConfig,
     pub admin: AdminConfig,
     pub services: Vec<ServiceConfig>,
+    /// `[[notify]]` webhooks (applied at start).
+    pub notify: Vec<crate::notify::NotifyConfig>,
+    /// `[cluster]`: where rollout decisions live (one node and `state_dir`, or etcd).
+    pub cluster: crate::cluster::config::ClusterConfig,
 }
 
 /// `[dataplane]`
@@ -108,7 +112,17 @@ pub struct DataplaneConfig {
     pub bpffs: PathBuf,
     /// Seed of the flow hash; nodes that share traffic must share it.
     pub hash_seed: u32,
+    /// A TCP SYN replaces its 5-tuple's flow-table entry only when the entry is at least this
+    /// old (whole milliseconds; zero: every SYN replaces).
+    pub syn_replace_after: Duration,
+    /// New flows per second per CPU above which new flows take no flow-table entry; 0: off.
+    pub flood_guard_rate: u32,
 }
+
+/// Longest `dataplane.syn_replace_after`.
+pub const MAX_SYN_REPLACE_AFTER: Duration = Duration::from_hours(1);
+/// Smallest non-zero `dataplane.flood_guard_rate`.
+pub const MIN_FLOOD_GUARD_RATE: u64 = 100;
 
 /// Default `dataplane.hash_seed`.
 pub const DEFAULT_HASH_SEED: u32 = 0x6361_6e61;
@@ -188,6 +202,8 @@ pub struct RolloutConfig {
     pub metrics_missing: MissingPolicy,
     pub metrics_missing_intervals: u32,
     pub thresholds: Thresholds,
+    /// Signals judged and reported but never holding or rolling back.
+    pub dry_run: Vec<crate::judge::Signal>,
 }
 
 /// `[services.rollout.thresholds]`
@@ -338,6 +354,7 @@ impl Default for RolloutConfig {
             metrics_missing: MissingPolicy::Hold,
             metrics_missing_intervals: 3,
             thresholds: Thresholds::default(),
+            dry_run: Vec::new(),
         }
     }
 }

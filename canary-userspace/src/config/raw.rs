@@ -15,6 +15,46 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     #[serde(default)]
     pub services: Vec<RawService>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<RawNotify>,
+    #[serde(default, skip_serializing_if = "is_default_cluster")]
+    pub cluster: crate::cluster::config::RawCluster,
+}
+
+/// `[[notify]]`: a webhook that receives decision events.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawNotify {
+    pub name: String,
+    pub url: String,
+    pub events: Vec<String>,
+    pub hold_intervals: u32,
+    pub bearer_token_file: String,
+    pub timeout: String,
+    pub retries: u32,
+    pub queue: u64,
+}
+
+impl Default for RawNotify {
+    fn default() -> Self {
+        RawNotify {
+            name: String::new(),
+            url: String::new(),
+            events: crate::notify::EventKind::ALL
+                .iter()
+                .map(|k| k.as_str().to_string())
+                .collect(),
+            hold_intervals: 3,
+            bearer_token_file: String::new(),
+            timeout: "5s".into(),
+            retries: 3,
+            queue: 256,
+        }
+    }
+}
+
+fn is_default_cluster(c: &crate::cluster::config::RawCluster) -> bool {
+    *c == crate::cluster::config::RawCluster::default()
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -27,6 +67,8 @@ pub struct RawDataplane {
     pub state_dir: String,
     pub bpffs: String,
     pub hash_seed: u32,
+    pub syn_replace_after: String,
+    pub flood_guard_rate: u64,
 }
 
 impl Default for RawDataplane {
@@ -39,6 +81,8 @@ impl Default for RawDataplane {
             state_dir: "/var/lib/canary".into(),
             bpffs: "/sys/fs/bpf/canary".into(),
             hash_seed: DEFAULT_HASH_SEED,
+            syn_replace_after: "5s".into(),
+            flood_guard_rate: 0,
         }
     }
 }
@@ -119,6 +163,8 @@ pub struct RawRollout {
     pub metrics_missing: String,
     pub metrics_missing_intervals: u32,
     pub thresholds: RawThresholds,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dry_run: Vec<String>,
 }
 
 impl Default for RawRollout {
@@ -136,6 +182,7 @@ impl Default for RawRollout {
             metrics_missing: "hold".into(),
             metrics_missing_intervals: 3,
             thresholds: RawThresholds::default(),
+            dry_run: Vec::new(),
         }
     }
 }
@@ -211,8 +258,30 @@ impl Default for RawUpstream {
 // Known keys per table, for the unknown-key pass. Kept next to the raw structs; the test
 // `every_documented_key_is_accepted` fails if the two drift apart.
 
-pub(super) const ROOT_KEYS: &[&str] = &["dataplane", "admin", "services"];
-pub(super) const DATAPLANE_KEYS: &[&str] = &[
+pub(crate) const ROOT_KEYS: &[&str] = &["dataplane", "admin", "services", "notify", "cluster"];
+pub(crate) const NOTIFY_KEYS: &[&str] = &[
+    "name",
+    "url",
+    "events",
+    "hold_intervals",
+    "bearer_token_file",
+    "timeout",
+    "retries",
+    "queue",
+];
+pub(crate) const CLUSTER_KEYS: &[&str] = &[
+    "store",
+    "etcd_endpoints",
+    "node_name",
+    "prefix",
+    "lease_ttl",
+    "ca_file",
+    "cert_file",
+    "key_file",
+    "user",
+    "password_file",
+];
+pub(crate) const DATAPLANE_KEYS: &[&str] = &[
     "interface",
     "xdp_mode",
     "flow_table_size",
@@ -220,18 +289,20 @@ pub(super) const DATAPLANE_KEYS: &[&str] = &[
     "state_dir",
     "bpffs",
     "hash_seed",
+    "syn_replace_after",
+    "flood_guard_rate",
 ];
-pub(super) const ADMIN_KEYS: &[&str] = &[
+pub(crate) const ADMIN_KEYS: &[&str] = &[
     "listen",
     "token_file",
     "max_connections",
     "header_read_timeout",
     "idle_timeout",
 ];
-pub(super) const SERVICE_KEYS: &[&str] = &[
+pub(crate) const SERVICE_KEYS: &[&str] = &[
     "name", "vip", "protocol", "affinity", "backends", "rollout", "upstream",
 ];
-pub(super) const BACKEND_KEYS: &[&str] = &[
+pub(crate) const BACKEND_KEYS: &[&str] = &[
     "name",
     "group",
     "address",
@@ -239,7 +310,7 @@ pub(super) const BACKEND_KEYS: &[&str] = &[
     "health_url",
     "metrics_url",
 ];
-pub(super) const ROLLOUT_KEYS: &[&str] = &[
+pub(crate) const ROLLOUT_KEYS: &[&str] = &[
     "steps",
     "interval",
     "poll_interval",
@@ -252,8 +323,9 @@ pub(super) const ROLLOUT_KEYS: &[&str] = &[
     "metrics_missing",
     "metrics_missing_intervals",
     "thresholds",
+    "dry_run",
 ];
-pub(super) const THRESHOLD_KEYS: &[&str] = &[
+pub(crate) const THRESHOLD_KEYS: &[&str] = &[
     "max_error_rate_increase",
     "max_error_rate_ratio",
     "max_latency_increase_ms",
@@ -262,7 +334,7 @@ pub(super) const THRESHOLD_KEYS: &[&str] = &[
     "max_prediction_shift",
     "confidence",
 ];
-pub(super) const UPSTREAM_KEYS: &[&str] = &[
+pub(crate) const UPSTREAM_KEYS: &[&str] = &[
     "preset",
     "requests",
     "errors",
@@ -333,6 +405,16 @@ pub(super) fn strip_all_unknown(root: &mut toml::Table, problems: &mut Vec<Probl
     }
     if let Some(t) = sub_table(root, "admin") {
         strip_unknown(t, ADMIN_KEYS, "admin", problems);
+    }
+    if let Some(sinks) = root.get_mut("notify").and_then(toml::Value::as_array_mut) {
+        for (i, sink) in sinks.iter_mut().enumerate() {
+            if let Some(sink) = sink.as_table_mut() {
+                strip_unknown(sink, NOTIFY_KEYS, &format!("notify[{i}]"), problems);
+            }
+        }
+    }
+    if let Some(t) = sub_table(root, "cluster") {
+        strip_unknown(t, CLUSTER_KEYS, "cluster", problems);
     }
     let Some(services) = root.get_mut("services").and_then(toml::Value::as_array_mut) else {
         return;

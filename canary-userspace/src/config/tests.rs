@@ -13,6 +13,11 @@ heartbeat_timeout = "30s"
 state_dir = "/var/lib/canary"
 bpffs = "/sys/fs/bpf/canary"
 hash_seed = 1667329633
+syn_replace_after = "5s"
+flood_guard_rate = 0
+
+[cluster]
+store = "local"
 
 [admin]
 listen = "127.0.0.1:9100"
@@ -53,6 +58,7 @@ affinity = "flow"
   start = "auto"
   metrics_missing = "hold"
   metrics_missing_intervals = 3
+  dry_run = []
 
   [services.rollout.thresholds]
   max_error_rate_increase = 0.02
@@ -74,6 +80,16 @@ affinity = "flow"
   max_scrape_bytes = 4194304
   max_series = 20000
   max_prediction_classes = 1000
+
+[[notify]]
+name = "chat"
+url = "https://chat.example.com/hooks/canary"
+events = ["start", "step", "promote", "rollback", "hold", "deadman", "metrics_missing"]
+hold_intervals = 3
+bearer_token_file = ""
+timeout = "5s"
+retries = 3
+queue = 256
 "#;
 
 const MINIMAL: &str = r#"
@@ -117,6 +133,8 @@ fn full_example_parses_with_every_value() {
     assert_eq!(c.dataplane.interface, "eth0");
     assert_eq!(c.dataplane.xdp_mode, XdpMode::Auto);
     assert_eq!(c.dataplane.heartbeat_timeout, Duration::from_secs(30));
+    assert_eq!(c.dataplane.syn_replace_after, Duration::from_secs(5));
+    assert_eq!(c.dataplane.flood_guard_rate, 0);
     assert_eq!(c.admin.token_file, None);
     let s = &c.services[0];
     assert_eq!(s.vip, "198.18.0.100:8080".parse().unwrap());
@@ -155,6 +173,7 @@ fn every_documented_key_is_accepted() {
         .chain(ROLLOUT_KEYS)
         .chain(THRESHOLD_KEYS)
         .chain(UPSTREAM_KEYS)
+        .chain(NOTIFY_KEYS)
     {
         assert!(
             FULL.contains(&format!("{key} ="))
@@ -336,6 +355,38 @@ fn durations_are_checked() {
             &with("heartbeat_timeout = \"30s\"", "heartbeat_timeout = \"1500ms\""),
             "dataplane.heartbeat_timeout: 1s 500ms is shorter than twice the longest poll_interval (1s); the data plane would fall back to stable between polls",
         );
+}
+
+#[test]
+fn syn_replace_after_and_flood_guard_rate_are_checked() {
+    let c = Config::from_toml_str(MINIMAL).unwrap();
+    assert_eq!(c.dataplane.syn_replace_after, Duration::from_secs(5));
+    assert_eq!(c.dataplane.flood_guard_rate, 0);
+    let c = Config::from_toml_str(&with(
+        "syn_replace_after = \"5s\"\nflood_guard_rate = 0",
+        "syn_replace_after = \"0s\"\nflood_guard_rate = 20000",
+    ))
+    .unwrap();
+    assert_eq!(c.dataplane.syn_replace_after, Duration::ZERO);
+    assert_eq!(c.dataplane.flood_guard_rate, 20_000);
+    assert_problem(
+        &with("syn_replace_after = \"5s\"", "syn_replace_after = \"soon\""),
+        "dataplane.syn_replace_after: \"soon\" is not a duration (expected number at 0); write it like \"5s\" or \"500ms\", or \"0s\" to let every SYN replace its 5-tuple's entry",
+    );
+    assert_problem(
+        &with("syn_replace_after = \"5s\"", "syn_replace_after = \"2h\""),
+        "dataplane.syn_replace_after: \"2h\" is too long; give at most \"1h\" (default \"5s\": longer than a client retransmits its SYN, shorter than a port is reused)",
+    );
+    assert_problem(
+        &with("syn_replace_after = \"5s\"", "syn_replace_after = \"1500us\""),
+        "dataplane.syn_replace_after: \"1500us\" is not whole milliseconds (the data plane counts in ms); write it like \"5s\" or \"1500ms\"",
+    );
+    for bad in [1u64, 99, 1 << 32] {
+        assert_problem(
+            &with("flood_guard_rate = 0", &format!("flood_guard_rate = {bad}")),
+            &format!("dataplane.flood_guard_rate: {bad} is out of range; give 0 (off) or 100 to 4294967295 new flows per second per CPU (above it, new flows are balanced without a flow-table entry, so a lower rate would leave ordinary connections unpinned)"),
+        );
+    }
 }
 
 #[test]
@@ -648,5 +699,65 @@ fn resolved_upstream_selectors_are_described() {
     assert_eq!(
         UpstreamConfig::default().describe()[0],
         "upstream (no preset):"
+    );
+}
+
+#[test]
+fn dry_run_names_signals_and_rejects_unknown_ones() {
+    let c = Config::from_toml_str(&with(
+        "dry_run = []",
+        "dry_run = [\"latency_p95\", \"error_spike\", \"latency_p95\"]",
+    ))
+    .expect("valid dry_run");
+    assert_eq!(
+        c.services[0].rollout.dry_run,
+        vec![
+            crate::judge::Signal::LatencyP95,
+            crate::judge::Signal::ErrorSpike
+        ]
+    );
+    assert_problem(
+        &with("dry_run = []", "dry_run = [\"latency_p99\"]"),
+        "services[0].rollout.dry_run: \"latency_p99\" is not a signal that can hold or roll back; use some of error_rate, latency_mean, latency_p95, predictions, error_spike",
+    );
+}
+
+#[test]
+fn notify_entries_are_checked_with_every_problem_named() {
+    let c = Config::from_toml_str(FULL).unwrap();
+    assert_eq!(c.notify.len(), 1);
+    assert_eq!(c.notify[0].name, "chat");
+    assert_eq!(c.notify[0].events.len(), 7);
+    // Left out, the events are all of them.
+    let c = Config::from_toml_str(&with(
+        "events = [\"start\", \"step\", \"promote\", \"rollback\", \"hold\", \"deadman\", \"metrics_missing\"]\n",
+        "",
+    ))
+    .unwrap();
+    assert_eq!(c.notify[0].events, crate::notify::EventKind::ALL.to_vec());
+    assert_problem(
+        &with("events = [\"start\",", "events = [\"started\","),
+        "notify[0].events: \"started\" is not an event; use some of start, step, promote, rollback, hold, deadman, metrics_missing",
+    );
+    assert_problem(
+        &with(
+            "url = \"https://chat.example.com/hooks/canary\"",
+            "url = \"chat.example.com\"",
+        ),
+        "notify[0].url: \"chat.example.com\" is not an http URL; write it like \"http://198.18.0.11:8080/healthz\"",
+    );
+    assert_problem(
+        &with("hold_intervals = 3", "hold_intervals = 0"),
+        "notify[0].hold_intervals: must be at least 1 (evaluations in a row that held before a hold event)",
+    );
+    assert_problem(
+        &with("queue = 256", "queue = 0"),
+        "notify[0].queue: 0 is out of range; give 1 .. 100000 events",
+    );
+    let p = problems(&with("retries = 3", "retires = 3"));
+    assert!(
+        p.iter()
+            .any(|m| m.starts_with("notify[0].retires: unknown key")),
+        "{p:?}"
     );
 }

@@ -8,16 +8,18 @@ use std::time::Duration;
 use canary_common::{MAX_BACKENDS, MAX_BACKENDS_PER_GROUP, MAX_SERVICES};
 
 use super::raw::{
-    RawAdmin, RawBackend, RawConfig, RawDataplane, RawRollout, RawService, RawThresholds,
-    RawUpstream,
+    RawAdmin, RawBackend, RawConfig, RawDataplane, RawNotify, RawRollout, RawService,
+    RawThresholds, RawUpstream,
 };
 use super::{
     AdminConfig, BackendConfig, Config, DataplaneConfig, Problem, RolloutConfig, ServiceConfig,
-    Thresholds, UpstreamConfig,
+    Thresholds, UpstreamConfig, MAX_SYN_REPLACE_AFTER, MIN_FLOOD_GUARD_RATE,
 };
 use crate::domain::{
     Affinity, Group, MissingPolicy, Protocol, RollbackMode, StartMode, Weight, XdpMode,
 };
+use crate::judge::Signal;
+use crate::notify::{EventKind, NotifyConfig};
 use crate::upstream::{preset, valid_label_name, Selector};
 
 struct Checker {
@@ -298,6 +300,7 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
     let (dataplane, heartbeat_timeout) = dataplane(&mut c, &raw.dataplane);
     let admin = admin(&mut c, &raw.admin);
     let (services, longest_poll) = services(&mut c, &raw.services);
+    let notify = notify_sinks(&mut c, &raw.notify);
     if let Some(hb) = heartbeat_timeout {
         if hb < 2 * longest_poll {
             c.bad(
@@ -307,18 +310,114 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
         }
     }
 
+    let cluster = match crate::cluster::config::validate(
+        &raw.cluster,
+        &crate::cluster::config::host_name(),
+    ) {
+        Ok(cluster) => Some(cluster),
+        Err(problems) => {
+            for p in problems {
+                c.bad(&p.key, p.message);
+            }
+            None
+        }
+    };
+
     if !c.problems.is_empty() {
         return Err(c.problems);
     }
     // Every value parsed, so the Options below are all Some.
-    let (Some(dataplane), Some(admin)) = (dataplane, admin) else {
+    let (Some(dataplane), Some(admin), Some(cluster)) = (dataplane, admin, cluster) else {
         unreachable!("validation reported no problem but a value is missing");
     };
     Ok(Config {
         dataplane,
         admin,
         services,
+        notify,
+        cluster,
     })
+}
+
+/// `[[notify]]`: webhook URL, events, limits.
+fn notify_sinks(c: &mut Checker, raw: &[RawNotify]) -> Vec<NotifyConfig> {
+    let mut out = Vec::new();
+    for (i, n) in raw.iter().enumerate() {
+        let k = format!("notify[{i}]");
+        let before = c.problems.len();
+        if n.url.is_empty() {
+            c.bad(
+                format!("{k}.url"),
+                "is missing; give the webhook's URL, e.g. \"https://chat.example.com/hooks/canary\"",
+            );
+        } else {
+            c.url(&format!("{k}.url"), &n.url);
+        }
+        let mut events = Vec::new();
+        for e in &n.events {
+            match EventKind::parse(e) {
+                Some(kind) if !events.contains(&kind) => events.push(kind),
+                Some(_) => {}
+                None => c.bad(
+                    format!("{k}.events"),
+                    format!(
+                        "{e:?} is not an event; use some of {}",
+                        EventKind::ALL.map(EventKind::as_str).join(", ")
+                    ),
+                ),
+            }
+        }
+        if n.events.is_empty() {
+            c.bad(
+                format!("{k}.events"),
+                "is empty; list the events to send, or leave the key out for all of them",
+            );
+        }
+        if n.hold_intervals == 0 {
+            c.bad(
+                format!("{k}.hold_intervals"),
+                "must be at least 1 (evaluations in a row that held before a hold event)",
+            );
+        }
+        let timeout = c.duration(&format!("{k}.timeout"), &n.timeout);
+        if !(1..=100_000).contains(&n.queue) {
+            c.bad(
+                format!("{k}.queue"),
+                format!("{} is out of range; give 1 .. 100000 events", n.queue),
+            );
+        }
+        if n.retries > 10 {
+            c.bad(
+                format!("{k}.retries"),
+                format!("{} is too many; give 0 .. 10", n.retries),
+            );
+        }
+        let name = if n.name.is_empty() {
+            format!("notify-{i}")
+        } else {
+            n.name.clone()
+        };
+        if out.iter().any(|o: &NotifyConfig| o.name == name) {
+            c.bad(
+                format!("{k}.name"),
+                format!("{name:?} is used by another [[notify]] entry; names must be unique"),
+            );
+        }
+        if let (Some(timeout), true) = (timeout, c.problems.len() == before) {
+            out.push(NotifyConfig {
+                name,
+                url: n.url.clone(),
+                events,
+                hold_intervals: n.hold_intervals,
+                bearer_token_file: (!n.bearer_token_file.is_empty())
+                    .then(|| PathBuf::from(&n.bearer_token_file)),
+                timeout,
+                retries: n.retries,
+                queue: n.queue as usize,
+            });
+        }
+    }
+    out
 }
 
 /// `[dataplane]`; also the heartbeat timeout alone, for the check against the poll intervals.
@@ -355,6 +454,8 @@ fn dataplane(c: &mut Checker, d: &RawDataplane) -> (Option<DataplaneConfig>, Opt
         0
     };
     let heartbeat_timeout = c.duration("dataplane.heartbeat_timeout", &d.heartbeat_timeout);
+    let syn_replace_after = syn_replace_after(c, &d.syn_replace_after);
+    let flood_guard_rate = flood_guard_rate(c, d.flood_guard_rate);
     for (key, value) in [
         ("dataplane.state_dir", &d.state_dir),
         ("dataplane.bpffs", &d.bpffs),
@@ -364,19 +465,69 @@ fn dataplane(c: &mut Checker, d: &RawDataplane) -> (Option<DataplaneConfig>, Opt
         }
     }
 
-    let config = match (xdp_mode, heartbeat_timeout) {
-        (Some(xdp_mode), Some(heartbeat_timeout)) => Some(DataplaneConfig {
-            interface: d.interface.clone(),
-            xdp_mode,
-            flow_table_size,
-            heartbeat_timeout,
-            state_dir: PathBuf::from(&d.state_dir),
-            bpffs: PathBuf::from(&d.bpffs),
-            hash_seed: d.hash_seed,
-        }),
+    let config = match (xdp_mode, heartbeat_timeout, syn_replace_after) {
+        (Some(xdp_mode), Some(heartbeat_timeout), Some(syn_replace_after)) => {
+            Some(DataplaneConfig {
+                interface: d.interface.clone(),
+                xdp_mode,
+                flow_table_size,
+                heartbeat_timeout,
+                state_dir: PathBuf::from(&d.state_dir),
+                bpffs: PathBuf::from(&d.bpffs),
+                hash_seed: d.hash_seed,
+                syn_replace_after,
+                flood_guard_rate,
+            })
+        }
         _ => None,
     };
     (config, heartbeat_timeout)
+}
+
+/// `dataplane.syn_replace_after`: zero (every SYN replaces its 5-tuple's entry) or whole
+/// milliseconds up to [`MAX_SYN_REPLACE_AFTER`].
+fn syn_replace_after(c: &mut Checker, value: &str) -> Option<Duration> {
+    const KEY: &str = "dataplane.syn_replace_after";
+    let d = match humantime::parse_duration(value.trim()) {
+        Ok(d) => d,
+        Err(e) => {
+            c.bad(
+                KEY,
+                format!("\"{value}\" is not a duration ({e}); write it like \"5s\" or \"500ms\", or \"0s\" to let every SYN replace its 5-tuple's entry"),
+            );
+            return None;
+        }
+    };
+    if d > MAX_SYN_REPLACE_AFTER {
+        c.bad(
+            KEY,
+            format!("\"{value}\" is too long; give at most \"1h\" (default \"5s\": longer than a client retransmits its SYN, shorter than a port is reused)"),
+        );
+        return None;
+    }
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        c.bad(
+            KEY,
+            format!("\"{value}\" is not whole milliseconds (the data plane counts in ms); write it like \"5s\" or \"1500ms\""),
+        );
+        return None;
+    }
+    Some(d)
+}
+
+/// `dataplane.flood_guard_rate`: 0 (off) or [`MIN_FLOOD_GUARD_RATE`] to `u32::MAX` new flows per
+/// second per CPU.
+fn flood_guard_rate(c: &mut Checker, value: u64) -> u32 {
+    match u32::try_from(value) {
+        Ok(rate) if rate == 0 || u64::from(rate) >= MIN_FLOOD_GUARD_RATE => rate,
+        _ => {
+            c.bad(
+                "dataplane.flood_guard_rate",
+                format!("{value} is out of range; give 0 (off) or {MIN_FLOOD_GUARD_RATE} to {} new flows per second per CPU (above it, new flows are balanced without a flow-table entry, so a lower rate would leave ordinary connections unpinned)", u32::MAX),
+            );
+            0
+        }
+    }
 }
 
 /// `[admin]`
@@ -664,6 +815,21 @@ fn rollout(
     }
     let thresholds = thresholds(c, &format!("{rk}.thresholds"), &r.thresholds);
 
+    let mut dry_run = Vec::new();
+    for name in &r.dry_run {
+        match Signal::deciding(name) {
+            Some(s) if !dry_run.contains(&s) => dry_run.push(s),
+            Some(_) => {}
+            None => c.bad(
+                format!("{rk}.dry_run"),
+                format!(
+                    "{name:?} is not a signal that can hold or roll back; use some of {}",
+                    Signal::DECIDING.map(Signal::as_str).join(", ")
+                ),
+            ),
+        }
+    }
+
     let (Some(interval), Some(poll_interval), Some(rollback), Some(start), Some(metrics_missing)) =
         (interval, poll_interval, rollback, start, metrics_missing)
     else {
@@ -682,6 +848,7 @@ fn rollout(
         metrics_missing,
         metrics_missing_intervals: r.metrics_missing_intervals,
         thresholds,
+        dry_run,
     })
 }
 

@@ -9,28 +9,34 @@
 //! module holds the poll and the writes; operator verbs are in `operator`, reload in
 //! `reload`, and `/status` with the metrics in `report`.
 
+mod cluster;
+#[cfg(test)]
+mod cluster_tests;
 mod operator;
 mod reload;
 mod report;
 mod service;
+pub mod store;
 #[cfg(test)]
 mod tests;
 
 use std::sync::{Arc, RwLock};
 
-use canary_common::{GROUP_CANARY, GROUP_STABLE};
+use canary_common::{GlobalConfig, GROUP_CANARY, GROUP_STABLE};
 
 use crate::api::Status;
 use crate::config::{AdminConfig, Config, DataplaneConfig};
 use crate::dataplane::{self, DataPlane, MapWrite, Programmer, ServiceSpec};
-use crate::domain::Group;
+use crate::history::{HistoryStore, Recorder, Sample};
 use crate::judge::FlowCounts;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::observe::neighbour::Neighbours;
 use crate::observe::{Observation, Target, WarmUp};
-use crate::rollout::{Event, Output, Phase, Poll, Rollout, StateStore};
+use crate::rollout::{Event, Output, Phase, Rollout};
 use crate::upstream::{self, Window};
 use service::Service;
+pub use store::DecisionStore;
 
 /// Errors that stop the controller from starting or reloading.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +66,26 @@ fn pinned_weight<D: DataPlane>(
     ))
 }
 
+/// The `CONFIG` entry for the `[dataplane]` section and the balancer's MAC (`lb_mac`: `None`
+/// for an interface without one, then any unicast destination is taken as ours). Every field is
+/// written at each start, so neither a restart nor an upgrade that kept the pinned map runs on
+/// stale settings; `flags` (benchmark switches) are kept.
+pub fn global_config(
+    current: GlobalConfig,
+    dataplane: &DataplaneConfig,
+    lb_mac: Option<[u8; 6]>,
+) -> GlobalConfig {
+    GlobalConfig {
+        hash_seed: dataplane.hash_seed,
+        flags: current.flags,
+        lb_mac: lb_mac.unwrap_or_default(),
+        _pad: [0; 2],
+        syn_replace_after_ms: u32::try_from(dataplane.syn_replace_after.as_millis())
+            .unwrap_or(u32::MAX),
+        flood_guard_rate: dataplane.flood_guard_rate,
+    }
+}
+
 /// The controller of all services.
 pub struct Controller<D: DataPlane> {
     dataplane_config: DataplaneConfig,
@@ -68,13 +94,21 @@ pub struct Controller<D: DataPlane> {
     services: Vec<Service>,
     dp: D,
     programmer: Programmer,
-    store: StateStore,
+    /// Where decisions go and where the kernel's weight comes from (one node or a cluster).
+    store: DecisionStore,
+    cluster_config: crate::cluster::config::ClusterConfig,
     metrics: Metrics,
     status: Arc<RwLock<Status>>,
     hash_seed: u32,
+    /// The balancer interface's MAC as last written to `CONFIG`.
+    lb_mac: Option<[u8; 6]>,
     /// The backends' health changed since the last programming.
     dirty: bool,
     pending_warmups: Vec<WarmUp>,
+    /// Decision events to the `[[notify]]` webhooks.
+    notifier: Notifier,
+    /// Each rollout's observations and decisions, for `canary report`.
+    history: Recorder,
 }
 
 impl<D: DataPlane> Controller<D> {
@@ -89,10 +123,10 @@ impl<D: DataPlane> Controller<D> {
         config: Config,
         dp: D,
         recovered: bool,
-        store: StateStore,
+        store: impl Into<DecisionStore>,
         metrics: Metrics,
         status: Arc<RwLock<Status>>,
-        hash_seed: u32,
+        lb_mac: Option<[u8; 6]>,
         neighbours: &dyn Neighbours,
         now_ms: u64,
         now_ns: u64,
@@ -101,42 +135,67 @@ impl<D: DataPlane> Controller<D> {
             dataplane: dataplane_config,
             admin: admin_config,
             services,
+            notify: _,
+            cluster: cluster_config,
         } = config;
+        let hash_seed = dataplane_config.hash_seed;
+        let state_dir = dataplane_config.state_dir.clone();
         let mut c = Controller {
             dataplane_config,
             admin_config,
             services: Vec::with_capacity(services.len()),
             dp,
             programmer: Programmer::new(),
-            store,
+            store: store.into(),
+            cluster_config,
             metrics,
             status,
             hash_seed,
+            lb_mac,
             dirty: true,
             pending_warmups: Vec::new(),
+            notifier: Notifier::none(),
+            history: Recorder::new(HistoryStore::new(&state_dir)),
         };
         // Every state file is read and checked before anything is written.
         for config in &services {
-            c.store
-                .load(&config.name)
-                .map_err(|message| ControllerError::State {
-                    service: config.name.clone(),
-                    message,
-                })?;
+            c.stored_rollout(&config.name)?;
+        }
+        if let Some(side) = c.store.cluster_side_mut() {
+            match store::ClusterMetrics::register(&c.metrics.registry) {
+                Ok(m) => side.metrics = Some(m),
+                Err(e) => tracing::warn!(error = %e, "cannot register the cluster metrics"),
+            }
         }
         let written = if recovered {
             Some(c.dp.written_state()?)
         } else {
             None
         };
-        let mut global = c.dp.global_config()?;
-        global.hash_seed = c.hash_seed;
+        let global = global_config(c.dp.global_config()?, &c.dataplane_config, lb_mac);
         c.dp.set_global_config(&global)?;
         for config in services {
             let pinned = written
                 .as_ref()
                 .and_then(|w| pinned_weight(&c.dp, w, &config));
-            let (mut service, output) = Service::restore(config, &c.store, now_ms, pinned)?;
+            let stored = c.stored_rollout(&config.name)?;
+            let state_path = c.state_path(&config.name);
+            let clustered = c.store.cluster_side().is_some();
+            // In a cluster the kernel keeps the weight it holds until a document is applied.
+            let (mut service, output) = Service::restore(
+                config,
+                stored,
+                &state_path,
+                now_ms,
+                if clustered { None } else { pinned },
+            );
+            if clustered {
+                service.applied = Some(store::Applied {
+                    weight_bp: pinned.map_or(0, crate::domain::Weight::basis_points),
+                    ..store::Applied::default()
+                });
+            }
+            service.heartbeat_ns = now_ns;
             for (b, state) in service.backends_mut() {
                 state.mac = b.mac.or_else(|| neighbours.mac(b.address));
             }
@@ -157,6 +216,56 @@ impl<D: DataPlane> Controller<D> {
         // /status lists every service (backends "not probed yet") before the first poll.
         c.refresh();
         Ok(c)
+    }
+
+    /// Sends every decision to `notifier`, starting with those taken since the controller
+    /// was created.
+    pub fn set_notifier(&mut self, mut notifier: Notifier) {
+        notifier.take_over(std::mem::take(&mut self.notifier));
+        self.notifier = notifier;
+    }
+
+    /// The balancer interface's MAC now (the daemon reads it every poll): a change (an
+    /// operator set another address) is written to `CONFIG` at once, since otherwise every
+    /// frame to the new address would pass as another host's. Returns whether it changed.
+    pub fn update_lb_mac(&mut self, lb_mac: Option<[u8; 6]>) -> Result<bool, ControllerError> {
+        if lb_mac == self.lb_mac {
+            return Ok(false);
+        }
+        let global = global_config(self.dp.global_config()?, &self.dataplane_config, lb_mac);
+        self.dp.set_global_config(&global)?;
+        tracing::info!(
+            from = ?self.lb_mac,
+            to = ?lb_mac,
+            "the balancer interface's MAC changed; written to the data plane"
+        );
+        self.lb_mac = lb_mac;
+        Ok(true)
+    }
+
+    /// The rollout a service has in the local store (`None` in a cluster: the documents
+    /// bring it).
+    fn stored_rollout(&self, service: &str) -> Result<Option<Rollout>, ControllerError> {
+        match &self.store {
+            DecisionStore::Local(store) => {
+                store
+                    .load(service)
+                    .map_err(|message| ControllerError::State {
+                        service: service.to_string(),
+                        message,
+                    })
+            }
+            DecisionStore::Cluster(_) => Ok(None),
+        }
+    }
+
+    fn state_path(&self, service: &str) -> std::path::PathBuf {
+        match &self.store {
+            DecisionStore::Local(store) => store.path(service),
+            DecisionStore::Cluster(_) => {
+                std::path::PathBuf::from(format!("the rollout document of {service} in etcd"))
+            }
+        }
     }
 
     /// The `[dataplane]` section in force.
@@ -187,8 +296,10 @@ impl<D: DataPlane> Controller<D> {
         self.rollout(service).map(Rollout::phase)
     }
 
-    /// Every backend to probe and scrape this poll.
+    /// Every backend to probe and scrape this poll (a cluster node that does not lead probes
+    /// only: its `metrics_url` is empty).
     pub fn targets(&self) -> Vec<Target> {
+        let scrape = self.store.scrapes_upstream();
         self.services
             .iter()
             .flat_map(|s| {
@@ -196,7 +307,11 @@ impl<D: DataPlane> Controller<D> {
                     service: s.config.name.clone(),
                     backend: b.name.clone(),
                     health_url: b.health_url.clone(),
-                    metrics_url: b.metrics_url.clone(),
+                    metrics_url: if scrape {
+                        b.metrics_url.clone()
+                    } else {
+                        String::new()
+                    },
                     max_scrape_bytes: s.config.upstream.max_scrape_bytes,
                 })
             })
@@ -245,6 +360,26 @@ impl<D: DataPlane> Controller<D> {
             let Some(j) = self.services[i].backend_position(&obs.backend) else {
                 continue;
             };
+            if !self.store.scrapes_upstream() {
+                // Health only: the leader scrapes the metrics.
+                let (bcfg, br) = self.services[i].backend_mut(j);
+                if br.health.observe(&obs.health) {
+                    self.dirty = true;
+                    tracing::info!(
+                        service = %obs.service,
+                        backend = %obs.backend,
+                        up = br.health.up == Some(true),
+                        reason = br.health.last_failure.as_deref().unwrap_or(""),
+                        "backend health changed"
+                    );
+                }
+                let mac = bcfg.mac.or_else(|| neighbours.mac(bcfg.address));
+                if mac != br.mac {
+                    br.mac = mac;
+                    self.dirty = true;
+                }
+                continue;
+            }
             let snapshot = upstream::snapshot_of(&obs.metrics, &self.services[i].config.upstream);
             for p in &snapshot.problems {
                 self.metrics
@@ -275,29 +410,30 @@ impl<D: DataPlane> Controller<D> {
                 br.mac = mac;
                 self.dirty = true;
             }
-            br.metrics_error = (!snapshot.problems.is_empty()).then(|| {
-                let all: Vec<String> = snapshot.problems.iter().map(ToString::to_string).collect();
-                all.join("; ")
-            });
+            br.metrics_problems.clone_from(&snapshot.problems);
             br.reported_requests = snapshot.requests.present().copied();
             let delta = snapshot.delta_since(&br.baseline);
             br.baseline.advance(&snapshot, delta.reset);
             deltas[i][j] = Some(delta.window);
         }
 
+        self.notify_deadman(now_ms, now_ns);
         if self.dirty {
             self.program(now_ns)?;
         }
 
+        let decides = self.store.decides();
         for (i, deltas) in deltas.iter().enumerate() {
             let flows = self.flow_counts(i)?;
+            if !decides {
+                // A cluster node that does not lead (or cannot reach the store) only applies:
+                // the rollout holds here.
+                self.write_control(i, now_ns)?;
+                self.record_heartbeat(i, now_ms);
+                continue;
+            }
             let s = &mut self.services[i];
-            let poll = Poll {
-                stable: s.window(Group::Stable, deltas),
-                canary: s.window(Group::Canary, deltas),
-                flows,
-                backends: s.backend_polls(deltas),
-            };
+            let poll = s.poll(deltas, flows);
             let out = s.rollout.on_event(
                 now_ms,
                 Event::Poll(poll),
@@ -319,15 +455,34 @@ impl<D: DataPlane> Controller<D> {
                 self.apply_output(i, out, now_ns);
             }
             self.write_control(i, now_ns)?;
+            self.record_heartbeat(i, now_ms);
+            self.persist(i);
+        }
+        self.refresh();
+        self.record_samples(now_ms);
+        Ok(())
+    }
+
+    fn record_heartbeat(&self, i: usize, now_ms: u64) {
+        if self.store.heartbeat_ok() {
             self.metrics.record_heartbeat(
                 self.services[i].name(),
                 now_ms,
                 self.dataplane_config.heartbeat_timeout,
             );
-            self.persist(i);
         }
-        self.refresh();
-        Ok(())
+    }
+
+    /// Adds this poll's status of every service to its rollout's history.
+    fn record_samples(&mut self, now_ms: u64) {
+        let status = self
+            .status
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (s, st) in self.services.iter().zip(&status.services) {
+            self.history
+                .sample(s.name(), s.rollout.started_at_ms(), Sample::of(now_ms, st));
+        }
     }
 
     /// New flows the kernel sent to each group of service `i` since the last poll.
@@ -337,7 +492,7 @@ impl<D: DataPlane> Controller<D> {
             return Ok(FlowCounts::default());
         };
         let stats = self.dp.service_stats(index)?;
-        let flows = match s.last_service_stats {
+        let local = match s.last_service_stats {
             Some(last) => FlowCounts {
                 stable: stats.new_flows[GROUP_STABLE as usize]
                     .saturating_sub(last.new_flows[GROUP_STABLE as usize]),
@@ -347,7 +502,11 @@ impl<D: DataPlane> Controller<D> {
             None => FlowCounts::default(),
         };
         s.last_service_stats = Some(stats);
-        Ok(flows)
+        // In a cluster the leader judges the split summed over every node.
+        Ok(match self.store.cluster_side_mut() {
+            None => local,
+            Some(side) => side.flows.remove(s.name()).unwrap_or_default(),
+        })
     }
 
     fn program(&mut self, now_ns: u64) -> Result<(), ControllerError> {
@@ -359,27 +518,78 @@ impl<D: DataPlane> Controller<D> {
 
     /// Writes service `i`'s control entry (weight, epoch, heartbeat): every poll and after
     /// every decision. A newly placed service gets the same entry through its plan.
+    /// The heartbeat is refreshed only while the store allows it (see
+    /// [`DecisionStore::heartbeat_ok`]); otherwise the last one stays.
     fn write_control(&mut self, i: usize, now_ns: u64) -> Result<(), ControllerError> {
+        if self.store.heartbeat_ok() {
+            self.services[i].heartbeat_ns = now_ns;
+        }
         let s = &self.services[i];
         let Some(index) = self.programmer.service_index(s.name()) else {
             return Ok(());
         };
-        let control = s.control(self.dataplane_config.heartbeat_timeout, now_ns);
+        let control = s.control(self.dataplane_config.heartbeat_timeout, s.heartbeat_ns);
         self.dp.apply(&[MapWrite::Control { index, control }])?;
         Ok(())
     }
 
-    fn persist(&self, i: usize) {
+    /// Keeps service `i`'s rollout: in `state_dir` on one node, as a document for the store in
+    /// a cluster (leader only).
+    fn persist(&mut self, i: usize) {
         let s = &self.services[i];
-        if let Err(e) = self.store.save(s.name(), &s.rollout) {
-            tracing::error!(service = s.name(), error = %e, "cannot persist rollout state; a restart would lose it");
+        match &mut self.store {
+            DecisionStore::Local(store) => {
+                if let Err(e) = store.save(s.name(), &s.rollout) {
+                    tracing::error!(service = s.name(), error = %e, "cannot persist rollout state; a restart would lose it");
+                }
+            }
+            DecisionStore::Cluster(side) => {
+                if side.leading {
+                    let document = cluster::document_of(s, &side.node, self.hash_seed);
+                    side.queue(document);
+                }
+            }
         }
     }
 
-    /// Applies a rollout output of service `i`: reset epoch, warm-up, decision log.
+    /// Applies a rollout output of service `i`: reset epoch, warm-up, decision log. A cluster
+    /// node that does not decide has nothing to apply (its rollout holds).
     fn apply_output(&mut self, i: usize, out: Output, now_ns: u64) {
+        if !self.store.decides() {
+            return;
+        }
+        let decision = out.decision.clone();
         if let Some(warm_up) = self.services[i].apply(out, now_ns, &self.metrics) {
             self.pending_warmups.push(warm_up);
+        }
+        if let Some(d) = decision {
+            let s = &self.services[i];
+            self.history
+                .decision(s.name(), s.rollout.started_at_ms(), &d);
+            self.notifier.decision(s.name(), &d);
+        }
+    }
+
+    /// Notifies services whose heartbeat in the kernel went stale since the last poll (the
+    /// dead-man switch was active: the daemon was stopped or stuck).
+    fn notify_deadman(&mut self, now_ms: u64, now_ns: u64) {
+        for s in &self.services {
+            let Some(index) = self.programmer.service_index(s.name()) else {
+                continue;
+            };
+            let Ok(control) = self.dp.control(index) else {
+                continue;
+            };
+            let age = now_ns.saturating_sub(control.heartbeat_ns);
+            if control.heartbeat_ns > 0 && age > control.heartbeat_timeout_ns {
+                self.notifier.deadman(
+                    s.name(),
+                    now_ms,
+                    std::time::Duration::from_nanos(age),
+                    s.rollout.phase(),
+                    s.rollout.weight().percent(),
+                );
+            }
         }
     }
 

@@ -23,6 +23,24 @@ impl<D: DataPlane> Controller<D> {
             Ok(i) => i,
             Err(e) => return OperatorReply::refused(e),
         };
+        if command.is_mutating()
+            && !matches!(command, OperatorCommand::Reload)
+            && !self.store.decides()
+        {
+            let why = match self.store.cluster_side() {
+                Some(c) if c.store_problem.is_some() => format!(
+                    "etcd is unreachable ({}); the rollout holds until it answers",
+                    c.store_problem.as_deref().unwrap_or_default()
+                ),
+                Some(c) => format!(
+                    "node {} does not lead; the leader ({}) decides",
+                    c.node,
+                    c.leader.as_deref().unwrap_or("none yet")
+                ),
+                None => "this node does not decide".to_string(),
+            };
+            return OperatorReply::refused(why);
+        }
         let action = match command {
             OperatorCommand::Start => Action::Start,
             OperatorCommand::Pause => Action::Pause,
@@ -105,6 +123,11 @@ impl<D: DataPlane> Controller<D> {
                 );
                 if route.deadman_fallback {
                     text.push_str(" (dead-man fallback to stable)");
+                } else if route.stale_heartbeat && route.backend.is_none() {
+                    text.push_str(" (dead-man switch: stable has no backend up)");
+                }
+                if route.slot_fallback {
+                    text.push_str(" (its slot's backend cannot take new flows: a later slot)");
                 }
                 if route.group_fallback {
                     let _ = write!(

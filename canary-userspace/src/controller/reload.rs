@@ -26,11 +26,23 @@ impl<D: DataPlane> Controller<D> {
                 "the [admin] section changed; it applies only at start: restart the daemon".into(),
             ));
         }
+        if new.cluster != self.cluster_config {
+            return Err(ControllerError::Reload(
+                "the [cluster] section changed; it applies only at start: restart the daemon (traffic keeps flowing)".into(),
+            ));
+        }
         // What can fail comes first: the stored rollouts of the services added.
         let mut added = Vec::new();
         for config in &new.services {
             if self.service(&config.name).is_none() {
-                added.push(Service::restore(config.clone(), &self.store, now_ms, None)?);
+                let stored = self.stored_rollout(&config.name)?;
+                let path = self.state_path(&config.name);
+                let (mut s, out) = Service::restore(config.clone(), stored, &path, now_ms, None);
+                if self.store.cluster_side().is_some() {
+                    s.applied = Some(super::store::Applied::default());
+                }
+                s.heartbeat_ns = now_ns;
+                added.push((s, out));
             }
         }
         let mut added = added.into_iter();

@@ -38,7 +38,7 @@ impl<D: DataPlane> Controller<D> {
         for rt in &self.services {
             let svc = &rt.config;
             let name = svc.name.as_str();
-            let weight = rt.rollout.weight();
+            let weight = rt.kernel_weight();
             self.metrics
                 .weight_ratio
                 .with_label_values(&[name])
@@ -149,8 +149,24 @@ impl<D: DataPlane> Controller<D> {
                     bytes: stats.bytes,
                     new_flows: stats.new_flows,
                     reported_requests: br.reported_requests,
-                    metrics_ok: br.metrics_error.is_none(),
-                    metrics_problem: br.metrics_error.clone(),
+                    metrics_ok: br.metrics_problems.is_empty(),
+                    metrics_problem: (!br.metrics_problems.is_empty()).then(|| {
+                        let all: Vec<String> = br
+                            .metrics_problems
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect();
+                        all.join("; ")
+                    }),
+                    metrics_problem_reasons: {
+                        let mut reasons: Vec<String> = br
+                            .metrics_problems
+                            .iter()
+                            .map(|p| p.reason.as_str().to_string())
+                            .collect();
+                        reasons.dedup();
+                        reasons
+                    },
                     reported_versions: br.baseline.versions.clone(),
                 });
             }
@@ -203,8 +219,23 @@ impl<D: DataPlane> Controller<D> {
                 backends,
                 last_decision: rt.rollout.last_decision().cloned(),
                 events: rt.events.iter().cloned().collect(),
+                dry_run: svc
+                    .rollout
+                    .dry_run
+                    .iter()
+                    .map(|s| s.as_str().to_string())
+                    .collect(),
+                cluster: rt
+                    .applied
+                    .as_ref()
+                    .map(|a| crate::api::ServiceClusterStatus {
+                        applied_version: a.version,
+                        decided_by: a.decided_by.clone(),
+                        refused: a.refused.clone(),
+                    }),
             });
         }
+        status.cluster = self.cluster_status();
         *self
             .status
             .write()

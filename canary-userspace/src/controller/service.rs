@@ -6,14 +6,15 @@ use std::time::Duration;
 
 use canary_common::{ServiceControl, ServiceStats};
 
-use super::ControllerError;
+use super::store::Applied;
 use crate::config::{BackendConfig, ServiceConfig};
 use crate::dataplane::{BackendSpec, ServiceSpec};
 use crate::domain::{Group, RollbackMode, Weight};
+use crate::judge::FlowCounts;
 use crate::metrics::Metrics;
 use crate::observe::{Health, WarmUp};
-use crate::rollout::{BackendPoll, Decision, Event, Output, Rollout, StateStore};
-use crate::upstream::{self, Snapshot, Window};
+use crate::rollout::{BackendPoll, Decision, Event, Output, Poll, Rollout};
+use crate::upstream::{self, ScrapeProblem, ScrapeReason, Snapshot, Window};
 
 /// Decisions kept for `/status`.
 const EVENTS_KEPT: usize = 50;
@@ -25,7 +26,8 @@ pub(super) struct BackendState {
     pub(super) mac: Option<[u8; 6]>,
     /// Baseline of the backend's counters (advanced every poll).
     pub(super) baseline: Snapshot,
-    pub(super) metrics_error: Option<String>,
+    /// Why its metrics, or some of its series, were missing in the latest poll.
+    pub(super) metrics_problems: Vec<ScrapeProblem>,
     pub(super) reported_requests: Option<f64>,
 }
 
@@ -54,29 +56,32 @@ pub(super) struct Service {
     pub(super) warming: bool,
     pub(super) reset_epoch_ns: u64,
     pub(super) measured_share: Option<f64>,
+    /// Cluster mode: the documents applied (the kernel's weight is theirs); `None` on one node
+    /// (the kernel's weight is the rollout's).
+    pub(super) applied: Option<Applied>,
+    /// Reset rollbacks decided so far (a cluster document's `reset_epoch`).
+    pub(super) reset_count: u64,
+    /// The heartbeat last written to the kernel.
+    pub(super) heartbeat_ns: u64,
 }
 
 impl Service {
-    /// The service with its rollout restored from `store`, or, when the state file is missing
-    /// and the data plane still holds a canary weight (`pinned`, after a restart), continued at
-    /// that weight, or new; and what the rollout asks for now. Backends start "not probed yet".
+    /// The service with its rollout restored (`stored`, read from `state_path`), or, when
+    /// there is none and the data plane still holds a canary weight (`pinned`, after a
+    /// restart), continued at that weight, or new; and what the rollout asks for now. Backends
+    /// start "not probed yet".
     pub(super) fn restore(
         config: ServiceConfig,
-        store: &StateStore,
+        stored: Option<Rollout>,
+        state_path: &std::path::Path,
         now_ms: u64,
         pinned: Option<Weight>,
-    ) -> Result<(Service, Output), ControllerError> {
+    ) -> (Service, Output) {
         let fingerprint = config.canary_fingerprint();
-        let stored = store
-            .load(&config.name)
-            .map_err(|message| ControllerError::State {
-                service: config.name.clone(),
-                message,
-            })?;
         let (rollout, output) = match stored {
             None if pinned.is_some_and(|w| w > Weight::ZERO) && !fingerprint.is_empty() => {
                 let weight = pinned.expect("checked above");
-                Rollout::adopt(now_ms, fingerprint, weight, &store.path(&config.name))
+                Rollout::adopt(now_ms, fingerprint, weight, state_path)
             }
             Some(mut r) => {
                 let out = r.on_event(
@@ -98,6 +103,9 @@ impl Service {
             warming: false,
             reset_epoch_ns: 0,
             measured_share: None,
+            applied: None,
+            reset_count: 0,
+            heartbeat_ns: 0,
         };
         // A restored rollout shows its last decision; a new one shows the decision it starts with.
         if output.decision.is_none() {
@@ -105,7 +113,7 @@ impl Service {
                 service.events.push_back(d.clone());
             }
         }
-        Ok((service, output))
+        (service, output)
     }
 
     pub(super) fn name(&self) -> &str {
@@ -162,6 +170,30 @@ impl Service {
         self.config = config;
     }
 
+    /// This poll for the rollout: each group's increases, the kernel's new flows, and why
+    /// series of the backends in service are missing.
+    pub(super) fn poll(&self, deltas: &[Option<Window>], flows: FlowCounts) -> Poll {
+        let mut problems = Vec::new();
+        let mut local_failure = false;
+        for ((b, state), delta) in self.backends().zip(deltas) {
+            if state.health.up != Some(true) || delta.is_none() {
+                continue;
+            }
+            for p in &state.metrics_problems {
+                local_failure |= p.reason == ScrapeReason::Local;
+                problems.push(format!("{}: {} [{}]", b.name, p.message, p.reason.as_str()));
+            }
+        }
+        Poll {
+            stable: self.window(Group::Stable, deltas),
+            canary: self.window(Group::Canary, deltas),
+            flows,
+            backends: self.backend_polls(deltas),
+            problems,
+            local_failure,
+        }
+    }
+
     /// The increases of a group's in-service backends over this poll, summed.
     pub(super) fn window(&self, group: Group, deltas: &[Option<Window>]) -> Window {
         let windows: Vec<&Window> = self
@@ -188,19 +220,39 @@ impl Service {
             .collect()
     }
 
-    /// The service's `CONTROL` entry now: the one computation of weight, epoch and heartbeat.
-    pub(super) fn control(&self, heartbeat_timeout: Duration, now_ns: u64) -> ServiceControl {
+    /// The canary weight this node's kernel holds: the rollout's on one node, the applied
+    /// document's in a cluster.
+    pub(super) fn kernel_weight(&self) -> Weight {
+        match &self.applied {
+            None => self.rollout.weight(),
+            Some(applied) => Weight::from_basis_points(applied.weight_bp),
+        }
+    }
+
+    /// The weight a decision of this node's rollout means for the kernel.
+    pub(super) fn decided_weight(&self) -> Weight {
+        // A service without canary backends never sends anything to canary, whatever the state.
+        if self.config.group(Group::Canary).next().is_some() {
+            self.rollout.weight()
+        } else {
+            Weight::ZERO
+        }
+    }
+
+    /// The service's `CONTROL` entry with the heartbeat `heartbeat_ns`: the one computation of
+    /// weight, epoch and heartbeat.
+    pub(super) fn control(&self, heartbeat_timeout: Duration, heartbeat_ns: u64) -> ServiceControl {
         // A service without canary backends never sends anything to canary, whatever the state.
         let has_canary = self.config.group(Group::Canary).next().is_some();
         ServiceControl {
             canary_weight: if has_canary {
-                self.rollout.weight().basis_points()
+                self.kernel_weight().basis_points()
             } else {
                 0
             },
             _pad: 0,
             reset_epoch_ns: self.reset_epoch_ns,
-            heartbeat_ns: now_ns,
+            heartbeat_ns,
             heartbeat_timeout_ns: heartbeat_timeout.as_nanos().try_into().unwrap_or(u64::MAX),
         }
     }
@@ -230,7 +282,11 @@ impl Service {
     pub(super) fn apply(&mut self, out: Output, now_ns: u64, metrics: &Metrics) -> Option<WarmUp> {
         let service = self.config.name.as_str();
         if out.reset_epoch && self.config.rollout.rollback == RollbackMode::Reset {
-            self.reset_epoch_ns = now_ns.max(1);
+            self.reset_count += 1;
+            // In a cluster each node sets its own epoch when it applies the document.
+            if self.applied.is_none() {
+                self.reset_epoch_ns = now_ns.max(1);
+            }
         }
         let mut warm_up = None;
         if out.warm_up && !self.warming {
@@ -253,7 +309,15 @@ impl Service {
                 body: rollout.warmup_body.clone(),
             });
         }
+        for r in &out.dry_run_failures {
+            report_dry_run(service, r, metrics);
+        }
         if let Some(d) = out.decision {
+            for r in d.judgement.iter().flat_map(|j| &j.signals) {
+                if r.dry_run {
+                    report_dry_run(service, r, metrics);
+                }
+            }
             tracing::info!(
                 target: "canary::decision",
                 service,
@@ -271,5 +335,25 @@ impl Service {
             }
         }
         warm_up
+    }
+}
+
+/// A dry-run signal's verdict: counted in `canary_dry_run_verdicts_total`; a failure is logged
+/// as what would have rolled back.
+fn report_dry_run(service: &str, r: &crate::judge::SignalReport, metrics: &Metrics) {
+    let verdict = format!("{:?}", r.verdict).to_lowercase();
+    metrics
+        .dry_run_verdicts
+        .with_label_values(&[service, r.signal.as_str(), &verdict])
+        .inc();
+    if r.verdict == crate::judge::SignalVerdict::Fail {
+        tracing::warn!(
+            target: "canary::decision",
+            service,
+            signal = r.signal.as_str(),
+            dry_run = true,
+            "dry-run signal {} failed (would have rolled back; dry_run keeps the rollout going): {r}",
+            r.signal.as_str()
+        );
     }
 }

@@ -13,7 +13,10 @@ use crate::config::Config;
 use crate::dataplane::fake::FakeDataPlane;
 use crate::metrics::Metrics;
 use crate::observe::probe::Probe;
-use crate::rollout::Phase;
+use crate::rollout::{Phase, StateStore};
+
+/// The balancer interface's MAC the tests' daemon found.
+const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
 
 const BOUNDS: [f64; 8] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
@@ -32,6 +35,8 @@ struct FakeBackend {
     records_latency: bool,
     /// Exported instead of the real request count (a lying or broken exporter).
     requests_text: Option<String>,
+    /// How the scrape fails, instead of answering.
+    scrape_failure: Option<crate::upstream::ScrapeProblem>,
 }
 
 /// How a version behaves.
@@ -124,7 +129,7 @@ impl FakeBackend {
     }
 }
 
-fn config_text(extra_rollout: &str) -> String {
+pub(super) fn config_text(extra_rollout: &str) -> String {
     format!(
         r#"
 [dataplane]
@@ -208,7 +213,7 @@ impl Sim {
             StateStore::new(&dir),
             Metrics::new().unwrap(),
             Arc::new(RwLock::new(Status::default())),
-            7,
+            Some(LB_MAC),
             &BTreeMap::new(),
             0,
             1,
@@ -273,7 +278,9 @@ impl Sim {
                 } else {
                     Probe::Unhealthy("connection refused".into())
                 },
-                metrics: if b.metrics_up {
+                metrics: if let Some(failure) = &b.scrape_failure {
+                    Err(failure.clone())
+                } else if b.metrics_up {
                     Ok(b.exposition())
                 } else {
                     Err(crate::upstream::ScrapeProblem {
@@ -782,7 +789,7 @@ fn a_state_file_with_an_impossible_weight_is_refused_naming_file_and_field() {
         StateStore::new(&dir),
         Metrics::new().unwrap(),
         Arc::new(RwLock::new(Status::default())),
-        7,
+        Some(LB_MAC),
         &BTreeMap::new(),
         0,
         1,
@@ -821,4 +828,423 @@ fn a_missing_state_file_adopts_the_weight_the_data_plane_holds() {
     // It keeps going from there.
     again.run_until(200, |s| s.phase() == Phase::Promoted);
     assert_eq!(again.phase(), Phase::Promoted);
+}
+
+fn metrics_text(sim: &Sim) -> String {
+    prometheus::TextEncoder::new()
+        .encode_to_string(&sim.c.metrics.registry.gather())
+        .unwrap()
+}
+
+#[test]
+fn a_dry_run_signal_is_reported_but_never_holds_or_rolls_back() {
+    // The same slower canary the judge rolls back, with latency in dry run: it is promoted,
+    // and the latency failures show in the decisions, /status and the metrics.
+    let mut sim = Sim::new("dryrun", "dry_run = [\"latency_mean\", \"latency_p95\"]");
+    sim.canary.latency_s = 0.25;
+    let seen = sim.run_until(200, |s| s.phase() == Phase::Promoted);
+    assert_eq!(sim.phase(), Phase::Promoted, "weights {seen:?}");
+    assert_eq!(seen, vec![0, 1000, 5000, 10_000]);
+    let status = sim.c.status.read().unwrap().clone();
+    let svc = &status.services[0];
+    assert_eq!(svc.dry_run, vec!["latency_mean", "latency_p95"]);
+    let failed: Vec<_> = svc
+        .events
+        .iter()
+        .filter_map(|d| d.judgement.as_ref())
+        .flat_map(|j| &j.signals)
+        .filter(|r| r.dry_run && r.verdict == crate::judge::SignalVerdict::Fail)
+        .collect();
+    assert!(!failed.is_empty(), "dry-run failures are in the decisions");
+    let text = metrics_text(&sim);
+    assert!(
+        text.contains(
+            "canary_dry_run_verdicts_total{service=\"sentiment\",signal=\"latency_p95\",verdict=\"fail\"}"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_error_spike_in_dry_run_is_counted_not_rolled_back() {
+    let mut sim = Sim::new("dryspike", "dry_run = [\"error_spike\"]");
+    sim.run_until(100, |s| s.weight_bp() == 5000);
+    assert_eq!(sim.weight_bp(), 5000);
+    sim.canary.error_rate = 0.3;
+    sim.tick();
+    assert_eq!(sim.weight_bp(), 5000, "a dry-run spike changes nothing");
+    assert_eq!(sim.phase(), Phase::Stepping);
+    let text = metrics_text(&sim);
+    assert!(
+        text.contains(
+            "canary_dry_run_verdicts_total{service=\"sentiment\",signal=\"error_spike\",verdict=\"fail\"} 1"
+        ),
+        "{text}"
+    );
+    // The error rate itself is not in dry run: the judge rolls back at the next evaluation.
+    sim.run_until(30, |s| s.phase() == Phase::RolledBack);
+    assert_eq!(sim.phase(), Phase::RolledBack);
+    let d = sim
+        .c
+        .rollout("sentiment")
+        .unwrap()
+        .last_decision()
+        .unwrap()
+        .clone();
+    assert_eq!(d.reason.as_str(), "error_rate", "{d}");
+}
+
+/// Runs a healthy rollout to promotion, then a second one that is rolled back, with the
+/// notifier in place; returns the sim and the decisions it took that notify.
+fn notified_rollout(
+    name: &str,
+    notifier: crate::notify::Notifier,
+) -> (Sim, Vec<(String, f64, f64)>) {
+    let mut sim = Sim::new(name, "");
+    sim.c.set_notifier(notifier);
+    let seen = sim.run_until(200, |s| s.phase() == Phase::Promoted);
+    assert_eq!(seen, vec![0, 1000, 5000, 10_000]);
+    let reply = sim.c.on_operator(
+        sim.t * 1000,
+        sim.t * 1_000_000_000,
+        None,
+        &OperatorCommand::Start,
+    );
+    assert!(reply.ok, "{}", reply.message);
+    sim.canary.latency_s = 0.25;
+    sim.run_until(200, |s| s.phase() == Phase::RolledBack);
+    assert_eq!(sim.phase(), Phase::RolledBack);
+    // Every decision, from the recorded history of both rollouts.
+    let store = crate::history::HistoryStore::new(&sim.store_dir);
+    let expected = store
+        .rollouts("sentiment")
+        .unwrap()
+        .into_iter()
+        .flat_map(|id| store.load("sentiment", id).unwrap().unwrap().decisions)
+        .filter(|d| matches!(d.action.as_str(), "start" | "step" | "promote" | "rollback"))
+        .map(|d| {
+            (
+                d.action.as_str().to_string(),
+                d.from.percent(),
+                d.to.percent(),
+            )
+        })
+        .collect();
+    (sim, expected)
+}
+
+#[test]
+fn every_decision_reaches_a_real_receiver_once_in_order_and_a_dead_one_changes_nothing() {
+    use crate::notify::tests::{dead_url, sink, Receiver};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let receiver = rt.block_on(Receiver::start(0));
+    let metrics = Metrics::new().unwrap();
+    let notifier = crate::notify::start(&[sink(&receiver.url)], "lb-1".into(), &metrics).unwrap();
+    let (live, expected) = notified_rollout("notify-live", notifier);
+    // Start, 10, 50, promote; start, 10, rollback (the operator's start is a decision like
+    // the others).
+    assert!(expected.len() >= 6, "{expected:?}");
+    receiver.wait_for(expected.len(), std::time::Duration::from_secs(20));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let got_all = receiver.events();
+    let arrived: Vec<(String, f64, f64)> = got_all
+        .iter()
+        .filter(|e| e.event.as_str() != "hold" && e.event.as_str() != "metrics_missing")
+        .map(|e| (e.action.clone(), e.from_percent, e.to_percent))
+        .collect();
+    // Including the first start, taken in Controller::new before set_notifier.
+    assert_eq!(arrived, expected, "every decision once, in order");
+    let rollback = got_all.iter().find(|e| e.action == "rollback").unwrap();
+    assert_eq!(rollback.service, "sentiment");
+    assert_eq!(rollback.node, "lb-1");
+    assert!(rollback.reason.starts_with("latency"), "{rollback:?}");
+    assert!(rollback.signals.iter().any(|s| s.verdict == "fail"));
+    assert!(rollback.text.contains("rollback"), "{}", rollback.text);
+
+    // The same rollouts with nobody listening: the same decisions at the same times, and
+    // only the drop counter moves.
+    let dead_metrics = Metrics::new().unwrap();
+    let notifier = crate::notify::start(
+        &[crate::notify::NotifyConfig {
+            retries: 0,
+            ..sink(&dead_url())
+        }],
+        "lb-1".into(),
+        &dead_metrics,
+    )
+    .unwrap();
+    let (dead, dead_expected) = notified_rollout("notify-dead", notifier);
+    assert_eq!(dead_expected, expected);
+    assert_eq!(dead.t, live.t, "same timing");
+    let events = |s: &Sim| {
+        let st = s.c.status.read().unwrap().clone();
+        st.services[0]
+            .events
+            .iter()
+            .map(|d| (d.at_ms, d.action, d.to))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(events(&dead), events(&live));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let dropped = || {
+        dead_metrics
+            .notify_dropped
+            .with_label_values(&["chat", "failed"])
+            .get()
+    };
+    while dropped() < got_all.len() as u64 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(dropped(), got_all.len() as u64);
+}
+
+#[test]
+fn a_stale_heartbeat_is_notified_as_the_dead_man_switch() {
+    use crate::notify::tests::{sink, Receiver};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let receiver = rt.block_on(Receiver::start(0));
+    let metrics = Metrics::new().unwrap();
+    let notifier = crate::notify::start(&[sink(&receiver.url)], String::new(), &metrics).unwrap();
+    let mut sim = Sim::new("deadman", "");
+    sim.c.set_notifier(notifier);
+    sim.run_until(100, |s| s.weight_bp() == 1000);
+    let before = receiver
+        .wait_for(1, std::time::Duration::from_secs(5))
+        .len();
+    // The daemon was away for 40 s (heartbeat_timeout is 30 s).
+    sim.t += 40;
+    sim.tick();
+    let got = receiver.wait_for(before + 1, std::time::Duration::from_secs(20));
+    let deadman: Vec<_> = got.iter().filter(|e| e.action == "deadman").collect();
+    assert_eq!(deadman.len(), 1, "{got:?}");
+    assert!(deadman[0].text.contains("dead-man"), "{}", deadman[0].text);
+    // An ordinary poll interval is not one.
+    sim.tick();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        receiver
+            .events()
+            .iter()
+            .filter(|e| e.action == "deadman")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn a_rollout_is_recorded_across_a_restart_and_drawn_with_every_series() {
+    use crate::history::{render, HistoryStore};
+    let mut sim = Sim::new("history", "");
+    sim.canary.latency_s = 0.25;
+    sim.run_until(100, |s| s.weight_bp() == 1000);
+    sim.run_until(5, |_| false);
+    let dir = sim.store_dir.clone();
+    let store = HistoryStore::new(&dir);
+    let id = sim.c.rollout("sentiment").unwrap().started_at_ms();
+    let t = sim.t;
+    // A restart: the history continues in the same file.
+    let dp = std::mem::take(sim.c.dataplane_mut());
+    sim.store_dir = std::env::temp_dir().join("canary-ctl-unused");
+    drop(sim);
+    let saved = store
+        .load("sentiment", id)
+        .unwrap()
+        .expect("saved before the restart");
+    assert!(!saved.samples.is_empty() && !saved.decisions.is_empty());
+    let mut again = Sim::with_store(dir, dp, true, "");
+    again.t = t;
+    again.canary.latency_s = 0.25;
+    again.run_until(200, |s| s.phase() == Phase::RolledBack);
+    assert_eq!(again.phase(), Phase::RolledBack);
+    assert_eq!(store.rollouts("sentiment").unwrap(), vec![id]);
+    let h = store.load("sentiment", id).unwrap().unwrap();
+    assert!(
+        h.samples.len() > saved.samples.len(),
+        "samples before and after the restart"
+    );
+    assert_eq!(h.samples[0], saved.samples[0]);
+    let actions: Vec<&str> = h.decisions.iter().map(|d| d.action.as_str()).collect();
+    assert_eq!(actions.first(), Some(&"start"), "{actions:?}");
+    assert_eq!(actions.last(), Some(&"rollback"), "{actions:?}");
+    assert!(h
+        .samples
+        .iter()
+        .any(|s| (s.weight_percent - 10.0).abs() < 1e-9));
+    assert!(h
+        .samples
+        .iter()
+        .any(|s| s.canary.latency_p95_ms.is_some_and(|p| p > 200.0)));
+    let svg = render::svg(&h).unwrap();
+    for name in render::SERIES {
+        assert!(svg.contains(name), "series {name:?} missing");
+    }
+    assert!(
+        svg.contains("rollback 0% (latency_"),
+        "the rollback is marked with its reason"
+    );
+    assert!(svg.contains("canary positive %"));
+}
+
+/// Every field of the `CONFIG` entry is written at start from `[dataplane]` and the interface's
+/// MAC, over whatever an earlier run or another version left in the (pinned) map; benchmark
+/// flags stay.
+#[test]
+fn start_writes_every_global_setting() {
+    let text = config_text("").replace(
+        "heartbeat_timeout = \"30s\"",
+        "heartbeat_timeout = \"30s\"\nhash_seed = 99\nsyn_replace_after = \"2500ms\"\nflood_guard_rate = 20000",
+    );
+    let mut dp = FakeDataPlane::new();
+    // What a run of an older version left: no MAC, no SYN threshold, no guard.
+    dp.config = canary_common::GlobalConfig {
+        hash_seed: 1,
+        flags: canary_common::CONFIG_FLAG_NO_FLOW_TABLE,
+        ..canary_common::GlobalConfig::default()
+    };
+    let dir = store_dir("global");
+    let c = Controller::new(
+        Config::from_toml_str(&text).unwrap(),
+        dp,
+        true,
+        StateStore::new(&dir),
+        Metrics::new().unwrap(),
+        Arc::new(RwLock::new(Status::default())),
+        Some(LB_MAC),
+        &BTreeMap::new(),
+        0,
+        1,
+    )
+    .expect("controller starts");
+    assert_eq!(
+        c.dataplane().config,
+        canary_common::GlobalConfig {
+            hash_seed: 99,
+            flags: canary_common::CONFIG_FLAG_NO_FLOW_TABLE,
+            lb_mac: LB_MAC,
+            _pad: [0; 2],
+            syn_replace_after_ms: 2500,
+            flood_guard_rate: 20_000,
+        }
+    );
+    // Defaults: 5 s, guard off; an interface without a MAC leaves lb_mac zero.
+    let c = Controller::new(
+        Config::from_toml_str(&config_text("")).unwrap(),
+        FakeDataPlane::new(),
+        false,
+        StateStore::new(&dir),
+        Metrics::new().unwrap(),
+        Arc::new(RwLock::new(Status::default())),
+        None,
+        &BTreeMap::new(),
+        0,
+        1,
+    )
+    .expect("controller starts");
+    let g = c.dataplane().config;
+    assert_eq!(
+        (
+            g.lb_mac,
+            g.syn_replace_after_ms,
+            g.flood_guard_rate,
+            g.hash_seed
+        ),
+        ([0; 6], 5000, 0, crate::config::DEFAULT_HASH_SEED)
+    );
+    // The interface gets a MAC (or another one) while the daemon runs: written at once, the
+    // other settings kept.
+    let mut c = c;
+    assert!(c.update_lb_mac(Some(LB_MAC)).unwrap());
+    assert!(!c.update_lb_mac(Some(LB_MAC)).unwrap());
+    let g = c.dataplane().config;
+    assert_eq!((g.lb_mac, g.syn_replace_after_ms), (LB_MAC, 5000));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A canary scrape that fails because this node is out of descriptors is "unknown": named as
+/// `local` in status and metrics, and it neither rolls back nor counts toward
+/// `metrics_missing_intervals`, even with `metrics_missing = "rollback"` after one interval.
+/// The same backend refusing the connection is its own failure, named `refused`, and rolls
+/// back.
+#[test]
+fn a_scrape_failing_for_a_local_reason_is_told_apart_and_not_held_against_the_canary() {
+    use crate::upstream::{ScrapeProblem, ScrapeReason};
+    let mut sim = Sim::new(
+        "local-scrape",
+        "  metrics_missing = \"rollback\"\n  metrics_missing_intervals = 1",
+    );
+    sim.run_until(100, |s| s.weight_bp() == 1000);
+    assert_eq!(sim.weight_bp(), 1000);
+    sim.backends.get_mut("k0").unwrap().scrape_failure = Some(ScrapeProblem {
+        reason: ScrapeReason::Local,
+        message: "scrape not made, local failure on this node: Too many open files (os error 24)"
+            .into(),
+    });
+    sim.run_until(35, |_| false);
+    assert_eq!((sim.phase(), sim.weight_bp()), (Phase::Stepping, 1000));
+    let status = sim.c.status.read().unwrap().clone();
+    let service = &status.services[0];
+    let k0 = service.backends.iter().find(|b| b.name == "k0").unwrap();
+    assert!(!k0.metrics_ok);
+    assert_eq!(k0.metrics_problem_reasons, ["local"]);
+    let d = service.last_decision.as_ref().unwrap();
+    assert_eq!(d.reason.as_str(), "metrics_unknown", "{d}");
+    assert!(
+        d.message.contains("k0: scrape not made, local failure"),
+        "{d}"
+    );
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&sim.c.metrics.registry.gather())
+        .unwrap();
+    let needle = "canary_upstream_scrape_errors_total{backend=\"k0\",reason=\"local\",service=\"sentiment\"} 35";
+    assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    assert!(
+        text.contains("canary_decisions_total{action=\"hold\",reason=\"metrics_unknown\",service=\"sentiment\"}"),
+        "{text}"
+    );
+
+    sim.backends.get_mut("k0").unwrap().scrape_failure = Some(ScrapeProblem {
+        reason: ScrapeReason::Refused,
+        message: "connection refused: nothing listens on that port".into(),
+    });
+    sim.run_until(15, |s| s.phase() == Phase::RolledBack);
+    assert_eq!(sim.phase(), Phase::RolledBack);
+    let status = sim.c.status.read().unwrap().clone();
+    let service = &status.services[0];
+    let k0 = service.backends.iter().find(|b| b.name == "k0").unwrap();
+    assert_eq!(k0.metrics_problem_reasons, ["refused"]);
+    let d = service.last_decision.as_ref().unwrap();
+    assert_eq!(d.reason.as_str(), "metrics_missing", "{d}");
+    assert!(d.message.contains("k0: connection refused"), "{d}");
+}
+
+/// Every kernel counter (all of `COUNTERS`, the flood guard's and the SYN rules' included) is
+/// in `/status` and exported, outcomes as `canary_xdp_packets_total{outcome}`, events as
+/// `canary_xdp_events_total{event}`, each with its own value.
+#[test]
+fn every_kernel_counter_is_in_status_and_metrics() {
+    let mut sim = Sim::new("counters", "");
+    for (i, c) in canary_common::Counter::ALL.iter().enumerate() {
+        sim.c.dataplane_mut().counters.0[*c as usize] = 1000 + i as u64;
+    }
+    sim.tick();
+    let status = sim.c.status.read().unwrap().clone();
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&sim.c.metrics.registry.gather())
+        .unwrap();
+    assert_eq!(status.xdp.len(), canary_common::COUNTERS as usize);
+    for (i, c) in canary_common::Counter::ALL.iter().enumerate() {
+        let value = 1000 + i as u64;
+        assert_eq!(status.xdp.get(c.name()), Some(&value), "{}", c.name());
+        let line = if c.is_outcome() {
+            format!(
+                "canary_xdp_packets_total{{outcome=\"{}\"}} {value}",
+                c.name()
+            )
+        } else {
+            format!("canary_xdp_events_total{{event=\"{}\"}} {value}", c.name())
+        };
+        assert!(text.contains(&line), "missing {line:?}");
+    }
 }

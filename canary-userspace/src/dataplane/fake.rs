@@ -1,16 +1,16 @@
-//! In-memory maps for tests (compiled for this crate's tests and with the `test-util`
-//! feature). The kernel's choice for a new flow is read from these maps with the one
-//! userspace implementation of the rule, [`super::choose`].
+//! In-memory maps for tests (compiled for this crate's tests only). The kernel's choice for a
+//! new flow is read from these maps with the kernel's own rule, [`canary_common::choose`].
 
 use std::collections::HashMap;
 
 use canary_common::{
-    maglev_index, Backend, BackendStats, FlowKey, GlobalConfig, Selection, ServiceControl,
-    ServiceEntry, ServiceKey, ServiceStats, VipKey, BACKEND_FLAG_UP, MAGLEV_ENTRIES,
-    MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, SERVICE_FLAG_CLIENT_IP,
+    choose, maglev_index, Backend, BackendStats, Choice, FlowKey, GlobalConfig, Selection,
+    ServiceControl, ServiceEntry, ServiceKey, ServiceStats, Tables, VipKey, GROUP_CANARY,
+    MAGLEV_ENTRIES, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND,
+    SERVICE_FLAG_CLIENT_IP,
 };
 
-use super::{choose, Counters, DataPlane, DataPlaneError, MapWrite, WrittenState};
+use super::{Counters, DataPlane, DataPlaneError, MapWrite, WrittenState};
 
 /// In-memory maps that record every write, for the controller's tests. Counters and stats are
 /// plain fields that tests set.
@@ -66,9 +66,15 @@ impl FakeDataPlane {
             .sum()
     }
 
-    /// What the kernel would pick for a new flow, read from these maps (the spec's steps 6-8),
+    /// What the kernel would pick for a new flow, read from these maps by the kernel's rule,
     /// to check the programmer's writes against its own `route`: `(group index, backend index)`.
     pub fn kernel_choice(&self, key: &FlowKey, now_ns: u64) -> Option<(u32, u32)> {
+        let choice = self.new_flow_choice(key, now_ns)?;
+        choice.backend.map(|(index, _)| (choice.group, index))
+    }
+
+    /// The kernel's whole choice for a new flow (`None`: no service at the flow's destination).
+    pub fn new_flow_choice(&self, key: &FlowKey, now_ns: u64) -> Option<Choice> {
         let skey = ServiceKey {
             addr: key.dst,
             port: key.dst_port,
@@ -76,18 +82,13 @@ impl FakeDataPlane {
             family: key.family,
         };
         let svc = self.services.get(&skey)?;
-        let control = self.control[svc.index as usize];
+        let control = self.control.get(svc.index as usize)?;
         let sel = Selection::of(
             key,
             svc.flags & SERVICE_FLAG_CLIENT_IP != 0,
             self.config.hash_seed,
         );
-        let choice = choose(sel.bucket, &control, now_ns, |g| {
-            let b = self.maglev[maglev_index(svc.index, g.index(), sel.slot) as usize];
-            (b < MAX_BACKENDS && self.backends[b as usize].flags & BACKEND_FLAG_UP != 0)
-                .then_some(b)
-        });
-        choice.backend.map(|b| (choice.group.index(), b))
+        Some(choose(self, svc.index, sel, control, now_ns))
     }
 
     fn check(map: &'static str, index: u32, size: u32) -> Result<usize, DataPlaneError> {
@@ -96,6 +97,19 @@ impl FakeDataPlane {
         } else {
             Err(DataPlaneError::IndexOutOfRange { map, index, size })
         }
+    }
+}
+
+impl Tables for FakeDataPlane {
+    fn slot(&self, service_index: u32, group: u32, slot: u32) -> u32 {
+        if service_index >= MAX_SERVICES || group > GROUP_CANARY || slot >= MAGLEV_TABLE_SIZE {
+            return NO_BACKEND;
+        }
+        self.maglev[maglev_index(service_index, group, slot) as usize]
+    }
+
+    fn backend(&self, index: u32) -> Option<Backend> {
+        self.backends.get(index as usize).copied()
     }
 }
 

@@ -26,6 +26,7 @@
 pub mod aya;
 #[cfg(test)]
 pub mod fake;
+mod interface;
 mod keys;
 pub mod maglev;
 mod programmer;
@@ -42,9 +43,10 @@ use canary_common::{
 
 use crate::domain::{Affinity, Group, Protocol};
 
+pub use interface::interface_mac;
 pub use keys::{flow_key, service_key, vip_key};
 pub use programmer::{PlacedBackend, PlacedService, Plan, PlanError, ProgramError, Programmer};
-pub use route::{choose, Choice, Route, RouteError, RoutedBackend};
+pub use route::{Route, RouteError, RoutedBackend};
 
 /// A backend as the controller wants it now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -185,6 +187,10 @@ pub trait DataPlane {
     fn service_stats(&self, service_index: u32) -> Result<ServiceStats, DataPlaneError>;
     /// Services, VIPs and backends as the maps hold them (for [`Programmer::recover`]).
     fn written_state(&self) -> Result<WrittenState, DataPlaneError>;
+    /// Entries in the flow table and its capacity, when the data plane can tell.
+    fn flow_table_fill(&self) -> Option<crate::cluster::nodes::FlowTableFill> {
+        None
+    }
 }
 
 /// `CLOCK_MONOTONIC` now, in ns: the clock of `bpf_ktime_get_ns`, for `ServiceControl`'s

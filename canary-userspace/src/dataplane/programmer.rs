@@ -99,13 +99,20 @@ impl PlacedService {
         self.backends.iter().find(|b| b.index == index)
     }
 
-    /// The backend at `slot` of `group`'s table, if it is up: what the kernel reads.
-    pub fn backend_at(&self, group: Group, slot: u32) -> Option<&PlacedBackend> {
-        let index = match &self.tables[group.index() as usize] {
-            Some(t) => t[slot as usize],
-            None => self.table(group)[slot as usize],
-        };
-        self.backend_by_index(index).filter(|b| b.up)
+    /// The backend index at `slot` of `group`'s table (`NO_BACKEND` for an empty group): what
+    /// the kernel reads from `MAGLEV`.
+    pub fn slot(&self, group: Group, slot: u32) -> u32 {
+        let slot = slot as usize;
+        match &self.tables[group.index() as usize] {
+            Some(t) => t.get(slot).copied().unwrap_or(NO_BACKEND),
+            None => self.table(group).get(slot).copied().unwrap_or(NO_BACKEND),
+        }
+    }
+
+    /// The `BACKENDS` entry of one of this service's backends by global index: what the kernel
+    /// reads for a slot.
+    pub fn backend_entry(&self, index: u32) -> Option<Backend> {
+        self.backend_by_index(index).map(|b| b.entry(self.index))
     }
 
     /// The Maglev table of a group as it should be now (backend indices per slot).

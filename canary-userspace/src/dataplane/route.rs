@@ -1,70 +1,31 @@
-//! The new-flow rule, the one userspace implementation of what the kernel does for a flow it
-//! has not seen: bucket -> group by the canary weight -> dead-man switch -> group fallback.
-//! `canary route` ([`Programmer::route`]) and the fake data plane both call [`choose`].
+//! `canary route`: which group and backend a new flow would get now, by the kernel's own rule
+//! ([`canary_common::choose`]: bucket -> group by the canary weight -> dead-man switch -> the
+//! group's Maglev slot, later slots of the group, then the other group) read over the tables
+//! as the [`Programmer`] wrote them.
 
 use std::net::SocketAddr;
 
-use canary_common::{group_for_bucket, Selection, ServiceControl, BUCKETS};
+use canary_common::{choose, Backend, Selection, ServiceControl, Tables, BUCKETS, NO_BACKEND};
 
 use super::keys::{flow_key, service_key};
-use super::programmer::{PlacedBackend, Programmer};
+use super::programmer::{PlacedService, Programmer};
 use crate::domain::{Affinity, Group, Protocol};
 
-/// What the rule picked for one new flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Choice<B> {
-    /// The weight applied (clamped to `BUCKETS`).
-    pub weight: u32,
-    /// The group the bucket rule picked.
-    pub group_by_weight: Group,
-    /// The group the flow ends in (after the dead-man switch and group fallback).
-    pub group: Group,
-    /// `None`: no backend up in any allowed group (the packet is dropped).
-    pub backend: Option<B>,
-    /// The heartbeat was stale and the flow was sent to stable instead of canary.
-    pub deadman_fallback: bool,
-    /// The picked group had no backend at the slot and the other group served.
-    pub group_fallback: bool,
-}
+/// One placed service's tables as the kernel reads them: its Maglev slots and, for the
+/// backends it names, their `BACKENDS` entries.
+struct PlacedTables<'a>(&'a PlacedService);
 
-/// The kernel's rule for a new flow in bucket `bucket` of a service whose control entry is
-/// `control`, at `now_ns` (`CLOCK_MONOTONIC`). `pick(group)` reads the group's Maglev table at
-/// the flow's slot and returns the backend there if it is up. A stale heartbeat sends canary
-/// buckets to stable with no fallback back to canary; otherwise an empty slot falls back to
-/// the other group.
-pub fn choose<B>(
-    bucket: u32,
-    control: &ServiceControl,
-    now_ns: u64,
-    mut pick: impl FnMut(Group) -> Option<B>,
-) -> Choice<B> {
-    let weight = control.canary_weight.min(BUCKETS);
-    let group_by_weight = Group::from_index(group_for_bucket(bucket, weight))
-        .expect("the bucket rule returns a group");
-    let deadman_fallback = group_by_weight == Group::Canary
-        && control.heartbeat_timeout_ns != 0
-        && now_ns.saturating_sub(control.heartbeat_ns) > control.heartbeat_timeout_ns;
-    let group = if deadman_fallback {
-        Group::Stable
-    } else {
-        group_by_weight
-    };
-    let mut choice = Choice {
-        weight,
-        group_by_weight,
-        group,
-        backend: pick(group),
-        deadman_fallback,
-        group_fallback: false,
-    };
-    if choice.backend.is_none() && !deadman_fallback {
-        if let Some(b) = pick(group.other()) {
-            choice.backend = Some(b);
-            choice.group = group.other();
-            choice.group_fallback = true;
+impl Tables for PlacedTables<'_> {
+    fn slot(&self, service_index: u32, group: u32, slot: u32) -> u32 {
+        match Group::from_index(group) {
+            Some(g) if service_index == self.0.index => self.0.slot(g, slot),
+            _ => NO_BACKEND,
         }
     }
-    choice
+
+    fn backend(&self, index: u32) -> Option<Backend> {
+        self.0.backend_entry(index)
+    }
 }
 
 /// Why `route` cannot answer.
@@ -78,6 +39,10 @@ pub enum RouteError {
 
 /// The answer to `canary route`.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "the independent facts of canary_common::Choice, each said on its own"
+)]
 pub struct Route {
     pub service: String,
     pub service_index: u32,
@@ -93,10 +58,16 @@ pub struct Route {
     pub group: Group,
     /// `None`: no backend up in any allowed group (the packet would be dropped).
     pub backend: Option<RoutedBackend>,
-    /// The heartbeat was stale and the flow was sent to stable instead of canary.
+    /// The heartbeat was stale: only stable may take new flows (dead-man switch).
+    pub stale_heartbeat: bool,
+    /// The bucket rule said canary and the dead-man switch sent the flow to stable instead
+    /// (or dropped it, with stable unusable).
     pub deadman_fallback: bool,
-    /// The picked group had no backend at the slot and the other group served.
+    /// The picked group had no usable backend and the other group served.
     pub group_fallback: bool,
+    /// The backend came from a later slot of the group than the flow's own (the slot's backend
+    /// cannot take new flows).
+    pub slot_fallback: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,24 +97,26 @@ impl Programmer {
             .find(|s| s.key() == service_key)
             .ok_or(RouteError::NoService { dst, protocol })?;
         let selection = Selection::of(&key, s.affinity == Affinity::ClientIp, hash_seed);
-        let choice = choose(selection.bucket, control, now_ns, |g| {
-            s.backend_at(g, selection.slot)
-                .map(|b: &PlacedBackend| RoutedBackend {
-                    name: b.name.clone(),
-                    index: b.index,
-                })
-        });
+        let choice = choose(&PlacedTables(s), s.index, selection, control, now_ns);
+        let group = |index| Group::from_index(index).expect("the choice names a group");
         Ok(Route {
             service: s.name.clone(),
             service_index: s.index,
             bucket: selection.bucket,
             slot: selection.slot,
-            weight: choice.weight,
-            group_by_weight: choice.group_by_weight,
-            group: choice.group,
-            backend: choice.backend,
+            weight: control.canary_weight.min(BUCKETS),
+            group_by_weight: group(choice.by_weight),
+            group: group(choice.group),
+            backend: choice.backend.and_then(|(index, _)| {
+                s.backend_by_index(index).map(|b| RoutedBackend {
+                    name: b.name.clone(),
+                    index,
+                })
+            }),
+            stale_heartbeat: choice.stale_heartbeat,
             deadman_fallback: choice.deadman_fallback,
             group_fallback: choice.group_fallback,
+            slot_fallback: choice.slot_fallback,
         })
     }
 }

@@ -6,9 +6,9 @@
 use std::net::IpAddr;
 
 use canary_common::{
-    maglev_index, ServiceControl, ServiceStats, BACKEND_FLAG_UP, BUCKETS, FAMILY_IPV4, FAMILY_IPV6,
-    GROUP_CANARY, GROUP_STABLE, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_BACKENDS_PER_GROUP,
-    NO_BACKEND,
+    maglev_index, Backend, ServiceControl, ServiceStats, BACKEND_FLAG_UP, BUCKETS, FAMILY_IPV4,
+    FAMILY_IPV6, GROUP_CANARY, GROUP_STABLE, MAGLEV_TABLE_SIZE, MAX_BACKENDS,
+    MAX_BACKENDS_PER_GROUP, NO_BACKEND,
 };
 
 use super::fake::FakeDataPlane;
@@ -74,14 +74,24 @@ fn flow(i: u32) -> SocketAddr {
 
 /// The programmer's own route agrees with what the kernel rule reads from the written maps.
 fn assert_route_matches_maps(p: &Programmer, dp: &FakeDataPlane, spec: &ServiceSpec) {
+    assert_route_matches_maps_at(p, dp, spec, 1);
+}
+
+/// [`assert_route_matches_maps`] at `now_ns`.
+fn assert_route_matches_maps_at(
+    p: &Programmer,
+    dp: &FakeDataPlane,
+    spec: &ServiceSpec,
+    now_ns: u64,
+) {
     let index = p.service_index(&spec.name).unwrap();
     let control = dp.control[index as usize];
     for i in 0..3000 {
         let r = p
-            .route(flow(i), spec.vip, spec.protocol, SEED, &control, 1)
+            .route(flow(i), spec.vip, spec.protocol, SEED, &control, now_ns)
             .unwrap();
         let key = flow_key(flow(i), spec.vip, spec.protocol).unwrap();
-        let kernel = dp.kernel_choice(&key, 1);
+        let kernel = dp.kernel_choice(&key, now_ns);
         assert_eq!(
             kernel,
             r.backend.as_ref().map(|b| (r.group.index(), b.index)),
@@ -492,4 +502,122 @@ fn keys_are_in_network_byte_order() {
     )
     .is_none());
     assert!(monotonic_ns() > 0);
+}
+
+/// The edges where a rule of its own would part from the kernel's, read by `route` and by the
+/// fake's kernel view alike: with a stale heartbeat and stable empty a new flow is dropped,
+/// never sent to canary, whatever its bucket (a fresh heartbeat falls back to canary); a
+/// heartbeat far ahead of the clock is stale too.
+#[test]
+fn route_follows_the_kernel_rule_when_stable_is_empty_and_the_heartbeat_stale() {
+    let mut spec = sentiment();
+    spec.backends[0].up = false;
+    spec.backends[1].up = false;
+    let (p, mut dp) = programmed(std::slice::from_ref(&spec));
+    let idx = p.service_index("sentiment").unwrap();
+    let beat = 1_000_000;
+    let mut control = ServiceControl {
+        canary_weight: 0,
+        heartbeat_ns: beat,
+        heartbeat_timeout_ns: 1_000,
+        ..ServiceControl::default()
+    };
+    for (weight, now) in [
+        (0, beat + 1_001),
+        (BUCKETS, beat + 1_001),
+        (0, beat - 1_001),
+        (BUCKETS, beat - 1_001),
+    ] {
+        control.canary_weight = weight;
+        dp.apply(&[MapWrite::Control {
+            index: idx,
+            control,
+        }])
+        .unwrap();
+        for i in 0..500 {
+            let r = p
+                .route(flow(i), spec.vip, Protocol::Tcp, SEED, &control, now)
+                .unwrap();
+            let key = flow_key(flow(i), spec.vip, spec.protocol).unwrap();
+            assert!(r.stale_heartbeat, "flow {i} at {now}: {r:?}");
+            assert_eq!(
+                r.backend, None,
+                "flow {i}, weight {weight}, now {now}: {r:?}"
+            );
+            assert_eq!(r.group, Group::Stable);
+            assert!(!r.group_fallback);
+            assert_eq!(r.deadman_fallback, weight == BUCKETS, "flow {i}: {r:?}");
+            let kernel = dp.new_flow_choice(&key, now).unwrap();
+            assert!(kernel.deadman_drop(), "flow {i}: {kernel:?}");
+            assert_eq!(dp.kernel_choice(&key, now), None);
+        }
+        assert_route_matches_maps_at(&p, &dp, &spec, now);
+    }
+    // A fresh heartbeat: stable's flows fall back to canary.
+    control.canary_weight = 0;
+    let r = p
+        .route(flow(3), spec.vip, Protocol::Tcp, SEED, &control, beat)
+        .unwrap();
+    assert_eq!(
+        (
+            r.group_by_weight,
+            r.group,
+            r.group_fallback,
+            r.stale_heartbeat
+        ),
+        (Group::Stable, Group::Canary, true, false)
+    );
+    assert_eq!(r.backend.map(|b| b.name), Some("v2-a".to_owned()));
+}
+
+/// A slot naming a backend that cannot take new flows (marked down, or of another group, in
+/// `BACKENDS` before its slots were rewritten): the kernel's rule tries the next slots of the
+/// same group before the other group.
+#[test]
+fn a_slot_naming_an_unusable_backend_falls_back_inside_the_group() {
+    let spec = sentiment();
+    let (p, mut dp) = programmed(std::slice::from_ref(&spec));
+    let idx = p.service_index("sentiment").unwrap();
+    let v1a = p.services().next().unwrap().backend("v1-a").unwrap().index;
+    let v1b = p.services().next().unwrap().backend("v1-b").unwrap().index;
+    let entry = dp.backends[v1a as usize];
+    for unusable in [
+        Backend {
+            flags: entry.flags & !BACKEND_FLAG_UP,
+            ..entry
+        },
+        Backend {
+            group: GROUP_CANARY,
+            ..entry
+        },
+        Backend {
+            service_index: idx + 1,
+            ..entry
+        },
+    ] {
+        dp.apply(&[MapWrite::Backend {
+            index: v1a,
+            backend: unusable,
+        }])
+        .unwrap();
+        let (mut in_group, mut other_group) = (0, 0);
+        for i in 0..2000 {
+            let key = flow_key(flow(i), spec.vip, spec.protocol).unwrap();
+            let c = dp.new_flow_choice(&key, 1).unwrap();
+            let (index, _) = c.backend.expect("a usable backend");
+            if c.group_fallback {
+                // Only when every probed slot names v1-a (a long run of it in the table).
+                assert_eq!(c.group, GROUP_CANARY, "flow {i}: {c:?}");
+                other_group += 1;
+                continue;
+            }
+            assert_eq!((c.group, index), (GROUP_STABLE, v1b), "flow {i}: {c:?}");
+            in_group += u32::from(c.slot_fallback);
+        }
+        assert!(
+            in_group > 500,
+            "{in_group} of 2000 flows moved to a later slot"
+        );
+        assert!(other_group < 40, "{other_group} of 2000 flows left stable");
+    }
 }

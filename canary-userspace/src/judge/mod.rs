@@ -299,8 +299,13 @@ pub fn judge(
         ));
     }
     signals.push(flow_share(input.flows, input.weight, alpha));
+    for s in &mut signals {
+        s.dry_run = rollout.dry_run.contains(&s.signal);
+    }
 
-    let judged = |s: &&SignalReport| !matches!(s.signal, Signal::Samples | Signal::FlowShare);
+    // Dry-run signals are judged and reported but take no part in the verdict.
+    let judged =
+        |s: &&SignalReport| !matches!(s.signal, Signal::Samples | Signal::FlowShare) && !s.dry_run;
     let fail = signals
         .iter()
         .filter(judged)

@@ -31,6 +31,9 @@ pub enum Reason {
     /// A signal has no data to judge (no latency observations, no predictions, p95 in the
     /// `+Inf` bucket) while every other signal could be judged.
     NoData,
+    /// Metrics could not be scraped for a reason of this node (not the backends'): held
+    /// without counting toward `metrics_missing_intervals`.
+    MetricsUnknown,
     /// Neither pass nor fail on some signal yet.
     Inconclusive,
     /// An operator action.
@@ -57,6 +60,7 @@ impl Reason {
             Reason::InsufficientSamples => "insufficient_samples",
             Reason::MetricsMissing => "metrics_missing",
             Reason::NoData => "no_data",
+            Reason::MetricsUnknown => "metrics_unknown",
             Reason::Inconclusive => "inconclusive",
             Reason::Operator => "operator",
             Reason::CanaryChanged => "canary_changed",
@@ -99,6 +103,20 @@ impl Signal {
             Signal::ErrorSpike => "error_spike",
             Signal::Metrics => "metrics",
         }
+    }
+
+    /// The signals that can roll back or hold a rollout, so can be put in `dry_run`.
+    pub const DECIDING: [Signal; 5] = [
+        Signal::ErrorRate,
+        Signal::LatencyMean,
+        Signal::LatencyP95,
+        Signal::Predictions,
+        Signal::ErrorSpike,
+    ];
+
+    /// A deciding signal by its name (as in `dry_run`).
+    pub fn deciding(name: &str) -> Option<Signal> {
+        Signal::DECIDING.into_iter().find(|s| s.as_str() == name)
     }
 
     pub(super) fn reason(self) -> Reason {
@@ -217,6 +235,9 @@ pub struct SignalReport {
     pub verdict: SignalVerdict,
     /// Anything else worth saying, in words.
     pub note: String,
+    /// Judged and reported, but never holds or rolls back (`dry_run` in the rollout config).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 pub(super) fn finite(v: f64) -> Option<f64> {
@@ -250,6 +271,7 @@ impl SignalReport {
             design_effect: None,
             verdict: SignalVerdict::Inconclusive,
             note: String::new(),
+            dry_run: false,
         }
     }
 }
@@ -302,6 +324,9 @@ impl fmt::Display for SignalReport {
         }
         if !self.note.is_empty() {
             write!(f, "; {}", self.note)?;
+        }
+        if self.dry_run {
+            f.write_str("; dry run: never holds or rolls back")?;
         }
         Ok(())
     }

@@ -634,3 +634,62 @@ fn latency_ratio_applies_to_mean_and_p95() {
     assert_eq!(j.verdict, Verdict::Rollback, "{j}");
     assert!(matches!(j.reason, Reason::LatencyMean | Reason::LatencyP95));
 }
+
+#[test]
+fn dry_run_signal_is_judged_and_reported_but_never_rolls_back_or_holds() {
+    let canary = window(4000, 40, lognormal_histogram(4000, 100.0, 0.5, 100.0), 0.6);
+    let input = JudgeInput {
+        stable: &healthy(20_000),
+        canary: &canary,
+        flows: FlowCounts {
+            stable: 9000,
+            canary: 1000,
+        },
+        weight: Weight::from_basis_points(1000),
+        units: NO_UNITS,
+        window: 1,
+    };
+    let mut rollout = RolloutConfig {
+        dry_run: vec![Signal::LatencyMean],
+        ..RolloutConfig::default()
+    };
+    // p95 still decides: rollback on it, the mean is reported as a dry-run failure.
+    let j = judge(&input, &rollout, &UpstreamConfig::default());
+    assert_eq!(j.verdict, Verdict::Rollback, "{j}");
+    assert_eq!(j.reason, Reason::LatencyP95, "{j}");
+    let mean = j.signal(Signal::LatencyMean).unwrap();
+    assert!(mean.dry_run && mean.verdict == SignalVerdict::Fail, "{j}");
+    assert!(j.to_string().contains("dry run"), "{j}");
+
+    // Both latency signals in dry run: the canary is promoted on the others.
+    rollout.dry_run.push(Signal::LatencyP95);
+    let j = judge(&input, &rollout, &UpstreamConfig::default());
+    assert_eq!(j.verdict, Verdict::Promote, "{j}");
+    assert_eq!(j.reason, Reason::Healthy, "{j}");
+    for s in [Signal::LatencyMean, Signal::LatencyP95] {
+        let r = j.signal(s).unwrap();
+        assert!(r.dry_run && r.verdict == SignalVerdict::Fail, "{j}");
+    }
+    assert!(!j.signal(Signal::ErrorRate).unwrap().dry_run);
+    // The flag survives serialisation (status, notifications, the state file).
+    let back: Judgement = serde_json::from_str(&serde_json::to_string(&j).unwrap()).unwrap();
+    assert!(back.signal(Signal::LatencyP95).unwrap().dry_run);
+
+    // An inconclusive dry-run signal does not hold either: a small shift with little data.
+    let stable = healthy(2000);
+    let canary = window(2000, 20, lognormal_histogram(2000, 100.0, 0.5, 8.0), 0.6);
+    let input = JudgeInput {
+        stable: &stable,
+        canary: &canary,
+        ..input
+    };
+    let j = judge(
+        &input,
+        &RolloutConfig::default(),
+        &UpstreamConfig::default(),
+    );
+    if j.verdict == Verdict::Hold {
+        let j = judge(&input, &rollout, &UpstreamConfig::default());
+        assert_ne!(j.verdict, Verdict::Hold, "{j}");
+    }
+}

@@ -28,19 +28,24 @@ const LOCAL_ERRNOS: [i32; 5] = [
     libc::EADDRNOTAVAIL,
 ];
 
-/// The local `errno` behind an error, if any: the chain of sources is searched for an
-/// `io::Error` with one of [`LOCAL_ERRNOS`].
-pub fn local_cause(e: &(dyn std::error::Error + 'static)) -> Option<std::io::Error> {
+/// The first `errno` among `codes` behind an error: the chain of sources is searched for an
+/// `io::Error` with one of them.
+fn errno_in(e: &(dyn std::error::Error + 'static), codes: &[i32]) -> Option<std::io::Error> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if let Some(code) = io.raw_os_error().filter(|c| LOCAL_ERRNOS.contains(c)) {
+            if let Some(code) = io.raw_os_error().filter(|c| codes.contains(c)) {
                 return Some(std::io::Error::from_raw_os_error(code));
             }
         }
         cur = err.source();
     }
     None
+}
+
+/// The local `errno` behind an error, if any (one of [`LOCAL_ERRNOS`]).
+pub fn local_cause(e: &(dyn std::error::Error + 'static)) -> Option<std::io::Error> {
+    errno_in(e, &LOCAL_ERRNOS)
 }
 
 /// HTTP client for backends, with a bounded timeout for every call (a slow backend must not
@@ -100,6 +105,10 @@ impl BackendClient {
     /// in chunks and given up past `max_bytes`, so a backend that streams without end costs
     /// at most that much memory.
     pub async fn scrape(&self, url: &str, max_bytes: u64) -> Result<String, ScrapeProblem> {
+        if url.is_empty() {
+            // Not scraped by this node (a cluster node that does not lead).
+            return Ok(String::new());
+        }
         let mut response = self.http.get(url).send().await.map_err(|e| describe(&e))?;
         let status = response.status();
         if status.is_redirection() {
@@ -167,20 +176,53 @@ impl BackendClient {
     }
 }
 
+/// Why a scrape failed, told apart: this node's own limits (which say nothing about the
+/// backend), a timeout, a refused connection (nothing listens), another connection failure, a
+/// connection closed before an answer, an unreadable body.
 fn describe(e: &reqwest::Error) -> ScrapeProblem {
-    let (reason, message) = if e.is_timeout() {
+    let (reason, message) = if let Some(local) = local_cause(e) {
+        (
+            ScrapeReason::Local,
+            format!("scrape not made, local failure on this node: {local}; the backend's metrics are unknown this poll, not missing"),
+        )
+    } else if e.is_timeout() {
         (ScrapeReason::Timeout, "timed out".to_string())
     } else if e.is_connect() {
-        (ScrapeReason::Connect, format!("connection failed: {e}"))
+        if errno_in(e, &[libc::ECONNREFUSED]).is_some() {
+            (
+                ScrapeReason::Refused,
+                "connection refused: nothing listens on that port".to_string(),
+            )
+        } else {
+            (
+                ScrapeReason::Connect,
+                format!("connection failed: {}", chain(e)),
+            )
+        }
     } else if e.is_body() || e.is_decode() {
         (
             ScrapeReason::Body,
-            format!("reading the answer failed: {e}"),
+            format!("reading the answer failed: {}", chain(e)),
         )
     } else {
-        (ScrapeReason::Connect, e.to_string())
+        (ScrapeReason::NoAnswer, format!("no answer: {}", chain(e)))
     };
     ScrapeProblem { reason, message }
+}
+
+/// An error with its sources, `outer: inner: ...` (reqwest's own text hides the cause).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        let text = err.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = err.source();
+    }
+    out
 }
 
 /// Probes and scrapes every backend at once; each call is bounded by the client's timeout.
@@ -396,7 +438,48 @@ mod tests {
             .scrape(&format!("http://{closed}/metrics"), 1 << 20)
             .await
             .unwrap_err();
-        assert_eq!(e.reason, ScrapeReason::Connect);
+        assert_eq!(
+            (e.reason, e.message.as_str()),
+            (
+                ScrapeReason::Refused,
+                "connection refused: nothing listens on that port"
+            )
+        );
+        // Accepts, reads the request, closes without a word.
+        let mute = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mute_addr = mute.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = mute.accept().await {
+                let mut request = [0u8; 1024];
+                let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut request).await;
+                drop(socket);
+            }
+        });
+        let e = c
+            .scrape(&format!("http://{mute_addr}/metrics"), 1 << 20)
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason, ScrapeReason::NoAnswer, "{}", e.message);
+        assert!(e.message.starts_with("no answer: "), "{}", e.message);
+        // Accepts and never answers: a timeout, not a connection failure.
+        let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_addr = silent.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = silent.accept().await {
+                held.push(socket);
+            }
+        });
+        let e = BackendClient::new(Duration::from_millis(300))
+            .unwrap()
+            .scrape(&format!("http://{silent_addr}/metrics"), 1 << 20)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.reason, e.message.as_str()),
+            (ScrapeReason::Timeout, "timed out")
+        );
+        held.abort();
     }
 
     /// An error wrapping another, like reqwest's around hyper's around the socket's.
@@ -474,11 +557,21 @@ mod tests {
                 hold.push(f);
             }
             let probe = client.probe(&url).await;
+            let scrape = client.scrape(&url, 1 << 20).await;
             drop(hold);
             println!("probe result: {probe:?}");
             assert!(
                 matches!(probe, Probe::Unknown(ref why) if why.contains("local")),
                 "{probe:?}"
+            );
+            // The scrape made at the same moment: a local failure, not the backend's.
+            let e = scrape.expect_err("no descriptor for the scrape");
+            assert_eq!(e.reason, ScrapeReason::Local, "{}", e.message);
+            assert!(
+                e.message
+                    .starts_with("scrape not made, local failure on this node: "),
+                "{}",
+                e.message
             );
         });
     }

@@ -53,7 +53,7 @@ impl fmt::Display for Phase {
 
 /// One poll's increases per group (from [`crate::upstream::aggregate`] of backend deltas) and
 /// the new flows the kernel counted per group over the same poll.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Poll {
     pub stable: Window,
     pub canary: Window,
@@ -62,6 +62,14 @@ pub struct Poll {
     /// judge's units for variances that survive clustering.
     #[serde(default)]
     pub backends: Vec<BackendPoll>,
+    /// Why series of the backends in service are missing this poll, one line per problem
+    /// (`k0: connection refused: ... [refused]`), for the decision's message.
+    #[serde(default)]
+    pub problems: Vec<String>,
+    /// Some backend's metrics could not be scraped for a reason of this node (out of file
+    /// descriptors, buffers, ...): what is missing says nothing about the backends.
+    #[serde(default)]
+    pub local_failure: bool,
 }
 
 /// One backend's increase over one poll.
@@ -204,4 +212,7 @@ pub struct Output {
     /// Send warm-up requests to the canary backends, then report [`Event::WarmupDone`].
     pub warm_up: bool,
     pub decision: Option<Decision>,
+    /// Dry-run checks that failed outside an evaluation (the per-poll error spike): reported,
+    /// nothing else.
+    pub dry_run_failures: Vec<crate::judge::SignalReport>,
 }

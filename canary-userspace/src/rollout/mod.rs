@@ -81,6 +81,12 @@ pub struct StepWindow {
     /// Judged signals without data at the latest evaluation, each `signal: why`.
     #[serde(default)]
     pub without_data: Vec<(Signal, String)>,
+    /// Why, per backend problem in the latest poll (see [`Poll::problems`]).
+    #[serde(default)]
+    pub missing_why: Vec<String>,
+    /// The latest poll could not scrape some backend for a reason of this node.
+    #[serde(default)]
+    pub missing_local: bool,
     /// The next poll straddles a weight change: leave it out.
     skip_next: bool,
     /// The next poll follows the warm-up: no spike check either.
@@ -307,6 +313,7 @@ impl Rollout {
             reset_epoch: false,
             warm_up: false,
             decision,
+            dry_run_failures: Vec::new(),
         }
     }
 
@@ -553,6 +560,8 @@ impl Rollout {
         let w = &mut self.window;
         w.polls_since_evaluation += 1;
         w.missing_now = missing_series(poll, upstream);
+        w.missing_why.clone_from(&poll.problems);
+        w.missing_local = poll.local_failure;
         let after_warmup = std::mem::take(&mut w.after_warmup);
         if std::mem::take(&mut w.skip_next) {
             // Straddles a weight change (or the warm-up): not part of this step's window.
@@ -589,10 +598,18 @@ impl Rollout {
                 self.window.flows,
                 stable_requests as f64,
             );
-            if let Some(report) =
+            if let Some(mut report) =
                 judge::error_spike(&self.window.recent, deff, level, cfg.thresholds.error_spike)
             {
-                if report.verdict == SignalVerdict::Fail {
+                if cfg.dry_run.contains(&Signal::ErrorSpike) {
+                    report.dry_run = true;
+                    if report.verdict == SignalVerdict::Fail {
+                        return Output {
+                            dry_run_failures: vec![report],
+                            ..self.output(None)
+                        };
+                    }
+                } else if report.verdict == SignalVerdict::Fail {
                     let message = format!("error spike: {}", report.note);
                     let judgement = Judgement {
                         verdict: Verdict::Rollback,
@@ -631,7 +648,18 @@ impl Rollout {
         }
         let missing_now = self.window.missing_now.clone();
         if !missing_now.is_empty() {
-            let what = format!("missing in the latest poll: {}", missing_now.join(", "));
+            let what = if self.window.missing_why.is_empty() {
+                format!("missing in the latest poll: {}", missing_now.join(", "))
+            } else {
+                format!(
+                    "missing in the latest poll: {}; {}",
+                    missing_now.join(", "),
+                    self.window.missing_why.join("; ")
+                )
+            };
+            if self.window.missing_local {
+                return self.on_metrics_unknown(at_ms, &what);
+            }
             return self.on_missing(at_ms, cfg, Reason::MetricsMissing, &what, None);
         }
         let input = JudgeInput {
@@ -731,6 +759,25 @@ impl Rollout {
                 self.output(Some(d))
             }
         }
+    }
+
+    /// Metrics missing because this node could not scrape them (out of descriptors, ...): the
+    /// backends are not at fault, so this holds without counting toward
+    /// `metrics_missing_intervals` (the next good scrape covers the gap).
+    fn on_metrics_unknown(&mut self, at_ms: u64, what: &str) -> Output {
+        let message = format!(
+            "metrics unknown: not scraped for a reason of this node ({what}); holding {}, not counted toward metrics_missing_intervals",
+            self.weight
+        );
+        let d = self.record(
+            at_ms,
+            DecisionAction::Hold,
+            Reason::MetricsUnknown,
+            self.weight,
+            message,
+            None,
+        );
+        self.output(Some(d))
     }
 
     /// Metrics missing, or a signal without data: held, recorded once per `interval`, and

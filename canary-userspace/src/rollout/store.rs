@@ -33,6 +33,11 @@ impl StateStore {
     }
 
     /// The state file of a service.
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn path(&self, service: &str) -> PathBuf {
         self.dir.join(format!("rollout-{service}.json"))
     }

@@ -63,6 +63,7 @@ fn poll(r: &Rollout, total: u64, canary: Canary) -> Poll {
             stable: n_s,
             canary: n_c,
         },
+        ..Poll::default()
     }
 }
 
@@ -480,6 +481,70 @@ fn a_signal_without_data_is_named_and_follows_the_missing_policy() {
         (DecisionAction::Rollback, Reason::NoData),
         "{d}"
     );
+}
+
+/// The canary's metrics could not be scraped because this node ran out of descriptors: that
+/// says nothing about the canary, so even `metrics_missing = rollback` after one interval
+/// only holds, naming the cause; the same poll with the backend at fault rolls back.
+#[test]
+fn metrics_missing_for_a_local_reason_hold_and_do_not_count() {
+    let cfg = RolloutConfig {
+        metrics_missing: MissingPolicy::Rollback,
+        metrics_missing_intervals: 1,
+        ..cfg()
+    };
+    let local = |r: &Rollout| {
+        let mut p = poll(r, 2000, HEALTHY);
+        p.canary = Window::missing();
+        p.problems = vec!["k0: scrape not made, local failure on this node: Too many open files (os error 24) [local]".into()];
+        p.local_failure = true;
+        p
+    };
+    let mut r = started(&cfg);
+    for s in 1..=60 {
+        let t = s * SECOND;
+        let p = local(&r);
+        r.on_event(t, Event::Poll(p), &cfg, &up());
+        if r.evaluation_due(t, &cfg) {
+            let d = r
+                .on_event(t, Event::Evaluate, &cfg, &up())
+                .decision
+                .unwrap();
+            assert_eq!(
+                (d.action, d.reason),
+                (DecisionAction::Hold, Reason::MetricsUnknown),
+                "{d}"
+            );
+            assert!(d.message.contains("Too many open files"), "{d}");
+            assert!(
+                d.message
+                    .contains("not counted toward metrics_missing_intervals"),
+                "{d}"
+            );
+        }
+    }
+    assert_eq!(r.phase(), Phase::Stepping);
+    // The backend's own failure (refused) counts, and names the cause.
+    let mut r = started(&cfg);
+    let mut decision = None;
+    for s in 1..=30 {
+        let t = s * SECOND;
+        let mut p = local(&r);
+        p.problems = vec!["k0: connection refused: nothing listens on that port [refused]".into()];
+        p.local_failure = false;
+        r.on_event(t, Event::Poll(p), &cfg, &up());
+        if r.evaluation_due(t, &cfg) {
+            decision = r.on_event(t, Event::Evaluate, &cfg, &up()).decision;
+            break;
+        }
+    }
+    let d = decision.expect("an evaluation");
+    assert_eq!(
+        (d.action, d.reason),
+        (DecisionAction::Rollback, Reason::MetricsMissing),
+        "{d}"
+    );
+    assert!(d.message.contains("k0: connection refused"), "{d}");
 }
 
 #[test]

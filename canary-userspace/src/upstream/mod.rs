@@ -29,10 +29,17 @@ pub use selector::{valid_label_name, MatchOp, Matcher, Selector, SelectorError};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ScrapeReason {
-    /// No connection to the metrics endpoint.
+    /// No connection to the metrics endpoint (unreachable, reset while connecting).
     Connect,
+    /// The backend refused the connection: nothing listens on the metrics port.
+    Refused,
     /// No complete answer within the poll's time budget.
     Timeout,
+    /// Connected, but the connection was closed or reset before an answer.
+    NoAnswer,
+    /// The scrape could not be made for a reason of this node (out of file descriptors,
+    /// buffers, memory or local ports): it says nothing about the backend.
+    Local,
     /// The endpoint answered with a status other than 2xx or 3xx.
     HttpStatus,
     /// The endpoint answered with a redirect (never followed).
@@ -54,9 +61,12 @@ pub enum ScrapeReason {
 }
 
 impl ScrapeReason {
-    pub const ALL: [ScrapeReason; 11] = [
+    pub const ALL: [ScrapeReason; 14] = [
         ScrapeReason::Connect,
+        ScrapeReason::Refused,
         ScrapeReason::Timeout,
+        ScrapeReason::NoAnswer,
+        ScrapeReason::Local,
         ScrapeReason::HttpStatus,
         ScrapeReason::Redirect,
         ScrapeReason::TooLarge,
@@ -71,7 +81,10 @@ impl ScrapeReason {
     pub fn as_str(self) -> &'static str {
         match self {
             ScrapeReason::Connect => "connect",
+            ScrapeReason::Refused => "refused",
             ScrapeReason::Timeout => "timeout",
+            ScrapeReason::NoAnswer => "no_answer",
+            ScrapeReason::Local => "local",
             ScrapeReason::HttpStatus => "http_status",
             ScrapeReason::Redirect => "redirect",
             ScrapeReason::TooLarge => "too_large",

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use canary_lab::deployment::{Deployment, DeploymentSpec};
 use canary_lab::lab::{Node, SERVICE_PORT};
 use canary_lab::loadgen::{LoadSpec, Report};
+use canary_userspace::api::ServiceStatus;
 
 pub(crate) fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -121,8 +122,8 @@ pub(crate) fn wait_status(
     d: &Deployment,
     what: &str,
     timeout: Duration,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> (serde_json::Value, Duration) {
+    pred: impl Fn(&ServiceStatus) -> bool,
+) -> (ServiceStatus, Duration) {
     let t = Instant::now();
     let s = d
         .wait_for(what, timeout, pred)
@@ -130,16 +131,38 @@ pub(crate) fn wait_status(
     (s, t.elapsed())
 }
 
+/// The first service's status, failing the test when it cannot be read.
+pub(crate) fn service_status(d: &Deployment) -> ServiceStatus {
+    d.service_status()
+        .unwrap_or_else(|e| panic!("read the status: {e}\ndaemon log:\n{}", d.daemon_log_tail()))
+}
+
+/// A backend's status by name, failing the test when it is not listed.
+pub(crate) fn backend<'a>(
+    s: &'a ServiceStatus,
+    name: &str,
+) -> &'a canary_userspace::api::BackendStatus {
+    s.backends
+        .iter()
+        .find(|b| b.name == name)
+        .unwrap_or_else(|| panic!("backend {name} is not in the status: {s:?}"))
+}
+
 /// The decisions in the status, as `action/reason: message` lines.
-pub(crate) fn decisions(status: &serde_json::Value) -> Vec<String> {
-    status["events"]
-        .as_array()
-        .map(|es| {
-            es.iter()
-                .map(|e| format!("{}/{}: {}", e["action"], e["reason"], e["message"]))
-                .collect()
-        })
-        .unwrap_or_default()
+pub(crate) fn decisions(status: &ServiceStatus) -> Vec<String> {
+    status
+        .events
+        .iter()
+        .map(|e| format!("{}/{}: {}", e.action.as_str(), e.reason.as_str(), e.message))
+        .collect()
+}
+
+/// The last decision's message (empty when there is none).
+pub(crate) fn last_message(status: &ServiceStatus) -> &str {
+    status
+        .last_decision
+        .as_ref()
+        .map_or("", |d| d.message.as_str())
 }
 
 /// Failures that are not an HTTP status from the backend (connect, reset, timeout, ...).
@@ -298,4 +321,35 @@ pub(crate) fn http_get(
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((code, body, t.elapsed()))
+}
+
+/// The `CONFIG` entry the daemon wrote, read from its pin (as the XDP program sees it).
+pub(crate) fn pinned_global_config(d: &Deployment) -> canary_common::GlobalConfig {
+    let path = d
+        .lab
+        .bpffs()
+        .join("canary")
+        .join(canary_common::maps::CONFIG);
+    let data = aya::maps::MapData::from_pin(&path)
+        .unwrap_or_else(|e| panic!("open the pinned map {}: {e}", path.display()));
+    let config: aya::maps::Array<_, canary_common::GlobalConfig> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(data))
+            .unwrap_or_else(|e| panic!("{} is not an array of GlobalConfig: {e}", path.display()));
+    config
+        .get(&0, 0)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// Fails the test unless the status's canary weight is exactly `percent` (the daemon's weights
+/// are whole basis points, so their percent values compare exactly).
+#[allow(
+    clippy::float_cmp,
+    reason = "exact: whole basis points divided by 100 on both sides"
+)]
+pub(crate) fn assert_weight(s: &ServiceStatus, percent: f64) {
+    assert!(
+        s.weight_percent == percent,
+        "weight {}%, expected {percent}%: {s:?}",
+        s.weight_percent
+    );
 }

@@ -18,6 +18,7 @@ use canary_common::{maps, GlobalConfig, CONFIG_FLAG_NO_FLOW_TABLE};
 use canary_lab::deployment::{Deployment, DeploymentSpec};
 use canary_lab::lab::{LabSpec, SERVICE_PORT};
 use canary_lab::loadgen::{LoadSpec, Report};
+use canary_userspace::api::ServiceStatus;
 use serde::Serialize;
 
 use super::labkit;
@@ -45,12 +46,12 @@ fn cli(d: &Deployment, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn phase(s: &serde_json::Value) -> &str {
-    s["phase"].as_str().unwrap_or("")
+fn phase(s: &ServiceStatus) -> &str {
+    &s.phase
 }
 
-fn weight(s: &serde_json::Value) -> f64 {
-    s["weight_percent"].as_f64().unwrap_or(f64::NAN)
+fn weight(s: &ServiceStatus) -> f64 {
+    s.weight_percent
 }
 
 /// Polls the status as often as the CLI allows until `pred` holds; returns the elapsed time
@@ -60,7 +61,7 @@ fn time_until(
     since: Instant,
     timeout: Duration,
     what: &str,
-    pred: impl Fn(&serde_json::Value) -> bool,
+    pred: impl Fn(&ServiceStatus) -> bool,
 ) -> Result<Duration> {
     let mut last = String::new();
     while since.elapsed() < timeout {

@@ -14,6 +14,7 @@ use canary_lab::lab::{Lab, LabSpec};
 use canary_tests::packet::{v4, Tuple, ETH_LEN};
 use canary_tests::scenario::{Scenario, ServiceSpec};
 use canary_tests::xdp::{error_chain, pin_to_cpu, Dataplane, LoadOptions, XDP_TX};
+use canary_userspace::api::Status;
 use serde::Serialize;
 
 use super::procstat;
@@ -239,7 +240,7 @@ fn daemon_cost(lab: &Lab, canary: &Path, n: usize, metrics: &str) -> Result<Daem
         &[c(canary), "run".into(), "--config".into(), c(&config)],
         &[("RUST_LOG", "warn")],
     )?;
-    let status = || -> Option<serde_json::Value> {
+    let status = || -> Option<Status> {
         let out = lab
             .output_in(
                 &lb,
@@ -257,9 +258,9 @@ fn daemon_cost(lab: &Lab, canary: &Path, n: usize, metrics: &str) -> Result<Daem
     let ready = Instant::now();
     loop {
         let up = status().is_some_and(|s| {
-            s["services"][0]["backends"]
-                .as_array()
-                .is_some_and(|b| b.len() == n && b.iter().all(|b| b["up"].as_bool() == Some(true)))
+            s.services
+                .first()
+                .is_some_and(|svc| svc.backends.len() == n && svc.backends.iter().all(|b| b.up))
         });
         if up {
             break;

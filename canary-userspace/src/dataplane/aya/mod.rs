@@ -43,7 +43,7 @@ pub use pins::{
 pub const LINK_PIN: &str = "link";
 
 /// Every map the program has, all pinned.
-pub const ALL_MAPS: [&str; 10] = [
+pub const ALL_MAPS: [&str; 11] = [
     maps::CONFIG,
     maps::SERVICES,
     maps::VIPS,
@@ -54,7 +54,13 @@ pub const ALL_MAPS: [&str; 10] = [
     maps::COUNTERS,
     maps::BACKEND_STATS,
     maps::SERVICE_STATS,
+    maps::FLOOD_GUARD,
 ];
+
+/// Maps that pins of an earlier version may lack: re-opening creates and pins them. They hold
+/// only the program's own short-lived state (the flood guard's current one-second window), so
+/// a fresh one loses nothing; every other missing pin stops a re-open.
+pub const MAPS_CREATED_ON_REOPEN: [&str; 1] = [maps::FLOOD_GUARD];
 
 /// `dataplane.xdp_mode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -369,7 +375,7 @@ impl AyaDataPlane {
         let bpffs = &options.bpffs;
         for name in ALL_MAPS {
             let path = bpffs.join(name);
-            if !path.exists() {
+            if !path.exists() && !MAPS_CREATED_ON_REOPEN.contains(&name) {
                 return Err(AyaError::PinnedMapMissing {
                     dir: bpffs.to_owned(),
                     path,
@@ -554,6 +560,15 @@ pub(super) fn attach(
 }
 
 impl DataPlane for AyaDataPlane {
+    fn flow_table_fill(&self) -> Option<crate::cluster::nodes::FlowTableFill> {
+        // Walks the keys only (a hash table holds few entries compared with its capacity).
+        let entries = self.flows.keys().flatten().count();
+        Some(crate::cluster::nodes::FlowTableFill {
+            entries: entries as u64,
+            capacity: u64::from(self.flow_table_capacity),
+        })
+    }
+
     fn apply(&mut self, writes: &[MapWrite]) -> Result<(), DataPlaneError> {
         for w in writes {
             match w {

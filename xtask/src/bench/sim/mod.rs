@@ -449,6 +449,7 @@ pub(super) fn simulate_rollout(
                 canary: new_flows[1],
             },
             backends,
+            ..Poll::default()
         };
         let mut out = rollout.on_event(t, Event::Poll(poll), &cfg, upstream);
         if rollout.evaluation_due(t, &cfg) {
