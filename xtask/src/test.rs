@@ -40,9 +40,15 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     }
     let mut test = Command::new(&cargo);
     // Every test binary runs even after one fails, so that one run reports every failure.
-    test.args(["test", "--workspace", "--no-fail-fast", "--", "--test-threads=1"])
-        .args(&options.test_args)
-        .current_dir(&root);
+    test.args([
+        "test",
+        "--workspace",
+        "--no-fail-fast",
+        "--",
+        "--test-threads=1",
+    ])
+    .args(&options.test_args)
+    .current_dir(&root);
     let status = test
         .status()
         .with_context(|| format!("cannot start {test:?}"))?;
