@@ -3,7 +3,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use canary_userspace::api::{ServiceStatus, Status};
+use canary_userspace::api::{ClusterStatus, ServiceStatus, Status};
 use canary_userspace::judge::{Signal, SignalReport};
 use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use crossterm::execute;
@@ -110,21 +110,27 @@ async fn watch<B: Backend>(
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut ticker = tokio::time::interval(REFRESH);
     let mut last: Option<ServiceStatus> = first.service(service).ok().cloned();
+    let mut cluster: Option<ClusterStatus> = first.cluster.clone();
     loop {
         tokio::select! {
             _ = ticker.tick() => {
                 let mut error = None;
                 match client::status(endpoint).await {
-                    Ok(st) => match st.service(service) {
-                        Ok(s) => last = Some(s.clone()),
-                        Err(e) => error = Some(e.clone()),
-                    },
+                    Ok(st) => {
+                        cluster.clone_from(&st.cluster);
+                        match st.service(service) {
+                            Ok(s) => last = Some(s.clone()),
+                            Err(e) => error = Some(e.clone()),
+                        }
+                    }
                     Err(e) => error = Some(format!("{e:#}")),
                 }
                 if let Some(s) = &last {
                     // One update for the terminal: no half-drawn frame is ever shown.
                     let _ = execute!(std::io::stdout(), BeginSynchronizedUpdate);
-                    let drawn = terminal.draw(|f| draw(f, s, error.as_deref(), &endpoint.url));
+                    let drawn = terminal.draw(|f| {
+                        draw(f, s, cluster.as_ref(), error.as_deref(), &endpoint.url);
+                    });
                     let _ = execute!(std::io::stdout(), EndSynchronizedUpdate);
                     drawn?;
                     if until_done && done(&s.phase) {
@@ -196,20 +202,28 @@ fn signal_row(r: &SignalReport) -> Row<'static> {
 }
 
 /// The whole view of one service.
-pub(crate) fn draw(f: &mut Frame<'_>, s: &ServiceStatus, error: Option<&str>, daemon: &str) {
+pub(crate) fn draw(
+    f: &mut Frame<'_>,
+    s: &ServiceStatus,
+    cluster: Option<&ClusterStatus>,
+    error: Option<&str>,
+    daemon: &str,
+) {
     let signals = s
         .last_decision
         .as_ref()
         .and_then(|d| d.judgement.as_ref())
         .map(|j| j.signals.clone())
         .unwrap_or_default();
-    let [head, gauge, groups, sigs, decisions, backends, foot] = Layout::vertical([
+    let nodes = cluster.map_or(0, |c| c.nodes.len() as u16 + 3);
+    let [head, gauge, groups, sigs, decisions, backends, nodes_area, foot] = Layout::vertical([
         Constraint::Length(2),
         Constraint::Length(3),
         Constraint::Length(s.groups.len() as u16 + 3),
         Constraint::Length(signals.len().max(1) as u16 + 3),
         Constraint::Min(4),
         Constraint::Length(s.backends.len() as u16 + 3),
+        Constraint::Length(nodes),
         Constraint::Length(1),
     ])
     .areas(f.area());
@@ -417,9 +431,87 @@ pub(crate) fn draw(f: &mut Frame<'_>, s: &ServiceStatus, error: Option<&str>, da
         .block(Block::default().borders(Borders::ALL).title("backends")),
         backends,
     );
+    if let Some(c) = cluster {
+        draw_nodes(f, &s.name, c, nodes_area);
+    }
     f.render_widget(
         Paragraph::new(format!("q or Ctrl-C quits · {daemon}")),
         foot,
+    );
+}
+
+/// The cluster's nodes: who leads, what each applied for this service, its split and flow table.
+fn draw_nodes(f: &mut Frame<'_>, service: &str, c: &ClusterStatus, area: ratatui::layout::Rect) {
+    let leader = c.leader.as_deref().unwrap_or("none");
+    let mut title = format!("cluster: this node {}, leader {leader}", c.node);
+    if let Some(problem) = &c.store_problem {
+        title.push_str(&format!(" · etcd: {problem}"));
+    }
+    let rows = c.nodes.iter().map(|n| {
+        let version = n
+            .applied_versions
+            .get(service)
+            .copied()
+            .flatten()
+            .map_or_else(|| "-".to_string(), |v| v.to_string());
+        let weight = n
+            .applied_weight_percent
+            .get(service)
+            .copied()
+            .flatten()
+            .map_or_else(|| "-".to_string(), |w| format!("{w:.2}%"));
+        let role = if c.leader.as_deref() == Some(n.name.as_str()) {
+            "leader"
+        } else {
+            ""
+        };
+        Row::new(vec![
+            Cell::from(n.name.clone()),
+            Cell::from(role),
+            Cell::from(if n.alive { "alive" } else { "GONE" }).style(if n.alive {
+                Style::default().fg(Color::Green)
+            } else {
+                Style::default().fg(Color::Red)
+            }),
+            Cell::from(version),
+            Cell::from(weight),
+            Cell::from(pct(n.measured_canary_share)),
+            Cell::from(format!(
+                "{}/{}",
+                n.flow_table_entries, n.flow_table_capacity
+            )),
+            Cell::from(n.refused.get(service).cloned().unwrap_or_default()),
+        ])
+    });
+    f.render_widget(
+        Table::new(
+            rows,
+            [
+                Constraint::Length(12),
+                Constraint::Length(7),
+                Constraint::Length(6),
+                Constraint::Length(9),
+                Constraint::Length(9),
+                Constraint::Length(9),
+                Constraint::Length(14),
+                Constraint::Min(10),
+            ],
+        )
+        .header(
+            Row::new(vec![
+                "node",
+                "role",
+                "state",
+                "applied",
+                "weight",
+                "canary",
+                "flow table",
+                "refused",
+            ])
+            .style(Style::default().add_modifier(Modifier::BOLD)),
+        )
+        .block(Block::default().borders(Borders::ALL).title(title)),
+        area,
     );
 }
 
@@ -460,7 +552,7 @@ mod tests {
             ..ServiceStatus::default()
         };
         let mut t = Terminal::new(TestBackend::new(120, 40)).unwrap();
-        t.draw(|f| draw(f, &s, None, "http://127.0.0.1:9100"))
+        t.draw(|f| draw(f, &s, None, None, "http://127.0.0.1:9100"))
             .unwrap();
         let text: String = t
             .backend()
@@ -488,5 +580,65 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn the_view_shows_the_cluster_nodes_and_who_leads() {
+        use canary_userspace::api::NodeStatus;
+        use std::collections::BTreeMap;
+        let s = ServiceStatus {
+            name: "sentiment".into(),
+            phase: "stepping".into(),
+            ..ServiceStatus::default()
+        };
+        let node = |name: &str, alive: bool, version: u64, weight: f64| NodeStatus {
+            name: name.into(),
+            alive,
+            applied_versions: BTreeMap::from([("sentiment".to_string(), Some(version))]),
+            applied_weight_percent: BTreeMap::from([("sentiment".to_string(), Some(weight))]),
+            measured_canary_share: Some(0.25),
+            flow_table_entries: 120,
+            flow_table_capacity: 65536,
+            ..NodeStatus::default()
+        };
+        let mut lb2 = node("lb2", false, 41, 10.0);
+        lb2.refused
+            .insert("sentiment".into(), "config fingerprint differs".into());
+        let c = ClusterStatus {
+            node: "lb1".into(),
+            leader: Some("lb".into()),
+            nodes: vec![node("lb", true, 42, 25.0), node("lb1", true, 42, 25.0), lb2],
+            ..ClusterStatus::default()
+        };
+        let mut t = Terminal::new(TestBackend::new(120, 40)).unwrap();
+        t.draw(|f| draw(f, &s, Some(&c), None, "http://127.0.0.1:9100"))
+            .unwrap();
+        let text: String = t
+            .backend()
+            .buffer()
+            .content()
+            .chunks(120)
+            .map(|row| {
+                row.iter()
+                    .map(ratatui::buffer::Cell::symbol)
+                    .collect::<String>()
+                    + "\n"
+            })
+            .collect();
+        for needle in [
+            "cluster: this node lb1, leader lb",
+            "leader",
+            "GONE",
+            "25.00%",
+            "120/65536",
+            "config fingerprint differs",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        let lb_row = text
+            .lines()
+            .find(|l| l.contains("│lb "))
+            .unwrap_or_default();
+        assert!(lb_row.contains("leader") && lb_row.contains("42"), "{text}");
     }
 }
