@@ -16,34 +16,8 @@ pub const DOCUMENT_FORMAT: u32 = 1;
 /// The largest weight in basis points (100 %).
 pub const MAX_WEIGHT_BP: u32 = 10_000;
 
-/// Phase of a rollout (the same names as the controller's).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Idle,
-    Pending,
-    Stepping,
-    Promoted,
-    RolledBack,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Idle => "idle",
-            Phase::Pending => "pending",
-            Phase::Stepping => "stepping",
-            Phase::Promoted => "promoted",
-            Phase::RolledBack => "rolled_back",
-        }
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Phase of a rollout: the controller's own (same names in documents and in `/status`).
+pub use crate::rollout::Phase;
 
 /// One signal's part in a decision, in words (the judge's full report stays with the leader).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,7 +9,7 @@ use super::store::{Applied, ClusterSide};
 use super::Controller;
 use crate::api::{ClusterStatus, NodeStatus};
 use crate::cluster::document::{
-    self, fingerprint, may_apply, ApplyCheck, ConfigFingerprint, DecisionRecord, RolloutDocument,
+    fingerprint, may_apply, ApplyCheck, ConfigFingerprint, DecisionRecord, RolloutDocument,
     DOCUMENT_FORMAT,
 };
 use crate::cluster::nodes::{self, BackendCounters, FlowTableFill, NodeReport, ServiceReport};
@@ -30,23 +30,13 @@ pub(super) fn local_fingerprint(s: &Service, hash_seed: u32) -> ConfigFingerprin
     .with_affinity(s.config.affinity.as_str())
 }
 
-fn document_phase(phase: Phase) -> document::Phase {
-    match phase {
-        Phase::Idle => document::Phase::Idle,
-        Phase::Pending => document::Phase::Pending,
-        Phase::Stepping => document::Phase::Stepping,
-        Phase::Promoted => document::Phase::Promoted,
-        Phase::RolledBack => document::Phase::RolledBack,
-    }
-}
-
 /// The document of service `s` as decided by `node` now.
 pub(super) fn document_of(s: &Service, node: &str, hash_seed: u32) -> RolloutDocument {
     let rollout = &s.rollout;
     RolloutDocument {
         format: DOCUMENT_FORMAT,
         service: s.name().to_string(),
-        phase: document_phase(rollout.phase()),
+        phase: rollout.phase(),
         step: rollout
             .step(&s.config.rollout)
             .map_or(0, |i| u32::try_from(i).unwrap_or(u32::MAX)),
