@@ -132,6 +132,11 @@ fn dead_man_switch_sends_new_flows_to_stable_after_the_heartbeat_timeout() {
     spec.lab.client_extra_addresses = 20;
     spec.start = "paused".into();
     spec.heartbeat_timeout = "3s".into();
+    // A connection that reuses the 5-tuple of a canary flow of the last seconds is a new
+    // connection here (the load generator reuses ports that fast): with the default
+    // `syn_replace_after` (5 s) its SYN would be taken for a retransmission of the old one and
+    // follow it to the canary.
+    spec.syn_replace_after = "0s".into();
     // Holds at its step for lack of samples: the rollout is mid-way when the daemon dies.
     spec.min_samples = 1_000_000_000;
     let mut d = start(spec);
