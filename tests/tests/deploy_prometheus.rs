@@ -158,10 +158,19 @@ fn canary_series(text: &str) -> BTreeSet<String> {
 
 #[test]
 fn rules_and_dashboard_name_only_series_the_daemon_exports() {
-    let exported = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../canary-userspace/src/metrics.rs"),
-    )
-    .unwrap();
+    // The daemon's metrics, and those only a cluster node registers.
+    let exported = ["metrics.rs", "controller/store.rs"]
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../canary-userspace/src")
+                    .join(f),
+            )
+            .unwrap()
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
     let exported: BTreeSet<String> = canary_series(&exported)
         .into_iter()
         .filter(|n| exported_name(n))

@@ -18,6 +18,10 @@ fn a_second_daemon_on_the_same_data_plane_is_refused() {
     spec.lab.stable = 2;
     spec.lab.canary = 1;
     spec.start = "paused".into();
+    // New connections follow the weight even when the load generator reuses a 5-tuple of the
+    // last seconds (the default `syn_replace_after`, 5 s, would take its SYN for a
+    // retransmission and keep the old flow's backend).
+    spec.syn_replace_after = "0s".into();
     let mut d = start(spec);
     cli_ok(&d, &["set-weight", "25"]);
     let first_pid = d.daemon.as_ref().expect("daemon").pid();

@@ -443,10 +443,13 @@ pub(crate) fn draw(
 /// The cluster's nodes: who leads, what each applied for this service, its split and flow table.
 fn draw_nodes(f: &mut Frame<'_>, service: &str, c: &ClusterStatus, area: ratatui::layout::Rect) {
     let leader = c.leader.as_deref().unwrap_or("none");
-    let mut title = format!("cluster: this node {}, leader {leader}", c.node);
-    if let Some(problem) = &c.store_problem {
-        title.push_str(&format!(" · etcd: {problem}"));
-    }
+    let title = match &c.store_problem {
+        Some(problem) => format!(
+            "cluster: this node {}, leader {leader} · etcd: {problem}",
+            c.node
+        ),
+        None => format!("cluster: this node {}, leader {leader}", c.node),
+    };
     let rows = c.nodes.iter().map(|n| {
         let version = n
             .applied_versions

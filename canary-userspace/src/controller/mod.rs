@@ -139,14 +139,19 @@ impl<D: DataPlane> Controller<D> {
             cluster: cluster_config,
         } = config;
         let hash_seed = dataplane_config.hash_seed;
-        let state_dir = dataplane_config.state_dir.clone();
+        let store: DecisionStore = store.into();
+        // A rollout's history lives beside its state (the local store's directory).
+        let history_dir = match &store {
+            DecisionStore::Local(local) => local.dir().to_path_buf(),
+            DecisionStore::Cluster(_) => dataplane_config.state_dir.clone(),
+        };
         let mut c = Controller {
             dataplane_config,
             admin_config,
             services: Vec::with_capacity(services.len()),
             dp,
             programmer: Programmer::new(),
-            store: store.into(),
+            store,
             cluster_config,
             metrics,
             status,
@@ -155,7 +160,7 @@ impl<D: DataPlane> Controller<D> {
             dirty: true,
             pending_warmups: Vec::new(),
             notifier: Notifier::none(),
-            history: Recorder::new(HistoryStore::new(&state_dir)),
+            history: Recorder::new(HistoryStore::new(&history_dir)),
         };
         // Every state file is read and checked before anything is written.
         for config in &services {
