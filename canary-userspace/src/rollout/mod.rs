@@ -234,9 +234,14 @@ impl Rollout {
     }
 
     /// Whether the caller should send [`Event::Evaluate`] now: after every poll of a running
-    /// step (the judge's bounds stay valid however often it looks).
-    pub fn evaluation_due(&self, _at_ms: u64, _cfg: &RolloutConfig) -> bool {
-        self.phase == Phase::Stepping && !self.paused && self.window.polls_since_evaluation > 0
+    /// step (the judge's bounds stay valid however often it looks). While the latest poll
+    /// misses series there is nothing to judge: then once per `interval`, so each evaluation
+    /// with metrics missing stands for one interval (`metrics_missing_intervals`).
+    pub fn evaluation_due(&self, at_ms: u64, cfg: &RolloutConfig) -> bool {
+        self.phase == Phase::Stepping
+            && !self.paused
+            && self.window.polls_since_evaluation > 0
+            && (self.window.missing_now.is_empty() || self.hold_due(at_ms, cfg))
     }
 
     /// A hold is recorded at most once per `interval`.
@@ -765,6 +770,7 @@ impl Rollout {
     /// backends are not at fault, so this holds without counting toward
     /// `metrics_missing_intervals` (the next good scrape covers the gap).
     fn on_metrics_unknown(&mut self, at_ms: u64, what: &str) -> Output {
+        self.last_evaluation_ms = at_ms;
         let message = format!(
             "metrics unknown: not scraped for a reason of this node ({what}); holding {}, not counted toward metrics_missing_intervals",
             self.weight
