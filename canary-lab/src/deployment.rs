@@ -783,6 +783,7 @@ fn rollout(spec: &DeploymentSpec) -> RawRollout {
             error_spike: spec.error_spike,
             max_prediction_shift: spec.max_prediction_shift,
             confidence: spec.confidence,
+            ..RawThresholds::default()
         },
     }
 }

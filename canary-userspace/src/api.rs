@@ -145,6 +145,9 @@ pub struct ServiceStatus {
     pub weight_percent: f64,
     /// Canary share of new flows the kernel counted over the last evaluation window (0..1).
     pub measured_canary_share: Option<f64>,
+    /// Judged signals that have no data (the judge holds for them), each with why.
+    #[serde(default)]
+    pub signals_without_data: Vec<SignalWithoutData>,
     /// Stable then canary.
     pub groups: Vec<GroupStatus>,
     pub backends: Vec<BackendStatus>,
@@ -157,6 +160,13 @@ pub struct ServiceStatus {
     /// Cluster mode only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ServiceClusterStatus>,
+}
+
+/// A judged signal that has no data.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SignalWithoutData {
+    pub signal: String,
+    pub why: String,
 }
 
 /// One group's figures over the current evaluation window.

@@ -35,6 +35,8 @@ pub struct Metrics {
     /// Requests a backend reports per new flow the kernel sent it (cross-check).
     pub upstream_flow_ratio: GaugeVec,
     pub decisions: IntCounterVec,
+    /// 1 while a judged signal has no data (the judge holds for it).
+    pub signal_without_data: IntGaugeVec,
     /// Verdicts of dry-run signals (judged, never acted on).
     pub dry_run_verdicts: IntCounterVec,
     pub notify_sent: IntCounterVec,
@@ -122,6 +124,10 @@ impl Metrics {
                 opts("canary_decisions_total", "Decisions taken, by action and reason."),
                 &["service", "action", "reason"],
             )?,
+            signal_without_data: IntGaugeVec::new(
+                opts("canary_signal_without_data", "1 while a judged signal has no data (no latency observations, no predictions, p95 in the +Inf bucket): the judge holds, and metrics_missing applies."),
+                &["service", "signal"],
+            )?,
             dry_run_verdicts: IntCounterVec::new(
                 opts("canary_dry_run_verdicts_total", "Verdicts of dry-run signals (judged and reported, never holding or rolling back), by signal and verdict; verdict=\"fail\" counts what would have rolled back."),
                 &["service", "signal", "verdict"],
@@ -189,6 +195,8 @@ impl Metrics {
         m.registry
             .register(Box::new(m.upstream_flow_ratio.clone()))?;
         m.registry.register(Box::new(m.decisions.clone()))?;
+        m.registry
+            .register(Box::new(m.signal_without_data.clone()))?;
         m.registry.register(Box::new(m.held_intervals.clone()))?;
         m.registry.register(Box::new(m.dry_run_verdicts.clone()))?;
         m.registry.register(Box::new(m.notify_sent.clone()))?;

@@ -814,8 +814,9 @@ mod tests {
                 {"at_ms": 1000, "action": "step", "reason": "warmup_done", "phase": "stepping",
                  "from": 0, "to": 1000, "message": "warm-up done: first step 10%", "judgement": null},
                 {"at_ms": 4000, "action": "step", "reason": "healthy", "phase": "stepping",
-                 "from": 1000, "to": 2500, "message": "every signal passed at look 1",
-                 "judgement": {"verdict": "promote", "reason": "healthy", "alpha": 0.01,
+                 "from": 1000, "to": 2500, "message": "every signal passed in step window 1 (3 polls)",
+                 "judgement": {"verdict": "promote", "reason": "healthy", "window": 1,
+                     "rollback_level": 0.0025, "promote_level": 0.05,
                      "rollback_signals": 4, "signals": [
                          signal("error_rate", "pass"),
                          signal("latency_p95", "skipped")]}}
@@ -860,7 +861,7 @@ mod tests {
             lines[0]
         );
         assert!(
-            lines[1].ends_with("every signal passed at look 1 [error_rate pass]"),
+            lines[1].ends_with("every signal passed in step window 1 (3 polls) [error_rate pass]"),
             "{}",
             lines[1]
         );

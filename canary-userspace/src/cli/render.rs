@@ -85,6 +85,9 @@ pub(crate) fn service(s: &ServiceStatus) -> String {
             let _ = writeln!(out, "  {:<12} metrics{reasons}: {p}", "");
         }
     }
+    for w in &s.signals_without_data {
+        let _ = writeln!(out, "  NO DATA for {}: {}", w.signal, w.why);
+    }
     if !s.dry_run.is_empty() {
         let _ = writeln!(
             out,
@@ -162,7 +165,7 @@ pub(crate) fn cluster(c: &canary_userspace::api::ClusterStatus) -> String {
 
 #[cfg(test)]
 mod tests {
-    use canary_userspace::api::{BackendStatus, GroupStatus};
+    use canary_userspace::api::{BackendStatus, GroupStatus, SignalWithoutData};
 
     use super::*;
 
@@ -191,6 +194,10 @@ mod tests {
                 down_reason: Some("health check failed 3 times".into()),
                 ..BackendStatus::default()
             }],
+            signals_without_data: vec![SignalWithoutData {
+                signal: "latency_p95".into(),
+                why: "p95 lies in the +Inf bucket".into(),
+            }],
             ..ServiceStatus::default()
         };
         let text = service(&s);
@@ -200,6 +207,7 @@ mod tests {
             "25.12%",
             "1.00",
             "health check failed",
+            "NO DATA for latency_p95: p95 lies in the +Inf bucket",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

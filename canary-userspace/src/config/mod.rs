@@ -224,9 +224,14 @@ pub struct RolloutConfig {
 pub struct Thresholds {
     /// Absolute, canary minus stable, as a fraction (0.02 = 2 percentage points).
     pub max_error_rate_increase: f64,
+    /// Relative, canary over stable (1.5 = at most 1.5 times stable); 0 switches it off.
+    pub max_error_rate_ratio: f64,
     /// On mean and on p95, canary minus stable.
     pub max_latency_increase_ms: f64,
-    /// Canary error rate over one poll that rolls back at once.
+    /// On mean and on p95, canary over stable; 0 switches it off.
+    pub max_latency_ratio: f64,
+    /// Canary error rate over the latest poll(s) above which a canary significantly worse
+    /// than stable over the same polls rolls back at once.
     pub error_spike: f64,
     /// Total variation distance between the groups' class distributions.
     pub max_prediction_shift: f64,
@@ -324,7 +329,9 @@ impl Default for Thresholds {
     fn default() -> Self {
         Thresholds {
             max_error_rate_increase: 0.02,
+            max_error_rate_ratio: 0.0,
             max_latency_increase_ms: 50.0,
+            max_latency_ratio: 0.0,
             error_spike: 0.10,
             max_prediction_shift: 0.10,
             confidence: 0.99,

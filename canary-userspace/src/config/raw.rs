@@ -207,7 +207,9 @@ impl Default for RawRollout {
 #[serde(deny_unknown_fields, default)]
 pub struct RawThresholds {
     pub max_error_rate_increase: f64,
+    pub max_error_rate_ratio: f64,
     pub max_latency_increase_ms: f64,
+    pub max_latency_ratio: f64,
     pub error_spike: f64,
     pub max_prediction_shift: f64,
     pub confidence: f64,
@@ -218,7 +220,9 @@ impl Default for RawThresholds {
         let t = Thresholds::default();
         RawThresholds {
             max_error_rate_increase: t.max_error_rate_increase,
+            max_error_rate_ratio: t.max_error_rate_ratio,
             max_latency_increase_ms: t.max_latency_increase_ms,
+            max_latency_ratio: t.max_latency_ratio,
             error_spike: t.error_spike,
             max_prediction_shift: t.max_prediction_shift,
             confidence: t.confidence,
@@ -349,7 +353,9 @@ pub(crate) const ROLLOUT_KEYS: &[&str] = &[
 ];
 pub(crate) const THRESHOLD_KEYS: &[&str] = &[
     "max_error_rate_increase",
+    "max_error_rate_ratio",
     "max_latency_increase_ms",
+    "max_latency_ratio",
     "error_spike",
     "max_prediction_shift",
     "confidence",

@@ -66,7 +66,9 @@ forwarding = "l2"
 
   [services.rollout.thresholds]
   max_error_rate_increase = 0.02
+  max_error_rate_ratio = 0
   max_latency_increase_ms = 50
+  max_latency_ratio = 0
   error_spike = 0.10
   max_prediction_shift = 0.10
   confidence = 0.99
@@ -470,6 +472,20 @@ fn thresholds_and_counts_are_checked() {
             &with("confidence = 0.99", "confidence = 99"),
             "services[0].rollout.thresholds.confidence: 99 is out of range; it must be at least 0.5 and below 1, e.g. 0.99",
         );
+    assert_problem(
+            &with("max_error_rate_ratio = 0", "max_error_rate_ratio = 0.5"),
+            "services[0].rollout.thresholds.max_error_rate_ratio: 0.5 is out of range; give a factor above 1 (canary at most that many times stable), e.g. 1.5 for at most 1.5 times stable's error rate, or 0 to switch it off",
+        );
+    assert_problem(
+            &with("max_latency_ratio = 0", "max_latency_ratio = 1"),
+            "services[0].rollout.thresholds.max_latency_ratio: 1 is out of range; give a factor above 1 (canary at most that many times stable), e.g. 1.2 for at most 1.2 times stable's latency, or 0 to switch it off",
+        );
+    let c = Config::from_toml_str(&with(
+        "max_error_rate_ratio = 0",
+        "max_error_rate_ratio = 1.5",
+    ))
+    .expect("a ratio is valid");
+    assert!((c.services[0].rollout.thresholds.max_error_rate_ratio - 1.5).abs() < 1e-12);
     assert_problem(
             &with("max_latency_increase_ms = 50", "max_latency_increase_ms = -5"),
             "services[0].rollout.thresholds.max_latency_increase_ms: -5 is out of range; give a positive number of milliseconds, e.g. 50",

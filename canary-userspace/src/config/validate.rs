@@ -8,7 +8,8 @@ use std::time::Duration;
 use canary_common::{MAX_BACKENDS, MAX_BACKENDS_PER_GROUP, MAX_SERVICES};
 
 use super::raw::{
-    RawAdmin, RawBackend, RawConfig, RawDataplane, RawNotify, RawRollout, RawService, RawUpstream,
+    RawAdmin, RawBackend, RawConfig, RawDataplane, RawNotify, RawRollout, RawService,
+    RawThresholds, RawUpstream,
 };
 use super::{
     AdminConfig, BackendConfig, Config, DataplaneConfig, Problem, RolloutConfig, ServiceConfig,
@@ -945,50 +946,7 @@ fn rollout(
             "must be at least 1 (evaluation intervals with missing metrics before acting)",
         );
     }
-    let t = &r.thresholds;
-    let tk = format!("{rk}.thresholds");
-    c.fraction(
-        &format!("{tk}.max_error_rate_increase"),
-        t.max_error_rate_increase,
-        0.0,
-        1.0,
-        false,
-        "0.02 for 2 percentage points",
-    );
-    if !(t.max_latency_increase_ms.is_finite() && t.max_latency_increase_ms > 0.0) {
-        c.bad(
-            format!("{tk}.max_latency_increase_ms"),
-            format!(
-                "{} is out of range; give a positive number of milliseconds, e.g. 50",
-                t.max_latency_increase_ms
-            ),
-        );
-    }
-    c.fraction(
-        &format!("{tk}.error_spike"),
-        t.error_spike,
-        0.0,
-        1.0,
-        true,
-        "0.10 for 10% errors over one poll",
-    );
-    c.fraction(
-        &format!("{tk}.max_prediction_shift"),
-        t.max_prediction_shift,
-        0.0,
-        1.0,
-        true,
-        "0.10",
-    );
-    if !(t.confidence.is_finite() && t.confidence >= 0.5 && t.confidence < 1.0) {
-        c.bad(
-            format!("{tk}.confidence"),
-            format!(
-                "{} is out of range; it must be at least 0.5 and below 1, e.g. 0.99",
-                t.confidence
-            ),
-        );
-    }
+    let thresholds = thresholds(c, &format!("{rk}.thresholds"), &r.thresholds);
 
     let mut dry_run = Vec::new();
     for name in &r.dry_run {
@@ -1022,15 +980,83 @@ fn rollout(
         start,
         metrics_missing,
         metrics_missing_intervals: r.metrics_missing_intervals,
-        thresholds: Thresholds {
-            max_error_rate_increase: t.max_error_rate_increase,
-            max_latency_increase_ms: t.max_latency_increase_ms,
-            error_spike: t.error_spike,
-            max_prediction_shift: t.max_prediction_shift,
-            confidence: t.confidence,
-        },
+        thresholds,
         dry_run,
     })
+}
+
+/// `[services.rollout.thresholds]`
+fn thresholds(c: &mut Checker, tk: &str, t: &RawThresholds) -> Thresholds {
+    c.fraction(
+        &format!("{tk}.max_error_rate_increase"),
+        t.max_error_rate_increase,
+        0.0,
+        1.0,
+        false,
+        "0.02 for 2 percentage points",
+    );
+    if !(t.max_latency_increase_ms.is_finite() && t.max_latency_increase_ms > 0.0) {
+        c.bad(
+            format!("{tk}.max_latency_increase_ms"),
+            format!(
+                "{} is out of range; give a positive number of milliseconds, e.g. 50",
+                t.max_latency_increase_ms
+            ),
+        );
+    }
+    for (key, value, example) in [
+        (
+            "max_error_rate_ratio",
+            t.max_error_rate_ratio,
+            "1.5 for at most 1.5 times stable's error rate",
+        ),
+        (
+            "max_latency_ratio",
+            t.max_latency_ratio,
+            "1.2 for at most 1.2 times stable's latency",
+        ),
+    ] {
+        if !(value.is_finite() && (value == 0.0 || (value > 1.0 && value <= 1000.0))) {
+            c.bad(
+                format!("{tk}.{key}"),
+                format!("{value} is out of range; give a factor above 1 (canary at most that many times stable), e.g. {example}, or 0 to switch it off"),
+            );
+        }
+    }
+    c.fraction(
+        &format!("{tk}.error_spike"),
+        t.error_spike,
+        0.0,
+        1.0,
+        true,
+        "0.10 for 10% errors over one poll",
+    );
+    c.fraction(
+        &format!("{tk}.max_prediction_shift"),
+        t.max_prediction_shift,
+        0.0,
+        1.0,
+        true,
+        "0.10",
+    );
+    if !(t.confidence.is_finite() && t.confidence >= 0.5 && t.confidence < 1.0) {
+        c.bad(
+            format!("{tk}.confidence"),
+            format!(
+                "{} is out of range; it must be at least 0.5 and below 1, e.g. 0.99",
+                t.confidence
+            ),
+        );
+    }
+    Thresholds {
+        max_error_rate_increase: t.max_error_rate_increase,
+        max_error_rate_ratio: t.max_error_rate_ratio,
+        max_latency_increase_ms: t.max_latency_increase_ms,
+        max_latency_ratio: t.max_latency_ratio,
+        error_spike: t.error_spike,
+        max_prediction_shift: t.max_prediction_shift,
+        confidence: t.confidence,
+    }
 }
 
 /// `[services.upstream]`: the preset (or the defaults), each explicit selector over it, and

@@ -5,11 +5,20 @@ use std::collections::BTreeMap;
 use canary_common::Counter;
 
 use super::Controller;
-use crate::api::{BackendStatus, GroupStatus, ServiceStatus, Status};
+use crate::api::{BackendStatus, GroupStatus, ServiceStatus, SignalWithoutData, Status};
 use crate::dataplane::DataPlane;
 use crate::domain::Group;
+use crate::judge::Signal;
 use crate::metrics::{set_counter, LatencyHistogram};
 use crate::upstream::{self, Series, Window};
+
+/// The signals `canary_signal_without_data` reports on.
+const JUDGED_SIGNALS: [Signal; 4] = [
+    Signal::ErrorRate,
+    Signal::LatencyMean,
+    Signal::LatencyP95,
+    Signal::Predictions,
+];
 
 impl<D: DataPlane> Controller<D> {
     /// Rebuilds `/status` and the metrics from the current state.
@@ -51,6 +60,13 @@ impl<D: DataPlane> Controller<D> {
                     .set(share);
             }
             let window = rt.rollout.window();
+            let without_data = &window.without_data;
+            for s in JUDGED_SIGNALS {
+                self.metrics
+                    .signal_without_data
+                    .with_label_values(&[name, s.as_str()])
+                    .set(i64::from(without_data.iter().any(|(w, _)| *w == s)));
+            }
             let mut groups = Vec::new();
             for (g, w, flows) in [
                 (Group::Stable, &window.stable, window.flows.stable),
@@ -192,6 +208,13 @@ impl<D: DataPlane> Controller<D> {
                 steps: svc.rollout.steps.iter().map(|w| w.percent()).collect(),
                 weight_percent: weight.percent(),
                 measured_canary_share: rt.measured_share,
+                signals_without_data: without_data
+                    .iter()
+                    .map(|(s, why)| SignalWithoutData {
+                        signal: s.as_str().to_string(),
+                        why: why.clone(),
+                    })
+                    .collect(),
                 groups,
                 backends,
                 last_decision: rt.rollout.last_decision().cloned(),

@@ -13,7 +13,7 @@ use crate::domain::{Forwarding, Group, RollbackMode, Weight};
 use crate::judge::FlowCounts;
 use crate::metrics::Metrics;
 use crate::observe::{Health, WarmUp};
-use crate::rollout::{Decision, Event, Output, Poll, Rollout};
+use crate::rollout::{BackendPoll, Decision, Event, Output, Poll, Rollout};
 use crate::upstream::{self, ScrapeProblem, ScrapeReason, Snapshot, Window};
 
 /// Decisions kept for `/status`.
@@ -188,6 +188,7 @@ impl Service {
             stable: self.window(Group::Stable, deltas),
             canary: self.window(Group::Canary, deltas),
             flows,
+            backends: self.backend_polls(deltas),
             problems,
             local_failure,
         }
@@ -202,6 +203,21 @@ impl Service {
             .filter_map(|(_, delta)| delta.as_ref())
             .collect();
         upstream::aggregate(windows)
+    }
+
+    /// This poll's increase of every in-service backend (the judge's units).
+    pub(super) fn backend_polls(&self, deltas: &[Option<Window>]) -> Vec<BackendPoll> {
+        self.backends()
+            .zip(deltas)
+            .filter(|((_, state), _)| state.health.up == Some(true))
+            .filter_map(|((b, _), delta)| {
+                Some(BackendPoll {
+                    group: b.group,
+                    backend: b.name.clone(),
+                    window: delta.clone()?,
+                })
+            })
+            .collect()
     }
 
     /// The canary weight this node's kernel holds: the rollout's on one node, the applied

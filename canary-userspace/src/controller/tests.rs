@@ -31,6 +31,8 @@ struct FakeBackend {
     negative: u64,
     healthy: bool,
     metrics_up: bool,
+    /// Whether served requests are observed in the latency histogram.
+    records_latency: bool,
     /// Exported instead of the real request count (a lying or broken exporter).
     requests_text: Option<String>,
     /// How the scrape fails, instead of answering.
@@ -56,6 +58,7 @@ impl FakeBackend {
         FakeBackend {
             healthy: true,
             metrics_up: true,
+            records_latency: true,
             ..FakeBackend::default()
         }
     }
@@ -67,6 +70,9 @@ impl FakeBackend {
         let positive = (n as f64 * b.positive_share).round() as u64;
         self.positive += positive;
         self.negative += n - positive;
+        if !self.records_latency {
+            return;
+        }
         // Spread latencies over the bucket holding `latency_s` and the next one.
         let i = BOUNDS
             .iter()
@@ -483,6 +489,50 @@ fn missing_metrics_roll_back_when_configured() {
     let seen = sim.run_until(120, |s| s.phase() == Phase::RolledBack);
     assert_eq!(sim.phase(), Phase::RolledBack, "weights {seen:?}");
     assert!(!seen.contains(&5000));
+}
+
+/// A canary whose latency histogram never observes anything: the hold names the signal in
+/// `/status` and the metrics, and `metrics_missing = "rollback"` applies to it.
+#[test]
+fn a_signal_without_data_shows_in_status_and_metrics_and_rolls_back_when_configured() {
+    let mut sim = Sim::new(
+        "no-data",
+        "  metrics_missing = \"rollback\"\n  metrics_missing_intervals = 3",
+    );
+    sim.run_until(100, |s| s.weight_bp() == 1000);
+    sim.backends.get_mut("k0").unwrap().records_latency = false;
+    sim.run_until(60, |s| {
+        !s.c.status.read().unwrap().services[0]
+            .signals_without_data
+            .is_empty()
+    });
+    let status = sim.c.status.read().unwrap().clone();
+    let names: Vec<&str> = status.services[0]
+        .signals_without_data
+        .iter()
+        .map(|w| w.signal.as_str())
+        .collect();
+    assert_eq!(names, ["latency_mean", "latency_p95"], "{status:?}");
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&sim.c.metrics.registry.gather())
+        .unwrap();
+    for needle in [
+        "canary_signal_without_data{service=\"sentiment\",signal=\"latency_mean\"} 1",
+        "canary_signal_without_data{service=\"sentiment\",signal=\"error_rate\"} 0",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+    let seen = sim.run_until(120, |s| s.phase() == Phase::RolledBack);
+    assert_eq!(sim.phase(), Phase::RolledBack, "weights {seen:?}");
+    let d = sim
+        .c
+        .rollout("sentiment")
+        .unwrap()
+        .last_decision()
+        .unwrap()
+        .clone();
+    assert_eq!(d.reason.as_str(), "no_data", "{d}");
+    assert!(d.message.contains("latency_mean"), "{d}");
 }
 
 #[test]
@@ -987,9 +1037,11 @@ fn a_stale_heartbeat_is_notified_as_the_dead_man_switch() {
 fn a_rollout_is_recorded_across_a_restart_and_drawn_with_every_series() {
     use crate::history::{render, HistoryStore};
     let mut sim = Sim::new("history", "");
-    sim.canary.latency_s = 0.25;
     sim.run_until(100, |s| s.weight_bp() == 1000);
     sim.run_until(5, |_| false);
+    // Still running when the daemon restarts (a slow canary now rolls back within a few polls,
+    // so the canary slows down only after the restart).
+    assert_eq!(sim.phase(), Phase::Stepping);
     let dir = sim.store_dir.clone();
     let store = HistoryStore::new(&dir);
     let id = sim.c.rollout("sentiment").unwrap().started_at_ms();

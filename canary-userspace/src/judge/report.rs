@@ -28,6 +28,9 @@ pub enum Reason {
     /// Fewer than `min_samples` requests in a group.
     InsufficientSamples,
     MetricsMissing,
+    /// A signal has no data to judge (no latency observations, no predictions, p95 in the
+    /// `+Inf` bucket) while every other signal could be judged.
+    NoData,
     /// Metrics could not be scraped for a reason of this node (not the backends'): held
     /// without counting toward `metrics_missing_intervals`.
     MetricsUnknown,
@@ -56,6 +59,7 @@ impl Reason {
             Reason::ErrorSpike => "error_spike",
             Reason::InsufficientSamples => "insufficient_samples",
             Reason::MetricsMissing => "metrics_missing",
+            Reason::NoData => "no_data",
             Reason::MetricsUnknown => "metrics_unknown",
             Reason::Inconclusive => "inconclusive",
             Reason::Operator => "operator",
@@ -172,8 +176,10 @@ pub enum SignalVerdict {
     Warn,
     /// Informational, fine.
     Ok,
-    /// Switched off in the config or not computable (no observations).
+    /// Not computable (no new flows counted: flow share only).
     Skipped,
+    /// The groups have requests but this signal has nothing to judge.
+    NoData,
     Missing,
 }
 
@@ -186,6 +192,7 @@ impl fmt::Display for SignalVerdict {
             SignalVerdict::Warn => "WARN",
             SignalVerdict::Ok => "ok",
             SignalVerdict::Skipped => "skipped",
+            SignalVerdict::NoData => "NO DATA",
             SignalVerdict::Missing => "MISSING",
         })
     }
@@ -211,7 +218,20 @@ pub struct SignalReport {
     pub lower: Option<f64>,
     /// Upper confidence bound at the promotion level.
     pub upper: Option<f64>,
+    /// The absolute tolerance (canary minus stable).
     pub threshold: f64,
+    /// Canary over stable (when a relative tolerance is set).
+    #[serde(default)]
+    pub ratio: Option<f64>,
+    /// Upper confidence bound of canary over stable at the promotion level.
+    #[serde(default)]
+    pub ratio_upper: Option<f64>,
+    /// The relative tolerance (canary at most this times stable), when set.
+    #[serde(default)]
+    pub ratio_threshold: Option<f64>,
+    /// The design effect applied to the variances (1 = requests look independent).
+    #[serde(default)]
+    pub design_effect: Option<f64>,
     pub verdict: SignalVerdict,
     /// Anything else worth saying, in words.
     pub note: String,
@@ -245,6 +265,10 @@ impl SignalReport {
             lower: None,
             upper: None,
             threshold,
+            ratio: None,
+            ratio_upper: None,
+            ratio_threshold: None,
+            design_effect: None,
             verdict: SignalVerdict::Inconclusive,
             note: String::new(),
             dry_run: false,
@@ -286,6 +310,18 @@ impl fmt::Display for SignalReport {
             write!(f, "; bounds [{}, {}]", show(self.lower), show(self.upper))?;
         }
         write!(f, "; threshold {}", u.show(self.threshold))?;
+        if let Some(r) = self.ratio_threshold {
+            let show = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.3}"));
+            write!(
+                f,
+                "; ratio {} (upper {}) against {r}",
+                show(self.ratio),
+                show(self.ratio_upper)
+            )?;
+        }
+        if let Some(d) = self.design_effect.filter(|d| *d > 1.0) {
+            write!(f, "; design effect {d:.2}")?;
+        }
         if !self.note.is_empty() {
             write!(f, "; {}", self.note)?;
         }
@@ -301,11 +337,13 @@ impl fmt::Display for SignalReport {
 pub struct Judgement {
     pub verdict: Verdict,
     pub reason: Reason,
-    /// The look this judgement spent (`None` when it held without testing).
-    pub look: Option<u32>,
-    /// Error probability spent at this look (`a_k`); the rollback side splits it over
-    /// `rollback_signals`.
-    pub alpha: f64,
+    /// 1-based index of the step window in the rollout (its share of the error budget).
+    pub window: u32,
+    /// One-sided level of each signal's rollback test in this window.
+    pub rollback_level: f64,
+    /// One-sided level of each signal's promotion bound.
+    pub promote_level: f64,
+    /// Signals the rollback budget is split over.
     pub rollback_signals: u32,
     pub signals: Vec<SignalReport>,
 }
@@ -325,11 +363,11 @@ impl fmt::Display for Judgement {
             Verdict::Hold => "hold",
         };
         write!(f, "{verdict} ({})", self.reason)?;
-        if let Some(look) = self.look {
+        if self.rollback_signals > 0 {
             write!(
                 f,
-                " at look {look} (alpha {:.2e}, rollback side split over {} signals)",
-                self.alpha, self.rollback_signals
+                " in step window {} (confidence sequences: rollback level {:.1e} per signal over {} signals, promotion level {:.1e})",
+                self.window, self.rollback_level, self.rollback_signals, self.promote_level
             )?;
         }
         for s in &self.signals {

@@ -1,220 +1,270 @@
-//! One test per signal (error rate, mean and p95 latency, predictions, flow share), each
-//! returning a [`SignalReport`], and the decision rule they share.
+//! One test per signal (error rate, mean and p95 latency, flow share), each returning a
+//! [`SignalReport`], and the decision rule they share. Predictions have their own module.
 
-use statrs::distribution::{ChiSquared, ContinuousCDF};
-
-use std::collections::BTreeSet;
-
+use super::clusters::DesignEffect;
 use super::report::{finite, Signal, SignalReport, SignalVerdict};
-use super::stats::{moments_ms, newcombe, normal_sf, quantile_ms, z_upper};
+use super::sequential::{cs_z, pairs};
+use super::stats::{moments_ms, newcombe, normal_sf, quantile_ms, ratio_upper, wilson, Interval};
 use super::FlowCounts;
-use crate::config::{Thresholds, UpstreamConfig};
+use crate::config::UpstreamConfig;
 use crate::domain::Weight;
 use crate::upstream::Histogram;
 
-/// The shared decision rule (see the module documentation).
-pub(super) fn decide(
-    report: &mut SignalReport,
-    estimate: f64,
-    lower_rollback: f64,
-    upper_promote: f64,
-    significant: bool,
-) {
-    let t = report.threshold;
-    report.estimate = finite(estimate);
-    report.lower = finite(lower_rollback);
-    report.upper = finite(upper_promote);
-    report.verdict = if upper_promote < t {
+/// How much worse the canary may be on one signal: by `absolute` (canary minus stable), and,
+/// when set, by the factor `ratio` (canary over stable). A canary must be within both.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Tolerance {
+    pub absolute: f64,
+    pub ratio: Option<f64>,
+}
+
+impl Tolerance {
+    /// The allowed difference when stable's value is `stable`: the tighter of the two.
+    pub(super) fn at(self, stable: f64) -> f64 {
+        match self.ratio {
+            Some(r) if stable.is_finite() => self.absolute.min((r - 1.0) * stable.max(0.0)),
+            _ => self.absolute,
+        }
+    }
+}
+
+/// The levels and the sample size the bounds of one look are tuned to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Look {
+    /// One-sided level of the rollback test.
+    pub rollback: f64,
+    /// One-sided level of the promotion bound.
+    pub promote: f64,
+    /// `min_samples`: the confidence sequences are tightest near it.
+    pub n_ref: f64,
+}
+
+/// The bounds of one signal, ready for [`decide`].
+pub(super) struct Bounds {
+    /// Canary minus stable.
+    pub estimate: f64,
+    /// Stable's value (for the relative tolerance).
+    pub stable: f64,
+    /// Lower bound of the difference at the rollback level.
+    pub lower: f64,
+    /// Upper bound of the difference at the promotion level.
+    pub upper: f64,
+    /// Upper bound of canary over stable at the promotion level.
+    pub ratio_upper: f64,
+}
+
+/// The shared decision rule (see the module documentation of the judge).
+pub(super) fn decide(report: &mut SignalReport, b: &Bounds, tolerance: Tolerance) {
+    report.estimate = finite(b.estimate);
+    report.lower = finite(b.lower);
+    report.upper = finite(b.upper);
+    report.threshold = tolerance.absolute;
+    report.ratio_threshold = tolerance.ratio;
+    if tolerance.ratio.is_some() {
+        report.ratio_upper = Some(b.ratio_upper);
+        if b.stable > 0.0 {
+            report.ratio = finite((b.stable + b.estimate) / b.stable);
+        }
+    }
+    let within_absolute = b.upper < tolerance.absolute;
+    let within_ratio = tolerance.ratio.is_none_or(|r| b.ratio_upper < r);
+    let allowed = tolerance.at(b.stable);
+    report.verdict = if within_absolute && within_ratio {
         SignalVerdict::Pass
-    } else if significant && estimate > t / 2.0 {
+    } else if b.lower > 0.0 && b.estimate > allowed / 2.0 {
         SignalVerdict::Fail
     } else {
         SignalVerdict::Inconclusive
     };
 }
 
+/// Error rate: Newcombe score bounds on effective counts (divided by each group's design
+/// effect), MOVER-R for the ratio.
 pub(super) fn error_rate(
     stable: (u64, u64),
     canary: (u64, u64),
-    t: &Thresholds,
-    z_r: f64,
-    z_p: f64,
+    deff: [DesignEffect; 2],
+    tolerance: Tolerance,
+    look: Look,
 ) -> SignalReport {
-    let (n_s, x_s) = (stable.0, stable.1.min(stable.0));
-    let (n_c, x_c) = (canary.0, canary.1.min(canary.0));
+    let (n_s, x_s) = (stable.0 as f64, stable.1.min(stable.0) as f64);
+    let (n_c, x_c) = (canary.0 as f64, canary.1.min(canary.0) as f64);
     let mut r = SignalReport::new(
         Signal::ErrorRate,
-        "difference of proportions, Newcombe score bounds; pooled z test",
-        n_s,
-        n_c,
-        t.max_error_rate_increase,
+        "difference of proportions, Newcombe score confidence sequence on effective counts",
+        stable.0,
+        canary.0,
+        tolerance.absolute,
     );
-    if n_s == 0 || n_c == 0 {
-        r.verdict = SignalVerdict::Skipped;
+    if n_s == 0.0 || n_c == 0.0 {
+        r.verdict = SignalVerdict::NoData;
         r.note = "no requests in a group".into();
         return r;
     }
-    let p_s = x_s as f64 / n_s as f64;
-    let p_c = x_c as f64 / n_c as f64;
+    let (p_s, p_c) = (x_s / n_s, x_c / n_c);
     r.stable = Some(p_s);
     r.canary = Some(p_c);
-    let pooled = (x_s + x_c) as f64 / (n_s + n_c) as f64;
-    let se0 = (pooled * (1.0 - pooled) * (1.0 / n_s as f64 + 1.0 / n_c as f64)).sqrt();
+    r.design_effect = Some(deff[0].value.max(deff[1].value));
+    let pooled = (x_s + x_c) / (n_s + n_c);
+    let se0 = (pooled * (1.0 - pooled) * (deff[0].value / n_s + deff[1].value / n_c)).sqrt();
     if se0 > 0.0 {
         let z = (p_c - p_s) / se0;
         r.statistic = Some(z);
         r.p_value = Some(normal_sf(z));
     }
-    let (low, _) = newcombe(x_c, n_c, x_s, n_s, z_r);
-    let (_, high) = newcombe(x_c, n_c, x_s, n_s, z_p);
-    decide(&mut r, p_c - p_s, low, high, low > 0.0);
+    let m = pairs(n_s / deff[0].value, n_c / deff[1].value);
+    let (z_r, z_p) = (
+        cs_z(look.rollback, m, look.n_ref / 2.0),
+        cs_z(look.promote, m, look.n_ref / 2.0),
+    );
+    // Effective counts at each bound: divided by the design effect's factor there.
+    let effective = |z: f64| {
+        let (f_s, f_c) = (deff[0].factor(z), deff[1].factor(z));
+        ((x_s / f_s, n_s / f_s), (x_c / f_c, n_c / f_c))
+    };
+    let (es, ec) = effective(z_r);
+    let (lower, _) = newcombe(ec.0, ec.1, es.0, es.1, z_r);
+    let (es, ec) = effective(z_p);
+    let (_, upper) = newcombe(ec.0, ec.1, es.0, es.1, z_p);
+    let interval = |(x, n): (f64, f64)| -> Interval {
+        let (l, u) = wilson(x, n, z_p);
+        (x / n, l, u)
+    };
+    let bounds = Bounds {
+        estimate: p_c - p_s,
+        stable: p_s,
+        lower,
+        upper,
+        ratio_upper: ratio_upper(interval(ec), interval(es)),
+    };
+    decide(&mut r, &bounds, tolerance);
     r
 }
 
+/// Mean latency: Welch normal bounds, variances from buckets times the design effect.
 pub(super) fn latency_mean(
     stable: &Histogram,
     canary: &Histogram,
-    t: &Thresholds,
-    z_r: f64,
-    z_p: f64,
+    deff: [DesignEffect; 2],
+    tolerance: Tolerance,
+    look: Look,
 ) -> SignalReport {
     let mut r = SignalReport::new(
         Signal::LatencyMean,
-        "difference of means, Welch normal bounds (variance from buckets)",
+        "difference of means, Welch normal confidence sequence (variance from buckets x design effect)",
         stable.count.round() as u64,
         canary.count.round() as u64,
-        t.max_latency_increase_ms,
+        tolerance.absolute,
     );
     let (Some((m_s, v_s, n_s)), Some((m_c, v_c, n_c))) = (moments_ms(stable), moments_ms(canary))
     else {
-        r.verdict = SignalVerdict::Skipped;
-        r.note = "fewer than 2 observations in a group".into();
+        r.verdict = SignalVerdict::NoData;
+        r.note = "fewer than 2 latency observations in a group".into();
         return r;
     };
     r.stable = Some(m_s);
     r.canary = Some(m_c);
-    let se = (v_s / n_s as f64 + v_c / n_c as f64).sqrt();
+    r.design_effect = Some(deff[0].value.max(deff[1].value));
+    let (n_s, n_c) = (n_s as f64, n_c as f64);
+    let variances = |f_s: f64, f_c: f64| (v_s * f_s / n_s, v_c * f_c / n_c);
+    let (var_s, var_c) = variances(deff[0].value, deff[1].value);
     let d = m_c - m_s;
+    let se = (var_s + var_c).sqrt();
     if se > 0.0 {
         r.statistic = Some(d / se);
         r.p_value = Some(normal_sf(d / se));
     }
-    let low = d - z_r * se;
-    decide(&mut r, d, low, d + z_p * se, low > 0.0);
+    let m = pairs(n_s / deff[0].value, n_c / deff[1].value);
+    let (z_r, z_p) = (
+        cs_z(look.rollback, m, look.n_ref / 2.0),
+        cs_z(look.promote, m, look.n_ref / 2.0),
+    );
+    let (vr_s, vr_c) = variances(deff[0].factor(z_r), deff[1].factor(z_r));
+    let (vp_s, vp_c) = variances(deff[0].factor(z_p), deff[1].factor(z_p));
+    let interval = |mean: f64, var: f64| -> Interval {
+        (mean, mean - z_p * var.sqrt(), mean + z_p * var.sqrt())
+    };
+    let bounds = Bounds {
+        estimate: d,
+        stable: m_s,
+        lower: d - z_r * (vr_s + vr_c).sqrt(),
+        upper: d + z_p * (vp_s + vp_c).sqrt(),
+        ratio_upper: ratio_upper(interval(m_c, vp_c), interval(m_s, vp_s)),
+    };
+    decide(&mut r, &bounds, tolerance);
     r
 }
 
+/// p95 latency: distribution-free order-statistic intervals per group (the rank variance
+/// times the design effect), read through the bucket-interpolated quantile, combined for the
+/// difference by MOVER (Zou and Donner: each side's distance to its limit, in quadrature), as
+/// Newcombe's interval combines Wilson intervals.
 pub(super) fn latency_p95(
     stable: &Histogram,
     canary: &Histogram,
-    t: &Thresholds,
-    a_r: f64,
-    a_p: f64,
+    deff: [DesignEffect; 2],
+    tolerance: Tolerance,
+    look: Look,
 ) -> SignalReport {
     const Q: f64 = 0.95;
     let mut r = SignalReport::new(
         Signal::LatencyP95,
-        "difference of p95 (bucket-interpolated), order-statistic bounds per group, Bonferroni",
+        "difference of p95 (bucket-interpolated), order-statistic intervals per group combined by MOVER, confidence sequence",
         stable.count.round() as u64,
         canary.count.round() as u64,
-        t.max_latency_increase_ms,
+        tolerance.absolute,
     );
     if stable.count < 1.0 || canary.count < 1.0 {
-        r.verdict = SignalVerdict::Skipped;
-        r.note = "no observations in a group".into();
+        r.verdict = SignalVerdict::NoData;
+        r.note = "no latency observations in a group".into();
         return r;
     }
-    // Each group's interval at half the level, so the difference holds at the full level.
-    let (z_r, z_p) = (z_upper(a_r / 2.0), z_upper(a_p / 2.0));
-    let (est_s, _, high_s_r) = quantile_ms(stable, Q, z_r);
-    let (est_c, low_c_r, _) = quantile_ms(canary, Q, z_r);
-    let (_, low_s_p, _) = quantile_ms(stable, Q, z_p);
-    let (_, _, high_c_p) = quantile_ms(canary, Q, z_p);
+    r.design_effect = Some(deff[0].value.max(deff[1].value));
+    let m = pairs(stable.count / deff[0].value, canary.count / deff[1].value);
+    let (z_r, z_p) = (
+        cs_z(look.rollback, m, look.n_ref / 2.0),
+        cs_z(look.promote, m, look.n_ref / 2.0),
+    );
+    let (est_s, low_s_p, high_s_r) = {
+        let (estimate, _, high) = quantile_ms(stable, Q, z_r, deff[0].factor(z_r));
+        let (_, low, _) = quantile_ms(stable, Q, z_p, deff[0].factor(z_p));
+        (estimate, low, high)
+    };
+    let (est_c, low_c_r, high_c_p) = {
+        let (estimate, low, _) = quantile_ms(canary, Q, z_r, deff[1].factor(z_r));
+        let (_, _, high) = quantile_ms(canary, Q, z_p, deff[1].factor(z_p));
+        (estimate, low, high)
+    };
     r.stable = est_s;
     r.canary = est_c;
     let (Some(est_s), Some(est_c)) = (est_s, est_c) else {
-        r.verdict = SignalVerdict::Inconclusive;
+        r.verdict = SignalVerdict::NoData;
         r.note =
             "p95 lies in the +Inf bucket; add larger buckets to the backend's histogram".into();
         return r;
     };
-    let low = high_s_r.map_or(f64::NEG_INFINITY, |h| low_c_r - h);
-    let high = high_c_p.map_or(f64::INFINITY, |h| h - low_s_p);
-    decide(&mut r, est_c - est_s, low, high, low > 0.0);
-    if high.is_infinite() {
+    let d = est_c - est_s;
+    let lower = high_s_r.map_or(f64::NEG_INFINITY, |h| {
+        d - ((est_c - low_c_r).powi(2) + (h - est_s).powi(2)).sqrt()
+    });
+    let upper = high_c_p.map_or(f64::INFINITY, |h| {
+        d + ((h - est_c).powi(2) + (est_s - low_s_p).powi(2)).sqrt()
+    });
+    let ratio_up = match high_c_p {
+        Some(h) => ratio_upper((est_c, low_c_r, h), (est_s, low_s_p, est_s)),
+        None => f64::INFINITY,
+    };
+    let bounds = Bounds {
+        estimate: d,
+        stable: est_s,
+        lower,
+        upper,
+        ratio_upper: ratio_up,
+    };
+    decide(&mut r, &bounds, tolerance);
+    if upper.is_infinite() {
         r.note = "upper bound unknown (canary p95 near the +Inf bucket)".into();
     }
-    r
-}
-
-pub(super) fn predictions(
-    stable: &std::collections::BTreeMap<String, u64>,
-    canary: &std::collections::BTreeMap<String, u64>,
-    t: &Thresholds,
-    a_r: f64,
-    a_p: f64,
-) -> SignalReport {
-    let classes: BTreeSet<&String> = stable.keys().chain(canary.keys()).collect();
-    let count =
-        |m: &std::collections::BTreeMap<String, u64>, k: &String| m.get(k).copied().unwrap_or(0);
-    let n_s: u64 = stable.values().sum();
-    let n_c: u64 = canary.values().sum();
-    let mut r = SignalReport::new(
-        Signal::Predictions,
-        "chi-square test of homogeneity; total variation distance with simultaneous bounds",
-        n_s,
-        n_c,
-        t.max_prediction_shift,
-    );
-    let live: Vec<&String> = classes
-        .into_iter()
-        .filter(|k| count(stable, k) + count(canary, k) > 0)
-        .collect();
-    if n_s == 0 || n_c == 0 || live.len() < 2 {
-        r.verdict = SignalVerdict::Skipped;
-        r.note = if live.len() < 2 && n_s > 0 && n_c > 0 {
-            "a single class was predicted in both groups: no shift".into()
-        } else {
-            "no predictions in a group".into()
-        };
-        if live.len() < 2 && n_s > 0 && n_c > 0 {
-            r.verdict = SignalVerdict::Pass;
-            r.estimate = Some(0.0);
-        }
-        return r;
-    }
-    let (nsf, ncf) = (n_s as f64, n_c as f64);
-    let total = nsf + ncf;
-    let mut chi2 = 0.0;
-    let mut tvd = 0.0;
-    let mut spread = 0.0;
-    let k = live.len() as f64;
-    // With two classes both rows are the same event; otherwise a two-sided interval per class.
-    let z_p = if live.len() == 2 {
-        z_upper(a_p / 2.0)
-    } else {
-        z_upper(a_p / (2.0 * k))
-    };
-    for class in &live {
-        let (o_s, o_c) = (count(stable, class) as f64, count(canary, class) as f64);
-        let col = o_s + o_c;
-        let (e_s, e_c) = (nsf * col / total, ncf * col / total);
-        chi2 += (o_s - e_s).powi(2) / e_s + (o_c - e_c).powi(2) / e_c;
-        let (p_s, p_c) = (o_s / nsf, o_c / ncf);
-        tvd += (p_c - p_s).abs();
-        spread += (p_s * (1.0 - p_s) / nsf + p_c * (1.0 - p_c) / ncf).sqrt();
-    }
-    tvd /= 2.0;
-    let upper = (tvd + z_p * spread / 2.0).min(1.0);
-    let p = ChiSquared::new(k - 1.0).map_or(1.0, |d| d.sf(chi2));
-    r.statistic = Some(chi2);
-    r.p_value = Some(p);
-    decide(&mut r, tvd, f64::NAN, upper, p < a_r);
-    r.note = format!(
-        "{} classes, {} degrees of freedom",
-        live.len(),
-        live.len() - 1
-    );
     r
 }
 

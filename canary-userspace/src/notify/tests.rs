@@ -166,6 +166,10 @@ fn the_body_carries_service_weights_phase_reasons_time_node_and_text() {
         lower: Some(90.0),
         upper: Some(200.0),
         threshold: 50.0,
+        ratio: None,
+        ratio_upper: None,
+        ratio_threshold: None,
+        design_effect: None,
         verdict: crate::judge::SignalVerdict::Fail,
         note: String::new(),
         dry_run: false,
@@ -177,8 +181,9 @@ fn the_body_carries_service_weights_phase_reasons_time_node_and_text() {
     d.judgement = Some(Judgement {
         verdict: Verdict::Rollback,
         reason: Reason::LatencyP95,
-        look: Some(3),
-        alpha: 0.001,
+        window: 3,
+        rollback_level: 0.001,
+        promote_level: 0.01,
         rollback_signals: 4,
         signals: vec![report],
     });

@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::Weight;
+use crate::domain::{Group, Weight};
 use crate::judge::{FlowCounts, Judgement, Reason};
 use crate::upstream::Window;
 
@@ -58,6 +58,10 @@ pub struct Poll {
     pub stable: Window,
     pub canary: Window,
     pub flows: FlowCounts,
+    /// The same poll per backend (the backends aggregated into `stable` and `canary`): the
+    /// judge's units for variances that survive clustering.
+    #[serde(default)]
+    pub backends: Vec<BackendPoll>,
     /// Why series of the backends in service are missing this poll, one line per problem
     /// (`k0: connection refused: ... [refused]`), for the decision's message.
     #[serde(default)]
@@ -66,6 +70,14 @@ pub struct Poll {
     /// descriptors, buffers, ...): what is missing says nothing about the backends.
     #[serde(default)]
     pub local_failure: bool,
+}
+
+/// One backend's increase over one poll.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendPoll {
+    pub group: Group,
+    pub backend: String,
+    pub window: Window,
 }
 
 /// What the controller reports.

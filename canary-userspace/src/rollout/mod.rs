@@ -7,16 +7,22 @@
 //! restart. The caller programs the returned weight into the data plane.
 //!
 //! Data: every poll brings per-group increases ([`Poll`]); they add up into the window of the
-//! current step. The poll that straddles a weight change is left out (it mixes two weights),
-//! as is everything before the first step (warm-up). Every evaluation judges the step's window
-//! so far ([`crate::judge`]); a new step starts an empty window.
+//! current step, and per backend into the window's units (for variances that survive
+//! clustering). The poll that straddles a weight change is left out (it mixes two weights),
+//! as is everything before the first step (warm-up). After every poll the judge looks at the
+//! step's window so far ([`crate::judge`]; its bounds are confidence sequences, valid however
+//! often it looks): a failing signal rolls back at once, at any sample size; a promotion needs
+//! every signal to pass, `min_samples` in each group and the step's `interval` elapsed. Holds
+//! are recorded (logged, counted) once per `interval`. A new step starts an empty window.
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::{RolloutConfig, UpstreamConfig};
+use crate::domain::Group;
 use crate::domain::{MissingPolicy, RollbackMode, StartMode, Weight};
 use crate::judge::{
-    self, FlowCounts, JudgeInput, Judgement, Reason, Signal, SignalVerdict, Verdict,
+    self, Batches, FlowCounts, JudgeInput, Judgement, PollErrors, Reason, Signal, SignalVerdict,
+    Verdict,
 };
 use crate::upstream::Window;
 
@@ -25,7 +31,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-pub use decision::{Action, Decision, DecisionAction, Event, Output, Phase, Poll};
+pub use decision::{Action, BackendPoll, Decision, DecisionAction, Event, Output, Phase, Poll};
 pub use store::{write_durably, StateStore};
 
 /// An operator action that does not apply now.
@@ -59,9 +65,22 @@ pub struct StepWindow {
     pub flows: FlowCounts,
     /// Polls added to the window.
     pub polls: u32,
+    /// Each group's units (backend x run of polls): `[stable, canary]`.
+    #[serde(default)]
+    pub units: [Batches; 2],
+    /// The previous window's units (design effects early in a step).
+    #[serde(default)]
+    pub earlier: [Batches; 2],
+    /// Requests and errors of the latest polls (at most [`judge::SPIKE_POLLS`]), for the spike
+    /// check.
+    #[serde(default)]
+    recent: Vec<PollErrors>,
     polls_since_evaluation: u32,
     /// Series missing in the latest poll (`canary.errors`, ...).
     pub missing_now: Vec<String>,
+    /// Judged signals without data at the latest evaluation, each `signal: why`.
+    #[serde(default)]
+    pub without_data: Vec<(Signal, String)>,
     /// Why, per backend problem in the latest poll (see [`Poll::problems`]).
     #[serde(default)]
     pub missing_why: Vec<String>,
@@ -74,6 +93,16 @@ pub struct StepWindow {
     after_warmup: bool,
 }
 
+impl StepWindow {
+    /// The units the judge estimates design effects from.
+    pub fn units(&self) -> judge::Units<'_> {
+        judge::Units {
+            current: [&self.units[0], &self.units[1]],
+            earlier: [&self.earlier[0], &self.earlier[1]],
+        }
+    }
+}
+
 /// The rollout of one service. See the module documentation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Rollout {
@@ -84,10 +113,15 @@ pub struct Rollout {
     canary: Vec<String>,
     started_at_ms: u64,
     step_started_at_ms: u64,
+    /// When the latest hold was recorded (holds are recorded once per `interval`).
     last_evaluation_ms: u64,
-    /// Looks that tested, over the whole rollout (the judge's alpha spending index).
-    looks: u32,
-    /// Consecutive evaluations with metrics missing.
+    /// Step windows entered in this rollout (each has its share of the error budget).
+    #[serde(default)]
+    windows: u32,
+    /// Polls the spike check tested in this rollout (its budget is spread over them).
+    #[serde(default)]
+    spike_polls: u32,
+    /// Consecutive recorded holds with metrics missing or a signal without data.
     missing_intervals: u32,
     window: StepWindow,
     last_decision: Option<Decision>,
@@ -107,7 +141,8 @@ impl Rollout {
             started_at_ms: at_ms,
             step_started_at_ms: at_ms,
             last_evaluation_ms: at_ms,
-            looks: 0,
+            windows: 0,
+            spike_polls: 0,
             missing_intervals: 0,
             window: StepWindow::default(),
             last_decision: None,
@@ -135,7 +170,8 @@ impl Rollout {
             started_at_ms: at_ms,
             step_started_at_ms: at_ms,
             last_evaluation_ms: at_ms,
-            looks: 0,
+            windows: 0,
+            spike_polls: 0,
             missing_intervals: 0,
             window: StepWindow::default(),
             last_decision: None,
@@ -176,8 +212,9 @@ impl Rollout {
         cfg.steps.iter().position(|w| *w == self.weight)
     }
 
-    pub fn looks(&self) -> u32 {
-        self.looks
+    /// Step windows entered in this rollout.
+    pub fn windows(&self) -> u32 {
+        self.windows
     }
 
     pub fn window(&self) -> &StepWindow {
@@ -196,11 +233,20 @@ impl Rollout {
         self.step_started_at_ms
     }
 
-    /// Whether the caller should send [`Event::Evaluate`] now.
+    /// Whether the caller should send [`Event::Evaluate`] now: after every poll of a running
+    /// step (the judge's bounds stay valid however often it looks). While the latest poll
+    /// misses series there is nothing to judge: then once per `interval`, so each evaluation
+    /// with metrics missing stands for one interval (`metrics_missing_intervals`).
     pub fn evaluation_due(&self, at_ms: u64, cfg: &RolloutConfig) -> bool {
         self.phase == Phase::Stepping
             && !self.paused
-            && at_ms.saturating_sub(self.last_evaluation_ms) >= cfg.interval.as_millis() as u64
+            && self.window.polls_since_evaluation > 0
+            && (self.window.missing_now.is_empty() || self.hold_due(at_ms, cfg))
+    }
+
+    /// A hold is recorded at most once per `interval`.
+    fn hold_due(&self, at_ms: u64, cfg: &RolloutConfig) -> bool {
+        at_ms.saturating_sub(self.last_evaluation_ms) >= cfg.interval.as_millis() as u64
     }
 
     /// State to persist.
@@ -310,8 +356,16 @@ impl Rollout {
         self.step_started_at_ms = at_ms;
         self.last_evaluation_ms = at_ms;
         self.missing_intervals = 0;
+        self.windows += 1;
+        let old = std::mem::take(&mut self.window);
+        let earlier = if old.units.iter().all(Batches::is_empty) {
+            old.earlier
+        } else {
+            old.units
+        };
         self.window = StepWindow {
             skip_next: true,
+            earlier,
             ..StepWindow::default()
         };
     }
@@ -385,7 +439,8 @@ impl Rollout {
     ) -> Output {
         let from = self.weight;
         self.canary = fingerprint;
-        self.looks = 0;
+        self.windows = 0;
+        self.spike_polls = 0;
         self.missing_intervals = 0;
         self.window = StepWindow::default();
         self.weight = Weight::ZERO;
@@ -520,32 +575,64 @@ impl Rollout {
             w.canary.accumulate(&poll.canary);
             w.flows.add(poll.flows);
             w.polls += 1;
+            for b in &poll.backends {
+                let i = usize::from(b.group == Group::Canary);
+                w.units[i].add(&b.backend, &b.window);
+            }
+        }
+        if let Some(errors) = poll_errors(poll) {
+            w.recent.push(errors);
+            if w.recent.len() > judge::SPIKE_POLLS {
+                w.recent.remove(0);
+            }
         }
         if after_warmup {
             return self.output(None);
         }
         // The spike check runs even while paused: it guards against a canary that fails
         // outright, which no operator means to keep serving.
-        if let Some(mut report) = judge::error_spike(&poll.canary, &cfg.thresholds) {
-            if cfg.dry_run.contains(&Signal::ErrorSpike) {
-                report.dry_run = true;
-                if report.verdict == SignalVerdict::Fail {
-                    return Output {
-                        dry_run_failures: vec![report],
-                        ..self.output(None)
+        if self.window.recent.last().is_some_and(|p| p.1 .0 > 0)
+            && judge::enough_flows(self.window.flows)
+        {
+            self.spike_polls += 1;
+            let alpha = 1.0 - cfg.thresholds.confidence;
+            let level = judge::spike_level(alpha, self.spike_polls);
+            let stable_requests = self.window.stable.requests.present().copied().unwrap_or(0);
+            let deff = judge::spike_design_effect(
+                &self.window.units(),
+                self.window.flows,
+                stable_requests as f64,
+            );
+            if let Some(mut report) =
+                judge::error_spike(&self.window.recent, deff, level, cfg.thresholds.error_spike)
+            {
+                if cfg.dry_run.contains(&Signal::ErrorSpike) {
+                    report.dry_run = true;
+                    if report.verdict == SignalVerdict::Fail {
+                        return Output {
+                            dry_run_failures: vec![report],
+                            ..self.output(None)
+                        };
+                    }
+                } else if report.verdict == SignalVerdict::Fail {
+                    let message = format!("error spike: {}", report.note);
+                    let judgement = Judgement {
+                        verdict: Verdict::Rollback,
+                        reason: Reason::ErrorSpike,
+                        window: self.windows,
+                        rollback_level: level,
+                        promote_level: 0.0,
+                        rollback_signals: 1,
+                        signals: vec![report],
                     };
+                    return self.roll_back(
+                        at_ms,
+                        cfg,
+                        Reason::ErrorSpike,
+                        &message,
+                        Some(judgement),
+                    );
                 }
-            } else if report.verdict == SignalVerdict::Fail {
-                let message = format!("error spike: {}", report.note);
-                let judgement = Judgement {
-                    verdict: Verdict::Rollback,
-                    reason: Reason::ErrorSpike,
-                    look: None,
-                    alpha: 0.0,
-                    rollback_signals: 0,
-                    signals: vec![report],
-                };
-                return self.roll_back(at_ms, cfg, Reason::ErrorSpike, &message, Some(judgement));
             }
         }
         self.output(None)
@@ -560,13 +647,13 @@ impl Rollout {
         if self.phase != Phase::Stepping || self.paused {
             return self.output(None);
         }
-        self.last_evaluation_ms = at_ms;
         let polls = std::mem::take(&mut self.window.polls_since_evaluation);
+        if polls == 0 {
+            return self.output(None);
+        }
         let missing_now = self.window.missing_now.clone();
-        if polls == 0 || !missing_now.is_empty() {
-            let what = if polls == 0 {
-                "no poll since the last evaluation".to_string()
-            } else if self.window.missing_why.is_empty() {
+        if !missing_now.is_empty() {
+            let what = if self.window.missing_why.is_empty() {
                 format!("missing in the latest poll: {}", missing_now.join(", "))
             } else {
                 format!(
@@ -575,49 +662,94 @@ impl Rollout {
                     self.window.missing_why.join("; ")
                 )
             };
-            if polls > 0 && self.window.missing_local {
+            if self.window.missing_local {
                 return self.on_metrics_unknown(at_ms, &what);
             }
-            return self.on_missing(at_ms, cfg, &what, None);
+            return self.on_missing(at_ms, cfg, Reason::MetricsMissing, &what, None);
         }
         let input = JudgeInput {
             stable: &self.window.stable,
             canary: &self.window.canary,
+            units: self.window.units(),
             flows: self.window.flows,
             weight: self.weight,
-            look: self.looks + 1,
+            window: self.windows.max(1),
         };
         let j = judge::judge(&input, cfg, upstream);
-        if j.look.is_some() {
-            self.looks += 1;
-        }
-        if j.reason == Reason::MetricsMissing {
-            let what = j
-                .signals
-                .first()
-                .map_or_else(String::new, |s| s.note.clone());
-            return self.on_missing(at_ms, cfg, &what, Some(j));
+        self.window.without_data = if j.reason == Reason::NoData {
+            j.signals
+                .iter()
+                .filter(|s| s.verdict == SignalVerdict::NoData)
+                .map(|s| (s.signal, s.note.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        match j.reason {
+            Reason::MetricsMissing => {
+                let what = j
+                    .signals
+                    .first()
+                    .map_or_else(String::new, |s| s.note.clone());
+                return self.on_missing(at_ms, cfg, Reason::MetricsMissing, &what, Some(j));
+            }
+            Reason::NoData => {
+                let what = j
+                    .signals
+                    .iter()
+                    .filter(|s| s.verdict == SignalVerdict::NoData)
+                    .map(|s| format!("{}: {}", s.signal.as_str(), s.note))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return self.on_missing(at_ms, cfg, Reason::NoData, &what, Some(j));
+            }
+            _ => {}
         }
         self.missing_intervals = 0;
+        let step_age = at_ms.saturating_sub(self.step_started_at_ms);
         match j.verdict {
-            Verdict::Promote => {
-                let message = format!("every signal passed at look {}", self.looks);
+            Verdict::Promote if step_age >= cfg.interval.as_millis() as u64 => {
+                let message = format!(
+                    "every signal passed in step window {} ({} polls)",
+                    self.windows, self.window.polls
+                );
                 self.step_up(at_ms, cfg, Reason::Healthy, message, Some(j))
             }
             Verdict::Rollback => {
-                let message = format!("canary is worse on {} at look {}", j.reason, self.looks);
+                let below = j
+                    .signal(Signal::Samples)
+                    .is_some_and(|s| s.verdict != SignalVerdict::Ok);
+                let message = format!(
+                    "canary is worse on {} in step window {}{}",
+                    j.reason,
+                    self.windows,
+                    if below {
+                        " (strong evidence before min_samples)"
+                    } else {
+                        ""
+                    }
+                );
                 let reason = j.reason;
                 self.roll_back(at_ms, cfg, reason, &message, Some(j))
             }
-            Verdict::Hold => {
+            Verdict::Promote | Verdict::Hold => {
+                if !self.hold_due(at_ms, cfg) {
+                    return self.output(None);
+                }
+                self.last_evaluation_ms = at_ms;
                 let message = match j.reason {
                     Reason::InsufficientSamples => format!(
                         "fewer than {} requests in a group so far; holding {}",
                         cfg.min_samples, self.weight
                     ),
+                    Reason::Healthy => format!(
+                        "every signal passes; the step lasts at least {}; holding {}",
+                        humantime::format_duration(cfg.interval),
+                        self.weight
+                    ),
                     _ => format!(
-                        "not conclusive yet at look {}; holding {}",
-                        self.looks, self.weight
+                        "not conclusive yet ({} polls in step window {}); holding {}",
+                        self.window.polls, self.windows, self.weight
                     ),
                 };
                 let reason = j.reason;
@@ -638,6 +770,7 @@ impl Rollout {
     /// backends are not at fault, so this holds without counting toward
     /// `metrics_missing_intervals` (the next good scrape covers the gap).
     fn on_metrics_unknown(&mut self, at_ms: u64, what: &str) -> Output {
+        self.last_evaluation_ms = at_ms;
         let message = format!(
             "metrics unknown: not scraped for a reason of this node ({what}); holding {}, not counted toward metrics_missing_intervals",
             self.weight
@@ -653,33 +786,46 @@ impl Rollout {
         self.output(Some(d))
     }
 
+    /// Metrics missing, or a signal without data: held, recorded once per `interval`, and
+    /// after `metrics_missing_intervals` such holds `metrics_missing = rollback` rolls back.
     fn on_missing(
         &mut self,
         at_ms: u64,
         cfg: &RolloutConfig,
+        reason: Reason,
         what: &str,
         judgement: Option<Judgement>,
     ) -> Output {
+        if !self.hold_due(at_ms, cfg) {
+            return self.output(None);
+        }
+        self.last_evaluation_ms = at_ms;
         self.missing_intervals += 1;
         let n = self.missing_intervals;
         let limit = cfg.metrics_missing_intervals;
+        let problem = match reason {
+            Reason::NoData => "a signal without data",
+            _ => "metrics missing",
+        };
         if cfg.metrics_missing == MissingPolicy::Rollback && n >= limit {
             let message =
-                format!("metrics missing for {n} evaluations ({what}); metrics_missing = rollback");
-            return self.roll_back(at_ms, cfg, Reason::MetricsMissing, &message, judgement);
+                format!("{problem} for {n} evaluations ({what}); metrics_missing = rollback");
+            return self.roll_back(at_ms, cfg, reason, &message, judgement);
         }
         let policy = match cfg.metrics_missing {
-            MissingPolicy::Hold => "metrics_missing = hold".to_string(),
+            MissingPolicy::Hold => {
+                "metrics_missing = hold: holds until the data arrive".to_string()
+            }
             MissingPolicy::Rollback => format!("rollback after {limit}"),
         };
         let message = format!(
-            "metrics missing for {n} evaluation(s) ({what}); holding {} ({policy})",
+            "{problem} for {n} evaluation(s) ({what}); holding {} ({policy})",
             self.weight
         );
         let d = self.record(
             at_ms,
             DecisionAction::Hold,
-            Reason::MetricsMissing,
+            reason,
             self.weight,
             message,
             judgement,
@@ -731,8 +877,10 @@ impl Rollout {
                         "resumed by the operator",
                     ));
                 }
-                // The interval restarts so the first automatic decision has a full interval.
+                // The step's interval restarts: the judge may promote a full interval after
+                // the resume at the earliest (a rollback may come at any poll).
                 self.last_evaluation_ms = at_ms;
+                self.step_started_at_ms = at_ms;
                 let d = self.record(
                     at_ms,
                     DecisionAction::Resume,
@@ -829,6 +977,12 @@ impl Rollout {
             }
         }
     }
+}
+
+/// Requests and errors of both groups in a poll, when both are present in both.
+fn poll_errors(poll: &Poll) -> Option<PollErrors> {
+    let get = |w: &Window| Some((*w.requests.present()?, *w.errors.present()?));
+    Some((get(&poll.stable)?, get(&poll.canary)?))
 }
 
 /// Required series missing in a poll, as `group.series`.

@@ -101,6 +101,20 @@ impl Histogram {
         if self.is_zero() {
             return other.clone();
         }
+        if self.bounds == other.bounds {
+            // The usual case: one layout, added bucket by bucket.
+            return Histogram {
+                bounds: self.bounds.clone(),
+                cumulative: self
+                    .cumulative
+                    .iter()
+                    .zip(&other.cumulative)
+                    .map(|(x, y)| x + y)
+                    .collect(),
+                count: self.count + other.count,
+                sum: self.sum + other.sum,
+            };
+        }
         let shared: Vec<f64> = self
             .bounds
             .iter()

@@ -1,66 +1,221 @@
-//! Judge quality by simulation: many seeded rollouts of a synthetic service through the real
-//! [`Rollout`] state machine and judge, with a simulated clock.
+//! Judge quality by simulation: many seeded rollouts of a synthetic service through the
+//! daemon's real path from Prometheus text to decision, with a simulated clock.
 //!
-//! Traffic: Poisson arrivals per poll, split by the canary weight; each request fails with
-//! the group's error rate, has a log-normal latency (plus the group's shift) recorded in a
-//! Prometheus-style histogram, and predicts one of two classes. Polls are drawn as counts
-//! (binomial/multinomial), not request by request, so thousands of rollouts take seconds.
+//! Every second, clients' flows send requests to backends ([`traffic`]); every backend keeps
+//! cumulative counters and, at each poll, exposes them as Prometheus text. The text goes the
+//! way the controller takes it: [`snapshot_of`] (the upstream parser) with the service's `[services.upstream]`,
+//! [`Snapshot::delta_since`] the backend's baseline, [`Snapshot::advance`], the group sums of
+//! [`aggregate`] and the per-backend windows, into the real [`Rollout`] and judge (a poll, then
+//! an evaluation when due). Scrapes fail now and then (a missing snapshot: the next one covers
+//! both polls); a backend may restart (its counters start again from zero, its scrape fails
+//! once).
 
 use std::collections::BTreeMap;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rand_distr::{Binomial, Distribution, Poisson, StandardNormal};
-use serde::{Deserialize, Serialize};
-use statrs::distribution::{ContinuousCDF, Normal};
+use serde::Serialize;
 
 use canary_userspace::config::{RolloutConfig, UpstreamConfig};
-use canary_userspace::domain::Weight;
+use canary_userspace::domain::{Group, Weight};
 use canary_userspace::judge::{FlowCounts, Reason};
-use canary_userspace::rollout::{DecisionAction, Event, Phase, Poll, Rollout};
-use canary_userspace::upstream::{Histogram, Series, Window};
+use canary_userspace::rollout::{BackendPoll, DecisionAction, Event, Phase, Poll, Rollout};
+use canary_userspace::upstream::{
+    aggregate, snapshot_of, ScrapeProblem, ScrapeReason, Snapshot, Window,
+};
 
-/// How the canary differs from stable.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+mod traffic;
+
+use traffic::{Behaviour, Classes, Service, TrafficModel};
+
+/// Which predictions a scenario's model makes.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub(super) enum ClassModel {
+    /// Two classes, 60/40.
+    Two,
+    /// Twenty classes with Zipf shares.
+    Twenty,
+}
+
+/// One simulated situation: the service's traffic and how the canary differs.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub(super) struct Scenario {
     pub name: String,
-    /// Added to the base error rate (0.02 = +2 percentage points).
+    pub base_error_rate: f64,
+    /// Added to the canary's error rate (0.02 = +2 percentage points).
     pub error_increase: f64,
     /// Added to every canary request's latency.
     pub latency_increase_ms: f64,
-    /// Canary share of the first class (stable uses [`SimParams::first_class_share`]).
-    pub canary_first_class_share: Option<f64>,
+    /// Total variation distance the canary's predictions move: with two classes toward the
+    /// first (0.2: 60/40 -> 80/20), with twenty classes toward uniform.
+    pub prediction_shift: f64,
+    pub classes: ClassModel,
+    /// Requests per flow (1: a new connection per request) and the intra-flow correlation.
+    pub flow_requests: u32,
+    pub flow_correlation: f64,
+    /// A backend restarts once, at a random time in the first 100 s.
+    pub restart: bool,
+    /// The canary's fault starts only when its weight reaches this (percent).
+    pub fault_from_percent: Option<f64>,
+    /// `max_error_rate_ratio` for this scenario (0: the default, off).
+    pub max_error_rate_ratio: f64,
 }
 
 impl Scenario {
-    /// A/A, +2 and +5 percentage points of errors, +50 ms, 60/40 -> 80/20 predictions.
-    pub(super) fn standard() -> Vec<Scenario> {
-        let s = |name: &str, e, l, p| Scenario {
+    fn base(name: &str) -> Scenario {
+        Scenario {
             name: name.to_string(),
-            error_increase: e,
-            latency_increase_ms: l,
-            canary_first_class_share: p,
-        };
+            base_error_rate: 0.01,
+            error_increase: 0.0,
+            latency_increase_ms: 0.0,
+            prediction_shift: 0.0,
+            classes: ClassModel::Two,
+            flow_requests: 1,
+            flow_correlation: 0.0,
+            restart: false,
+            fault_from_percent: None,
+            max_error_rate_ratio: 0.0,
+        }
+    }
+
+    /// Identical versions (A/A): at several base error rates, with keep-alive flows whose
+    /// requests are correlated, with a backend restart; and the relative threshold's cost at a
+    /// low base rate.
+    pub(super) fn identical() -> Vec<Scenario> {
+        let mut out = Vec::new();
+        for rate in [0.001, 0.01, 0.03, 0.05, 0.10] {
+            out.push(Scenario {
+                base_error_rate: rate,
+                ..Scenario::base(&format!("A/A, {} % errors", rate * 100.0))
+            });
+        }
+        for (m, rho) in [(20, 0.05), (20, 0.2), (50, 0.05), (50, 0.2)] {
+            out.push(Scenario {
+                flow_requests: m,
+                flow_correlation: rho,
+                ..Scenario::base(&format!(
+                    "A/A, keep-alive flows of {m} requests, correlation {rho}"
+                ))
+            });
+        }
+        out.push(Scenario {
+            restart: true,
+            ..Scenario::base("A/A, a backend restarts mid-step")
+        });
+        out.push(Scenario {
+            base_error_rate: 0.001,
+            max_error_rate_ratio: 2.0,
+            ..Scenario::base("A/A, 0.1 % errors, max_error_rate_ratio = 2")
+        });
+        out.push(Scenario {
+            classes: ClassModel::Twenty,
+            ..Scenario::base("A/A, 20 prediction classes")
+        });
+        out
+    }
+
+    /// Faulty canaries.
+    pub(super) fn faults() -> Vec<Scenario> {
         vec![
-            s("A/A (identical)", 0.0, 0.0, None),
-            s("errors +2pp", 0.02, 0.0, None),
-            s("errors +5pp", 0.05, 0.0, None),
-            s("latency +50ms", 0.0, 50.0, None),
-            s("predictions 60/40 -> 80/20", 0.0, 0.0, Some(0.8)),
+            Scenario {
+                error_increase: 0.02,
+                ..Scenario::base("errors +2 pp (1 % -> 3 %)")
+            },
+            Scenario {
+                error_increase: 0.05,
+                ..Scenario::base("errors +5 pp (1 % -> 6 %)")
+            },
+            Scenario {
+                base_error_rate: 0.001,
+                error_increase: 0.009,
+                max_error_rate_ratio: 2.0,
+                ..Scenario::base("errors 10x at 0.1 % (max_error_rate_ratio = 2)")
+            },
+            Scenario {
+                latency_increase_ms: 50.0,
+                ..Scenario::base("latency +50 ms")
+            },
+            Scenario {
+                prediction_shift: 0.2,
+                ..Scenario::base("predictions 60/40 -> 80/20")
+            },
+            Scenario {
+                classes: ClassModel::Twenty,
+                prediction_shift: 0.2,
+                ..Scenario::base("20 classes (Zipf), distance 0.2 toward uniform")
+            },
+            Scenario {
+                error_increase: 0.05,
+                fault_from_percent: Some(50.0),
+                ..Scenario::base("errors +5 pp from 50 % on (late fault)")
+            },
         ]
+    }
+
+    /// Detection against effect size: errors (percentage points over 1 %) and latency (ms).
+    pub(super) fn power_curve() -> (Vec<Scenario>, Vec<Scenario>) {
+        let errors = [0.005, 0.01, 0.015, 0.02, 0.03, 0.05]
+            .iter()
+            .map(|&e| Scenario {
+                error_increase: e,
+                ..Scenario::base(&format!("errors +{} pp", e * 100.0))
+            })
+            .collect();
+        let latency = [10.0, 20.0, 30.0, 40.0, 50.0, 75.0]
+            .iter()
+            .map(|&l| Scenario {
+                latency_increase_ms: l,
+                ..Scenario::base(&format!("latency +{l} ms"))
+            })
+            .collect();
+        (errors, latency)
+    }
+
+    fn classes(&self) -> Classes {
+        match self.classes {
+            ClassModel::Two => Classes::two(0.6),
+            ClassModel::Twenty => Classes::zipf(20),
+        }
+    }
+
+    /// The canary's departure from stable while the fault is on.
+    fn fault(&self) -> Behaviour {
+        let base = self.base_error_rate;
+        // A mixture with the target: its distance is the mixing share times the distance
+        // to the target.
+        let classes = self.classes();
+        let (class_shift, shifted_to) = match self.classes {
+            _ if self.prediction_shift == 0.0 => (0.0, None),
+            ClassModel::Two => (self.prediction_shift / (1.0 - classes.shares[0]), Some(0)),
+            ClassModel::Twenty => (self.prediction_shift / classes.distance_to_uniform(), None),
+        };
+        Behaviour {
+            extra_error: if self.error_increase > 0.0 {
+                self.error_increase / (1.0 - base)
+            } else {
+                0.0
+            },
+            latency_shift_ms: self.latency_increase_ms,
+            class_shift,
+            shifted_to,
+        }
     }
 }
 
 /// The simulated service and its rollout settings.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub(super) struct SimParams {
-    /// Total requests per second over both groups (one request per new flow).
+    /// Total requests per second over both groups.
     pub requests_per_second: f64,
-    pub base_error_rate: f64,
     pub latency_median_ms: f64,
     /// Shape of the log-normal latency (standard deviation of its logarithm).
     pub latency_sigma: f64,
-    pub first_class_share: f64,
+    /// Requests a keep-alive flow sends per second.
+    pub flow_rate: u32,
+    /// Backends per group: `[stable, canary]`.
+    pub backends: [usize; 2],
+    /// Probability that one backend's scrape fails at one poll.
+    pub scrape_failure: f64,
     /// Histogram bucket bounds, seconds.
     pub buckets: Vec<f64>,
     pub rollout: RolloutConfig,
@@ -73,23 +228,42 @@ impl Default for SimParams {
     fn default() -> Self {
         SimParams {
             requests_per_second: 200.0,
-            base_error_rate: 0.01,
             latency_median_ms: 100.0,
             latency_sigma: 0.5,
-            first_class_share: 0.6,
+            flow_rate: 10,
+            backends: [4, 2],
+            scrape_failure: 0.002,
             buckets: vec![
                 0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0,
                 2.5, 5.0,
             ],
             rollout: RolloutConfig::default(),
             upstream: UpstreamConfig::default(),
-            max_seconds: 3600,
+            max_seconds: 1800,
         }
     }
 }
 
+impl SimParams {
+    /// The least time a healthy promotion can take at this traffic: per step below 100 %, the
+    /// larger of `interval` and the time for both groups to reach `min_samples`.
+    pub(super) fn least_promotion_seconds(&self) -> f64 {
+        let interval = self.rollout.interval.as_secs_f64();
+        self.rollout
+            .steps
+            .iter()
+            .filter(|w| **w < Weight::FULL)
+            .map(|w| {
+                let share = w.ratio().min(1.0 - w.ratio());
+                let samples = self.rollout.min_samples as f64 / (self.requests_per_second * share);
+                interval.max(samples)
+            })
+            .sum()
+    }
+}
+
 /// How one simulated rollout ended.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub(super) struct RolloutResult {
     pub outcome: Phase,
     pub reason: Option<Reason>,
@@ -97,21 +271,62 @@ pub(super) struct RolloutResult {
     pub rolled_back_from: Option<Weight>,
     pub seconds: f64,
     pub canary_requests: u64,
-    pub total_requests: u64,
+}
+
+/// A rate with its 95 % Wilson interval.
+#[allow(clippy::struct_field_names)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub(super) struct Rate {
+    pub count: usize,
+    pub of: usize,
+    pub rate: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+impl Rate {
+    pub(super) fn new(count: usize, of: usize) -> Rate {
+        let n = of.max(1) as f64;
+        let p = count as f64 / n;
+        let z: f64 = 1.959_964;
+        let denom = 1.0 + z * z / n;
+        let centre = (p + z * z / (2.0 * n)) / denom;
+        let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / denom;
+        Rate {
+            count,
+            of,
+            rate: p,
+            low: (centre - half).max(0.0),
+            high: (centre + half).min(1.0),
+        }
+    }
+
+    /// `0.4 % (0.1 - 1.0)`.
+    pub(super) fn show(&self) -> String {
+        let digits = usize::from(self.high < 0.1);
+        format!(
+            "{:.*} % ({:.*} - {:.*})",
+            digits,
+            100.0 * self.rate,
+            digits,
+            100.0 * self.low,
+            digits,
+            100.0 * self.high
+        )
+    }
 }
 
 /// Summary of a scenario over many rollouts.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub(super) struct ScenarioReport {
-    pub scenario: String,
+    pub scenario: Scenario,
     pub rollouts: usize,
     pub promoted: usize,
-    pub rolled_back: usize,
     pub unfinished: usize,
-    /// Rolled back / rollouts (for A/A: the false-rollback rate).
-    pub rollback_rate: f64,
+    /// Rolled back at any step (for A/A: false rollbacks).
+    pub rolled_back: Rate,
     /// Rolled back while the canary weight was below 50 %.
-    pub rolled_back_before_half_rate: f64,
+    pub rolled_back_before_half: Rate,
     /// Canary requests served until the rollback: median and 90th percentile.
     pub canary_requests_to_rollback_median: Option<f64>,
     pub canary_requests_to_rollback_p90: Option<f64>,
@@ -122,206 +337,147 @@ pub(super) struct ScenarioReport {
     pub rollback_reasons: BTreeMap<String, usize>,
 }
 
-/// Per-group traffic model with precomputed bucket probabilities and moments.
-struct GroupModel {
-    error_rate: f64,
-    first_class_share: f64,
-    /// Probability of each bucket (last: `+Inf`), conditional on the previous ones not taken
-    /// (for sequential binomial draws).
-    conditional: Vec<f64>,
-    /// Mean and standard deviation of latency (seconds) within each bucket.
-    bucket_mean: Vec<f64>,
-    bucket_sd: Vec<f64>,
-}
-
-impl GroupModel {
-    #[allow(
-        clippy::many_single_char_names,
-        reason = "p, k, z, v, b are the usual statistical names"
-    )]
-    fn new(p: &SimParams, error_rate: f64, shift_ms: f64, first_class_share: f64) -> GroupModel {
-        // Moments per bucket from a fine deterministic quantile grid of the distribution.
-        const GRID: usize = 20_000;
-        let normal = Normal::standard();
-        let k = p.buckets.len() + 1;
-        let mut count = vec![0.0; k];
-        let mut sum = vec![0.0; k];
-        let mut sum2 = vec![0.0; k];
-        for i in 0..GRID {
-            let z = normal.inverse_cdf((i as f64 + 0.5) / GRID as f64);
-            let v = (p.latency_median_ms * (p.latency_sigma * z).exp() + shift_ms) / 1000.0;
-            let b = p
-                .buckets
-                .iter()
-                .position(|bound| v <= *bound)
-                .unwrap_or(k - 1);
-            count[b] += 1.0;
-            sum[b] += v;
-            sum2[b] += v * v;
-        }
-        let mut conditional = Vec::with_capacity(k);
-        let mut left = GRID as f64;
-        for &c in &count {
-            conditional.push(if left > 0.0 { (c / left).min(1.0) } else { 0.0 });
-            left -= c;
-        }
-        let bucket_mean: Vec<f64> = (0..k)
-            .map(|b| {
-                if count[b] > 0.0 {
-                    sum[b] / count[b]
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let bucket_sd = (0..k)
-            .map(|b| {
-                if count[b] > 0.0 {
-                    (sum2[b] / count[b] - bucket_mean[b].powi(2))
-                        .max(0.0)
-                        .sqrt()
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        GroupModel {
-            error_rate,
-            first_class_share,
-            conditional,
-            bucket_mean,
-            bucket_sd,
-        }
-    }
-
-    fn binomial(rng: &mut StdRng, n: u64, p: f64) -> u64 {
-        if n == 0 || p <= 0.0 {
-            0
-        } else if p >= 1.0 {
-            n
-        } else {
-            Binomial::new(n, p).expect("valid binomial").sample(rng)
-        }
-    }
-
-    /// One poll's window for `n` requests.
-    fn window(&self, rng: &mut StdRng, n: u64, bounds: &[f64]) -> Window {
-        let errors = Self::binomial(rng, n, self.error_rate);
-        let first = Self::binomial(rng, n, self.first_class_share);
-        let mut left = n;
-        let mut h = Histogram::empty(bounds.to_vec());
-        let mut cumulative = 0u64;
-        for (b, &p) in self.conditional.iter().enumerate() {
-            let c = if b + 1 == self.conditional.len() {
-                left
-            } else {
-                Self::binomial(rng, left, p)
-            };
-            left -= c;
-            cumulative += c;
-            if b < bounds.len() {
-                h.cumulative[b] = cumulative as f64;
-            }
-            if c > 0 {
-                let noise: f64 = rng.sample(StandardNormal);
-                h.sum += (c as f64 * self.bucket_mean[b]
-                    + (c as f64).sqrt() * self.bucket_sd[b] * noise)
-                    .max(0.0);
-            }
-        }
-        h.count = n as f64;
-        Window {
-            requests: Series::Present(n),
-            errors: Series::Present(errors),
-            latency: Series::Present(h),
-            predictions: Series::Present(BTreeMap::from([
-                ("first".to_string(), first),
-                ("second".to_string(), n - first),
-            ])),
-        }
-    }
-}
-
-fn poisson(rng: &mut StdRng, mean: f64) -> u64 {
-    if mean <= 0.0 {
-        0
-    } else {
-        Poisson::new(mean).expect("positive mean").sample(rng) as u64
-    }
+/// The daemon's view of one backend: its counters' baseline.
+struct Scraped {
+    baseline: Snapshot,
 }
 
 /// Runs one rollout from the first step to its end (or `max_seconds`).
-#[cfg(test)]
 pub(super) fn simulate_rollout(
     scenario: &Scenario,
     params: &SimParams,
     seed: u64,
 ) -> RolloutResult {
-    let (stable, canary) = models(scenario, params);
-    run_rollout(&stable, &canary, params, seed)
-}
-
-fn models(scenario: &Scenario, params: &SimParams) -> (GroupModel, GroupModel) {
-    let stable = GroupModel::new(
-        params,
-        params.base_error_rate,
-        0.0,
-        params.first_class_share,
-    );
-    let canary = GroupModel::new(
-        params,
-        (params.base_error_rate + scenario.error_increase).min(1.0),
-        scenario.latency_increase_ms,
-        scenario
-            .canary_first_class_share
-            .unwrap_or(params.first_class_share),
-    );
-    (stable, canary)
-}
-
-fn run_rollout(
-    stable: &GroupModel,
-    canary: &GroupModel,
-    params: &SimParams,
-    seed: u64,
-) -> RolloutResult {
     let mut rng = StdRng::seed_from_u64(seed);
-    let cfg = &params.rollout;
+    let mut cfg = params.rollout.clone();
+    cfg.thresholds.max_error_rate_ratio = scenario.max_error_rate_ratio;
+    let upstream = &params.upstream;
+    let classes = scenario.classes();
+    let mut service = Service::new(
+        TrafficModel {
+            requests_per_second: params.requests_per_second,
+            flow_requests: scenario.flow_requests,
+            flow_rate: params.flow_rate,
+            rho: scenario.flow_correlation,
+            base_error_rate: scenario.base_error_rate,
+            latency_median_ms: params.latency_median_ms,
+            latency_sigma: params.latency_sigma,
+            classes,
+            buckets: params.buckets.clone(),
+        },
+        params.backends,
+    );
+    let names: [Vec<String>; 2] = [
+        (0..params.backends[0])
+            .map(|i| format!("stable-{i}"))
+            .collect(),
+        (0..params.backends[1])
+            .map(|i| format!("canary-{i}"))
+            .collect(),
+    ];
+    let mut scraped: [Vec<Scraped>; 2] = [0, 1].map(|g| {
+        (0..params.backends[g])
+            .map(|_| Scraped {
+                baseline: Snapshot::missing(),
+            })
+            .collect()
+    });
+    let restart_at = scenario
+        .restart
+        .then(|| (rng.gen_range(5..100_u64), rng.gen_range(0..2_usize)));
+    let restart_backend = restart_at.map(|(_, g)| (g, rng.gen_range(0..params.backends[g])));
+    let fault = scenario.fault();
+    let healthy = Behaviour::default();
+
     let poll_ms = cfg.poll_interval.as_millis() as u64;
-    let (mut rollout, _) = Rollout::new(0, vec!["canary@sim".into()], cfg);
-    rollout.on_event(0, Event::WarmupDone, cfg, &params.upstream);
+    let (mut rollout, _) = Rollout::new(0, vec!["canary@sim".into()], &cfg);
+    rollout.on_event(0, Event::WarmupDone, &cfg, upstream);
     let mut t = 0;
-    let (mut canary_requests, mut total_requests) = (0, 0);
-    let per_poll = params.requests_per_second * poll_ms as f64 / 1000.0;
+    let mut canary_requests = 0;
+    // The controller's first poll only sets baselines.
+    scrape_all(&service, &mut scraped, &mut rng, 0.0, None, upstream);
     while t < params.max_seconds * 1000 {
         t += poll_ms;
-        let n = poisson(&mut rng, per_poll);
-        let n_canary = GroupModel::binomial(&mut rng, n, rollout.weight().ratio());
-        let n_stable = n - n_canary;
-        canary_requests += n_canary;
-        total_requests += n;
-        let poll = Poll {
-            stable: stable.window(&mut rng, n_stable, &params.buckets),
-            canary: canary.window(&mut rng, n_canary, &params.buckets),
-            flows: FlowCounts {
-                stable: n_stable,
-                canary: n_canary,
+        let fault_on = scenario
+            .fault_from_percent
+            .is_none_or(|p| rollout.weight().percent() >= p);
+        let behaviour = [
+            healthy.clone(),
+            if fault_on {
+                fault.clone()
+            } else {
+                healthy.clone()
             },
+        ];
+        let mut new_flows = [0; 2];
+        for _ in 0..(poll_ms / 1000).max(1) {
+            let sec = service.second(&mut rng, rollout.weight().ratio(), &behaviour);
+            new_flows[0] += sec.new_flows[0];
+            new_flows[1] += sec.new_flows[1];
+            canary_requests += sec.requests[1];
+        }
+        let mut failed = None;
+        if let (Some((at, _)), Some((g, b))) = (restart_at, restart_backend) {
+            if t == at * 1000 {
+                service.restart(g, b);
+                failed = Some((g, b));
+            }
+        }
+        let windows = scrape_all(
+            &service,
+            &mut scraped,
+            &mut rng,
+            params.scrape_failure,
+            failed,
+            upstream,
+        );
+        let mut backends = Vec::new();
+        for (g, group) in [Group::Stable, Group::Canary].into_iter().enumerate() {
+            for (b, w) in windows[g].iter().enumerate() {
+                backends.push(BackendPoll {
+                    group,
+                    backend: names[g][b].clone(),
+                    window: w.clone(),
+                });
+            }
+        }
+        let poll = Poll {
+            stable: aggregate(&windows[0]),
+            canary: aggregate(&windows[1]),
+            flows: FlowCounts {
+                stable: new_flows[0],
+                canary: new_flows[1],
+            },
+            backends,
             ..Poll::default()
         };
-        let mut out = rollout.on_event(t, Event::Poll(poll), cfg, &params.upstream);
-        if rollout.phase() == Phase::Stepping && rollout.evaluation_due(t, cfg) {
-            out = rollout.on_event(t, Event::Evaluate, cfg, &params.upstream);
+        let mut out = rollout.on_event(t, Event::Poll(poll), &cfg, upstream);
+        if rollout.evaluation_due(t, &cfg) {
+            out = rollout.on_event(t, Event::Evaluate, &cfg, upstream);
         }
         if matches!(rollout.phase(), Phase::Promoted | Phase::RolledBack) {
             let d = out.decision.expect("a phase change carries a decision");
+            if std::env::var("SIM_DEBUG").is_ok() && d.action == DecisionAction::Rollback {
+                let j = d.judgement.as_ref().unwrap();
+                let sig = j
+                    .signals
+                    .iter()
+                    .find(|s| s.verdict == canary_userspace::judge::SignalVerdict::Fail)
+                    .unwrap();
+                eprintln!(
+                    "DBG {} polls {} t {} {}",
+                    d.from,
+                    rollout.window().polls,
+                    t / 1000,
+                    sig
+                );
+            }
             return RolloutResult {
                 outcome: rollout.phase(),
                 reason: Some(d.reason),
                 rolled_back_from: (d.action == DecisionAction::Rollback).then_some(d.from),
                 seconds: t as f64 / 1000.0,
                 canary_requests,
-                total_requests,
             };
         }
     }
@@ -331,8 +487,42 @@ fn run_rollout(
         rolled_back_from: None,
         seconds: t as f64 / 1000.0,
         canary_requests,
-        total_requests,
     }
+}
+
+/// Scrapes every backend as the controller does: the exposition text, parsed with the
+/// service's series names (a failed scrape is a missing snapshot), the increase since the
+/// backend's baseline, then the baseline moves forward.
+fn scrape_all(
+    service: &Service,
+    scraped: &mut [Vec<Scraped>; 2],
+    rng: &mut StdRng,
+    failure: f64,
+    forced_failure: Option<(usize, usize)>,
+    upstream: &UpstreamConfig,
+) -> [Vec<Window>; 2] {
+    let model = service.model();
+    [0, 1].map(|g| {
+        scraped[g]
+            .iter_mut()
+            .enumerate()
+            .map(|(b, s)| {
+                let fails = forced_failure == Some((g, b)) || rng.gen::<f64>() < failure;
+                let scrape = if fails {
+                    Err(ScrapeProblem {
+                        reason: ScrapeReason::Timeout,
+                        message: "no answer within the poll".into(),
+                    })
+                } else {
+                    Ok(service.backends[g][b].exposition(&model.buckets, &model.classes.names))
+                };
+                let snapshot = snapshot_of(&scrape, upstream);
+                let delta = snapshot.delta_since(&s.baseline);
+                s.baseline.advance(&snapshot, delta.reset);
+                delta.window
+            })
+            .collect()
+    })
 }
 
 fn quantile(values: &mut [f64], q: f64) -> Option<f64> {
@@ -344,18 +534,9 @@ fn quantile(values: &mut [f64], q: f64) -> Option<f64> {
     Some(values[i])
 }
 
-/// Runs `rollouts` seeded rollouts of one scenario and summarises them. Rollout `i` uses
-/// seed `seed + i`, so results are reproducible and scenarios share their traffic draws.
-pub(super) fn simulate(
-    scenario: &Scenario,
-    params: &SimParams,
-    rollouts: usize,
-    seed: u64,
-) -> ScenarioReport {
-    let (stable, canary) = models(scenario, params);
-    let results: Vec<RolloutResult> = (0..rollouts)
-        .map(|i| run_rollout(&stable, &canary, params, seed.wrapping_add(i as u64)))
-        .collect();
+/// Summarises the rollouts of one scenario.
+pub(super) fn summarise(scenario: &Scenario, results: &[RolloutResult]) -> ScenarioReport {
+    let rollouts = results.len();
     let count = |phase| results.iter().filter(|r| r.outcome == phase).count();
     let (promoted, rolled_back) = (count(Phase::Promoted), count(Phase::RolledBack));
     let before_half = results
@@ -378,15 +559,13 @@ pub(super) fn simulate(
             .entry(r.reason.map_or("unknown", Reason::as_str).to_string())
             .or_insert(0) += 1;
     }
-    let n = rollouts.max(1) as f64;
     ScenarioReport {
-        scenario: scenario.name.clone(),
+        scenario: scenario.clone(),
         rollouts,
         promoted,
-        rolled_back,
         unfinished: rollouts - promoted - rolled_back,
-        rollback_rate: rolled_back as f64 / n,
-        rolled_back_before_half_rate: before_half as f64 / n,
+        rolled_back: Rate::new(rolled_back, rollouts),
+        rolled_back_before_half: Rate::new(before_half, rollouts),
         canary_requests_to_rollback_median: quantile(&mut to_rollback, 0.5),
         canary_requests_to_rollback_p90: quantile(&mut to_rollback, 0.9),
         seconds_to_promotion_median: quantile(&mut to_promotion, 0.5),
@@ -395,33 +574,121 @@ pub(super) fn simulate(
     }
 }
 
+/// Runs `rollouts` seeded rollouts of every scenario on `threads` threads and summarises each.
+/// Rollout `i` of every scenario uses seed `seed + i`, so results are reproducible.
+pub(super) fn simulate_all(
+    scenarios: &[Scenario],
+    params: &SimParams,
+    rollouts: usize,
+    seed: u64,
+    threads: usize,
+) -> Vec<ScenarioReport> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    const CHUNK: usize = 50;
+    let chunks = rollouts.div_ceil(CHUNK);
+    let jobs = scenarios.len() * chunks;
+    let next = AtomicUsize::new(0);
+    let started = std::time::Instant::now();
+    let results: Mutex<Vec<Vec<Option<RolloutResult>>>> =
+        Mutex::new(vec![vec![None; rollouts]; scenarios.len()]);
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| loop {
+                let job = next.fetch_add(1, Ordering::Relaxed);
+                if job >= jobs {
+                    break;
+                }
+                let (si, ci) = (job / chunks, job % chunks);
+                let range = ci * CHUNK..((ci + 1) * CHUNK).min(rollouts);
+                let done: Vec<(usize, RolloutResult)> = range
+                    .map(|i| {
+                        let r =
+                            simulate_rollout(&scenarios[si], params, seed.wrapping_add(i as u64));
+                        (i, r)
+                    })
+                    .collect();
+                let mut all = results.lock().expect("results lock");
+                for (i, r) in done {
+                    all[si][i] = Some(r);
+                }
+                if all[si].iter().all(Option::is_some) {
+                    // Progress: a scenario is complete.
+                    let rs: Vec<RolloutResult> = all[si].iter().flatten().cloned().collect();
+                    let r = summarise(&scenarios[si], &rs);
+                    eprintln!(
+                        "judge: {:>5.0} s  {}: rolled back {}, before 50 % {}, promoted {}, unfinished {}",
+                        started.elapsed().as_secs_f64(),
+                        r.scenario.name,
+                        r.rolled_back.show(),
+                        r.rolled_back_before_half.show(),
+                        r.promoted,
+                        r.unfinished
+                    );
+                }
+            });
+        }
+    });
+    let all = results.into_inner().expect("results lock");
+    scenarios
+        .iter()
+        .zip(all)
+        .map(|(sc, rs)| {
+            let rs: Vec<RolloutResult> = rs
+                .into_iter()
+                .map(|r| r.expect("every rollout ran"))
+                .collect();
+            summarise(sc, &rs)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn aa_false_rollback_rate_is_low() {
-        let aa = &Scenario::standard()[0];
-        let r = simulate(aa, &SimParams::default(), 300, 7);
-        assert!(r.rollback_rate <= 0.02, "{r:?}");
-        assert!(r.promoted >= 290, "{r:?}");
-        // Minimum possible: 4 judged steps of one 15 s interval each.
-        assert!(r.seconds_to_promotion_median.unwrap() >= 60.0, "{r:?}");
+    fn aa_false_rollbacks_are_rare_and_promotion_is_quick() {
+        let aa = &Scenario::identical()[1];
+        let params = SimParams::default();
+        let r = &simulate_all(std::slice::from_ref(aa), &params, 100, 7, 2)[0];
+        assert!(r.rolled_back.count <= 2, "{r:?}");
+        assert!(r.promoted >= 95, "{r:?}");
+        let least = params.least_promotion_seconds();
+        let median = r.seconds_to_promotion_median.unwrap();
+        assert!(
+            median >= least && median <= 1.3 * least,
+            "{median} vs {least}"
+        );
     }
 
     #[test]
     fn clear_faults_are_caught_before_half() {
         let params = SimParams::default();
-        for scenario in &Scenario::standard()[1..] {
-            let r = simulate(scenario, &params, 100, 11);
-            assert!(r.rolled_back_before_half_rate >= 0.9, "{r:?}");
+        let faults: Vec<Scenario> = Scenario::faults()
+            .into_iter()
+            .filter(|s| s.fault_from_percent.is_none() && (s.base_error_rate - 0.01).abs() < 1e-12)
+            .collect();
+        for r in simulate_all(&faults, &params, 40, 11, 2) {
+            assert!(r.rolled_back_before_half.rate >= 0.9, "{r:?}");
         }
     }
 
     #[test]
     fn simulation_is_reproducible() {
-        let s = &Scenario::standard()[1];
+        let s = &Scenario::faults()[0];
         let p = SimParams::default();
         assert_eq!(simulate_rollout(s, &p, 3), simulate_rollout(s, &p, 3));
+    }
+
+    #[test]
+    fn wilson_interval_of_a_rate() {
+        let r = Rate::new(4, 1000);
+        assert!((r.rate - 0.004).abs() < 1e-12);
+        assert!(
+            (r.low - 0.00156).abs() < 1e-4 && (r.high - 0.0102).abs() < 2e-4,
+            "{r:?}"
+        );
+        assert!(Rate::new(0, 1000).low < 1e-12);
     }
 }
