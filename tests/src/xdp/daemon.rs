@@ -7,7 +7,7 @@
 use aya::maps::{Array, HashMap, PerCpuArray, PerCpuValues};
 use canary_common::{
     maglev_index, maps, Backend, BackendStats, GlobalConfig, ServiceControl, ServiceEntry,
-    ServiceKey, ServiceStats, VipKey,
+    ServiceKey, ServiceStats, Tunnel, VipKey,
 };
 use canary_userspace::dataplane::{Counters, DataPlane, DataPlaneError, MapWrite, WrittenState};
 
@@ -92,9 +92,17 @@ impl DataPlane for Dataplane {
                 MapWrite::ResetBackendStats { index } => {
                     self.zero_per_cpu::<BackendStats>(maps::BACKEND_STATS, *index)?;
                 }
-                MapWrite::Backend { index, backend } => self
-                    .set_backend(*index, backend)
-                    .map_err(dp_err(maps::BACKENDS, "set"))?,
+                MapWrite::Backend {
+                    index,
+                    backend,
+                    tunnel,
+                } => {
+                    // The tunnel first, as the daemon writes it.
+                    self.set_tunnel(*index, tunnel)
+                        .map_err(dp_err(maps::TUNNELS, "set"))?;
+                    self.set_backend(*index, backend)
+                        .map_err(dp_err(maps::BACKENDS, "set"))?;
+                }
                 MapWrite::MaglevSlots {
                     service_index,
                     group,
@@ -164,19 +172,33 @@ impl DataPlane for Dataplane {
             .ok_or_else(|| dp_err(maps::BACKENDS, "open")(XdpError::MissingMap(maps::BACKENDS)))?;
         let array: Array<_, Backend> =
             Array::try_from(map).map_err(map_err(maps::BACKENDS, "open"))?;
+        let tunnel_map = self
+            .ebpf
+            .map(maps::TUNNELS)
+            .ok_or_else(|| dp_err(maps::TUNNELS, "open")(XdpError::MissingMap(maps::TUNNELS)))?;
+        let tunnel_array: Array<_, Tunnel> =
+            Array::try_from(tunnel_map).map_err(map_err(maps::TUNNELS, "open"))?;
         let mut backends = Vec::new();
+        let mut tunnels = Vec::new();
         for index in 0..array.len() {
             let b = array
                 .get(&index, 0)
                 .map_err(map_err(maps::BACKENDS, "get"))?;
             if b != Backend::default() {
+                let tunnel = tunnel_array
+                    .get(&index, 0)
+                    .map_err(map_err(maps::TUNNELS, "get"))?;
                 backends.push((index, b));
+                if !tunnel.is_unset() {
+                    tunnels.push((index, tunnel));
+                }
             }
         }
         Ok(WrittenState {
             services,
             vips,
             backends,
+            tunnels,
         })
     }
 }

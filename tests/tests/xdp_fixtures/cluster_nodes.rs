@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use canary_common::{GlobalConfig, ServiceControl};
+use canary_common::{GlobalConfig, ServiceControl, Tunnel};
 use canary_tests::packet::{v4, Tuple, LB_MAC};
 use canary_tests::xdp::{action_name, monotonic_ns, Dataplane, LoadOptions, XDP_TX};
 use canary_userspace::config::Config;
@@ -69,6 +69,7 @@ fn desired(config: &Config) -> Vec<ServiceSpec> {
             vip: s.vip,
             protocol: s.protocol,
             affinity: s.affinity,
+            forwarding: s.forwarding,
             backends: s
                 .backends
                 .iter()
@@ -76,6 +77,8 @@ fn desired(config: &Config) -> Vec<ServiceSpec> {
                     name: b.name.clone(),
                     group: b.group,
                     mac: b.mac.expect("the test config gives every MAC"),
+                    // Direct server return on the segment: no tunnel.
+                    tunnel: Tunnel::default(),
                     up: true,
                 })
                 .collect(),
