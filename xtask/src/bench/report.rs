@@ -1,6 +1,7 @@
 //! Where results go: `target/bench/<name>.json`, a Markdown fragment per benchmark
 //! (`target/bench/<name>.md`), and the results section of `BENCHMARKS.md`, rebuilt from every
-//! fragment present so that running one benchmark keeps the others' last results.
+//! fragment present; a benchmark without a fragment (not run from this checkout) keeps the
+//! section the document already has, so running one benchmark keeps the others' last results.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -91,7 +92,10 @@ pub(super) fn regenerate(doc: &Path, dir: &Path) -> Result<()> {
     let text = std::fs::read_to_string(doc).with_context(|| format!("read {}", doc.display()))?;
     let mut results = String::new();
     for name in ORDER {
-        if let Ok(fragment) = std::fs::read_to_string(dir.join(format!("{name}.md"))) {
+        let fragment = std::fs::read_to_string(dir.join(format!("{name}.md")))
+            .ok()
+            .or_else(|| current_section(&text, name).map(str::to_owned));
+        if let Some(fragment) = fragment {
             results.push_str(fragment.trim_end());
             results.push_str("\n\n");
         }
@@ -100,6 +104,18 @@ pub(super) fn regenerate(doc: &Path, dir: &Path) -> Result<()> {
     std::fs::write(doc, new).with_context(|| format!("write {}", doc.display()))?;
     println!("updated {}", doc.display());
     Ok(())
+}
+
+/// The section of benchmark `name` in the results of `text` (from its `### name:` heading to
+/// the next heading of the results or the end marker), if it has one.
+fn current_section<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    let start = text.find(START_MARKER)? + START_MARKER.len();
+    let end = text.find(END_MARKER)?;
+    let results = text.get(start..end)?;
+    let from = results.find(&format!("\n### {name}:"))? + 1;
+    let rest = &results[from..];
+    let len = rest[4..].find("\n### ").map_or(rest.len(), |i| i + 5);
+    Some(&rest[..len])
 }
 
 /// `text` with everything between the markers replaced by `results`.
@@ -149,6 +165,31 @@ mod tests {
         // Idempotent shape: replacing again keeps one copy.
         let again = replace_results(&new, "new results\n").unwrap();
         assert_eq!(again, new);
+    }
+
+    #[test]
+    fn a_benchmark_without_a_fragment_keeps_its_section() {
+        let dir = std::env::temp_dir().join(format!("canary-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let doc = dir.join("BENCHMARKS.md");
+        let old = format!(
+            "intro\n{START_MARKER}\n\n### xdp: old xdp\n\nxdp table\n\n### judge: old judge\n\njudge table\n{END_MARKER}\n"
+        );
+        std::fs::write(&doc, old).unwrap();
+        let fragments = dir.join("bench");
+        std::fs::create_dir_all(&fragments).unwrap();
+        std::fs::write(
+            fragments.join("judge.md"),
+            "### judge: new judge\n\nnew table\n",
+        )
+        .unwrap();
+        regenerate(&doc, &fragments).unwrap();
+        let new = std::fs::read_to_string(&doc).unwrap();
+        assert!(new.contains("### xdp: old xdp\n\nxdp table"), "{new}");
+        assert!(new.contains("### judge: new judge\n\nnew table"), "{new}");
+        assert!(!new.contains("old judge"), "{new}");
+        assert!(new.find("### xdp").unwrap() < new.find("### judge").unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
