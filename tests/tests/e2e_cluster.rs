@@ -23,6 +23,11 @@ fn cluster(tag: char, configure: impl FnOnce(&mut DeploymentSpec)) -> ClusterDep
     spec.lab.stable = 2;
     spec.lab.canary = 1;
     spec.min_samples = 50;
+    // The lab's v2 model answers about 5 % of the load generator's texts differently from v1;
+    // against the default 0.10 shift the judge needs thousands of canary requests to bound that
+    // below the threshold. These tests are about coordination, not the prediction signal, so
+    // the shift allowed is wide enough for a step to conclude within a few polls.
+    spec.max_prediction_shift = 0.25;
     // Every new connection follows the weight, even one that reuses the 5-tuple of a connection
     // that ended a moment ago (the load generator reuses ports within seconds); the default
     // `syn_replace_after` (5 s) would send such a SYN after the previous connection's backend.

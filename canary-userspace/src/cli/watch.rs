@@ -299,36 +299,19 @@ pub(crate) fn draw(
         ])
     });
     f.render_widget(
-        Table::new(
+        table(
             rows,
-            [
-                Constraint::Length(7),
-                Constraint::Length(9),
-                Constraint::Length(7),
-                Constraint::Length(8),
-                Constraint::Length(8),
-                Constraint::Length(8),
-                Constraint::Length(8),
-                Constraint::Min(10),
+            &[
+                ("group", 7),
+                ("n", 9),
+                ("errors", 7),
+                ("err%", 8),
+                ("mean ms", 8),
+                ("p95 ms", 8),
+                ("flows", 8),
+                ("predictions", 10),
             ],
-        )
-        .header(
-            Row::new(vec![
-                "group",
-                "n",
-                "errors",
-                "err%",
-                "mean ms",
-                "p95 ms",
-                "flows",
-                "predictions",
-            ])
-            .style(Style::default().add_modifier(Modifier::BOLD)),
-        )
-        .block(
-            Block::default()
-                .borders(Borders::ALL)
-                .title("groups (this step's window)"),
+            "groups (this step's window)",
         ),
         groups,
     );
@@ -339,34 +322,18 @@ pub(crate) fn draw(
         signals.iter().map(signal_row).collect()
     };
     f.render_widget(
-        Table::new(
+        table(
             rows,
-            [
-                Constraint::Length(13),
-                Constraint::Length(22),
-                Constraint::Length(10),
-                Constraint::Length(10),
-                Constraint::Length(10),
-                Constraint::Length(22),
-                Constraint::Min(9),
+            &[
+                ("signal", 13),
+                ("verdict", 22),
+                ("stable", 10),
+                ("canary", 10),
+                ("estimate", 10),
+                ("bounds", 22),
+                ("threshold", 9),
             ],
-        )
-        .header(
-            Row::new(vec![
-                "signal",
-                "verdict",
-                "stable",
-                "canary",
-                "estimate",
-                "bounds",
-                "threshold",
-            ])
-            .style(Style::default().add_modifier(Modifier::BOLD)),
-        )
-        .block(
-            Block::default()
-                .borders(Borders::ALL)
-                .title("signals (last evaluation)"),
+            "signals (last evaluation)",
         ),
         sigs,
     );
@@ -413,22 +380,18 @@ pub(crate) fn draw(
         ])
     });
     f.render_widget(
-        Table::new(
+        table(
             rows,
-            [
-                Constraint::Length(12),
-                Constraint::Length(7),
-                Constraint::Length(16),
-                Constraint::Length(5),
-                Constraint::Length(9),
-                Constraint::Min(10),
+            &[
+                ("backend", 12),
+                ("group", 7),
+                ("address", 16),
+                ("state", 5),
+                ("flows", 9),
+                ("why", 10),
             ],
-        )
-        .header(
-            Row::new(vec!["backend", "group", "address", "state", "flows", "why"])
-                .style(Style::default().add_modifier(Modifier::BOLD)),
-        )
-        .block(Block::default().borders(Borders::ALL).title("backends")),
+            "backends",
+        ),
         backends,
     );
     if let Some(c) = cluster {
@@ -487,35 +450,45 @@ fn draw_nodes(f: &mut Frame<'_>, service: &str, c: &ClusterStatus, area: ratatui
         ])
     });
     f.render_widget(
-        Table::new(
+        table(
             rows,
-            [
-                Constraint::Length(12),
-                Constraint::Length(7),
-                Constraint::Length(6),
-                Constraint::Length(9),
-                Constraint::Length(9),
-                Constraint::Length(9),
-                Constraint::Length(14),
-                Constraint::Min(10),
+            &[
+                ("node", 12),
+                ("role", 7),
+                ("state", 6),
+                ("applied", 9),
+                ("weight", 9),
+                ("canary", 9),
+                ("flow table", 14),
+                ("refused", 10),
             ],
-        )
-        .header(
-            Row::new(vec![
-                "node",
-                "role",
-                "state",
-                "applied",
-                "weight",
-                "canary",
-                "flow table",
-                "refused",
-            ])
-            .style(Style::default().add_modifier(Modifier::BOLD)),
-        )
-        .block(Block::default().borders(Borders::ALL).title(title)),
+            title,
+        ),
         area,
     );
+}
+
+/// A bordered table with a bold header: one `(header, width)` per column, the last column
+/// taking the rest of the line (at least its width).
+fn table<'a>(
+    rows: impl IntoIterator<Item = Row<'a>>,
+    columns: &[(&'a str, u16)],
+    title: impl Into<Line<'a>>,
+) -> Table<'a> {
+    let last = columns.len().saturating_sub(1);
+    let widths = columns.iter().enumerate().map(|(i, &(_, width))| {
+        if i == last {
+            Constraint::Min(width)
+        } else {
+            Constraint::Length(width)
+        }
+    });
+    Table::new(rows, widths)
+        .header(
+            Row::new(columns.iter().map(|&(name, _)| name))
+                .style(Style::default().add_modifier(Modifier::BOLD)),
+        )
+        .block(Block::default().borders(Borders::ALL).title(title))
 }
 
 #[cfg(test)]
