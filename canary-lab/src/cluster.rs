@@ -341,49 +341,16 @@ impl ClusterDeployment {
         client: usize,
         spec: &LoadSpec,
     ) -> Result<LabProcess, DeploymentError> {
-        let node = &self.lab.clients()[client];
-        let mut argv: Vec<String> = vec![self.loadgen_bin.to_string_lossy().into_owned()];
-        argv.extend(spec.to_args());
-        Ok(self.lab.spawn_in(&node.netns, &argv)?)
+        crate::deployment::spawn_load(&self.lab, &self.loadgen_bin, client, spec)
     }
 
     /// Waits for a load generator from [`ClusterDeployment::spawn_load`] and returns its report.
     pub fn wait_load(
         &self,
-        mut proc: LabProcess,
+        proc: LabProcess,
         timeout: Duration,
     ) -> Result<Report, DeploymentError> {
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = proc.try_wait() {
-                break status;
-            }
-            if start.elapsed() > timeout {
-                proc.kill();
-                return Err(DeploymentError::Timeout {
-                    what: "canary-loadgen".into(),
-                    waited: timeout,
-                    last: proc.log_tail(5),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        if !status.success() {
-            return Err(DeploymentError::Io(format!(
-                "canary-loadgen exited {status}: {}",
-                proc.log_tail(10)
-            )));
-        }
-        let log = proc.log_text();
-        let line = log
-            .lines()
-            .rev()
-            .find(|l| l.starts_with('{'))
-            .unwrap_or_default();
-        serde_json::from_str(line).map_err(|e| DeploymentError::Parse {
-            what: "canary-loadgen report".into(),
-            message: format!("{e}: {}", proc.log_tail(5)),
-        })
+        crate::deployment::wait_load(proc, timeout)
     }
 
     /// Cumulative new flows per backend counted by node `i`'s kernel.

@@ -437,50 +437,16 @@ impl Deployment {
         client: usize,
         spec: &LoadSpec,
     ) -> Result<LabProcess, DeploymentError> {
-        let node = &self.lab.clients()[client];
-        let mut argv: Vec<String> = vec![self.loadgen_bin.to_string_lossy().into_owned()];
-        argv.extend(spec.to_args());
-        Ok(self.lab.spawn_in(&node.netns, &argv)?)
+        spawn_load(&self.lab, &self.loadgen_bin, client, spec)
     }
 
     /// Waits for a load generator started with `spawn_load` to finish and returns its report.
     pub fn wait_load(
         &self,
-        mut proc: LabProcess,
+        proc: LabProcess,
         timeout: Duration,
     ) -> Result<Report, DeploymentError> {
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = proc.try_wait() {
-                break status;
-            }
-            if start.elapsed() > timeout {
-                proc.kill();
-                return Err(DeploymentError::Timeout {
-                    what: "canary-loadgen".into(),
-                    waited: timeout,
-                    last: proc.log_tail(5),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let log = proc.log_text();
-        if !status.success() {
-            return Err(DeploymentError::Io(format!(
-                "canary-loadgen exited {status}: {}",
-                proc.log_tail(10)
-            )));
-        }
-        // The report is the one JSON line on stdout (the log also holds stderr).
-        let line = log
-            .lines()
-            .rev()
-            .find(|l| l.starts_with('{'))
-            .unwrap_or_default();
-        serde_json::from_str(line).map_err(|e| DeploymentError::Parse {
-            what: "canary-loadgen report".into(),
-            message: format!("{e}: {}", proc.log_tail(5)),
-        })
+        wait_load(proc, timeout)
     }
 
     /// `POST /fault` on a backend (from its own namespace).
@@ -810,6 +776,59 @@ pub fn metric_value(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Op
             });
             all.then(|| value.parse().ok()).flatten()
         })
+}
+
+/// Starts `loadgen_bin` with `spec` in the background in client `client` of `lab`.
+pub(crate) fn spawn_load(
+    lab: &Lab,
+    loadgen_bin: &Path,
+    client: usize,
+    spec: &LoadSpec,
+) -> Result<LabProcess, DeploymentError> {
+    let node = &lab.clients()[client];
+    let mut argv: Vec<String> = vec![loadgen_bin.to_string_lossy().into_owned()];
+    argv.extend(spec.to_args());
+    Ok(lab.spawn_in(&node.netns, &argv)?)
+}
+
+/// Waits for a load generator from [`spawn_load`] to finish (killed after `timeout`) and
+/// returns its report.
+pub(crate) fn wait_load(
+    mut proc: LabProcess,
+    timeout: Duration,
+) -> Result<Report, DeploymentError> {
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = proc.try_wait() {
+            break status;
+        }
+        if start.elapsed() > timeout {
+            proc.kill();
+            return Err(DeploymentError::Timeout {
+                what: "canary-loadgen".into(),
+                waited: timeout,
+                last: proc.log_tail(5),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = proc.log_text();
+    if !status.success() {
+        return Err(DeploymentError::Io(format!(
+            "canary-loadgen exited {status}: {}",
+            proc.log_tail(10)
+        )));
+    }
+    // The report is the one JSON line on stdout (the log also holds stderr).
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_default();
+    serde_json::from_str(line).map_err(|e| DeploymentError::Parse {
+        what: "canary-loadgen report".into(),
+        message: format!("{e}: {}", proc.log_tail(5)),
+    })
 }
 
 #[cfg(test)]
