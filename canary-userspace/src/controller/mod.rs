@@ -348,6 +348,34 @@ impl<D: DataPlane> Controller<D> {
             .collect()
     }
 
+    /// Counts backend `j` of service `i`'s health probe and follows its MAC in the neighbour
+    /// table; either change marks the data plane for reprogramming.
+    fn observe_health(
+        &mut self,
+        i: usize,
+        j: usize,
+        obs: &Observation,
+        neighbours: &dyn Neighbours,
+    ) {
+        let forwarding = self.services[i].config.forwarding;
+        let (bcfg, br) = self.services[i].backend_mut(j);
+        if br.health.observe(&obs.health) {
+            self.dirty = true;
+            tracing::info!(
+                service = %obs.service,
+                backend = %obs.backend,
+                up = br.health.up == Some(true),
+                reason = br.health.last_failure.as_deref().unwrap_or(""),
+                "backend health changed"
+            );
+        }
+        let mac = backend_mac(forwarding, bcfg, neighbours);
+        if mac != br.mac {
+            br.mac = mac;
+            self.dirty = true;
+        }
+    }
+
     /// One poll: health, metrics, kernel counters -> rollout -> map writes, status, metrics.
     pub fn on_poll(
         &mut self,
@@ -369,26 +397,17 @@ impl<D: DataPlane> Controller<D> {
             let Some(j) = self.services[i].backend_position(&obs.backend) else {
                 continue;
             };
+            self.observe_health(i, j, obs, neighbours);
             if !self.store.scrapes_upstream() {
                 // Health only: the leader scrapes the metrics.
-                let forwarding = self.services[i].config.forwarding;
-                let (bcfg, br) = self.services[i].backend_mut(j);
-                if br.health.observe(&obs.health) {
-                    self.dirty = true;
-                    tracing::info!(
-                        service = %obs.service,
-                        backend = %obs.backend,
-                        up = br.health.up == Some(true),
-                        reason = br.health.last_failure.as_deref().unwrap_or(""),
-                        "backend health changed"
-                    );
-                }
-                let mac = backend_mac(forwarding, bcfg, neighbours);
-                if mac != br.mac {
-                    br.mac = mac;
-                    self.dirty = true;
-                }
                 continue;
+            }
+            if let crate::observe::probe::Probe::Unknown(why) = &obs.health {
+                tracing::warn!(
+                    service = %obs.service,
+                    backend = %obs.backend,
+                    "health probe not counted: {why}"
+                );
             }
             let snapshot = upstream::snapshot_of(&obs.metrics, &self.services[i].config.upstream);
             for p in &snapshot.problems {
@@ -397,30 +416,7 @@ impl<D: DataPlane> Controller<D> {
                     .with_label_values(&[&obs.service, &obs.backend, p.reason.as_str()])
                     .inc();
             }
-            let forwarding = self.services[i].config.forwarding;
-            let (bcfg, br) = self.services[i].backend_mut(j);
-            if let crate::observe::probe::Probe::Unknown(why) = &obs.health {
-                tracing::warn!(
-                    service = %obs.service,
-                    backend = %obs.backend,
-                    "health probe not counted: {why}"
-                );
-            }
-            if br.health.observe(&obs.health) {
-                self.dirty = true;
-                tracing::info!(
-                    service = %obs.service,
-                    backend = %obs.backend,
-                    up = br.health.up == Some(true),
-                    reason = br.health.last_failure.as_deref().unwrap_or(""),
-                    "backend health changed"
-                );
-            }
-            let mac = backend_mac(forwarding, bcfg, neighbours);
-            if mac != br.mac {
-                br.mac = mac;
-                self.dirty = true;
-            }
+            let (_, br) = self.services[i].backend_mut(j);
             br.metrics_problems.clone_from(&snapshot.problems);
             br.reported_requests = snapshot.requests.present().copied();
             let delta = snapshot.delta_since(&br.baseline);
