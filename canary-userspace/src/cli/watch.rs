@@ -498,6 +498,22 @@ mod tests {
 
     use super::*;
 
+    /// The terminal's screen as text, one line per row.
+    fn screen(t: &Terminal<TestBackend>) -> String {
+        let width = usize::from(t.backend().buffer().area.width);
+        t.backend()
+            .buffer()
+            .content()
+            .chunks(width)
+            .map(|row| {
+                row.iter()
+                    .map(ratatui::buffer::Cell::symbol)
+                    .collect::<String>()
+                    + "\n"
+            })
+            .collect()
+    }
+
     #[test]
     fn the_view_shows_weights_groups_backends_and_decisions() {
         let s = ServiceStatus {
@@ -530,18 +546,7 @@ mod tests {
         let mut t = Terminal::new(TestBackend::new(120, 40)).unwrap();
         t.draw(|f| draw(f, &s, None, None, "http://127.0.0.1:9100"))
             .unwrap();
-        let text: String = t
-            .backend()
-            .buffer()
-            .content()
-            .chunks(120)
-            .map(|row| {
-                row.iter()
-                    .map(ratatui::buffer::Cell::symbol)
-                    .collect::<String>()
-                    + "\n"
-            })
-            .collect();
+        let text = screen(&t);
         for needle in [
             "service sentiment",
             "phase stepping",
@@ -589,18 +594,7 @@ mod tests {
         let mut t = Terminal::new(TestBackend::new(120, 40)).unwrap();
         t.draw(|f| draw(f, &s, Some(&c), None, "http://127.0.0.1:9100"))
             .unwrap();
-        let text: String = t
-            .backend()
-            .buffer()
-            .content()
-            .chunks(120)
-            .map(|row| {
-                row.iter()
-                    .map(ratatui::buffer::Cell::symbol)
-                    .collect::<String>()
-                    + "\n"
-            })
-            .collect();
+        let text = screen(&t);
         for needle in [
             "cluster: this node lb1, leader lb",
             "leader",
