@@ -49,6 +49,9 @@ fn spec() -> DeploymentSpec {
     spec.min_samples = 30;
     spec.start = "paused".into();
     spec.syn_replace_after = "0s".into();
+    // The lab's v2 model answers about 5 % of the load's texts differently from v1: with the
+    // default 0.10 bound a 10 % step needs thousands of canary requests before it can conclude.
+    spec.max_prediction_shift = 0.25;
     spec
 }
 
@@ -106,29 +109,8 @@ fn wait_leader(d: &ClusterDeployment, nodes: &[usize], timeout: Duration) -> Res
 /// Seconds since the Unix epoch of a log line's leading RFC 3339 timestamp
 /// (`2026-12-02T07:16:36.123456Z ...`), as the daemon's human log format writes it.
 fn log_time(line: &str) -> Option<f64> {
-    let stamp = line.split_whitespace().next()?;
-    let stamp = stamp.strip_suffix('Z')?;
-    let (date, time) = stamp.split_once('T')?;
-    let mut parts = date.split('-').map(str::parse::<i64>);
-    let (year, month, day) = (
-        parts.next()?.ok()?,
-        parts.next()?.ok()?,
-        parts.next()?.ok()?,
-    );
-    let mut clock = time.split(':').map(str::parse::<f64>);
-    let (hours, minutes, seconds) = (
-        clock.next()?.ok()?,
-        clock.next()?.ok()?,
-        clock.next()?.ok()?,
-    );
-    // Days from civil (Howard Hinnant's algorithm).
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let day_of_year = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    let days = era * 146_097 + day_of_era - 719_468;
-    Some(days as f64 * 86_400.0 + hours * 3600.0 + minutes * 60.0 + seconds)
+    let stamp = humantime::parse_rfc3339(line.split_whitespace().next()?).ok()?;
+    Some(stamp.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64())
 }
 
 /// The integer after `field=` in a log line.
