@@ -26,7 +26,8 @@ fn kill_9_under_load_then_restart_resumes_the_same_step_without_failures() {
     spec.lab.canary = 2;
     spec.lab.client_extra_addresses = 20;
     spec.start = "paused".into();
-    spec.interval = "10s".into();
+    // Long enough that a restart slowed by a loaded machine still reads the step it left.
+    spec.interval = "20s".into();
     let mut d = start(spec);
     cli_ok(&d, &["set-weight", "25"]);
     cli_ok(&d, &["resume"]);
@@ -84,7 +85,7 @@ fn kill_9_under_load_then_restart_resumes_the_same_step_without_failures() {
     let (next, waited) = e2e_support::wait_status(
         &d,
         "the next step after the restart",
-        Duration::from_secs(30),
+        Duration::from_secs(45),
         |s| s.weight_percent > 25.0 || s.phase == "rolled_back",
     );
     println!(

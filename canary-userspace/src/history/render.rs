@@ -54,6 +54,49 @@ fn err<E: std::fmt::Display>(e: E) -> String {
     format!("cannot draw the report: {e}")
 }
 
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// One panel's chart: its caption, seconds `0..end` across, `0..top` up.
+fn panel<'a, 'b>(
+    area: &'a Area<'b>,
+    caption: &str,
+    end: f64,
+    top: f64,
+) -> Result<Chart<'a, 'b>, String> {
+    ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 16))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.0..end, 0.0..top)
+        .map_err(err)
+}
+
+/// A legend entry's sample: a short line in the series' style.
+fn legend_line<S: Into<ShapeStyle> + Copy>(
+    style: S,
+) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style)
+}
+
+/// Draws the chart's legend at `position`.
+fn legend<'a, 'b: 'a>(
+    chart: &mut Chart<'a, 'b>,
+    position: SeriesLabelPosition,
+) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)
+}
+
 /// The SVG of a rollout's history.
 pub fn svg(h: &History) -> Result<String, String> {
     let mut out = String::new();
@@ -103,16 +146,12 @@ pub fn svg(h: &History) -> Result<String, String> {
 }
 
 fn weight(area: &Area<'_>, h: &History, end: f64) -> Result<(), String> {
-    let mut chart = ChartBuilder::on(area)
-        .caption(
-            "canary weight: configured and measured (%), decisions",
-            ("sans-serif", 16),
-        )
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0.0..end, 0.0..105.0)
-        .map_err(err)?;
+    let mut chart = panel(
+        area,
+        "canary weight: configured and measured (%), decisions",
+        end,
+        105.0,
+    )?;
     chart
         .configure_mesh()
         .x_desc("seconds since the rollout started")
@@ -133,7 +172,7 @@ fn weight(area: &Area<'_>, h: &History, end: f64) -> Result<(), String> {
         .draw_series(LineSeries::new(configured, CANARY.stroke_width(2)))
         .map_err(err)?
         .label(SERIES[0])
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], CANARY));
+        .legend(legend_line(CANARY));
     let measured: Vec<(f64, f64)> = h
         .samples
         .iter()
@@ -143,7 +182,7 @@ fn weight(area: &Area<'_>, h: &History, end: f64) -> Result<(), String> {
         .draw_series(LineSeries::new(measured, MEASURED.stroke_width(1)))
         .map_err(err)?
         .label(SERIES[1])
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], MEASURED));
+        .legend(legend_line(MEASURED));
     let red = RGBColor(214, 39, 40);
     chart
         .draw_series(h.decisions.iter().map(|d| {
@@ -152,7 +191,7 @@ fn weight(area: &Area<'_>, h: &History, end: f64) -> Result<(), String> {
         }))
         .map_err(err)?
         .label(SERIES[6])
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], red));
+        .legend(legend_line(red));
     // Each decision's action and reason, staggered so neighbours do not overlap.
     for (i, d) in h
         .decisions
@@ -170,14 +209,7 @@ fn weight(area: &Area<'_>, h: &History, end: f64) -> Result<(), String> {
             )))
             .map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
-    Ok(())
+    legend(&mut chart, SeriesLabelPosition::LowerRight)
 }
 
 fn per_group(
@@ -198,41 +230,20 @@ fn per_group(
     let stable = series(|s| &s.stable);
     let canary = series(|s| &s.canary);
     let top = upper(stable.iter().chain(&canary).map(|p| p.1), floor);
-    let mut chart = ChartBuilder::on(area)
-        .caption(caption, ("sans-serif", 16))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0.0..end, 0.0..top)
-        .map_err(err)?;
+    let mut chart = panel(area, caption, end, top)?;
     chart.configure_mesh().draw().map_err(err)?;
     for (points, color, label) in [(stable, STABLE, labels[0]), (canary, CANARY, labels[1])] {
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))
             .map_err(err)?
             .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            .legend(legend_line(color));
     }
     decision_marks(&mut chart, h, top)?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
-    Ok(())
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)
 }
 
-fn decision_marks(
-    chart: &mut ChartContext<
-        '_,
-        SVGBackend<'_>,
-        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
-    >,
-    h: &History,
-    top: f64,
-) -> Result<(), String> {
+fn decision_marks(chart: &mut Chart<'_, '_>, h: &History, top: f64) -> Result<(), String> {
     let red = RGBColor(214, 39, 40);
     chart
         .draw_series(
@@ -265,16 +276,12 @@ fn predictions(area: &Area<'_>, h: &History, end: f64) -> Result<(), String> {
                 .chain(s.canary.predictions.keys())
         })
         .collect();
-    let mut chart = ChartBuilder::on(area)
-        .caption(
-            "prediction mix per group (% of each class)",
-            ("sans-serif", 16),
-        )
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0.0..end, 0.0..105.0)
-        .map_err(err)?;
+    let mut chart = panel(
+        area,
+        "prediction mix per group (% of each class)",
+        end,
+        105.0,
+    )?;
     chart.configure_mesh().draw().map_err(err)?;
     for (i, class) in classes.iter().take(PALETTE.len()).enumerate() {
         let color = PALETTE[i];
@@ -296,18 +303,11 @@ fn predictions(area: &Area<'_>, h: &History, end: f64) -> Result<(), String> {
                 .draw_series(LineSeries::new(points, style))
                 .map_err(err)?
                 .label(format!("{group} {class} %"))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+                .legend(legend_line(style));
         }
     }
     decision_marks(&mut chart, h, 105.0)?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
-    Ok(())
+    legend(&mut chart, SeriesLabelPosition::UpperRight)
 }
 
 fn escape(s: &str) -> String {

@@ -110,7 +110,12 @@ fn wait_leader(d: &ClusterDeployment, nodes: &[usize], timeout: Duration) -> Res
 /// (`2026-12-02T07:16:36.123456Z ...`), as the daemon's human log format writes it.
 fn log_time(line: &str) -> Option<f64> {
     let stamp = humantime::parse_rfc3339(line.split_whitespace().next()?).ok()?;
-    Some(stamp.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64())
+    Some(
+        stamp
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs_f64(),
+    )
 }
 
 /// The integer after `field=` in a log line.
