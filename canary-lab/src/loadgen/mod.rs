@@ -220,6 +220,16 @@ impl Shared {
         serde_json::json!({ "text": text }).to_string()
     }
 
+    /// The start of long-lived worker `index` (a keep-alive connection or a UDP flow): its
+    /// random stream, source address and user, after a random offset within
+    /// `keepalive_interval` so the workers' requests spread instead of coming in bursts.
+    async fn long_lived_start(&self, index: usize) -> (StdRng, Option<IpAddr>, Option<String>) {
+        let mut rng = StdRng::seed_from_u64(self.spec.seed.wrapping_mul(7_000_003) + index as u64);
+        let offset = self.spec.keepalive_interval.mul_f64(rng.gen::<f64>());
+        tokio::time::sleep(offset).await;
+        (rng, self.source(index), user_for(&self.spec, index))
+    }
+
     fn more(&self) -> bool {
         Instant::now() < self.deadline && self.budget.take()
     }
@@ -307,13 +317,8 @@ async fn new_connection_worker(shared: Arc<Shared>, worker: usize) -> Recorder {
 
 async fn keepalive_worker(shared: Arc<Shared>, index: usize) -> Recorder {
     let spec = &shared.spec;
-    let mut rng = StdRng::seed_from_u64(spec.seed.wrapping_mul(7_000_003) + index as u64);
-    let source = shared.source(index);
-    let user = user_for(spec, index);
+    let (mut rng, source, user) = shared.long_lived_start(index).await;
     let mut rec = Recorder::default();
-    // Spread the connections' requests over the interval instead of sending them in bursts.
-    let offset = spec.keepalive_interval.mul_f64(rng.gen::<f64>());
-    tokio::time::sleep(offset).await;
     let mut generation = 0u64;
     'connections: loop {
         if Instant::now() >= shared.deadline {
@@ -390,12 +395,8 @@ async fn keepalive_worker(shared: Arc<Shared>, index: usize) -> Recorder {
 /// failed request (no answer in time) does not end the flow.
 async fn udp_flow_worker(shared: Arc<Shared>, index: usize) -> Recorder {
     let spec = &shared.spec;
-    let mut rng = StdRng::seed_from_u64(spec.seed.wrapping_mul(7_000_003) + index as u64);
-    let source = shared.source(index);
-    let user = user_for(spec, index);
+    let (mut rng, source, user) = shared.long_lived_start(index).await;
     let mut rec = Recorder::default();
-    let offset = spec.keepalive_interval.mul_f64(rng.gen::<f64>());
-    tokio::time::sleep(offset).await;
     let mut flow = match udp::Flow::open(spec.target, source).await {
         Ok(f) => f,
         Err(f) => {

@@ -222,10 +222,14 @@ struct Promotion {
 fn promotion(d: &ClusterDeployment) -> Result<Promotion> {
     let before = etcd_counters(d)?;
     let started = Instant::now();
-    // The first rollout waits for `resume` (`start = "paused"`); later ones need `start`.
-    if cli(d, 0, &["start"]).is_err() {
-        cli(d, 0, &["resume"])?;
+    // Later rollouts need `start` (the first one is already pending); every rollout then
+    // waits for `resume` (`start = "paused"`).
+    if let Err(e) = cli(d, 0, &["start"]) {
+        if !e.to_string().contains("already running") {
+            return Err(e);
+        }
     }
+    cli(d, 0, &["resume"])?;
     loop {
         let s = d.status(0)?;
         if phase(&s) == "promoted" {
