@@ -1,5 +1,5 @@
 //! Routed backends (`cargo xtask lab up --routed`, `forwarding = "ipip"`): the backends sit in
-//! 198.19.100.0/24 and 2001:db8:100::/64 behind a router namespace, the balancer encapsulates
+//! `198.19.100.0/24` and `2001:db8:100::/64` behind a router namespace, the balancer encapsulates
 //! IPv4-in-IPv4 or IPv6-in-IPv6 to them and each backend decapsulates with the object's
 //! `canary_decap` program. The promotion (over either VIP), the error-spike rollback and flow
 //! safety behave as with `l2`; full-size requests of either family pass with the lab's MSS
@@ -107,7 +107,7 @@ fn routed_canary_is_promoted_with_no_failed_request() {
     promotion_without_a_failed_request(false);
 }
 
-/// IPv6-in-IPv6 end to end: the IPv6 VIP's packets reach backends in 2001:db8:100::/64 behind
+/// IPv6-in-IPv6 end to end: the IPv6 VIP's packets reach backends in `2001:db8:100::/64` behind
 /// the router, decapsulated by `canary_decap`.
 #[test]
 fn routed_canary_on_an_ipv6_vip_is_promoted_with_no_failed_request() {

@@ -1,6 +1,6 @@
 //! The routed part of a routed lab (`LabSpec::routed`): the backends' bridge, the router's leg
-//! on it, the routes between the two subnets of each family (IPv4 198.19.100.0/24 and IPv6
-//! 2001:db8:100::/64 behind the router), and the IP-in-IP decapsulation program on every backend
+//! on it, the routes between the two subnets of each family (IPv4 `198.19.100.0/24` and IPv6
+//! `2001:db8:100::/64` behind the router), and the IP-in-IP decapsulation program on every backend
 //! (this kernel has no `ipip`/`ip6tnl` module, so a tunnel device is not available).
 
 use std::fs::File;
