@@ -602,14 +602,10 @@ pub fn config(
             udp_idle_timeout: spec.udp_idle_timeout.clone(),
             state_dir: path_text(&state_dir(lab)),
             bpffs: path_text(&lab.bpffs().join("canary")),
-            // A routed lab's service is `ipip`: its packets leave from the balancer's address.
-            tunnel_source_v4: if lab.plan().spec.routed {
-                lab.load_balancer()
-                    .map(|lb| lb.address.to_string())
-                    .unwrap_or_default()
-            } else {
-                String::new()
-            },
+            // A routed lab's service is `ipip`: its packets leave from the balancer's address
+            // of the VIP's family (both are set: the lab is dual-stack).
+            tunnel_source_v4: tunnel_source(lab, |lb| lb.address.to_string()),
+            tunnel_source_v6: tunnel_source(lab, |lb| lb.address6.to_string()),
             ..RawDataplane::default()
         },
         admin: RawAdmin {
@@ -621,6 +617,14 @@ pub fn config(
         notify: spec.notify.clone(),
         cluster: canary_userspace::cluster::config::RawCluster::default(),
     })
+}
+
+/// An address of the lab's balancer (`address`) in a routed lab, else none.
+fn tunnel_source(lab: &Lab, address: impl Fn(&Node) -> String) -> String {
+    match lab.load_balancer() {
+        Ok(lb) if lab.plan().spec.routed => address(lb),
+        _ => String::new(),
+    }
 }
 
 /// The daemon config for this lab, as the TOML file the daemon reads.

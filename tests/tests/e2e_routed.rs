@@ -1,8 +1,9 @@
 //! Routed backends (`cargo xtask lab up --routed`, `forwarding = "ipip"`): the backends sit in
-//! 198.19.100.0/24 behind a router namespace, the balancer encapsulates IPv4-in-IPv4 to them and
-//! each backend decapsulates with the object's `canary_decap` program. The promotion, the
-//! error-spike rollback and flow safety behave as with `l2`; full-size requests pass with the
-//! lab's MSS clamp (`advmss 1440`) and are dropped and counted without it.
+//! `198.19.100.0/24` and `2001:db8:100::/64` behind a router namespace, the balancer encapsulates
+//! IPv4-in-IPv4 or IPv6-in-IPv6 to them and each backend decapsulates with the object's
+//! `canary_decap` program. The promotion (over either VIP), the error-spike rollback and flow
+//! safety behave as with `l2`; full-size requests of either family pass with the lab's MSS
+//! clamp (`advmss 1440`, IPv6 `1400`) and are dropped and counted without it.
 
 mod e2e_support;
 
@@ -10,7 +11,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use canary_lab::deployment::{Deployment, DeploymentSpec};
-use canary_lab::lab::{LabSpec, NETNS_IFNAME, ROUTED_ADVMSS, ROUTED_GATEWAY};
+use canary_lab::lab::{LabSpec, ROUTED_SUBNET, ROUTED_SUBNET6};
 use canary_lab::loadgen::LoadSpec;
 use canary_userspace::judge::Reason;
 use e2e_support::{cli_ok, new_conn_load, start, totals, vip, wait_status, Background};
@@ -39,9 +40,40 @@ fn outcome(d: &Deployment, name: &str) -> u64 {
         .map_or(0, |v| v as u64)
 }
 
-#[test]
-fn routed_canary_is_promoted_with_no_failed_request() {
-    let d = start(routed_spec('r'));
+/// A healthy canary promoted from the start to 100 % under new connections from every address
+/// of client 0, over the IPv4 or the IPv6 VIP: no request may fail.
+fn promotion_without_a_failed_request(ipv6: bool) {
+    let mut spec = routed_spec(if ipv6 { 'v' } else { 'r' });
+    spec.ipv6 = ipv6;
+    let d = start(spec);
+    let (s, _) = wait_status(&d, "every backend up", Duration::from_secs(15), |s| {
+        s.backends.iter().all(|b| b.up)
+    });
+    // The backends are named by their address in the routed subnet of the VIP's family.
+    assert_eq!(s.backends.len(), d.lab.backends().count());
+    for b in &s.backends {
+        let node = d
+            .lab
+            .backends()
+            .find(|n| n.name == b.name)
+            .expect("a lab backend");
+        let want = if ipv6 {
+            IpAddr::V6(node.address6)
+        } else {
+            IpAddr::V4(node.address)
+        };
+        assert_eq!(b.address.parse::<IpAddr>(), Ok(want), "{b:?}");
+        let routed = match want {
+            IpAddr::V4(a) => a.octets()[..3] == ROUTED_SUBNET.octets()[..3],
+            IpAddr::V6(a) => a.segments()[..4] == ROUTED_SUBNET6.segments()[..4],
+        };
+        assert!(
+            routed,
+            "backend {} is not in the routed subnet: {want}",
+            b.name
+        );
+    }
+
     let mut load = new_conn_load(&d, &d.lab.clients()[0], 0, 21);
     load.interval = Duration::from_millis(40);
     let (status, reports) = std::thread::scope(|scope| {
@@ -53,16 +85,33 @@ fn routed_canary_is_promoted_with_no_failed_request() {
     });
     let (requests, ok, failed, transport, http) = totals(&reports);
     println!(
-        "phase {}: {requests} requests, {ok} ok, {failed} failed ({transport} transport, {http} \
-         HTTP); decisions {:#?}",
+        "{} VIP, phase {}: {requests} requests, {ok} ok, {failed} failed ({transport} transport, \
+         {http} HTTP); decisions {:#?}",
+        vip(&d),
         status.phase,
         e2e_support::decisions(&status)
     );
+    for r in reports.iter().filter(|r| r.failed > 0) {
+        println!("failures {:?}: {:?}", r.failures, r.failure_samples);
+    }
     assert_eq!(status.phase, "promoted");
-    assert!(ok > 0);
+    assert!(requests > 500, "too little load to judge: {requests}");
     assert_eq!(failed, 0, "no request fails during a routed promotion");
     assert_eq!(outcome(&d, "drop_tunnel_no_route"), 0);
+    assert_eq!(outcome(&d, "drop_tunnel_too_big"), 0);
     assert!(outcome(&d, "tx") > 0);
+}
+
+#[test]
+fn routed_canary_is_promoted_with_no_failed_request() {
+    promotion_without_a_failed_request(false);
+}
+
+/// IPv6-in-IPv6 end to end: the IPv6 VIP's packets reach backends in `2001:db8:100::/64` behind
+/// the router, decapsulated by `canary_decap`.
+#[test]
+fn routed_canary_on_an_ipv6_vip_is_promoted_with_no_failed_request() {
+    promotion_without_a_failed_request(true);
 }
 
 #[test]
@@ -171,15 +220,18 @@ fn large_post(d: &Deployment, size: usize, timeout_s: u64) -> Result<u16, String
     }
 }
 
-#[test]
-fn full_size_transfers_pass_with_the_mss_clamp_and_are_counted_without_it() {
-    let d = start(routed_spec('m'));
+/// Full-size transfers over the VIP of one family: they pass with the lab's MSS clamp, and
+/// without it the encapsulated segments (20 or 40 bytes over the MTU) are dropped and counted.
+fn full_size_transfers(ipv6: bool) {
+    let mut spec = routed_spec(if ipv6 { 'n' } else { 'm' });
+    spec.ipv6 = ipv6;
+    let d = start(spec);
     // Large requests: many full-size segments from the client, each encapsulated.
     let t = Instant::now();
     for _ in 0..5 {
         assert_eq!(large_post(&d, 400_000, 20), Ok(200));
     }
-    println!("5 requests of 400 kB in {:.1?}", t.elapsed());
+    println!("5 requests of 400 kB to {} in {:.1?}", vip(&d), t.elapsed());
     // Responses of more than one full-size segment (direct from the backends through the
     // router, never encapsulated): the metrics page with its headers.
     for _ in 0..10 {
@@ -192,26 +244,9 @@ fn full_size_transfers_pass_with_the_mss_clamp_and_are_counted_without_it() {
     }
     assert_eq!(outcome(&d, "drop_tunnel_too_big"), 0);
 
-    // Without the clamp the client's 1460-byte segments would leave at 1520 bytes: dropped
-    // and counted, never silently lost.
-    let gateway = ROUTED_GATEWAY.to_string();
-    for b in d.lab.backends() {
-        d.lab
-            .exec_in(
-                &b.netns,
-                &[
-                    "ip",
-                    "route",
-                    "replace",
-                    "default",
-                    "via",
-                    &gateway,
-                    "dev",
-                    NETNS_IFNAME,
-                ],
-            )
-            .unwrap();
-    }
+    // Without the clamp the client's full-size segments (1460 bytes of IPv4 payload, 1440 of
+    // IPv6) would leave at 1520 or 1540 bytes: dropped and counted, never silently lost.
+    d.lab.clamp_backends_mss(false).expect("MSS clamp off");
     let failed = large_post(&d, 400_000, 5);
     let too_big = outcome(&d, "drop_tunnel_too_big");
     println!("without the clamp: {failed:?}; drop_tunnel_too_big {too_big}");
@@ -225,25 +260,16 @@ fn full_size_transfers_pass_with_the_mss_clamp_and_are_counted_without_it() {
     );
 
     // The clamp back: full-size transfers pass again.
-    let advmss = ROUTED_ADVMSS.to_string();
-    for b in d.lab.backends() {
-        d.lab
-            .exec_in(
-                &b.netns,
-                &[
-                    "ip",
-                    "route",
-                    "replace",
-                    "default",
-                    "via",
-                    &gateway,
-                    "dev",
-                    NETNS_IFNAME,
-                    "advmss",
-                    &advmss,
-                ],
-            )
-            .unwrap();
-    }
+    d.lab.clamp_backends_mss(true).expect("MSS clamp on");
     assert_eq!(large_post(&d, 400_000, 20), Ok(200));
+}
+
+#[test]
+fn full_size_transfers_pass_with_the_mss_clamp_and_are_counted_without_it() {
+    full_size_transfers(false);
+}
+
+#[test]
+fn full_size_ipv6_transfers_pass_with_the_mss_clamp_and_are_counted_without_it() {
+    full_size_transfers(true);
 }

@@ -39,8 +39,9 @@ pub(crate) struct UpOptions {
     /// over all of them (L4 hash) and an etcd namespace (`kv`) is added for cluster mode.
     #[arg(long, default_value_t = 1)]
     pub balancers: usize,
-    /// Backends in their own subnet (198.19.100.0/24) behind a router namespace, each running
-    /// the IP-in-IP decapsulation program: for services with `forwarding = "ipip"`.
+    /// Backends in subnets of their own, dual-stack (`198.19.100.0/24` and `2001:db8:100::/64`),
+    /// behind a router namespace, each running the IP-in-IP decapsulation program (IPv4-in-IPv4
+    /// and IPv6-in-IPv6): for services with `forwarding = "ipip"`.
     #[arg(long)]
     pub routed: bool,
     #[command(flatten)]

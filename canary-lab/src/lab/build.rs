@@ -18,31 +18,7 @@ impl Lab {
             cmd::run("mount", &["-t", "bpf", "bpf", path_str(&plan.bpffs)])?;
         }
 
-        if !cmd::host_link_exists(&plan.bridge) {
-            self.with_record(|r| r.links.insert(plan.bridge.clone()))?;
-            // Bridged lab frames must not go through the host's iptables (br_netfilter).
-            cmd::run(
-                "ip",
-                &[
-                    "link",
-                    "add",
-                    "name",
-                    &plan.bridge,
-                    "type",
-                    "bridge",
-                    "nf_call_iptables",
-                    "0",
-                    "nf_call_ip6tables",
-                    "0",
-                    "nf_call_arptables",
-                    "0",
-                ],
-            )?;
-        }
-        cmd::host_sysctl(&format!("net.ipv6.conf.{}.disable_ipv6", plan.bridge), "1")?;
-        cmd::run("ip", &["link", "set", &plan.bridge, "up"])?;
-
-        if let Some(bridge) = &plan.backend_bridge {
+        for bridge in std::iter::once(&plan.bridge).chain(&plan.backend_bridge) {
             self.build_bridge(bridge)?;
         }
         let existing = cmd::netns_list()?;
@@ -56,6 +32,33 @@ impl Lab {
             self.build_routes()?;
         }
         Ok(())
+    }
+
+    /// A bridge in the host namespace, recorded first (for teardown), left as is if present.
+    fn build_bridge(&self, name: &str) -> Result<(), LabError> {
+        if !cmd::host_link_exists(name) {
+            self.with_record(|r| r.links.insert(name.to_owned()))?;
+            // Bridged lab frames must not go through the host's iptables (br_netfilter).
+            cmd::run(
+                "ip",
+                &[
+                    "link",
+                    "add",
+                    "name",
+                    name,
+                    "type",
+                    "bridge",
+                    "nf_call_iptables",
+                    "0",
+                    "nf_call_ip6tables",
+                    "0",
+                    "nf_call_arptables",
+                    "0",
+                ],
+            )?;
+        }
+        cmd::host_sysctl(&format!("net.ipv6.conf.{name}.disable_ipv6"), "1")?;
+        cmd::run("ip", &["link", "set", name, "up"]).map(drop)
     }
 
     fn build_node(&self, node: &Node, netns_exists: bool) -> Result<(), LabError> {

@@ -48,6 +48,14 @@ pub const fn ipv6_of(v4: Ipv4Addr) -> Ipv6Addr {
     )
 }
 
+/// The IPv6 address of a routed lab's address (in `ROUTED_SUBNET`): its last byte, written as
+/// [`ipv6_of`] does, in `ROUTED_SUBNET6`, so that `198.19.100.11` is `2001:db8:100::11`.
+pub const fn routed_ipv6_of(v4: Ipv4Addr) -> Ipv6Addr {
+    let last = ipv6_of(v4).segments()[7];
+    let p = ROUTED_SUBNET6.segments();
+    Ipv6Addr::new(p[0], p[1], p[2], p[3], 0, 0, 0, last)
+}
+
 const LB_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 /// The router of a routed lab, on the balancers' segment.
 pub const ROUTER_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -60,6 +68,14 @@ pub const ROUTED_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 19, 100, 1);
 /// The MSS backends of a routed lab advertise (`advmss` on their route to the clients): a
 /// 1500-byte MTU less 20 bytes of outer IPv4 header, 20 of IPv4 and 20 of TCP.
 pub const ROUTED_ADVMSS: u16 = 1440;
+/// The backends' IPv6 subnet of a routed lab (`/64`, apart from the on-link `2001:db8::/64` of
+/// the rest of the lab), named after `ROUTED_SUBNET`'s third byte (see [`routed_ipv6_of`]).
+pub const ROUTED_SUBNET6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0);
+/// The router's IPv6 address in the backends' subnet: `2001:db8:100::1`.
+pub const ROUTED_GATEWAY6: Ipv6Addr = routed_ipv6_of(ROUTED_GATEWAY);
+/// The IPv6 MSS of a routed lab's backends: 1500 less 40 bytes of outer IPv6 header, 40 of IPv6
+/// and 20 of TCP.
+pub const ROUTED_ADVMSS6: u16 = 1400;
 /// The etcd namespace of a lab with several balancers.
 const ETCD_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 9);
 /// Most balancer namespaces in one lab (198.18.0.2 to .7).
@@ -129,8 +145,9 @@ pub struct LabSpec {
     /// Balancer namespaces (with `load_balancer`). Above 1, clients reach the VIP through an
     /// ECMP multipath route over all of them (L4 hash), and an etcd namespace (`kv`) is added.
     pub balancers: usize,
-    /// Backends in their own subnet (`ROUTED_SUBNET`) behind a router namespace (`rt`), for
-    /// `forwarding = "ipip"`; each backend runs the IP-in-IP decapsulation program.
+    /// Backends in subnets of their own (`ROUTED_SUBNET`, `ROUTED_SUBNET6`) behind a router
+    /// namespace (`rt`), for `forwarding = "ipip"`; each backend runs the IP-in-IP
+    /// decapsulation program.
     pub routed: bool,
 }
 
@@ -261,7 +278,8 @@ pub struct Node {
     pub mac: MacAddr,
     /// More addresses on `eth0` (clients only), to bind as distinct client sources.
     pub extra_addresses: Vec<Ipv4Addr>,
-    /// IPv6 address on `eth0` (with prefix length `PREFIX_LEN6`): `ipv6_of(address)`.
+    /// IPv6 address on `eth0` (with prefix length `PREFIX_LEN6`): `ipv6_of(address)`, or
+    /// `routed_ipv6_of(address)` for a routed lab's backends.
     #[serde(default = "unspecified6")]
     pub address6: Ipv6Addr,
 }
@@ -288,9 +306,12 @@ impl Node {
             .collect()
     }
 
-    /// Every IPv6 address this node sends from (those of `source_addresses`, by `ipv6_of`).
+    /// Every IPv6 address this node sends from: `address6`, then the extra addresses by
+    /// `ipv6_of`.
     pub fn source_addresses6(&self) -> Vec<Ipv6Addr> {
-        self.source_addresses().into_iter().map(ipv6_of).collect()
+        std::iter::once(self.address6)
+            .chain(self.extra_addresses.iter().copied().map(ipv6_of))
+            .collect()
     }
 }
 
@@ -346,7 +367,12 @@ impl LabPlan {
                 netns,
                 ifname: NETNS_IFNAME.into(),
                 address,
-                address6: ipv6_of(address),
+                // A routed lab's backends are in an IPv6 subnet of their own as well.
+                address6: if spec.routed && matches!(role, Role::Stable | Role::Canary) {
+                    routed_ipv6_of(address)
+                } else {
+                    ipv6_of(address)
+                },
                 mac: mac_for(address),
                 extra_addresses,
             }
@@ -514,6 +540,40 @@ mod tests {
         assert_eq!(plan.bpffs, PathBuf::from("/run/canary-lab/t1/bpffs"));
         let json = serde_json::to_string(&plan).unwrap();
         assert_eq!(serde_json::from_str::<LabPlan>(&json).unwrap(), plan);
+    }
+
+    #[test]
+    fn routed_backends_are_in_subnets_of_their_own() {
+        let spec = LabSpec {
+            routed: true,
+            stable: MAX_BACKENDS_PER_GROUP,
+            canary: MAX_BACKENDS_PER_GROUP,
+            client_extra_addresses: MAX_EXTRA_ADDRESSES,
+            clients: MAX_CLIENTS,
+            ..LabSpec::new("t2")
+        };
+        let plan = LabPlan::new(&spec).unwrap();
+        let on_link6 = |a: Ipv6Addr| a.segments()[..4] == [0x2001, 0xdb8, 0, 0];
+        let routed6 = |a: Ipv6Addr| a.segments()[..4] == ROUTED_SUBNET6.segments()[..4];
+        let routed4 = |a: Ipv4Addr| a.octets()[..3] == ROUTED_SUBNET.octets()[..3];
+        assert_eq!(plan.stable[0].address6.to_string(), "2001:db8:100::11");
+        assert_eq!(ROUTED_GATEWAY6.to_string(), "2001:db8:100::1");
+        assert!(routed6(ROUTED_GATEWAY6));
+        let mut addresses6 = HashSet::new();
+        for n in plan.nodes() {
+            let backend = matches!(n.role, Role::Stable | Role::Canary);
+            for a in n.source_addresses() {
+                assert!(in_benchmark_range(a), "{a}");
+                assert_eq!(routed4(a), backend, "{} {a}", n.name);
+            }
+            for a in n.source_addresses6() {
+                assert_eq!(a.segments()[..2], [0x2001, 0xdb8], "{a}");
+                assert!(addresses6.insert(a), "duplicate {a}");
+                assert_eq!(routed6(a), backend, "{} {a}", n.name);
+                assert_eq!(on_link6(a), !backend, "{} {a}", n.name);
+            }
+        }
+        assert!(on_link6(plan.vip6));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The routed part of a routed lab (`LabSpec::routed`): the backends' bridge, the router's leg
-//! on it, the routes between the two subnets, and the IP-in-IP decapsulation program on every
-//! backend (this kernel has no `ipip`/`ip6tnl` module, so a tunnel device is not available).
+//! on it, the routes between the two subnets of each family (IPv4 `198.19.100.0/24` and IPv6
+//! `2001:db8:100::/64` behind the router), and the IP-in-IP decapsulation program on every backend
+//! (this kernel has no `ipip`/`ip6tnl` module, so a tunnel device is not available).
 
 use std::fs::File;
 use std::os::fd::AsFd as _;
@@ -12,9 +13,10 @@ use canary_common::maps;
 use nix::sched::{setns, CloneFlags};
 
 use super::plan::{
-    mac_for, ROUTED_ADVMSS, ROUTED_GATEWAY, ROUTED_PREFIX_LEN, ROUTED_SUBNET, ROUTER_ADDRESS,
+    mac_for, ROUTED_ADVMSS, ROUTED_ADVMSS6, ROUTED_GATEWAY, ROUTED_GATEWAY6, ROUTED_PREFIX_LEN,
+    ROUTED_SUBNET, ROUTED_SUBNET6,
 };
-use super::{cmd, Lab, LabError, Node, Role, NETNS_IFNAME, PREFIX_LEN};
+use super::{cmd, Lab, LabError, Node, Role, NETNS_IFNAME, PREFIX_LEN, PREFIX_LEN6};
 
 /// Name of a backend's decapsulation link pin in the lab's bpffs: `lab_decap_<node>`.
 pub const DECAP_PIN_PREFIX: &str = "lab_decap_";
@@ -43,34 +45,8 @@ impl Lab {
         }
     }
 
-    /// A bridge in the host namespace, recorded first (for teardown), left as is if present.
-    pub(super) fn build_bridge(&self, name: &str) -> Result<(), LabError> {
-        if !cmd::host_link_exists(name) {
-            self.with_record(|r| r.links.insert(name.to_owned()))?;
-            cmd::run(
-                "ip",
-                &[
-                    "link",
-                    "add",
-                    "name",
-                    name,
-                    "type",
-                    "bridge",
-                    "nf_call_iptables",
-                    "0",
-                    "nf_call_ip6tables",
-                    "0",
-                    "nf_call_arptables",
-                    "0",
-                ],
-            )?;
-        }
-        cmd::host_sysctl(&format!("net.ipv6.conf.{name}.disable_ipv6"), "1")?;
-        cmd::run("ip", &["link", "set", name, "up"]).map(drop)
-    }
-
-    /// The router's leg on the backends' bridge, routes both ways, and the decapsulation
-    /// program on every backend.
+    /// The router's leg on the backends' bridge, routes both ways for both families, and the
+    /// decapsulation program on every backend.
     pub(super) fn build_routes(&self) -> Result<(), LabError> {
         let plan = &self.plan;
         let (Some(router), Some(bridge)) = (&plan.router, &plan.backend_bridge) else {
@@ -80,7 +56,7 @@ impl Lab {
         let leg = format!("{}2", router.host_ifname);
         if !cmd::host_link_exists(&leg) {
             if cmd::netns_links(rt)?.contains(ROUTER_BACKEND_IFNAME) {
-                cmd::run("ip", &["-n", rt, "link", "del", ROUTER_BACKEND_IFNAME])?;
+                ip_in(rt, &["link", "del", ROUTER_BACKEND_IFNAME])?;
             }
             self.with_record(|r| r.links.insert(leg.clone()))?;
             cmd::run(
@@ -103,109 +79,101 @@ impl Lab {
         cmd::run("ip", &["link", "set", &leg, "master", bridge, "up"])?;
         let gateway_mac = mac_for(ROUTED_GATEWAY).to_string();
         let gateway = format!("{ROUTED_GATEWAY}/{ROUTED_PREFIX_LEN}");
-        let ip_rt = |args: &[&str]| {
-            let mut all = vec!["-n", rt];
-            all.extend_from_slice(args);
-            cmd::run("ip", &all).map(drop)
-        };
-        ip_rt(&[
-            "link",
-            "set",
-            ROUTER_BACKEND_IFNAME,
-            "address",
-            &gateway_mac,
-        ])?;
-        ip_rt(&["addr", "replace", &gateway, "dev", ROUTER_BACKEND_IFNAME])?;
-        ip_rt(&["link", "set", ROUTER_BACKEND_IFNAME, "up"])?;
-        cmd::run(
-            "ip",
+        let gateway6 = format!("{ROUTED_GATEWAY6}/{PREFIX_LEN6}");
+        let leg_in_rt = ROUTER_BACKEND_IFNAME;
+        ip_in(rt, &["link", "set", leg_in_rt, "address", &gateway_mac])?;
+        ip_in(rt, &["addr", "replace", &gateway, "dev", leg_in_rt])?;
+        ip_in(
+            rt,
+            &["addr", "replace", &gateway6, "dev", leg_in_rt, "nodad"],
+        )?;
+        ip_in(rt, &["link", "set", leg_in_rt, "up"])?;
+        sysctl_in(
+            rt,
             &[
-                "netns",
-                "exec",
-                rt,
-                "sysctl",
-                "-q",
-                "-w",
                 "net.ipv4.ip_forward=1",
-                &format!("net.ipv4.conf.{ROUTER_BACKEND_IFNAME}.rp_filter=0"),
+                "net.ipv6.conf.all.forwarding=1",
+                &format!("net.ipv4.conf.{leg_in_rt}.rp_filter=0"),
             ],
         )?;
 
-        let subnet = format!("{ROUTED_SUBNET}/{ROUTED_PREFIX_LEN}");
-        let router_address = ROUTER_ADDRESS.to_string();
         let router_mac = router.mac.to_string();
+        let subnets = [
+            (
+                "-4",
+                format!("{ROUTED_SUBNET}/{ROUTED_PREFIX_LEN}"),
+                router.address.to_string(),
+            ),
+            (
+                "-6",
+                format!("{ROUTED_SUBNET6}/{PREFIX_LEN6}"),
+                router.address6.to_string(),
+            ),
+        ];
         for lb in plan.balancers() {
             let ns = lb.netns.as_str();
-            // The backends' subnet is behind the router (more specific than the on-link /15).
-            cmd::run(
-                "ip",
-                &[
-                    "-n",
+            for (family, subnet, via) in &subnets {
+                // The backends' subnet is behind the router (IPv4: more specific than the
+                // on-link /15; IPv6: a /64 of its own).
+                ip_in(
                     ns,
-                    "route",
-                    "replace",
-                    &subnet,
-                    "via",
-                    &router_address,
-                    "dev",
-                    NETNS_IFNAME,
-                ],
-            )?;
-            // The XDP program's FIB lookup needs the next hop's MAC resolved, and forwarding on.
-            cmd::run(
-                "ip",
-                &[
-                    "-n",
+                    &[
+                        family,
+                        "route",
+                        "replace",
+                        subnet,
+                        "via",
+                        via,
+                        "dev",
+                        NETNS_IFNAME,
+                    ],
+                )?;
+                // The XDP program's FIB lookup needs the next hop's MAC resolved, and
+                // forwarding on.
+                ip_in(
                     ns,
-                    "neigh",
-                    "replace",
-                    &router_address,
-                    "lladdr",
-                    &router_mac,
-                    "dev",
-                    NETNS_IFNAME,
-                    "nud",
-                    "permanent",
-                ],
-            )?;
-            cmd::run(
-                "ip",
+                    &[
+                        family,
+                        "neigh",
+                        "replace",
+                        via,
+                        "lladdr",
+                        &router_mac,
+                        "dev",
+                        NETNS_IFNAME,
+                        "nud",
+                        "permanent",
+                    ],
+                )?;
+            }
+            sysctl_in(
+                ns,
                 &[
-                    "netns",
-                    "exec",
-                    ns,
-                    "sysctl",
-                    "-q",
-                    "-w",
                     "net.ipv4.conf.all.forwarding=1",
+                    "net.ipv6.conf.all.forwarding=1",
                 ],
             )?;
         }
 
-        let gateway = ROUTED_GATEWAY.to_string();
-        let advmss = ROUTED_ADVMSS.to_string();
         for b in plan.backends() {
-            // Replies go to the clients through the router. Clients' segments must fit the
-            // balancer's MTU once encapsulated: the backend advertises a smaller MSS.
-            cmd::run(
-                "ip",
-                &[
-                    "-n",
-                    &b.netns,
-                    "route",
-                    "replace",
-                    "default",
-                    "via",
-                    &gateway,
-                    "dev",
-                    NETNS_IFNAME,
-                    "advmss",
-                    &advmss,
-                ],
-            )?;
+            route_replies(b, true)?;
             self.attach_decap(b)?;
         }
         Ok(())
+    }
+
+    /// Sets every backend's routes to the clients (through the router, both families), with
+    /// the MSS clamp of the lab (`advmss`, see `ROUTED_ADVMSS`) or, `clamp` false, without it:
+    /// clients' full-size segments then no longer fit once encapsulated.
+    pub fn clamp_backends_mss(&self, clamp: bool) -> Result<(), LabError> {
+        if !self.plan.spec.routed {
+            return Err(LabError::Spec(
+                "the MSS clamp is a routed lab's: build the lab with `routed`".into(),
+            ));
+        }
+        self.plan
+            .backends()
+            .try_for_each(|b| route_replies(b, clamp))
     }
 
     /// The decapsulation program on a backend's `eth0` (native XDP), its link pinned in the
@@ -281,4 +249,46 @@ fn decap_object() -> Result<Vec<u8>, LabError> {
                 path.display()
             ))
         })
+}
+
+/// `ip -n <ns> <args>`.
+fn ip_in(ns: &str, args: &[&str]) -> Result<(), LabError> {
+    cmd::run("ip", &[&["-n", ns], args].concat()).map(drop)
+}
+
+/// `sysctl -w` of every `key=value` in namespace `ns`.
+fn sysctl_in(ns: &str, settings: &[&str]) -> Result<(), LabError> {
+    cmd::run(
+        "ip",
+        &[&["netns", "exec", ns, "sysctl", "-q", "-w"], settings].concat(),
+    )
+    .map(drop)
+}
+
+/// A backend's default routes, IPv4 and IPv6, through the router: replies go to the clients
+/// that way. With `clamp`, clients' segments must fit the balancer's MTU once encapsulated:
+/// the backend advertises a smaller MSS (`ROUTED_ADVMSS`, `ROUTED_ADVMSS6`).
+fn route_replies(backend: &Node, clamp: bool) -> Result<(), LabError> {
+    let routes = [
+        ("-4", ROUTED_GATEWAY.to_string(), ROUTED_ADVMSS),
+        ("-6", ROUTED_GATEWAY6.to_string(), ROUTED_ADVMSS6),
+    ];
+    for (family, gateway, advmss) in &routes {
+        let advmss = advmss.to_string();
+        let mut args = vec![
+            *family,
+            "route",
+            "replace",
+            "default",
+            "via",
+            gateway.as_str(),
+            "dev",
+            NETNS_IFNAME,
+        ];
+        if clamp {
+            args.extend(["advmss", advmss.as_str()]);
+        }
+        ip_in(&backend.netns, &args)?;
+    }
+    Ok(())
 }

@@ -503,9 +503,10 @@ fn the_decapsulation_program_restores_the_inner_packet() {
         want.extend_from_slice(&inner[12..]);
         assert_eq!(decap(&outer), want, "{what}");
     }
-    // Anything else passes untouched: a plain packet, and IPv6 in IPv4 (not what the
-    // balancer sends).
+    // Anything else passes untouched: plain packets, IPv6 in IPv4 and IPv4 behind an outer
+    // IPv6 header (not what the balancer sends).
     assert_eq!(decap(&v4_frame), v4_frame);
+    assert_eq!(decap(&v6_frame), v6_frame);
     let mut mixed = ipip4(
         &v4_frame,
         SOURCE4,
@@ -515,4 +516,13 @@ fn the_decapsulation_program_restores_the_inner_packet() {
     );
     mixed[14 + 20] = 0x60;
     assert_eq!(decap(&mixed), mixed);
+    let mut mixed6 = ipip6(
+        &v6_frame,
+        source6(),
+        ip6("2001:db8:201::11"),
+        GATEWAY_MAC,
+        LB_IF_MAC,
+    );
+    mixed6[14 + 40] = 0x45;
+    assert_eq!(decap(&mixed6), mixed6);
 }
