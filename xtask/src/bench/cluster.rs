@@ -219,17 +219,22 @@ struct Promotion {
 
 /// `canary start`, then follows the rollout to `promoted`; reads the logs for publish and
 /// apply times and etcd's counters for its traffic.
-fn promotion(d: &ClusterDeployment) -> Result<Promotion> {
-    let before = etcd_counters(d)?;
-    let started = Instant::now();
-    // Later rollouts need `start` (the first one is already pending); every rollout then
-    // waits for `resume` (`start = "paused"`).
+/// A new rollout (`start`; the first one is already pending) that steps at once: every rollout
+/// waits for `resume` (`start = "paused"`).
+fn start_rollout(d: &ClusterDeployment) -> Result<()> {
     if let Err(e) = cli(d, 0, &["start"]) {
         if !e.to_string().contains("already running") {
             return Err(e);
         }
     }
     cli(d, 0, &["resume"])?;
+    Ok(())
+}
+
+fn promotion(d: &ClusterDeployment) -> Result<Promotion> {
+    let before = etcd_counters(d)?;
+    let started = Instant::now();
+    start_rollout(d)?;
     loop {
         let s = d.status(0)?;
         if phase(&s) == "promoted" {
@@ -320,7 +325,7 @@ fn kill_trial(d: &mut ClusterDeployment) -> Result<KillTrial> {
             // Not enough steps left: a new rollout.
             cli(d, 0, &["rollback"])?;
             wait_until(d, 0, Duration::from_secs(20), |s| phase(s) == "rolled_back")?;
-            cli(d, 0, &["start"])?;
+            start_rollout(d)?;
         }
         if start.elapsed() > Duration::from_mins(2) {
             bail!("the rollout did not reach a step to kill the leader at");
@@ -539,7 +544,7 @@ pub(super) fn run() -> Result<Section> {
     d.start_all().context("starting three nodes")?;
     wait_leader(&d, &[0, 1, 2], Duration::from_secs(30))?;
     // Background load for the judge: new connections through the route, over every node.
-    let mut background = d.vip_load(&d.lab.clients()[0], 4, Duration::from_mins(15));
+    let mut background = d.vip_load(&d.lab.clients()[0], 4, Duration::from_mins(30));
     background.interval = Duration::from_millis(10);
     let mut bg = d.spawn_load(0, &background)?;
     let result = measure(&mut d);
@@ -700,7 +705,7 @@ fn measure(d: &mut ClusterDeployment) -> Result<Measured> {
         );
         promotions.push(p);
     }
-    cli(d, 0, &["start"])?;
+    start_rollout(d)?;
     let mut kills = Vec::new();
     for trial in 0..TRIALS {
         kills.push(kill_trial(d).with_context(|| format!("leader kill {trial}"))?);
