@@ -28,6 +28,12 @@ fn every_benchmark_case_takes_its_path() {
             c.case,
             c.ratio
         );
+        assert!(
+            c.paired_ratio.is_finite() && c.paired_ratio > 0.0,
+            "{}: {}",
+            c.case,
+            c.paired_ratio
+        );
     }
     for case in &report.cases {
         assert_eq!(case.samples_ns.len(), 2, "{}", case.name);

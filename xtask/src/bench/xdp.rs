@@ -44,9 +44,10 @@ pub(super) fn run(options: &Options) -> Result<Section> {
             if let Some(c) = report.comparisons.iter().find(|c| c.case == name) {
                 let _ = writeln!(
                     md,
-                    "- {label}: {:.2}x (over the floor {:.2}x); <= {target}x: {}.",
+                    "- {label}: {:.2}x (over the floor {:.2}x; median of the per-round ratios {:.2}x); <= {target}x: {}.",
                     c.ratio,
                     c.ratio_over_floor,
+                    c.paired_ratio,
                     verdict(c.ratio <= target),
                 );
             }
