@@ -139,6 +139,9 @@ pub struct Comparison {
     pub after_ns: f64,
     /// `after_ns / before_ns`.
     pub ratio: f64,
+    /// The median over rounds of after / before within each round: both objects measured
+    /// seconds apart, so a change of the machine's load between rounds cancels out.
+    pub paired_ratio: f64,
     /// The same with the floor of the method subtracted from both (the program's own cost).
     pub before_over_floor_ns: f64,
     pub after_over_floor_ns: f64,
@@ -646,11 +649,18 @@ pub fn run(options: BenchOptions) -> Result<Report, BenchError> {
                     .map_or(f64::NAN, |c| median_of(c.floor));
                 let before_ns = median_of(&format!("base_{case}"));
                 let after_ns = median_of(case);
+                let samples_of = |name: &str| index_of(name).map_or(&[][..], |i| &samples[i][..]);
+                let per_round: Vec<f64> = samples_of(case)
+                    .iter()
+                    .zip(samples_of(&format!("base_{case}")))
+                    .map(|(after, before)| after / before)
+                    .collect();
                 Comparison {
                     case,
                     before_ns,
                     after_ns,
                     ratio: after_ns / before_ns,
+                    paired_ratio: median(&per_round),
                     before_over_floor_ns: before_ns - floor,
                     after_over_floor_ns: after_ns - floor,
                     ratio_over_floor: (after_ns - floor) / (before_ns - floor),
@@ -714,25 +724,34 @@ impl Report {
         if !self.comparisons.is_empty() {
             let _ = writeln!(
                 out,
-                "\nBefore (baseline {}) and after (this build), same rounds; \"over floor\" subtracts the floor of the method",
+                "\nBefore (baseline {}) and after (this build), same rounds; \"over floor\" subtracts the floor of the method; \
+                 \"per round\" is the median of each round's after / before",
                 self.options.baseline_name.as_deref().unwrap_or("object")
             );
             let _ = writeln!(
                 out,
-                "{:<24} {:>10} {:>10} {:>8} {:>12} {:>12} {:>8}",
-                "case", "before ns", "after ns", "after/", "before-floor", "after-floor", "after/"
+                "{:<24} {:>10} {:>10} {:>8} {:>12} {:>12} {:>8} {:>10}",
+                "case",
+                "before ns",
+                "after ns",
+                "after/",
+                "before-floor",
+                "after-floor",
+                "after/",
+                "per round"
             );
             for c in &self.comparisons {
                 let _ = writeln!(
                     out,
-                    "{:<24} {:>10.1} {:>10.1} {:>7.2}x {:>12.1} {:>12.1} {:>7.2}x",
+                    "{:<24} {:>10.1} {:>10.1} {:>7.2}x {:>12.1} {:>12.1} {:>7.2}x {:>9.2}x",
                     c.case,
                     c.before_ns,
                     c.after_ns,
                     c.ratio,
                     c.before_over_floor_ns,
                     c.after_over_floor_ns,
-                    c.ratio_over_floor
+                    c.ratio_over_floor,
+                    c.paired_ratio
                 );
             }
         }

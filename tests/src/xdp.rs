@@ -2,17 +2,24 @@
 //!
 //! Every packet test and the per-packet benchmark go through [`Dataplane`]: one loaded copy of
 //! the object with fresh (empty) maps, so tests do not see each other's flows or counters.
+//! An object is driven in its own layout ([`ObjectLayout`]): the current one, or an older
+//! build's that the benchmark measures as its baseline.
 
 use std::path::PathBuf;
 
 mod daemon;
+mod layout;
 
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
+pub use layout::ObjectLayout;
+use layout::{prefix, widen, BEFORE_TUNNELS_CONFIG_SIZE, BEFORE_TUNNELS_FLOW_ENTRY_SIZE};
+
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use canary_common::{
-    maglev_index, maps, Backend, BackendStats, FlowEntry, FlowKey, GlobalConfig, ServiceControl,
-    ServiceEntry, ServiceKey, ServiceStats, Tunnel, VipKey, COUNTERS, MAGLEV_TABLE_SIZE,
+    maglev_index, maps, Backend, BackendStats, Counter, FlowEntry, FlowKey, GlobalConfig,
+    ServiceControl, ServiceEntry, ServiceKey, ServiceStats, Tunnel, VipKey, COUNTERS,
+    MAGLEV_TABLE_SIZE,
 };
 
 /// Environment variable naming the object to load instead of the default build output.
@@ -61,6 +68,9 @@ pub enum XdpError {
     /// The object lacks a map this code expects (object and canary-common out of step).
     #[error("map {0} is missing from the XDP object: rebuild it from the current canary-common")]
     MissingMap(&'static str),
+    /// A map of the object is not of the kind this code expects.
+    #[error("map {0} of the XDP object is not an array or hash map: rebuild it from the current canary-common")]
+    MapKind(&'static str),
     /// The object lacks a program this code expects.
     #[error(
         "program {0} is missing from the XDP object: rebuild it from the current canary-common"
@@ -83,6 +93,18 @@ pub enum XdpError {
         "a {0}-byte frame cannot be test-run: the kernel needs at least {MIN_TEST_FRAME} bytes"
     )]
     FrameTooShort(usize),
+    /// The object's shared structures are in none of the layouts this code can drive.
+    #[error(
+        "the XDP object's maps have a layout this code does not know (CONFIG value {config_size} bytes, \
+         FLOWS value {flow_entry_size} bytes, {counters} COUNTERS; known: {known}): rebuild the object \
+         from the current canary-common, or describe its layout in tests/src/xdp/layout.rs",
+        known = ObjectLayout::known_sizes()
+    )]
+    UnknownLayout {
+        config_size: usize,
+        flow_entry_size: usize,
+        counters: u32,
+    },
     /// A Maglev table given to [`Dataplane::set_maglev_table`] has the wrong size.
     #[error("a Maglev table has {0} slots, expected MAGLEV_TABLE_SIZE")]
     TableSize(usize),
@@ -118,9 +140,10 @@ pub struct LoadOptions {
     pub flow_table_size: Option<u32>,
 }
 
-/// A loaded copy of the object with both programs loaded (not attached anywhere).
+/// A loaded copy of the object with its programs loaded (not attached anywhere).
 pub struct Dataplane {
     ebpf: Ebpf,
+    layout: ObjectLayout,
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> XdpError {
@@ -161,7 +184,17 @@ impl Dataplane {
             path,
             source: Box::new(source),
         })?;
-        for name in [maps::PROGRAM, maps::PASS_PROGRAM, maps::DECAP_PROGRAM] {
+        let layout = ObjectLayout::detect(
+            map_info(&ebpf, maps::CONFIG)?.value_size() as usize,
+            map_info(&ebpf, maps::FLOWS)?.value_size() as usize,
+            map_info(&ebpf, maps::COUNTERS)?.max_entries(),
+        )?;
+        let programs: &[&'static str] = if layout.has_tunnels() {
+            &[maps::PROGRAM, maps::PASS_PROGRAM, maps::DECAP_PROGRAM]
+        } else {
+            &[maps::PROGRAM, maps::PASS_PROGRAM]
+        };
+        for &name in programs {
             let program: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or(XdpError::MissingProgram(name))?
@@ -169,7 +202,12 @@ impl Dataplane {
                 .map_err(prog_err(name))?;
             program.load().map_err(prog_err(name))?;
         }
-        Ok(Self { ebpf })
+        Ok(Self { ebpf, layout })
+    }
+
+    /// The layout of the loaded object's shared structures.
+    pub fn layout(&self) -> ObjectLayout {
+        self.layout
     }
 
     /// Loads the object, panicking with the reason (for tests: a panic names its location).
@@ -204,10 +242,15 @@ impl Dataplane {
         PerCpuArray::try_from(map).map_err(map_err(name))
     }
 
+    /// Writes the global settings (in an older layout, without the fields it lacks).
     pub fn set_config(&mut self, config: &GlobalConfig) -> Result<(), XdpError> {
-        self.array::<GlobalConfig>(maps::CONFIG)?
-            .set(0, config, 0)
-            .map_err(map_err(maps::CONFIG))
+        match self.layout {
+            ObjectLayout::Current => self.array::<GlobalConfig>(maps::CONFIG)?.set(0, config, 0),
+            ObjectLayout::BeforeTunnels => self
+                .array::<[u8; BEFORE_TUNNELS_CONFIG_SIZE]>(maps::CONFIG)?
+                .set(0, prefix(config), 0),
+        }
+        .map_err(map_err(maps::CONFIG))
     }
 
     pub fn set_service(&mut self, key: &ServiceKey, entry: &ServiceEntry) -> Result<(), XdpError> {
@@ -278,16 +321,19 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Global counters, per-CPU values summed, indexed by `Counter as usize`.
+    /// Global counters, per-CPU values summed, indexed by `Counter as usize` (of the current
+    /// `canary-common`, whatever the object's layout; a counter the object lacks reads 0).
     pub fn counters(&self) -> Result<[u64; COUNTERS as usize], XdpError> {
         let counters = self.per_cpu::<u64>(maps::COUNTERS)?;
         let mut sums = [0u64; COUNTERS as usize];
-        for (index, sum) in (0u32..).zip(sums.iter_mut()) {
-            *sum = counters
-                .get(&index, 0)
-                .map_err(map_err(maps::COUNTERS))?
-                .iter()
-                .sum();
+        for (&counter, sum) in Counter::ALL.iter().zip(sums.iter_mut()) {
+            if let Some(index) = self.layout.counter_index(counter) {
+                *sum = counters
+                    .get(&index, 0)
+                    .map_err(map_err(maps::COUNTERS))?
+                    .iter()
+                    .sum();
+            }
         }
         Ok(sums)
     }
@@ -316,45 +362,72 @@ impl Dataplane {
             .fold(ServiceStats::default(), ServiceStats::plus))
     }
 
-    /// The flow table entry of a flow, if any.
-    pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowEntry>, XdpError> {
+    /// The flow table with values of type `V` (the object's `FlowEntry` layout).
+    fn flows<V: aya::Pod>(&self) -> Result<HashMap<&MapData, FlowKey, V>, XdpError> {
         let map = self
             .ebpf
             .map(maps::FLOWS)
             .ok_or(XdpError::MissingMap(maps::FLOWS))?;
-        let flows: HashMap<&MapData, FlowKey, FlowEntry> =
-            HashMap::try_from(map).map_err(map_err(maps::FLOWS))?;
-        match flows.get(key, 0) {
+        HashMap::try_from(map).map_err(map_err(maps::FLOWS))
+    }
+
+    /// The flow table entry of a flow, if any (from an older layout, the fields it lacks are 0).
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowEntry>, XdpError> {
+        let entry = match self.layout {
+            ObjectLayout::Current => self.flows::<FlowEntry>()?.get(key, 0),
+            ObjectLayout::BeforeTunnels => self
+                .flows::<[u8; BEFORE_TUNNELS_FLOW_ENTRY_SIZE]>()?
+                .get(key, 0)
+                .map(|bytes| widen(&bytes)),
+        };
+        match entry {
             Ok(entry) => Ok(Some(entry)),
             Err(MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(map_err(maps::FLOWS)(e)),
         }
     }
 
-    /// Writes a flow table entry (a flow the program did not create, or an edited one).
+    /// Writes a flow table entry (a flow the program did not create, or an edited one; in an
+    /// older layout, without the fields it lacks).
     pub fn set_flow(&mut self, key: &FlowKey, entry: &FlowEntry) -> Result<(), XdpError> {
-        self.hash::<FlowKey, FlowEntry>(maps::FLOWS)?
-            .insert(key, entry, 0)
-            .map_err(map_err(maps::FLOWS))
+        match self.layout {
+            ObjectLayout::Current => self
+                .hash::<FlowKey, FlowEntry>(maps::FLOWS)?
+                .insert(key, entry, 0),
+            ObjectLayout::BeforeTunnels => self
+                .hash::<FlowKey, [u8; BEFORE_TUNNELS_FLOW_ENTRY_SIZE]>(maps::FLOWS)?
+                .insert(key, prefix(entry), 0),
+        }
+        .map_err(map_err(maps::FLOWS))
+    }
+
+    /// The keys of every flow table entry.
+    fn flow_keys(&self) -> Result<Vec<FlowKey>, XdpError> {
+        Ok(match self.layout {
+            ObjectLayout::Current => self.flows::<FlowEntry>()?.keys().flatten().collect(),
+            ObjectLayout::BeforeTunnels => self
+                .flows::<[u8; BEFORE_TUNNELS_FLOW_ENTRY_SIZE]>()?
+                .keys()
+                .flatten()
+                .collect(),
+        })
     }
 
     /// Number of entries in the flow table.
     pub fn flow_count(&self) -> Result<usize, XdpError> {
-        let map = self
-            .ebpf
-            .map(maps::FLOWS)
-            .ok_or(XdpError::MissingMap(maps::FLOWS))?;
-        let flows: HashMap<&MapData, FlowKey, FlowEntry> =
-            HashMap::try_from(map).map_err(map_err(maps::FLOWS))?;
-        Ok(flows.keys().flatten().count())
+        Ok(self.flow_keys()?.len())
     }
 
     /// Deletes every flow table entry.
     pub fn clear_flows(&mut self) -> Result<(), XdpError> {
-        let mut flows = self.hash::<FlowKey, FlowEntry>(maps::FLOWS)?;
-        let keys: Vec<FlowKey> = flows.keys().filter_map(Result::ok).collect();
-        for key in keys {
-            match flows.remove(&key) {
+        for key in self.flow_keys()? {
+            let removed = match self.layout {
+                ObjectLayout::Current => self.hash::<FlowKey, FlowEntry>(maps::FLOWS)?.remove(&key),
+                ObjectLayout::BeforeTunnels => self
+                    .hash::<FlowKey, [u8; BEFORE_TUNNELS_FLOW_ENTRY_SIZE]>(maps::FLOWS)?
+                    .remove(&key),
+            };
+            match removed {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(e) => return Err(map_err(maps::FLOWS)(e)),
             }
@@ -457,6 +530,16 @@ impl Dataplane {
             .map_err(prog_err(name))?;
         Ok((result.duration.as_nanos() as u32, result.return_value))
     }
+}
+
+/// The kernel's description of map `name` of a loaded object (sizes, entries).
+fn map_info(ebpf: &Ebpf, name: &'static str) -> Result<aya::maps::MapInfo, XdpError> {
+    let (Map::Array(data) | Map::PerCpuArray(data) | Map::HashMap(data) | Map::LruHashMap(data)) =
+        ebpf.map(name).ok_or(XdpError::MissingMap(name))?
+    else {
+        return Err(XdpError::MapKind(name));
+    };
+    data.info().map_err(map_err(name))
 }
 
 /// An error and its sources on one line.

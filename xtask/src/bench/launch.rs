@@ -32,6 +32,9 @@ pub(super) fn run(options: &Options) -> Result<()> {
             extra.extend(["--baseline".into(), rev.into(), "--baseline-object".into()]);
             extra.push(baseline.into());
         }
+        if let Some(rounds) = options.rounds {
+            extra.extend(["--rounds".into(), rounds.to_string().into()]);
+        }
     }
 
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());

@@ -83,6 +83,10 @@ pub(crate) struct Options {
     /// the same run, interleaved with the current one: before and after side by side.
     #[arg(long, value_name = "REV")]
     pub baseline: Option<String>,
+    /// xdp: rounds (each runs every case once, the cases interleaved); default 5. More rounds
+    /// steady the medians on a busy machine.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: Option<u32>,
     /// Set by the launcher: the baseline object it built, and its revision.
     #[arg(long, hide = true, requires = "baseline")]
     pub baseline_object: Option<std::path::PathBuf>,
