@@ -68,6 +68,17 @@ pub(crate) fn upgrade_variant_path(workspace_root: &Path) -> PathBuf {
         .join(OBJECT_NAME)
 }
 
+/// `object` once its build succeeded: an error if the build did not leave it there.
+fn built(object: PathBuf) -> Result<PathBuf> {
+    if !object.is_file() {
+        bail!(
+            "the eBPF build succeeded but {} is missing",
+            object.display()
+        );
+    }
+    Ok(object)
+}
+
 /// Builds the object with the installed toolchain and returns its path.
 pub(crate) fn build(
     workspace_root: &Path,
@@ -77,13 +88,7 @@ pub(crate) fn build(
     let target_dir = workspace_root.join(EBPF_CRATE_DIR).join("target");
     cargo_build(workspace_root, &target_dir, release, toolchain, &[], &[])?;
     let object = object_path(workspace_root, release);
-    if !object.is_file() {
-        bail!(
-            "the eBPF build succeeded but {} is missing",
-            object.display()
-        );
-    }
-    Ok(object)
+    built(object)
 }
 
 /// Builds the upgrade variant ([`upgrade_variant_path`]) and returns its path.
@@ -104,13 +109,7 @@ pub(crate) fn build_upgrade_variant(
         &[],
     )?;
     let object = upgrade_variant_path(workspace_root);
-    if !object.is_file() {
-        bail!(
-            "the eBPF variant build succeeded but {} is missing",
-            object.display()
-        );
-    }
-    Ok(object)
+    built(object)
 }
 
 // Used by the launcher side of `cargo xtask bench` only.
@@ -143,13 +142,7 @@ pub(crate) fn build_lru_variant(workspace_root: &Path, toolchain: &Toolchain) ->
         .join(BPF_TARGET)
         .join("release")
         .join(OBJECT_NAME);
-    if !object.is_file() {
-        bail!(
-            "the eBPF variant build succeeded but {} is missing",
-            object.display()
-        );
-    }
-    Ok(object)
+    built(object)
 }
 
 // Used by the launcher side of `cargo xtask bench` only.

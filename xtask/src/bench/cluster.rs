@@ -388,6 +388,15 @@ fn wait_until(
     Ok(d.wait_for(node, "condition", timeout, pred)?)
 }
 
+/// The node names but the one at `removed`: the multipath route once that node has left it.
+fn without<'a>(all: &[&'a str], removed: usize) -> Vec<&'a str> {
+    all.iter()
+        .enumerate()
+        .filter(|(i, _)| *i != removed)
+        .map(|(_, n)| *n)
+        .collect()
+}
+
 /// Fraction of `ROUTE_SAMPLES` client 5-tuples whose next hop differs between the route over
 /// every node and the route without node `removed` (the client's multipath hash, looked up
 /// with `ip route get` in the client's namespace).
@@ -424,12 +433,7 @@ fn rerouted_share(d: &ClusterDeployment, removed: usize) -> Result<f64> {
             .collect())
     };
     let all: Vec<&str> = d.nodes.iter().map(|n| n.name.as_str()).collect();
-    let keep: Vec<&str> = all
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != removed)
-        .map(|(_, n)| *n)
-        .collect();
+    let keep = without(&all, removed);
     d.lab.route_vip_via(&all)?;
     let before = lookups()?;
     d.lab.route_vip_via(&keep)?;
@@ -484,12 +488,7 @@ fn removal_trial(
     if (to - from).abs() > f64::EPSILON {
         set_weight_everywhere(d, to)?;
     }
-    let keep: Vec<&str> = all
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != removed)
-        .map(|(_, n)| *n)
-        .collect();
+    let keep = without(&all, removed);
     d.lab.route_vip_via(&keep)?;
     let report = finish_load(&mut proc)?;
     d.lab.route_vip_via(&all)?;
