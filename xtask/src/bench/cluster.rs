@@ -26,11 +26,12 @@ use canary_lab::loadgen::{LoadSpec, Report};
 use canary_userspace::api::Status;
 use serde::Serialize;
 
-use super::report::{heading, table, Machine, Section};
+use super::report::{bench_dir, heading, table, Machine, Section};
 use super::stats::{median, summary, Summary};
 
 const TRIALS: usize = 5;
 const LEASE_TTL: &str = "3s";
+const LEASE_TTL_SECONDS: f64 = 3.0;
 const POLL_SECONDS: f64 = 1.0;
 /// Keep-alive connections open while a node leaves the route.
 const KEEPALIVE: usize = 300;
@@ -312,7 +313,7 @@ struct KillTrial {
 }
 
 /// Kills the leader mid-rollout and times the takeover; restarts the killed node.
-fn kill_trial(d: &mut ClusterDeployment) -> Result<KillTrial> {
+fn kill_trial(d: &mut ClusterDeployment, trial: usize) -> Result<KillTrial> {
     let all: Vec<usize> = (0..d.nodes.len()).collect();
     // Mid-rollout: stepping, with steps left.
     let start = Instant::now();
@@ -341,7 +342,7 @@ fn kill_trial(d: &mut ClusterDeployment) -> Result<KillTrial> {
         .max()
         .unwrap_or(0);
     let killed_at = Instant::now();
-    d.kill_node(li);
+    let killed = d.kill_node(li);
     let mut to_leader = None;
     let mut new_leader = String::new();
     let to_applied = loop {
@@ -374,6 +375,27 @@ fn kill_trial(d: &mut ClusterDeployment) -> Result<KillTrial> {
         to_applied_s: to_applied.as_secs_f64(),
     };
     println!("leader kill: {t:?}");
+    if t.to_leader_s > 2.0 * LEASE_TTL_SECONDS {
+        // Slower than the e2e tests allow: keep every node's log (the killed one's included)
+        // to see which step took the time.
+        let dir = bench_dir().join(format!("cluster-slow-takeover-{trial}"));
+        std::fs::create_dir_all(&dir)?;
+        for (i, node) in d.nodes.iter().enumerate() {
+            let log = if i == li {
+                killed
+                    .as_ref()
+                    .map(LabProcess::log_text)
+                    .unwrap_or_default()
+            } else {
+                d.log(i)
+            };
+            std::fs::write(dir.join(format!("{}.log", node.name)), log)?;
+        }
+        println!(
+            "takeover slower than 2 x lease_ttl: the nodes' logs are in {}",
+            dir.display()
+        );
+    }
     d.start_node(li).context("restarting the killed node")?;
     wait_leader(d, &all, Duration::from_secs(20))?;
     Ok(t)
@@ -707,7 +729,7 @@ fn measure(d: &mut ClusterDeployment) -> Result<Measured> {
     start_rollout(d)?;
     let mut kills = Vec::new();
     for trial in 0..TRIALS {
-        kills.push(kill_trial(d).with_context(|| format!("leader kill {trial}"))?);
+        kills.push(kill_trial(d, trial).with_context(|| format!("leader kill {trial}"))?);
     }
     let mut rerouted = Vec::new();
     let mut same_weight = Vec::new();
