@@ -6,16 +6,19 @@
 //! balancer namespace, `lb1`: every IPv4 frame to one fixed backend's MAC, `XDP_TX`), the
 //! ceiling of this topology for any DSR balancer. (c)-(e) split 90/10 by weight like (b) and run
 //! in the load balancer's namespace on its own address (ports 8081-8083); (b) and (f) use the
-//! VIP, routed from the client through `lb` or `lb1`. Load: `wrk`, one thread, POST /predict,
-//! keep-alive and one request per connection, rounds interleaved.
+//! VIP, routed from the client through `lb` or `lb1`. (b1) is the canary XDP balancer again, for
+//! a second service of the same daemon on its own VIP whose one backend is (f)'s: the bouncer
+//! cannot spread, so (b1) against (f) compares the two programs on the same backend set.
+//! Load: `wrk`, one thread, POST /predict, keep-alive and one request per connection, rounds
+//! interleaved.
 
 use std::fmt::Write as _;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use canary_lab::deployment::{Deployment, DeploymentSpec};
+use canary_lab::deployment::{self as deployment, Deployment, DeploymentSpec};
 use canary_lab::lab::{LabProcess, LabSpec, Node, SERVICE_PORT};
 use serde::Serialize;
 
@@ -30,6 +33,14 @@ const ROUNDS: usize = 5;
 const SECONDS: u32 = 5;
 const CONNECTIONS: u32 = 32;
 const CANARY_PERCENT: u32 = 10;
+/// The lab's service (the one with the canary split).
+const SERVICE: &str = "sentiment";
+/// Path (b1)'s service: the same daemon, one backend (the bouncer's), on its own VIP.
+const ONE_BACKEND_SERVICE: &str = "sentiment-one";
+/// (b1)'s VIP: in the lab's range, free (balancers .2-.7, etcd .9, backends .11-.49, clients
+/// .51-.90, the lab's VIP .100), held on the one backend's `lo` and routed by the client through
+/// `lb`.
+const ONE_BACKEND_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 101);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 enum Mode {
@@ -68,6 +79,8 @@ struct Sample {
     wrk: WrkResult,
     /// Balancer CPU time during the run, ns (`None` for the direct path).
     balancer_cpu_ns: Option<u64>,
+    /// The `canary` daemon's CPU time during the run (it runs through every path), seconds.
+    daemon_cpu_seconds: f64,
     /// All model servers' CPU time during the run, seconds.
     backends_cpu_seconds: f64,
     /// Percent of all the machine's CPUs busy during the run.
@@ -83,6 +96,8 @@ struct Row {
     p50_ms: f64,
     p99_ms: f64,
     balancer_cpu_ms_per_1000: Option<f64>,
+    /// The daemon's CPU, ms per second of run.
+    daemon_cpu_ms_per_second: f64,
     generator_cpu_percent: f64,
     backends_cpu_percent: f64,
     machine_busy_percent: f64,
@@ -184,6 +199,27 @@ fn models_cpu(d: &Deployment) -> f64 {
         .sum()
 }
 
+fn daemon_cpu(d: &Deployment) -> f64 {
+    d.daemon
+        .as_ref()
+        .map_or(0.0, |p| procstat::tree_cpu_time(p.pid()).as_secs_f64())
+}
+
+/// The daemon's config: the lab's service (3 stable + 2 canary backends), and
+/// [`ONE_BACKEND_SERVICE`] on [`ONE_BACKEND_VIP`] with only `backend`, with the same settings.
+fn write_config(d: &Deployment, backend: &Node) -> Result<()> {
+    let mut config = deployment::config(&d.spec, &d.lab, d.token_path.as_deref())?;
+    let mut one = config.services[0].clone();
+    one.name = ONE_BACKEND_SERVICE.into();
+    one.vip = SocketAddrV4::new(ONE_BACKEND_VIP, SERVICE_PORT).to_string();
+    one.backends.retain(|b| b.name == backend.name);
+    if one.backends.len() != 1 {
+        bail!("backend {} is not in the lab's service", backend.name);
+    }
+    config.services.push(one);
+    write(&d.config_path, &deployment::toml_text(&config)?)
+}
+
 fn measure(
     d: &Deployment,
     path: &PathDef,
@@ -202,9 +238,11 @@ fn measure(
         Cpu::Process(pid) => procstat::tree_cpu_time(pid).as_nanos() as u64,
     };
     let before_models = models_cpu(d);
+    let before_daemon = daemon_cpu(d);
     let before_machine = procstat::machine_ticks();
     let wrk = labkit::run_wrk(&d.lab, client, script, &url, CONNECTIONS, seconds)?;
     let after_models = models_cpu(d);
+    let after_daemon = daemon_cpu(d);
     let machine_busy_percent = procstat::busy_percent(before_machine, procstat::machine_ticks());
     let balancer_cpu_ns = match path.cpu {
         Cpu::None => None,
@@ -217,6 +255,7 @@ fn measure(
         round,
         wrk,
         balancer_cpu_ns,
+        daemon_cpu_seconds: after_daemon - before_daemon,
         backends_cpu_seconds: after_models - before_models,
         machine_busy_percent,
     })
@@ -235,8 +274,16 @@ pub(super) fn run() -> Result<Section> {
     spec.lab.balancers = 2;
     spec.start = "paused".into();
     spec.flow_table_size = 1 << 20;
-    let d = Deployment::start(spec).context("start the lab deployment")?;
-    let out = d.cli(&["set-weight", &CANARY_PERCENT.to_string()])?;
+    let mut d = Deployment::up(spec).context("start the lab deployment")?;
+    let backend = d.lab.stable()[0].clone();
+    write_config(&d, &backend)?;
+    d.start_daemon().context("start the canary daemon")?;
+    let out = d.cli(&[
+        "set-weight",
+        &CANARY_PERCENT.to_string(),
+        "--service",
+        SERVICE,
+    ])?;
     if !out.status.success() {
         bail!(
             "canary set-weight failed: {}",
@@ -254,7 +301,26 @@ pub(super) fn run() -> Result<Section> {
     labkit::tune_netns(&d.lab, &lb.netns)?;
     labkit::tune_netns(&d.lab, &bouncer.netns)?;
     labkit::tune_netns(&d.lab, &client)?;
-    let backend = d.lab.stable()[0].clone();
+    // (b1): the backend holds the second VIP on `lo` (it answers no ARP there, as for the lab's
+    // VIP), and the client routes it through `lb`.
+    let one_vip = format!("{ONE_BACKEND_VIP}/32");
+    d.lab.exec_in(
+        &backend.netns,
+        &["ip", "addr", "replace", &one_vip, "dev", "lo"],
+    )?;
+    d.lab.exec_in(
+        &client,
+        &[
+            "ip",
+            "route",
+            "replace",
+            &one_vip,
+            "via",
+            &lb.address.to_string(),
+            "dev",
+            "eth0",
+        ],
+    )?;
     d.lab.attach_bouncer(&bouncer, &backend)?;
     let bouncer_prog = labkit::xdp_prog_id(&d.lab, &bouncer.netns, "eth0")?;
 
@@ -277,6 +343,13 @@ pub(super) fn run() -> Result<Section> {
             target: SocketAddr::new(d.lab.vip().into(), SERVICE_PORT),
             cpu: Cpu::Xdp(prog),
             via: Some(lb.name.clone()),
+        },
+        PathDef {
+            key: "b1",
+            name: "canary XDP, (f)'s one backend",
+            target: SocketAddr::new(ONE_BACKEND_VIP.into(), SERVICE_PORT),
+            cpu: Cpu::Xdp(prog),
+            via: None,
         },
         PathDef {
             key: "c",
@@ -380,6 +453,7 @@ pub(super) fn run() -> Result<Section> {
                 p50_ms: m(&|s| s.wrk.p50_ms),
                 p99_ms: m(&|s| s.wrk.p99_ms),
                 balancer_cpu_ms_per_1000: cpu,
+                daemon_cpu_ms_per_second: m(&|s| 1000.0 * s.daemon_cpu_seconds / s.wrk.seconds),
                 generator_cpu_percent: m(&|s| 100.0 * s.wrk.generator_cpu_seconds / s.wrk.seconds),
                 backends_cpu_percent: m(&|s| 100.0 * s.backends_cpu_seconds / s.wrk.seconds),
                 machine_busy_percent: m(&|s| s.machine_busy_percent),
@@ -402,7 +476,11 @@ fn section(machine: &Machine, rows: &[Row]) -> Section {
          Load: `wrk -t1 -c{CONNECTIONS} -d{SECONDS}s`, POST /predict, from the client namespace; medians of {ROUNDS} interleaved rounds. \
          Ratios are against (a) and (f) in the same mode and run. (f) runs in the lab's second balancer \
          namespace (`lb1`, same veth, bridge and tuning as `lb`); for (b) and (f) the client routes the VIP through \
-         `lb` or `lb1` (switched before each run), so the two differ only in the program on the balancer.\n\n"
+         `lb` or `lb1` (switched before each run), so the two differ only in the program on the balancer. \
+         (b1) is the same daemon and program as (b) for a second service, `{ONE_BACKEND_SERVICE}` on its own VIP, \
+         whose one backend is the one (f) bounces to: the bouncer cannot spread, so (b1) against (f) compares the \
+         programs on the same backend set, and (b) against (b1) shows what spreading over 5 backends costs on this \
+         machine.\n\n"
     );
     let mut table_rows = Vec::new();
     for r in rows {
@@ -457,6 +535,19 @@ fn section(machine: &Machine, rows: &[Row]) -> Section {
          extra hop through the load balancer's veth and the bridge, which `run_time_ns` does not include) shows up as \
          fewer requests/s for it.\n",
     );
+    let daemon: Vec<f64> = rows
+        .iter()
+        .filter(|r| r.path.starts_with("(b)") || r.path.starts_with("(b1)"))
+        .map(|r| r.daemon_cpu_ms_per_second)
+        .collect();
+    let _ = writeln!(
+        md,
+        "\nThe `canary` daemon (two services, 6 backends, `poll_interval` 1 s: health probes, metrics \
+         scrapes, kernel counters, heartbeat) used {:.1} to {:.1} ms of CPU per second during the (b) and (b1) \
+         runs (medians per row; `/proc/<pid>/stat`, 10 ms ticks).",
+        daemon.iter().copied().fold(f64::INFINITY, f64::min),
+        daemon.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    );
     let mut checks = String::from("\nTargets:\n");
     for mode in [Mode::KeepAlive, Mode::Close] {
         let (direct, xdp_row) = (find("a", mode), find("b", mode));
@@ -472,12 +563,16 @@ fn section(machine: &Machine, rows: &[Row]) -> Section {
             _ => f64::NAN,
         };
         let xdp = xdp_row.balancer_cpu_ms_per_1000.unwrap_or(f64::NAN);
+        let same_backend =
+            find("b1", mode).requests_per_second / find("f", mode).requests_per_second;
         let _ = writeln!(checks,
-            "- {}: (b) requests/s {ceiling:.2}x the bouncer (f) (>= 0.95x: {}); (b) requests/s {rps:.2}x (a) (>= 0.9x: {}); \
+            "- {}: (b) requests/s {ceiling:.2}x the bouncer (f) (>= 0.95x: {}); on (f)'s one backend, (b1) \
+             {same_backend:.2}x (f) (>= 0.95x: {}); (b) requests/s {rps:.2}x (a) (>= 0.9x: {}); \
              (b) p99 {p99:.2}x (a) (within 10 %: {}); \
              (b) balancer CPU per request {:.4}x the better of nginx and HAProxy (<= 0.1x: {}).",
             mode.name(),
             verdict(ceiling >= 0.95),
+            verdict(same_backend >= 0.95),
             verdict(rps >= 0.9),
             verdict(p99 <= 1.1),
             xdp / better,
