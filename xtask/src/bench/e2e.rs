@@ -540,13 +540,20 @@ fn section(machine: &Machine, rows: &[Row]) -> Section {
         .filter(|r| r.path.starts_with("(b)") || r.path.starts_with("(b1)"))
         .map(|r| r.daemon_cpu_ms_per_second)
         .collect();
+    let (least, most) = (
+        daemon.iter().copied().fold(f64::INFINITY, f64::min),
+        daemon.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    );
+    let used = if (most - least).abs() < 0.05 {
+        format!("{most:.1}")
+    } else {
+        format!("{least:.1} to {most:.1}")
+    };
     let _ = writeln!(
         md,
         "\nThe `canary` daemon (two services, 6 backends, `poll_interval` 1 s: health probes, metrics \
-         scrapes, kernel counters, heartbeat) used {:.1} to {:.1} ms of CPU per second during the (b) and (b1) \
+         scrapes, kernel counters, heartbeat) used {used} ms of CPU per second during the (b) and (b1) \
          runs (medians per row; `/proc/<pid>/stat`, 10 ms ticks).",
-        daemon.iter().copied().fold(f64::INFINITY, f64::min),
-        daemon.iter().copied().fold(f64::NEG_INFINITY, f64::max),
     );
     let mut checks = String::from("\nTargets:\n");
     for mode in [Mode::KeepAlive, Mode::Close] {
