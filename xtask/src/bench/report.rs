@@ -1,7 +1,7 @@
 //! Where results go: `target/bench/<name>.json`, a Markdown fragment per benchmark
-//! (`target/bench/<name>.md`), and the results section of `BENCHMARKS.md`, rebuilt from every
-//! fragment present; a benchmark without a fragment (not run from this checkout) keeps the
-//! section the document already has, so running one benchmark keeps the others' last results.
+//! (`target/bench/<name>.md`), and the benchmark's own section of the results in
+//! `BENCHMARKS.md`. Every other section stays as the document has it (a fragment left in
+//! `target/bench` by an older run never overwrites a newer section the document got since).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -84,17 +84,25 @@ pub(super) fn publish(section: &Section) -> Result<()> {
     std::fs::write(&md_path, &section.markdown)
         .with_context(|| format!("write {}", md_path.display()))?;
     println!("wrote {}", json_path.display());
-    regenerate(&crate::workspace_root().join("BENCHMARKS.md"), &dir)
+    regenerate(
+        &crate::workspace_root().join("BENCHMARKS.md"),
+        section.name,
+        &section.markdown,
+    )
 }
 
-/// Replaces the results section of the document at `doc` with the fragments in `dir`.
-pub(super) fn regenerate(doc: &Path, dir: &Path) -> Result<()> {
+/// Replaces benchmark `name`'s section of the results in the document at `doc` with
+/// `markdown` (added at its place in [`ORDER`] when the document has none yet); every other
+/// section is kept as it is.
+pub(super) fn regenerate(doc: &Path, name: &str, markdown: &str) -> Result<()> {
     let text = std::fs::read_to_string(doc).with_context(|| format!("read {}", doc.display()))?;
     let mut results = String::new();
-    for name in ORDER {
-        let fragment = std::fs::read_to_string(dir.join(format!("{name}.md")))
-            .ok()
-            .or_else(|| current_section(&text, name).map(str::to_owned));
+    for other in ORDER {
+        let fragment = if other == name {
+            Some(markdown)
+        } else {
+            current_section(&text, other)
+        };
         if let Some(fragment) = fragment {
             results.push_str(fragment.trim_end());
             results.push_str("\n\n");
@@ -168,27 +176,28 @@ mod tests {
     }
 
     #[test]
-    fn a_benchmark_without_a_fragment_keeps_its_section() {
+    fn publishing_one_benchmark_keeps_every_other_section() {
         let dir = std::env::temp_dir().join(format!("canary-report-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let doc = dir.join("BENCHMARKS.md");
         let old = format!(
-            "intro\n{START_MARKER}\n\n### xdp: old xdp\n\nxdp table\n\n### judge: old judge\n\njudge table\n{END_MARKER}\n"
+            "intro\n{START_MARKER}\n\n### xdp: newer xdp\n\nxdp table\n\n### judge: old judge\n\njudge table\n{END_MARKER}\n"
         );
         std::fs::write(&doc, old).unwrap();
-        let fragments = dir.join("bench");
-        std::fs::create_dir_all(&fragments).unwrap();
-        std::fs::write(
-            fragments.join("judge.md"),
-            "### judge: new judge\n\nnew table\n",
-        )
-        .unwrap();
-        regenerate(&doc, &fragments).unwrap();
+        regenerate(&doc, "judge", "### judge: new judge\n\nnew table\n").unwrap();
         let new = std::fs::read_to_string(&doc).unwrap();
-        assert!(new.contains("### xdp: old xdp\n\nxdp table"), "{new}");
+        assert!(new.contains("### xdp: newer xdp\n\nxdp table"), "{new}");
         assert!(new.contains("### judge: new judge\n\nnew table"), "{new}");
         assert!(!new.contains("old judge"), "{new}");
         assert!(new.find("### xdp").unwrap() < new.find("### judge").unwrap());
+        // A benchmark the document has no section for yet gets one at its place.
+        regenerate(&doc, "e2e", "### e2e: first e2e\n").unwrap();
+        let new = std::fs::read_to_string(&doc).unwrap();
+        let at = |h: &str| new.find(h).unwrap();
+        assert!(
+            at("### xdp") < at("### e2e") && at("### e2e") < at("### judge"),
+            "{new}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
