@@ -278,12 +278,9 @@ pub fn vlan_tagged(frame: &[u8], qinq: bool) -> Vec<u8> {
     out
 }
 
-/// Recomputes the IPv4 header checksum of an IPv4 frame (after edits).
-pub fn ipv4_fix_checksum(frame: &mut [u8]) {
-    let ihl = usize::from(frame[ETH_LEN] & 0x0f) * 4;
-    let header = &mut frame[ETH_LEN..ETH_LEN + ihl];
-    header[10] = 0;
-    header[11] = 0;
+/// The one's-complement sum of an IPv4 header, folded and inverted (RFC 1071): 0 for a
+/// header whose checksum field is right, its checksum when that field is 0.
+pub fn ipv4_header_checksum(header: &[u8]) -> u16 {
     let mut sum: u32 = header
         .chunks(2)
         .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
@@ -291,7 +288,17 @@ pub fn ipv4_fix_checksum(frame: &mut [u8]) {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
-    header[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    !(sum as u16)
+}
+
+/// Recomputes the IPv4 header checksum of an IPv4 frame (after edits).
+pub fn ipv4_fix_checksum(frame: &mut [u8]) {
+    let ihl = usize::from(frame[ETH_LEN] & 0x0f) * 4;
+    let header = &mut frame[ETH_LEN..ETH_LEN + ihl];
+    header[10] = 0;
+    header[11] = 0;
+    let sum = ipv4_header_checksum(header);
+    header[10..12].copy_from_slice(&sum.to_be_bytes());
 }
 
 /// Sets the IPv4 flags/fragment-offset field (offset in 8-byte units) and fixes the checksum.

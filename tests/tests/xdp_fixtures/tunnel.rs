@@ -13,7 +13,7 @@ use std::process::Command;
 use canary_common::Counter::{DropTunnelNoRoute, DropTunnelTooBig, Tx};
 use canary_common::{Backend, Tunnel, BACKEND_FLAG_UP, GROUP_STABLE, PROTO_TCP, SERVICE_FLAG_IPIP};
 use canary_lab::lab::LabSpec;
-use canary_tests::packet::{v4, v6, Addr, Tuple};
+use canary_tests::packet::{ipv4_header_checksum, v4, v6, Addr, Tuple};
 use canary_tests::scenario::{Scenario, ServiceSpec};
 use canary_tests::xdp::{action_name, LoadOptions, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
 use nix::sched::{setns, CloneFlags};
@@ -245,18 +245,6 @@ fn serve_from(lab: &mut Lab, svc: u32, backend: u32) {
         .unwrap();
 }
 
-/// The one's-complement sum of a header, folded and inverted (RFC 1071).
-fn checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = header
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// What the balancer must send for `frame`: Ethernet to the gateway, an outer IPv4 header
 /// (TTL 64, protocol 4, DF as the inner packet's, valid checksum), the inner packet unchanged.
 fn ipip4(frame: &[u8], src: [u8; 4], dst: [u8; 4], dmac: [u8; 6], smac: [u8; 6]) -> Vec<u8> {
@@ -267,7 +255,7 @@ fn ipip4(frame: &[u8], src: [u8; 4], dst: [u8; 4], dmac: [u8; 6], smac: [u8; 6])
     ip.extend_from_slice(&[0, 0, inner[6] & 0x40, 0, 64, 4, 0, 0]);
     ip.extend_from_slice(&src);
     ip.extend_from_slice(&dst);
-    let sum = checksum(&ip).to_be_bytes();
+    let sum = ipv4_header_checksum(&ip).to_be_bytes();
     ip[10] = sum[0];
     ip[11] = sum[1];
     let mut out = dmac.to_vec();
