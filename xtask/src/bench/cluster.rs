@@ -602,7 +602,9 @@ pub(super) fn run() -> Result<Section> {
     let expect_independent = KEEPALIVE as f64 * share * 0.5;
     let rows = vec![
         vec![
-            "leader kill -9 -> every survivor agrees on a new leader (lease TTL 3 s)".to_owned(),
+            format!(
+                "leader kill -9 -> every survivor agrees on a new leader (lease TTL {LEASE_TTL_SECONDS} s)"
+            ),
             fmt(&kill_leader, " s", 2),
             format!("{} kills", m.kills.len()),
         ],
@@ -668,7 +670,7 @@ pub(super) fn run() -> Result<Section> {
     let _ = write!(
         md,
         "`cargo xtask bench cluster`. Median of {TRIALS} trials (min - max), one lab: three balancer \
-         namespaces behind an L4-hashed multipath route, etcd 3.4 in its own namespace, `lease_ttl = 3s`, \
+         namespaces behind an L4-hashed multipath route, etcd 3.4 in its own namespace, `lease_ttl = {LEASE_TTL_SECONDS}s`, \
          `poll_interval = 1s`, 10 steps of 2 s, background load of 4 new-connection workers. Decision and apply \
          times come from the daemons' log timestamps (one machine, one clock: the leader's decision line, \
          logged before its document is written to etcd, and each node's `rollout document applied` line, the \
