@@ -313,8 +313,13 @@ pub enum Counter {
     /// backend has no tunnel entry: `XDP_DROP`.
     DropTunnelNoRoute,
     /// IP-in-IP service: the encapsulated packet would exceed the egress MTU (the FIB's
-    /// `FRAG_NEEDED`): `XDP_DROP`. Clamp the MSS on the backends or raise the path's MTU.
+    /// `FRAG_NEEDED`) and may not be answered with `TxIcmpTooBig` (IPv4 without
+    /// don't-fragment, or an ICMP error being forwarded): `XDP_DROP`.
     DropTunnelTooBig,
+    /// IP-in-IP service: the encapsulated packet would exceed the egress MTU, and the frame was
+    /// rewritten into an ICMP "fragmentation needed" (`ICMPv6` "packet too big") to its
+    /// sender, naming the egress MTU less the outer header (path MTU discovery): `XDP_TX`.
+    TxIcmpTooBig,
     // ---- events, not outcomes ----
     /// A packet that is not a connection's first found its flow's entry.
     FlowHit,
@@ -356,7 +361,7 @@ pub enum Counter {
 }
 
 /// Number of terminal outcomes (they sum to the packets seen).
-pub const OUTCOMES: u32 = Counter::DropTunnelTooBig as u32 + 1;
+pub const OUTCOMES: u32 = Counter::TxIcmpTooBig as u32 + 1;
 /// Number of entries in `COUNTERS`.
 pub const COUNTERS: u32 = Counter::UdpFlowIdle as u32 + 1;
 
@@ -375,6 +380,7 @@ impl Counter {
         Counter::DropNoBackend,
         Counter::DropTunnelNoRoute,
         Counter::DropTunnelTooBig,
+        Counter::TxIcmpTooBig,
         Counter::FlowHit,
         Counter::FlowMiss,
         Counter::FlowMissTcpNonSyn,
@@ -407,6 +413,7 @@ impl Counter {
             Counter::DropNoBackend => "drop_no_backend",
             Counter::DropTunnelNoRoute => "drop_tunnel_no_route",
             Counter::DropTunnelTooBig => "drop_tunnel_too_big",
+            Counter::TxIcmpTooBig => "tx_icmp_too_big",
             Counter::FlowHit => "flow_table_hit",
             Counter::FlowMiss => "flow_table_miss",
             Counter::FlowMissTcpNonSyn => "flow_table_miss_tcp_non_syn",

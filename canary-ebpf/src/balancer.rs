@@ -50,7 +50,8 @@ impl AlignedFlowKey {
 const _: () = assert!(size_of::<AlignedFlowKey>() == size_of::<FlowKey>());
 
 /// Forwards the packet (`Ok`, with its forwarding outcome, `Tx` or `TxFloodGuard`, and the XDP
-/// action, `XDP_TX` or `XDP_REDIRECT`) or says which pass/drop outcome it gets (`Err`).
+/// action, `XDP_TX` or `XDP_REDIRECT`) or says which outcome it gets instead (`Err`): pass,
+/// drop, or `TxIcmpTooBig` (answered, see `tunnel`).
 #[inline(always)]
 pub fn try_canary(pkt: &Packet) -> Result<(Counter, u32), Counter> {
     let mut slot = MaybeUninit::uninit();
@@ -77,7 +78,12 @@ pub fn try_canary(pkt: &Packet) -> Result<(Counter, u32), Counter> {
     let our_mac = addressed_to_us(pkt, config)?;
     let (backend_index, backend, outcome) = choose_backend(key, segment, &service, config)?;
     let action = if service.flags & SERVICE_FLAG_IPIP != 0 {
-        tunnel::encapsulate(pkt, key.family, backend_index)?
+        tunnel::encapsulate(
+            pkt,
+            key.family,
+            backend_index,
+            segment != Segment::IcmpError,
+        )?
     } else {
         rewrite_macs(pkt, &backend, our_mac)?;
         xdp_action::XDP_TX
@@ -147,6 +153,10 @@ fn choose_backend(
                 if !icmp {
                     count(Counter::FlowHit);
                 }
+                #[allow(
+                    clippy::collapsible_match,
+                    reason = "an ICMP error about a reset flow must not fall through to its pinned backend"
+                )]
                 match pinned_backend(&flow, service.index) {
                     None if !icmp => count(Counter::FlowRechosenDown),
                     Some(_) if reset_applies(&flow, control) => {

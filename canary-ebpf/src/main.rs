@@ -20,6 +20,7 @@ mod balancer;
 mod decap;
 mod maps;
 mod packet;
+mod too_big;
 mod tunnel;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
@@ -65,7 +66,8 @@ pub fn canary_decap(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn action_of(outcome: Counter) -> u32 {
     match outcome {
-        Counter::Tx | Counter::TxFloodGuard => xdp_action::XDP_TX,
+        // `TxIcmpTooBig`: the frame was rewritten into an ICMP answer to its sender.
+        Counter::Tx | Counter::TxFloodGuard | Counter::TxIcmpTooBig => xdp_action::XDP_TX,
         Counter::DropMalformed
         | Counter::DropFragment
         | Counter::DropIpv6Extensions

@@ -5,8 +5,11 @@
 //! `bpf_redirect` otherwise.
 //!
 //! The FIB also checks the egress MTU against the outer length: a packet that would not fit is
-//! dropped and counted (`DropTunnelTooBig`), never sent to be lost further on. Nothing is
-//! written to the frame before the lookup succeeded.
+//! never sent to be lost further on. It is answered with ICMP "fragmentation needed" / "packet
+//! too big" (`too_big`, counted `TxIcmpTooBig`), so that its sender lowers its path MTU, or,
+//! when it must not be answered (IPv4 without don't-fragment, an ICMP error itself), dropped
+//! and counted (`DropTunnelTooBig`). Nothing is written to the frame before the lookup
+//! succeeded.
 
 use core::{
     mem::{size_of, MaybeUninit},
@@ -22,6 +25,7 @@ use canary_common::{Counter, Tunnel, FAMILY_IPV4};
 use crate::{
     maps::TUNNELS,
     packet::{Packet, ETH_HEADER_LEN},
+    too_big,
 };
 
 const IPV4_HEADER_LEN: usize = 20;
@@ -42,7 +46,7 @@ const IPV4_DF: u8 = 0x40;
 #[repr(C, align(8))]
 struct AlignedFib(FibParams);
 
-const _: () = assert!(size_of::<AlignedFib>() % 8 == 0);
+const _: () = assert!(size_of::<AlignedFib>().is_multiple_of(8));
 
 impl AlignedFib {
     #[inline(always)]
@@ -58,28 +62,46 @@ impl AlignedFib {
 }
 
 /// Encapsulates the frame for the backend at `backend_index` and returns the XDP action
-/// (`XDP_TX` or `XDP_REDIRECT`), or the drop outcome.
+/// (`XDP_TX` or `XDP_REDIRECT`), or the outcome of a packet not forwarded: a drop, or
+/// `TxIcmpTooBig` (the frame is now the ICMP answer to its sender, sent by `XDP_TX`). An
+/// ICMP error being forwarded (`answerable` false) is never answered with another.
 #[inline(always)]
-pub fn encapsulate(pkt: &Packet, family: u8, backend_index: u32) -> Result<u32, Counter> {
+pub fn encapsulate(
+    pkt: &Packet,
+    family: u8,
+    backend_index: u32,
+    answerable: bool,
+) -> Result<u32, Counter> {
     let tunnel = TUNNELS
         .get(backend_index)
         .ok_or(Counter::DropTunnelNoRoute)?;
     if family == FAMILY_IPV4 {
-        encapsulate_v4(pkt, tunnel)
+        encapsulate_v4(pkt, tunnel, answerable)
     } else {
-        encapsulate_v6(pkt, tunnel)
+        encapsulate_v6(pkt, tunnel, answerable)
     }
 }
 
-/// The kernel's next hop for the outer packet (`fib` filled in), or the drop outcome.
+/// Why the FIB gave no next hop.
+enum Refused {
+    /// No route, no neighbour, forwarding off: `DropTunnelNoRoute`.
+    NoRoute,
+    /// The outer packet would exceed the egress interface's MTU (this one).
+    TooBig(u16),
+}
+
+/// The kernel's next hop for the outer packet (`fib` filled in), or why there is none.
 #[inline(always)]
-fn lookup(pkt: &Packet, fib: &mut FibParams) -> Result<(), Counter> {
+fn lookup(pkt: &Packet, fib: &mut FibParams) -> Result<(), Refused> {
     // SAFETY: the context is the program's; `fib` is a valid, writable parameter block.
     let rc = unsafe { bpf_fib_lookup(pkt.ctx().cast(), fib, size_of::<FibParams>() as i32, 0) };
     match rc {
         0 => Ok(()),
-        rc if rc == i64::from(BPF_FIB_LKUP_RET_FRAG_NEEDED) => Err(Counter::DropTunnelTooBig),
-        _ => Err(Counter::DropTunnelNoRoute),
+        rc if rc == i64::from(BPF_FIB_LKUP_RET_FRAG_NEEDED) => {
+            // SAFETY: on FRAG_NEEDED the kernel wrote the MTU over the total length.
+            Err(Refused::TooBig(unsafe { fib.__bindgen_anon_1.mtu_result }))
+        }
+        _ => Err(Refused::NoRoute),
     }
 }
 
@@ -103,7 +125,7 @@ fn ingress_ifindex(pkt: &Packet) -> u32 {
 
 /// The one's-complement checksum of an IPv4 header whose checksum field is zero.
 #[inline(always)]
-fn ipv4_checksum(header: &[u8; IPV4_HEADER_LEN]) -> u16 {
+pub fn ipv4_checksum(header: &[u8; IPV4_HEADER_LEN]) -> u16 {
     let mut sum = 0u32;
     for i in 0..IPV4_HEADER_LEN / 2 {
         sum += u32::from(u16::from_be_bytes([header[2 * i], header[2 * i + 1]]));
@@ -114,7 +136,7 @@ fn ipv4_checksum(header: &[u8; IPV4_HEADER_LEN]) -> u16 {
 }
 
 #[inline(always)]
-fn encapsulate_v4(pkt: &Packet, tunnel: &Tunnel) -> Result<u32, Counter> {
+fn encapsulate_v4(pkt: &Packet, tunnel: &Tunnel, answerable: bool) -> Result<u32, Counter> {
     if u32::from_ne_bytes([tunnel.dst[0], tunnel.dst[1], tunnel.dst[2], tunnel.dst[3]]) == 0 {
         return Err(Counter::DropTunnelNoRoute);
     }
@@ -139,7 +161,16 @@ fn encapsulate_v4(pkt: &Packet, tunnel: &Tunnel) -> Result<u32, Counter> {
         u32::from_ne_bytes([tunnel.src[0], tunnel.src[1], tunnel.src[2], tunnel.src[3]]);
     fib.__bindgen_anon_4.ipv4_dst =
         u32::from_ne_bytes([tunnel.dst[0], tunnel.dst[1], tunnel.dst[2], tunnel.dst[3]]);
-    lookup(pkt, fib)?;
+    match lookup(pkt, fib) {
+        Ok(()) => {}
+        Err(Refused::NoRoute) => return Err(Counter::DropTunnelNoRoute),
+        // Without don't-fragment the sender asked the path to fragment, which XDP cannot do;
+        // it is not told to send smaller packets either.
+        Err(Refused::TooBig(mtu)) if answerable && df != 0 => {
+            return Err(too_big::answer_v4(pkt, mtu))
+        }
+        Err(Refused::TooBig(_)) => return Err(Counter::DropTunnelTooBig),
+    }
 
     let mut ip = [0u8; IPV4_HEADER_LEN];
     ip[0] = 0x45;
@@ -170,7 +201,7 @@ fn encapsulate_v4(pkt: &Packet, tunnel: &Tunnel) -> Result<u32, Counter> {
 }
 
 #[inline(always)]
-fn encapsulate_v6(pkt: &Packet, tunnel: &Tunnel) -> Result<u32, Counter> {
+fn encapsulate_v6(pkt: &Packet, tunnel: &Tunnel, answerable: bool) -> Result<u32, Counter> {
     let dst = words(&tunnel.dst);
     if dst[0] | dst[1] | dst[2] | dst[3] == 0 {
         return Err(Counter::DropTunnelNoRoute);
@@ -194,7 +225,13 @@ fn encapsulate_v6(pkt: &Packet, tunnel: &Tunnel) -> Result<u32, Counter> {
     fib.ifindex = ingress;
     fib.__bindgen_anon_3.ipv6_src = words(&tunnel.src);
     fib.__bindgen_anon_4.ipv6_dst = dst;
-    lookup(pkt, fib)?;
+    match lookup(pkt, fib) {
+        Ok(()) => {}
+        Err(Refused::NoRoute) => return Err(Counter::DropTunnelNoRoute),
+        // IPv6 is never fragmented on the path: every sender expects "packet too big".
+        Err(Refused::TooBig(mtu)) if answerable => return Err(too_big::answer_v6(pkt, mtu)),
+        Err(Refused::TooBig(_)) => return Err(Counter::DropTunnelTooBig),
+    }
 
     let mut ip = [0u8; IPV6_HEADER_LEN];
     ip[..4].copy_from_slice(&first);

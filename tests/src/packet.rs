@@ -281,9 +281,17 @@ pub fn vlan_tagged(frame: &[u8], qinq: bool) -> Vec<u8> {
 /// The one's-complement sum of an IPv4 header, folded and inverted (RFC 1071): 0 for a
 /// header whose checksum field is right, its checksum when that field is 0.
 pub fn ipv4_header_checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = header
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+    internet_checksum(&[header])
+}
+
+/// The Internet checksum (RFC 1071) of the concatenation of `parts` (each of an even length,
+/// but the last): the one's-complement sum of its 16-bit big-endian words, folded and
+/// inverted. ICMP over its message; `ICMPv6` with the pseudo-header as the first part.
+pub fn internet_checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum: u32 = parts
+        .iter()
+        .flat_map(|part| part.chunks(2))
+        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
         .sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);

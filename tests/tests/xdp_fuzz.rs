@@ -603,7 +603,10 @@ fn random_and_mutated_frames_never_abort_or_forward_garbage() {
         c.is_outcome()
             && !matches!(
                 c,
-                Counter::TxFloodGuard | Counter::DropTunnelNoRoute | Counter::DropTunnelTooBig
+                Counter::TxFloodGuard
+                    | Counter::DropTunnelNoRoute
+                    | Counter::DropTunnelTooBig
+                    | Counter::TxIcmpTooBig
             )
     }) {
         assert!(

@@ -24,8 +24,8 @@ pub enum ObjectLayout {
     /// object the new-flow path's before/after is measured against): no `TUNNELS` map and no
     /// `canary_decap` program; `GlobalConfig` without `udp_idle_timeout_ms` and its padding
     /// (24 bytes), `FlowEntry` without `seen_ns` (16 bytes); `COUNTERS` without
-    /// `DropTunnelNoRoute` and `DropTunnelTooBig` (inserted before `FlowHit`, so every event
-    /// counter sat two places lower) and without `UdpFlowIdle` (appended).
+    /// `DropTunnelNoRoute`, `DropTunnelTooBig` and `TxIcmpTooBig` (inserted before `FlowHit`,
+    /// so every event counter sat three places lower) and without `UdpFlowIdle` (appended).
     BeforeTunnels,
 }
 
@@ -58,7 +58,7 @@ impl ObjectLayout {
     pub const fn counters(self) -> u32 {
         match self {
             ObjectLayout::Current => COUNTERS,
-            ObjectLayout::BeforeTunnels => COUNTERS - 3,
+            ObjectLayout::BeforeTunnels => COUNTERS - 4,
         }
     }
 
@@ -73,11 +73,12 @@ impl ObjectLayout {
         match self {
             ObjectLayout::Current => Some(index),
             ObjectLayout::BeforeTunnels => match counter {
-                Counter::DropTunnelNoRoute | Counter::DropTunnelTooBig | Counter::UdpFlowIdle => {
-                    None
-                }
+                Counter::DropTunnelNoRoute
+                | Counter::DropTunnelTooBig
+                | Counter::TxIcmpTooBig
+                | Counter::UdpFlowIdle => None,
                 _ if index < Counter::DropTunnelNoRoute as u32 => Some(index),
-                _ => Some(index - 2),
+                _ => Some(index - 3),
             },
         }
     }

@@ -1,6 +1,7 @@
 //! `forwarding = "ipip"`: the frame leaves IP-in-IP encapsulated (IPv4 in IPv4, IPv6 in IPv6)
-//! to the next hop the kernel's FIB names, and what the FIB refuses (no route, no neighbour,
-//! a packet over the egress MTU) is dropped and counted.
+//! to the next hop the kernel's FIB names; a packet over the egress MTU is answered with ICMP
+//! "fragmentation needed" / "packet too big" (or dropped and counted when it must not be
+//! answered), and what else the FIB refuses (no route, no neighbour) is dropped and counted.
 //!
 //! `bpf_fib_lookup` reads the routes of the namespace the frame arrived in, so each test builds
 //! a namespace of its own (`cnry-<tag>-fib`: veths, addresses, routes, permanent neighbours),
@@ -10,10 +11,13 @@ use std::fs::File;
 use std::os::fd::AsFd as _;
 use std::process::Command;
 
-use canary_common::Counter::{DropTunnelNoRoute, DropTunnelTooBig, Tx};
+use canary_common::Counter::{DropTunnelNoRoute, DropTunnelTooBig, Tx, TxIcmpTooBig};
 use canary_common::{Backend, Tunnel, BACKEND_FLAG_UP, GROUP_STABLE, PROTO_TCP, SERVICE_FLAG_IPIP};
 use canary_lab::lab::LabSpec;
-use canary_tests::packet::{ipv4_header_checksum, v4, v6, Addr, Tuple};
+use canary_tests::packet::{
+    icmp_error, internet_checksum, ipv4_fix_checksum, ipv4_header_checksum, v4, v6, Addr, Tuple,
+    ICMP_DEST_UNREACHABLE, ICMP_FRAGMENTATION_NEEDED,
+};
 use canary_tests::scenario::{Scenario, ServiceSpec};
 use canary_tests::xdp::{action_name, LoadOptions, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
 use nix::sched::{setns, CloneFlags};
@@ -402,14 +406,79 @@ fn fib_failures_are_dropped_and_counted() {
     drop(ns);
 }
 
+/// Bytes of the too-big packet an ICMP answer quotes, from its IP header on.
+const QUOTE_LEN: usize = 128;
+
+/// The answer to a too-big IPv4 `frame`: back to its sender's MAC from the balancer's, from
+/// the VIP to the sender, ICMP "fragmentation needed" naming `mtu`, quoting `QUOTE_LEN` bytes.
+fn frag_needed_answer(frame: &[u8], mtu: u16) -> Vec<u8> {
+    let quote = &frame[14..14 + QUOTE_LEN];
+    let mut icmp = vec![ICMP_DEST_UNREACHABLE, ICMP_FRAGMENTATION_NEEDED, 0, 0, 0, 0];
+    icmp.extend_from_slice(&mtu.to_be_bytes());
+    let sum = internet_checksum(&[&icmp, quote]).to_be_bytes();
+    icmp[2..4].copy_from_slice(&sum);
+    let total = (20 + icmp.len() + quote.len()) as u16;
+    let mut ip = vec![0x45, 0xc0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0, 0, 64, 1, 0, 0]);
+    ip.extend_from_slice(&frame[30..34]);
+    ip.extend_from_slice(&frame[26..30]);
+    let sum = ipv4_header_checksum(&ip).to_be_bytes();
+    ip[10..12].copy_from_slice(&sum);
+    let mut out = frame[6..12].to_vec();
+    out.extend_from_slice(&frame[..6]);
+    out.extend_from_slice(&[0x08, 0x00]);
+    out.extend_from_slice(&ip);
+    out.extend_from_slice(&icmp);
+    out.extend_from_slice(quote);
+    out
+}
+
+/// As [`frag_needed_answer`] for IPv6: `ICMPv6` "packet too big" (checksum over the
+/// pseudo-header), hop limit 64.
+fn packet_too_big_answer(frame: &[u8], mtu: u32) -> Vec<u8> {
+    let quote = &frame[14..14 + QUOTE_LEN];
+    let (src, dst) = (&frame[38..54], &frame[22..38]);
+    let mut icmp = vec![2, 0, 0, 0];
+    icmp.extend_from_slice(&mtu.to_be_bytes());
+    let len = (icmp.len() + quote.len()) as u32;
+    let mut pseudo = [src, dst].concat();
+    pseudo.extend_from_slice(&len.to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    let sum = internet_checksum(&[&pseudo, &icmp, quote]).to_be_bytes();
+    icmp[2..4].copy_from_slice(&sum);
+    let mut out = frame[6..12].to_vec();
+    out.extend_from_slice(&frame[..6]);
+    out.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    out.extend_from_slice(&(len as u16).to_be_bytes());
+    out.extend_from_slice(&[58, 64]);
+    out.extend_from_slice(src);
+    out.extend_from_slice(dst);
+    out.extend_from_slice(&icmp);
+    out.extend_from_slice(quote);
+    out
+}
+
+/// `frame` (IPv4) with its don't-fragment bit set or cleared.
+fn with_df(frame: &[u8], df: bool) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[14 + 6] = if df {
+        out[14 + 6] | 0x40
+    } else {
+        out[14 + 6] & !0x40
+    };
+    ipv4_fix_checksum(&mut out);
+    out
+}
+
 #[test]
-fn packets_over_the_egress_mtu_are_dropped_and_counted() {
+fn packets_over_the_egress_mtu_are_answered_with_icmp_or_dropped_and_counted() {
     let lab = lab();
     let ns = FibNamespace::new();
     let fib0 = ns.ifindex("fib0");
     let tcp = Tuple::tcp(v4(198, 18, 1, 11), 40_005, Addr::V4(VIP4), 80);
     // 1480 bytes of inner packet (MSS 1440) fit a 1500-byte MTU once encapsulated.
-    let fits = tcp.frame_with_payload(&[0x5a; 1440]);
+    let fits = with_df(&tcp.frame_with_payload(&[0x5a; 1440]), true);
     let want = ipip4(&fits, SOURCE4, [198, 19, 200, 11], GATEWAY_MAC, LB_IF_MAC);
     assert_eq!(want.len() - 14, 1500);
     expect(
@@ -421,18 +490,54 @@ fn packets_over_the_egress_mtu_are_dropped_and_counted() {
         Some(&want),
         Tx,
     );
-    // A full 1500-byte packet (MSS 1460) would leave as 1520 bytes.
-    let full = tcp.frame_with_payload(&[0x5a; 1460]);
+    // A full 1500-byte packet (MSS 1460) would leave as 1520 bytes: its sender is told to keep
+    // to 1480 (the egress MTU less the outer header), from the VIP.
+    let full = with_df(&tcp.frame_with_payload(&[0x5a; 1460]), true);
     expect(
         &lab,
-        "1500-byte packet",
+        "1500-byte packet, don't-fragment",
         &full,
         fib0,
+        XDP_TX,
+        Some(&frag_needed_answer(&full, 1480)),
+        TxIcmpTooBig,
+    );
+    // Without don't-fragment the sender asked for fragmentation, which XDP cannot do: dropped.
+    let fragmentable = with_df(&full, false);
+    expect(
+        &lab,
+        "1500-byte packet, fragmentable",
+        &fragmentable,
+        fib0,
         XDP_DROP,
-        Some(&full),
+        Some(&fragmentable),
         DropTunnelTooBig,
     );
-    // IPv6: 40 more bytes of outer header.
+    // An ICMP error is never answered with another: a too-big one is dropped. (An error about
+    // the flow's reply, VIP -> client, quoting all of it and 32 bytes more: 1,472 bytes.)
+    let reply_of = Tuple::tcp(v4(198, 18, 1, 12), 40_006, Addr::V4(VIP4), 80);
+    let error = with_df(
+        &icmp_error(
+            v4(198, 18, 77, 1),
+            reply_of.dst,
+            ICMP_DEST_UNREACHABLE,
+            ICMP_FRAGMENTATION_NEEDED,
+            [0, 0, 0x05, 0x78],
+            &[reply_of.reply_packet(1_440), vec![0; 32]].concat(),
+        ),
+        true,
+    );
+    assert_eq!(error.len() - 14, 1500);
+    expect(
+        &lab,
+        "1500-byte ICMP error about a flow",
+        &error,
+        fib0,
+        XDP_DROP,
+        Some(&error),
+        DropTunnelTooBig,
+    );
+    // IPv6: 40 more bytes of outer header, and never fragmented on the path.
     let tcp6 = Tuple::tcp(v6(0x8), 40_006, v6(0x100), 443);
     let full6 = tcp6.frame_with_payload(&[0x5a; 1440]);
     expect(
@@ -440,9 +545,9 @@ fn packets_over_the_egress_mtu_are_dropped_and_counted() {
         "1500-byte IPv6 packet",
         &full6,
         fib0,
-        XDP_DROP,
-        Some(&full6),
-        DropTunnelTooBig,
+        XDP_TX,
+        Some(&packet_too_big_answer(&full6, 1460)),
+        TxIcmpTooBig,
     );
     drop(ns);
 }
