@@ -12,6 +12,10 @@ use crate::{build_ebpf, setup};
 
 #[derive(Args, Debug, Clone)]
 pub(crate) struct Options {
+    /// Runs only this test file (`tests/tests/<NAME>.rs` or `<NAME>/main.rs`, e.g.
+    /// `e2e_routed`); repeat for several. The rollout simulator's tests are then skipped.
+    #[arg(long = "test", value_name = "NAME")]
+    pub tests: Vec<String>,
     /// Extra arguments for the test binaries (e.g. a test name filter).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub test_args: Vec<String>,
@@ -40,20 +44,21 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     }
     let mut test = Command::new(&cargo);
     // Every test binary runs even after one fails, so that one run reports every failure.
-    test.args([
-        "test",
-        "--workspace",
-        "--no-fail-fast",
-        "--",
-        "--test-threads=1",
-    ])
-    .args(&options.test_args)
-    .current_dir(&root);
+    test.args(["test", "--workspace", "--no-fail-fast"]);
+    for name in &options.tests {
+        test.args(["--test", name]);
+    }
+    test.args(["--", "--test-threads=1"])
+        .args(&options.test_args)
+        .current_dir(&root);
     let status = test
         .status()
         .with_context(|| format!("cannot start {test:?}"))?;
     if !status.success() {
         bail!("tests failed ({status})");
+    }
+    if !options.tests.is_empty() {
+        return Ok(());
     }
     // The judge's rollout simulator is part of the benchmark code (xtask's `bench` feature).
     let filters: Vec<String> = if options.test_args.is_empty() {
