@@ -3,14 +3,10 @@
 //! header carrying IPv6 (next header 41) and hands the inner packet to the stack, as a tunnel
 //! device would. Anything else passes untouched.
 
-use crate::packet::{Packet, ETH_HEADER_LEN};
-
-const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
-const ETHERTYPE_IPV6: [u8; 2] = [0x86, 0xdd];
-const IPV4_HEADER_LEN: usize = 20;
-const IPV6_HEADER_LEN: usize = 40;
-const PROTO_IPIP: u8 = 4;
-const PROTO_IPV6: u8 = 41;
+use crate::packet::{
+    Packet, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_HEADER_LEN, IPV4_MIN_HEADER_LEN as IPV4_HEADER_LEN,
+    IPV6_HEADER_LEN, PROTO_IPIP, PROTO_IPV6,
+};
 
 /// Decapsulates the frame in place if it is IP-in-IP of one family; `None` when it is not
 /// (or too short to be).
@@ -19,7 +15,7 @@ pub fn decapsulate(pkt: &Packet) -> Option<()> {
     let eth = pkt.bytes::<ETH_HEADER_LEN>(0)?;
     let mut macs = [0u8; 12];
     macs.copy_from_slice(&eth[..12]);
-    let ethertype = [eth[12], eth[13]];
+    let ethertype = u16::from_be_bytes([eth[12], eth[13]]);
     let outer_len = if ethertype == ETHERTYPE_IPV4 {
         let ip = pkt.bytes::<IPV4_HEADER_LEN>(ETH_HEADER_LEN)?;
         let inner = pkt.bytes::<1>(ETH_HEADER_LEN + IPV4_HEADER_LEN)?;
@@ -43,6 +39,6 @@ pub fn decapsulate(pkt: &Packet) -> Option<()> {
     // SAFETY: `head` covers the Ethernet header's place inside the frame.
     let head = unsafe { &mut *head };
     head[..12].copy_from_slice(&macs);
-    head[12..].copy_from_slice(&ethertype);
+    head[12..].copy_from_slice(&ethertype.to_be_bytes());
     Some(())
 }

@@ -11,15 +11,17 @@ use core::ptr::{addr_of, read_volatile};
 use aya_ebpf::{bindings::xdp_md, programs::XdpContext};
 use canary_common::{Counter, FlowKey, FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP};
 
+// Header lengths and numbers from the RFCs, shared by every module that reads or writes headers.
 pub const ETH_HEADER_LEN: usize = 14;
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const ETHERTYPE_IPV6: u16 = 0x86DD;
+pub const ETHERTYPE_IPV4: u16 = 0x0800;
+pub const ETHERTYPE_IPV6: u16 = 0x86DD;
 
-const IPV4_MIN_HEADER_LEN: usize = 20;
+/// An IPv4 header without options.
+pub const IPV4_MIN_HEADER_LEN: usize = 20;
 /// More-fragments flag and fragment offset of the IPv4 flags/offset field.
 const IPV4_FRAGMENT_MASK: u16 = 0x3fff;
 
-const IPV6_HEADER_LEN: usize = 40;
+pub const IPV6_HEADER_LEN: usize = 40;
 const IPV6_HOP_BY_HOP: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
 const IPV6_FRAGMENT: u8 = 44;
@@ -40,13 +42,18 @@ const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 const UDP_HEADER_LEN: usize = 8;
 
-const PROTO_ICMP: u8 = 1;
-const PROTO_ICMPV6: u8 = 58;
-const ICMP_HEADER_LEN: usize = 8;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMPV6: u8 = 58;
+/// IPv4 in IPv4 (the protocol of an outer IPv4 header).
+pub const PROTO_IPIP: u8 = 4;
+/// IPv6 in IPv6 (the next header of an outer IPv6 header).
+pub const PROTO_IPV6: u8 = 41;
+pub const ICMP_HEADER_LEN: usize = 8;
 /// ICMP destination unreachable (all codes: "fragmentation needed" is code 4).
-const ICMP_DEST_UNREACHABLE: u8 = 3;
+pub const ICMP_DEST_UNREACHABLE: u8 = 3;
+pub const ICMP_FRAG_NEEDED: u8 = 4;
 const ICMPV6_DEST_UNREACHABLE: u8 = 1;
-const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
 /// Fragment offset of the IPv4 flags/offset field (a quoted packet with an offset has no ports).
 const IPV4_OFFSET_MASK: u16 = 0x1fff;
 /// Bytes of the quoted packet's transport header read: its two ports.

@@ -14,20 +14,14 @@
 use aya_ebpf::helpers::{bpf_csum_diff, bpf_xdp_adjust_tail};
 use canary_common::Counter;
 
-use crate::packet::{Packet, ETH_HEADER_LEN};
+use crate::packet::{
+    Packet, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_HEADER_LEN, ICMPV6_PACKET_TOO_BIG,
+    ICMP_DEST_UNREACHABLE, ICMP_FRAG_NEEDED, ICMP_HEADER_LEN,
+    IPV4_MIN_HEADER_LEN as IPV4_HEADER_LEN, IPV6_HEADER_LEN, PROTO_ICMP, PROTO_ICMPV6,
+};
 
 /// Bytes of the answered packet quoted in the ICMP message, from its IP header on.
 pub const QUOTE_LEN: usize = 128;
-const ICMP_HEADER_LEN: usize = 8;
-const IPV4_HEADER_LEN: usize = 20;
-const IPV6_HEADER_LEN: usize = 40;
-const PROTO_ICMP: u8 = 1;
-const PROTO_ICMPV6: u8 = 58;
-const ICMP_DEST_UNREACHABLE: u8 = 3;
-const ICMP_FRAG_NEEDED: u8 = 4;
-const ICMPV6_PACKET_TOO_BIG: u8 = 2;
-const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
-const ETHERTYPE_IPV6: [u8; 2] = [0x86, 0xdd];
 const TTL: u8 = 64;
 /// The least MTU an IPv4 host must accept (RFC 791).
 const IPV4_MIN_MTU: u16 = 68;
@@ -56,18 +50,13 @@ fn sender_mtu(egress_mtu: u16, overhead: usize, floor: u16) -> u16 {
 /// possible only with an egress MTU under 142 bytes): the packet is then dropped.
 #[inline(always)]
 pub fn answer_v4(pkt: &Packet, egress_mtu: u16) -> Counter {
-    let Some((macs, addrs)) = sender_of::<IPV4_HEADER_LEN>(pkt, 12) else {
-        return Counter::DropTunnelTooBig;
-    };
-    let Some(pkt) = reshape(pkt, V4_ANSWER_LEN, IPV4_HEADER_LEN) else {
-        return Counter::DropTunnelTooBig;
-    };
-    let Some(frame) = pkt.bytes_mut::<V4_ANSWER_LEN>(0) else {
+    let Some((frame, addrs)) =
+        answer_frame::<IPV4_HEADER_LEN, V4_ANSWER_LEN>(pkt, 12, ETHERTYPE_IPV4)
+    else {
         return Counter::DropTunnelTooBig;
     };
     // SAFETY: `frame` covers the whole answer inside the frame (checked by `bytes_mut`).
     let frame = unsafe { &mut *frame };
-    write_macs(frame, &macs, ETHERTYPE_IPV4);
 
     let mut ip = [0u8; IPV4_HEADER_LEN];
     ip[0] = 0x45;
@@ -104,18 +93,13 @@ pub fn answer_v4(pkt: &Packet, egress_mtu: u16) -> Counter {
 /// Answers an IPv6 packet with "packet too big"; results as [`answer_v4`].
 #[inline(always)]
 pub fn answer_v6(pkt: &Packet, egress_mtu: u16) -> Counter {
-    let Some((macs, addrs)) = sender_of::<IPV6_HEADER_LEN>(pkt, 8) else {
-        return Counter::DropTunnelTooBig;
-    };
-    let Some(pkt) = reshape(pkt, V6_ANSWER_LEN, IPV6_HEADER_LEN) else {
-        return Counter::DropTunnelTooBig;
-    };
-    let Some(frame) = pkt.bytes_mut::<V6_ANSWER_LEN>(0) else {
+    let Some((frame, addrs)) =
+        answer_frame::<IPV6_HEADER_LEN, V6_ANSWER_LEN>(pkt, 8, ETHERTYPE_IPV6)
+    else {
         return Counter::DropTunnelTooBig;
     };
     // SAFETY: as in `answer_v4`.
     let frame = unsafe { &mut *frame };
-    write_macs(frame, &macs, ETHERTYPE_IPV6);
 
     let payload_len = (ICMP_MESSAGE_LEN as u16).to_be_bytes();
     let mut ip = [0u8; IPV6_HEADER_LEN];
@@ -159,24 +143,26 @@ pub fn answer_v6(pkt: &Packet, egress_mtu: u16) -> Counter {
     Counter::TxIcmpTooBig
 }
 
-/// The frame's MACs (destination, then source) and the IP header's `ADDRS` bytes of source
-/// and destination address at `addrs_at` (before the frame is touched).
+/// Turns the frame into the room of an answer of `ANSWER` bytes to an IP packet whose header
+/// has `HEADER` bytes: shortened to the Ethernet header and the quote, grown at the front by
+/// the answer's IP and ICMP headers, with the Ethernet header written (back to the sender,
+/// from the MAC the frame came to). Returns the answer's bytes, and the packet's source and
+/// destination addresses (`HEADER - addrs_at` bytes at `addrs_at` of its header, read before
+/// the frame changes). `None` if the frame is too short or the kernel refuses a change.
 #[inline(always)]
-fn sender_of<const HEADER: usize>(pkt: &Packet, addrs_at: usize) -> Option<([u8; 12], [u8; 32])> {
+fn answer_frame<const HEADER: usize, const ANSWER: usize>(
+    pkt: &Packet,
+    addrs_at: usize,
+    ethertype: u16,
+) -> Option<(*mut [u8; ANSWER], [u8; 32])> {
+    const { assert!(ANSWER == ETH_HEADER_LEN + HEADER + ICMP_HEADER_LEN + QUOTE_LEN) };
     let macs = *pkt.bytes::<12>(0)?;
     let header = pkt.bytes::<HEADER>(ETH_HEADER_LEN)?;
     let mut addrs = [0u8; 32];
-    let len = HEADER - addrs_at;
-    addrs[..len].copy_from_slice(&header[addrs_at..]);
-    Some((macs, addrs))
-}
+    addrs[..HEADER - addrs_at].copy_from_slice(&header[addrs_at..]);
 
-/// Shortens the frame to `answer_len` and makes room for the answer's IP and ICMP headers in
-/// front of the quoted packet (which keeps its place behind them).
-#[inline(always)]
-fn reshape(pkt: &Packet, answer_len: usize, ip_header_len: usize) -> Option<Packet> {
-    let grow = ip_header_len + ICMP_HEADER_LEN;
-    let keep = answer_len - grow;
+    let grow = HEADER + ICMP_HEADER_LEN;
+    let keep = ANSWER - grow;
     if pkt.len() < keep {
         return None;
     }
@@ -184,15 +170,14 @@ fn reshape(pkt: &Packet, answer_len: usize, ip_header_len: usize) -> Option<Pack
     if unsafe { bpf_xdp_adjust_tail(pkt.ctx(), keep as i32 - pkt.len() as i32) } != 0 {
         return None;
     }
-    pkt.adjust_head(-(grow as i32))
-}
-
-/// Destination = the sender's MAC (the frame's source), source = ours (its destination).
-#[inline(always)]
-fn write_macs(frame: &mut [u8], macs: &[u8; 12], ethertype: [u8; 2]) {
-    frame[..6].copy_from_slice(&macs[6..12]);
-    frame[6..12].copy_from_slice(&macs[..6]);
-    frame[12..14].copy_from_slice(&ethertype);
+    let pkt = pkt.adjust_head(-(grow as i32))?;
+    let frame = pkt.bytes_mut::<ANSWER>(0)?;
+    // SAFETY: `frame` covers the whole answer inside the frame (checked by `bytes_mut`).
+    let eth = unsafe { &mut *frame };
+    eth[..6].copy_from_slice(&macs[6..12]);
+    eth[6..12].copy_from_slice(&macs[..6]);
+    eth[12..14].copy_from_slice(&ethertype.to_be_bytes());
+    Some((frame, addrs))
 }
 
 /// The ICMP checksum of the message at the start of `message` (`ICMP_MESSAGE_LEN` bytes, its

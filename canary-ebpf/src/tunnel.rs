@@ -24,18 +24,15 @@ use canary_common::{Counter, Tunnel, FAMILY_IPV4};
 
 use crate::{
     maps::TUNNELS,
-    packet::{Packet, ETH_HEADER_LEN},
+    packet::{
+        Packet, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_HEADER_LEN,
+        IPV4_MIN_HEADER_LEN as IPV4_HEADER_LEN, IPV6_HEADER_LEN, PROTO_IPIP, PROTO_IPV6,
+    },
     too_big,
 };
 
-const IPV4_HEADER_LEN: usize = 20;
-const IPV6_HEADER_LEN: usize = 40;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
-const PROTO_IPIP: u8 = 4;
-const PROTO_IPV6: u8 = 41;
-const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
-const ETHERTYPE_IPV6: [u8; 2] = [0x86, 0xdd];
 /// TTL / hop limit of the outer header.
 const OUTER_TTL: u8 = 64;
 /// The don't-fragment bit in the first byte of the IPv4 flags/offset field.
@@ -185,18 +182,12 @@ fn encapsulate_v4(pkt: &Packet, tunnel: &Tunnel, answerable: bool) -> Result<u32
     ip[10] = checksum[0];
     ip[11] = checksum[1];
 
-    let pkt = pkt
-        .adjust_head(-(IPV4_HEADER_LEN as i32))
-        .ok_or(Counter::DropTunnelNoRoute)?;
-    let head = pkt
-        .bytes_mut::<{ ETH_HEADER_LEN + IPV4_HEADER_LEN }>(0)
-        .ok_or(Counter::DropMalformed)?;
-    // SAFETY: `head` covers the new Ethernet and outer IP headers inside the frame.
-    let head = unsafe { &mut *head };
-    head[..6].copy_from_slice(&fib.dmac);
-    head[6..12].copy_from_slice(&fib.smac);
-    head[12..14].copy_from_slice(&ETHERTYPE_IPV4);
-    head[ETH_HEADER_LEN..].copy_from_slice(&ip);
+    push_outer::<IPV4_HEADER_LEN, { ETH_HEADER_LEN + IPV4_HEADER_LEN }>(
+        pkt,
+        fib,
+        ETHERTYPE_IPV4,
+        &ip,
+    )?;
     Ok(send(ingress, fib.ifindex))
 }
 
@@ -241,19 +232,37 @@ fn encapsulate_v6(pkt: &Packet, tunnel: &Tunnel, answerable: bool) -> Result<u32
     ip[8..24].copy_from_slice(&tunnel.src);
     ip[24..40].copy_from_slice(&tunnel.dst);
 
+    push_outer::<IPV6_HEADER_LEN, { ETH_HEADER_LEN + IPV6_HEADER_LEN }>(
+        pkt,
+        fib,
+        ETHERTYPE_IPV6,
+        &ip,
+    )?;
+    Ok(send(ingress, fib.ifindex))
+}
+
+/// Puts the outer IP header `ip` (`HEADER` bytes) in front of the packet, behind a new Ethernet
+/// header to the FIB's next hop. `FRAME` is the Ethernet and outer headers together (the
+/// length the frame must have at its new start).
+#[inline(always)]
+fn push_outer<const HEADER: usize, const FRAME: usize>(
+    pkt: &Packet,
+    fib: &FibParams,
+    ethertype: u16,
+    ip: &[u8; HEADER],
+) -> Result<(), Counter> {
+    const { assert!(FRAME == ETH_HEADER_LEN + HEADER) };
     let pkt = pkt
-        .adjust_head(-(IPV6_HEADER_LEN as i32))
+        .adjust_head(-(HEADER as i32))
         .ok_or(Counter::DropTunnelNoRoute)?;
-    let head = pkt
-        .bytes_mut::<{ ETH_HEADER_LEN + IPV6_HEADER_LEN }>(0)
-        .ok_or(Counter::DropMalformed)?;
+    let head = pkt.bytes_mut::<FRAME>(0).ok_or(Counter::DropMalformed)?;
     // SAFETY: `head` covers the new Ethernet and outer IP headers inside the frame.
     let head = unsafe { &mut *head };
     head[..6].copy_from_slice(&fib.dmac);
     head[6..12].copy_from_slice(&fib.smac);
-    head[12..14].copy_from_slice(&ETHERTYPE_IPV6);
-    head[ETH_HEADER_LEN..].copy_from_slice(&ip);
-    Ok(send(ingress, fib.ifindex))
+    head[12..14].copy_from_slice(&ethertype.to_be_bytes());
+    head[ETH_HEADER_LEN..].copy_from_slice(ip);
+    Ok(())
 }
 
 /// An address as the FIB's four 32-bit words (bytes kept in wire order).
