@@ -8,8 +8,8 @@
 //! [`QUOTE_LEN`] bytes of the packet from its IP header on (enough for any IPv4 header with
 //! options and the transport ports and sequence number a host matches the error with), new
 //! Ethernet, IP and ICMP headers in front, MACs swapped, source address the VIP, `XDP_TX`.
-//! An answer is a fraction of the size of the packet it answers (at most 190 bytes for at
-//! least 1,280), so it cannot be used for amplification.
+//! An answer (170 or 190 bytes) is a fraction of the full-size packet it answers, so it
+//! cannot be used for amplification.
 
 use aya_ebpf::helpers::{bpf_csum_diff, bpf_xdp_adjust_tail};
 use canary_common::Counter;
