@@ -149,7 +149,7 @@ fn bouncers_send_real_connections_to_one_backend_or_spread_them_by_flow() {
     let load = |requests: u64, keepalive: usize| {
         let mut l = LoadSpec::new(format!("{}:{SERVICE_PORT}", lab.vip()).parse().unwrap());
         l.requests = Some(requests);
-        l.duration = Duration::from_secs(60);
+        l.duration = Duration::from_mins(1);
         l.new_conns = 4;
         l.keepalive = keepalive;
         l.keepalive_interval = Duration::from_millis(2);

@@ -73,9 +73,14 @@ fn half(bytes: [u8; 2]) -> i32 {
     i32::from(u16::from_le_bytes(bytes))
 }
 
-/// Jump offset from the instruction at `from` to the one at `to`.
+/// Jump offset from the instruction at `from` forward to the one at `to`.
 fn jump(from: usize, to: usize) -> i16 {
-    i16::try_from(to as isize - from as isize - 1).expect("the program is short")
+    let off = to.checked_sub(from + 1).expect("jumps go forward");
+    i16::try_from(off).expect("the program is short")
+}
+
+fn imm(n: usize) -> i32 {
+    i32::try_from(n).expect("at most MAX_BOUNCER_BACKENDS")
 }
 
 /// The slot (index into the backends) of a TCP connection from `source_port` among `slots`,
@@ -118,20 +123,20 @@ pub(super) fn instructions(backends: &[MacAddr], ours: MacAddr) -> Vec<u64> {
         let port_end = i32::from(TCP_SOURCE_PORT_OFFSET) + 2;
         let at = p.len();
         p.extend([
-            insn(MOV64_REG, 4, 2, 0, 0),                           // r4 = r2
-            insn(ADD64_IMM, 4, 0, 0, port_end),                    // r4 += 36
-            insn(JGT_REG, 4, 3, jump(at + 2, first), 0),           // too short: the first backend
-            insn(LDXB, 5, 2, IPV4_PROTOCOL_OFFSET, 0),             // r5 = IPv4 protocol
+            insn(MOV64_REG, 4, 2, 0, 0),                               // r4 = r2
+            insn(ADD64_IMM, 4, 0, 0, port_end),                        // r4 += 36
+            insn(JGT_REG, 4, 3, jump(at + 2, first), 0), // too short: the first backend
+            insn(LDXB, 5, 2, IPV4_PROTOCOL_OFFSET, 0),   // r5 = IPv4 protocol
             insn(JNE_IMM, 5, 0, jump(at + 4, first), IPPROTO_TCP), // not TCP: the first backend
-            insn(LDXH, 5, 2, TCP_SOURCE_PORT_OFFSET, 0),           // r5 = source port, wire order
-            insn(TO_BE, 5, 0, 0, 16),                              // r5 = source port
-            insn(MUL32_IMM, 5, 0, 0, SPREAD_MULTIPLIER as i32),    // r5 = (u32)(r5 * multiplier)
-            insn(RSH32_IMM, 5, 0, 0, 16),                          // r5 >>= 16
-            insn(MOD64_IMM, 5, 0, 0, n as i32),                    // r5 %= n
+            insn(LDXH, 5, 2, TCP_SOURCE_PORT_OFFSET, 0), // r5 = source port, wire order
+            insn(TO_BE, 5, 0, 0, 16),                    // r5 = source port
+            insn(MUL32_IMM, 5, 0, 0, SPREAD_MULTIPLIER.cast_signed()), // r5 = (u32)(r5 * multiplier)
+            insn(RSH32_IMM, 5, 0, 0, 16),                              // r5 >>= 16
+            insn(MOD64_IMM, 5, 0, 0, imm(n)),                          // r5 %= n
         ]);
         for (i, &block) in blocks.iter().enumerate().skip(1) {
             let at = p.len();
-            p.push(insn(JEQ_IMM, 5, 0, jump(at, block), i as i32)); // r5 == i: backend i
+            p.push(insn(JEQ_IMM, 5, 0, jump(at, block), imm(i))); // r5 == i: backend i
         }
         // r5 == 0 falls through to the first backend's block.
     }
@@ -281,8 +286,8 @@ mod tests {
         loop {
             let i = program[pc];
             let (op, dst, src) = (i as u8, (i >> 8) as usize & 0xf, (i >> 12) as usize & 0xf);
-            let off = (i >> 16) as u16 as i16;
-            let imm = (i >> 32) as u32 as i32;
+            let off = ((i >> 16) as u16).cast_signed();
+            let imm = ((i >> 32) as u32).cast_signed();
             let at = |base: u64, len: usize| {
                 let a = usize::try_from(base.wrapping_add(off as u64) - DATA).unwrap();
                 assert!(
