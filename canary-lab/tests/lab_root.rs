@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use canary_lab::bins;
-use canary_lab::lab::{leftovers, Lab, LabSpec, Role, SERVICE_PORT};
+use canary_lab::lab::{leftovers, spread_slot, Lab, LabSpec, Role, SERVICE_PORT};
 use canary_lab::loadgen::{LoadSpec, Report};
 use canary_lab::server::ModelServer;
 
@@ -122,6 +122,87 @@ fn client_reaches_backends_directly_and_down_leaves_nothing() {
     // /healthz answers 200 with a non-JSON body: counted as an invalid body, not a failure to connect.
     let r: Report = serde_json::from_str(&metrics).unwrap();
     assert_eq!(r.failures.invalid_body, 1, "{r:?}");
+
+    drop(models);
+    lab.down().expect("down");
+    assert_eq!(leftovers(&tag), Vec::<String>::new());
+}
+
+#[test]
+fn bouncers_send_real_connections_to_one_backend_or_spread_them_by_flow() {
+    require_root!();
+    let spec = LabSpec {
+        clients: 1,
+        stable: 3,
+        canary: 2,
+        ..LabSpec::new(LabSpec::unique_tag('b'))
+    };
+    let tag = spec.tag.clone();
+    let lab = Lab::up(&spec).expect("lab up");
+    let models = lab
+        .start_models(model_server(), |_| Vec::new())
+        .expect("models start");
+    let client = lab.clients()[0].clone();
+    let lb = lab.load_balancer().unwrap().clone();
+    let backends: Vec<_> = lab.backends().cloned().collect();
+    // Nothing listens on the load balancer: an answer from the VIP came from a backend.
+    let load = |requests: u64, keepalive: usize| {
+        let mut l = LoadSpec::new(format!("{}:{SERVICE_PORT}", lab.vip()).parse().unwrap());
+        l.requests = Some(requests);
+        l.duration = Duration::from_mins(1);
+        l.new_conns = 4;
+        l.keepalive = keepalive;
+        l.keepalive_interval = Duration::from_millis(2);
+        l
+    };
+
+    // One backend: every connection to it.
+    lab.attach_bouncer(&lb, &backends[0])
+        .expect("attach bouncer");
+    let r = run_loadgen(&lab, &client.netns, &load(200, 4));
+    assert_eq!(r.ok, 200, "failures: {:?}", r.failure_samples);
+    assert_eq!(
+        r.backends.keys().collect::<Vec<_>>(),
+        [&backends[0].name],
+        "{r:?}"
+    );
+    lab.detach_bouncer(&lb).expect("detach bouncer");
+
+    // Spreading: every backend, each connection kept on the one its source port picks.
+    lab.attach_spreading_bouncer(&lb, &backends)
+        .expect("attach spreading bouncer");
+    let r = run_loadgen(&lab, &client.netns, &load(1200, 24));
+    println!(
+        "spread: requests {} ok {} failed {} backends {:?} keep-alive conns {} moved {}",
+        r.requests,
+        r.ok,
+        r.failed,
+        r.backends,
+        r.keep_alive_connections.connections,
+        r.keep_alive_connections.moved
+    );
+    assert_eq!(r.ok, 1200, "failures: {:?}", r.failure_samples);
+    assert!(r.keep_alive.ok > 0 && r.new_connection.ok > 0, "{r:?}");
+    let reached: Vec<_> = r.backends.keys().cloned().collect();
+    let mut all: Vec<_> = backends.iter().map(|b| b.name.clone()).collect();
+    all.sort();
+    assert_eq!(reached, all, "every backend reached: {:?}", r.backends);
+    assert_eq!(r.keep_alive_connections.moved, 0, "{r:?}");
+    let mut checked = 0;
+    for c in r.connections.iter().filter(|c| c.ok > 0) {
+        let local: std::net::SocketAddr =
+            c.local.as_deref().expect("local address").parse().unwrap();
+        let want = &backends[spread_slot(local.port(), backends.len())].name;
+        assert_eq!(
+            c.backends.keys().collect::<Vec<_>>(),
+            [want],
+            "connection from port {}",
+            local.port()
+        );
+        checked += 1;
+    }
+    assert!(checked >= 24, "{checked} keep-alive connections checked");
+    lab.detach_bouncer(&lb).expect("detach spreading bouncer");
 
     drop(models);
     lab.down().expect("down");

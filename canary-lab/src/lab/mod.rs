@@ -35,6 +35,7 @@ mod xdp_pass;
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 
+pub use bouncer::{spread_slot, MAX_BOUNCER_BACKENDS};
 pub use error::LabError;
 pub use peer_xdp::PEER_XDP_PIN;
 pub use plan::{

@@ -8,7 +8,11 @@
 //! in the load balancer's namespace on its own address (ports 8081-8083); (b) and (f) use the
 //! VIP, routed from the client through `lb` or `lb1`. (b1) is the canary XDP balancer again, for
 //! a second service of the same daemon on its own VIP whose one backend is (f)'s: the bouncer
-//! cannot spread, so (b1) against (f) compares the two programs on the same backend set.
+//! cannot spread, so (b1) against (f) compares the two programs on the same backend set. (f5) is
+//! the spreading bouncer in the lab's third balancer namespace (`lb2`): as little as (f), but
+//! each connection to one of (b)'s 5 backends with (b)'s weights (a hash of the TCP source port
+//! picks one of 20 slots, 6 per stable and 1 per canary backend), so (b) against (f5) compares
+//! the programs on (b)'s own backend set.
 //! Load: `wrk`, one thread, POST /predict, keep-alive and one request per connection, rounds
 //! interleaved.
 
@@ -19,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use canary_lab::deployment::{self as deployment, Deployment, DeploymentSpec};
-use canary_lab::lab::{LabProcess, LabSpec, Node, SERVICE_PORT};
+use canary_lab::lab::{LabProcess, LabSpec, Node, MAX_BOUNCER_BACKENDS, SERVICE_PORT};
 use serde::Serialize;
 
 use super::install;
@@ -119,6 +123,39 @@ fn upstreams(d: &Deployment) -> Vec<Upstream> {
         .map(|n| mk(n, false, ws))
         .chain(canary.iter().map(|n| mk(n, true, wc)))
         .collect()
+}
+
+/// (f5)'s slots: every backend of the lab's service as often as its weight in (b)'s split
+/// (weights divided by their greatest common divisor; 3 stable + 2 canary at 10 %: 6 and 1).
+fn spread_slots(d: &Deployment) -> Result<Vec<Node>> {
+    let ups = upstreams(d);
+    let gcd = ups.iter().map(|u| u.weight).fold(0, gcd);
+    let mut slots = Vec::new();
+    for u in &ups {
+        let node = d
+            .lab
+            .backends()
+            .find(|b| b.name == u.name)
+            .with_context(|| format!("backend {} is not in the lab", u.name))?;
+        for _ in 0..u.weight / gcd.max(1) {
+            slots.push(node.clone());
+        }
+    }
+    if slots.len() > MAX_BOUNCER_BACKENDS {
+        bail!(
+            "the spreading bouncer takes at most {MAX_BOUNCER_BACKENDS} slots, (b)'s weights need {}",
+            slots.len()
+        );
+    }
+    Ok(slots)
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {
@@ -270,8 +307,9 @@ pub(super) fn run() -> Result<Section> {
     spec.lab.clients = 1;
     spec.lab.stable = 3;
     spec.lab.canary = 2;
-    // `lb1`, the second balancer namespace, holds the bouncer of path (f); the daemon runs in `lb`.
-    spec.lab.balancers = 2;
+    // `lb1` and `lb2`, the second and third balancer namespaces, hold the bouncers of paths (f)
+    // and (f5); the daemon runs in `lb`.
+    spec.lab.balancers = 3;
     spec.start = "paused".into();
     spec.flow_table_size = 1 << 20;
     let mut d = Deployment::up(spec).context("start the lab deployment")?;
@@ -291,15 +329,17 @@ pub(super) fn run() -> Result<Section> {
         );
     }
     let lb = d.lab.load_balancer()?.clone();
-    let bouncer = d
-        .lab
-        .balancers()
-        .find(|b| b.name != lb.name)
-        .context("the lab has no second balancer namespace for the bouncer")?
-        .clone();
+    let mut others = d.lab.balancers().filter(|b| b.name != lb.name).cloned();
+    let bouncer = others
+        .next()
+        .context("the lab has no second balancer namespace for the bouncer")?;
+    let spreader = others
+        .next()
+        .context("the lab has no third balancer namespace for the spreading bouncer")?;
     let client = d.lab.clients()[0].netns.clone();
     labkit::tune_netns(&d.lab, &lb.netns)?;
     labkit::tune_netns(&d.lab, &bouncer.netns)?;
+    labkit::tune_netns(&d.lab, &spreader.netns)?;
     labkit::tune_netns(&d.lab, &client)?;
     // (b1): the backend holds the second VIP on `lo` (it answers no ARP there, as for the lab's
     // VIP), and the client routes it through `lb`.
@@ -323,6 +363,9 @@ pub(super) fn run() -> Result<Section> {
     )?;
     d.lab.attach_bouncer(&bouncer, &backend)?;
     let bouncer_prog = labkit::xdp_prog_id(&d.lab, &bouncer.netns, "eth0")?;
+    let slots = spread_slots(&d)?;
+    d.lab.attach_spreading_bouncer(&spreader, slots.iter())?;
+    let spreader_prog = labkit::xdp_prog_id(&d.lab, &spreader.netns, "eth0")?;
 
     let dir = d.lab.state_dir().join("bench-e2e");
     std::fs::create_dir_all(&dir)?;
@@ -379,6 +422,13 @@ pub(super) fn run() -> Result<Section> {
             cpu: Cpu::Xdp(bouncer_prog),
             via: Some(bouncer.name.clone()),
         },
+        PathDef {
+            key: "f5",
+            name: "XDP bouncer, (b)'s 5 backends",
+            target: SocketAddr::new(d.lab.vip().into(), SERVICE_PORT),
+            cpu: Cpu::Xdp(spreader_prog),
+            via: Some(spreader.name.clone()),
+        },
     ];
     for p in &paths {
         if let Some(via) = &p.via {
@@ -430,6 +480,7 @@ pub(super) fn run() -> Result<Section> {
     }
     d.lab.route_vip_via(&[lb.name.as_str()])?;
     d.lab.detach_bouncer(&bouncer)?;
+    d.lab.detach_bouncer(&spreader)?;
     nginx.terminate(Duration::from_secs(3));
     haproxy.terminate(Duration::from_secs(3));
     router.terminate(Duration::from_secs(5));
@@ -474,24 +525,29 @@ fn section(machine: &Machine, rows: &[Row]) -> Section {
     let _ = write!(md,
         "Lab: 1 client, load balancer, 3 stable + 2 canary `canary-model` backends, each in its own network namespace on one bridge. \
          Load: `wrk -t1 -c{CONNECTIONS} -d{SECONDS}s`, POST /predict, from the client namespace; medians of {ROUNDS} interleaved rounds. \
-         Ratios are against (a) and (f) in the same mode and run. (f) runs in the lab's second balancer \
-         namespace (`lb1`, same veth, bridge and tuning as `lb`); for (b) and (f) the client routes the VIP through \
-         `lb` or `lb1` (switched before each run), so the two differ only in the program on the balancer. \
+         Ratios are against (a), (f) and (f5) in the same mode and run. (f) and (f5) run in the lab's second and \
+         third balancer namespaces (`lb1`, `lb2`: same veth, bridge and tuning as `lb`); for (b), (f) and (f5) the \
+         client routes the VIP through `lb`, `lb1` or `lb2` (switched before each run), so they differ only in the \
+         program on the balancer. \
          (b1) is the same daemon and program as (b) for a second service, `{ONE_BACKEND_SERVICE}` on its own VIP, \
          whose one backend is the one (f) bounces to: the bouncer cannot spread, so (b1) against (f) compares the \
          programs on the same backend set, and (b) against (b1) shows what spreading over 5 backends costs on this \
-         machine.\n\n"
+         machine. (f5) is the bouncer spreading over (b)'s 5 backends with (b)'s weights (a multiplicative hash of \
+         the TCP source port picks one of 20 slots: 6 per stable backend, 1 per canary; no maps, no state): (b) \
+         against (f5) compares the programs on (b)'s own backend set.\n\n"
     );
     let mut table_rows = Vec::new();
     for r in rows {
         let a = find("a", r.mode);
         let f = find("f", r.mode);
+        let f5 = find("f5", r.mode);
         table_rows.push(vec![
             r.path.clone(),
             r.mode.name().to_owned(),
             format!("{:.0}", r.requests_per_second),
             format!("{:.2}x", r.requests_per_second / a.requests_per_second),
             format!("{:.2}x", r.requests_per_second / f.requests_per_second),
+            format!("{:.2}x", r.requests_per_second / f5.requests_per_second),
             format!("{:.2}", r.p50_ms),
             format!("{:.2}", r.p99_ms),
             format!("{:.2}x", r.p99_ms / a.p99_ms),
@@ -510,6 +566,7 @@ fn section(machine: &Machine, rows: &[Row]) -> Section {
             "requests/s",
             "x (a)",
             "x (f)",
+            "x (f5)",
             "p50 ms",
             "p99 ms",
             "p99 x (a)",
@@ -522,7 +579,7 @@ fn section(machine: &Machine, rows: &[Row]) -> Section {
         &table_rows,
     ));
     md.push_str(
-        "\nBalancer CPU: for (b), the XDP program's run time from the kernel's BPF statistics \
+        "\nBalancer CPU: for (b), (b1), (f) and (f5), the XDP program's run time from the kernel's BPF statistics \
          (`kernel.bpf_stats_enabled=1`, `run_time_ns` of the attached program): every client-to-VIP packet of the run \
          (handshake, request, ACKs, FIN); it leaves out the driver and the kernel's own receive and transmit work around the \
          program, which the load balancer pays with or without it. For (c)-(e), user plus system CPU time of the proxy's \
@@ -559,6 +616,7 @@ fn section(machine: &Machine, rows: &[Row]) -> Section {
     for mode in [Mode::KeepAlive, Mode::Close] {
         let (direct, xdp_row) = (find("a", mode), find("b", mode));
         let ceiling = xdp_row.requests_per_second / find("f", mode).requests_per_second;
+        let spread_ceiling = xdp_row.requests_per_second / find("f5", mode).requests_per_second;
         let (nginx, haproxy) = (find("c", mode), find("d", mode));
         let rps = xdp_row.requests_per_second / direct.requests_per_second;
         let p99 = xdp_row.p99_ms / direct.p99_ms;
@@ -573,12 +631,14 @@ fn section(machine: &Machine, rows: &[Row]) -> Section {
         let same_backend =
             find("b1", mode).requests_per_second / find("f", mode).requests_per_second;
         let _ = writeln!(checks,
-            "- {}: (b) requests/s {ceiling:.2}x the bouncer (f) (>= 0.95x: {}); on (f)'s one backend, (b1) \
+            "- {}: (b) requests/s {ceiling:.2}x the bouncer (f) (>= 0.95x: {}); on (b)'s 5 backends, (b) \
+             {spread_ceiling:.2}x the spreading bouncer (f5) (>= 0.95x: {}); on (f)'s one backend, (b1) \
              {same_backend:.2}x (f) (>= 0.95x: {}); (b) requests/s {rps:.2}x (a) (>= 0.9x: {}); \
              (b) p99 {p99:.2}x (a) (within 10 %: {}); \
              (b) balancer CPU per request {:.4}x the better of nginx and HAProxy (<= 0.1x: {}).",
             mode.name(),
             verdict(ceiling >= 0.95),
+            verdict(spread_ceiling >= 0.95),
             verdict(same_backend >= 0.95),
             verdict(rps >= 0.9),
             verdict(p99 <= 1.1),
