@@ -6,7 +6,13 @@
 /// One nanosecond-clock second.
 pub const WINDOW_NS: u64 = 1_000_000_000;
 
-/// This CPU's window (`FLOOD_GUARD`, a one-entry per-CPU array).
+/// ICMP "fragmentation needed" / "packet too big" answers a CPU sends per window at most (the
+/// same window, counted in `ICMP_GUARD`); beyond it a too-big packet is dropped and counted.
+/// Linux's own limit on the ICMP messages a host sends (`icmp_msgs_per_sec`) is 1,000 a second
+/// too: a client needs one answer per connection to learn its path MTU.
+pub const ICMP_ANSWERS_PER_SECOND: u32 = 1_000;
+
+/// This CPU's window (`FLOOD_GUARD`, a one-entry per-CPU array; `ICMP_GUARD` for ICMP answers).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FloodWindow {

@@ -19,7 +19,7 @@ pub mod flood_guard;
 pub mod hash;
 
 pub use choose::{choose, heartbeat_stale, syn_keeps_entry, udp_entry_idle, Choice, Tables};
-pub use flood_guard::FloodWindow;
+pub use flood_guard::{FloodWindow, ICMP_ANSWERS_PER_SECOND};
 pub use hash::{
     bucket_of, client_hash, flow_hash, murmur3_bytes, murmur3_words, slot_of, Selection,
 };
@@ -63,6 +63,7 @@ pub mod maps {
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const FLOOD_GUARD: &str = "FLOOD_GUARD";
     pub const TUNNELS: &str = "TUNNELS";
+    pub const ICMP_GUARD: &str = "ICMP_GUARD";
     /// Name of the XDP program in the object.
     pub const PROGRAM: &str = "canary";
     /// A do-nothing `XDP_PASS` program in the same object (veth peers, benchmark floor).
@@ -314,7 +315,8 @@ pub enum Counter {
     DropTunnelNoRoute,
     /// IP-in-IP service: the encapsulated packet would exceed the egress MTU (the FIB's
     /// `FRAG_NEEDED`) and may not be answered with `TxIcmpTooBig` (IPv4 without
-    /// don't-fragment, or an ICMP error being forwarded): `XDP_DROP`.
+    /// don't-fragment, an ICMP error being forwarded, or this CPU past
+    /// `ICMP_ANSWERS_PER_SECOND` answers in the current second): `XDP_DROP`.
     DropTunnelTooBig,
     /// IP-in-IP service: the encapsulated packet would exceed the egress MTU, and the frame was
     /// rewritten into an ICMP "fragmentation needed" (`ICMPv6` "packet too big") to its

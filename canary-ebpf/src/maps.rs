@@ -10,8 +10,8 @@ use aya_ebpf::{
 use canary_common::{
     maps as names, Backend, BackendStats, Counter, FloodWindow, FlowEntry, FlowKey, GlobalConfig,
     ServiceControl, ServiceEntry, ServiceKey, ServiceStats, Tunnel, VipKey,
-    COUNTERS as COUNTER_ENTRIES, DEFAULT_FLOW_TABLE_SIZE, GROUP_CANARY, MAGLEV_ENTRIES,
-    MAX_BACKENDS, MAX_SERVICES,
+    COUNTERS as COUNTER_ENTRIES, DEFAULT_FLOW_TABLE_SIZE, GROUP_CANARY, ICMP_ANSWERS_PER_SECOND,
+    MAGLEV_ENTRIES, MAX_BACKENDS, MAX_SERVICES,
 };
 
 #[map]
@@ -67,6 +67,10 @@ pub static SERVICE_STATS: PerCpuArray<ServiceStats> =
 #[map]
 pub static FLOOD_GUARD: PerCpuArray<FloodWindow> = PerCpuArray::with_max_entries(1, 0);
 
+/// This CPU's window of ICMP answers to too-big packets (`too_big`).
+#[map]
+pub static ICMP_GUARD: PerCpuArray<FloodWindow> = PerCpuArray::with_max_entries(1, 0);
+
 /// Outer addresses of the backends of IP-in-IP services, indexed like `BACKENDS`.
 #[map]
 pub static TUNNELS: Array<Tunnel> = Array::with_max_entries(MAX_BACKENDS, 0);
@@ -98,6 +102,7 @@ const _: () = assert!(same_name(names::BACKEND_STATS, "BACKEND_STATS"));
 const _: () = assert!(same_name(names::SERVICE_STATS, "SERVICE_STATS"));
 const _: () = assert!(same_name(names::FLOOD_GUARD, "FLOOD_GUARD"));
 const _: () = assert!(same_name(names::TUNNELS, "TUNNELS"));
+const _: () = assert!(same_name(names::ICMP_GUARD, "ICMP_GUARD"));
 const _: () = assert!(same_name(names::PROGRAM, "canary"));
 const _: () = assert!(same_name(names::PASS_PROGRAM, "canary_pass"));
 const _: () = assert!(same_name(names::DECAP_PROGRAM, "canary_decap"));
@@ -121,6 +126,16 @@ pub fn flood_guard_admits(rate: u32, now_ns: u64) -> bool {
         // SAFETY: as in `count`.
         Some(window) => unsafe { (*window).admit(rate, now_ns) },
         None => true,
+    }
+}
+
+/// Whether this CPU may send one more ICMP answer now (at most `ICMP_ANSWERS_PER_SECOND`).
+#[inline(always)]
+pub fn icmp_guard_admits(now_ns: u64) -> bool {
+    match ICMP_GUARD.get_ptr_mut(0) {
+        // SAFETY: as in `count`.
+        Some(window) => unsafe { (*window).admit(ICMP_ANSWERS_PER_SECOND, now_ns) },
+        None => false,
     }
 }
 

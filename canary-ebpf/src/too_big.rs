@@ -9,9 +9,10 @@
 //! options and the transport ports and sequence number a host matches the error with), new
 //! Ethernet, IP and ICMP headers in front, MACs swapped, source address the VIP, `XDP_TX`.
 //! An answer (170 or 190 bytes) is a fraction of the full-size packet it answers, so it
-//! cannot be used for amplification.
+//! cannot be used for amplification, and a CPU sends at most `ICMP_ANSWERS_PER_SECOND` of
+//! them a second (`may_answer`).
 
-use aya_ebpf::helpers::{bpf_csum_diff, bpf_xdp_adjust_tail};
+use aya_ebpf::helpers::{bpf_csum_diff, bpf_ktime_get_coarse_ns, bpf_xdp_adjust_tail};
 use canary_common::Counter;
 
 use crate::packet::{
@@ -32,6 +33,15 @@ const V4_ANSWER_LEN: usize = ETH_HEADER_LEN + IPV4_HEADER_LEN + ICMP_HEADER_LEN 
 const V6_ANSWER_LEN: usize = ETH_HEADER_LEN + IPV6_HEADER_LEN + ICMP_HEADER_LEN + QUOTE_LEN;
 /// Bytes the ICMP checksum covers (header and quote).
 const ICMP_MESSAGE_LEN: usize = ICMP_HEADER_LEN + QUOTE_LEN;
+
+/// Whether this CPU may answer one more too-big packet now: at most
+/// `ICMP_ANSWERS_PER_SECOND` a second, as hosts limit the ICMP they send, so that a flood of
+/// full-size packets costs the balancer no more than forwarding them would.
+#[inline(always)]
+pub fn may_answer() -> bool {
+    // SAFETY: a helper without arguments (the coarse clock: seconds are all that matter).
+    crate::maps::icmp_guard_admits(unsafe { bpf_ktime_get_coarse_ns() })
+}
 
 /// The MTU a sender must keep to: `egress_mtu` less the outer header, at least `floor`.
 #[inline(always)]

@@ -7,8 +7,8 @@
 //! The FIB also checks the egress MTU against the outer length: a packet that would not fit is
 //! never sent to be lost further on. It is answered with ICMP "fragmentation needed" / "packet
 //! too big" (`too_big`, counted `TxIcmpTooBig`), so that its sender lowers its path MTU, or,
-//! when it must not be answered (IPv4 without don't-fragment, an ICMP error itself), dropped
-//! and counted (`DropTunnelTooBig`). Nothing is written to the frame before the lookup
+//! when it must not be answered (IPv4 without don't-fragment, an ICMP error itself, this CPU
+//! over `ICMP_ANSWERS_PER_SECOND`), dropped and counted (`DropTunnelTooBig`). Nothing is written to the frame before the lookup
 //! succeeded.
 
 use core::{
@@ -163,7 +163,7 @@ fn encapsulate_v4(pkt: &Packet, tunnel: &Tunnel, answerable: bool) -> Result<u32
         Err(Refused::NoRoute) => return Err(Counter::DropTunnelNoRoute),
         // Without don't-fragment the sender asked the path to fragment, which XDP cannot do;
         // it is not told to send smaller packets either.
-        Err(Refused::TooBig(mtu)) if answerable && df != 0 => {
+        Err(Refused::TooBig(mtu)) if answerable && df != 0 && too_big::may_answer() => {
             return Err(too_big::answer_v4(pkt, mtu))
         }
         Err(Refused::TooBig(_)) => return Err(Counter::DropTunnelTooBig),
@@ -220,7 +220,9 @@ fn encapsulate_v6(pkt: &Packet, tunnel: &Tunnel, answerable: bool) -> Result<u32
         Ok(()) => {}
         Err(Refused::NoRoute) => return Err(Counter::DropTunnelNoRoute),
         // IPv6 is never fragmented on the path: every sender expects "packet too big".
-        Err(Refused::TooBig(mtu)) if answerable => return Err(too_big::answer_v6(pkt, mtu)),
+        Err(Refused::TooBig(mtu)) if answerable && too_big::may_answer() => {
+            return Err(too_big::answer_v6(pkt, mtu))
+        }
         Err(Refused::TooBig(_)) => return Err(Counter::DropTunnelTooBig),
     }
 

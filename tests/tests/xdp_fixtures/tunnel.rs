@@ -10,9 +10,13 @@
 use std::fs::File;
 use std::os::fd::AsFd as _;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use canary_common::Counter::{DropTunnelNoRoute, DropTunnelTooBig, Tx, TxIcmpTooBig};
-use canary_common::{Backend, Tunnel, BACKEND_FLAG_UP, GROUP_STABLE, PROTO_TCP, SERVICE_FLAG_IPIP};
+use canary_common::{
+    Backend, Tunnel, BACKEND_FLAG_UP, GROUP_STABLE, ICMP_ANSWERS_PER_SECOND, PROTO_TCP,
+    SERVICE_FLAG_IPIP,
+};
 use canary_lab::lab::LabSpec;
 use canary_tests::packet::{
     icmp_error, internet_checksum, ipv4_fix_checksum, ipv4_header_checksum, v4, v6, Addr, Tuple,
@@ -549,6 +553,44 @@ fn packets_over_the_egress_mtu_are_answered_with_icmp_or_dropped_and_counted() {
         Some(&packet_too_big_answer(&full6, 1460)),
         TxIcmpTooBig,
     );
+    drop(ns);
+}
+
+/// A flood of too-big packets gets at most `ICMP_ANSWERS_PER_SECOND` answers a second from a
+/// CPU; the rest are dropped and counted, never answered.
+#[test]
+fn icmp_answers_are_capped_per_cpu_per_second() {
+    canary_tests::xdp::pin_to_cpu(0).expect("pinning the test thread: the cap is per CPU");
+    let lab = lab();
+    let ns = FibNamespace::new();
+    let fib0 = ns.ifindex("fib0");
+    let extra = 500;
+    let flood = ICMP_ANSWERS_PER_SECOND + extra;
+    let before = lab.counters();
+    let start = Instant::now();
+    for i in 0..flood {
+        let sender = Tuple::tcp(v4(198, 18, 2, 1), 1_024 + i as u16, Addr::V4(VIP4), 80);
+        let frame = with_df(&sender.frame_with_payload(&[0x5a; 1460]), true);
+        let run = lab
+            .dataplane
+            .run_on_interface(&frame, fib0)
+            .expect("test run");
+        assert!(
+            run.action == XDP_TX || run.action == XDP_DROP,
+            "packet {i}: {}",
+            action_name(run.action)
+        );
+    }
+    let took = start.elapsed();
+    let after = lab.counters();
+    let delta = |c: canary_common::Counter| after[c as usize] - before[c as usize];
+    // One window is one second from the first answer: the whole flood must fit in it.
+    assert!(
+        took < Duration::from_millis(900),
+        "{flood} test runs took {took:?}: too slow to stay within one window"
+    );
+    assert_eq!(delta(TxIcmpTooBig), u64::from(ICMP_ANSWERS_PER_SECOND));
+    assert_eq!(delta(DropTunnelTooBig), u64::from(extra));
     drop(ns);
 }
 

@@ -44,7 +44,7 @@ pub use pins::{
 pub const LINK_PIN: &str = "link";
 
 /// Every map the program has, all pinned.
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 13] = [
     maps::CONFIG,
     maps::SERVICES,
     maps::VIPS,
@@ -57,13 +57,14 @@ pub const ALL_MAPS: [&str; 12] = [
     maps::SERVICE_STATS,
     maps::FLOOD_GUARD,
     maps::TUNNELS,
+    maps::ICMP_GUARD,
 ];
 
 /// Maps that pins of an earlier version may lack: re-opening creates and pins them. They hold
-/// only the program's own short-lived state (the flood guard's current one-second window), or
-/// what no earlier version wrote (the tunnels of `ipip` services), so a fresh one loses
-/// nothing; every other missing pin stops a re-open.
-pub const MAPS_CREATED_ON_REOPEN: [&str; 2] = [maps::FLOOD_GUARD, maps::TUNNELS];
+/// only the program's own short-lived state (the flood guard's and the ICMP answers' current
+/// one-second windows), or what no earlier version wrote (the tunnels of `ipip` services), so
+/// a fresh one loses nothing; every other missing pin stops a re-open.
+pub const MAPS_CREATED_ON_REOPEN: [&str; 3] = [maps::FLOOD_GUARD, maps::TUNNELS, maps::ICMP_GUARD];
 
 /// `dataplane.xdp_mode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
