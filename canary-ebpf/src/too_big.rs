@@ -46,12 +46,7 @@ pub fn may_answer() -> bool {
 /// The MTU a sender must keep to: `egress_mtu` less the outer header, at least `floor`.
 #[inline(always)]
 fn sender_mtu(egress_mtu: u16, overhead: usize, floor: u16) -> u16 {
-    let mtu = egress_mtu.saturating_sub(overhead as u16);
-    if mtu < floor {
-        floor
-    } else {
-        mtu
-    }
+    egress_mtu.saturating_sub(overhead as u16).max(floor)
 }
 
 /// Answers an IPv4 packet (its header starts after the Ethernet header, don't-fragment set)

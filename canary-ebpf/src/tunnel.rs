@@ -8,8 +8,8 @@
 //! never sent to be lost further on. It is answered with ICMP "fragmentation needed" / "packet
 //! too big" (`too_big`, counted `TxIcmpTooBig`), so that its sender lowers its path MTU, or,
 //! when it must not be answered (IPv4 without don't-fragment, an ICMP error itself, this CPU
-//! over `ICMP_ANSWERS_PER_SECOND`), dropped and counted (`DropTunnelTooBig`). Nothing is written to the frame before the lookup
-//! succeeded.
+//! over `ICMP_ANSWERS_PER_SECOND`), dropped and counted (`DropTunnelTooBig`). Nothing is
+//! written to the frame before the lookup succeeded.
 
 use core::{
     mem::{size_of, MaybeUninit},

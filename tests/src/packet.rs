@@ -426,6 +426,19 @@ pub fn with_ttl(frame: &[u8], ttl: u8) -> Vec<u8> {
     out
 }
 
+/// An IPv4 frame with its don't-fragment bit set or cleared (and the checksum fixed).
+pub fn with_dont_fragment(frame: &[u8], dont_fragment: bool) -> Vec<u8> {
+    const DF: u8 = 0x40;
+    let mut out = frame.to_vec();
+    if dont_fragment {
+        out[ETH_LEN + 6] |= DF;
+    } else {
+        out[ETH_LEN + 6] &= !DF;
+    }
+    ipv4_fix_checksum(&mut out);
+    out
+}
+
 /// The frame with its destination and source MACs replaced: what the balancer sends.
 pub fn with_macs(frame: &[u8], dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
     let mut out = frame.to_vec();

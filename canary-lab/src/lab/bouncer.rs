@@ -203,11 +203,7 @@ impl Lab {
             reason,
         };
         // A pin left by an earlier attach may hold the other program: load this one afresh.
-        match std::fs::remove_file(&pin) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(err(format!("remove {}: {e}", pin.display()))),
-        }
+        remove_pin(&pin).map_err(err)?;
         self.with_record(|r| r.pins.insert(pin.clone()))?;
         let name = format!("{name}_{}", balancer.name);
         xdp_pass::load_and_pin(&instructions(backends, balancer.mac), name.as_bytes(), &pin)
@@ -246,22 +242,26 @@ impl Lab {
             ],
         )?;
         let pin = self.bouncer_pin(balancer);
-        match std::fs::remove_file(&pin) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(LabError::PeerXdp {
-                    ifname: format!("{} in {}", NETNS_IFNAME, balancer.netns),
-                    reason: format!("remove {}: {e}", pin.display()),
-                })
-            }
-        }
+        remove_pin(&pin).map_err(|reason| LabError::PeerXdp {
+            ifname: format!("{} in {}", NETNS_IFNAME, balancer.netns),
+            reason,
+        })?;
         self.with_record(|r| r.pins.remove(&pin))?;
         Ok(())
     }
 
     fn bouncer_pin(&self, balancer: &Node) -> PathBuf {
         self.plan.bpffs.join(format!("{PIN}_{}", balancer.name))
+    }
+}
+
+/// Removes a bouncer's pin; one already gone is fine.
+fn remove_pin(pin: &std::path::Path) -> Result<(), String> {
+    match std::fs::remove_file(pin) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(format!("remove {}: {e}", pin.display()))
+        }
+        _ => Ok(()),
     }
 }
 

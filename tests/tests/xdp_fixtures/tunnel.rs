@@ -19,7 +19,7 @@ use canary_common::{
 };
 use canary_lab::lab::LabSpec;
 use canary_tests::packet::{
-    icmp_error, internet_checksum, ipv4_fix_checksum, ipv4_header_checksum, v4, v6, Addr, Tuple,
+    icmp_error, internet_checksum, ipv4_header_checksum, v4, v6, with_dont_fragment, Addr, Tuple,
     ICMP_DEST_UNREACHABLE, ICMP_FRAGMENTATION_NEEDED,
 };
 use canary_tests::scenario::{Scenario, ServiceSpec};
@@ -463,18 +463,6 @@ fn packet_too_big_answer(frame: &[u8], mtu: u32) -> Vec<u8> {
     out
 }
 
-/// `frame` (IPv4) with its don't-fragment bit set or cleared.
-fn with_df(frame: &[u8], df: bool) -> Vec<u8> {
-    let mut out = frame.to_vec();
-    out[14 + 6] = if df {
-        out[14 + 6] | 0x40
-    } else {
-        out[14 + 6] & !0x40
-    };
-    ipv4_fix_checksum(&mut out);
-    out
-}
-
 #[test]
 fn packets_over_the_egress_mtu_are_answered_with_icmp_or_dropped_and_counted() {
     let lab = lab();
@@ -482,7 +470,7 @@ fn packets_over_the_egress_mtu_are_answered_with_icmp_or_dropped_and_counted() {
     let fib0 = ns.ifindex("fib0");
     let tcp = Tuple::tcp(v4(198, 18, 1, 11), 40_005, Addr::V4(VIP4), 80);
     // 1480 bytes of inner packet (MSS 1440) fit a 1500-byte MTU once encapsulated.
-    let fits = with_df(&tcp.frame_with_payload(&[0x5a; 1440]), true);
+    let fits = with_dont_fragment(&tcp.frame_with_payload(&[0x5a; 1440]), true);
     let want = ipip4(&fits, SOURCE4, [198, 19, 200, 11], GATEWAY_MAC, LB_IF_MAC);
     assert_eq!(want.len() - 14, 1500);
     expect(
@@ -496,7 +484,7 @@ fn packets_over_the_egress_mtu_are_answered_with_icmp_or_dropped_and_counted() {
     );
     // A full 1500-byte packet (MSS 1460) would leave as 1520 bytes: its sender is told to keep
     // to 1480 (the egress MTU less the outer header), from the VIP.
-    let full = with_df(&tcp.frame_with_payload(&[0x5a; 1460]), true);
+    let full = with_dont_fragment(&tcp.frame_with_payload(&[0x5a; 1460]), true);
     expect(
         &lab,
         "1500-byte packet, don't-fragment",
@@ -507,7 +495,7 @@ fn packets_over_the_egress_mtu_are_answered_with_icmp_or_dropped_and_counted() {
         TxIcmpTooBig,
     );
     // Without don't-fragment the sender asked for fragmentation, which XDP cannot do: dropped.
-    let fragmentable = with_df(&full, false);
+    let fragmentable = with_dont_fragment(&full, false);
     expect(
         &lab,
         "1500-byte packet, fragmentable",
@@ -520,7 +508,7 @@ fn packets_over_the_egress_mtu_are_answered_with_icmp_or_dropped_and_counted() {
     // An ICMP error is never answered with another: a too-big one is dropped. (An error about
     // the flow's reply, VIP -> client, quoting all of it and 32 bytes more: 1,472 bytes.)
     let reply_of = Tuple::tcp(v4(198, 18, 1, 12), 40_006, Addr::V4(VIP4), 80);
-    let error = with_df(
+    let error = with_dont_fragment(
         &icmp_error(
             v4(198, 18, 77, 1),
             reply_of.dst,
@@ -570,7 +558,7 @@ fn icmp_answers_are_capped_per_cpu_per_second() {
     let start = Instant::now();
     for i in 0..flood {
         let sender = Tuple::tcp(v4(198, 18, 2, 1), 1_024 + i as u16, Addr::V4(VIP4), 80);
-        let frame = with_df(&sender.frame_with_payload(&[0x5a; 1460]), true);
+        let frame = with_dont_fragment(&sender.frame_with_payload(&[0x5a; 1460]), true);
         let run = lab
             .dataplane
             .run_on_interface(&frame, fib0)
